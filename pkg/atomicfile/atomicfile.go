@@ -1,0 +1,88 @@
+// Package atomicfile writes files so that a reader, or a crash, sees either
+// the old content or the new one, never a mix.
+package atomicfile
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// WriteFile replaces path with data and mode perm: a temporary file in the
+// same directory is written, chmod-ed, fsync-ed and renamed over path, and
+// the directory is fsync-ed so the rename itself survives a crash.
+func WriteFile(path string, data []byte, perm fs.FileMode) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("create temporary file for %s: %w", path, err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if _, err = f.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err = f.Chmod(perm); err != nil {
+		return fmt.Errorf("chmod %s: %w", tmp, err)
+	}
+	if err = f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", tmp, err)
+	}
+	if err = f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", tmp, err)
+	}
+	if err = os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("rename %s to %s: %w", tmp, path, err)
+	}
+	return syncDir(dir)
+}
+
+// WriteIfChanged writes data to path only when the file's content or mode
+// differs, so a reconcile that finds everything in place touches nothing.
+// It reports whether it wrote.
+func WriteIfChanged(path string, data []byte, perm fs.FileMode) (bool, error) {
+	old, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		st, serr := os.Stat(path)
+		if serr != nil {
+			return false, fmt.Errorf("stat %s: %w", path, serr)
+		}
+		if bytes.Equal(old, data) {
+			if st.Mode().Perm() == perm {
+				return false, nil
+			}
+			if err := os.Chmod(path, perm); err != nil {
+				return false, fmt.Errorf("chmod %s: %w", path, err)
+			}
+			return true, nil
+		}
+	case errors.Is(err, fs.ErrNotExist):
+	default:
+		return false, fmt.Errorf("read %s: %w", path, err)
+	}
+	if err := WriteFile(path, data, perm); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open directory %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync directory %s: %w", dir, err)
+	}
+	return nil
+}
