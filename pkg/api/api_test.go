@@ -1,0 +1,114 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/zap"
+
+	"github.com/nixpeer/nixpeer/pkg/status"
+)
+
+type fakeBackend struct{ reconciles int }
+
+func (f *fakeBackend) Status() status.Status { return status.Status{Host: "stage", Ready: true} }
+func (f *fakeBackend) Reconcile()            { f.reconciles++ }
+func (f *fakeBackend) TrustReset(peer string) error {
+	if peer != "prod" {
+		return errors.New("unknown peer " + peer)
+	}
+	return nil
+}
+
+func serve(t *testing.T, sock string) *fakeBackend {
+	t.Helper()
+	ln, err := Listen(sock, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &fakeBackend{}
+	srv := NewServer(zap.NewNop(), b, "")
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	return b
+}
+
+func TestStatusAndReconcileAsRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the mutating route is root's; run as root")
+	}
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	b := serve(t, sock)
+	st, err := os.Stat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode %v, want 0600 when no group exists", st.Mode().Perm())
+	}
+	c := NewClient(sock)
+	got, err := c.Status(context.Background())
+	if err != nil || got.Host != "stage" || !got.Ready {
+		t.Fatalf("Status = %+v, %v", got, err)
+	}
+	if err := c.Reconcile(context.Background()); err != nil || b.reconciles != 1 {
+		t.Fatalf("Reconcile: %v, backend saw %d", err, b.reconciles)
+	}
+	if err := c.TrustReset(context.Background(), "nope"); err == nil || !strings.Contains(err.Error(), "unknown peer nope") {
+		t.Fatalf("TrustReset(nope) = %v, want the backend's refusal", err)
+	}
+}
+
+func TestSecondDaemonRefusedStaleSocketReplaced(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	serve(t, sock)
+	if _, err := Listen(sock, ""); err == nil || !strings.Contains(err.Error(), "another nixpeer daemon") {
+		t.Fatalf("second Listen = %v, want a refusal", err)
+	}
+
+	stale := filepath.Join(t.TempDir(), "stale.sock")
+	ln, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	if _, err := os.Stat(stale); err != nil {
+		t.Fatalf("stale socket file should remain: %v", err)
+	}
+	ln2, err := Listen(stale, "")
+	if err != nil {
+		t.Fatalf("Listen over a stale socket: %v", err)
+	}
+	ln2.Close()
+}
+
+func TestBrowserRequestsRefused(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	serve(t, sock)
+	c := NewClient(sock)
+	req, _ := http.NewRequest(http.MethodGet, "http://nixpeer/v1/status", nil)
+	req.Header.Set("Origin", "http://evil.example")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("request with Origin: %s, want 403", resp.Status)
+	}
+}
+
+func TestNoDaemonNamesTheSocket(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	_, err := NewClient(sock).Status(context.Background())
+	if !errors.Is(err, ErrNoDaemon) || !strings.Contains(err.Error(), sock) {
+		t.Fatalf("err = %v, want ErrNoDaemon naming %s", err, sock)
+	}
+}

@@ -1,0 +1,89 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"syscall"
+	"time"
+
+	"github.com/nixpeer/nixpeer/pkg/status"
+)
+
+// ErrNoDaemon means nothing answered on the socket.
+var ErrNoDaemon = errors.New("no nixpeer daemon answers")
+
+// Client talks to a daemon over its socket.
+type Client struct {
+	Socket string
+	http   *http.Client
+}
+
+// NewClient returns a client of the daemon at socket.
+func NewClient(socket string) *Client {
+	return &Client{Socket: socket, http: &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		}},
+	}}
+}
+
+// Status fetches the host's status.
+func (c *Client) Status(ctx context.Context) (status.Status, error) {
+	var st status.Status
+	err := c.do(ctx, http.MethodGet, "/v1/status", &st)
+	return st, err
+}
+
+// Reconcile asks the daemon to reconcile now.
+func (c *Client) Reconcile(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, "/v1/reconcile", nil)
+}
+
+// TrustReset asks the daemon to forget what it trusted of peer.
+func (c *Client) TrustReset(ctx context.Context, peer string) error {
+	return c.do(ctx, http.MethodPost, "/v1/trust/reset?peer="+url.QueryEscape(peer), nil)
+}
+
+func (c *Client) do(ctx context.Context, method, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, "http://nixpeer"+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			if errors.Is(op.Err, syscall.EACCES) {
+				return fmt.Errorf("permission denied on %s: only root and members of the socket's group may ask the daemon", c.Socket)
+			}
+			return fmt.Errorf("%w on %s: %v", ErrNoDaemon, c.Socket, op.Err)
+		}
+		return fmt.Errorf("ask daemon on %s: %w", c.Socket, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return fmt.Errorf("read answer from %s: %w", c.Socket, err)
+	}
+	if resp.StatusCode >= 300 {
+		var e errorBody
+		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+			return fmt.Errorf("daemon refused: %s", e.Error)
+		}
+		return fmt.Errorf("daemon answered %s", resp.Status)
+	}
+	if out != nil {
+		if err := json.Unmarshal(body, out); err != nil {
+			return fmt.Errorf("decode answer from %s: %w", c.Socket, err)
+		}
+	}
+	return nil
+}

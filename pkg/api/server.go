@@ -1,0 +1,252 @@
+// Package api is the agent's local API: HTTP/JSON over a unix socket, so
+// `nixpeer status` and `curl --unix-socket` can ask the daemon. Reading is
+// open to root and to the members of a group; changing anything is root's
+// alone, checked with SO_PEERCRED.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/nixpeer/nixpeer/pkg/status"
+)
+
+// Backend is what the daemon exposes through the socket.
+type Backend interface {
+	Status() status.Status
+	// Reconcile asks for a reconcile now.
+	Reconcile()
+	// TrustReset forgets what was trusted of a peer; it reports an error
+	// for an unknown peer.
+	TrustReset(peer string) error
+}
+
+// Listen creates the socket at path, refusing when a live daemon already
+// answers there and removing a stale one otherwise. The socket is 0660 and
+// owned by group (if that group exists on the machine), else 0600: never
+// world-writable, and not even briefly so.
+func Listen(path, group string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("another nixpeer daemon answers on %s", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	old := unix.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	unix.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	mode := os.FileMode(0o600)
+	if gid, ok := lookupGroup(group); ok {
+		if err := os.Chown(path, 0, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("give socket %s to group %s: %w", path, group, err)
+		}
+		mode = 0o660
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("chmod socket %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+func lookupGroup(name string) (int, bool) {
+	if name == "" {
+		return 0, false
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return 0, false
+	}
+	gid, err := strconv.Atoi(g.Gid)
+	return gid, err == nil
+}
+
+type credKey struct{}
+
+// Server serves the API on a listener.
+type Server struct {
+	log     *zap.Logger
+	backend Backend
+	group   string
+	srv     *http.Server
+}
+
+// NewServer returns a server for backend; group names who may read.
+func NewServer(log *zap.Logger, backend Backend, group string) *Server {
+	s := &Server{log: log, backend: backend, group: group}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", s.read(s.status))
+	mux.HandleFunc("POST /v1/reconcile", s.mutate(s.reconcile))
+	mux.HandleFunc("POST /v1/trust/reset", s.mutate(s.trustReset))
+	s.srv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if uc, ok := c.(*net.UnixConn); ok {
+				if cred, err := peerCred(uc); err == nil {
+					return context.WithValue(ctx, credKey{}, cred)
+				}
+			}
+			return ctx
+		},
+	}
+	return s
+}
+
+// Serve answers on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve status socket: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops the server.
+func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+
+func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	err = raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return cred, cerr
+}
+
+// allowedToRead: root, or a member (primary or supplementary) of the group.
+func (s *Server) allowedToRead(cred *unix.Ucred) bool {
+	if cred.Uid == 0 {
+		return true
+	}
+	gid, ok := lookupGroup(s.group)
+	if !ok {
+		return false
+	}
+	if int(cred.Gid) == gid {
+		return true
+	}
+	u, err := user.LookupId(strconv.Itoa(int(cred.Uid)))
+	if err != nil {
+		return false
+	}
+	gids, err := u.GroupIds()
+	if err != nil {
+		return false
+	}
+	for _, g := range gids {
+		if g == strconv.Itoa(gid) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) guard(r *http.Request, w http.ResponseWriter) (*unix.Ucred, bool) {
+	// A browser page must never reach the daemon (DNS rebinding, a proxy).
+	if r.Header.Get("Origin") != "" || r.Header.Get("Referer") != "" {
+		writeError(w, http.StatusForbidden, "requests from a browser are refused")
+		return nil, false
+	}
+	cred, ok := r.Context().Value(credKey{}).(*unix.Ucred)
+	if !ok {
+		writeError(w, http.StatusForbidden, "cannot tell who is calling (no SO_PEERCRED)")
+		return nil, false
+	}
+	return cred, true
+}
+
+func (s *Server) read(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		cred, ok := s.guard(r, w)
+		if !ok {
+			return
+		}
+		if !s.allowedToRead(cred) {
+			writeError(w, http.StatusForbidden, fmt.Sprintf("uid %d may not read the status: only root and members of group %q may", cred.Uid, s.group))
+			return
+		}
+		h(w, r)
+	}
+}
+
+func (s *Server) mutate(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		cred, ok := s.guard(r, w)
+		if !ok {
+			return
+		}
+		if cred.Uid != 0 {
+			s.log.Warn("refused a mutating call from a non-root caller",
+				zap.String("path", r.URL.Path), zap.Uint32("uid", cred.Uid), zap.Int32("pid", cred.Pid))
+			writeError(w, http.StatusForbidden, fmt.Sprintf("only root may %s (you are uid %d): run it with sudo", r.URL.Path, cred.Uid))
+			return
+		}
+		h(w, r)
+	}
+}
+
+func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, s.backend.Status())
+}
+
+func (s *Server) reconcile(w http.ResponseWriter, _ *http.Request) {
+	s.backend.Reconcile()
+	writeJSON(w, http.StatusAccepted, map[string]string{"result": "reconcile queued"})
+}
+
+func (s *Server) trustReset(w http.ResponseWriter, r *http.Request) {
+	peer := r.URL.Query().Get("peer")
+	if err := s.backend.TrustReset(peer); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"result": "trust in " + peer + " reset; it is trusted again on next contact"})
+}
+
+// errorBody is the JSON body of every refusal.
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, errorBody{Error: msg})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+

@@ -1,0 +1,59 @@
+// Package layout says where on a host the agent reads and writes, optionally
+// under a root directory (like nixos-install --root), so tests, the demo and
+// image builders can run the agent without touching the machine.
+package layout
+
+import "path/filepath"
+
+// Defaults without --root.
+const (
+	DefaultStateDir = "/var/lib/nixpeer"
+	DefaultSocket   = "/run/nixpeer/agent.sock"
+)
+
+// Layout holds every path the agent uses on its host.
+type Layout struct {
+	Root     string
+	StateDir string
+	Socket   string
+	// Database is the bbolt file of observed state.
+	Database string
+	// KeysDir holds the agent's private keys (0700).
+	KeysDir string
+	// ClientKey is the SSH key this host uses to fetch from its peers.
+	ClientKey string
+	// HostKey is the host's own sshd key, its identity towards peers.
+	HostKey string
+	// KnownHosts is root's known_hosts, where a managed block lives.
+	KnownHosts string
+	// SSHConfig is root's ssh client configuration.
+	SSHConfig string
+}
+
+// New lays out the paths under root ("" or "/" for the machine itself).
+// stateDir and socket, when given, are used as they are.
+func New(root, stateDir, socket string) Layout {
+	in := func(p string) string {
+		if root == "" || root == "/" {
+			return p
+		}
+		return filepath.Join(root, p)
+	}
+	if stateDir == "" {
+		stateDir = in(DefaultStateDir)
+	}
+	if socket == "" {
+		socket = in(DefaultSocket)
+	}
+	return Layout{
+		Root:       root,
+		StateDir:   stateDir,
+		Socket:     socket,
+		Database:   filepath.Join(stateDir, "state.db"),
+		KeysDir:    filepath.Join(stateDir, "keys"),
+		ClientKey:  filepath.Join(stateDir, "keys", "ssh_client_ed25519"),
+		HostKey:    in("/etc/ssh/ssh_host_ed25519_key"),
+		KnownHosts: in("/root/.ssh/known_hosts"),
+		SSHConfig:  in("/root/.ssh/config"),
+	}
+}

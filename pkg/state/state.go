@@ -1,0 +1,277 @@
+// Package state keeps the agent's observed state in bbolt, so that a restart
+// picks up where the last run left off: the desired generation, the last good
+// desired-state file, the last status, a bounded history of reconcile events,
+// and what the agent trusts of its peers.
+package state
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/nixpeer/nixpeer/pkg/status"
+)
+
+// MaxEvents bounds the reconcile history; older events are pruned in the
+// same transaction that appends a new one.
+const MaxEvents = 256
+
+var (
+	bucketMeta   = []byte("meta")
+	bucketEvents = []byte("events")
+	bucketPeers  = []byte("peers")
+
+	keyGeneration = []byte("generation")
+	keyDesired    = []byte("desired")
+	keyStatus     = []byte("status")
+)
+
+// ErrLocked means another process holds the database.
+var ErrLocked = errors.New("state database is held by another process")
+
+// Store is the agent's bbolt database.
+type Store struct {
+	db   *bolt.DB
+	path string
+}
+
+// Desired is the last desired-state file that parsed and validated.
+type Desired struct {
+	Generation int64  `json:"generation"`
+	Hash       string `json:"hash"`
+	File       string `json:"file"`
+	Content    []byte `json:"content"`
+}
+
+// Event is one entry of the reconcile history.
+type Event struct {
+	Time       time.Time `json:"time"`
+	Generation int64     `json:"generation"`
+	Reason     string    `json:"reason"`
+	Message    string    `json:"message"`
+}
+
+// Open opens (or creates) the database at path, waiting at most timeout for
+// another process to let go of it.
+func Open(path string, timeout time.Duration) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("open %s: %w (is another nixpeer agent running with the same state directory?)", path, ErrLocked)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open state database %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketMeta, bucketEvents, bucketPeers} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("create buckets in %s: %w", path, err)
+	}
+	return &Store{db: db, path: path}, nil
+}
+
+// Close releases the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Path is where the database lives.
+func (s *Store) Path() string { return s.path }
+
+// RecordDesired stores a desired state that parsed and validated, and returns
+// its generation: the stored one when the meaning (hash) is unchanged, one
+// more when it changed. Nothing is written when the hash is unchanged.
+func (s *Store) RecordDesired(file string, content []byte, hash string) (int64, error) {
+	cur, err := s.Desired()
+	if err != nil {
+		return 0, err
+	}
+	if cur != nil && cur.Hash == hash {
+		return cur.Generation, nil
+	}
+	var gen int64
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketMeta)
+		gen = int64(u64(b.Get(keyGeneration))) + 1
+		d, err := json.Marshal(Desired{Generation: gen, Hash: hash, File: file, Content: content})
+		if err != nil {
+			return err
+		}
+		if err := b.Put(keyGeneration, be(uint64(gen))); err != nil {
+			return err
+		}
+		return b.Put(keyDesired, d)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("record desired state: %w", err)
+	}
+	return gen, nil
+}
+
+// Desired returns the last good desired state, or nil if there is none.
+func (s *Store) Desired() (*Desired, error) {
+	var d *Desired
+	err := s.getJSON(bucketMeta, keyDesired, &d)
+	if err != nil {
+		return nil, fmt.Errorf("read last good desired state: %w", err)
+	}
+	return d, nil
+}
+
+// SaveStatus stores the host's last status.
+func (s *Store) SaveStatus(st status.Status) error {
+	if err := s.putJSON(bucketMeta, keyStatus, st); err != nil {
+		return fmt.Errorf("save status: %w", err)
+	}
+	return nil
+}
+
+// LoadStatus returns the last saved status, and false if there is none.
+func (s *Store) LoadStatus() (status.Status, bool, error) {
+	var st *status.Status
+	if err := s.getJSON(bucketMeta, keyStatus, &st); err != nil {
+		return status.Status{}, false, fmt.Errorf("load status: %w", err)
+	}
+	if st == nil {
+		return status.Status{}, false, nil
+	}
+	return *st, true, nil
+}
+
+// AppendEvent adds e to the history and prunes it to MaxEvents.
+func (s *Store) AppendEvent(e Event) error {
+	v, err := json.Marshal(e)
+	if err != nil {
+		return fmt.Errorf("encode event: %w", err)
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketEvents)
+		seq, err := b.NextSequence()
+		if err != nil {
+			return err
+		}
+		if err := b.Put(be(seq), v); err != nil {
+			return err
+		}
+		c := b.Cursor()
+		for n := b.Stats().KeyN + 1 - MaxEvents; n > 0; n-- {
+			k, _ := c.First()
+			if k == nil {
+				break
+			}
+			if err := c.Delete(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("append event: %w", err)
+	}
+	return nil
+}
+
+// Events returns up to n of the newest events, oldest first.
+func (s *Store) Events(n int) ([]Event, error) {
+	var out []Event
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketEvents).Cursor()
+		for k, v := c.Last(); k != nil && len(out) < n; k, v = c.Prev() {
+			var e Event
+			if err := json.Unmarshal(v, &e); err != nil {
+				return fmt.Errorf("event %d: %w", u64(k), err)
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read events: %w", err)
+	}
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out, nil
+}
+
+// PutPeer stores v (JSON-encoded) as what the agent knows of peer name.
+func (s *Store) PutPeer(name string, v any) error {
+	if err := s.putJSON(bucketPeers, []byte(name), v); err != nil {
+		return fmt.Errorf("save peer %s: %w", name, err)
+	}
+	return nil
+}
+
+// GetPeer decodes what is stored of peer name into v and reports whether
+// there was anything.
+func (s *Store) GetPeer(name string, v any) (bool, error) {
+	var found bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucketPeers).Get([]byte(name))
+		if raw == nil {
+			return nil
+		}
+		found = true
+		return json.Unmarshal(raw, v)
+	})
+	if err != nil {
+		return false, fmt.Errorf("load peer %s: %w", name, err)
+	}
+	return found, nil
+}
+
+// DeletePeer forgets peer name.
+func (s *Store) DeletePeer(name string) error {
+	err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPeers).Delete([]byte(name)) })
+	if err != nil {
+		return fmt.Errorf("delete peer %s: %w", name, err)
+	}
+	return nil
+}
+
+func (s *Store) putJSON(bucket, key []byte, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put(key, raw) })
+}
+
+// getJSON decodes inside the transaction: json.Unmarshal copies what it
+// keeps, so nothing refers to bbolt's memory after the transaction ends.
+func (s *Store) getJSON(bucket, key []byte, v any) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucket).Get(key)
+		if raw == nil {
+			return nil
+		}
+		return json.Unmarshal(raw, v)
+	})
+}
+
+func be(n uint64) []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint64(b, n)
+	return b
+}
+
+func u64(b []byte) uint64 {
+	if len(b) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(b)
+}

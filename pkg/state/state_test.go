@@ -1,0 +1,115 @@
+package state
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nixpeer/nixpeer/pkg/status"
+)
+
+func open(t *testing.T, path string) *Store {
+	t.Helper()
+	s, err := Open(path, 100*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestGenerationRisesOnlyWhenMeaningChanges(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	s := open(t, path)
+	steps := []struct {
+		hash string
+		want int64
+	}{{"a", 1}, {"a", 1}, {"b", 2}, {"b", 2}, {"a", 3}}
+	for _, st := range steps {
+		gen, err := s.RecordDesired("f.yaml", []byte(st.hash), st.hash)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if gen != st.want {
+			t.Fatalf("hash %s: generation %d, want %d", st.hash, gen, st.want)
+		}
+	}
+	s.Close()
+
+	s = open(t, path)
+	defer s.Close()
+	d, err := s.Desired()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d == nil || d.Generation != 3 || string(d.Content) != "a" || d.File != "f.yaml" {
+		t.Fatalf("after reopen: %+v, want generation 3 with content a", d)
+	}
+}
+
+func TestSecondOpenerIsRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	s := open(t, path)
+	defer s.Close()
+	_, err := Open(path, 50*time.Millisecond)
+	if !errors.Is(err, ErrLocked) {
+		t.Fatalf("second open: %v, want ErrLocked", err)
+	}
+}
+
+func TestEventsAreBoundedAndOrdered(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "state.db"))
+	defer s.Close()
+	for i := 0; i < MaxEvents+10; i++ {
+		if err := s.AppendEvent(Event{Generation: int64(i), Reason: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all, err := s.Events(MaxEvents * 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != MaxEvents {
+		t.Fatalf("%d events kept, want %d", len(all), MaxEvents)
+	}
+	if all[0].Generation != 10 || all[len(all)-1].Generation != MaxEvents+9 {
+		t.Fatalf("kept events %d..%d, want 10..%d", all[0].Generation, all[len(all)-1].Generation, MaxEvents+9)
+	}
+	last, _ := s.Events(2)
+	if len(last) != 2 || last[1].Generation != MaxEvents+9 {
+		t.Fatalf("Events(2) = %+v, want the two newest", last)
+	}
+}
+
+func TestStatusAndPeersRoundTrip(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "state.db"))
+	defer s.Close()
+	if _, ok, err := s.LoadStatus(); ok || err != nil {
+		t.Fatalf("empty store: ok=%v err=%v", ok, err)
+	}
+	want := status.Status{Host: "h", Generation: 4, ObservedGeneration: 4, Ready: true,
+		Conditions: []status.Condition{{Type: status.Ready, Status: status.True, Reason: "AllReady"}}}
+	if err := s.SaveStatus(want); err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := s.LoadStatus()
+	if err != nil || !ok || got.Host != "h" || got.Generation != 4 || len(got.Conditions) != 1 {
+		t.Fatalf("LoadStatus = %+v %v %v", got, ok, err)
+	}
+
+	type pin struct{ Key string }
+	if err := s.PutPeer("stage", pin{"k1"}); err != nil {
+		t.Fatal(err)
+	}
+	var p pin
+	if ok, err := s.GetPeer("stage", &p); !ok || err != nil || p.Key != "k1" {
+		t.Fatalf("GetPeer = %+v %v %v", p, ok, err)
+	}
+	if err := s.DeletePeer("stage"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := s.GetPeer("stage", &p); ok {
+		t.Fatal("peer still there after DeletePeer")
+	}
+}

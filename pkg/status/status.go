@@ -1,0 +1,127 @@
+// Package status holds what an agent reports about its host: Kubernetes-style
+// conditions, generations and peers. The daemon fills it, the socket serves it
+// as JSON, and `nixpeer status` prints it.
+package status
+
+import (
+	"sort"
+	"time"
+)
+
+// ConditionStatus is True, False or Unknown.
+type ConditionStatus string
+
+// The three condition statuses.
+const (
+	True    ConditionStatus = "True"
+	False   ConditionStatus = "False"
+	Unknown ConditionStatus = "Unknown"
+)
+
+// Condition types the agent reports. Ready summarizes all the others.
+const (
+	Ready             = "Ready"
+	DesiredStateValid = "DesiredStateValid"
+	KeysReady         = "KeysReady"
+	KnownHostsReady   = "KnownHostsReady"
+)
+
+// Condition follows the Kubernetes API conventions: LastTransitionTime
+// changes only when Status flips.
+type Condition struct {
+	Type               string          `json:"type"`
+	Status             ConditionStatus `json:"status"`
+	Reason             string          `json:"reason"`
+	Message            string          `json:"message"`
+	LastTransitionTime time.Time       `json:"lastTransitionTime"`
+}
+
+// Peer is what this host knows of another host it fetches from or serves.
+type Peer struct {
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	// Role is "substituter" for a host this one fetches from, "consumer" for
+	// one that fetches from this host.
+	Role string `json:"role"`
+	// Trust is "pinned" (hostKey in the desired-state file), "tofu" (trusted
+	// on first use), or "none" yet.
+	Trust              string `json:"trust"`
+	HostKeyFingerprint string `json:"hostKeyFingerprint,omitempty"`
+	State              string `json:"state"`
+	Message            string `json:"message,omitempty"`
+}
+
+// File is a file the agent manages on this host.
+type File struct {
+	Path      string    `json:"path"`
+	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+// Status is the host's whole report.
+type Status struct {
+	Host               string      `json:"host"`
+	ConfigFile         string      `json:"configFile"`
+	Ready              bool        `json:"ready"`
+	Generation         int64       `json:"generation"`
+	ObservedGeneration int64       `json:"observedGeneration"`
+	Conditions         []Condition `json:"conditions"`
+	Peers              []Peer      `json:"peers"`
+	Files              []File      `json:"files,omitempty"`
+	LastError          string      `json:"lastError,omitempty"`
+	LastReconcile      time.Time   `json:"lastReconcile"`
+}
+
+// Set records c in conds, keyed by type. LastTransitionTime is now when the
+// status of that type flips or is new, and kept otherwise. The result is
+// sorted by type, with Ready first.
+func Set(conds []Condition, c Condition, now time.Time) []Condition {
+	for i := range conds {
+		if conds[i].Type != c.Type {
+			continue
+		}
+		c.LastTransitionTime = conds[i].LastTransitionTime
+		if conds[i].Status != c.Status || c.LastTransitionTime.IsZero() {
+			c.LastTransitionTime = now
+		}
+		conds[i] = c
+		return conds
+	}
+	c.LastTransitionTime = now
+	conds = append(conds, c)
+	sort.SliceStable(conds, func(i, j int) bool {
+		if (conds[i].Type == Ready) != (conds[j].Type == Ready) {
+			return conds[i].Type == Ready
+		}
+		return conds[i].Type < conds[j].Type
+	})
+	return conds
+}
+
+// Find returns the condition of type t, or nil.
+func Find(conds []Condition, t string) *Condition {
+	for i := range conds {
+		if conds[i].Type == t {
+			return &conds[i]
+		}
+	}
+	return nil
+}
+
+// Remove drops the condition of type t.
+func Remove(conds []Condition, t string) []Condition {
+	out := conds[:0]
+	for _, c := range conds {
+		if c.Type != t {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Clone returns a deep copy of s.
+func (s Status) Clone() Status {
+	s.Conditions = append([]Condition(nil), s.Conditions...)
+	s.Peers = append([]Peer(nil), s.Peers...)
+	s.Files = append([]File(nil), s.Files...)
+	return s
+}

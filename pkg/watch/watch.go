@@ -1,0 +1,103 @@
+// Package watch tells when a file's content may have changed. It watches the
+// file's directory, not the file, so editor saves by rename, `sed -i`, and
+// symlink swaps (Kubernetes ConfigMaps) are all seen, and it follows the file
+// through symlinks to the directory of its target.
+package watch
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/fsnotify/fsnotify"
+	"go.uber.org/zap"
+)
+
+// File calls onChange whenever the content of path differs from the last
+// content it saw (a deleted file counts as a change). It returns when ctx
+// ends or the watcher fails to start.
+func File(ctx context.Context, log *zap.Logger, path string, onChange func()) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("start file watcher: %w", err)
+	}
+	defer w.Close()
+	path, err = filepath.Abs(path)
+	if err != nil {
+		return fmt.Errorf("resolve %s: %w", path, err)
+	}
+	watched := map[string]bool{}
+	// follow adds watches on path's directory and on the directory of every
+	// symlink target along the way.
+	follow := func() {
+		for _, dir := range dirsOf(path) {
+			if watched[dir] {
+				continue
+			}
+			if err := w.Add(dir); err != nil {
+				log.Warn("cannot watch directory", zap.String("dir", dir), zap.Error(err))
+				continue
+			}
+			watched[dir] = true
+		}
+	}
+	follow()
+	if !watched[filepath.Dir(path)] {
+		return fmt.Errorf("watch directory of %s: not watchable", path)
+	}
+	last := digest(path)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			log.Warn("file watcher error", zap.Error(err))
+		case ev, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			if ev.Op == fsnotify.Chmod {
+				continue
+			}
+			follow()
+			if d := digest(path); !bytes.Equal(d, last) {
+				last = d
+				onChange()
+			}
+		}
+	}
+}
+
+// dirsOf lists the directory of path and of each symlink hop from it.
+func dirsOf(path string) []string {
+	dirs := []string{filepath.Dir(path)}
+	p := path
+	for i := 0; i < 16; i++ {
+		target, err := os.Readlink(p)
+		if err != nil {
+			break
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(filepath.Dir(p), target)
+		}
+		dirs = append(dirs, filepath.Dir(target))
+		p = target
+	}
+	return dirs
+}
+
+// digest is the sha256 of path's content, nil when it cannot be read.
+func digest(path string) []byte {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	h := sha256.Sum256(b)
+	return h[:]
+}

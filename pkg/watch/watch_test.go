@@ -1,0 +1,132 @@
+package watch
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// start watches path and returns a channel that receives once per change.
+func start(t *testing.T, path string) <-chan struct{} {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	changes := make(chan struct{}, 100)
+	done := make(chan error, 1)
+	ready := make(chan struct{})
+	go func() {
+		close(ready)
+		done <- File(ctx, zap.NewNop(), path, func() { changes <- struct{}{} })
+	}()
+	<-ready
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("watch ended with %v", err)
+		}
+	})
+	return changes
+}
+
+// expectChange waits for a change; the watch may need a moment to be set up,
+// so the action is repeated with new content until a change arrives or the
+// deadline passes.
+func expectChange(t *testing.T, changes <-chan struct{}, what string, act func(i int)) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for i := 0; ; i++ {
+		act(i)
+		select {
+		case <-changes:
+			return
+		case <-time.After(200 * time.Millisecond):
+		case <-deadline:
+			t.Fatalf("%s: no change seen within 10s", what)
+		}
+	}
+}
+
+func write(t *testing.T, path, s string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSeesRenameSedAndSymlinkSwap(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "desired.yaml")
+	write(t, path, "a")
+	changes := start(t, path)
+
+	expectChange(t, changes, "rename-save", func(i int) {
+		tmp := filepath.Join(dir, ".desired.yaml.swp")
+		write(t, tmp, "rename "+string(rune('a'+i)))
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if _, err := exec.LookPath("sed"); err == nil {
+		expectChange(t, changes, "sed -i", func(i int) {
+			if out, err := exec.Command("sed", "-i", "s/rename/sed"+string(rune('a'+i))+"/", path).CombinedOutput(); err != nil {
+				t.Fatalf("sed: %v %s", err, out)
+			}
+		})
+	}
+	expectChange(t, changes, "delete", func(int) { os.Remove(path) })
+	expectChange(t, changes, "recreate", func(i int) { write(t, path, "back "+string(rune('a'+i))) })
+}
+
+func TestSeesConfigMapStyleSymlinkSwap(t *testing.T) {
+	dir := t.TempDir()
+	for _, v := range []string{"v1", "v2"} {
+		os.Mkdir(filepath.Join(dir, v), 0o755)
+		write(t, filepath.Join(dir, v, "desired.yaml"), "content "+v)
+	}
+	if err := os.Symlink("v1", filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "desired.yaml")
+	if err := os.Symlink("..data/desired.yaml", path); err != nil {
+		t.Fatal(err)
+	}
+	changes := start(t, path)
+	expectChange(t, changes, "symlink swap", func(i int) {
+		target := "v2"
+		if i%2 == 1 {
+			target = "v1"
+		}
+		tmp := filepath.Join(dir, "..data_tmp")
+		os.Remove(tmp)
+		if err := os.Symlink(target, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestSameContentIsNoChange(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "desired.yaml")
+	write(t, path, "same")
+	changes := start(t, path)
+	// A marker file proves events are flowing: once its change to the
+	// watched file is seen, the earlier same-content rewrite must not have
+	// produced one.
+	expectChange(t, changes, "first real change", func(i int) { write(t, path, "warm "+string(rune('a'+i))) })
+	for len(changes) > 0 {
+		<-changes
+	}
+	cur, _ := os.ReadFile(path)
+	write(t, path, string(cur)) // same bytes
+	expectChange(t, changes, "real change", func(i int) { write(t, path, "new "+string(rune('a'+i))) })
+	if n := len(changes); n != 0 {
+		t.Fatalf("%d extra changes reported for a same-content write", n)
+	}
+}
