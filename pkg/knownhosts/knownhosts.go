@@ -1,0 +1,421 @@
+// Package knownhosts keeps one agent-owned block inside an OpenSSH
+// known_hosts file that people also edit by hand:
+//
+//	# BEGIN nixpeer managed block: do not edit, the agent rewrites it
+//	127.0.0.2 ssh-ed25519 AAAA...
+//	[stage.example.com]:2222 ssh-ed25519 AAAA...
+//	# END nixpeer managed block
+//
+// Every byte outside the block is preserved exactly: comments, blank lines,
+// hashed entries, @cert-authority and @revoked lines, CRLF line endings,
+// trailing whitespace, a missing final newline and bytes that are not UTF-8.
+// A file without a block gets the block at its top, so that removing the
+// block later gives the original bytes back.
+package knownhosts
+
+import (
+	"bytes"
+	"cmp"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/atomicfile"
+)
+
+const (
+	beginLine = "# BEGIN nixpeer managed block: do not edit, the agent rewrites it"
+	endLine   = "# END nixpeer managed block"
+
+	// A line is taken for a marker when, with surrounding blanks removed,
+	// it starts with one of these, so a marker whose tail was edited is
+	// still recognised rather than silently left behind as a stale block.
+	beginPrefix = "# BEGIN nixpeer managed block"
+	endPrefix   = "# END nixpeer managed block"
+)
+
+// Entry is one host key the agent wants root's ssh to trust.
+type Entry struct {
+	// Host is a DNS name (compared and written in lower case) or an IP
+	// address literal. An IPv6 address is given bare, without brackets:
+	// the brackets are added when Port is not 22.
+	Host string
+	// Port is the sshd port, 1..65535. Port 22 is written as the bare
+	// host, any other port as "[host]:port", as ssh itself does.
+	Port int
+	// Key is the host's public key. Certificates are refused.
+	Key ssh.PublicKey
+}
+
+// hostField is the first column of the entry's known_hosts line.
+func (e Entry) hostField() string {
+	if e.Port == 22 {
+		return e.Host
+	}
+	return "[" + e.Host + "]:" + strconv.Itoa(e.Port)
+}
+
+// line is the entry's known_hosts line, without a newline. The entry must
+// have been normalized.
+func (e Entry) line() string {
+	return e.hostField() + " " + keyText(e.Key)
+}
+
+func keyText(k ssh.PublicKey) string {
+	return strings.TrimSuffix(string(ssh.MarshalAuthorizedKey(k)), "\n")
+}
+
+// Render returns existing with the managed block set to hold entries.
+// Entries are validated, sorted and deduplicated. An existing block is
+// replaced in place; with no block yet, the block goes at the top of the
+// file. With no entries, the block is removed, and a file without a block
+// is returned unchanged. A malformed block (BEGIN without END, END without
+// BEGIN, a BEGIN inside the block, a second block) is an error naming the
+// line. existing is never modified; the result does not share its memory.
+func Render(existing []byte, entries []Entry) ([]byte, error) {
+	norm, err := normalize(entries)
+	if err != nil {
+		return nil, err
+	}
+	b, err := findBlock(existing)
+	if err != nil {
+		return nil, err
+	}
+	var block []byte
+	if len(norm) > 0 {
+		block = append(block, beginLine+"\n"...)
+		for _, e := range norm {
+			block = append(block, e.line()...)
+			block = append(block, '\n')
+		}
+		block = append(block, endLine+"\n"...)
+	}
+	if !b.found {
+		out := make([]byte, 0, len(block)+len(existing))
+		out = append(out, block...)
+		return append(out, existing...), nil
+	}
+	out := make([]byte, 0, b.start+len(block)+len(existing)-b.end)
+	out = append(out, existing[:b.start]...)
+	out = append(out, block...)
+	return append(out, existing[b.end:]...), nil
+}
+
+// Managed returns the entries the managed block of existing holds, sorted
+// and deduplicated as Render writes them, or nil when there is no block.
+// A malformed block, or a line in it that is not a valid entry, is an error
+// naming the line.
+func Managed(existing []byte) ([]Entry, error) {
+	b, err := findBlock(existing)
+	if err != nil || !b.found {
+		return nil, err
+	}
+	var entries []Entry
+	lineNo := b.beginLine
+	for _, l := range splitLines(existing[b.bodyStart:b.bodyEnd]) {
+		lineNo++
+		e, err := parseLine(string(bytes.TrimRight(l, "\r\n")))
+		if err == nil {
+			e, err = e.normalized()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("line %d (in the nixpeer managed block): %w", lineNo, err)
+		}
+		entries = append(entries, e)
+	}
+	return sortUnique(entries), nil
+}
+
+// Update sets the managed block of the known_hosts file at path to entries
+// and reports whether it wrote anything. A missing file counts as empty and
+// is created with mode 0644 (its parent directory with mode 0700 if
+// missing); an existing file keeps its mode. Nothing is written when the
+// content is already right, or on any error. A path that is a symlink or
+// not a regular file is refused rather than replaced.
+func Update(path string, entries []Entry) (changed bool, err error) {
+	existing, perm, exists, err := readFile(path)
+	if err != nil {
+		return false, err
+	}
+	out, err := Render(existing, entries)
+	if err != nil {
+		return false, fmt.Errorf("update known_hosts %s: %w", path, err)
+	}
+	if !exists {
+		if len(out) == 0 {
+			return false, nil
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return false, fmt.Errorf("create directory for known_hosts %s: %w", path, err)
+		}
+	}
+	changed, err = atomicfile.WriteIfChanged(path, out, perm)
+	if err != nil {
+		return false, fmt.Errorf("update known_hosts %s: %w", path, err)
+	}
+	return changed, nil
+}
+
+func readFile(path string) (data []byte, perm fs.FileMode, exists bool, err error) {
+	st, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, 0o644, false, nil
+	}
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("stat known_hosts %s: %w", path, err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, 0, false, fmt.Errorf("known_hosts %s is not a regular file (%v); refusing to replace it", path, st.Mode().Type())
+	}
+	data, err = os.ReadFile(path)
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("read known_hosts %s: %w", path, err)
+	}
+	return data, st.Mode().Perm(), true, nil
+}
+
+// block locates the managed block in a file. Offsets are byte offsets;
+// line numbers are 1-based.
+type block struct {
+	found      bool
+	start, end int // the block, from the start of BEGIN to past END's newline
+	bodyStart  int // first byte after the BEGIN line
+	bodyEnd    int // first byte of the END line
+	beginLine  int
+}
+
+func findBlock(data []byte) (block, error) {
+	var b block
+	inBlock := false
+	lineNo, off := 0, 0
+	for _, l := range splitLines(data) {
+		lineNo++
+		lineStart := off
+		off += len(l)
+		switch markerKind(l) {
+		case markBegin:
+			switch {
+			case inBlock:
+				return block{}, fmt.Errorf("line %d: second BEGIN marker of the nixpeer managed block; the block opened at line %d has no END yet", lineNo, b.beginLine)
+			case b.found:
+				return block{}, fmt.Errorf("line %d: a second nixpeer managed block; the first begins at line %d", lineNo, b.beginLine)
+			}
+			inBlock = true
+			b.found = true
+			b.start, b.bodyStart, b.beginLine = lineStart, off, lineNo
+		case markEnd:
+			if !inBlock {
+				return block{}, fmt.Errorf("line %d: END marker of the nixpeer managed block without a BEGIN before it", lineNo)
+			}
+			inBlock = false
+			b.bodyEnd, b.end = lineStart, off
+		}
+	}
+	if inBlock {
+		return block{}, fmt.Errorf("line %d: BEGIN marker of the nixpeer managed block has no END marker", b.beginLine)
+	}
+	return b, nil
+}
+
+type marker int
+
+const (
+	markNone marker = iota
+	markBegin
+	markEnd
+)
+
+func markerKind(line []byte) marker {
+	t := bytes.Trim(line, " \t\r\n")
+	switch {
+	case bytes.HasPrefix(t, []byte(beginPrefix)):
+		return markBegin
+	case bytes.HasPrefix(t, []byte(endPrefix)):
+		return markEnd
+	}
+	return markNone
+}
+
+// splitLines splits data after each '\n'; the last line may lack one.
+func splitLines(data []byte) [][]byte {
+	var lines [][]byte
+	for len(data) > 0 {
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			lines = append(lines, data)
+			break
+		}
+		lines = append(lines, data[:i+1])
+		data = data[i+1:]
+	}
+	return lines
+}
+
+// parseLine reads one line of the managed block: "HOSTFIELD TYPE BASE64".
+func parseLine(l string) (Entry, error) {
+	f := strings.Fields(l)
+	if len(f) != 3 {
+		return Entry{}, fmt.Errorf("want \"HOST KEYTYPE BASE64\", got %d fields", len(f))
+	}
+	host, port, err := parseHostField(f[0])
+	if err != nil {
+		return Entry{}, err
+	}
+	key, _, _, rest, err := ssh.ParseAuthorizedKey([]byte(f[1] + " " + f[2]))
+	if err != nil {
+		return Entry{}, fmt.Errorf("parse key of %q: %w", f[0], err)
+	}
+	if len(rest) != 0 {
+		return Entry{}, fmt.Errorf("parse key of %q: trailing data", f[0])
+	}
+	return Entry{Host: host, Port: port, Key: key}, nil
+}
+
+func parseHostField(f string) (host string, port int, err error) {
+	if !strings.HasPrefix(f, "[") {
+		return f, 22, nil
+	}
+	i := strings.LastIndex(f, "]:")
+	if i < 0 {
+		return "", 0, fmt.Errorf("host %q: want HOST or [HOST]:PORT", f)
+	}
+	port, err = parsePort(f[i+2:])
+	if err != nil {
+		return "", 0, fmt.Errorf("host %q: %w", f, err)
+	}
+	return f[1:i], port, nil
+}
+
+func parsePort(s string) (int, error) {
+	if s == "" || len(s) > 5 || s[0] == '0' || strings.Trim(s, "0123456789") != "" {
+		return 0, fmt.Errorf("port %q is not a number 1..65535", s)
+	}
+	p, _ := strconv.Atoi(s)
+	if p > 65535 {
+		return 0, fmt.Errorf("port %d is out of range 1..65535", p)
+	}
+	return p, nil
+}
+
+// normalize validates entries and returns them in canonical form, sorted
+// and without duplicates.
+func normalize(entries []Entry) ([]Entry, error) {
+	out := make([]Entry, 0, len(entries))
+	for i, e := range entries {
+		n, err := e.normalized()
+		if err != nil {
+			return nil, fmt.Errorf("known_hosts entry %d: %w", i, err)
+		}
+		out = append(out, n)
+	}
+	return sortUnique(out), nil
+}
+
+// sortUnique sorts normalized entries and drops duplicates; it returns nil
+// for no entries.
+func sortUnique(out []Entry) []Entry {
+	slices.SortFunc(out, compare)
+	out = slices.CompactFunc(out, func(a, b Entry) bool { return compare(a, b) == 0 })
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+func compare(a, b Entry) int {
+	return cmp.Or(
+		strings.Compare(a.Host, b.Host),
+		cmp.Compare(a.Port, b.Port),
+		bytes.Compare(a.Key.Marshal(), b.Key.Marshal()),
+	)
+}
+
+// normalized checks e and returns it with Host in canonical form.
+func (e Entry) normalized() (Entry, error) {
+	host, err := canonicalHost(e.Host)
+	if err != nil {
+		return Entry{}, err
+	}
+	if e.Port < 1 || e.Port > 65535 {
+		return Entry{}, fmt.Errorf("host %s: port %d is out of range 1..65535", host, e.Port)
+	}
+	if err := checkKey(e.Key); err != nil {
+		return Entry{}, fmt.Errorf("host %s: %w", host, err)
+	}
+	return Entry{Host: host, Port: e.Port, Key: e.Key}, nil
+}
+
+// canonicalHost accepts an IP address literal (returned in canonical form)
+// or a DNS name (returned in lower case). Neither can hold a space, comma,
+// newline, bracket or pattern character.
+func canonicalHost(h string) (string, error) {
+	if h == "" {
+		return "", errors.New("empty host")
+	}
+	if addr, err := netip.ParseAddr(h); err == nil {
+		if addr.Zone() != "" {
+			return "", fmt.Errorf("host %q: IPv6 zones are not allowed", h)
+		}
+		return addr.String(), nil
+	}
+	if strings.HasPrefix(h, "[") {
+		return "", fmt.Errorf("host %q: give the bare address without brackets; they are added for a port other than 22", h)
+	}
+	name := strings.ToLower(h)
+	if len(name) > 253 {
+		return "", fmt.Errorf("host %q: DNS name longer than 253 bytes", h)
+	}
+	labels := strings.Split(name, ".")
+	for _, l := range labels {
+		if !validLabel(l) {
+			return "", fmt.Errorf("host %q: not an IP address and not a DNS name (labels of 1..63 letters, digits and inner hyphens)", h)
+		}
+	}
+	if strings.Trim(labels[len(labels)-1], "0123456789") == "" {
+		return "", fmt.Errorf("host %q: not an IP address, and a DNS name cannot end in an all-numeric label", h)
+	}
+	return name, nil
+}
+
+func validLabel(l string) bool {
+	if len(l) == 0 || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(l); i++ {
+		c := l[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// checkKey accepts a plain public key whose wire form parses back to the
+// same type, so that its known_hosts text is one line of two fields.
+func checkKey(k ssh.PublicKey) error {
+	if k == nil {
+		return errors.New("no key")
+	}
+	if _, ok := k.(*ssh.Certificate); ok {
+		return errors.New("key is a certificate; known_hosts needs the plain host key")
+	}
+	back, err := ssh.ParsePublicKey(k.Marshal())
+	if err != nil {
+		return fmt.Errorf("key does not parse back from its wire form: %w", err)
+	}
+	if back.Type() != k.Type() || strings.ContainsAny(k.Type(), " \t\r\n,") {
+		return fmt.Errorf("key type %q does not match its wire form", k.Type())
+	}
+	if _, ok := back.(*ssh.Certificate); ok {
+		return errors.New("key is a certificate; known_hosts needs the plain host key")
+	}
+	return nil
+}

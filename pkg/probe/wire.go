@@ -1,0 +1,283 @@
+package probe
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+)
+
+// Nix's wire format: every integer is a little-endian uint64; a string is
+// its length, its bytes, and zero padding to a multiple of 8.
+// Constants from Nix's serve-protocol.hh and worker-protocol.hh.
+const (
+	serveMagic1        = 0x390c9deb
+	serveMagic2        = 0x5452eecb
+	serveClientVersion = 0x205 // what we announce to nix-store --serve
+	cmdQueryValidPaths = 1
+
+	workerMagic1 = 0x6e697863
+	workerMagic2 = 0x6478696f
+	// workerClientVersion is what we announce to nix-daemon --stdio: 1.34,
+	// Nix 2.8's own. Later versions add handshake fields we do not read.
+	workerClientVersion = 0x122
+	// workerMinVersion is the oldest daemon we talk to (Nix's own bound).
+	workerMinVersion = 0x10a
+
+	stderrNext          = 0x6f6c6d67
+	stderrRead          = 0x64617461
+	stderrWrite         = 0x64617416
+	stderrLast          = 0x616c7473
+	stderrError         = 0x63787470
+	stderrStartActivity = 0x53545254
+	stderrStopActivity  = 0x53544f50
+	stderrResult        = 0x52534c54
+
+	// Bounds on what a server may make us read.
+	maxString   = 64 << 10
+	maxMessages = 1024
+	maxFields   = 256
+)
+
+func major(v uint64) uint64 { return v >> 8 }
+func minor(v uint64) uint64 { return v & 0xff }
+
+// words encodes integers in Nix's wire format.
+func words(vs ...uint64) []byte {
+	b := make([]byte, 0, 8*len(vs))
+	for _, v := range vs {
+		b = binary.LittleEndian.AppendUint64(b, v)
+	}
+	return b
+}
+
+// wireReader reads Nix's wire format.
+type wireReader struct {
+	r   io.Reader
+	buf [8]byte
+}
+
+// uint64 reads one integer; what names it in errors.
+func (w *wireReader) uint64(what string) (uint64, error) {
+	if _, err := io.ReadFull(w.r, w.buf[:]); err != nil {
+		return 0, fmt.Errorf("read %s: %w", what, eofIsUnexpected(err))
+	}
+	return binary.LittleEndian.Uint64(w.buf[:]), nil
+}
+
+// string reads one string of at most limit bytes.
+func (w *wireReader) string(what string, limit uint64) (string, error) {
+	n, err := w.uint64(what + " length")
+	if err != nil {
+		return "", err
+	}
+	if n > limit {
+		return "", fail(WrongProtocol, "%s is %d bytes long, more than %d", what, n, limit)
+	}
+	b := make([]byte, (n+7)&^7)
+	if _, err := io.ReadFull(w.r, b); err != nil {
+		return "", fmt.Errorf("read %s: %w", what, eofIsUnexpected(err))
+	}
+	return string(b[:n]), nil
+}
+
+func eofIsUnexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// serveHandshake speaks to nix-store --serve: greeting, then an empty
+// QueryValidPaths, whose answer must be an empty set.
+func serveHandshake(w io.Writer, r io.Reader) (Result, error) {
+	if _, err := w.Write(words(serveMagic1, serveClientVersion)); err != nil {
+		return Result{}, fmt.Errorf("send serve greeting: %w", err)
+	}
+	wr := &wireReader{r: r}
+	magic, err := wr.uint64("serve magic")
+	if err != nil {
+		return Result{}, err
+	}
+	if magic != serveMagic2 {
+		return Result{}, fail(WrongProtocol, "serve magic is %#x, want %#x: not nix-store --serve", magic, serveMagic2)
+	}
+	version, err := wr.uint64("serve protocol version")
+	if err != nil {
+		return Result{}, err
+	}
+	if major(version) != major(serveClientVersion) {
+		return Result{}, fail(WrongProtocol, "serve protocol version %#x, want major %#x", version, major(serveClientVersion))
+	}
+	// QueryValidPaths: lock 0, substitute 0, no paths.
+	if _, err := w.Write(words(cmdQueryValidPaths, 0, 0, 0)); err != nil {
+		return Result{}, fmt.Errorf("send QueryValidPaths: %w", err)
+	}
+	n, err := wr.uint64("QueryValidPaths answer")
+	if err != nil {
+		return Result{}, err
+	}
+	if n != 0 {
+		return Result{}, fail(WrongProtocol, "QueryValidPaths of no paths answered %d paths", n)
+	}
+	return Result{ServerVersion: version}, nil
+}
+
+// workerHandshake speaks to nix-daemon --stdio: greeting and version
+// exchange, then the daemon's start-up messages up to STDERR_LAST.
+func workerHandshake(w io.Writer, r io.Reader) (Result, error) {
+	if _, err := w.Write(words(workerMagic1)); err != nil {
+		return Result{}, fmt.Errorf("send worker greeting: %w", err)
+	}
+	wr := &wireReader{r: r}
+	magic, err := wr.uint64("worker magic")
+	if err != nil {
+		return Result{}, err
+	}
+	if magic != workerMagic2 {
+		return Result{}, fail(WrongProtocol, "worker magic is %#x, want %#x: not nix-daemon --stdio", magic, workerMagic2)
+	}
+	version, err := wr.uint64("worker protocol version")
+	if err != nil {
+		return Result{}, err
+	}
+	if major(version) != major(workerClientVersion) || version < workerMinVersion {
+		return Result{}, fail(WrongProtocol, "worker protocol version %#x, want 1.x with x >= %d", version, minor(workerMinVersion))
+	}
+	// Both sides use the lower of the two versions.
+	m := min(minor(version), minor(workerClientVersion))
+	hello := words(workerClientVersion)
+	if m >= 14 {
+		hello = append(hello, words(0)...) // obsolete CPU affinity: none
+	}
+	if m >= 11 {
+		hello = append(hello, words(0)...) // obsolete reserveSpace
+	}
+	if _, err := w.Write(hello); err != nil {
+		return Result{}, fmt.Errorf("send worker version: %w", err)
+	}
+	res := Result{ServerVersion: version}
+	if m >= 33 {
+		if res.NixVersion, err = wr.string("daemon Nix version", 256); err != nil {
+			return Result{}, err
+		}
+	}
+	if err := readStderr(wr, m); err != nil {
+		return Result{}, err
+	}
+	return res, nil
+}
+
+// readStderr reads the daemon's log messages until STDERR_LAST. An
+// STDERR_ERROR fails with the daemon's message.
+func readStderr(wr *wireReader, m uint64) error {
+	for range maxMessages {
+		code, err := wr.uint64("daemon message code")
+		if err != nil {
+			return err
+		}
+		switch code {
+		case stderrLast:
+			return nil
+		case stderrNext, stderrWrite:
+			if _, err := wr.string("daemon log message", maxString); err != nil {
+				return err
+			}
+		case stderrRead:
+			return fail(WrongProtocol, "daemon asks for data during the handshake")
+		case stderrError:
+			return readDaemonError(wr, m)
+		case stderrStartActivity:
+			// id, level, type, text, fields, parent
+			for _, what := range []string{"activity id", "activity level", "activity type"} {
+				if _, err := wr.uint64(what); err != nil {
+					return err
+				}
+			}
+			if _, err := wr.string("activity text", maxString); err != nil {
+				return err
+			}
+			if err := skipFields(wr); err != nil {
+				return err
+			}
+			if _, err := wr.uint64("activity parent"); err != nil {
+				return err
+			}
+		case stderrStopActivity:
+			if _, err := wr.uint64("activity id"); err != nil {
+				return err
+			}
+		case stderrResult:
+			for _, what := range []string{"result activity id", "result type"} {
+				if _, err := wr.uint64(what); err != nil {
+					return err
+				}
+			}
+			if err := skipFields(wr); err != nil {
+				return err
+			}
+		default:
+			return fail(WrongProtocol, "unknown daemon message code %#x", code)
+		}
+	}
+	return fail(WrongProtocol, "more than %d daemon messages before STDERR_LAST", maxMessages)
+}
+
+// skipFields reads an activity's or result's list of fields.
+func skipFields(wr *wireReader) error {
+	n, err := wr.uint64("field count")
+	if err != nil {
+		return err
+	}
+	if n > maxFields {
+		return fail(WrongProtocol, "%d fields, more than %d", n, maxFields)
+	}
+	for range n {
+		typ, err := wr.uint64("field type")
+		if err != nil {
+			return err
+		}
+		switch typ {
+		case 0:
+			_, err = wr.uint64("field")
+		case 1:
+			_, err = wr.string("field", maxString)
+		default:
+			return fail(WrongProtocol, "unknown field type %d", typ)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readDaemonError reads an STDERR_ERROR and returns it as a failure.
+func readDaemonError(wr *wireReader, m uint64) error {
+	if m < 26 {
+		msg, err := wr.string("daemon error", maxString)
+		if err != nil {
+			return err
+		}
+		if _, err := wr.uint64("daemon error status"); err != nil {
+			return err
+		}
+		return fail(WrongProtocol, "daemon error: %s", msg)
+	}
+	// type ("Error"), level, name, message, position, traces
+	if _, err := wr.string("daemon error type", maxString); err != nil {
+		return err
+	}
+	if _, err := wr.uint64("daemon error level"); err != nil {
+		return err
+	}
+	if _, err := wr.string("daemon error name", maxString); err != nil {
+		return err
+	}
+	msg, err := wr.string("daemon error", maxString)
+	if err != nil {
+		return err
+	}
+	// Nix sends no position (0) and traces without positions; whatever
+	// follows, the message is what matters.
+	return fail(WrongProtocol, "daemon error: %s", msg)
+}
