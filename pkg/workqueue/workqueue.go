@@ -21,7 +21,7 @@ type Queue struct {
 	dirty      map[string]bool
 	processing map[string]bool
 	failures   map[string]int
-	timers     map[string]clock.Timer
+	timers     map[string]pending
 	shutdown   bool
 }
 
@@ -32,7 +32,7 @@ func New(c clock.Clock, base, max time.Duration) *Queue {
 		dirty:      map[string]bool{},
 		processing: map[string]bool{},
 		failures:   map[string]int{},
-		timers:     map[string]clock.Timer{},
+		timers:     map[string]pending{},
 	}
 	q.cond = sync.NewCond(&q.mu)
 	return q
@@ -57,8 +57,14 @@ func (q *Queue) addLocked(key string) {
 	q.cond.Signal()
 }
 
-// AddAfter enqueues key after d. An earlier pending AddAfter for the same key
-// is kept if it fires sooner.
+// pending is a delayed add.
+type pending struct {
+	due   time.Time
+	timer clock.Timer
+}
+
+// AddAfter enqueues key after d. Of two delayed adds of one key, the sooner
+// wins.
 func (q *Queue) AddAfter(key string, d time.Duration) {
 	if d <= 0 {
 		q.Add(key)
@@ -69,15 +75,23 @@ func (q *Queue) AddAfter(key string, d time.Duration) {
 	if q.shutdown {
 		return
 	}
-	if _, pending := q.timers[key]; pending {
-		return
+	due := q.clock.Now().Add(d)
+	if p, ok := q.timers[key]; ok {
+		if !p.due.After(due) {
+			return
+		}
+		p.timer.Stop()
 	}
-	q.timers[key] = q.clock.AfterFunc(d, func() {
+	var t clock.Timer
+	t = q.clock.AfterFunc(d, func() {
 		q.mu.Lock()
 		defer q.mu.Unlock()
-		delete(q.timers, key)
+		if p, ok := q.timers[key]; ok && p.timer == t {
+			delete(q.timers, key)
+		}
 		q.addLocked(key)
 	})
+	q.timers[key] = pending{due: due, timer: t}
 }
 
 // AddRateLimited enqueues key after its backoff, which doubles with each
@@ -146,8 +160,8 @@ func (q *Queue) ShutDown() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.shutdown = true
-	for k, t := range q.timers {
-		t.Stop()
+	for k, p := range q.timers {
+		p.timer.Stop()
 		delete(q.timers, k)
 	}
 	q.cond.Broadcast()

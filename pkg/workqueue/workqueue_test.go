@@ -61,12 +61,16 @@ func TestAddAfterFiresAtItsTime(t *testing.T) {
 		start := time.Now()
 		q.AddAfter("host", 3*time.Second)
 		q.AddAfter("host", time.Hour) // a later one does not replace the sooner
+		q.AddAfter("other", time.Hour)
+		q.AddAfter("other", time.Second) // a sooner one replaces the later
 		k, ok := q.Get()
-		if !ok || k != "host" {
-			t.Fatalf("Get = %q %v", k, ok)
+		if k != "other" || time.Since(start) != time.Second {
+			t.Fatalf("first key %q after %v, want other after 1s", k, time.Since(start))
 		}
-		if waited := time.Since(start); waited != 3*time.Second {
-			t.Fatalf("key ready after %v, want 3s", waited)
+		q.Done(k)
+		k, ok = q.Get()
+		if !ok || k != "host" || time.Since(start) != 3*time.Second {
+			t.Fatalf("second key %q after %v, want host after 3s", k, time.Since(start))
 		}
 		q.Done(k)
 		q.ShutDown()

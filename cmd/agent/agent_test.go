@@ -1,0 +1,505 @@
+package main
+
+// Integration tests: they build the real binary and run it as a subprocess
+// under --root in a temporary directory, and talk to it over its socket.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nixpeer/nixpeer/pkg/api"
+	"github.com/nixpeer/nixpeer/pkg/status"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// binary builds nixpeer once per test process.
+func binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "nixpeer-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		// Other users run it too (the root-only test runs it as nobody).
+		if err := os.Chmod(dir, 0o755); err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "nixpeer")
+		out, err := exec.Command("go", "build", "-race", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// fleet is the desired state most tests use: stage serves, prod fetches.
+func fleet(stagePeerPort int, stageHostKey string) string {
+	pin := ""
+	if stageHostKey != "" {
+		pin = "\n    hostKey: " + stageHostKey
+	}
+	return fmt.Sprintf(`apiVersion: nixpeer/v1
+hosts:
+  - name: stage
+    address: 127.0.0.2
+    peerPort: %d
+    platform: nix
+    apply: []
+    serve: {}%s
+  - name: prod
+    address: 127.0.0.3
+    platform: nix
+    apply: []
+    substituteFrom: [stage]
+`, stagePeerPort, pin)
+}
+
+// renameSave writes content the way editors do: a new file renamed over
+// the old one.
+func renameSave(t testing.TB, path, content string) {
+	t.Helper()
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".swp")
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type agent struct {
+	t       testing.TB
+	root    string
+	config  string
+	socket  string
+	cmd     *exec.Cmd
+	logs    *syncWriter
+	done    chan error
+	client  *api.Client
+	stopped bool
+}
+
+// startAgent runs `nixpeer run` for host under root and waits until its
+// socket answers.
+func startAgent(t testing.TB, root, config, host string, extra ...string) *agent {
+	t.Helper()
+	a := &agent{t: t, root: root, config: config, socket: filepath.Join(root, "run/nixpeer/agent.sock"),
+		logs: &syncWriter{}, done: make(chan error, 1)}
+	args := append([]string{"run", "--config", config, "--host", host, "--root", root, "--log-level", "debug"}, extra...)
+	a.cmd = exec.Command(binary(t), args...)
+	a.cmd.Stdout = a.logs
+	a.cmd.Stderr = a.logs
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { a.done <- a.cmd.Wait() }()
+	a.client = api.NewClient(a.socket)
+	t.Cleanup(func() {
+		a.stop()
+		if t.Failed() {
+			t.Logf("agent %s log:\n%s", host, a.logs.String())
+		}
+	})
+	a.waitFor("socket answers", func(status.Status) bool { return true })
+	return a
+}
+
+// syncWriter collects an agent's output from two pipes.
+type syncWriter struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (a *agent) stop() {
+	if a.stopped {
+		return
+	}
+	a.stopped = true
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.done:
+	case <-time.After(10 * time.Second):
+		a.cmd.Process.Kill()
+		<-a.done
+	}
+}
+
+// kill9 kills the agent the hard way.
+func (a *agent) kill9() {
+	a.stopped = true
+	a.cmd.Process.Kill()
+	<-a.done
+}
+
+// waitFor polls the status until cond holds, with a deadline.
+func (a *agent) waitFor(what string, cond func(status.Status) bool) status.Status {
+	a.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	var last status.Status
+	var lastErr error
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-a.done:
+			a.done <- err
+			a.t.Fatalf("waiting for %s: agent exited: %v\n%s", what, err, a.logs.String())
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		st, err := a.client.Status(ctx)
+		cancel()
+		if err == nil && cond(st) {
+			return st
+		}
+		last, lastErr = st, err
+		time.Sleep(5 * time.Millisecond) // poll interval of a condition with a deadline
+	}
+	a.t.Fatalf("waiting for %s: deadline passed; last status %+v, last error %v", what, last, lastErr)
+	return last
+}
+
+func ready(st status.Status) bool { return st.Ready && st.ObservedGeneration == st.Generation }
+
+// runCLI runs the binary and returns its exit code, stdout and stderr.
+func runCLI(t testing.TB, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(binary(t), args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return code, out.String(), errb.String()
+}
+
+func newRoot(t *testing.T, content string) (root, config string) {
+	root = t.TempDir()
+	config = filepath.Join(root, "etc/nixpeer/desired.yaml")
+	os.MkdirAll(filepath.Dir(config), 0o755)
+	if err := os.WriteFile(config, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return root, config
+}
+
+func TestRenameSaveIsReconciled(t *testing.T) {
+	root, config := newRoot(t, fleet(7722, ""))
+	a := startAgent(t, root, config, "prod")
+	st := a.waitFor("Ready", ready)
+	if st.Host != "prod" || st.Generation != 1 {
+		t.Fatalf("first status: host %q generation %d, want prod 1", st.Host, st.Generation)
+	}
+	for i := 1; i <= 5; i++ {
+		renameSave(t, config, fleet(7722+i, ""))
+		want := int64(1 + i)
+		a.waitFor(fmt.Sprintf("generation %d reconciled", want), func(s status.Status) bool {
+			return ready(s) && s.Generation == want
+		})
+	}
+	// A comment is no change of meaning: the generation stays.
+	renameSave(t, config, "# a comment\n"+fleet(7727, ""))
+	if err := a.client.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	before := a.waitFor("still ready", ready)
+	after := a.waitFor("a later reconcile", func(s status.Status) bool { return s.LastReconcile.After(before.LastReconcile) })
+	if after.Generation != 6 {
+		t.Fatalf("generation %d after a comment-only edit, want 6", after.Generation)
+	}
+}
+
+func TestBrokenFileKeepsLastGoodState(t *testing.T) {
+	key := hostKeyLine(t)
+	root, config := newRoot(t, fleet(7722, key))
+	a := startAgent(t, root, config, "prod")
+	a.waitFor("Ready", ready)
+	kh := filepath.Join(root, "root/.ssh/known_hosts")
+	good, err := os.ReadFile(kh)
+	if err != nil || !strings.Contains(string(good), strings.TrimSpace(key)) {
+		t.Fatalf("known_hosts lacks the pinned key: %v\n%s", err, good)
+	}
+
+	renameSave(t, config, strings.Replace(fleet(7722, key), "peerPort: 7722", "peerPort: seven", 1))
+	st := a.waitFor("DesiredStateValid False", func(s status.Status) bool {
+		c := status.Find(s.Conditions, status.DesiredStateValid)
+		return c != nil && c.Status == status.False
+	})
+	c := status.Find(st.Conditions, status.DesiredStateValid)
+	if !strings.Contains(c.Message, config+":5:15:") {
+		t.Fatalf("condition message %q does not name %s:5:15", c.Message, config)
+	}
+	if st.Ready || st.Generation != 1 || st.ObservedGeneration != 1 {
+		t.Fatalf("broken file: ready %v generation %d/%d, want not ready, last good generation 1 kept", st.Ready, st.Generation, st.ObservedGeneration)
+	}
+	if code, _, _ := runCLI(t, "status", "--socket", a.socket); code != exitNotReady {
+		t.Fatalf("status exit %d for a broken file, want %d", code, exitNotReady)
+	}
+	now, _ := os.ReadFile(kh)
+	if !bytes.Equal(now, good) {
+		t.Fatalf("known_hosts changed while the file was broken:\n%s", now)
+	}
+
+	// Deleted: the last good state stays too.
+	os.Remove(config)
+	a.waitFor("FileMissing", func(s status.Status) bool {
+		c := status.Find(s.Conditions, status.DesiredStateValid)
+		return c != nil && c.Reason == "FileMissing"
+	})
+	renameSave(t, config, fleet(7722, key))
+	a.waitFor("Ready again", ready)
+}
+
+func TestKill9ThenRestart(t *testing.T) {
+	root, config := newRoot(t, fleet(7722, ""))
+	a := startAgent(t, root, config, "stage")
+	a.waitFor("Ready", ready)
+	code, factsBefore, _ := runCLI(t, "facts", "--root", root, "--json")
+	if code != 0 {
+		t.Fatalf("facts exit %d", code)
+	}
+	// Kill it in the middle of reconciling a stream of edits, several times.
+	for i := 1; i <= 5; i++ {
+		renameSave(t, config, fleet(7722+i, ""))
+		a.kill9()
+		a = startAgent(t, root, config, "stage")
+		want := int64(1 + i)
+		a.waitFor(fmt.Sprintf("Ready at generation %d after kill -9", want), func(s status.Status) bool {
+			return ready(s) && s.Generation == want
+		})
+	}
+	_, factsAfter, _ := runCLI(t, "facts", "--root", root, "--json")
+	if factsAfter != factsBefore {
+		t.Fatalf("keys changed across kill -9:\nbefore %s\nafter  %s", factsBefore, factsAfter)
+	}
+}
+
+func TestSecondDaemonOnSameStateIsRefused(t *testing.T) {
+	root, config := newRoot(t, fleet(7722, ""))
+	a := startAgent(t, root, config, "stage")
+	a.waitFor("Ready", ready)
+	code, _, stderr := runCLI(t, "run", "--config", config, "--host", "stage", "--root", root,
+		"--socket", filepath.Join(root, "other.sock"))
+	if code == 0 || !strings.Contains(stderr, "another process") {
+		t.Fatalf("second daemon: exit %d, stderr %q; want a refusal naming the lock", code, stderr)
+	}
+	code, _, stderr = runCLI(t, "run", "--config", config, "--host", "stage", "--root", root,
+		"--state-dir", filepath.Join(root, "other-state"))
+	if code == 0 || !strings.Contains(stderr, "another nixpeer daemon answers") {
+		t.Fatalf("second daemon on the same socket: exit %d, stderr %q", code, stderr)
+	}
+	a.waitFor("first daemon still serving", ready)
+}
+
+func TestMutatingCallsAreRootOnly(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a client as another user")
+	}
+	root, config := newRoot(t, fleet(7722, ""))
+	// The client runs as nobody, a member of group nogroup, so it may read.
+	a := startAgent(t, root, config, "stage", "--socket-group", "nogroup")
+	a.waitFor("Ready", ready)
+	for p := filepath.Dir(a.socket); p != "/"; p = filepath.Dir(p) {
+		st, _ := os.Stat(p)
+		os.Chmod(p, st.Mode().Perm()|0o055)
+	}
+	asNobody := func(args ...string) (int, string) {
+		cmd := exec.Command(binary(t), args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode(), string(out)
+		}
+		if err != nil {
+			t.Fatalf("run %v as nobody: %v", args, err)
+		}
+		return 0, string(out)
+	}
+	if code, out := asNobody("status", "--socket", a.socket, "--json"); code != 0 {
+		t.Fatalf("status as a group member: exit %d, %s", code, out)
+	}
+	code, out := asNobody("reconcile", "--socket", a.socket)
+	if code != 1 || !strings.Contains(out, "only root may") {
+		t.Fatalf("reconcile as nobody: exit %d, %q; want exit 1 and a refusal", code, out)
+	}
+	st, err := os.Stat(a.socket)
+	if err != nil || st.Mode().Perm()&0o002 != 0 {
+		t.Fatalf("socket mode %v: world-writable", st.Mode())
+	}
+}
+
+func TestStatusWithoutDaemon(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	code, _, stderr := runCLI(t, "status", "--socket", sock)
+	if code != exitNoDaemon || !strings.Contains(stderr, sock) || !strings.Contains(stderr, "no nixpeer daemon") {
+		t.Fatalf("exit %d, stderr %q; want 1 and a message naming %s", code, stderr, sock)
+	}
+}
+
+func TestStatusJSONAndTable(t *testing.T) {
+	root, config := newRoot(t, fleet(7722, ""))
+	a := startAgent(t, root, config, "stage")
+	a.waitFor("Ready", ready)
+	code, out, _ := runCLI(t, "status", "--socket", a.socket, "--json")
+	if code != exitReady {
+		t.Fatalf("status exit %d, want 0", code)
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"host", "ready", "generation", "observedGeneration", "conditions", "peers"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("status --json lacks %q: %s", k, out)
+		}
+	}
+	conds, _ := m["conditions"].([]any)
+	if len(conds) == 0 {
+		t.Fatalf("no conditions: %s", out)
+	}
+	for _, k := range []string{"type", "status", "reason", "message", "lastTransitionTime"} {
+		if _, ok := conds[0].(map[string]any)[k]; !ok {
+			t.Errorf("condition lacks %q: %v", k, conds[0])
+		}
+	}
+	code, out, _ = runCLI(t, "status", "--socket", a.socket)
+	if code != 0 || !strings.Contains(out, "KeysReady") || !strings.Contains(out, "stage") {
+		t.Fatalf("status table: exit %d\n%s", code, out)
+	}
+}
+
+func TestNoOpReconcileWritesNothing(t *testing.T) {
+	root, config := newRoot(t, fleet(7722, hostKeyLine(t)))
+	a := startAgent(t, root, config, "prod")
+	st := a.waitFor("Ready", ready)
+	old := time.Unix(1_000_000_000, 0)
+	var files []string
+	for _, f := range st.Files {
+		files = append(files, f.Path)
+	}
+	files = append(files, filepath.Join(root, "var/lib/nixpeer/state.db"))
+	if len(files) < 3 {
+		t.Fatalf("status lists %d managed files, want at least the two keys and known_hosts", len(st.Files))
+	}
+	for _, f := range files {
+		if err := os.Chtimes(f, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 3; i++ {
+		prev := a.waitFor("ready", ready)
+		if err := a.client.Reconcile(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		a.waitFor("the reconcile ran", func(s status.Status) bool { return s.LastReconcile.After(prev.LastReconcile) })
+	}
+	for _, f := range files {
+		fi, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !fi.ModTime().Equal(old) {
+			t.Errorf("%s was rewritten by a reconcile that had nothing to do", f)
+		}
+	}
+}
+
+func TestKnownHostsKeepsEveryForeignLine(t *testing.T) {
+	key := hostKeyLine(t)
+	root, config := newRoot(t, fleet(7722, ""))
+	kh := filepath.Join(root, "root/.ssh/known_hosts")
+	os.MkdirAll(filepath.Dir(kh), 0o700)
+	foreign := "# my hosts\r\n|1|abc=|def= ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n@cert-authority *.example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl  \n\nno-final-newline"
+	if err := os.WriteFile(kh, []byte(foreign), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, root, config, "prod")
+	a.waitFor("Ready", ready)
+	renameSave(t, config, fleet(7722, key))
+	a.waitFor("pinned generation", func(s status.Status) bool { return ready(s) && s.Generation == 2 })
+	got, _ := os.ReadFile(kh)
+	if !bytes.HasSuffix(got, []byte(foreign)) || !strings.Contains(string(got), "127.0.0.2 "+strings.TrimSpace(key)) {
+		t.Fatalf("known_hosts after pinning:\n%q", got)
+	}
+	renameSave(t, config, fleet(7722, ""))
+	a.waitFor("unpinned generation", func(s status.Status) bool { return ready(s) && s.Generation == 3 })
+	got, _ = os.ReadFile(kh)
+	if string(got) != foreign {
+		t.Fatalf("known_hosts after the pin left:\n%q\nwant the original bytes\n%q", got, foreign)
+	}
+}
+
+func TestSystemdUnitVerifies(t *testing.T) {
+	sa, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("systemd-analyze is missing: apt-get install -y systemd")
+		}
+		t.Skip("systemd-analyze is missing: apt-get install -y systemd")
+	}
+	unit, err := os.ReadFile("../../systemd/nixpeer.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Type=notify", "Restart=on-failure", "StateDirectory=nixpeer", "RuntimeDirectory=nixpeer", "ProtectSystem=strict", "WatchdogSec="} {
+		if !bytes.Contains(unit, []byte(want)) {
+			t.Errorf("unit lacks %s", want)
+		}
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "nixpeer.service")
+	os.WriteFile(path, bytes.ReplaceAll(unit, []byte("/usr/local/bin/nixpeer"), []byte(binary(t))), 0o644)
+	if out, err := exec.Command(sa, "verify", path).CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// hostKeyLine makes a fresh ed25519 public key line.
+func hostKeyLine(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", filepath.Join(dir, "k")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ssh-keygen: %v %s", err, out)
+	}
+	pub, err := os.ReadFile(filepath.Join(dir, "k.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(pub))
+}

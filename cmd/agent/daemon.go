@@ -1,0 +1,245 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/nixpeer/nixpeer/pkg/api"
+	"github.com/nixpeer/nixpeer/pkg/clock"
+	"github.com/nixpeer/nixpeer/pkg/layout"
+	"github.com/nixpeer/nixpeer/pkg/reconcile"
+	"github.com/nixpeer/nixpeer/pkg/state"
+	"github.com/nixpeer/nixpeer/pkg/status"
+	"github.com/nixpeer/nixpeer/pkg/watch"
+)
+
+// DefaultConfig is where the desired-state file lives without --config.
+const DefaultConfig = "/etc/nixpeer/desired.yaml"
+
+// hostFlags are the flags that place the agent on its host.
+type hostFlags struct {
+	root, stateDir, socket string
+}
+
+func (f *hostFlags) register(fs *flag.FlagSet, withSocket bool) {
+	fs.StringVar(&f.root, "root", "", "put every path the agent reads or writes under `DIR` (like nixos-install --root)")
+	fs.StringVar(&f.stateDir, "state-dir", "", "state `DIR` (default /var/lib/nixpeer, under --root)")
+	if withSocket {
+		fs.StringVar(&f.socket, "socket", "", "status socket `PATH` (default /run/nixpeer/agent.sock, under --root)")
+	}
+}
+
+func (f *hostFlags) layout() layout.Layout { return layout.New(f.root, f.stateDir, f.socket) }
+
+func newFlagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet("nixpeer "+name, flag.ContinueOnError)
+	return fs
+}
+
+// parseFlags parses args and refuses stray arguments.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return &exitError{code: 0}
+		}
+		return &exitError{code: 2}
+	}
+	if fs.NArg() > 0 {
+		return &exitError{code: 2, msg: fmt.Sprintf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
+	}
+	return nil
+}
+
+func cmdRun(args []string, stderr io.Writer) error {
+	fs := newFlagSet("run")
+	var hf hostFlags
+	hf.register(fs, true)
+	config := fs.String("config", DefaultConfig, "desired-state `FILE`")
+	host := fs.String("host", "", "this host's `NAME` in the desired-state file (default: matched by hostname)")
+	level := fs.String("log-level", "info", "log `LEVEL`: debug, info, warn, error")
+	group := fs.String("socket-group", "nixpeer", "`GROUP` whose members may read the status (if it exists)")
+	resync := fs.Duration("resync", 5*time.Minute, "reconcile at least this often (safety net; changes are seen at once)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	log, err := newLogger(*level, stderr)
+	if err != nil {
+		return &exitError{code: 2, msg: "nixpeer run: " + err.Error()}
+	}
+	defer log.Sync()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := runDaemon(ctx, log, hf.layout(), *config, *host, *group, *resync); err != nil {
+		log.Error("agent stopped", zap.Error(err))
+		return &exitError{code: 1, msg: "nixpeer run: " + err.Error()}
+	}
+	return nil
+}
+
+func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, config, hostName, group string, resync time.Duration) error {
+	store, err := state.Open(l.Database, time.Second)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	hostnames := machineHostnames()
+	host, err := reconcile.NewHost(reconcile.Config{
+		Log: log, Clock: clock.Real{}, Layout: l, Store: store,
+		ConfigFile: config, HostName: hostName, Hostnames: hostnames,
+	})
+	if err != nil {
+		return err
+	}
+	loop := reconcile.NewLoop(log, clock.Real{}, host, resync)
+	backend := &backend{host: host, loop: loop, store: store}
+
+	ln, err := api.Listen(l.Socket, group)
+	if err != nil {
+		return err
+	}
+	srv := api.NewServer(log, backend, group)
+	go func() {
+		if err := srv.Serve(ln); err != nil {
+			log.Error("status socket", zap.Error(err))
+		}
+	}()
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		if err := watch.File(ctx, log, config, func() { loop.Trigger("desired-state file changed") }); err != nil {
+			log.Error("cannot watch the desired-state file; changes are picked up at the resync", zap.Error(err))
+		}
+	}()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				loop.Trigger("SIGHUP")
+			}
+		}
+	}()
+
+	loopDone := make(chan struct{})
+	go func() {
+		defer close(loopDone)
+		loop.Run(ctx)
+	}()
+	log.Info("nixpeer agent started", zap.String("config", config), zap.String("socket", l.Socket),
+		zap.String("stateDir", l.StateDir), zap.String("root", l.Root), zap.Strings("hostnames", hostnames))
+
+	select {
+	case <-loop.FirstDone():
+		if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+			log.Warn("sd_notify READY failed", zap.Error(err))
+		}
+	case <-ctx.Done():
+	}
+	if interval, err := daemon.SdWatchdogEnabled(false); err == nil && interval > 0 {
+		go watchdog(ctx, loop, interval)
+	}
+	<-ctx.Done()
+	daemon.SdNotify(false, daemon.SdNotifyStopping)
+	log.Info("stopping")
+	<-loopDone
+	<-watchDone
+	return nil
+}
+
+// watchdog pings systemd at half the interval while the loop makes progress:
+// a worker stuck longer than the interval stops the pings, and systemd
+// restarts the agent.
+func watchdog(ctx context.Context, loop *reconcile.Loop, interval time.Duration) {
+	t := time.NewTicker(interval / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if loop.Healthy(interval) {
+				daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+			}
+		}
+	}
+}
+
+// machineHostnames are the names the host is matched by without --host.
+func machineHostnames() []string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return nil
+	}
+	names := []string{h}
+	if short, _, ok := strings.Cut(h, "."); ok {
+		names = append(names, short)
+	}
+	return names
+}
+
+// newLogger logs JSON when stderr is not a terminal (systemd, files) and
+// readable console lines on a terminal.
+func newLogger(level string, w io.Writer) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	encCfg := zap.NewProductionEncoderConfig()
+	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
+	var enc zapcore.Encoder
+	if isTerminal(w) {
+		encCfg.EncodeLevel = zapcore.CapitalColorLevelEncoder
+		enc = zapcore.NewConsoleEncoder(encCfg)
+	} else {
+		enc = zapcore.NewJSONEncoder(encCfg)
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(w), lvl)), nil
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// backend is what the socket exposes of the daemon.
+type backend struct {
+	host  *reconcile.Host
+	loop  *reconcile.Loop
+	store *state.Store
+}
+
+func (b *backend) Status() status.Status { return b.host.Status() }
+func (b *backend) Reconcile()            { b.loop.Trigger("nixpeer reconcile") }
+func (b *backend) TrustReset(peer string) error {
+	return fmt.Errorf("trust reset of %q: no peer trust is recorded yet", peer)
+}

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
+)
+
+// keyFacts is one public key of the host.
+type keyFacts struct {
+	Path        string `json:"path"`
+	PublicKey   string `json:"publicKey,omitempty"`
+	Fingerprint string `json:"fingerprint,omitempty"`
+	Error       string `json:"error,omitempty"`
+}
+
+// hostFacts is what `nixpeer facts` prints: public material only.
+type hostFacts struct {
+	ClientKey keyFacts `json:"clientKey"`
+	HostKey   keyFacts `json:"hostKey"`
+}
+
+func cmdFacts(args []string, stdout io.Writer) error {
+	fs := newFlagSet("facts")
+	var hf hostFlags
+	hf.register(fs, false)
+	asJSON := fs.Bool("json", false, "print the facts as a JSON object")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	l := hf.layout()
+	facts := hostFacts{ClientKey: readKey(l.ClientKey), HostKey: readKey(l.HostKey)}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(facts)
+	}
+	for _, k := range []struct {
+		what string
+		f    keyFacts
+	}{{"SSH client key (fetches from peers)", facts.ClientKey}, {"SSH host key (pin this as hostKey)", facts.HostKey}} {
+		fmt.Fprintf(stdout, "%s: %s\n", k.what, k.f.Path)
+		if k.f.Error != "" {
+			fmt.Fprintf(stdout, "  not readable: %s\n", k.f.Error)
+			continue
+		}
+		fmt.Fprintf(stdout, "  %s\n  %s\n", k.f.PublicKey, k.f.Fingerprint)
+	}
+	if facts.ClientKey.Error != "" || facts.HostKey.Error != "" {
+		return &exitError{code: 1}
+	}
+	return nil
+}
+
+func readKey(path string) keyFacts {
+	k, err := sshkeys.Load(path)
+	if err != nil {
+		return keyFacts{Path: path, Error: err.Error()}
+	}
+	return keyFacts{Path: path, PublicKey: k.AuthorizedLine(), Fingerprint: k.Fingerprint()}
+}

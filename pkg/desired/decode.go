@@ -1,0 +1,365 @@
+package desired
+
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/goccy/go-yaml/ast"
+)
+
+// Allowed fields of each mapping, in the order messages list them.
+var (
+	fileFields  = []string{"apiVersion", "trust", "hosts"}
+	hostFields  = []string{"name", "address", "peerPort", "sshPort", "hostKey", "platform", "apply", "nixosModuleFile", "serve", "substituteFrom"}
+	serveFields = []string{"protocol", "keyName", "signClosure"}
+)
+
+// fieldHelp says what a field must hold and shows a correct line, for the
+// "what would be right" half of messages. text is true for fields that
+// hold one string.
+type fieldHelp struct {
+	text          bool
+	want, example string
+}
+
+var help = map[string]fieldHelp{
+	"apiVersion":      {true, "the string " + APIVersion, "apiVersion: " + APIVersion},
+	"trust":           {true, "tofu or pinned", "trust: tofu"},
+	"hosts":           {false, "a list of host mappings", "hosts: followed by lines like \"  - name: web1\""},
+	"name":            {true, "a host name (a lowercase DNS label)", "name: web1"},
+	"address":         {true, "a DNS host name or an IP address", "address: web1.example.com"},
+	"peerPort":        {false, "a port number 1-65535", fmt.Sprintf("peerPort: %d", DefaultPeerPort)},
+	"sshPort":         {false, "a port number 1-65535", fmt.Sprintf("sshPort: %d", DefaultSSHPort)},
+	"hostKey":         {true, "an SSH public key line", `hostKey: "ssh-ed25519 AAAA..."`},
+	"platform":        {true, "one of nixos, nixos-module, nix", "platform: nixos"},
+	"apply":           {false, "a list of strings: a command and its arguments", "apply: [systemctl, restart, nix-daemon.service]"},
+	"nixosModuleFile": {true, "an absolute path", "nixosModuleFile: " + DefaultNixOSModuleFile},
+	"serve":           {false, "a mapping", "serve: {} (or serve: {protocol: ssh-ng})"},
+	"substituteFrom":  {false, "a list of host names", "substituteFrom: [stage]"},
+	"protocol":        {true, "ssh or ssh-ng", "protocol: ssh"},
+	"keyName":         {true, "a binary-cache key name", "keyName: cache.example.com"},
+	"signClosure":     {true, "an absolute store path", "signClosure: " + DefaultSignClosure},
+}
+
+// ref is one entry of a substituteFrom list.
+type ref struct {
+	name string
+	pos  Pos
+}
+
+// hostInfo is a decoded host with the positions the cross-host checks
+// need. h holds whatever could be decoded; nameOK and addrOK tell whether
+// those two are present and well formed.
+type hostInfo struct {
+	h              *Host
+	rawName        string
+	nameOK, addrOK bool
+	namePos        Pos
+	addrPos        Pos
+	hostKeyGiven   bool
+	serveGiven     bool
+	keyNamePos     Pos
+	keyNameGiven   bool
+	subs           []ref
+}
+
+// decodeFile decodes the top-level mapping and every host.
+func decodeFile(el *errorList, root ast.Node) (*File, []*hostInfo) {
+	fs, ok := mapping(el, root, "the file", "\"apiVersion: "+APIVersion+"\" followed by \"hosts:\"", fileFields)
+	if !ok {
+		return nil, nil
+	}
+	f := &File{APIVersion: APIVersion, Trust: TrustTOFU}
+	if fd, ok := fs.get("apiVersion"); ok {
+		if v, ok := str(el, fd); ok && v != APIVersion {
+			el.add(posOf(fd.value), "apiVersion %s is not supported; this nixpeer reads \"apiVersion: %s\"", quoteShort(v), APIVersion)
+		}
+	} else {
+		el.add(fs.pos, "the file has no apiVersion; add \"apiVersion: %s\" as its first line", APIVersion)
+	}
+	if fd, ok := fs.get("trust"); ok {
+		if v, ok := enum(el, fd, []string{string(TrustTOFU), string(TrustPinned)}); ok {
+			f.Trust = Trust(v)
+		}
+	}
+	fd, ok := fs.get("hosts")
+	if !ok {
+		el.add(fs.pos, "the file has no hosts; add a hosts: list with at least one \"- name: NAME\" and \"address: ADDRESS\" entry")
+		return f, nil
+	}
+	seq, ok := fd.value.(*ast.SequenceNode)
+	if !ok || seq == nil {
+		wrongType(el, fd)
+		return f, nil
+	}
+	if len(seq.Values) == 0 {
+		el.add(posOf(seq), "hosts is empty; list at least one host, for example \"- {name: web1, address: web1.example.com}\"")
+		return f, nil
+	}
+	var infos []*hostInfo
+	for _, n := range seq.Values {
+		if hi := decodeHost(el, n); hi != nil {
+			infos = append(infos, hi)
+			f.Hosts = append(f.Hosts, hi.h)
+		}
+	}
+	return f, infos
+}
+
+// decodeHost decodes one entry of hosts, filling defaults.
+func decodeHost(el *errorList, n ast.Node) *hostInfo {
+	fs, ok := mapping(el, n, "a host entry", "\"- name: web1\" with \"address: web1.example.com\" below it", hostFields)
+	if !ok {
+		return nil
+	}
+	h := &Host{Pos: fs.pos, PeerPort: DefaultPeerPort, SSHPort: DefaultSSHPort, Platform: PlatformNixOS, NixOSModuleFile: DefaultNixOSModuleFile}
+	hi := &hostInfo{h: h}
+
+	if fd, ok := fs.get("name"); ok {
+		hi.namePos = posOf(fd.value)
+		if v, ok := str(el, fd); ok {
+			hi.rawName = v
+			if r := checkName(v); r != "" {
+				el.add(hi.namePos, "host name %s %s; use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit, for example \"web1\" or \"yourapp-stage\"", quoteShort(v), r)
+			} else {
+				h.Name, hi.nameOK = v, true
+			}
+		}
+	} else {
+		el.add(fs.pos, "host entry has no name; add \"name: NAME\" (a lowercase DNS label such as web1)")
+	}
+	who := "this host"
+	if hi.nameOK {
+		who = fmt.Sprintf("host %q", h.Name)
+	}
+
+	if fd, ok := fs.get("address"); ok {
+		hi.addrPos = posOf(fd.value)
+		if v, ok := str(el, fd); ok {
+			if r := checkAddress(v); r != "" {
+				el.add(hi.addrPos, "address %s %s; use a DNS host name (stage.example.com), an IPv4 address (192.0.2.10) or an IPv6 address without brackets or port (2001:db8::10)", quoteShort(v), r)
+			} else {
+				h.Address, hi.addrOK = v, true
+			}
+		}
+	} else {
+		el.add(fs.pos, "%s has no address; add \"address: ADDRESS\" (the DNS name or IP address its peers reach it at)", who)
+	}
+
+	if fd, ok := fs.get("peerPort"); ok {
+		if v, ok := port(el, fd); ok {
+			h.PeerPort = v
+		}
+	}
+	if fd, ok := fs.get("sshPort"); ok {
+		if v, ok := port(el, fd); ok {
+			h.SSHPort = v
+		}
+	}
+	if fd, ok := fs.get("hostKey"); ok {
+		hi.hostKeyGiven = true
+		if v, ok := str(el, fd); ok {
+			if k, r := normalizeHostKey(v); r != "" {
+				el.add(posOf(fd.value), "hostKey %s; give the host's \"ssh-ed25519 AAAA...\" public key line, as printed by \"%s\" (without the host name it starts with) or by \"nixpeer facts\" on that host", r, keyscan(hi))
+			} else {
+				h.HostKey = k
+			}
+		}
+	}
+	platformOK := true
+	if fd, ok := fs.get("platform"); ok {
+		v, ok := enum(el, fd, []string{string(PlatformNixOS), string(PlatformNixOSModule), string(PlatformNix)})
+		if ok {
+			h.Platform = Platform(v)
+		}
+		platformOK = ok
+	}
+	if fd, ok := fs.get("apply"); ok {
+		h.ApplySet = true
+		h.Apply = decodeApply(el, fd)
+	} else {
+		h.Apply = DefaultApply(h.Platform)
+	}
+	if fd, ok := fs.get("nixosModuleFile"); ok {
+		if v, ok := str(el, fd); ok {
+			switch r := checkAbsPath(v); {
+			case r != "":
+				el.add(posOf(fd.value), "nixosModuleFile %s %s; use an absolute path of letters, digits and . _ + - /, for example %s", quoteShort(v), r, DefaultNixOSModuleFile)
+			case platformOK && h.Platform != PlatformNixOSModule:
+				el.add(fd.keyPos, "nixosModuleFile is only used with \"platform: nixos-module\", but %s has platform %s; set platform: nixos-module or remove nixosModuleFile", who, h.Platform)
+			default:
+				h.NixOSModuleFile = v
+			}
+		}
+	}
+	if fd, ok := fs.get("serve"); ok {
+		hi.serveGiven = true
+		decodeServe(el, fd, hi)
+	}
+	if fd, ok := fs.get("substituteFrom"); ok {
+		for _, it := range stringList(el, fd) {
+			hi.subs = append(hi.subs, ref{name: it.s, pos: it.pos})
+			if r := checkName(it.s); r != "" {
+				el.add(it.pos, "substituteFrom entry %s %s; list host names from this file, for example [stage]", quoteShort(it.s), r)
+				continue
+			}
+			h.SubstituteFrom = append(h.SubstituteFrom, it.s)
+		}
+	}
+	return hi
+}
+
+// decodeApply decodes apply; an explicit [] is a non-nil empty list.
+func decodeApply(el *errorList, fd field) []string {
+	out := []string{}
+	for i, it := range stringList(el, fd) {
+		if r := checkApplyArg(it.s, i == 0); r != "" {
+			what := "argument"
+			if i == 0 {
+				what = "command"
+			}
+			el.add(it.pos, "apply %s %s %s; apply is a command and its arguments, one per list element, for example [systemctl, restart, nix-daemon.service], or [] to only write files", what, quoteShort(it.s), r)
+			continue
+		}
+		out = append(out, it.s)
+	}
+	return out
+}
+
+// decodeServe decodes a serve mapping into hi.h.Serve, filling defaults.
+// The keyName default (the address) is filled in by checkHosts, once the
+// address is known to be valid.
+func decodeServe(el *errorList, fd field, hi *hostInfo) {
+	if _, isNull := fd.value.(*ast.NullNode); isNull || fd.value == nil {
+		el.add(fd.keyPos, "serve has no value; write \"serve: {}\" to serve with the defaults, or give fields such as \"serve: {protocol: ssh-ng}\"")
+		return
+	}
+	fs, ok := mapping(el, fd.value, "serve", help["serve"].example, serveFields)
+	if !ok {
+		return
+	}
+	s := &Serve{Protocol: ProtocolSSH, SignClosure: DefaultSignClosure, Pos: fs.pos}
+	hi.h.Serve = s
+	if f, ok := fs.get("protocol"); ok {
+		if v, ok := enum(el, f, []string{string(ProtocolSSH), string(ProtocolSSHNG)}); ok {
+			s.Protocol = Protocol(v)
+		}
+	}
+	if f, ok := fs.get("keyName"); ok {
+		hi.keyNameGiven = true
+		hi.keyNamePos = posOf(f.value)
+		if v, ok := str(el, f); ok {
+			if r := checkKeyName(v); r != "" {
+				el.add(hi.keyNamePos, "keyName %s %s; use letters, digits, '.', '_' and '-', starting with a letter or digit, at most %d characters, for example cache.example.com", quoteShort(v), r, maxKeyNameLen)
+			} else {
+				s.KeyName = v
+			}
+		}
+	}
+	if f, ok := fs.get("signClosure"); ok {
+		if v, ok := str(el, f); ok {
+			if r := checkAbsPath(v); r != "" {
+				el.add(posOf(f.value), "signClosure %s %s; use an absolute path of letters, digits and . _ + - /, for example %s", quoteShort(v), r, DefaultSignClosure)
+			} else {
+				s.SignClosure = v
+			}
+		}
+	}
+}
+
+// wrongType reports that fd's value is not of the kind the field takes.
+func wrongType(el *errorList, fd field) {
+	hp := help[fd.key]
+	switch v := fd.value.(type) {
+	case nil, *ast.NullNode:
+		el.add(fd.keyPos, "%s has no value; it must be %s, for example %s", fd.key, hp.want, hp.example)
+		return
+	case *ast.IntegerNode, *ast.FloatNode, *ast.BoolNode, *ast.InfinityNode, *ast.NanNode:
+		if hp.text && v.GetToken() != nil {
+			el.add(posOf(v), "%s must be %s, not %s; if that is the value you mean, quote it: %s: \"%s\"",
+				fd.key, hp.want, describe(v), fd.key, v.GetToken().Value)
+			return
+		}
+	}
+	el.add(posOf(fd.value), "%s must be %s, not %s; for example %s", fd.key, hp.want, describe(fd.value), hp.example)
+}
+
+// str decodes a single-line string value.
+func str(el *errorList, fd field) (string, bool) {
+	if s, ok := fd.value.(*ast.StringNode); ok && s != nil {
+		return s.Value, true
+	}
+	wrongType(el, fd)
+	return "", false
+}
+
+// enum decodes a string value that must be one of allowed.
+func enum(el *errorList, fd field, allowed []string) (string, bool) {
+	v, ok := str(el, fd)
+	if !ok {
+		return "", false
+	}
+	if contains(allowed, v) {
+		return v, true
+	}
+	hint := ""
+	if s := suggest(v, allowed); s != "" {
+		hint = fmt.Sprintf(" (did you mean %q?)", s)
+	}
+	el.add(posOf(fd.value), "%s %s is not one of %s%s; for example %s", fd.key, quoteShort(v), strings.Join(allowed, ", "), hint, help[fd.key].example)
+	return "", false
+}
+
+var decimalRE = regexp.MustCompile(`^[+-]?[0-9]+$`)
+
+// port decodes a port number 1-65535 written in decimal.
+func port(el *errorList, fd field) (int, bool) {
+	n, ok := fd.value.(*ast.IntegerNode)
+	if !ok || n == nil || n.Token == nil {
+		wrongType(el, fd)
+		return 0, false
+	}
+	text := n.Token.Value
+	if !decimalRE.MatchString(text) {
+		el.add(posOf(n), "%s %s must be written in decimal; for example %s", fd.key, quoteShort(text), help[fd.key].example)
+		return 0, false
+	}
+	v, err := strconv.Atoi(strings.TrimPrefix(text, "+"))
+	if err != nil || v < 1 || v > 65535 {
+		el.add(posOf(n), "%s %s is out of range; use a port number 1-65535, for example %s", fd.key, quoteShort(text), help[fd.key].example)
+		return 0, false
+	}
+	if len(strings.TrimPrefix(text, "+")) > 1 && strings.TrimPrefix(text, "+")[0] == '0' {
+		el.add(posOf(n), "%s %s has a leading zero; write %s: %d", fd.key, quoteShort(text), fd.key, v)
+		return 0, false
+	}
+	return v, true
+}
+
+// item is one string of a list, with its position.
+type item struct {
+	s   string
+	pos Pos
+}
+
+// stringList decodes a list of single-line strings; entries of another
+// kind are reported and skipped.
+func stringList(el *errorList, fd field) []item {
+	seq, ok := fd.value.(*ast.SequenceNode)
+	if !ok || seq == nil {
+		wrongType(el, fd)
+		return nil
+	}
+	var out []item
+	for _, v := range seq.Values {
+		s, ok := v.(*ast.StringNode)
+		if !ok || s == nil {
+			el.add(posOf(v), "%s entries must be strings, not %s; quote the entry if it looks like a number; for example %s", fd.key, describe(v), help[fd.key].example)
+			continue
+		}
+		out = append(out, item{s: s.Value, pos: posOf(s)})
+	}
+	return out
+}

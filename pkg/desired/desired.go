@@ -1,0 +1,328 @@
+// Package desired reads the desired-state file that every nixpeer agent of
+// a fleet shares: which hosts there are, how to reach them, which ones
+// serve their Nix store over SSH and which substitute from which.
+//
+// Parsing is strict: every unknown or duplicated field, wrong type, value
+// out of range or inconsistency between hosts is an Error with the file,
+// line and column and what would be right, and values are restricted to
+// syntaxes that can be written into ssh_config, known_hosts, nix.conf or
+// Nix files without quoting. Defaults are filled in after parsing, so the
+// rest of nixpeer reads plain values.
+package desired
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+)
+
+// APIVersion is the only apiVersion this package reads.
+const APIVersion = "nixpeer/v1"
+
+// Trust says how an agent trusts a peer's SSH host key.
+type Trust string
+
+const (
+	// TrustTOFU trusts a peer's host key on first use (the default).
+	TrustTOFU Trust = "tofu"
+	// TrustPinned requires a hostKey for every host that serves a peer
+	// or substitutes from one.
+	TrustPinned Trust = "pinned"
+)
+
+// Platform says how a host's Nix settings are managed.
+type Platform string
+
+const (
+	// PlatformNixOS: the agent writes Nix settings on a NixOS host (the
+	// default).
+	PlatformNixOS Platform = "nixos"
+	// PlatformNixOSModule: the agent writes a NixOS module file that the
+	// host's configuration imports.
+	PlatformNixOSModule Platform = "nixos-module"
+	// PlatformNix: Nix on another Linux distribution.
+	PlatformNix Platform = "nix"
+)
+
+// Protocol is the Nix remote store protocol a serving host is reached by.
+type Protocol string
+
+const (
+	// ProtocolSSH is Nix's ssh:// store (the default).
+	ProtocolSSH Protocol = "ssh"
+	// ProtocolSSHNG is Nix's ssh-ng:// store.
+	ProtocolSSHNG Protocol = "ssh-ng"
+)
+
+// Defaults filled in when a field is absent.
+const (
+	DefaultPeerPort        = 7722
+	DefaultSSHPort         = 22
+	DefaultNixOSModuleFile = "/etc/nixos/nixpeer.nix"
+	DefaultSignClosure     = "/run/current-system"
+)
+
+// DefaultApply returns the command run after the agent changes Nix
+// settings when a host sets no apply: restarting nix-daemon for nixos and
+// nix, nothing (an empty list) for nixos-module, whose file takes effect
+// at the next nixos-rebuild.
+func DefaultApply(p Platform) []string {
+	if p == PlatformNixOSModule {
+		return []string{}
+	}
+	return []string{"systemctl", "restart", "nix-daemon.service"}
+}
+
+// File is a parsed and validated desired-state file, defaults filled in.
+type File struct {
+	// Filename is the name the file was parsed under, for messages.
+	Filename   string
+	APIVersion string
+	Trust      Trust
+	// Hosts are in file order.
+	Hosts []*Host
+}
+
+// Host is one host of the fleet.
+type Host struct {
+	// Name is a lowercase DNS label, unique in the file.
+	Name string
+	// Address is how peers reach the host: a DNS name or an IPv4 or IPv6
+	// address (no brackets), unique in the file.
+	Address string
+	// PeerPort is the agent's peer port.
+	PeerPort int
+	// SSHPort is the host's SSH port.
+	SSHPort int
+	// HostKey is a pin of the host's SSH host key as "ssh-ed25519
+	// BASE64", or "" when none is given.
+	HostKey  string
+	Platform Platform
+	// Apply is the command (argv) run after the agent changes Nix
+	// settings; empty means write files only. When the file gives none,
+	// it is DefaultApply(Platform) and ApplySet is false.
+	Apply    []string
+	ApplySet bool
+	// NixOSModuleFile is where a nixos-module host's module is written.
+	NixOSModuleFile string
+	// Serve is non-nil when the host shares its Nix store over SSH.
+	Serve *Serve
+	// SubstituteFrom names the hosts this host substitutes from, in
+	// file order; each of them serves.
+	SubstituteFrom []string
+	// Pos is where the host's entry starts in the file.
+	Pos Pos
+}
+
+// Serve is how a host shares its Nix store.
+type Serve struct {
+	Protocol Protocol
+	// KeyName is the binary-cache signing key's name; it defaults to
+	// the host's address.
+	KeyName string
+	// SignClosure is the closure signed once after the key is created.
+	SignClosure string
+	// Pos is where the serve mapping starts in the file.
+	Pos Pos
+}
+
+// Parse parses and validates a desired-state file. filename is used only
+// in messages. On failure the error is an Errors listing every problem
+// found, sorted by position. Parse never panics.
+func Parse(filename string, data []byte) (f *File, err error) {
+	el := &errorList{file: filename}
+	defer func() {
+		if r := recover(); r != nil {
+			f = nil
+			err = Errors{{File: filename, Line: 1, Col: 1,
+				Msg: fmt.Sprintf("internal error while parsing (please report it with the file): %v", r)}}
+		}
+	}()
+	root := parseYAML(el, data)
+	if root == nil {
+		return nil, el.result()
+	}
+	f, hosts := decodeFile(el, root)
+	if f != nil {
+		checkHosts(el, f, hosts)
+	}
+	if err := el.result(); err != nil {
+		return nil, err
+	}
+	f.Filename = filename
+	return f, nil
+}
+
+// Load reads the file at path and parses it. It also returns the bytes
+// read, so a caller can tell what changed. A file that cannot be read is
+// a plain error; a file that does not parse is an Errors.
+func Load(path string) (*File, []byte, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read desired-state file: %w", err)
+	}
+	defer fh.Close()
+	data, err := io.ReadAll(io.LimitReader(fh, MaxSize+1))
+	if err != nil {
+		return nil, nil, fmt.Errorf("read desired-state file %s: %w", path, err)
+	}
+	f, err := Parse(path, data)
+	if err != nil {
+		return nil, data, err
+	}
+	return f, data, nil
+}
+
+// Host returns the host called name, or nil.
+func (f *File) Host(name string) *Host {
+	for _, h := range f.Hosts {
+		if h.Name == name {
+			return h
+		}
+	}
+	return nil
+}
+
+// Consumers returns the hosts whose SubstituteFrom names name, in file
+// order.
+func (f *File) Consumers(name string) []*Host {
+	var out []*Host
+	for _, h := range f.Hosts {
+		if slices.Contains(h.SubstituteFrom, name) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// FindSelf returns the host this agent runs as. When name (the --host
+// flag) is not empty it must be a host's name. Otherwise each of
+// hostnames (such as os.Hostname() and the FQDN) is compared,
+// case-insensitively and without a trailing dot, with every host's name
+// and address; failing that, the first label of each hostname is compared
+// with the names. Exactly one host must match.
+func (f *File) FindSelf(name string, hostnames ...string) (*Host, error) {
+	if name != "" {
+		if h := f.Host(name); h != nil {
+			return h, nil
+		}
+		return nil, fmt.Errorf("find this host in %s: no host is named %q; hosts in the file: %s", f.Filename, name, f.hostList())
+	}
+	var tried []string
+	for _, s := range hostnames {
+		if s = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(s), ".")); s != "" && !slices.Contains(tried, s) {
+			tried = append(tried, s)
+		}
+	}
+	if len(tried) == 0 {
+		return nil, fmt.Errorf("find this host in %s: no host name of this machine is known; pass --host with one of: %s", f.Filename, f.hostList())
+	}
+	full := func(h *Host, s string) bool { return h.Name == s || strings.EqualFold(h.Address, s) }
+	short := func(h *Host, s string) bool {
+		label, _, _ := strings.Cut(s, ".")
+		return h.Name == label
+	}
+	for _, match := range []func(*Host, string) bool{full, short} {
+		var found []*Host
+		for _, h := range f.Hosts {
+			for _, s := range tried {
+				if match(h, s) {
+					found = append(found, h)
+					break
+				}
+			}
+		}
+		switch len(found) {
+		case 0:
+			continue
+		case 1:
+			return found[0], nil
+		default:
+			names := make([]string, len(found))
+			for i, h := range found {
+				names[i] = h.Name
+			}
+			return nil, fmt.Errorf("find this host in %s: this machine's names (%s) match several hosts (%s); pass --host NAME to choose",
+				f.Filename, strings.Join(tried, ", "), strings.Join(names, ", "))
+		}
+	}
+	return nil, fmt.Errorf("find this host in %s: none of this machine's names (%s) is the name or address of a host; pass --host with one of: %s",
+		f.Filename, strings.Join(tried, ", "), f.hostList())
+}
+
+// hostList lists the hosts as "name (address)" for messages.
+func (f *File) hostList() string {
+	if len(f.Hosts) == 0 {
+		return "(none)"
+	}
+	parts := make([]string, len(f.Hosts))
+	for i, h := range f.Hosts {
+		parts[i] = fmt.Sprintf("%s (%s)", h.Name, h.Address)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// canonical is the meaning of a File, as hashed by Hash: defaults filled,
+// positions and ApplySet left out, hosts ordered by name.
+type canonical struct {
+	Version    string          `json:"v"`
+	APIVersion string          `json:"apiVersion"`
+	Trust      Trust           `json:"trust"`
+	Hosts      []canonicalHost `json:"hosts"`
+}
+
+type canonicalHost struct {
+	Name            string          `json:"name"`
+	Address         string          `json:"address"`
+	PeerPort        int             `json:"peerPort"`
+	SSHPort         int             `json:"sshPort"`
+	HostKey         string          `json:"hostKey"`
+	Platform        Platform        `json:"platform"`
+	Apply           []string        `json:"apply"`
+	NixOSModuleFile string          `json:"nixosModuleFile"`
+	Serve           *canonicalServe `json:"serve"`
+	SubstituteFrom  []string        `json:"substituteFrom"`
+}
+
+type canonicalServe struct {
+	Protocol    Protocol `json:"protocol"`
+	KeyName     string   `json:"keyName"`
+	SignClosure string   `json:"signClosure"`
+}
+
+// Hash returns the hex SHA-256 of a canonical encoding of the file's
+// meaning: defaults filled in; comments, layout, key order and host order
+// ignored (substituteFrom and apply keep their order, which matters). Two
+// files that mean the same thing have the same hash.
+func (f *File) Hash() string {
+	c := canonical{Version: "nixpeer-desired-hash/1", APIVersion: f.APIVersion, Trust: f.Trust, Hosts: []canonicalHost{}}
+	for _, h := range f.Hosts {
+		ch := canonicalHost{
+			Name: h.Name, Address: h.Address, PeerPort: h.PeerPort, SSHPort: h.SSHPort,
+			HostKey: h.HostKey, Platform: h.Platform, Apply: nonNil(h.Apply),
+			NixOSModuleFile: h.NixOSModuleFile, SubstituteFrom: nonNil(h.SubstituteFrom),
+		}
+		if h.Serve != nil {
+			ch.Serve = &canonicalServe{Protocol: h.Serve.Protocol, KeyName: h.Serve.KeyName, SignClosure: h.Serve.SignClosure}
+		}
+		c.Hosts = append(c.Hosts, ch)
+	}
+	sort.SliceStable(c.Hosts, func(i, j int) bool { return c.Hosts[i].Name < c.Hosts[j].Name })
+	// Only strings, ints and slices of them: Marshal cannot fail.
+	b, _ := json.Marshal(c)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}

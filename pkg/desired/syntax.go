@@ -1,0 +1,263 @@
+package desired
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net/netip"
+	"path"
+	"regexp"
+	"strings"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// The validators below return "" for a well-formed value, else the reason
+// it is not, worded to follow the value in a message ("name "X" ...").
+// They are strict on purpose: a value that passes never holds a quote,
+// backslash, space, newline, '$', '{' or "${", so later writers of
+// ssh_config, known_hosts, nix.conf or Nix files need no quoting.
+
+var (
+	nameRE    = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	labelRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$`)
+	keyNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+	commandRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._+-]*$`)
+	// hostKeyRE: type, base64 blob, optional comment, single spaces.
+	hostKeyRE = regexp.MustCompile(`^(\S+) +([A-Za-z0-9+/]+={0,2})(?: +(.*))?$`)
+	commentRE = regexp.MustCompile(`^[A-Za-z0-9@._+-]+$`)
+	safePath  = regexp.MustCompile(`^[A-Za-z0-9._+/-]+$`)
+)
+
+const (
+	maxNameLen     = 63
+	maxAddressLen  = 253
+	maxKeyNameLen  = 255
+	maxPathLen     = 4096
+	maxHostKeyLen  = 1024
+	maxApplyArgLen = 4096
+)
+
+// ValidateName reports whether s is a well-formed host name: a lowercase
+// DNS label of 1 to 63 letters, digits and '-', not starting or ending
+// with '-'.
+func ValidateName(s string) error {
+	if r := checkName(s); r != "" {
+		return fmt.Errorf("host name %q %s", s, r)
+	}
+	return nil
+}
+
+// ValidateAddress reports whether s is a well-formed address: a DNS host
+// name, an IPv4 address, or an IPv6 address without brackets, zone or port.
+func ValidateAddress(s string) error {
+	if r := checkAddress(s); r != "" {
+		return fmt.Errorf("address %q %s", s, r)
+	}
+	return nil
+}
+
+// NormalizeHostKey checks that s is an ed25519 SSH public key line
+// ("ssh-ed25519 BASE64", optionally followed by a comment of
+// [A-Za-z0-9@._+-]) and returns it as "ssh-ed25519 BASE64".
+func NormalizeHostKey(s string) (string, error) {
+	k, r := normalizeHostKey(s)
+	if r != "" {
+		return "", fmt.Errorf("host key %s", r)
+	}
+	return k, nil
+}
+
+func checkName(s string) string {
+	switch {
+	case s == "":
+		return "is empty"
+	case len(s) > maxNameLen:
+		return fmt.Sprintf("is %d characters long; the limit is %d", len(s), maxNameLen)
+	case nameRE.MatchString(s):
+		return ""
+	case strings.ToLower(s) != s:
+		return "has upper-case letters"
+	case s[0] == '-' || s[len(s)-1] == '-':
+		return "starts or ends with '-'"
+	}
+	return fmt.Sprintf("contains %s", firstBad(s, "abcdefghijklmnopqrstuvwxyz0123456789-"))
+}
+
+// firstBad describes the first rune of s that is not in allowed.
+func firstBad(s, allowed string) string {
+	for _, r := range s {
+		if !strings.ContainsRune(allowed, r) {
+			if r == ' ' {
+				return "a space"
+			}
+			return fmt.Sprintf("%q", r)
+		}
+	}
+	return "a character that is not allowed"
+}
+
+func checkAddress(s string) string {
+	const hostChars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-."
+	switch {
+	case s == "":
+		return "is empty"
+	case len(s) > maxAddressLen:
+		return fmt.Sprintf("is %d characters long; the limit is %d", len(s), maxAddressLen)
+	case strings.ContainsAny(s, "[]"):
+		return "has brackets; write an IPv6 address without [ ] and set the port with sshPort or peerPort"
+	case strings.Contains(s, "@"):
+		return "contains '@'; give only the host, without a user name"
+	case strings.Contains(s, ":"):
+		a, err := netip.ParseAddr(s)
+		if err == nil && a.Is6() && a.Zone() == "" {
+			return ""
+		}
+		if err == nil && a.Zone() != "" {
+			return "has an IPv6 zone (%...); zones are not supported, use a global address or a host name"
+		}
+		if i := strings.IndexByte(s, ':'); strings.Count(s, ":") == 1 && i > 0 && allDigits(s[i+1:]) {
+			return "includes a port; remove \":" + s[i+1:] + "\" and set sshPort or peerPort instead"
+		}
+		return "is not a valid IPv6 address"
+	case strings.HasSuffix(s, "."):
+		return "ends with '.'; remove the trailing dot"
+	}
+	labels := strings.Split(s, ".")
+	for _, l := range labels {
+		switch {
+		case l == "":
+			return "has an empty label (\"..\" or a leading '.')"
+		case len(l) > maxNameLen:
+			return fmt.Sprintf("has a label of %d characters; the limit is %d", len(l), maxNameLen)
+		case !labelRE.MatchString(l):
+			if strings.HasPrefix(l, "-") || strings.HasSuffix(l, "-") {
+				return fmt.Sprintf("has a label %q that starts or ends with '-'", l)
+			}
+			return fmt.Sprintf("contains %s", firstBad(l, hostChars))
+		}
+	}
+	if allDigits(labels[len(labels)-1]) {
+		if a, err := netip.ParseAddr(s); err != nil || !a.Is4() {
+			return "looks like an IPv4 address but is not one (four numbers 0-255, no leading zeros)"
+		}
+	}
+	return ""
+}
+
+func allDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// normalizeHostKey returns "ssh-ed25519 BASE64" for a valid key line, or
+// the reason it is not valid.
+func normalizeHostKey(s string) (string, string) {
+	if len(s) > maxHostKeyLen {
+		return "", fmt.Sprintf("is %d characters long; an ed25519 key line is about 80", len(s))
+	}
+	m := hostKeyRE.FindStringSubmatch(s)
+	if m == nil {
+		f := strings.Fields(s)
+		if len(f) >= 2 && f[1] == ssh.KeyAlgoED25519 {
+			return "", fmt.Sprintf("starts with %q (ssh-keyscan prints a host name first); remove it so the line starts with ssh-ed25519", f[0])
+		}
+		return "", "is not a public key line"
+	}
+	typ, b64, comment := m[1], m[2], m[3]
+	if typ != ssh.KeyAlgoED25519 {
+		return "", fmt.Sprintf("has type %q, but nixpeer pins ed25519 host keys", typ)
+	}
+	if comment != "" && !commentRE.MatchString(comment) {
+		return "", "has a comment with characters other than A-Z a-z 0-9 @ . _ + -; remove the comment"
+	}
+	blob, err := base64.StdEncoding.Strict().DecodeString(b64)
+	if err != nil {
+		return "", "has a key that is not valid base64; copy the whole line again"
+	}
+	if base64.StdEncoding.EncodeToString(blob) != b64 {
+		return "", "has a key whose base64 is not in canonical form; copy the whole line again"
+	}
+	line := typ + " " + b64
+	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
+	if err != nil {
+		return "", "is not a valid ed25519 public key; copy the whole line again"
+	}
+	if pub.Type() != ssh.KeyAlgoED25519 {
+		return "", fmt.Sprintf("holds a %q key although it says ssh-ed25519; copy the line again", pub.Type())
+	}
+	if base64.StdEncoding.EncodeToString(pub.Marshal()) != b64 {
+		return "", "is not in canonical form; copy the whole line again"
+	}
+	return line, ""
+}
+
+func checkKeyName(s string) string {
+	switch {
+	case s == "":
+		return "is empty"
+	case len(s) > maxKeyNameLen:
+		return fmt.Sprintf("is %d characters long; the limit is %d", len(s), maxKeyNameLen)
+	case !keyNameRE.MatchString(s):
+		if !strings.ContainsAny(s[:1], "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") {
+			return "must start with a letter or digit"
+		}
+		return fmt.Sprintf("contains %s", firstBad(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"))
+	}
+	return ""
+}
+
+// checkAbsPath accepts an absolute, clean path of [A-Za-z0-9._+/-] with at
+// least one component.
+func checkAbsPath(s string) string {
+	switch {
+	case s == "":
+		return "is empty"
+	case len(s) > maxPathLen:
+		return fmt.Sprintf("is %d characters long; the limit is %d", len(s), maxPathLen)
+	case s[0] != '/':
+		return "is not absolute; it must start with '/'"
+	case !safePath.MatchString(s):
+		return fmt.Sprintf("contains %s", firstBad(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+/-"))
+	case s == "/":
+		return "is the root directory"
+	case path.Clean(s) != s:
+		return fmt.Sprintf("is not clean (no \"//\", \"/./\", \"/../\" or trailing '/'); write %q", path.Clean(s))
+	}
+	return ""
+}
+
+// checkApplyArg checks one element of apply; first tells whether it is
+// the command (a command name or an absolute path).
+func checkApplyArg(s string, first bool) string {
+	switch {
+	case s == "":
+		return "is empty"
+	case len(s) > maxApplyArgLen:
+		return fmt.Sprintf("is %d characters long; the limit is %d", len(s), maxApplyArgLen)
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return fmt.Sprintf("contains the control character %q", r)
+		}
+	}
+	if !first {
+		return ""
+	}
+	if strings.HasPrefix(s, "/") {
+		if r := checkAbsPath(s); r != "" {
+			return "is a command path that " + r
+		}
+		return ""
+	}
+	if !commandRE.MatchString(s) {
+		return "must be a command name (letters, digits, . _ + -) or an absolute path, without spaces or arguments (put each argument in its own list element)"
+	}
+	return ""
+}

@@ -1,0 +1,141 @@
+package nix
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/nixpeer/nixpeer/pkg/atomicfile"
+)
+
+// Names of the key files EnsureCacheKey keeps.
+const (
+	SecretKeyFileName = "cache-priv-key.pem"
+	PublicKeyFileName = "cache-pub-key.pem"
+)
+
+// maxKeyFileSize bounds what is read from a key file.
+const maxKeyFileSize = 4096
+
+// Result tells what EnsureCacheKey did.
+type Result struct {
+	// Created is set when a new key pair was generated.
+	Created bool
+	// PublicRewritten is set when the public key file was (re)written.
+	PublicRewritten bool
+}
+
+// EnsureCacheKey makes sure dir holds the binary-cache signing key called
+// name: dir/cache-priv-key.pem (mode 0600) and dir/cache-pub-key.pem (mode
+// 0644), dir itself mode 0700 (so dir must be a directory of its own). It
+// returns the public key.
+//
+// A key is generated only when the secret key file does not exist; it is
+// created so that it never replaces a file another process made meanwhile.
+// A valid secret key is never regenerated: its public file is rewritten from
+// it when missing or different, and its mode is set back to 0600. A secret
+// key file that is empty, damaged, half-written or named other than name is
+// an error that names the file, says what is wrong and how to fix it; the
+// file is left untouched. No error ever holds secret key bytes.
+func EnsureCacheKey(dir, name string) (PublicKey, Result, error) {
+	var res Result
+	if err := ValidateKeyName(name); err != nil {
+		return PublicKey{}, res, fmt.Errorf("ensure cache key in %s: %w", dir, err)
+	}
+	if err := ensurePrivateDir(dir); err != nil {
+		return PublicKey{}, res, err
+	}
+	secretPath := filepath.Join(dir, SecretKeyFileName)
+	sk, err := readSecretKey(secretPath, name)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		sk, _, err = GenerateCacheKey(name)
+		if err != nil {
+			return PublicKey{}, res, err
+		}
+		if err := createExclusive(secretPath, sk.Encode(), 0o600); err != nil {
+			return PublicKey{}, res, fmt.Errorf("write new cache signing key: %w", err)
+		}
+		res.Created = true
+	case err != nil:
+		return PublicKey{}, res, err
+	}
+	pub := sk.Public()
+	changed, err := atomicfile.WriteIfChanged(filepath.Join(dir, PublicKeyFileName), []byte(pub.String()), 0o644)
+	if err != nil {
+		return PublicKey{}, res, fmt.Errorf("write cache public key: %w", err)
+	}
+	res.PublicRewritten = changed
+	return pub, res, nil
+}
+
+// ensurePrivateDir creates dir with mode 0700, or sets an existing one to it.
+func ensurePrivateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create key directory: %w", err)
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("stat key directory: %w", err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("key directory %s is not a directory", dir)
+	}
+	if st.Mode().Perm() != 0o700 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("make key directory private: %w", err)
+		}
+	}
+	return nil
+}
+
+// readSecretKey reads and checks the secret key file. A missing file gives
+// an error that wraps fs.ErrNotExist; every other problem is an error that
+// tells the operator what to do.
+func readSecretKey(path, name string) (SecretKey, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return SecretKey{}, err
+	}
+	if err != nil {
+		return SecretKey{}, fmt.Errorf("read cache signing key: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return SecretKey{}, fmt.Errorf("read cache signing key: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return SecretKey{}, unusableKey(path, "it is not a regular file")
+	}
+	if st.Size() > maxKeyFileSize {
+		return SecretKey{}, unusableKey(path, fmt.Sprintf("it is %d bytes long, far more than a key", st.Size()))
+	}
+	data := make([]byte, st.Size())
+	if _, err := io.ReadFull(f, data); err != nil {
+		return SecretKey{}, fmt.Errorf("read cache signing key %s: %w", path, err)
+	}
+	sk, err := ParseSecretKey(string(data))
+	if err != nil {
+		return SecretKey{}, unusableKey(path, err.Error())
+	}
+	if sk.Name() != name {
+		return SecretKey{}, unusableKey(path, fmt.Sprintf("its key is named %q, not %q", sk.Name(), name))
+	}
+	if st.Mode().Perm() != 0o600 {
+		if err := f.Chmod(0o600); err != nil {
+			return SecretKey{}, fmt.Errorf("restrict mode of cache signing key %s: %w", path, err)
+		}
+	}
+	return sk, nil
+}
+
+// unusableKey is the error for a secret key file nixpeer must not touch.
+func unusableKey(path, what string) error {
+	return fmt.Errorf("cache signing key %s is unusable: %s. nixpeer never replaces a signing key by itself, "+
+		"since hosts trust its public half: if it is damaged, move it away (mv %s %s.broken) and nixpeer makes a new one "+
+		"(then every host that trusts the old key must get the new public key), or put the right key back", path, what, path, path)
+}

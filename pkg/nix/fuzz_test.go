@@ -1,0 +1,230 @@
+package nix
+
+import (
+	"bytes"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// FuzzNixString: the literal is one line, and reading it back the way the
+// Nix lexer does gives the input, with no interpolation and no early end.
+func FuzzNixString(f *testing.F) {
+	for _, s := range nixStringTable {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		lit := NixString(s)
+		if strings.ContainsAny(lit, "\n\r") {
+			t.Fatalf("NixString(%q) = %q spans lines", s, lit)
+		}
+		got, err := nixUnescape(lit)
+		if err != nil {
+			t.Fatalf("NixString(%q) = %q: %v", s, lit, err)
+		}
+		if got != s {
+			t.Fatalf("NixString(%q) = %q reads back as %q", s, lit, got)
+		}
+	})
+}
+
+// FuzzEnsureInclude: the include ends up as the only copy and the last
+// setting; every other line is kept byte for byte and in order; no line is
+// added but the include (and its comment); a second call changes nothing.
+func FuzzEnsureInclude(f *testing.F) {
+	f.Add([]byte("substituters = https://x\n"), "!include nixpeer.conf")
+	f.Add([]byte("!include nixpeer.conf\r\nsubstituters = x"), "!include nixpeer.conf")
+	f.Add([]byte(""), "!include /var/lib/nixpeer/nix.conf")
+	f.Add([]byte("a = b\n"+includeMovedComment+"\n!include x\nc = d"), "!include x")
+	f.Fuzz(func(t *testing.T, existing []byte, line string) {
+		in := bytes.Clone(existing)
+		out, changed := EnsureInclude(existing, line)
+		if !bytes.Equal(existing, in) {
+			t.Fatal("EnsureInclude modified its input")
+		}
+		want := strings.Trim(line, nixBlanks)
+		if strings.ContainsAny(want, "\r\n") || !isSettingLine([]byte(want)) {
+			if changed || !bytes.Equal(out, existing) {
+				t.Fatalf("not a line %q, yet the file changed", line)
+			}
+			return
+		}
+		if changed == bytes.Equal(out, existing) {
+			t.Fatalf("changed = %v, but content equal = %v", changed, bytes.Equal(out, existing))
+		}
+		ours := func(l []byte) bool {
+			tl := string(bytes.Trim(l, nixBlanks))
+			return tl == want || tl == includeMovedComment
+		}
+		var inLines, outLines [][]byte
+		for _, l := range splitLines(existing) {
+			if !ours(l) {
+				inLines = append(inLines, l)
+			}
+		}
+		includes, last := 0, -1
+		for i, l := range splitLines(out) {
+			if string(bytes.Trim(l, nixBlanks)) == want {
+				includes++
+			}
+			if isSettingLine(l) {
+				last = i
+			}
+			if !ours(l) {
+				outLines = append(outLines, l)
+			}
+		}
+		if includes != 1 {
+			t.Fatalf("%d copies of the include in %q", includes, out)
+		}
+		if last < 0 || string(bytes.Trim(splitLines(out)[last], nixBlanks)) != want {
+			t.Fatalf("the include is not the last setting line of %q", out)
+		}
+		if len(inLines) != len(outLines) {
+			t.Fatalf("other lines: %d in, %d out:\nin  %q\nout %q", len(inLines), len(outLines), existing, out)
+		}
+		for i := range inLines {
+			a, b := inLines[i], outLines[i]
+			if i == len(inLines)-1 && !bytes.HasSuffix(a, []byte("\n")) {
+				// The one byte sequence EnsureInclude may add: a line ending.
+				switch {
+				case bytes.Equal(b, append(bytes.Clone(a), '\n')):
+					b = a
+				case bytes.Equal(b, append(bytes.Clone(a), '\r', '\n')):
+					b = a
+				}
+			}
+			if !bytes.Equal(a, b) {
+				t.Fatalf("line %d changed: %q became %q", i, inLines[i], outLines[i])
+			}
+		}
+		again, changed := EnsureInclude(out, line)
+		if changed || !bytes.Equal(again, out) {
+			t.Fatalf("second call changed %q into %q", out, again)
+		}
+	})
+}
+
+// moduleLineRE is every line RenderModule may write; a value can hold none
+// of `"`, `\`, `$`, `{`, `}` or a line break.
+var moduleLineRE = regexp.MustCompile(`^(?:` + strings.Join([]string{
+	`# [^\n]*`,
+	`\{ \.\.\. \}:`, `\{`, `\}`,
+	`  nix\.sshServe\.enable = true;`,
+	`  nix\.sshServe\.protocol = "(?:ssh|ssh-ng)";`,
+	`  (?:nix\.sshServe\.keys|nix\.settings\.(?:secret-key-files|substituters|trusted-public-keys)) = \[(?: \];)?`,
+	`    "[A-Za-z0-9+/=:._~?&%@\[\] -]+"`,
+	`  \];`,
+	`  nix\.settings\.fallback = true;`,
+	`  programs\.ssh\.knownHosts\."[A-Za-z0-9._-]+" = \{`,
+	`    hostNames = \[`,
+	`      "[A-Za-z0-9.:\[\]-]+"`,
+	`    \];`,
+	`    publicKey = "ssh-ed25519 [A-Za-z0-9+/]+={0,2}";`,
+	`  \};`,
+}, "|") + `)$`)
+
+// FuzzRenderModule: hostile values are refused; an accepted module has
+// only lines of the expected shapes, one per value.
+func FuzzRenderModule(f *testing.F) {
+	hk := testSSHKey(f, 3)
+	sub, err := SubstituterURL("ssh", "10.0.0.2", 22, "/var/lib/nixpeer/ssh/id_ed25519", hk)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(sub, testCacheKey(f, "staging-1", 1), "/var/lib/nixpeer/keys/cache-priv-key.pem", "staging", "[10.0.0.2]:2222", true, "ssh")
+	f.Add(`ssh://nix-ssh@h"; x = "`, "k:${x}", "/a\nb", `a"`, "h\n", false, "")
+	f.Fuzz(func(t *testing.T, sub, key, path, name, host string, serve bool, protocol string) {
+		m := ModuleSettings{
+			Serve: serve, Protocol: protocol,
+			SecretKeyFiles: []string{path}, Substituters: []string{sub}, TrustedPublicKeys: []string{key},
+			KnownHosts: []KnownHost{{Name: name, HostNames: []string{host}, PublicKey: hk}},
+		}
+		out, err := RenderModule(m)
+		if err != nil {
+			return
+		}
+		for _, v := range []string{sub, key, path, name, host, protocol} {
+			if strings.ContainsAny(v, "\"\\\n\r\x00") || strings.Contains(v, "${") {
+				t.Fatalf("RenderModule accepted the value %q", v)
+			}
+		}
+		lines := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+		headerLines := strings.Count(moduleHeader, "\n")
+		want := headerLines + 3 + 3*3 + 6 // braces, three one-item lists, one known host
+		if serve {
+			want += 3
+		}
+		if len(lines) != want {
+			t.Fatalf("module has %d lines, want %d:\n%s", len(lines), want, out)
+		}
+		for _, l := range lines {
+			if !moduleLineRE.MatchString(l) {
+				t.Fatalf("unexpected line %q in:\n%s", l, out)
+			}
+		}
+	})
+}
+
+// nixConfLineRE is every line RenderNixConf may write.
+var nixConfLineRE = regexp.MustCompile(`^(?:# [^\n]*|(?:extra-substituters|extra-trusted-public-keys|extra-secret-key-files) = [^\s#"$\\{}]+|fallback = true)$`)
+
+// FuzzRenderNixConf: hostile values are refused; an accepted fragment has
+// one line per setting, each of the expected shape.
+func FuzzRenderNixConf(f *testing.F) {
+	sub, err := SubstituterURL("ssh-ng", "fd00::2", 22, "/k", testSSHKey(f, 3))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(sub, testCacheKey(f, "staging-1", 1), "/var/lib/nixpeer/keys/cache-priv-key.pem", true)
+	f.Add("ssh://nix-ssh@h\nsubstituters = x", "k:x y", "/a b", false)
+	f.Fuzz(func(t *testing.T, sub, key, path string, fallback bool) {
+		out, err := RenderNixConf(Settings{Substituters: []string{sub}, TrustedPublicKeys: []string{key}, SecretKeyFiles: []string{path}, Fallback: fallback})
+		if err != nil {
+			return
+		}
+		lines := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+		want := strings.Count(nixConfHeader, "\n") + 3
+		if fallback {
+			want++
+		}
+		if len(lines) != want {
+			t.Fatalf("fragment has %d lines, want %d:\n%s", len(lines), want, out)
+		}
+		for _, l := range lines {
+			if !nixConfLineRE.MatchString(l) {
+				t.Fatalf("unexpected line %q in:\n%s", l, out)
+			}
+		}
+	})
+}
+
+// FuzzParseCacheKey: parsing never panics, what parses encodes back to the
+// same text, and an error about a secret key never repeats its data.
+func FuzzParseCacheKey(f *testing.F) {
+	sk, pk, err := GenerateCacheKey("seed-1")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(string(sk.Encode()))
+	f.Add(pk.String())
+	f.Add(string(sk.Encode()[:40]))
+	f.Add("k:" + strings.Repeat("A", 86) + "==")
+	f.Fuzz(func(t *testing.T, text string) {
+		_, data, _ := strings.Cut(text, ":")
+		if s, err := ParseSecretKey(text); err == nil {
+			if string(s.Encode()) != strings.TrimSuffix(text, "\n") {
+				t.Fatalf("secret key %q encodes back as something else", text)
+			}
+			fp := Fingerprint("/nix/store/x", "sha256:x", 1, nil)
+			if !s.Public().Verify(fp, s.Sign(fp)) {
+				t.Fatal("a parsed secret key makes signatures its public half refuses")
+			}
+		} else if len(data) >= 8 && strings.ContainsAny(data, "+/=") && strings.Contains(err.Error(), data) {
+			t.Fatalf("error %q repeats secret key data", err)
+		}
+		if p, err := ParsePublicKey(text); err == nil && p.String() != strings.TrimSuffix(text, "\n") {
+			t.Fatalf("public key %q encodes back as %q", text, p.String())
+		}
+	})
+}

@@ -1,0 +1,155 @@
+package nix
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// ShowConfig returns the configuration Nix itself sees: every setting name
+// with its effective value as nix.conf would spell it (lists joined by one
+// space, booleans true or false). env is appended to the environment of this
+// process for the nix runs (for example NIX_CONF_DIR=DIR to read DIR/nix.conf).
+//
+// It runs `nix --version`, then `nix show-config --json` (Nix before 2.20)
+// or `nix config show --json` (2.20 and later), with the nix-command
+// experimental feature turned on. If that subcommand fails the other one is
+// tried once; the error then names both.
+func ShowConfig(ctx context.Context, env []string) (map[string]string, error) {
+	version, err := runNix(ctx, env, "--version")
+	if err != nil {
+		return nil, fmt.Errorf("show nix configuration: %w", err)
+	}
+	major, minor, err := parseNixVersion(string(version))
+	if err != nil {
+		return nil, fmt.Errorf("show nix configuration: %w", err)
+	}
+	cmds := [][]string{{"show-config"}, {"config", "show"}}
+	if major > 2 || major == 2 && minor >= 20 {
+		cmds[0], cmds[1] = cmds[1], cmds[0]
+	}
+	var firstErr error
+	for _, sub := range cmds {
+		args := append([]string{"--extra-experimental-features", "nix-command"}, sub...)
+		out, err := runNix(ctx, env, append(args, "--json")...)
+		if err != nil {
+			if firstErr == nil {
+				firstErr = err
+				continue
+			}
+			return nil, fmt.Errorf("show nix configuration: %w (and %v)", firstErr, err)
+		}
+		cfg, err := ParseShowConfigJSON(out)
+		if err != nil {
+			return nil, fmt.Errorf("show nix configuration: %w", err)
+		}
+		return cfg, nil
+	}
+	return nil, fmt.Errorf("show nix configuration: %w", firstErr)
+}
+
+// runNix runs nix with args and env added to this process's environment,
+// and returns its standard output; a failure carries its standard error.
+func runNix(ctx context.Context, env []string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, "nix", args...)
+	cmd.Env = append(os.Environ(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("nix %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.Bytes(), nil
+}
+
+// nixVersionRE finds the version in `nix --version` output, such as
+// "nix (Nix) 2.8.0" or "nix (Nix) 2.24.10".
+var nixVersionRE = regexp.MustCompile(`\b(\d+)\.(\d+)(?:\.\d+)?`)
+
+// parseNixVersion returns the major and minor version of `nix --version`.
+func parseNixVersion(s string) (int, int, error) {
+	m := nixVersionRE.FindStringSubmatch(s)
+	if m == nil {
+		return 0, 0, fmt.Errorf("no version number in %q", strings.TrimSpace(s))
+	}
+	major, _ := strconv.Atoi(m[1])
+	minor, _ := strconv.Atoi(m[2])
+	return major, minor, nil
+}
+
+// ParseShowConfigJSON parses the output of `nix show-config --json`. Nix
+// 2.4 and later print {"NAME": {"value": V, ...}}; older ones printed
+// {"NAME": V}; both are accepted. Values are turned into text as nix.conf
+// spells them: a list as its items joined by one space, a map (such as
+// access-tokens) as sorted KEY=VALUE items, null as the empty string.
+func ParseShowConfigJSON(data []byte) (map[string]string, error) {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("parse nix configuration JSON: %w", err)
+	}
+	out := make(map[string]string, len(raw))
+	for name, msg := range raw {
+		val := msg
+		var wrapped map[string]json.RawMessage
+		if bytes.HasPrefix(bytes.TrimSpace(msg), []byte("{")) && json.Unmarshal(msg, &wrapped) == nil {
+			if v, ok := wrapped["value"]; ok {
+				val = v
+			}
+		}
+		text, err := configValueText(val)
+		if err != nil {
+			return nil, fmt.Errorf("parse nix configuration JSON: setting %s: %w", name, err)
+		}
+		out[name] = text
+	}
+	return out, nil
+}
+
+// configValueText spells one JSON setting value as nix.conf would.
+func configValueText(msg json.RawMessage) (string, error) {
+	dec := json.NewDecoder(bytes.NewReader(msg))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return "", err
+	}
+	return valueText(v), nil
+}
+
+func valueText(v any) string {
+	switch v := v.(type) {
+	case nil:
+		return ""
+	case string:
+		return v
+	case bool:
+		return strconv.FormatBool(v)
+	case json.Number:
+		return v.String()
+	case []any:
+		parts := make([]string, len(v))
+		for i, e := range v {
+			parts[i] = valueText(e)
+		}
+		return strings.Join(parts, " ")
+	case map[string]any:
+		keys := make([]string, 0, len(v))
+		for k := range v {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		parts := make([]string, len(keys))
+		for i, k := range keys {
+			parts[i] = k + "=" + valueText(v[k])
+		}
+		return strings.Join(parts, " ")
+	default:
+		return fmt.Sprint(v)
+	}
+}

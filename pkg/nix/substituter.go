@@ -1,0 +1,212 @@
+package nix
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// sshServeUser is the account nix.sshServe creates on a serving host.
+const sshServeUser = "nix-ssh"
+
+// URL query parameters of an ssh store.
+const (
+	paramSSHKey  = "ssh-key"
+	paramHostKey = "base64-ssh-public-host-key"
+)
+
+// SubstituterURL returns the store URL of a serving host:
+// ssh://nix-ssh@ADDRESS?ssh-key=PATH&base64-ssh-public-host-key=B64
+// (ssh-ng:// for protocol "ssh-ng"), where B64 is the base64 of the line
+// "ssh-ed25519 AAAA..." of hostKey, which pins the host key so that Nix never
+// asks about an unknown one. An IPv6 address is put in brackets (Nix 2.8
+// removes them before it calls ssh). Query values are percent-encoded.
+//
+// sshPort is checked (1-65535) but not put in the URL: Nix before 2.31
+// ignores a port there; the caller writes an ssh_config Host block instead.
+// clientKeyPath must pass ValidatePath; only ed25519 host keys are accepted.
+func SubstituterURL(protocol, address string, sshPort int, clientKeyPath string, hostKey ssh.PublicKey) (string, error) {
+	if _, err := validateProtocol(protocol); err != nil {
+		return "", fmt.Errorf("substituter URL: %w", err)
+	}
+	kind, err := validateHost(address)
+	if err != nil {
+		return "", fmt.Errorf("substituter URL: %w", err)
+	}
+	if sshPort < 1 || sshPort > 65535 {
+		return "", fmt.Errorf("substituter URL for %s: ssh port %d is not from 1 to 65535", address, sshPort)
+	}
+	if err := ValidatePath(clientKeyPath); err != nil {
+		return "", fmt.Errorf("substituter URL for %s: client key: %w", address, err)
+	}
+	line, err := sshKeyLine(hostKey)
+	if err != nil {
+		return "", fmt.Errorf("substituter URL for %s: host key: %w", address, err)
+	}
+	host := address
+	if kind == hostIPv6 {
+		host = "[" + address + "]"
+	}
+	u := protocol + "://" + sshServeUser + "@" + host +
+		"?" + paramSSHKey + "=" + queryEscape(clientKeyPath) +
+		"&" + paramHostKey + "=" + queryEscape(base64.StdEncoding.EncodeToString([]byte(line)))
+	if err := ValidateSubstituter(u); err != nil {
+		return "", fmt.Errorf("substituter URL for %s: built an invalid URL: %w", address, err)
+	}
+	return u, nil
+}
+
+// queryEscape percent-encodes everything but RFC 3986 unreserved characters
+// and '/', which Nix's query decoding (percentDecode) reverses exactly.
+func queryEscape(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if isAlnum(c) || strings.IndexByte("-._~/", c) >= 0 {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
+}
+
+// ValidateSubstituter checks a substituter URL of a serving host:
+// ssh:// or ssh-ng://, USER@HOST with no port and no path, and only the
+// query parameters ssh-key (a path, see ValidatePath),
+// base64-ssh-public-host-key (an ed25519 host key line), priority,
+// max-connections (numbers) and compress (true or false), each at most once.
+// Only the characters A-Z a-z 0-9 - . _ ~ : / ? [ ] @ & = % + may appear, so
+// the URL can never end a nix.conf value, start a comment or leave a string.
+func ValidateSubstituter(u string) error {
+	if u == "" {
+		return errors.New("substituter URL is empty")
+	}
+	if len(u) > 4096 {
+		return fmt.Errorf("substituter URL is %d bytes long, longer than 4096", len(u))
+	}
+	for i := 0; i < len(u); i++ {
+		if c := u[i]; !isAlnum(c) && strings.IndexByte("-._~:/?[]@&=%+", c) < 0 {
+			return fmt.Errorf("substituter URL %q has a forbidden character %q at offset %d", u, c, i)
+		}
+	}
+	scheme, rest, ok := strings.Cut(u, "://")
+	if !ok || (scheme != "ssh" && scheme != "ssh-ng") {
+		return fmt.Errorf("substituter URL %q: scheme is not ssh:// or ssh-ng://", u)
+	}
+	authority, query, _ := strings.Cut(rest, "?")
+	if strings.Contains(authority, "/") {
+		return fmt.Errorf("substituter URL %q: an ssh store URL has no path", u)
+	}
+	user, host, ok := strings.Cut(authority, "@")
+	if !ok {
+		return fmt.Errorf("substituter URL %q: no USER@ before the host", u)
+	}
+	if err := validateUser(user); err != nil {
+		return fmt.Errorf("substituter URL %q: %w", u, err)
+	}
+	if err := validateURLHost(host); err != nil {
+		return fmt.Errorf("substituter URL %q: %w", u, err)
+	}
+	if err := validateQuery(query); err != nil {
+		return fmt.Errorf("substituter URL %q: %w", u, err)
+	}
+	return nil
+}
+
+// validateUser checks a login name: [a-z_][a-z0-9_-]*, at most 32 bytes.
+func validateUser(user string) error {
+	if user == "" || len(user) > 32 || !(user[0] >= 'a' && user[0] <= 'z' || user[0] == '_') {
+		return fmt.Errorf("user %q is not a valid login name", user)
+	}
+	for i := 1; i < len(user); i++ {
+		if c := user[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return fmt.Errorf("user %q is not a valid login name", user)
+		}
+	}
+	return nil
+}
+
+// validateURLHost checks the host part of a URL: a host name, an IPv4
+// address, or an IPv6 address in brackets; never a port.
+func validateURLHost(host string) error {
+	if strings.HasPrefix(host, "[") {
+		if !strings.HasSuffix(host, "]") {
+			return fmt.Errorf("host %q: text after the IPv6 address (a port is not supported before Nix 2.31; use ssh_config)", host)
+		}
+		kind, err := validateHost(host[1 : len(host)-1])
+		if err != nil {
+			return err
+		}
+		if kind != hostIPv6 {
+			return fmt.Errorf("host %q: only an IPv6 address goes in brackets", host)
+		}
+		return nil
+	}
+	if strings.Contains(host, ":") {
+		return fmt.Errorf("host %q has a port or is an IPv6 address without brackets (a port is not supported before Nix 2.31; use ssh_config)", host)
+	}
+	_, err := validateHost(host)
+	return err
+}
+
+// validateQuery checks the query of an ssh store URL.
+func validateQuery(query string) error {
+	if query == "" {
+		return nil
+	}
+	seen := map[string]bool{}
+	for _, kv := range strings.Split(query, "&") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return fmt.Errorf("query parameter %q has no value", kv)
+		}
+		if seen[k] {
+			return fmt.Errorf("query parameter %q appears twice", k)
+		}
+		seen[k] = true
+		val, err := url.PathUnescape(v)
+		if err != nil {
+			return fmt.Errorf("query parameter %s: %w", k, err)
+		}
+		if err := validateParam(k, val); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validateParam checks the decoded value of one ssh store parameter.
+func validateParam(k, val string) error {
+	switch k {
+	case paramSSHKey:
+		if err := ValidatePath(val); err != nil {
+			return fmt.Errorf("query parameter %s: %w", k, err)
+		}
+	case paramHostKey:
+		line, err := base64.StdEncoding.Strict().DecodeString(val)
+		if err != nil {
+			return fmt.Errorf("query parameter %s: invalid base64: %w", k, err)
+		}
+		if _, err := parseSSHKeyLine(string(line)); err != nil {
+			return fmt.Errorf("query parameter %s: %w", k, err)
+		}
+	case "priority", "max-connections":
+		n, err := strconv.Atoi(val)
+		if err != nil || n < 0 || n > 1_000_000 || strconv.Itoa(n) != val {
+			return fmt.Errorf("query parameter %s: %q is not a number from 0 to 1000000", k, val)
+		}
+	case "compress":
+		if val != "true" && val != "false" {
+			return fmt.Errorf("query parameter %s: %q is neither true nor false", k, val)
+		}
+	default:
+		return fmt.Errorf("query parameter %q is not one nixpeer accepts (%s, %s, priority, max-connections, compress)", k, paramSSHKey, paramHostKey)
+	}
+	return nil
+}

@@ -1,0 +1,98 @@
+package reconcile
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/nixpeer/nixpeer/pkg/knownhosts"
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
+	"github.com/nixpeer/nixpeer/pkg/status"
+)
+
+// A step keeps one resource of the host in place and records its condition.
+// Steps run in order; each one reads the host as it is (level-triggered).
+type step func(h *Host, p *pass) error
+
+var steps = []step{
+	(*Host).reconcileKeys,
+	(*Host).reconcileKnownHosts,
+}
+
+// reconcileKeys keeps the host's SSH client key (which it fetches from peers
+// with) and reads, or creates where missing, its SSH host key.
+func (h *Host) reconcileKeys(p *pass) error {
+	l := h.cfg.Layout
+	client, cres, err := sshkeys.EnsureClientKey(l.ClientKey, "nixpeer@"+p.self.Name)
+	if err != nil {
+		p.set(h, status.KeysReady, false, "ClientKeyUnusable", err.Error())
+		return fmt.Errorf("client key: %w", err)
+	}
+	host, hres, err := sshkeys.EnsureHostKey(l.HostKey, "root@"+p.self.Name)
+	if err != nil {
+		p.set(h, status.KeysReady, false, "HostKeyUnusable", err.Error())
+		return fmt.Errorf("host key: %w", err)
+	}
+	p.manage(l.ClientKey, cres.Created || cres.ModeFixed || cres.PubRewritten)
+	p.manage(l.HostKey, hres.Created || hres.ModeFixed || hres.PubRewritten)
+	var did []string
+	for _, r := range []struct {
+		what string
+		res  sshkeys.Result
+	}{{"client key", cres}, {"host key", hres}} {
+		switch {
+		case r.res.Created:
+			did = append(did, "created the "+r.what)
+		case r.res.ModeFixed:
+			did = append(did, "set the "+r.what+" to mode 0600")
+		}
+	}
+	if len(did) > 0 {
+		h.log.Info("keys", zap.Strings("actions", did), zap.String("clientKey", client.Fingerprint()), zap.String("hostKey", host.Fingerprint()))
+	}
+	p.set(h, status.KeysReady, true, "KeysPresent",
+		fmt.Sprintf("client key %s, host key %s", client.Fingerprint(), host.Fingerprint()))
+	return nil
+}
+
+// reconcileKnownHosts keeps the managed block of root's known_hosts: one
+// entry for every peer this host fetches from whose host key is known.
+func (h *Host) reconcileKnownHosts(p *pass) error {
+	var entries []knownhosts.Entry
+	var unpinned []string
+	for _, name := range p.self.SubstituteFrom {
+		peer := p.file.Host(name)
+		if peer == nil {
+			continue // validation rules it out
+		}
+		if peer.HostKey == "" {
+			unpinned = append(unpinned, name)
+			continue
+		}
+		key, err := sshkeys.ParsePublicLine(peer.HostKey)
+		if err != nil {
+			p.set(h, status.KnownHostsReady, false, "InvalidHostKey", fmt.Sprintf("host %s: %v", name, err))
+			return fmt.Errorf("host key of %s: %w", name, err)
+		}
+		entries = append(entries, knownhosts.Entry{Host: peer.Address, Port: peer.SSHPort, Key: key})
+	}
+	path := h.cfg.Layout.KnownHosts
+	if err := os.MkdirAll(strings.TrimSuffix(path, "/known_hosts"), 0o700); err != nil {
+		p.set(h, status.KnownHostsReady, false, "WriteFailed", err.Error())
+		return fmt.Errorf("create directory of %s: %w", path, err)
+	}
+	changed, err := knownhosts.Update(path, entries)
+	if err != nil {
+		p.set(h, status.KnownHostsReady, false, "WriteFailed", err.Error())
+		return fmt.Errorf("known_hosts: %w", err)
+	}
+	p.manage(path, changed)
+	msg := fmt.Sprintf("%d pinned peer entries in %s", len(entries), path)
+	if len(unpinned) > 0 {
+		msg += fmt.Sprintf("; not pinned in the desired state: %s", strings.Join(unpinned, ", "))
+	}
+	p.set(h, status.KnownHostsReady, true, "UpToDate", msg)
+	return nil
+}
