@@ -177,14 +177,24 @@ func (a *agent) waitFor(what string, cond func(status.Status) bool) status.Statu
 			a.t.Fatalf("waiting for %s: agent exited: %v\n%s", what, err, a.logs.String())
 		default:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		st, err := a.client.Status(ctx)
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		var st status.Status
+		var err error
+		if lastErr == nil && !last.LastReconcile.IsZero() {
+			// Long poll: the agent answers when its next reconcile ends.
+			st, err = a.client.WaitReconciled(ctx, last.LastReconcile, time.Second)
+		} else {
+			st, err = a.client.Status(ctx)
+		}
 		cancel()
 		if err == nil && cond(st) {
 			return st
 		}
+		if err != nil {
+			// Not listening yet: the socket appears within milliseconds.
+			time.Sleep(10 * time.Millisecond)
+		}
 		last, lastErr = st, err
-		time.Sleep(5 * time.Millisecond) // poll interval of a condition with a deadline
 	}
 	a.t.Fatalf("waiting for %s: deadline passed; last status %+v, last error %v", what, last, lastErr)
 	return last

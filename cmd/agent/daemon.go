@@ -240,6 +240,9 @@ type backend struct {
 
 func (b *backend) Status() status.Status { return b.host.Status() }
 func (b *backend) Reconcile()            { b.loop.Trigger("nixpeer reconcile") }
+func (b *backend) WaitReconciled(ctx context.Context, after time.Time) status.Status {
+	return b.host.WaitReconciled(ctx, after)
+}
 func (b *backend) TrustReset(peer string) error {
 	return fmt.Errorf("trust reset of %q: no peer trust is recorded yet", peer)
 }

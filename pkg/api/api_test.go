@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -19,6 +20,10 @@ type fakeBackend struct{ reconciles int }
 
 func (f *fakeBackend) Status() status.Status { return status.Status{Host: "stage", Ready: true} }
 func (f *fakeBackend) Reconcile()            { f.reconciles++ }
+func (f *fakeBackend) WaitReconciled(ctx context.Context, after time.Time) status.Status {
+	<-ctx.Done()
+	return status.Status{Host: "waited"}
+}
 func (f *fakeBackend) TrustReset(peer string) error {
 	if peer != "prod" {
 		return errors.New("unknown peer " + peer)
@@ -56,6 +61,11 @@ func TestStatusAndReconcileAsRoot(t *testing.T) {
 	got, err := c.Status(context.Background())
 	if err != nil || got.Host != "stage" || !got.Ready {
 		t.Fatalf("Status = %+v, %v", got, err)
+	}
+	start := time.Now()
+	got, err = c.WaitReconciled(context.Background(), start, 50*time.Millisecond)
+	if err != nil || got.Host != "waited" || time.Since(start) < 50*time.Millisecond {
+		t.Fatalf("WaitReconciled = %+v, %v after %v; want the backend's answer after the wait", got, err, time.Since(start))
 	}
 	if err := c.Reconcile(context.Background()); err != nil || b.reconciles != 1 {
 		t.Fatalf("Reconcile: %v, backend saw %d", err, b.reconciles)

@@ -42,6 +42,15 @@ func (c *Client) Status(ctx context.Context) (status.Status, error) {
 	return st, err
 }
 
+// WaitReconciled returns the status once a reconcile has finished after
+// the time after, or the latest status after wait (at most 5s).
+func (c *Client) WaitReconciled(ctx context.Context, after time.Time, wait time.Duration) (status.Status, error) {
+	var st status.Status
+	q := url.Values{"after": {after.Format(time.RFC3339Nano)}, "wait": {wait.String()}}
+	err := c.do(ctx, http.MethodGet, "/v1/status?"+q.Encode(), &st)
+	return st, err
+}
+
 // Reconcile asks the daemon to reconcile now.
 func (c *Client) Reconcile(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/v1/reconcile", nil)

@@ -26,6 +26,9 @@ import (
 // Backend is what the daemon exposes through the socket.
 type Backend interface {
 	Status() status.Status
+	// WaitReconciled returns the status once a reconcile finished after
+	// the given time, or the latest one when ctx ends.
+	WaitReconciled(ctx context.Context, after time.Time) status.Status
 	// Reconcile asks for a reconcile now.
 	Reconcile()
 	// TrustReset forgets what was trusted of a peer; it reports an error
@@ -215,8 +218,34 @@ func (s *Server) mutate(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, s.backend.Status())
+// maxWait bounds a long poll of the status.
+const maxWait = 5 * time.Second
+
+// status answers at once, or, with ?after=TIME (RFC 3339), once a reconcile
+// has finished after TIME (at most wait=DURATION, default and cap 5s): a
+// client follows the agent without polling.
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if q.Get("after") == "" {
+		writeJSON(w, http.StatusOK, s.backend.Status())
+		return
+	}
+	after, err := time.Parse(time.RFC3339Nano, q.Get("after"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "after: want an RFC 3339 time, such as the lastReconcile of a status")
+		return
+	}
+	wait := maxWait
+	if v := q.Get("wait"); v != "" {
+		if wait, err = time.ParseDuration(v); err != nil || wait <= 0 {
+			writeError(w, http.StatusBadRequest, "wait: want a positive duration such as 2s")
+			return
+		}
+		wait = min(wait, maxWait)
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	defer cancel()
+	writeJSON(w, http.StatusOK, s.backend.WaitReconciled(ctx, after))
 }
 
 func (s *Server) reconcile(w http.ResponseWriter, _ *http.Request) {

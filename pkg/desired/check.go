@@ -40,6 +40,7 @@ func checkHosts(el *errorList, f *File, infos []*hostInfo) {
 
 	checkKeyNames(el, infos)
 
+	names := f.names()
 	edges := make([][]int, len(infos)) // valid substituteFrom references
 	for i, hi := range infos {
 		seen := map[string]Pos{}
@@ -59,10 +60,10 @@ func checkHosts(el *errorList, f *File, infos []*hostInfo) {
 			t, ok := byName[r.name]
 			if !ok {
 				hint := ""
-				if s := suggest(r.name, f.names()); s != "" {
+				if s := suggest(r.name, names); s != "" {
 					hint = fmt.Sprintf(" (did you mean %q?)", s)
 				}
-				el.add(r.pos, "substituteFrom names %q, which is not a host in this file%s; name one of: %s", r.name, hint, strings.Join(f.names(), ", "))
+				el.add(r.pos, "substituteFrom names %q, which is not a host in this file%s; name one of: %s", r.name, hint, shortList(names, 20))
 				continue
 			}
 			edges[i] = append(edges[i], t)
@@ -89,6 +90,14 @@ func keyscan(hi *hostInfo) string {
 		return fmt.Sprintf("ssh-keyscan -p %d -t ed25519 %s", hi.h.SSHPort, addr)
 	}
 	return "ssh-keyscan -t ed25519 " + addr
+}
+
+// shortList joins at most n of items for a message.
+func shortList(items []string, n int) string {
+	if len(items) <= n {
+		return strings.Join(items, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(items[:n], ", "), len(items)-n)
 }
 
 // label names a host in messages.
@@ -183,6 +192,9 @@ func checkCycles(el *errorList, infos []*hostInfo, edges [][]int) {
 				pos = r.pos
 				break
 			}
+		}
+		if len(names) > 12 {
+			names = append(names[:10:10], "...", names[len(names)-1])
 		}
 		el.add(pos, "substituteFrom forms a cycle: %s; a host cannot substitute from itself, directly or through others: remove one of these references", strings.Join(names, " -> "))
 	}
@@ -301,7 +313,7 @@ func checkPins(el *errorList, infos []*hostInfo, edges [][]int) {
 		}
 		var why string
 		if len(consumers[i]) > 0 {
-			why = fmt.Sprintf("%s substitutes from it", strings.Join(consumers[i], " and "))
+			why = fmt.Sprintf("%s substitutes from it", shortList(consumers[i], 3))
 		} else {
 			why = fmt.Sprintf("it substitutes from %s, whose agent connects to it", infos[edges[i][0]].rawName)
 		}

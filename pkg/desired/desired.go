@@ -265,7 +265,7 @@ func (f *File) hostList() string {
 	for i, h := range f.Hosts {
 		parts[i] = fmt.Sprintf("%s (%s)", h.Name, h.Address)
 	}
-	return strings.Join(parts, ", ")
+	return shortList(parts, 50)
 }
 
 // canonical is the meaning of a File, as hashed by Hash: defaults filled,

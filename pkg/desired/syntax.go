@@ -42,7 +42,7 @@ const (
 // with '-'.
 func ValidateName(s string) error {
 	if r := checkName(s); r != "" {
-		return fmt.Errorf("host name %q %s", s, r)
+		return fmt.Errorf("host name %s %s", quoteShort(s), r)
 	}
 	return nil
 }
@@ -51,7 +51,7 @@ func ValidateName(s string) error {
 // name, an IPv4 address, or an IPv6 address without brackets, zone or port.
 func ValidateAddress(s string) error {
 	if r := checkAddress(s); r != "" {
-		return fmt.Errorf("address %q %s", s, r)
+		return fmt.Errorf("address %s %s", quoteShort(s), r)
 	}
 	return nil
 }
@@ -166,13 +166,13 @@ func normalizeHostKey(s string) (string, string) {
 	if m == nil {
 		f := strings.Fields(s)
 		if len(f) >= 2 && f[1] == ssh.KeyAlgoED25519 {
-			return "", fmt.Sprintf("starts with %q (ssh-keyscan prints a host name first); remove it so the line starts with ssh-ed25519", f[0])
+			return "", fmt.Sprintf("starts with %s (ssh-keyscan prints a host name first); remove it so the line starts with ssh-ed25519", quoteShort(f[0]))
 		}
 		return "", "is not a public key line"
 	}
 	typ, b64, comment := m[1], m[2], m[3]
 	if typ != ssh.KeyAlgoED25519 {
-		return "", fmt.Sprintf("has type %q, but nixpeer pins ed25519 host keys", typ)
+		return "", fmt.Sprintf("has type %s, but nixpeer pins ed25519 host keys", quoteShort(typ))
 	}
 	if comment != "" && !commentRE.MatchString(comment) {
 		return "", "has a comment with characters other than A-Z a-z 0-9 @ . _ + -; remove the comment"
@@ -228,7 +228,7 @@ func checkAbsPath(s string) string {
 	case s == "/":
 		return "is the root directory"
 	case path.Clean(s) != s:
-		return fmt.Sprintf("is not clean (no \"//\", \"/./\", \"/../\" or trailing '/'); write %q", path.Clean(s))
+		return fmt.Sprintf("is not clean (no \"//\", \"/./\", \"/../\" or trailing '/'); write %s", quoteShort(path.Clean(s)))
 	}
 	return ""
 }

@@ -23,6 +23,10 @@ const MaxSize = 1 << 20
 // to use gigabytes by a hostile or broken file.
 const maxDepth = 32
 
+// maxMapEntries bounds the entries of one block mapping, for the same
+// reason: the parser's cost grows with the square of that number.
+const maxMapEntries = 64
+
 // parseYAML checks the raw bytes, parses them with goccy/go-yaml and
 // returns the body of the one document, after rejecting YAML features the
 // file does not use (anchors, aliases, tags, merge keys, explicit keys,
@@ -39,8 +43,8 @@ func parseYAML(el *errorList, data []byte) ast.Node {
 		return nil
 	}
 	tokens := lexer.Tokenize(string(data))
-	if tk := tooDeep(tokens); tk != nil {
-		el.add(tokenPos(tk), "collections nest more than %d levels deep here; a desired-state file nests at most 4 levels (file, hosts, host, serve or list)", maxDepth)
+	if tk, msg := checkShape(tokens); tk != nil {
+		el.add(tokenPos(tk), "%s", msg)
 		return nil
 	}
 	f, err := parser.Parse(tokens, 0, parser.AllowDuplicateMapKey())
@@ -102,25 +106,20 @@ func checkText(data []byte) (Pos, string) {
 	return Pos{}, ""
 }
 
-// tooDeep returns the first token at which collections nest more than
-// maxDepth levels, or nil. Flow collections are counted exactly; block
+// checkShape returns the first token at which the file stops looking like
+// a desired-state file in a way that would make the YAML parser slow, and
+// what is wrong there; or nil. Flow collections are counted exactly; block
 // collections are estimated from the columns of their indicators.
-func tooDeep(tokens token.Tokens) *token.Token {
+func checkShape(tokens token.Tokens) (*token.Token, string) {
+	type level struct{ col, keys int }
 	flow := 0
-	var block []int // columns of the open block collections
-	push := func(col int) {
-		for len(block) > 0 && block[len(block)-1] > col {
-			block = block[:len(block)-1]
-		}
-		if len(block) == 0 || block[len(block)-1] < col {
-			block = append(block, col)
-		}
-	}
+	var block []level // the open block collections, by column
 	var prev *token.Token
 	for _, tk := range tokens {
-		if tk == nil || tk.Type == token.CommentType || tk.Type == token.SpaceType {
+		if tk == nil || tk.Position == nil || tk.Type == token.CommentType || tk.Type == token.SpaceType {
 			continue
 		}
+		col, isKey := 0, false
 		switch tk.Type {
 		case token.SequenceStartType, token.MappingStartType:
 			flow++
@@ -131,24 +130,33 @@ func tooDeep(tokens token.Tokens) *token.Token {
 		case token.DocumentHeaderType, token.DocumentEndType:
 			flow, block = 0, block[:0]
 		case token.SequenceEntryType, token.MappingKeyType:
-			if flow == 0 {
-				push(tk.Position.Column)
-			}
+			col = tk.Position.Column
 		case token.MappingValueType:
-			if flow == 0 {
-				col := tk.Position.Column
-				if prev != nil && prev.Position.Line == tk.Position.Line {
-					col = prev.Position.Column
+			col, isKey = tk.Position.Column, true
+			if prev != nil && prev.Position.Line == tk.Position.Line {
+				col = prev.Position.Column // the key's column
+			}
+		}
+		if col > 0 && flow == 0 {
+			for len(block) > 0 && block[len(block)-1].col > col {
+				block = block[:len(block)-1]
+			}
+			if len(block) == 0 || block[len(block)-1].col < col {
+				block = append(block, level{col: col})
+			}
+			if isKey {
+				top := &block[len(block)-1]
+				if top.keys++; top.keys > maxMapEntries {
+					return tk, fmt.Sprintf("more than %d fields in one mapping; a host has at most %d fields: check the indentation here", maxMapEntries, len(hostFields))
 				}
-				push(col)
 			}
 		}
 		if flow+len(block) > maxDepth {
-			return tk
+			return tk, fmt.Sprintf("collections nest more than %d levels deep here; a desired-state file nests at most 4 levels (file, hosts, host, serve or list)", maxDepth)
 		}
 		prev = tk
 	}
-	return nil
+	return nil, ""
 }
 
 // addSyntaxError turns a goccy/go-yaml error into a positioned Error.
@@ -283,7 +291,7 @@ func mapping(el *errorList, n ast.Node, what, example string, allowed []string) 
 		}
 		k := ks.Value
 		if prev, dup := fs.fields[k]; dup {
-			el.add(kp, "duplicate field %q in %s (first set at %s); keep only one", k, what, prev.keyPos)
+			el.add(kp, "duplicate field %s in %s (first set at %s); keep only one", quoteShort(k), what, prev.keyPos)
 			continue
 		}
 		if !contains(allowed, k) {
@@ -291,7 +299,7 @@ func mapping(el *errorList, n ast.Node, what, example string, allowed []string) 
 			if s := suggest(k, allowed); s != "" {
 				hint = fmt.Sprintf(" (did you mean %q?)", s)
 			}
-			el.add(kp, "unknown field %q in %s%s; allowed fields: %s", k, what, hint, strings.Join(allowed, ", "))
+			el.add(kp, "unknown field %s in %s%s; allowed fields: %s", quoteShort(k), what, hint, strings.Join(allowed, ", "))
 			continue
 		}
 		fs.fields[k] = field{key: k, keyPos: kp, value: mv.Value}
@@ -304,9 +312,9 @@ func keyText(n ast.Node) string {
 		return `""`
 	}
 	if tk := n.GetToken(); tk != nil {
-		return fmt.Sprintf("%q", tk.Value)
+		return quoteShort(tk.Value)
 	}
-	return fmt.Sprintf("%q", n.String())
+	return quoteShort(n.String())
 }
 
 // describe names the YAML kind of a node for "must be X, not Y" messages.
@@ -368,8 +376,8 @@ func contains(list []string, s string) bool {
 // be a likely typo, else "".
 func suggest(s string, list []string) string {
 	best, bestD := "", 3
-	if len(s) > 64 {
-		return ""
+	if len(s) > 64 || len(list) > 200 {
+		return "" // keep a file with many hosts and many typos linear
 	}
 	for _, c := range list {
 		d := editDistance(strings.ToLower(s), strings.ToLower(c))

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -68,19 +67,26 @@ func runNix(ctx context.Context, env []string, args ...string) ([]byte, error) {
 	return stdout.Bytes(), nil
 }
 
-// nixVersionRE finds the version in `nix --version` output, such as
-// "nix (Nix) 2.8.0" or "nix (Nix) 2.24.10".
-var nixVersionRE = regexp.MustCompile(`\b(\d+)\.(\d+)(?:\.\d+)?`)
-
-// parseNixVersion returns the major and minor version of `nix --version`.
+// parseNixVersion returns the major and minor version from `nix --version`
+// output such as "nix (Nix) 2.8.0" or "nix (Nix) 2.20.0pre2023_dirty": the
+// first word that starts with DIGITS.DIGITS.
 func parseNixVersion(s string) (int, int, error) {
-	m := nixVersionRE.FindStringSubmatch(s)
-	if m == nil {
-		return 0, 0, fmt.Errorf("no version number in %q", strings.TrimSpace(s))
+	for _, word := range strings.Fields(s) {
+		majorText, rest, ok := strings.Cut(word, ".")
+		if !ok {
+			continue
+		}
+		minorText := rest
+		if i := strings.IndexFunc(rest, func(r rune) bool { return r < '0' || r > '9' }); i >= 0 {
+			minorText = rest[:i]
+		}
+		major, err1 := strconv.Atoi(majorText)
+		minor, err2 := strconv.Atoi(minorText)
+		if err1 == nil && err2 == nil && major >= 0 && minor >= 0 {
+			return major, minor, nil
+		}
 	}
-	major, _ := strconv.Atoi(m[1])
-	minor, _ := strconv.Atoi(m[2])
-	return major, minor, nil
+	return 0, 0, fmt.Errorf("no version number in %q", strings.TrimSpace(s))
 }
 
 // ParseShowConfigJSON parses the output of `nix show-config --json`. Nix

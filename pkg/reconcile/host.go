@@ -43,14 +43,15 @@ type Host struct {
 	desired    *desired.File // last good desired state
 	generation int64
 
-	mu     sync.Mutex
-	status status.Status
+	mu      sync.Mutex
+	status  status.Status
+	updated chan struct{} // closed and replaced at every reconcile
 }
 
 // NewHost prepares a reconciler, picking up the last good desired state and
 // the last status from the store, so a restart starts where it left off.
 func NewHost(cfg Config) (*Host, error) {
-	h := &Host{cfg: cfg, log: cfg.Log}
+	h := &Host{cfg: cfg, log: cfg.Log, updated: make(chan struct{})}
 	st, ok, err := cfg.Store.LoadStatus()
 	if err != nil {
 		return nil, err
@@ -81,6 +82,24 @@ func (h *Host) Status() status.Status {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.status.Clone()
+}
+
+// WaitReconciled returns the status once a reconcile has finished after
+// the time after, or the latest status when ctx ends first.
+func (h *Host) WaitReconciled(ctx context.Context, after time.Time) status.Status {
+	for {
+		h.mu.Lock()
+		st, ch := h.status.Clone(), h.updated
+		h.mu.Unlock()
+		if st.LastReconcile.After(after) {
+			return st
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return st
+		}
+	}
 }
 
 // Desired returns the desired state in force (the last good one), or nil.
@@ -187,8 +206,6 @@ func (h *Host) finish(p *pass, prev status.Status, fileOK bool) error {
 	}
 	if p.self != nil {
 		next.Peers = p.peers
-	}
-	if p.self != nil {
 		next.Files = managedFiles(prev.Files, p.managed, p.files, now)
 	}
 	next.LastError = ""
@@ -208,9 +225,6 @@ func (h *Host) finish(p *pass, prev status.Status, fileOK bool) error {
 
 	changed := !sameStatus(prev, next) || len(p.files) > 0
 	next.LastReconcile = now
-	h.mu.Lock()
-	h.status = next
-	h.mu.Unlock()
 	if changed {
 		if serr := h.cfg.Store.SaveStatus(next); serr != nil {
 			err = errors.Join(err, serr)
@@ -225,6 +239,12 @@ func (h *Host) finish(p *pass, prev status.Status, fileOK bool) error {
 		h.log.Info("reconciled", zap.Bool("ready", ready), zap.Int64("generation", next.Generation),
 			zap.Int64("observedGeneration", next.ObservedGeneration), zap.Strings("wrote", p.files))
 	}
+	// Published only once stored: whoever sees it can rely on the disk.
+	h.mu.Lock()
+	h.status = next
+	close(h.updated)
+	h.updated = make(chan struct{})
+	h.mu.Unlock()
 	return err
 }
 
