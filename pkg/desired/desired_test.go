@@ -2,6 +2,7 @@ package desired
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -375,6 +376,8 @@ func TestHostileInputs(t *testing.T) {
 		"nested keys":    strings.Repeat("a: ", n/3),
 		"indented keys":  deepIndent(n),
 		"many aliases":   "a: &a [x]\n" + strings.Repeat("b: [*a, *a]\n", n/12),
+		"many keys":      strings.Repeat("a: b\n", n/5),
+		"many refs":      manyHosts(n),
 	}
 	for name, in := range inputs {
 		t.Run(name, func(t *testing.T) {
@@ -383,6 +386,17 @@ func TestHostileInputs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// manyHosts returns about n bytes of hosts that each substitute from
+// an unknown host, each one error.
+func manyHosts(n int) string {
+	var b strings.Builder
+	b.WriteString("apiVersion: nixpeer/v1\nhosts:\n")
+	for i := 0; b.Len() < n; i++ {
+		fmt.Fprintf(&b, "  - {name: h%d, address: h%d.example, substituteFrom: [x%d]}\n", i, i, i)
+	}
+	return b.String()
 }
 
 func deepIndent(n int) string {

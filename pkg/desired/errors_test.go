@@ -327,6 +327,8 @@ func TestParseErrors(t *testing.T) {
 			[]want{w("8:16", "control character U+0000", "remove it")}},
 		{"too deep", y("apiVersion: nixpeer/v1", "hosts: "+strings.Repeat("[", 40)),
 			[]want{w("2:39", "nest more than 32 levels", "at most 4 levels")}},
+		{"too many fields", strings.Repeat("k: v\n", 65),
+			[]want{w("65:1", "more than 64 fields in one mapping", "check the indentation")}},
 		{"too deep block", y("apiVersion: nixpeer/v1", "hosts: ", strings.Repeat("- ", 40)+"a"),
 			[]want{w("3:65", "nest more than 32 levels")}},
 	}

@@ -119,7 +119,7 @@ func checkShape(tokens token.Tokens) (*token.Token, string) {
 		if tk == nil || tk.Position == nil || tk.Type == token.CommentType || tk.Type == token.SpaceType {
 			continue
 		}
-		col, isKey := 0, false
+		col, at, isKey := 0, tk, false
 		switch tk.Type {
 		case token.SequenceStartType, token.MappingStartType:
 			flow++
@@ -134,7 +134,7 @@ func checkShape(tokens token.Tokens) (*token.Token, string) {
 		case token.MappingValueType:
 			col, isKey = tk.Position.Column, true
 			if prev != nil && prev.Position.Line == tk.Position.Line {
-				col = prev.Position.Column // the key's column
+				col, at = prev.Position.Column, prev // the key
 			}
 		}
 		if col > 0 && flow == 0 {
@@ -147,7 +147,7 @@ func checkShape(tokens token.Tokens) (*token.Token, string) {
 			if isKey {
 				top := &block[len(block)-1]
 				if top.keys++; top.keys > maxMapEntries {
-					return tk, fmt.Sprintf("more than %d fields in one mapping; a host has at most %d fields: check the indentation here", maxMapEntries, len(hostFields))
+					return at, fmt.Sprintf("more than %d fields in one mapping; a host has at most %d fields: check the indentation here", maxMapEntries, len(hostFields))
 				}
 			}
 		}

@@ -119,13 +119,22 @@ func TestSameContentIsNoChange(t *testing.T) {
 	// A marker file proves events are flowing: once its change to the
 	// watched file is seen, the earlier same-content rewrite must not have
 	// produced one.
-	expectChange(t, changes, "first real change", func(i int) { write(t, path, "warm "+string(rune('a'+i))) })
+	// Every write here is a rename-save: an in-place write shows a
+	// truncated file for a moment, which is a change of its own.
+	save := func(content string) {
+		tmp := filepath.Join(dir, ".tmp")
+		write(t, tmp, content)
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expectChange(t, changes, "first real change", func(i int) { save("warm " + string(rune('a'+i))) })
 	for len(changes) > 0 {
 		<-changes
 	}
 	cur, _ := os.ReadFile(path)
-	write(t, path, string(cur)) // same bytes
-	expectChange(t, changes, "real change", func(i int) { write(t, path, "new "+string(rune('a'+i))) })
+	save(string(cur)) // the same bytes
+	expectChange(t, changes, "real change", func(i int) { save("new " + string(rune('a'+i))) })
 	if n := len(changes); n != 0 {
 		t.Fatalf("%d extra changes reported for a same-content write", n)
 	}
