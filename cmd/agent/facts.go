@@ -2,8 +2,14 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/nixpeer/nixpeer/pkg/nix"
 
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 )
@@ -20,6 +26,8 @@ type keyFacts struct {
 type hostFacts struct {
 	ClientKey keyFacts `json:"clientKey"`
 	HostKey   keyFacts `json:"hostKey"`
+	// CacheKey is the binary-cache public key of a serving host.
+	CacheKey *keyFacts `json:"cacheKey,omitempty"`
 }
 
 func cmdFacts(args []string, stdout io.Writer) error {
@@ -31,7 +39,7 @@ func cmdFacts(args []string, stdout io.Writer) error {
 		return err
 	}
 	l := hf.layout()
-	facts := hostFacts{ClientKey: readKey(l.ClientKey), HostKey: readKey(l.HostKey)}
+	facts := hostFacts{ClientKey: readKey(l.ClientKey), HostKey: readKey(l.HostKey), CacheKey: readCacheKey(l.KeysDir)}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -48,10 +56,30 @@ func cmdFacts(args []string, stdout io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "  %s\n  %s\n", k.f.PublicKey, k.f.Fingerprint)
 	}
+	if c := facts.CacheKey; c != nil {
+		fmt.Fprintf(stdout, "binary-cache public key (pin this as serve.publicKey): %s\n  %s\n", c.Path, c.PublicKey)
+	}
 	if facts.ClientKey.Error != "" || facts.HostKey.Error != "" {
 		return &exitError{code: 1}
 	}
 	return nil
+}
+
+// readCacheKey reads the binary-cache public key, if the host has one.
+func readCacheKey(dir string) *keyFacts {
+	path := filepath.Join(dir, nix.PublicKeyFileName)
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return &keyFacts{Path: path, Error: err.Error()}
+	}
+	k, err := nix.ParsePublicKey(strings.TrimSpace(string(raw)))
+	if err != nil {
+		return &keyFacts{Path: path, Error: err.Error()}
+	}
+	return &keyFacts{Path: path, PublicKey: k.String()}
 }
 
 func readKey(path string) keyFacts {

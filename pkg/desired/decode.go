@@ -7,13 +7,15 @@ import (
 	"strings"
 
 	"github.com/goccy/go-yaml/ast"
+
+	"github.com/nixpeer/nixpeer/pkg/nix"
 )
 
 // Allowed fields of each mapping, in the order messages list them.
 var (
 	fileFields  = []string{"apiVersion", "trust", "hosts"}
-	hostFields  = []string{"name", "address", "peerPort", "sshPort", "hostKey", "platform", "apply", "nixosModuleFile", "serve", "substituteFrom"}
-	serveFields = []string{"protocol", "keyName", "signClosure"}
+	hostFields  = []string{"name", "address", "peerPort", "sshPort", "hostKey", "clientKey", "platform", "apply", "nixosModuleFile", "serve", "substituteFrom"}
+	serveFields = []string{"protocol", "keyName", "publicKey", "signClosure"}
 )
 
 // fieldHelp says what a field must hold and shows a correct line, for the
@@ -33,6 +35,8 @@ var help = map[string]fieldHelp{
 	"peerPort":        {false, "a port number 1-65535", fmt.Sprintf("peerPort: %d", DefaultPeerPort)},
 	"sshPort":         {false, "a port number 1-65535", fmt.Sprintf("sshPort: %d", DefaultSSHPort)},
 	"hostKey":         {true, "an SSH public key line", `hostKey: "ssh-ed25519 AAAA..."`},
+	"clientKey":       {true, "an SSH public key line", `clientKey: "ssh-ed25519 AAAA..."`},
+	"publicKey":       {true, "a binary-cache public key NAME:BASE64", `publicKey: "cache.example.com:BASE64..."`},
 	"platform":        {true, "one of nixos, nixos-module, nix", "platform: nixos"},
 	"apply":           {false, "a list of strings: a command and its arguments", "apply: [systemctl, restart, nix-daemon.service]"},
 	"nixosModuleFile": {true, "an absolute path", "nixosModuleFile: " + DefaultNixOSModuleFile},
@@ -168,6 +172,15 @@ func decodeHost(el *errorList, n ast.Node) *hostInfo {
 			}
 		}
 	}
+	if fd, ok := fs.get("clientKey"); ok {
+		if v, ok := str(el, fd); ok {
+			if k, r := normalizeHostKey(v); r != "" {
+				el.add(posOf(fd.value), "clientKey %s; give the \"ssh-ed25519 AAAA...\" line of the SSH client key the host fetches with, as \"nixpeer facts\" prints it on that host", r)
+			} else {
+				h.ClientKey = k
+			}
+		}
+	}
 	platformOK := true
 	if fd, ok := fs.get("platform"); ok {
 		v, ok := enum(el, fd, []string{string(PlatformNixOS), string(PlatformNixOSModule), string(PlatformNix)})
@@ -255,6 +268,17 @@ func decodeServe(el *errorList, fd field, hi *hostInfo) {
 				el.add(hi.keyNamePos, "keyName %s %s; use letters, digits, '.', '_' and '-', starting with a letter or digit, at most %d characters, for example cache.example.com", quoteShort(v), r, maxKeyNameLen)
 			} else {
 				s.KeyName = v
+			}
+		}
+	}
+	if f, ok := fs.get("publicKey"); ok {
+		if v, ok := str(el, f); ok {
+			if k, err := nix.ParsePublicKey(v); err != nil {
+				el.add(posOf(f.value), "publicKey %s is not a binary-cache public key (%v); give the NAME:BASE64 line that \"nixpeer facts\" prints on the serving host", quoteShort(v), err)
+			} else if s.KeyName != "" && k.Name() != s.KeyName {
+				el.add(posOf(f.value), "publicKey is named %q but keyName is %q; they must match", k.Name(), s.KeyName)
+			} else {
+				s.PublicKey = k.String()
 			}
 		}
 	}

@@ -102,8 +102,11 @@ type Host struct {
 	SSHPort int
 	// HostKey is a pin of the host's SSH host key as "ssh-ed25519
 	// BASE64", or "" when none is given.
-	HostKey  string
-	Platform Platform
+	HostKey string
+	// ClientKey is a pin of the SSH client key the host fetches with, as
+	// "ssh-ed25519 BASE64", or "" (then peering tells it).
+	ClientKey string
+	Platform  Platform
 	// Apply is the command (argv) run after the agent changes Nix
 	// settings; empty means write files only. When the file gives none,
 	// it is DefaultApply(Platform) and ApplySet is false.
@@ -126,6 +129,9 @@ type Serve struct {
 	// KeyName is the binary-cache signing key's name; it defaults to
 	// the host's address.
 	KeyName string
+	// PublicKey is a pin of the binary-cache public key, NAME:BASE64, or
+	// "" (then peering tells it).
+	PublicKey string
 	// SignClosure is the closure signed once after the key is created.
 	SignClosure string
 	// Pos is where the serve mapping starts in the file.
@@ -283,6 +289,7 @@ type canonicalHost struct {
 	PeerPort        int             `json:"peerPort"`
 	SSHPort         int             `json:"sshPort"`
 	HostKey         string          `json:"hostKey"`
+	ClientKey       string          `json:"clientKey,omitempty"`
 	Platform        Platform        `json:"platform"`
 	Apply           []string        `json:"apply"`
 	NixOSModuleFile string          `json:"nixosModuleFile"`
@@ -293,6 +300,7 @@ type canonicalHost struct {
 type canonicalServe struct {
 	Protocol    Protocol `json:"protocol"`
 	KeyName     string   `json:"keyName"`
+	PublicKey   string   `json:"publicKey,omitempty"`
 	SignClosure string   `json:"signClosure"`
 }
 
@@ -305,11 +313,11 @@ func (f *File) Hash() string {
 	for _, h := range f.Hosts {
 		ch := canonicalHost{
 			Name: h.Name, Address: h.Address, PeerPort: h.PeerPort, SSHPort: h.SSHPort,
-			HostKey: h.HostKey, Platform: h.Platform, Apply: nonNil(h.Apply),
+			HostKey: h.HostKey, ClientKey: h.ClientKey, Platform: h.Platform, Apply: nonNil(h.Apply),
 			NixOSModuleFile: h.NixOSModuleFile, SubstituteFrom: nonNil(h.SubstituteFrom),
 		}
 		if h.Serve != nil {
-			ch.Serve = &canonicalServe{Protocol: h.Serve.Protocol, KeyName: h.Serve.KeyName, SignClosure: h.Serve.SignClosure}
+			ch.Serve = &canonicalServe{Protocol: h.Serve.Protocol, KeyName: h.Serve.KeyName, PublicKey: h.Serve.PublicKey, SignClosure: h.Serve.SignClosure}
 		}
 		c.Hosts = append(c.Hosts, ch)
 	}

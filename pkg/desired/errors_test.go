@@ -68,7 +68,7 @@ func TestParseErrors(t *testing.T) {
 		{"unknown host field", with("    adress: x"),
 			[]want{w("8:5", `unknown field "adress"`, `did you mean "address"`, "allowed fields: name, address, peerPort")}},
 		{"unknown serve field", with("    serve: {protocl: ssh}"),
-			[]want{w("8:13", `unknown field "protocl"`, `did you mean "protocol"`, "allowed fields: protocol, keyName, signClosure")}},
+			[]want{w("8:13", `unknown field "protocl"`, `did you mean "protocol"`, "allowed fields: protocol, keyName, ", "signClosure")}},
 		{"non-string key", with("    1: x"),
 			[]want{w("8:5", `field name "1"`, "allowed fields: name")}},
 

@@ -1,10 +1,12 @@
 package desired
 
 import (
+	"encoding/json"
 	"errors"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // FuzzParse checks that Parse never panics and that whatever it accepts
@@ -13,32 +15,124 @@ import (
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(tutorial))
 	f.Add([]byte(with("    substituteFrom: [stage]", "    apply: []")))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		file, err := Parse("fuzz.yaml", data)
-		if err != nil {
-			if file != nil {
-				t.Fatal("Parse returned both a File and an error")
-			}
-			var es Errors
-			if !errors.As(err, &es) || len(es) == 0 {
-				t.Fatalf("error %T %v is not a non-empty Errors", err, err)
-			}
-			for _, e := range es {
-				if e.File != "fuzz.yaml" || e.Line < 1 || e.Col < 1 || e.Msg == "" {
-					t.Fatalf("malformed error %+v", e)
-				}
-				if strings.Contains(e.Msg, "internal error") {
-					t.Fatalf("Parse panicked: %v", e)
-				}
-			}
-			return
+	for i, v := range []string{"web1", keyA + " root@x", "/run/x", "2001:db8::1", "a\nb", `a"b`, "${x}", "a:b", "-x", "/a/../b"} {
+		for slot := range len(slotDefaults()) {
+			f.Add(append([]byte{byte(slot + i*len(slotDefaults()))}, v...))
 		}
-		checkFile(t, file)
-		again, err := Parse("fuzz.yaml", data)
-		if err != nil || again.Hash() != file.Hash() {
-			t.Fatalf("second Parse differs: %v", err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		parseAndCheck(t, data)
+		// The bytes again as a value of a valid file, so that the
+		// validators see arbitrary strings: the first byte chooses the
+		// value and whether it is written raw or quoted.
+		if len(data) > 0 && len(data) <= 4<<10 {
+			parseAndCheck(t, []byte(slotDoc(data[0], string(data[1:]))))
 		}
 	})
+}
+
+// slotTemplate is a valid file whose values are placeholders @NAME@.
+const slotTemplate = `apiVersion: nixpeer/v1
+trust: @TRUST@
+hosts:
+  - name: @NAME@
+    address: @ADDR@
+    hostKey: @KEY@
+    serve: {protocol: @PROTO@, keyName: @KEYNAME@, publicKey: @PUBKEY@, signClosure: @CLOSURE@}
+  - name: prod
+    address: prod.example.com
+    hostKey: ` + keyB + `
+    clientKey: @CLIENTKEY@
+    platform: @PLATFORM@
+    nixosModuleFile: @MODFILE@
+    apply: [@CMD@, @ARG@]
+    substituteFrom: [@SUB@]
+`
+
+// slotDefaults are the valid values of slotTemplate's placeholders.
+func slotDefaults() map[string]string {
+	return map[string]string{
+		"@TRUST@": "pinned", "@NAME@": "stage", "@ADDR@": "stage.example.com", "@KEY@": keyA,
+		"@PROTO@": "ssh", "@KEYNAME@": "stage-1", "@CLOSURE@": "/run/current-system",
+		"@PLATFORM@": "nixos-module", "@MODFILE@": "/etc/nixos/nixpeer.nix",
+		"@CMD@": "systemctl", "@ARG@": "restart", "@SUB@": "stage",
+		"@CLIENTKEY@": keyC, "@PUBKEY@": "stage-1:TmfUqrhoHiNzhab59HWozBohZi/pSee8ZfBqPsu5leA=",
+	}
+}
+
+// renderSlot returns slotTemplate with val for slot (and for the
+// substituteFrom entry that names the host, when slot is the name) and
+// the defaults elsewhere.
+func renderSlot(slot, val string) string {
+	var pairs []string
+	for k, d := range slotDefaults() {
+		if k == slot || (slot == "@NAME@" && k == "@SUB@") {
+			d = val
+		}
+		pairs = append(pairs, k, d)
+	}
+	return strings.NewReplacer(pairs...).Replace(slotTemplate)
+}
+
+// slotDoc returns slotTemplate with v as the value that choice picks,
+// written raw or, when choice's high bit is set, quoted.
+func slotDoc(choice byte, v string) string {
+	slots := sortedKeys(slotDefaults())
+	slot := slots[int(choice&0x7f)%len(slots)]
+	if choice&0x80 != 0 {
+		quoted, _ := json.Marshal(v)
+		v = string(quoted)
+	}
+	return renderSlot(slot, v)
+}
+
+// parseAndCheck parses data and checks the result: well-formed errors, or
+// a File whose values all pass the strict checks.
+func parseAndCheck(t *testing.T, data []byte) {
+	t.Helper()
+	start := time.Now()
+	file, err := Parse("fuzz.yaml", data)
+	// Parse is linear in practice (about 1 s per MiB); a small input that
+	// takes long has found a slow path in the YAML parser to bound.
+	if d := time.Since(start); len(data) < 64<<10 && d > 2*time.Second {
+		t.Fatalf("Parse of %d bytes took %v", len(data), d)
+	}
+	if err != nil {
+		if file != nil {
+			t.Fatal("Parse returned both a File and an error")
+		}
+		var es Errors
+		if !errors.As(err, &es) || len(es) == 0 {
+			t.Fatalf("error %T %v is not a non-empty Errors", err, err)
+		}
+		for _, e := range es {
+			if e.File != "fuzz.yaml" || e.Line < 1 || e.Col < 1 || e.Msg == "" {
+				t.Fatalf("malformed error %+v", e)
+			}
+			if strings.Contains(e.Msg, "internal error") {
+				t.Fatalf("Parse panicked: %v", e)
+			}
+		}
+		return
+	}
+	checkFile(t, file)
+	again, err := Parse("fuzz.yaml", data)
+	if err != nil || again.Hash() != file.Hash() {
+		t.Fatalf("second Parse differs: %v", err)
+	}
+}
+
+func TestSlottedTemplateIsValid(t *testing.T) {
+	for slot, d := range slotDefaults() {
+		quoted, _ := json.Marshal(d)
+		for _, doc := range []string{renderSlot(slot, d), renderSlot(slot, string(quoted))} {
+			f, err := Parse("slot.yaml", []byte(doc))
+			if err != nil {
+				t.Fatalf("template does not parse: %v\n%s", err, doc)
+			}
+			checkFile(t, f)
+		}
+	}
 }
 
 // checkFile re-validates every value of a parsed file with the same
@@ -73,9 +167,13 @@ func checkFile(t *testing.T, f *File) {
 		if strings.ContainsAny(h.Name+h.Address, " \t") {
 			t.Fatalf("host %q: space in name or address", h.Name)
 		}
-		if h.HostKey != "" {
-			if k, r := normalizeHostKey(h.HostKey); r != "" || k != h.HostKey || strings.Count(k, " ") != 1 {
-				t.Fatalf("host %q: hostKey %q is not normalized: %s", h.Name, h.HostKey, r)
+		for what, key := range map[string]string{"hostKey": h.HostKey, "clientKey": h.ClientKey} {
+			if key == "" {
+				continue
+			}
+			safe(what, key)
+			if k, r := normalizeHostKey(key); r != "" || k != key || strings.Count(k, " ") != 1 {
+				t.Fatalf("host %q: %s %q is not normalized: %s", h.Name, what, key, r)
 			}
 		}
 		if h.PeerPort < 1 || h.PeerPort > 65535 || h.SSHPort < 1 || h.SSHPort > 65535 {
@@ -98,6 +196,10 @@ func checkFile(t *testing.T, f *File) {
 		if s := h.Serve; s != nil {
 			safe("keyName", s.KeyName)
 			safe("signClosure", s.SignClosure)
+			safe("publicKey", s.PublicKey)
+			if strings.ContainsAny(s.PublicKey, " \t") {
+				t.Fatalf("host %q: space in publicKey %q", h.Name, s.PublicKey)
+			}
 			if checkKeyName(s.KeyName) != "" || checkAbsPath(s.SignClosure) != "" || (s.Protocol != ProtocolSSH && s.Protocol != ProtocolSSHNG) {
 				t.Fatalf("host %q: bad serve %+v", h.Name, s)
 			}

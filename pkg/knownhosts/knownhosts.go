@@ -18,28 +18,20 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/nixpeer/nixpeer/pkg/atomicfile"
+	"github.com/nixpeer/nixpeer/pkg/managedblock"
 )
 
+// The marker lines, kept under these names for the tests.
 const (
-	beginLine = "# BEGIN nixpeer managed block: do not edit, the agent rewrites it"
-	endLine   = "# END nixpeer managed block"
-
-	// A line is taken for a marker when, with surrounding blanks removed,
-	// it starts with one of these, so a marker whose tail was edited is
-	// still recognised rather than silently left behind as a stale block.
-	beginPrefix = "# BEGIN nixpeer managed block"
-	endPrefix   = "# END nixpeer managed block"
+	beginLine = managedblock.BeginLine
+	endLine   = managedblock.EndLine
 )
 
 // Entry is one host key the agent wants root's ssh to trust.
@@ -85,28 +77,11 @@ func Render(existing []byte, entries []Entry) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := findBlock(existing)
-	if err != nil {
-		return nil, err
+	lines := make([]string, len(norm))
+	for i, e := range norm {
+		lines[i] = e.line()
 	}
-	var block []byte
-	if len(norm) > 0 {
-		block = append(block, beginLine+"\n"...)
-		for _, e := range norm {
-			block = append(block, e.line()...)
-			block = append(block, '\n')
-		}
-		block = append(block, endLine+"\n"...)
-	}
-	if !b.found {
-		out := make([]byte, 0, len(block)+len(existing))
-		out = append(out, block...)
-		return append(out, existing...), nil
-	}
-	out := make([]byte, 0, b.start+len(block)+len(existing)-b.end)
-	out = append(out, existing[:b.start]...)
-	out = append(out, block...)
-	return append(out, existing[b.end:]...), nil
+	return managedblock.Render(existing, lines)
 }
 
 // Managed returns the entries the managed block of existing holds, sorted
@@ -114,20 +89,18 @@ func Render(existing []byte, entries []Entry) ([]byte, error) {
 // A malformed block, or a line in it that is not a valid entry, is an error
 // naming the line.
 func Managed(existing []byte) ([]Entry, error) {
-	b, err := findBlock(existing)
-	if err != nil || !b.found {
+	lines, err := managedblock.Lines(existing)
+	if err != nil {
 		return nil, err
 	}
 	var entries []Entry
-	lineNo := b.beginLine
-	for _, l := range splitLines(existing[b.bodyStart:b.bodyEnd]) {
-		lineNo++
-		e, err := parseLine(string(bytes.TrimRight(l, "\r\n")))
+	for _, l := range lines {
+		e, err := parseLine(l.Text)
 		if err == nil {
 			e, err = e.normalized()
 		}
 		if err != nil {
-			return nil, fmt.Errorf("line %d (in the nixpeer managed block): %w", lineNo, err)
+			return nil, fmt.Errorf("line %d (in the nixpeer managed block): %w", l.Number, err)
 		}
 		entries = append(entries, e)
 	}
@@ -141,122 +114,9 @@ func Managed(existing []byte) ([]Entry, error) {
 // content is already right, or on any error. A path that is a symlink or
 // not a regular file is refused rather than replaced.
 func Update(path string, entries []Entry) (changed bool, err error) {
-	existing, perm, exists, err := readFile(path)
-	if err != nil {
-		return false, err
-	}
-	out, err := Render(existing, entries)
-	if err != nil {
-		return false, fmt.Errorf("update known_hosts %s: %w", path, err)
-	}
-	if !exists {
-		if len(out) == 0 {
-			return false, nil
-		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return false, fmt.Errorf("create directory for known_hosts %s: %w", path, err)
-		}
-	}
-	changed, err = atomicfile.WriteIfChanged(path, out, perm)
-	if err != nil {
-		return false, fmt.Errorf("update known_hosts %s: %w", path, err)
-	}
-	return changed, nil
-}
-
-func readFile(path string) (data []byte, perm fs.FileMode, exists bool, err error) {
-	st, err := os.Lstat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, 0o644, false, nil
-	}
-	if err != nil {
-		return nil, 0, false, fmt.Errorf("stat known_hosts %s: %w", path, err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, 0, false, fmt.Errorf("known_hosts %s is not a regular file (%v); refusing to replace it", path, st.Mode().Type())
-	}
-	data, err = os.ReadFile(path)
-	if err != nil {
-		return nil, 0, false, fmt.Errorf("read known_hosts %s: %w", path, err)
-	}
-	return data, st.Mode().Perm(), true, nil
-}
-
-// block locates the managed block in a file. Offsets are byte offsets;
-// line numbers are 1-based.
-type block struct {
-	found      bool
-	start, end int // the block, from the start of BEGIN to past END's newline
-	bodyStart  int // first byte after the BEGIN line
-	bodyEnd    int // first byte of the END line
-	beginLine  int
-}
-
-func findBlock(data []byte) (block, error) {
-	var b block
-	inBlock := false
-	lineNo, off := 0, 0
-	for _, l := range splitLines(data) {
-		lineNo++
-		lineStart := off
-		off += len(l)
-		switch markerKind(l) {
-		case markBegin:
-			switch {
-			case inBlock:
-				return block{}, fmt.Errorf("line %d: second BEGIN marker of the nixpeer managed block; the block opened at line %d has no END yet", lineNo, b.beginLine)
-			case b.found:
-				return block{}, fmt.Errorf("line %d: a second nixpeer managed block; the first begins at line %d", lineNo, b.beginLine)
-			}
-			inBlock = true
-			b.found = true
-			b.start, b.bodyStart, b.beginLine = lineStart, off, lineNo
-		case markEnd:
-			if !inBlock {
-				return block{}, fmt.Errorf("line %d: END marker of the nixpeer managed block without a BEGIN before it", lineNo)
-			}
-			inBlock = false
-			b.bodyEnd, b.end = lineStart, off
-		}
-	}
-	if inBlock {
-		return block{}, fmt.Errorf("line %d: BEGIN marker of the nixpeer managed block has no END marker", b.beginLine)
-	}
-	return b, nil
-}
-
-type marker int
-
-const (
-	markNone marker = iota
-	markBegin
-	markEnd
-)
-
-func markerKind(line []byte) marker {
-	t := bytes.Trim(line, " \t\r\n")
-	switch {
-	case bytes.HasPrefix(t, []byte(beginPrefix)):
-		return markBegin
-	case bytes.HasPrefix(t, []byte(endPrefix)):
-		return markEnd
-	}
-	return markNone
-}
-
-// splitLines splits data after each '\n'; the last line may lack one.
-func splitLines(data []byte) [][]byte {
-	var lines [][]byte
-	for len(data) > 0 {
-		i := bytes.IndexByte(data, '\n')
-		if i < 0 {
-			lines = append(lines, data)
-			break
-		}
-		lines = append(lines, data[:i+1])
-		data = data[i+1:]
-	}
-	return lines
+	return managedblock.Update(path, "known_hosts", func(existing []byte) ([]byte, error) {
+		return Render(existing, entries)
+	})
 }
 
 // parseLine reads one line of the managed block: "HOSTFIELD TYPE BASE64".
@@ -340,7 +200,7 @@ func compare(a, b Entry) int {
 
 // normalized checks e and returns it with Host in canonical form.
 func (e Entry) normalized() (Entry, error) {
-	host, err := canonicalHost(e.Host)
+	host, err := CanonicalHost(e.Host)
 	if err != nil {
 		return Entry{}, err
 	}
@@ -353,10 +213,14 @@ func (e Entry) normalized() (Entry, error) {
 	return Entry{Host: host, Port: e.Port, Key: e.Key}, nil
 }
 
-// canonicalHost accepts an IP address literal (returned in canonical form)
-// or a DNS name (returned in lower case). Neither can hold a space, comma,
-// newline, bracket or pattern character.
-func canonicalHost(h string) (string, error) {
+// CanonicalHost checks that h is a host ssh can be pointed at and that is
+// safe to write into one field of an OpenSSH file (known_hosts, ssh_config),
+// and returns it in canonical form: an IP address literal without brackets
+// or zone (as netip formats it), or a DNS name of letters, digits, inner
+// hyphens and dots (in lower case). So the result never holds a space,
+// comma, quote, newline, bracket or pattern character (*, ?, !), and never
+// starts with '-'.
+func CanonicalHost(h string) (string, error) {
 	if h == "" {
 		return "", errors.New("empty host")
 	}

@@ -28,17 +28,35 @@ type Layout struct {
 	KnownHosts string
 	// SSHConfig is root's ssh client configuration.
 	SSHConfig string
+	// NixConfDir is /etc/nix: what NIX_CONF_DIR must be for Nix to read
+	// the host's settings.
+	NixConfDir string
+	// NixConf is /etc/nix/nix.conf.
+	NixConf string
+	// NixpeerConf is the settings file /etc/nix/nix.conf includes on a
+	// plain Nix install.
+	NixpeerConf string
+	// AuthorizedKeysDir is /etc/ssh/authorized_keys.d (plain Nix).
+	AuthorizedKeysDir string
+	// StateNixConf is the settings file nixpeer's NixOS module includes.
+	StateNixConf string
+	// StateAuthorizedKeysDir is where nixpeer's NixOS module makes sshd
+	// look for authorized keys.
+	StateAuthorizedKeysDir string
+}
+
+// In returns path p of the host, placed under the root.
+func (l Layout) In(p string) string {
+	if l.Root == "" || l.Root == "/" {
+		return p
+	}
+	return filepath.Join(l.Root, p)
 }
 
 // New lays out the paths under root ("" or "/" for the machine itself).
 // stateDir and socket, when given, are used as they are.
 func New(root, stateDir, socket string) Layout {
-	in := func(p string) string {
-		if root == "" || root == "/" {
-			return p
-		}
-		return filepath.Join(root, p)
-	}
+	in := Layout{Root: root}.In
 	if stateDir == "" {
 		stateDir = in(DefaultStateDir)
 	}
@@ -46,14 +64,20 @@ func New(root, stateDir, socket string) Layout {
 		socket = in(DefaultSocket)
 	}
 	return Layout{
-		Root:       root,
-		StateDir:   stateDir,
-		Socket:     socket,
-		Database:   filepath.Join(stateDir, "state.db"),
-		KeysDir:    filepath.Join(stateDir, "keys"),
-		ClientKey:  filepath.Join(stateDir, "keys", "ssh_client_ed25519"),
-		HostKey:    in("/etc/ssh/ssh_host_ed25519_key"),
-		KnownHosts: in("/root/.ssh/known_hosts"),
-		SSHConfig:  in("/root/.ssh/config"),
+		Root:                   root,
+		StateDir:               stateDir,
+		Socket:                 socket,
+		Database:               filepath.Join(stateDir, "state.db"),
+		KeysDir:                filepath.Join(stateDir, "keys"),
+		ClientKey:              filepath.Join(stateDir, "keys", "ssh_client_ed25519"),
+		HostKey:                in("/etc/ssh/ssh_host_ed25519_key"),
+		KnownHosts:             in("/root/.ssh/known_hosts"),
+		SSHConfig:              in("/root/.ssh/config"),
+		NixConfDir:             in("/etc/nix"),
+		NixConf:                in("/etc/nix/nix.conf"),
+		NixpeerConf:            in("/etc/nix/nixpeer.conf"),
+		AuthorizedKeysDir:      in("/etc/ssh/authorized_keys.d"),
+		StateNixConf:           filepath.Join(stateDir, "nix.conf"),
+		StateAuthorizedKeysDir: filepath.Join(stateDir, "authorized_keys.d"),
 	}
 }

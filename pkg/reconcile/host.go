@@ -116,6 +116,11 @@ type pass struct {
 	files   []string // those it wrote
 	peers   []status.Peer
 	errs    []error
+
+	// peerKeys are the trusted keys of every host in the file, by name.
+	peerKeys map[string]PeerKeys
+	// Of a serving host: its binary-cache public key and secret key file.
+	cacheKey, secretKeyFile string
 }
 
 // set records a condition of this pass.

@@ -4,13 +4,18 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/nixpeer/nixpeer/pkg/knownhosts"
+	"github.com/nixpeer/nixpeer/pkg/sshconfig"
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
+
+// SSHConnectTimeout bounds ssh's connect to a peer.
+const SSHConnectTimeout = 5 * time.Second
 
 // A step keeps one resource of the host in place and records its condition.
 // Steps run in order; each one reads the host as it is (level-triggered).
@@ -18,7 +23,24 @@ type step func(h *Host, p *pass) error
 
 var steps = []step{
 	(*Host).reconcileKeys,
+	(*Host).collectPeerKeys,
 	(*Host).reconcileKnownHosts,
+	(*Host).reconcileServe,
+	(*Host).reconcileNix,
+}
+
+// collectPeerKeys gathers what the host trusts of every host's keys.
+func (h *Host) collectPeerKeys(p *pass) error {
+	p.peerKeys = map[string]PeerKeys{}
+	for _, host := range p.file.Hosts {
+		k, err := pinnedKeys(host)
+		if err != nil {
+			p.set(h, status.DesiredStateValid, false, "InvalidKey", err.Error())
+			return err
+		}
+		p.peerKeys[host.Name] = k
+	}
+	return nil
 }
 
 // reconcileKeys keeps the host's SSH client key (which it fetches from peers
@@ -64,17 +86,10 @@ func (h *Host) reconcileKnownHosts(p *pass) error {
 	var unpinned []string
 	for _, name := range p.self.SubstituteFrom {
 		peer := p.file.Host(name)
-		if peer == nil {
-			continue // validation rules it out
-		}
-		if peer.HostKey == "" {
+		key := p.peerKeys[name].HostKey
+		if key == nil {
 			unpinned = append(unpinned, name)
 			continue
-		}
-		key, err := sshkeys.ParsePublicLine(peer.HostKey)
-		if err != nil {
-			p.set(h, status.KnownHostsReady, false, "InvalidHostKey", fmt.Sprintf("host %s: %v", name, err))
-			return fmt.Errorf("host key of %s: %w", name, err)
 		}
 		entries = append(entries, knownhosts.Entry{Host: peer.Address, Port: peer.SSHPort, Key: key})
 	}
@@ -89,9 +104,25 @@ func (h *Host) reconcileKnownHosts(p *pass) error {
 		return fmt.Errorf("known_hosts: %w", err)
 	}
 	p.manage(path, changed)
-	msg := fmt.Sprintf("%d pinned peer entries in %s", len(entries), path)
+
+	// ssh's own connect timeout bounds a connect to a peer that drops
+	// packets, and Nix before 2.31 takes no port from the URL.
+	var peers []sshconfig.Peer
+	for _, name := range p.self.SubstituteFrom {
+		peer := p.file.Host(name)
+		peers = append(peers, sshconfig.Peer{Address: peer.Address, Port: peer.SSHPort, ConnectTimeout: SSHConnectTimeout})
+	}
+	changed, err = sshconfig.Update(h.cfg.Layout.SSHConfig, peers)
+	if err != nil {
+		p.set(h, status.KnownHostsReady, false, "WriteFailed", err.Error())
+		return fmt.Errorf("ssh config: %w", err)
+	}
+	if len(peers) > 0 || changed {
+		p.manage(h.cfg.Layout.SSHConfig, changed)
+	}
+	msg := fmt.Sprintf("%d peer entries in %s", len(entries), path)
 	if len(unpinned) > 0 {
-		msg += fmt.Sprintf("; not pinned in the desired state: %s", strings.Join(unpinned, ", "))
+		msg += fmt.Sprintf("; host key not known yet: %s", strings.Join(unpinned, ", "))
 	}
 	p.set(h, status.KnownHostsReady, true, "UpToDate", msg)
 	return nil

@@ -125,7 +125,7 @@ func (s *Store) RecordDesired(file string, content []byte, hash string) (int64, 
 // Desired returns the last good desired state, or nil if there is none.
 func (s *Store) Desired() (*Desired, error) {
 	var d *Desired
-	err := s.getJSON(bucketMeta, keyDesired, &d)
+	_, err := s.getJSON(bucketMeta, keyDesired, &d)
 	if err != nil {
 		return nil, fmt.Errorf("read last good desired state: %w", err)
 	}
@@ -143,13 +143,31 @@ func (s *Store) SaveStatus(st status.Status) error {
 // LoadStatus returns the last saved status, and false if there is none.
 func (s *Store) LoadStatus() (status.Status, bool, error) {
 	var st *status.Status
-	if err := s.getJSON(bucketMeta, keyStatus, &st); err != nil {
+	if _, err := s.getJSON(bucketMeta, keyStatus, &st); err != nil {
 		return status.Status{}, false, fmt.Errorf("load status: %w", err)
 	}
 	if st == nil {
 		return status.Status{}, false, nil
 	}
 	return *st, true, nil
+}
+
+// Put stores v (JSON-encoded) under key among the agent's own records, such
+// as which Nix settings were last applied.
+func (s *Store) Put(key string, v any) error {
+	if err := s.putJSON(bucketMeta, []byte("rec/"+key), v); err != nil {
+		return fmt.Errorf("save %s: %w", key, err)
+	}
+	return nil
+}
+
+// Get decodes the record under key into v and reports whether there was one.
+func (s *Store) Get(key string, v any) (bool, error) {
+	found, err := s.getJSON(bucketMeta, []byte("rec/"+key), v)
+	if err != nil {
+		return false, fmt.Errorf("load %s: %w", key, err)
+	}
+	return found, nil
 }
 
 // AppendEvent adds e to the history and prunes it to MaxEvents.
@@ -219,15 +237,7 @@ func (s *Store) PutPeer(name string, v any) error {
 // GetPeer decodes what is stored of peer name into v and reports whether
 // there was anything.
 func (s *Store) GetPeer(name string, v any) (bool, error) {
-	var found bool
-	err := s.db.View(func(tx *bolt.Tx) error {
-		raw := tx.Bucket(bucketPeers).Get([]byte(name))
-		if raw == nil {
-			return nil
-		}
-		found = true
-		return json.Unmarshal(raw, v)
-	})
+	found, err := s.getJSON(bucketPeers, []byte(name), v)
 	if err != nil {
 		return false, fmt.Errorf("load peer %s: %w", name, err)
 	}
@@ -253,14 +263,16 @@ func (s *Store) putJSON(bucket, key []byte, v any) error {
 
 // getJSON decodes inside the transaction: json.Unmarshal copies what it
 // keeps, so nothing refers to bbolt's memory after the transaction ends.
-func (s *Store) getJSON(bucket, key []byte, v any) error {
-	return s.db.View(func(tx *bolt.Tx) error {
+func (s *Store) getJSON(bucket, key []byte, v any) (found bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
 		raw := tx.Bucket(bucket).Get(key)
 		if raw == nil {
 			return nil
 		}
+		found = true
 		return json.Unmarshal(raw, v)
 	})
+	return found, err
 }
 
 func be(n uint64) []byte {

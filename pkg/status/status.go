@@ -24,6 +24,14 @@ const (
 	DesiredStateValid = "DesiredStateValid"
 	KeysReady         = "KeysReady"
 	KnownHostsReady   = "KnownHostsReady"
+	// A serving host's binary-cache signing key.
+	CacheKeyReady = "CacheKeyReady"
+	// A serving host: sshd can hand its consumers to nix-ssh.
+	ServeReady = "ServeReady"
+	// The Nix settings are written, applied and live.
+	NixSettingsApplied = "NixSettingsApplied"
+	// A fetching host has every peer as a substituter.
+	SubstitutersReady = "SubstitutersReady"
 )
 
 // Condition follows the Kubernetes API conventions: LastTransitionTime

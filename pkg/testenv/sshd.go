@@ -82,6 +82,12 @@ type SSHDConfig struct {
 	Port int
 	// HostKey is sshd's host key; nil generates one.
 	HostKey *Key
+	// HostKeyFile, if set, is an existing private host key file to use
+	// instead of HostKey (an agent's /etc/ssh/ssh_host_ed25519_key).
+	HostKeyFile string
+	// AuthorizedKeysFile, if set, is sshd's AuthorizedKeysFile pattern
+	// (such as DIR/%u), replacing the files AuthorizedKeys writes.
+	AuthorizedKeysFile string
 	// AuthorizedKeys maps a user name to the content of its authorized_keys
 	// file (see AuthorizedKeyLine). sshd reads these files, as that user,
 	// on every connection, so SSHD.SetAuthorizedKeys takes effect at once.
@@ -171,7 +177,7 @@ func StartSSHD(t testing.TB, cfg SSHDConfig) *SSHD {
 	if ip := net.ParseIP(cfg.Address); ip == nil || !ip.IsLoopback() {
 		t.Fatalf("testenv: sshd address %q is not a loopback IP", cfg.Address)
 	}
-	if cfg.HostKey == nil {
+	if cfg.HostKey == nil && cfg.HostKeyFile == "" {
 		cfg.HostKey = NewKey(t)
 	}
 	// sshd privilege separation needs this directory (systemd makes it
@@ -180,15 +186,29 @@ func StartSSHD(t testing.TB, cfg SSHDConfig) *SSHD {
 		t.Fatalf("testenv: mkdir /run/sshd: %v", err)
 	}
 
-	s := &SSHD{Address: cfg.Address, HostKey: cfg.HostKey.PublicKey(), Dir: t.TempDir()}
+	s := &SSHD{Address: cfg.Address, Dir: t.TempDir()}
 	if err := os.Mkdir(filepath.Join(s.Dir, "authorized_keys"), 0o755); err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
 	for u, content := range cfg.AuthorizedKeys {
 		writeAuthorizedKeys(t, s.Dir, u, content)
 	}
-	hostKeyPath := filepath.Join(s.Dir, "ssh_host_ed25519_key")
-	cfg.HostKey.WritePrivateKey(t, hostKeyPath)
+	hostKeyPath := cfg.HostKeyFile
+	if hostKeyPath == "" {
+		hostKeyPath = filepath.Join(s.Dir, "ssh_host_ed25519_key")
+		cfg.HostKey.WritePrivateKey(t, hostKeyPath)
+		s.HostKey = cfg.HostKey.PublicKey()
+	} else {
+		raw, err := os.ReadFile(hostKeyPath)
+		if err != nil {
+			t.Fatalf("testenv: read host key: %v", err)
+		}
+		signer, err := ssh.ParsePrivateKey(raw)
+		if err != nil {
+			t.Fatalf("testenv: parse host key %s: %v", hostKeyPath, err)
+		}
+		s.HostKey = signer.PublicKey()
+	}
 	MakeTraversable(t, filepath.Join(s.Dir, "authorized_keys"))
 	if cfg.Daemon != nil {
 		// The sessions' Nix programs read nix.conf as nix-ssh.
@@ -270,7 +290,7 @@ func writeSSHDConfig(t testing.TB, prog string, s *SSHD, cfg SSHDConfig, hostKey
 		"ListenAddress " + cfg.Address,
 		"Port " + strconv.Itoa(s.Port),
 		"HostKey " + hostKeyPath,
-		"AuthorizedKeysFile " + filepath.Join(s.Dir, "authorized_keys", "%u"),
+		"AuthorizedKeysFile " + authorizedKeysFile(s, cfg),
 		"PidFile " + filepath.Join(s.Dir, "sshd.pid"),
 		"StrictModes no",
 		"UsePAM no",
@@ -303,6 +323,13 @@ func writeSSHDConfig(t testing.TB, prog string, s *SSHD, cfg SSHDConfig, hostKey
 	}
 }
 
+func authorizedKeysFile(s *SSHD, cfg SSHDConfig) string {
+	if cfg.AuthorizedKeysFile != "" {
+		return cfg.AuthorizedKeysFile
+	}
+	return filepath.Join(s.Dir, "authorized_keys", "%u")
+}
+
 // freePort returns a TCP port that was free on address a moment ago.
 func freePort(t testing.TB, address string) int {
 	t.Helper()
@@ -331,5 +358,13 @@ func makeTraversableIfTemp(t testing.TB, path string) {
 	err := makeTraversable(path)
 	if err != nil && !errors.Is(err, errNotTemp) {
 		t.Fatalf("testenv: make %s traversable: %v", path, err)
+	}
+}
+
+// Stop stops sshd now (a staging outage), before the test ends.
+func (s *SSHD) Stop(t testing.TB) {
+	t.Helper()
+	if err := s.proc.stop(); err != nil {
+		t.Fatalf("testenv: stop sshd: %v", err)
 	}
 }
