@@ -517,3 +517,35 @@ func hostKeyLine(t testing.TB) string {
 	}
 	return strings.TrimSpace(string(pub))
 }
+
+func TestValidateEveryExampleConfig(t *testing.T) {
+	files, _ := filepath.Glob("../../configs/*.yaml")
+	if len(files) == 0 {
+		t.Fatal("no example configs found")
+	}
+	for _, f := range files {
+		code, out, stderr := runCLI(t, "validate", "--config", f)
+		if code != 0 || !strings.Contains(out, "valid") {
+			t.Errorf("%s: exit %d\n%s%s", f, code, out, stderr)
+		}
+	}
+}
+
+func TestValidateReportsEveryMistakeWithPosition(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct{ name, content, want string }{
+		{"syntax", "apiVersion: nixpeer/v1\nhosts:\n  - name: [a\n", ":3:"},
+		{"unknown field", "apiVersion: nixpeer/v1\nhosts:\n  - name: a\n    address: a.example\n    adress: x\n", ":5:5:"},
+		{"wrong type", "apiVersion: nixpeer/v1\nhosts:\n  - name: a\n    address: a.example\n    peerPort: seven\n", ":5:15:"},
+		{"unknown host", "apiVersion: nixpeer/v1\nhosts:\n  - name: a\n    address: a.example\n    substituteFrom: [b]\n", ":5:22:"},
+		{"injection", "apiVersion: nixpeer/v1\nhosts:\n  - name: a\n    address: \"a.example\\n  - evil\"\n", ":4:14:"},
+	}
+	for _, c := range cases {
+		path := filepath.Join(dir, strings.ReplaceAll(c.name, " ", "-")+".yaml")
+		os.WriteFile(path, []byte(c.content), 0o644)
+		code, _, stderr := runCLI(t, "validate", "--config", path)
+		if code != 1 || !strings.Contains(stderr, path+c.want) {
+			t.Errorf("%s: exit %d, stderr %q; want exit 1 and %s%s", c.name, code, stderr, path, c.want)
+		}
+	}
+}

@@ -159,3 +159,93 @@ func stagingServesProduction(t *testing.T, protocol string) {
 		t.Fatalf("a build without fallback succeeded with staging down, so this test proves nothing:\n%s", out)
 	}
 }
+
+// TestNixOSPlatformNeedsTheModuleOnce: on platform nixos the agent writes
+// its files under /var/lib/nixpeer and says exactly which line is missing
+// while nixpeer's NixOS module is not wired in; once it is, the settings
+// are live without any rebuild.
+func TestNixOSPlatformNeedsTheModuleOnce(t *testing.T) {
+	testenv.Require(t, "nix")
+	hostKey := hostKeyLine(t)
+	cacheKey := "stage.example.com:bhoMZTXP8eQ17q4jPSiyxegQyCIMw8URAxjtMvuNNdU="
+	config := filepath.Join(t.TempDir(), "desired.yaml")
+	os.WriteFile(config, []byte(fmt.Sprintf(`apiVersion: nixpeer/v1
+hosts:
+  - name: stage
+    address: stage.example.com
+    hostKey: %q
+    serve: {publicKey: %q}
+  - name: prod
+    address: prod.example.com
+    apply: ["true"]
+    substituteFrom: [stage]
+`, hostKey, cacheKey)), 0o644)
+	P := t.TempDir()
+	os.MkdirAll(filepath.Join(P, "etc/nix"), 0o755)
+	nixConf := testenv.WriteNixConf(t, filepath.Join(P, "etc/nix"))
+	prod := startAgent(t, P, config, "prod")
+	st := prod.waitFor("NotLive", func(s status.Status) bool {
+		c := status.Find(s.Conditions, status.NixSettingsApplied)
+		return c != nil && c.Reason == "NotLive"
+	})
+	msg := condition(t, st, status.NixSettingsApplied).Message
+	if !strings.Contains(msg, `"!include /var/lib/nixpeer/nix.conf"`) || !strings.Contains(msg, "services.nixpeer.enable") {
+		t.Fatalf("NotLive message does not say which line is missing: %s", msg)
+	}
+	if st.Ready {
+		t.Fatal("Ready while the settings are not live")
+	}
+	// What the module's nix.extraOptions puts into nix.conf (under --root,
+	// the include names the file under the root).
+	f, _ := os.OpenFile(nixConf, os.O_APPEND|os.O_WRONLY, 0)
+	fmt.Fprintf(f, "!include %s\n", filepath.Join(P, "var/lib/nixpeer/nix.conf"))
+	f.Close()
+	if err := prod.client.Reconcile(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	st = prod.waitFor("Ready once wired", ready)
+	conf, _ := os.ReadFile(filepath.Join(P, "var/lib/nixpeer/nix.conf"))
+	if !strings.Contains(string(conf), "extra-trusted-public-keys = "+cacheKey) || !strings.Contains(string(conf), "ssh://nix-ssh@stage.example.com?") {
+		t.Fatalf("/var/lib/nixpeer/nix.conf:\n%s", conf)
+	}
+}
+
+// TestNixOSModulePlatformWritesAModuleAndWaitsForTheDeploy: on platform
+// nixos-module the agent writes a NixOS module that real Nix parses, and
+// reports ApplyPending (no rebuild of its own) until the deploy applies it.
+func TestNixOSModulePlatformWritesAModuleAndWaitsForTheDeploy(t *testing.T) {
+	testenv.Require(t, "nix", "nix-instantiate")
+	hostKey := hostKeyLine(t)
+	config := filepath.Join(t.TempDir(), "desired.yaml")
+	os.WriteFile(config, []byte(fmt.Sprintf(`apiVersion: nixpeer/v1
+hosts:
+  - name: stage
+    address: stage.example.com
+    hostKey: %q
+    serve: {publicKey: "stage.example.com:bhoMZTXP8eQ17q4jPSiyxegQyCIMw8URAxjtMvuNNdU="}
+  - name: prod
+    address: prod.example.com
+    platform: nixos-module
+    substituteFrom: [stage]
+`, hostKey)), 0o644)
+	P := t.TempDir()
+	os.MkdirAll(filepath.Join(P, "etc/nix"), 0o755)
+	testenv.WriteNixConf(t, filepath.Join(P, "etc/nix"))
+	prod := startAgent(t, P, config, "prod")
+	st := prod.waitFor("ApplyPending", func(s status.Status) bool {
+		c := status.Find(s.Conditions, status.NixSettingsApplied)
+		return c != nil && c.Reason == "ApplyPending"
+	})
+	if st.Ready {
+		t.Fatal("Ready before the deploy applied the module")
+	}
+	module := filepath.Join(P, "etc/nixos/nixpeer.nix")
+	if out, err := exec.Command("nix-instantiate", "--parse", module).CombinedOutput(); err != nil {
+		t.Fatalf("nix-instantiate --parse %s: %v\n%s", module, err, out)
+	}
+	out, err := exec.Command("nix-instantiate", "--eval", "--strict", "--json", "-E",
+		fmt.Sprintf(`(import %s { config = {}; lib = {}; pkgs = {}; }).nix.settings.fallback`, module)).CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "true" {
+		t.Fatalf("module's nix.settings.fallback = %s (%v), want true", out, err)
+	}
+}
