@@ -57,11 +57,18 @@ func binary(t testing.TB) string {
 	return binPath
 }
 
+// testCacheKey is a binary-cache public key pinned for stage.
+const testCacheKey = "127.0.0.2:bhoMZTXP8eQ17q4jPSiyxegQyCIMw8URAxjtMvuNNdU="
+
 // fleet is the desired state most tests use: stage serves, prod fetches.
+// With stage's host key given, its host key and cache key are pinned: prod
+// knows all it needs of stage without peering and can be Ready (only as
+// prod: stage's own key is not the pinned one).
 func fleet(stagePeerPort int, stageHostKey string) string {
-	pin := ""
+	pin, cacheKey := "", ""
 	if stageHostKey != "" {
 		pin = "\n    hostKey: " + stageHostKey
+		cacheKey = "publicKey: " + testCacheKey
 	}
 	return fmt.Sprintf(`apiVersion: nixpeer/v1
 hosts:
@@ -70,13 +77,13 @@ hosts:
     peerPort: %d
     platform: nix
     apply: []
-    serve: {}%s
+    serve: {%s}%s
   - name: prod
     address: 127.0.0.3
     platform: nix
     apply: []
     substituteFrom: [stage]
-`, stagePeerPort, pin)
+`, stagePeerPort, cacheKey, pin)
 }
 
 // renameSave writes content the way editors do: a new file renamed over
@@ -234,10 +241,10 @@ func newRoot(t *testing.T, content string) (root, config string) {
 
 func TestRenameSaveIsReconciled(t *testing.T) {
 	root, config := newRoot(t, fleet(7722, ""))
-	a := startAgent(t, root, config, "prod")
+	a := startAgent(t, root, config, "stage")
 	st := a.waitFor("Ready", ready)
-	if st.Host != "prod" || st.Generation != 1 {
-		t.Fatalf("first status: host %q generation %d, want prod 1", st.Host, st.Generation)
+	if st.Host != "stage" || st.Generation != 1 {
+		t.Fatalf("first status: host %q generation %d, want stage 1", st.Host, st.Generation)
 	}
 	for i := 1; i <= 5; i++ {
 		renameSave(t, config, fleet(7722+i, ""))
@@ -463,7 +470,7 @@ func TestKnownHostsKeepsEveryForeignLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := startAgent(t, root, config, "prod")
-	a.waitFor("Ready", ready)
+	a.waitFor("reconciled", func(s status.Status) bool { return s.ObservedGeneration == 1 })
 	renameSave(t, config, fleet(7722, key))
 	a.waitFor("pinned generation", func(s status.Status) bool { return ready(s) && s.Generation == 2 })
 	got, _ := os.ReadFile(kh)
@@ -471,7 +478,10 @@ func TestKnownHostsKeepsEveryForeignLine(t *testing.T) {
 		t.Fatalf("known_hosts after pinning:\n%q", got)
 	}
 	renameSave(t, config, fleet(7722, ""))
-	a.waitFor("unpinned generation", func(s status.Status) bool { return ready(s) && s.Generation == 3 })
+	st := a.waitFor("unpinned generation", func(s status.Status) bool { return s.ObservedGeneration == 3 })
+	if st.Ready {
+		t.Fatal("prod Ready without knowing stage's host key")
+	}
 	got, _ = os.ReadFile(kh)
 	if string(got) != foreign {
 		t.Fatalf("known_hosts after the pin left:\n%q\nwant the original bytes\n%q", got, foreign)

@@ -1,0 +1,198 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// Defaults of the client.
+const (
+	// DefaultDialTimeout bounds the TCP connect, and then the SSH handshake.
+	DefaultDialTimeout = 10 * time.Second
+	// DefaultFetchTimeout bounds a whole Fetch.
+	DefaultFetchTimeout = 30 * time.Second
+)
+
+// maxStderr bounds what a client keeps of a peer's stderr for a message.
+const maxStderr = 512
+
+// HostKeyCheck decides whether key is the peer's trusted host key; the
+// caller does the pinning or trust-on-first-use. An error refuses the
+// connection before anything is read from it.
+type HostKeyCheck func(key ssh.PublicKey) error
+
+// ErrHostKeyRefused is wrapped by every error about a peer whose host key
+// the HostKeyCheck refused (see HostKeyError).
+var ErrHostKeyRefused = errors.New("host key refused")
+
+// HostKeyError says that the HostKeyCheck refused the key a peer offered.
+// It matches ErrHostKeyRefused with errors.Is.
+type HostKeyError struct {
+	// Key is the host key the peer offered.
+	Key ssh.PublicKey
+	// Err is why the check refused it.
+	Err error
+}
+
+func (e *HostKeyError) Error() string {
+	return fmt.Sprintf("host key %s refused: %v", ssh.FingerprintSHA256(e.Key), e.Err)
+}
+
+// Unwrap returns ErrHostKeyRefused and the check's error.
+func (e *HostKeyError) Unwrap() []error { return []error{ErrHostKeyRefused, e.Err} }
+
+// Fetch asks the peer at addr ("host:port") for its facts once. Errors
+// name the peer; a refused host key is a *HostKeyError. Fetch takes at
+// most DefaultFetchTimeout.
+func Fetch(ctx context.Context, addr string, check HostKeyCheck) (Facts, error) {
+	ctx, cancel := context.WithTimeout(ctx, DefaultFetchTimeout)
+	defer cancel()
+	f, err := fetch(ctx, addr, check)
+	if err != nil {
+		return Facts{}, fmt.Errorf("peer %s: fetch facts: %w", addr, err)
+	}
+	return f, nil
+}
+
+func fetch(ctx context.Context, addr string, check HostKeyCheck) (Facts, error) {
+	client, err := dial(ctx, addr, check, DefaultDialTimeout)
+	if err != nil {
+		return Facts{}, err
+	}
+	defer client.Close()
+	stop := context.AfterFunc(ctx, func() { client.Close() })
+	defer stop()
+	sess, lines, stderr, err := start(client, cmdFacts)
+	if err != nil {
+		return Facts{}, ctxOr(ctx, err)
+	}
+	line, err := lines.next()
+	switch {
+	case errors.Is(err, io.EOF):
+		err = sess.Wait()
+		return Facts{}, ctxOr(ctx, fmt.Errorf("no document: %v%s", err, stderr.suffix()))
+	case err != nil:
+		return Facts{}, ctxOr(ctx, err)
+	case isKeepalive(line):
+		return Facts{}, fmt.Errorf("%w: a keepalive instead of a document", ErrInvalidFacts)
+	}
+	return DecodeFacts(line)
+}
+
+// dial connects to addr and does the SSH handshake, accepting only an
+// ed25519 host key that check accepts. timeout bounds the connect and the
+// handshake each.
+func dial(ctx context.Context, addr string, check HostKeyCheck, timeout time.Duration) (*ssh.Client, error) {
+	if check == nil {
+		return nil, errors.New("no host key check given")
+	}
+	d := net.Dialer{Timeout: timeout}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	var refused *HostKeyError
+	config := &ssh.ClientConfig{
+		User: "nixpeer",
+		HostKeyCallback: func(_ string, _ net.Addr, key ssh.PublicKey) error {
+			if err := check(key); err != nil {
+				refused = &HostKeyError{Key: key, Err: err}
+				return refused
+			}
+			return nil
+		},
+		HostKeyAlgorithms: []string{ssh.KeyAlgoED25519},
+		ClientVersion:     "SSH-2.0-nixpeer",
+		Timeout:           timeout,
+	}
+	sc, chans, reqs, err := ssh.NewClientConn(c, addr, config)
+	stopped := stop()
+	switch {
+	case refused != nil:
+		c.Close()
+		return nil, refused
+	case !stopped:
+		c.Close()
+		return nil, ctx.Err()
+	case err != nil:
+		c.Close()
+		return nil, fmt.Errorf("ssh handshake: %w", err)
+	}
+	if err := c.SetDeadline(time.Time{}); err != nil {
+		sc.Close()
+		return nil, fmt.Errorf("ssh handshake: %w", err)
+	}
+	return ssh.NewClient(sc, chans, reqs), nil
+}
+
+// start opens a session running cmd and returns it with a reader of its
+// output lines and what it writes to stderr.
+func start(client *ssh.Client, cmd string) (*ssh.Session, *lineReader, *stderrTail, error) {
+	sess, err := client.NewSession()
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("open session: %w", err)
+	}
+	stdout, err := sess.StdoutPipe()
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("open session: %w", err)
+	}
+	stderr := &stderrTail{}
+	sess.Stderr = stderr
+	if err := sess.Start(cmd); err != nil {
+		return nil, nil, nil, fmt.Errorf("run %q: %w", cmd, err)
+	}
+	return sess, newLineReader(stdout, MaxDocumentSize), stderr, nil
+}
+
+// isKeepalive tells a watch's keepalive line from a document.
+func isKeepalive(line []byte) bool {
+	return string(line) == "{}"
+}
+
+// ctxOr returns ctx's error when ctx ended (the cause of a closed
+// connection), else err.
+func ctxOr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w (%v)", ctx.Err(), err)
+	}
+	return err
+}
+
+// stderrTail keeps the first maxStderr bytes a peer writes to stderr and
+// drops the rest.
+type stderrTail struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (s *stderrTail) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if room := maxStderr - len(s.buf); room > 0 {
+		s.buf = append(s.buf, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+// suffix returns ": stderr \"...\"" for a message, or "" when there was
+// nothing.
+func (s *stderrTail) suffix() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.buf) == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (stderr %q)", s.buf)
+}

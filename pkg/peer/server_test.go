@@ -1,0 +1,449 @@
+package peer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/crypto/ssh"
+)
+
+func decodeLine(t *testing.T, line string) Facts {
+	t.Helper()
+	f, err := DecodeFacts([]byte(line))
+	if err != nil {
+		t.Fatalf("decode %q: %v", line, err)
+	}
+	return f
+}
+
+func TestFactsRoundTrip(t *testing.T) {
+	key := newSigner(t)
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{})
+	want := validFacts(t, key.PublicKey())
+	s.publish(want)
+
+	got, err := Fetch(context.Background(), s.addr, pin(key.PublicKey()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("Fetch mismatch (-got +want):\n%s", diff)
+	}
+
+	// What a plain SSH client sees: one line, exit status 0.
+	c, err := sshClient(t, s.addr, key.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := sess.Output("facts")
+	if err != nil {
+		t.Fatalf("facts: %v", err)
+	}
+	if n := strings.Count(string(out), "\n"); n != 1 || !strings.HasSuffix(string(out), "\n") {
+		t.Errorf("facts output has %d newlines, want one at the end: %q", n, out)
+	}
+}
+
+func TestFetchBeforePublish(t *testing.T) {
+	key := newSigner(t)
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{})
+	_, err := Fetch(context.Background(), s.addr, pin(key.PublicKey()))
+	if err == nil || !strings.Contains(err.Error(), "no facts published yet") || !strings.Contains(err.Error(), s.addr) {
+		t.Fatalf("Fetch before Publish: got %v, want an error naming the peer and saying no facts are published", err)
+	}
+}
+
+func TestWatchGetsCurrentAndNewDocuments(t *testing.T) {
+	key := newSigner(t)
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{Keepalive: time.Hour})
+	f1 := validFacts(t, key.PublicKey())
+	s.publish(f1)
+	c, err := sshClient(t, s.addr, key.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := readLines(t, c, "watch")
+	if diff := cmp.Diff(decodeLine(t, recv(t, lines, "first document")), f1); diff != "" {
+		t.Errorf("first document mismatch (-got +want):\n%s", diff)
+	}
+
+	f2 := f1
+	f2.Generation, f2.Ready = 4, false
+	start := time.Now()
+	s.publish(f2)
+	if diff := cmp.Diff(decodeLine(t, recv(t, lines, "second document")), f2); diff != "" {
+		t.Errorf("second document mismatch (-got +want):\n%s", diff)
+	}
+	t.Logf("document arrived %v after Publish", time.Since(start))
+
+	// Publishing the same document again sends nothing: the next line is
+	// the next change.
+	s.publish(f2)
+	f3 := f2
+	f3.ObservedGeneration = 4
+	s.publish(f3)
+	if diff := cmp.Diff(decodeLine(t, recv(t, lines, "third document")), f3); diff != "" {
+		t.Errorf("document after an unchanged Publish mismatch (-got +want):\n%s", diff)
+	}
+}
+
+func TestWatchBeforePublishWaits(t *testing.T) {
+	key := newSigner(t)
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{Keepalive: time.Hour})
+	c, err := sshClient(t, s.addr, key.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := readLines(t, c, "watch")
+	f := validFacts(t, key.PublicKey())
+	s.publish(f)
+	if diff := cmp.Diff(decodeLine(t, recv(t, lines, "document")), f); diff != "" {
+		t.Errorf("mismatch (-got +want):\n%s", diff)
+	}
+}
+
+func TestWatchKeepalives(t *testing.T) {
+	key := newSigner(t)
+	// The idle timeout is shorter than the keepalives take: an open watch
+	// is not idle.
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{Keepalive: 10 * time.Millisecond, IdleTimeout: 20 * time.Millisecond})
+	s.publish(validFacts(t, key.PublicKey()))
+	c, err := sshClient(t, s.addr, key.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := readLines(t, c, "watch")
+	recv(t, lines, "document")
+	for i := range 5 {
+		if l := recv(t, lines, "keepalive"); l != "{}" {
+			t.Fatalf("line %d after the document is %q, want a keepalive {}", i, l)
+		}
+	}
+}
+
+func TestSlowWatcherBlocksNobody(t *testing.T) {
+	key := newSigner(t)
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{Keepalive: time.Hour})
+	big := validFacts(t, key.PublicKey())
+	for range 200 {
+		big.HostKeys = append(big.HostKeys, keyLine(newSigner(t).PublicKey()))
+	}
+	s.publish(big)
+
+	// A watcher that never reads its output.
+	slow, err := sshClient(t, s.addr, key.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, err := slow.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sess.Start("watch"); err != nil {
+		t.Fatal(err)
+	}
+	fast, err := sshClient(t, s.addr, key.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := readLines(t, fast, "watch")
+	recv(t, lines, "first document")
+
+	// About 3 MB of documents: more than the slow watcher's channel
+	// window, so its writer is stuck; Publish must not be.
+	done := make(chan struct{})
+	last := big
+	go func() {
+		defer close(done)
+		for i := range 200 {
+			last.Generation = int64(100 + i)
+			s.Publish(last)
+		}
+	}()
+	waitClosed(t, done, "200 Publish calls to return")
+	for {
+		f := decodeLine(t, recv(t, lines, "the last document"))
+		if f.Generation == last.Generation {
+			break
+		}
+	}
+}
+
+func TestServerRefuses(t *testing.T) {
+	key := newSigner(t)
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{})
+	s.publish(validFacts(t, key.PublicKey()))
+	c, err := sshClient(t, s.addr, key.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Channels other than session.
+	if conn, err := c.Dial("tcp", "127.0.0.1:22"); err == nil {
+		conn.Close()
+		t.Error("direct-tcpip channel was accepted")
+	} else if !isRejection(err, ssh.UnknownChannelType) {
+		t.Errorf("direct-tcpip: got %v, want an unknown channel type rejection", err)
+	}
+	for _, typ := range []string{"x11", "forwarded-tcpip", "auth-agent@openssh.com", "tun@openssh.com"} {
+		if ch, _, err := c.OpenChannel(typ, nil); err == nil {
+			ch.Close()
+			t.Errorf("%s channel was accepted", typ)
+		}
+	}
+
+	// Global requests.
+	ok, _, err := c.SendRequest("tcpip-forward", true, ssh.Marshal(struct {
+		Addr string
+		Port uint32
+	}{"127.0.0.2", 0}))
+	if err != nil || ok {
+		t.Errorf("tcpip-forward: ok %v, err %v; want refused", ok, err)
+	}
+	if ln, err := c.Listen("tcp", "127.0.0.2:0"); err == nil {
+		ln.Close()
+		t.Error("remote forwarding was accepted")
+	}
+
+	// Requests in a session.
+	refusals := map[string]func(*ssh.Session) error{
+		"pty-req":      func(s *ssh.Session) error { return s.RequestPty("xterm", 24, 80, ssh.TerminalModes{}) },
+		"shell":        func(s *ssh.Session) error { return s.Shell() },
+		"env":          func(s *ssh.Session) error { return s.Setenv("LANG", "C") },
+		"subsystem":    func(s *ssh.Session) error { return s.RequestSubsystem("sftp") },
+		"exec id":      func(s *ssh.Session) error { return s.Start("id") },
+		"exec facts;":  func(s *ssh.Session) error { return s.Start("facts; id") },
+		"exec facts ":  func(s *ssh.Session) error { return s.Start("facts ") },
+		"exec FACTS":   func(s *ssh.Session) error { return s.Start("FACTS") },
+		"exec (empty)": func(s *ssh.Session) error { return s.Start("") },
+	}
+	for name, req := range refusals {
+		sess, err := c.NewSession()
+		if err != nil {
+			t.Fatalf("%s: new session: %v", name, err)
+		}
+		if err := req(sess); err == nil {
+			t.Errorf("%s was accepted", name)
+		}
+		sess.Close()
+	}
+	// A second exec after the first is refused too.
+	sess, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sess.Start("watch"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := sess.SendRequest("exec", true, ssh.Marshal(struct{ Command string }{"facts"})); ok || err != nil {
+		t.Errorf("second exec in a session: ok %v, err %v; want refused", ok, err)
+	}
+	sess.Close()
+
+	// After all that, the connection still serves.
+	sess, err = c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := sess.Output("facts")
+	if err != nil {
+		t.Fatalf("facts after refusals: %v", err)
+	}
+	decodeLine(t, strings.TrimSuffix(string(out), "\n"))
+}
+
+func isRejection(err error, reason ssh.RejectionReason) bool {
+	var oe *ssh.OpenChannelError
+	return errors.As(err, &oe) && oe.Reason == reason
+}
+
+func TestSessionsPerConnection(t *testing.T) {
+	key := newSigner(t)
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{MaxChannels: 2})
+	c, err := sshClient(t, s.addr, key.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var open []ssh.Channel
+	for range 2 {
+		ch, _, err := c.OpenChannel("session", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, ch)
+	}
+	if _, _, err := c.OpenChannel("session", nil); !isRejection(err, ssh.ResourceShortage) {
+		t.Fatalf("third session: got %v, want a resource shortage rejection", err)
+	}
+	open[0].Close()
+	// The server counts the channel as closed once its close is through:
+	// retry until then.
+	deadline := time.Now().Add(wait)
+	for {
+		ch, _, err := c.OpenChannel("session", nil)
+		if err == nil {
+			ch.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no session after one was closed: %v", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestMaxConns(t *testing.T) {
+	key := newSigner(t)
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{MaxConns: 2})
+	s.publish(validFacts(t, key.PublicKey()))
+	var clients []*ssh.Client
+	for range 2 {
+		c, err := sshClient(t, s.addr, key.PublicKey())
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, c)
+	}
+	if _, err := sshClient(t, s.addr, key.PublicKey()); err == nil {
+		t.Fatal("a third connection was accepted with MaxConns 2")
+	}
+	if _, err := Fetch(context.Background(), s.addr, pin(key.PublicKey())); err == nil {
+		t.Fatal("Fetch over a third connection succeeded with MaxConns 2")
+	}
+	clients[0].Close()
+	deadline := time.Now().Add(wait)
+	for {
+		_, err := Fetch(context.Background(), s.addr, pin(key.PublicKey()))
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection after one of two was closed: %v", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestIdleConnectionClosed(t *testing.T) {
+	key := newSigner(t)
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{IdleTimeout: 20 * time.Millisecond})
+	c, err := sshClient(t, s.addr, key.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- c.Wait() }()
+	recv(t, closed, "the server to close an idle connection")
+}
+
+func TestSessionWithoutCommandClosed(t *testing.T) {
+	key := newSigner(t)
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{HandshakeTimeout: 20 * time.Millisecond})
+	c, err := sshClient(t, s.addr, key.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, reqs, err := c.OpenChannel("session", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	go ssh.DiscardRequests(reqs)
+	ended := make(chan error, 1)
+	go func() {
+		_, err := ch.Read(make([]byte, 1))
+		ended <- err
+	}()
+	recv(t, ended, "the server to close a session that asks for nothing")
+}
+
+func TestHandshakeTimeout(t *testing.T) {
+	key := newSigner(t)
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{HandshakeTimeout: 20 * time.Millisecond})
+	conn := dialRaw(t, s.addr)
+	ended := make(chan error, 1)
+	go func() {
+		_, err := conn.Read(make([]byte, 4096)) // the server's version line
+		for err == nil {
+			_, err = conn.Read(make([]byte, 4096))
+		}
+		ended <- err
+	}()
+	recv(t, ended, "the server to close a connection that does not handshake")
+}
+
+func TestServeEndsConnections(t *testing.T) {
+	key := newSigner(t)
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{Keepalive: time.Hour})
+	s.publish(validFacts(t, key.PublicKey()))
+	c, err := sshClient(t, s.addr, key.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := readLines(t, c, "watch")
+	recv(t, lines, "document")
+	if err := s.stop(); err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	select {
+	case l, ok := <-lines:
+		if ok {
+			t.Fatalf("got %q after Serve ended, want the watch closed", l)
+		}
+	case <-time.After(wait):
+		t.Fatal("watch still open after Serve ended")
+	}
+}
+
+func TestPublishInvalidKeepsPrevious(t *testing.T) {
+	key := newSigner(t)
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{})
+	good := validFacts(t, key.PublicKey())
+	s.publish(good)
+	bad := good
+	bad.Name = "Not A Label"
+	s.publish(bad)
+	got, err := Fetch(context.Background(), s.addr, pin(key.PublicKey()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(got, good); diff != "" {
+		t.Errorf("after an invalid Publish (-got +want):\n%s", diff)
+	}
+}
+
+// TestPublishedJSONIsPublic checks the encoded documents, as peers see them.
+func TestPublishedJSONIsPublic(t *testing.T) {
+	key := newSigner(t)
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{})
+	f := validFacts(t, key.PublicKey())
+	s.publish(f)
+	doc := string(s.current())
+	for _, field := range []string{`"version":1`, `"hostKeys":["ssh-ed25519 `, `"serve":{"protocol":"ssh-ng"`} {
+		if !strings.Contains(doc, field) {
+			t.Errorf("document lacks %s: %s", field, doc)
+		}
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(doc), &m); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(len(m)); got != "9" {
+		t.Errorf("document has %s fields, want 9: %s", got, doc)
+	}
+	f.Serve = nil
+	s.publish(f)
+	if doc := string(s.current()); strings.Contains(doc, `"serve"`) {
+		t.Errorf("document of a host that does not serve mentions serve: %s", doc)
+	}
+}

@@ -1,0 +1,151 @@
+package peer
+
+import (
+	"context"
+	"io"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/crypto/ssh"
+)
+
+// The commands a session may exec.
+const (
+	cmdFacts = "facts"
+	cmdWatch = "watch"
+)
+
+// keepaliveLine is what a watch writes when there is nothing new.
+var keepaliveLine = []byte("{}\n")
+
+// serveSession accepts a session channel and runs the one command it asks
+// for; every other request is refused.
+func (s *Server) serveSession(ctx context.Context, log *zap.Logger, sconn *ssh.ServerConn, nc ssh.NewChannel) {
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		log.Debug("accept peer session", zap.Error(err))
+		return
+	}
+	defer ch.Close()
+	// Stdin means nothing here; reading it keeps the client from filling
+	// the channel's buffer. Its EOF does not end a watch (ssh < /dev/null).
+	go io.Copy(io.Discard, ch)
+
+	// A session that does not ask for its command in time is closed.
+	noExec := time.AfterFunc(s.opts.HandshakeTimeout, func() { ch.Close() })
+	defer noExec.Stop()
+
+	gone := make(chan struct{}) // closed when the channel or connection ends
+	var ran chan struct{}       // closed when the command is done
+	for req := range reqs {
+		cmd, ok := execCommand(req)
+		if ran != nil || !ok || (cmd != cmdFacts && cmd != cmdWatch) {
+			log.Debug("refused peer request", zap.String("type", req.Type), zap.String("command", quoteShort(cmd)))
+			if req.WantReply {
+				req.Reply(false, nil)
+			}
+			continue
+		}
+		noExec.Stop()
+		if req.WantReply {
+			req.Reply(true, nil)
+		}
+		ran = make(chan struct{})
+		go func() {
+			defer close(ran)
+			w := stallGuard{ch: ch, conn: sconn, timeout: s.opts.IdleTimeout}
+			if cmd == cmdFacts {
+				s.runFacts(log, ch, w)
+			} else {
+				s.runWatch(ctx, log, w, gone)
+			}
+			ch.Close()
+			// A client that never acknowledges the close would keep the
+			// session counted, and the connection from idling out.
+			select {
+			case <-gone:
+			case <-time.After(s.opts.HandshakeTimeout):
+				log.Debug("peer did not close its session; closing the connection")
+				sconn.Close()
+			}
+		}()
+	}
+	close(gone)
+	if ran != nil {
+		<-ran
+	}
+}
+
+// execCommand returns the command of an exec request.
+func execCommand(req *ssh.Request) (string, bool) {
+	if req.Type != "exec" {
+		return "", false
+	}
+	var p struct{ Command string }
+	if err := ssh.Unmarshal(req.Payload, &p); err != nil {
+		return "", false
+	}
+	return p.Command, true
+}
+
+// runFacts writes the current document and exits 0, or exits 1 with a
+// message on stderr before the first Publish.
+func (s *Server) runFacts(log *zap.Logger, ch ssh.Channel, w stallGuard) {
+	status := uint32(0)
+	if doc := s.current(); doc != nil {
+		if err := w.write(doc); err != nil {
+			log.Debug("write facts to peer", zap.Error(err))
+			return
+		}
+	} else {
+		status = 1
+		if _, err := ch.Stderr().Write([]byte("no facts published yet\n")); err != nil {
+			return
+		}
+	}
+	ch.CloseWrite()
+	ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{status}))
+}
+
+// runWatch writes the current document, each new one and keepalives
+// until the session is gone or ctx ends.
+func (s *Server) runWatch(ctx context.Context, log *zap.Logger, w stallGuard, gone <-chan struct{}) {
+	slot, unwatch := s.watch()
+	defer unwatch()
+	tick := time.NewTicker(s.opts.Keepalive)
+	defer tick.Stop()
+	for {
+		line := keepaliveLine
+		select {
+		case <-slot.ready:
+			if line = slot.take(); line == nil {
+				continue
+			}
+		case <-tick.C:
+		case <-gone:
+			return
+		case <-ctx.Done():
+			return
+		}
+		if err := w.write(line); err != nil {
+			log.Debug("write to peer watch", zap.Error(err))
+			return
+		}
+	}
+}
+
+// stallGuard writes to a channel and closes the whole connection when one
+// write takes longer than timeout: a client that stops reading must not
+// hold a goroutine and a connection forever.
+type stallGuard struct {
+	ch      ssh.Channel
+	conn    ssh.Conn
+	timeout time.Duration
+}
+
+func (g stallGuard) write(b []byte) error {
+	t := time.AfterFunc(g.timeout, func() { g.conn.Close() })
+	defer t.Stop()
+	_, err := g.ch.Write(b)
+	return err
+}

@@ -1,0 +1,243 @@
+package peer
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strings"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// Limits on a document's values.
+const (
+	maxListLen    = 256 // hostKeys, authorized
+	maxNameLen    = 63  // a DNS label
+	maxAddressLen = 253 // a DNS name
+	maxKeyLineLen = 128 // "ssh-ed25519 " + 68 characters of base64
+	maxCacheKey   = 300 // NAME (up to 255) + ":" + 44
+)
+
+// The value patterns. A value that matches holds no quote, backslash,
+// white space, '$' or '{', so known_hosts, authorized_keys and nix.conf
+// need no quoting for it.
+var (
+	labelRE       = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	dnsLabelRE    = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+	cacheKeyRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*:[A-Za-z0-9+/]{43}=$`)
+	fingerprintRE = regexp.MustCompile(`^SHA256:[A-Za-z0-9+/]{43}$`)
+	nixKeyShapeRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*:([A-Za-z0-9+/]+={0,2})$`)
+)
+
+// Validate reports the first problem of f, or nil when every value is
+// well formed: the version is FactsVersion; name is a lowercase DNS label;
+// address a DNS name or an IP address (no port, brackets or zone);
+// generations are not negative; hostKeys (1 to 256, no duplicates) and a
+// non-empty clientKey are "ssh-ed25519 BASE64" lines with canonical
+// base64 and no comment; serve's protocol is "ssh" or "ssh-ng", its
+// cacheKey is NAME:BASE64 of a 32-byte key, and its authorized list (up to
+// 256, no duplicates) names hosts by DNS label and keys by SHA256
+// fingerprint. A value holding private key material is refused without
+// being quoted. Messages quote other values shortened.
+func (f Facts) Validate() error {
+	if f.Version != FactsVersion {
+		return fmt.Errorf("version %d is not supported; want %d", f.Version, FactsVersion)
+	}
+	if err := noPrivate(f); err != nil {
+		return err
+	}
+	if err := checkLabel("name", f.Name); err != nil {
+		return err
+	}
+	if err := checkAddress(f.Address); err != nil {
+		return err
+	}
+	if f.Generation < 0 || f.ObservedGeneration < 0 {
+		return fmt.Errorf("generation %d / observedGeneration %d is negative", f.Generation, f.ObservedGeneration)
+	}
+	switch {
+	case len(f.HostKeys) == 0:
+		return errors.New("hostKeys is empty; want at least the host's ed25519 key")
+	case len(f.HostKeys) > maxListLen:
+		return fmt.Errorf("hostKeys has %d entries; the limit is %d", len(f.HostKeys), maxListLen)
+	}
+	seen := map[string]bool{}
+	for i, k := range f.HostKeys {
+		what := fmt.Sprintf("hostKeys[%d]", i)
+		if err := checkKeyLine(what, k); err != nil {
+			return err
+		}
+		if seen[k] {
+			return fmt.Errorf("%s repeats an earlier key", what)
+		}
+		seen[k] = true
+	}
+	if f.ClientKey != "" {
+		if err := checkKeyLine("clientKey", f.ClientKey); err != nil {
+			return err
+		}
+	}
+	if f.Serve != nil {
+		return f.Serve.validate()
+	}
+	return nil
+}
+
+func (s *ServeFacts) validate() error {
+	if s.Protocol != "ssh" && s.Protocol != "ssh-ng" {
+		return fmt.Errorf("serve.protocol %s is not \"ssh\" or \"ssh-ng\"", quoteShort(s.Protocol))
+	}
+	if err := checkCacheKey(s.CacheKey); err != nil {
+		return err
+	}
+	if len(s.Authorized) > maxListLen {
+		return fmt.Errorf("serve.authorized has %d entries; the limit is %d", len(s.Authorized), maxListLen)
+	}
+	seen := map[AuthorizedFact]bool{}
+	for i, a := range s.Authorized {
+		what := fmt.Sprintf("serve.authorized[%d]", i)
+		if err := checkLabel(what+".host", a.Host); err != nil {
+			return err
+		}
+		if err := checkFingerprint(what+".fingerprint", a.Fingerprint); err != nil {
+			return err
+		}
+		key := AuthorizedFact{Host: a.Host, Fingerprint: a.Fingerprint}
+		if seen[key] {
+			return fmt.Errorf("%s repeats an earlier entry for host %q", what, a.Host)
+		}
+		seen[key] = true
+	}
+	return nil
+}
+
+// noPrivate refuses any string of f that holds a PEM private key marker,
+// naming the field but not quoting its value.
+func noPrivate(f Facts) error {
+	type field struct{ what, v string }
+	fields := []field{{"name", f.Name}, {"address", f.Address}, {"clientKey", f.ClientKey}}
+	for i, k := range f.HostKeys {
+		fields = append(fields, field{fmt.Sprintf("hostKeys[%d]", i), k})
+	}
+	if s := f.Serve; s != nil {
+		fields = append(fields, field{"serve.protocol", s.Protocol}, field{"serve.cacheKey", s.CacheKey})
+		for i, a := range s.Authorized {
+			fields = append(fields,
+				field{fmt.Sprintf("serve.authorized[%d].host", i), a.Host},
+				field{fmt.Sprintf("serve.authorized[%d].fingerprint", i), a.Fingerprint})
+		}
+	}
+	for _, fd := range fields {
+		if strings.Contains(fd.v, "PRIVATE KEY") {
+			return fmt.Errorf("%s holds private key material; a peer must send public keys only", fd.what)
+		}
+	}
+	return nil
+}
+
+func checkLabel(what, s string) error {
+	if !labelRE.MatchString(s) {
+		return fmt.Errorf("%s %s is not a host name (a DNS label: 1 to %d of a-z, 0-9 and '-', not starting or ending with '-')", what, quoteShort(s), maxNameLen)
+	}
+	return nil
+}
+
+// checkAddress accepts a DNS name, an IPv4 address, or an IPv6 address
+// without brackets or zone.
+func checkAddress(s string) error {
+	bad := func(why string) error { return fmt.Errorf("address %s %s", quoteShort(s), why) }
+	switch {
+	case s == "":
+		return bad("is empty")
+	case len(s) > maxAddressLen:
+		return bad(fmt.Sprintf("is longer than %d characters", maxAddressLen))
+	case strings.Contains(s, ":"):
+		a, err := netip.ParseAddr(s)
+		if err != nil || !a.Is6() || a.Zone() != "" || a.Is4In6() {
+			return bad("is not a DNS name, an IPv4 address or an IPv6 address without brackets, zone or port")
+		}
+		return nil
+	}
+	labels := strings.Split(s, ".")
+	for _, l := range labels {
+		if !dnsLabelRE.MatchString(l) {
+			return bad("is not a DNS name or an IP address")
+		}
+	}
+	if last := labels[len(labels)-1]; strings.Trim(last, "0123456789") == "" {
+		if a, err := netip.ParseAddr(s); err != nil || !a.Is4() {
+			return bad("looks like an IPv4 address but is not one")
+		}
+	}
+	return nil
+}
+
+// checkKeyLine accepts exactly "ssh-ed25519 BASE64": one ed25519 public
+// key in canonical padded base64, no comment. It never quotes s.
+func checkKeyLine(what, s string) error {
+	if len(s) > maxKeyLineLen {
+		return fmt.Errorf("%s is %d characters long; an ed25519 key line is 80", what, len(s))
+	}
+	typ, b64, ok := strings.Cut(s, " ")
+	if !ok || typ != ssh.KeyAlgoED25519 || strings.ContainsAny(b64, " \t\r\n") {
+		return fmt.Errorf("%s is not an \"ssh-ed25519 BASE64\" line without comment", what)
+	}
+	blob, err := base64.StdEncoding.Strict().DecodeString(b64)
+	if err != nil || base64.StdEncoding.EncodeToString(blob) != b64 {
+		return fmt.Errorf("%s does not hold canonical base64", what)
+	}
+	pub, comment, _, rest, err := ssh.ParseAuthorizedKey([]byte(s))
+	switch {
+	case err != nil:
+		return fmt.Errorf("%s is not a valid public key: %v", what, err)
+	case comment != "" || len(rest) != 0:
+		return fmt.Errorf("%s has a comment or more; want \"ssh-ed25519 BASE64\" only", what)
+	case pub.Type() != ssh.KeyAlgoED25519:
+		return fmt.Errorf("%s holds a %s key although it says ssh-ed25519", what, pub.Type())
+	case base64.StdEncoding.EncodeToString(pub.Marshal()) != b64:
+		return fmt.Errorf("%s is not in canonical form", what)
+	}
+	return nil
+}
+
+// checkCacheKey accepts a Nix binary-cache public key, NAME:BASE64 of 32
+// bytes, and recognizes a secret key (64 bytes) without quoting it.
+func checkCacheKey(s string) error {
+	if len(s) > maxCacheKey {
+		return fmt.Errorf("serve.cacheKey is %d characters long; the limit is %d", len(s), maxCacheKey)
+	}
+	if !cacheKeyRE.MatchString(s) {
+		if m := nixKeyShapeRE.FindStringSubmatch(s); m != nil {
+			if b, err := base64.StdEncoding.DecodeString(m[1]); err == nil && len(b) == 64 {
+				return errors.New("serve.cacheKey is a binary-cache SECRET key; a peer must send the public key only")
+			}
+		}
+		return errors.New("serve.cacheKey is not a binary-cache public key NAME:BASE64 of 32 bytes")
+	}
+	_, b64, _ := strings.Cut(s, ":")
+	if b, err := base64.StdEncoding.Strict().DecodeString(b64); err != nil || len(b) != 32 {
+		return errors.New("serve.cacheKey does not hold canonical base64 of 32 bytes")
+	}
+	return nil
+}
+
+func checkFingerprint(what, s string) error {
+	if !fingerprintRE.MatchString(s) {
+		return fmt.Errorf("%s is not a SHA256 fingerprint \"SHA256:\" + 43 base64 characters", what)
+	}
+	if b, err := base64.RawStdEncoding.Strict().DecodeString(s[len("SHA256:"):]); err != nil || len(b) != 32 {
+		return fmt.Errorf("%s does not hold canonical base64 of 32 bytes", what)
+	}
+	return nil
+}
+
+// quoteShort quotes s for a message, shortened to 64 bytes.
+func quoteShort(s string) string {
+	const limit = 64
+	if len(s) > limit {
+		return fmt.Sprintf("%q... (%d bytes)", s[:limit], len(s))
+	}
+	return fmt.Sprintf("%q", s)
+}

@@ -1,0 +1,120 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+)
+
+// WatchOptions tune Watch. Zero fields take the defaults.
+type WatchOptions struct {
+	// Keepalive is the peer's keepalive interval (DefaultKeepalive): a
+	// connection that sends no line for 3×Keepalive is dropped.
+	Keepalive time.Duration
+	// DialTimeout bounds the TCP connect, and then the SSH handshake
+	// (DefaultDialTimeout).
+	DialTimeout time.Duration
+	// Backoff is the reconnect policy.
+	Backoff Backoff
+	// Rand returns a number in [0, 1) for the jitter; default
+	// math/rand/v2.Float64.
+	Rand func() float64
+}
+
+func (o WatchOptions) withDefaults() WatchOptions {
+	if o.Keepalive <= 0 {
+		o.Keepalive = DefaultKeepalive
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = DefaultDialTimeout
+	}
+	o.Backoff = o.Backoff.withDefaults()
+	if o.Rand == nil {
+		o.Rand = rand.Float64
+	}
+	return o
+}
+
+// Watch keeps a watch open to the peer at addr until ctx ends, and only
+// then returns. It calls onFacts with every valid document, and onError
+// with every failure (connection refused, host key refused, a garbled,
+// oversized or invalid document, silence, the peer closing), each naming
+// the peer. After a failure it reconnects with Backoff. A document that
+// is not valid is never passed on: the connection is dropped instead.
+// Both callbacks run on Watch's goroutine, one at a time, and never after
+// Watch returned.
+func Watch(ctx context.Context, addr string, check HostKeyCheck, opts WatchOptions, onFacts func(Facts), onError func(error)) {
+	opts = opts.withDefaults()
+	failures := 0
+	for {
+		began := time.Now()
+		delivered, err := watchOnce(ctx, addr, check, opts, onFacts)
+		if ctx.Err() != nil {
+			return
+		}
+		onError(fmt.Errorf("peer %s: watch facts: %w", addr, err))
+		if opts.Backoff.Resets(time.Since(began), delivered) {
+			failures = 0
+		}
+		failures++
+		t := time.NewTimer(opts.Backoff.Delay(failures, opts.Rand()))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// watchOnce runs one connection's watch. It always ends with an error,
+// unless ctx ended; delivered tells whether onFacts was called.
+func watchOnce(ctx context.Context, addr string, check HostKeyCheck, opts WatchOptions, onFacts func(Facts)) (delivered bool, err error) {
+	client, err := dial(ctx, addr, check, opts.DialTimeout)
+	if err != nil {
+		return false, err
+	}
+	defer client.Close()
+	stop := context.AfterFunc(ctx, func() { client.Close() })
+	defer stop()
+
+	silence := 3 * opts.Keepalive
+	var silent atomic.Bool
+	timer := time.AfterFunc(silence, func() {
+		silent.Store(true)
+		client.Close()
+	})
+	defer timer.Stop()
+
+	_, lines, stderr, err := start(client, cmdWatch)
+	if err != nil {
+		return false, err
+	}
+	for {
+		line, err := lines.next()
+		switch {
+		case ctx.Err() != nil:
+			return delivered, ctx.Err()
+		case silent.Load():
+			return delivered, fmt.Errorf("no document or keepalive for %v; dropped the connection", silence)
+		case errors.Is(err, io.EOF):
+			return delivered, fmt.Errorf("connection closed by the peer%s", stderr.suffix())
+		case err != nil:
+			return delivered, err
+		}
+		timer.Reset(silence)
+		if isKeepalive(line) {
+			continue
+		}
+		f, err := DecodeFacts(line)
+		if err != nil {
+			return delivered, err
+		}
+		delivered = true
+		onFacts(f)
+	}
+}
