@@ -324,6 +324,18 @@ func TestKill9ThenRestart(t *testing.T) {
 			return ready(s) && s.Generation == want
 		})
 	}
+	// And right after start, before it even answers: key creation and the
+	// first writes must survive that too.
+	for i := 0; i < 5; i++ {
+		cmd := exec.Command(binary(t), "run", "--config", config, "--host", "stage", "--root", root)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+	}
+	a = startAgent(t, root, config, "stage")
+	a.waitFor("Ready after kills at start", ready)
 	_, factsAfter, _ := runCLI(t, "facts", "--root", root, "--json")
 	if factsAfter != factsBefore {
 		t.Fatalf("keys changed across kill -9:\nbefore %s\nafter  %s", factsBefore, factsAfter)

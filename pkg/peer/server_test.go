@@ -134,18 +134,27 @@ func TestWatchKeepalives(t *testing.T) {
 func TestSlowWatcherBlocksNobody(t *testing.T) {
 	key := newSigner(t)
 	s := startServer(t, "127.0.0.2:0", key, ServerOptions{Keepalive: time.Hour})
+	// About 45 kB per document.
 	big := validFacts(t, key.PublicKey())
-	for range 200 {
+	for len(big.HostKeys) < maxListLen {
 		big.HostKeys = append(big.HostKeys, keyLine(newSigner(t).PublicKey()))
+	}
+	for len(big.Serve.Authorized) < maxListLen {
+		big.Serve.Authorized = append(big.Serve.Authorized, AuthorizedFact{
+			Host: fmt.Sprintf("h%d", len(big.Serve.Authorized)), Fingerprint: big.Serve.Authorized[0].Fingerprint})
 	}
 	s.publish(big)
 
-	// A watcher that never reads its output.
-	slow, err := sshClient(t, s.addr, key.PublicKey())
+	// A watcher that does not read its output until the end.
+	slowClient, err := sshClient(t, s.addr, key.PublicKey())
 	if err != nil {
 		t.Fatal(err)
 	}
-	sess, err := slow.NewSession()
+	sess, err := slowClient.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slowOut, err := sess.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,23 +168,49 @@ func TestSlowWatcherBlocksNobody(t *testing.T) {
 	lines := readLines(t, fast, "watch")
 	recv(t, lines, "first document")
 
-	// About 3 MB of documents: more than the slow watcher's channel
-	// window, so its writer is stuck; Publish must not be.
+	// About 2.7 MB of documents: more than the slow watcher's channel
+	// window (2 MB), so its writer is stuck; Publish and the other
+	// watcher must not be.
+	const publishes = 60
 	done := make(chan struct{})
 	last := big
+	last.Generation = publishes
+	lastDoc, err := encodeFacts(last)
+	if err != nil {
+		t.Fatal(err)
+	}
 	go func() {
 		defer close(done)
-		for i := range 200 {
-			last.Generation = int64(100 + i)
-			s.Publish(last)
+		f := big
+		for i := range publishes {
+			f.Generation = int64(i + 1)
+			s.Publish(f)
 		}
 	}()
-	waitClosed(t, done, "200 Publish calls to return")
-	for {
-		f := decodeLine(t, recv(t, lines, "the last document"))
-		if f.Generation == last.Generation {
-			break
+	waitClosed(t, done, "Publish calls to return")
+	for recv(t, lines, "the last document") != string(lastDoc[:len(lastDoc)-1]) {
+	}
+
+	// The slow watcher gets the last document too, having skipped some.
+	slow := newLineReader(slowOut, MaxDocumentSize)
+	got := make(chan int, 1)
+	go func() {
+		for n := 1; ; n++ {
+			l, err := slow.next()
+			if err != nil {
+				close(got)
+				return
+			}
+			if string(l) == string(lastDoc[:len(lastDoc)-1]) {
+				got <- n
+				return
+			}
 		}
+	}()
+	if n := recv(t, got, "the last document at the slow watcher"); n >= publishes+1 {
+		t.Errorf("the slow watcher read %d documents, all of them; want the ones it missed skipped", n)
+	} else {
+		t.Logf("the slow watcher read %d of %d documents", n, publishes+1)
 	}
 }
 

@@ -227,6 +227,9 @@ func (h *Host) finish(p *pass, prev status.Status, fileOK bool) error {
 	p.set(h, status.Ready, ready, reason, msg)
 	next.Conditions = p.conds
 	next.Ready = ready
+	if next.Peers == nil {
+		next.Peers = []status.Peer{} // a JSON list, never null
+	}
 
 	changed := !sameStatus(prev, next) || len(p.files) > 0
 	next.LastReconcile = now

@@ -8,6 +8,9 @@ import (
 
 	"go.uber.org/zap"
 
+	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/knownhosts"
 	"github.com/nixpeer/nixpeer/pkg/sshconfig"
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
@@ -40,7 +43,34 @@ func (h *Host) collectPeerKeys(p *pass) error {
 		}
 		p.peerKeys[host.Name] = k
 	}
+	p.peers = []status.Peer{}
+	for _, name := range p.self.SubstituteFrom {
+		p.peers = append(p.peers, h.peerStatus(p, p.file.Host(name), "substituter"))
+	}
+	for _, c := range p.file.Consumers(p.self.Name) {
+		p.peers = append(p.peers, h.peerStatus(p, c, "consumer"))
+	}
 	return nil
+}
+
+// peerStatus says what the host knows of a peer.
+func (h *Host) peerStatus(p *pass, peer *desired.Host, role string) status.Peer {
+	ps := status.Peer{Name: peer.Name, Address: peer.Address, Role: role, Trust: "none", State: "KeysUnknown"}
+	k := p.peerKeys[peer.Name]
+	if peer.HostKey != "" {
+		ps.Trust = "pinned"
+	}
+	if k.HostKey != nil {
+		ps.HostKeyFingerprint = ssh.FingerprintSHA256(k.HostKey)
+	}
+	known := k.HostKey != nil && k.CacheKey != ""
+	if role == "consumer" {
+		known = k.ClientKey != nil
+	}
+	if known {
+		ps.State = "KeysKnown"
+	}
+	return ps
 }
 
 // reconcileKeys keeps the host's SSH client key (which it fetches from peers
