@@ -41,6 +41,7 @@ type HostKeyError struct {
 	Err error
 }
 
+// Error names the offered key by its SHA256 fingerprint, and the reason.
 func (e *HostKeyError) Error() string {
 	return fmt.Sprintf("host key %s refused: %v", ssh.FingerprintSHA256(e.Key), e.Err)
 }
@@ -115,7 +116,6 @@ func dial(ctx context.Context, addr string, check HostKeyCheck, timeout time.Dur
 		},
 		HostKeyAlgorithms: []string{ssh.KeyAlgoED25519},
 		ClientVersion:     "SSH-2.0-nixpeer",
-		Timeout:           timeout,
 	}
 	sc, chans, reqs, err := ssh.NewClientConn(c, addr, config)
 	stopped := stop()

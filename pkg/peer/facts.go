@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 )
 
 // FactsVersion is the version of the Facts document this package writes
@@ -111,14 +110,12 @@ func DecodeFacts(data []byte) (Facts, error) {
 	if err := checkKeys(data); err != nil {
 		return Facts{}, fmt.Errorf("%w: %v", ErrInvalidFacts, err)
 	}
+	// json.Unmarshal above refused data after the document.
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	var f Facts
 	if err := dec.Decode(&f); err != nil {
 		return Facts{}, fmt.Errorf("%w: %v", ErrInvalidFacts, err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return Facts{}, fmt.Errorf("%w: data after the document", ErrInvalidFacts)
 	}
 	if err := f.Validate(); err != nil {
 		return Facts{}, fmt.Errorf("%w: %v", ErrInvalidFacts, err)

@@ -6,6 +6,8 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"net"
 	"strings"
@@ -320,4 +322,33 @@ func waitClosed(t *testing.T, ch <-chan struct{}, what string) {
 	case <-time.After(wait):
 		t.Fatalf("waiting for %s: not done within %v", what, wait)
 	}
+}
+
+// encodeUnchecked encodes f without validating it, as a broken peer would.
+func encodeUnchecked(t *testing.T, f Facts) string {
+	t.Helper()
+	b, err := json.Marshal(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b) + "\n"
+}
+
+func jsonString(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+// privateKeyPEM returns a fresh OpenSSH private key in PEM form.
+func privateKeyPEM(t *testing.T) string {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(block))
 }

@@ -31,8 +31,13 @@ func (s *Server) serveSession(ctx context.Context, log *zap.Logger, sconn *ssh.S
 	// the channel's buffer. Its EOF does not end a watch (ssh < /dev/null).
 	go io.Copy(io.Discard, ch)
 
-	// A session that does not ask for its command in time is closed.
-	noExec := time.AfterFunc(s.opts.HandshakeTimeout, func() { ch.Close() })
+	// A session that does not ask for its command in time ends its
+	// connection: closing only the channel would leave it to the client
+	// to acknowledge, and the connection would never idle out.
+	noExec := time.AfterFunc(s.opts.HandshakeTimeout, func() {
+		log.Debug("peer session asked for no command in time; closing the connection")
+		sconn.Close()
+	})
 	defer noExec.Stop()
 
 	gone := make(chan struct{}) // closed when the channel or connection ends

@@ -40,7 +40,7 @@ var (
 // cacheKey is NAME:BASE64 of a 32-byte key, and its authorized list (up to
 // 256, no duplicates) names hosts by DNS label and keys by SHA256
 // fingerprint. A value holding private key material is refused without
-// being quoted. Messages quote other values shortened.
+// being quoted. Messages quote other values only when they are short.
 func (f Facts) Validate() error {
 	if f.Version != FactsVersion {
 		return fmt.Errorf("version %d is not supported; want %d", f.Version, FactsVersion)
@@ -233,11 +233,13 @@ func checkFingerprint(what, s string) error {
 	return nil
 }
 
-// quoteShort quotes s for a message, shortened to 64 bytes.
+// quoteShort quotes s for a message when it is short; a longer value is
+// described by its length only, so that a message never carries much of
+// whatever a peer put where it did not belong (such as a key).
 func quoteShort(s string) string {
-	const limit = 64
+	const limit = 40
 	if len(s) > limit {
-		return fmt.Sprintf("%q... (%d bytes)", s[:limit], len(s))
+		return fmt.Sprintf("(a value of %d bytes)", len(s))
 	}
 	return fmt.Sprintf("%q", s)
 }
