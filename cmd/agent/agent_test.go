@@ -19,6 +19,7 @@ import (
 
 	"github.com/nixpeer/nixpeer/pkg/api"
 	"github.com/nixpeer/nixpeer/pkg/status"
+	"github.com/nixpeer/nixpeer/pkg/testenv"
 )
 
 var (
@@ -501,12 +502,10 @@ func TestKnownHostsKeepsEveryForeignLine(t *testing.T) {
 }
 
 func TestSystemdUnitVerifies(t *testing.T) {
-	sa, err := exec.LookPath("systemd-analyze")
+	testenv.Require(t, "systemd-analyze")
+	sa, err := testenv.LookPath("systemd-analyze")
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("systemd-analyze is missing: apt-get install -y systemd")
-		}
-		t.Skip("systemd-analyze is missing: apt-get install -y systemd")
+		t.Fatal(err)
 	}
 	unit, err := os.ReadFile("../../systemd/nixpeer.service")
 	if err != nil {

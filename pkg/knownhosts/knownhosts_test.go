@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	crand "crypto/rand"
 	"errors"
+	"github.com/nixpeer/nixpeer/pkg/testenv"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -490,16 +491,14 @@ func FuzzRender(f *testing.F) {
 	})
 }
 
-// sshKeygen returns the path of ssh-keygen, skipping the test where it is
-// missing, or failing it on CI, where it must be installed.
+// sshKeygen returns the path of ssh-keygen; testenv.Require skips the test where it
+// is missing, or fails it on CI, where it must be installed.
 func sshKeygen(t *testing.T) string {
 	t.Helper()
-	p, err := exec.LookPath("ssh-keygen")
+	testenv.Require(t, "ssh-keygen")
+	p, err := testenv.LookPath("ssh-keygen")
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("ssh-keygen not found (%v): CI must install the Debian package openssh-client", err)
-		}
-		t.Skipf("ssh-keygen not found (%v); install the Debian package openssh-client to run this test", err)
+		t.Fatal(err)
 	}
 	return p
 }

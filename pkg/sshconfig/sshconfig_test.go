@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/nixpeer/nixpeer/pkg/testenv"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -460,16 +461,14 @@ func FuzzRender(f *testing.F) {
 	})
 }
 
-// sshClient returns the path of ssh, skipping the test where it is missing,
-// or failing it on CI, where it must be installed.
+// sshClient returns the path of ssh; testenv.Require skips the test where it
+// is missing, or fails it on CI, where it must be installed.
 func sshClient(t *testing.T) string {
 	t.Helper()
-	p, err := exec.LookPath("ssh")
+	testenv.Require(t, "ssh")
+	p, err := testenv.LookPath("ssh")
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("ssh not found (%v): CI must install the Debian package openssh-client", err)
-		}
-		t.Skipf("ssh not found (%v); install the Debian package openssh-client to run this test", err)
+		t.Fatal(err)
 	}
 	return p
 }

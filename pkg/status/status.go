@@ -115,17 +115,6 @@ func Find(conds []Condition, t string) *Condition {
 	return nil
 }
 
-// Remove drops the condition of type t.
-func Remove(conds []Condition, t string) []Condition {
-	out := conds[:0]
-	for _, c := range conds {
-		if c.Type != t {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
 // Clone returns a deep copy of s.
 func (s Status) Clone() Status {
 	s.Conditions = append([]Condition(nil), s.Conditions...)

@@ -33,7 +33,4 @@ func TestSetOrdersReadyFirst(t *testing.T) {
 			t.Fatalf("order %d = %s, want %s", i, conds[i].Type, w)
 		}
 	}
-	if conds = Remove(conds, Ready); Find(conds, Ready) != nil || len(conds) != 2 {
-		t.Fatalf("Remove left %+v", conds)
-	}
 }

@@ -48,6 +48,8 @@ func debianPackage(program string) string {
 		return "openssh-server"
 	case "ssh", "ssh-keygen":
 		return "openssh-client"
+	case "systemd-analyze":
+		return "systemd"
 	}
 	return "the Debian package that ships it"
 }
