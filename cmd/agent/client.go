@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -63,6 +64,34 @@ func cmdReconcile(args []string, stdout io.Writer) error {
 		return &exitError{code: 1, msg: clientError("reconcile", err)}
 	}
 	fmt.Fprintln(stdout, "reconcile queued")
+	return nil
+}
+
+// cmdTrust is `nixpeer trust reset PEER`: forget the host key trusted on
+// first use for PEER, so that the next contact trusts the key it offers.
+func cmdTrust(args []string, stdout io.Writer) error {
+	if len(args) == 0 || args[0] != "reset" {
+		return &exitError{code: 2, msg: "usage: nixpeer trust reset [--socket PATH] [--root DIR] PEER"}
+	}
+	fs := newFlagSet("trust reset")
+	var hf hostFlags
+	hf.register(fs, true)
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return &exitError{code: 0}
+		}
+		return &exitError{code: 2}
+	}
+	if fs.NArg() != 1 {
+		return &exitError{code: 2, msg: "usage: nixpeer trust reset [--socket PATH] [--root DIR] PEER"}
+	}
+	peer := fs.Arg(0)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := api.NewClient(hf.layout().Socket).TrustReset(ctx, peer); err != nil {
+		return &exitError{code: 1, msg: clientError("trust reset", err)}
+	}
+	fmt.Fprintf(stdout, "trust in %s reset; the key it offers next is trusted on first use (pin it as hostKey to be sure)\n", peer)
 	return nil
 }
 

@@ -19,6 +19,8 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/api"
 	"github.com/nixpeer/nixpeer/pkg/clock"
 	"github.com/nixpeer/nixpeer/pkg/layout"
+	"github.com/nixpeer/nixpeer/pkg/peer"
+	"github.com/nixpeer/nixpeer/pkg/peering"
 	"github.com/nixpeer/nixpeer/pkg/reconcile"
 	"github.com/nixpeer/nixpeer/pkg/state"
 	"github.com/nixpeer/nixpeer/pkg/status"
@@ -96,16 +98,37 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, config, ho
 	}
 	defer store.Close()
 
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	// Peer events only enqueue a reconcile, like every other trigger.
+	var loop *reconcile.Loop
+	loopReady := make(chan struct{})
+	notify := func(reason string) {
+		<-loopReady
+		loop.Trigger(reason)
+	}
+	peers := peering.New(ctx, log.Named("peering"), clock.Real{}, store,
+		peer.WatchOptions{Backoff: peer.Backoff{Cap: peerReconnectCap}}, notify)
+	defer func() {
+		cancel()
+		peers.Wait()
+	}()
+	port := peering.NewPort(ctx, log.Named("peerport"), peer.ServerOptions{})
+	defer port.Close()
+
 	hostnames := machineHostnames()
 	host, err := reconcile.NewHost(reconcile.Config{
 		Log: log, Clock: clock.Real{}, Layout: l, Store: store,
 		ConfigFile: config, HostName: hostName, Hostnames: hostnames,
+		Peers: peers, Port: port,
 	})
 	if err != nil {
 		return err
 	}
-	loop := reconcile.NewLoop(log, clock.Real{}, host, resync)
-	backend := &backend{host: host, loop: loop, store: store}
+	loop = reconcile.NewLoop(log, clock.Real{}, host, resync)
+	close(loopReady)
+	backend := &backend{host: host, loop: loop, peers: peers}
 
 	ln, err := api.Listen(l.Socket, group)
 	if err != nil {
@@ -123,8 +146,6 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, config, ho
 		srv.Shutdown(sctx)
 	}()
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
@@ -231,11 +252,15 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
+// peerReconnectCap bounds the wait between two attempts to reach a peer's
+// agent: a peer that comes back is seen within it.
+const peerReconnectCap = 10 * time.Second
+
 // backend is what the socket exposes of the daemon.
 type backend struct {
 	host  *reconcile.Host
 	loop  *reconcile.Loop
-	store *state.Store
+	peers *peering.Manager
 }
 
 func (b *backend) Status() status.Status { return b.host.Status() }
@@ -243,6 +268,9 @@ func (b *backend) Reconcile()            { b.loop.Trigger("nixpeer reconcile") }
 func (b *backend) WaitReconciled(ctx context.Context, after time.Time) status.Status {
 	return b.host.WaitReconciled(ctx, after)
 }
-func (b *backend) TrustReset(peer string) error {
-	return fmt.Errorf("trust reset of %q: no peer trust is recorded yet", peer)
+func (b *backend) TrustReset(name string) error {
+	if err := b.peers.ResetTrust(name); err != nil {
+		return fmt.Errorf("trust reset of %q: %w", name, err)
+	}
+	return nil
 }

@@ -5,6 +5,8 @@
 //	nixpeer status [--socket PATH] [--json]
 //	nixpeer reconcile [--socket PATH]
 //	nixpeer facts [--root DIR] [--state-dir DIR] [--json]
+//	nixpeer trust reset [--socket PATH] PEER
+//	nixpeer demo [--keep]
 package main
 
 import (
@@ -30,6 +32,8 @@ Usage:
   nixpeer status [--socket PATH] [--json]
   nixpeer reconcile [--socket PATH]
   nixpeer facts [--root DIR] [--state-dir DIR] [--json]
+  nixpeer trust reset [--socket PATH] PEER
+  nixpeer demo [--keep]
   nixpeer version
 
 Run "nixpeer COMMAND -h" for the flags of a command.
@@ -58,6 +62,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdReconcile(args[1:], stdout)
 	case "facts":
 		err = cmdFacts(args[1:], stdout)
+	case "trust":
+		err = cmdTrust(args[1:], stdout)
+	case "demo":
+		err = cmdDemo(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "nixpeer", version)
 	case "-h", "--help", "help":

@@ -17,6 +17,9 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/clock"
 	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/layout"
+	"github.com/nixpeer/nixpeer/pkg/peer"
+	"github.com/nixpeer/nixpeer/pkg/peering"
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 	"github.com/nixpeer/nixpeer/pkg/state"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
@@ -32,6 +35,10 @@ type Config struct {
 	// HostName is --host; when empty the host is found by Hostnames.
 	HostName  string
 	Hostnames []string
+	// Peers watches the peers; Port is this agent's peer port. Without
+	// them the host knows of its peers only what the file pins.
+	Peers *peering.Manager
+	Port  *peering.Port
 }
 
 // Host reconciles one host: it owns the host's status.
@@ -117,10 +124,19 @@ type pass struct {
 	peers   []status.Peer
 	errs    []error
 
-	// peerKeys are the trusted keys of every host in the file, by name.
-	peerKeys map[string]PeerKeys
-	// Of a serving host: its binary-cache public key and secret key file.
+	// This host's SSH client and host keys.
+	clientKey, hostKey sshkeys.Key
+	// peerKeys are the trusted keys of every host in the file, by name,
+	// and peerStates what the watches know of the peers.
+	peerKeys   map[string]PeerKeys
+	peerStates map[string]peering.State
+	// configured are the substituters verified so far, by peer name.
+	configured        map[string]configuredPeer
+	configuredChanged bool
+	// Of a serving host: its binary-cache public key and secret key file,
+	// and the consumers' client keys it lets in.
 	cacheKey, secretKeyFile string
+	authorized              []peer.AuthorizedFact
 }
 
 // set records a condition of this pass.
@@ -130,6 +146,17 @@ func (p *pass) set(h *Host, typ string, ok bool, reason, msg string) {
 		s = status.True
 	}
 	p.conds = status.Set(p.conds, status.Condition{Type: typ, Status: s, Reason: reason, Message: msg}, h.cfg.Clock.Now())
+}
+
+// peer returns the status of peer name in this pass.
+func (p *pass) peer(name string) *status.Peer {
+	for i := range p.peers {
+		if p.peers[i].Name == name {
+			return &p.peers[i]
+		}
+	}
+	p.peers = append(p.peers, status.Peer{Name: name})
+	return &p.peers[len(p.peers)-1]
 }
 
 // manage records that the pass manages path, and whether it wrote it.
@@ -248,6 +275,9 @@ func (h *Host) finish(p *pass, prev status.Status, fileOK bool) error {
 			zap.Int64("observedGeneration", next.ObservedGeneration), zap.Strings("wrote", p.files))
 	}
 	// Published only once stored: whoever sees it can rely on the disk.
+	if f, ok := h.facts(p, next); ok && h.cfg.Port != nil {
+		h.cfg.Port.Publish(f)
+	}
 	h.mu.Lock()
 	h.status = next
 	close(h.updated)

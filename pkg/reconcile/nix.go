@@ -21,6 +21,7 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/atomicfile"
 	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/nix"
+	"github.com/nixpeer/nixpeer/pkg/peer"
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
@@ -164,26 +165,33 @@ func (h *Host) reconcileNix(p *pass) error {
 	if p.secretKeyFile != "" {
 		s.SecretKeyFiles = []string{p.secretKeyFile}
 	}
+	var probeErrs []error
 	for _, name := range self.SubstituteFrom {
 		peer := p.file.Host(name)
-		keys := p.peerKeys[name]
-		switch {
-		case keys.HostKey == nil:
-			waiting = append(waiting, name+": its SSH host key is not known yet")
-			continue
-		case keys.CacheKey == "":
-			waiting = append(waiting, name+": its binary-cache public key is not known yet")
+		c, err := h.substituter(p, peer, p.peer(name))
+		if err != nil {
+			probeErrs = append(probeErrs, fmt.Errorf("peer %s: %w", name, err))
+		}
+		if c == nil {
+			waiting = append(waiting, name+": "+p.peer(name).Message)
 			continue
 		}
-		u, err := nix.SubstituterURL(string(peer.Serve.Protocol), peer.Address, peer.SSHPort, l.ClientKey, keys.HostKey)
+		hostKey, err := sshkeys.ParsePublicLine(c.HostKey)
+		if err != nil {
+			return fmt.Errorf("substituter %s: %w", name, err)
+		}
+		u, err := nix.SubstituterURL(c.Protocol, c.Address, c.SSHPort, l.ClientKey, hostKey)
 		if err != nil {
 			p.set(h, status.NixSettingsApplied, false, "InvalidPeer", err.Error())
 			return fmt.Errorf("substituter %s: %w", name, err)
 		}
 		s.Substituters = append(s.Substituters, u)
-		s.TrustedPublicKeys = append(s.TrustedPublicKeys, keys.CacheKey)
+		s.TrustedPublicKeys = append(s.TrustedPublicKeys, c.CacheKey)
 		modSettings.KnownHosts = append(modSettings.KnownHosts, nix.KnownHost{
-			Name: name, HostNames: []string{knownHostName(peer)}, PublicKey: keys.HostKey})
+			Name: name, HostNames: []string{knownHostName(peer)}, PublicKey: hostKey})
+	}
+	if err := h.saveConfigured(p); err != nil {
+		return err
 	}
 	s.Fallback = len(self.SubstituteFrom) > 0
 
@@ -193,6 +201,7 @@ func (h *Host) reconcileNix(p *pass) error {
 		if k := p.peerKeys[c.Name].ClientKey; k != nil {
 			consumerKeys = append(consumerKeys, k)
 			served = append(served, c.Name)
+			p.authorized = append(p.authorized, peer.AuthorizedFact{Host: c.Name, Fingerprint: ssh.FingerprintSHA256(k)})
 		} else {
 			unserved = append(unserved, c.Name)
 		}
@@ -223,13 +232,20 @@ func (h *Host) reconcileNix(p *pass) error {
 	if err := h.applyAndVerify(p, s, hash); err != nil {
 		return err
 	}
+	// sshd reads the authorized keys at every login: written is applied,
+	// except where the operator's deploy applies the module.
+	if c := status.Find(p.conds, status.NixSettingsApplied); self.Platform != desired.PlatformNixOSModule || (c != nil && c.Status == status.True) {
+		for i := range p.authorized {
+			p.authorized[i].Applied = true
+		}
+	}
 	if len(waiting) > 0 {
 		p.set(h, status.SubstitutersReady, false, "WaitingForPeer", strings.Join(waiting, "; "))
 	} else if len(self.SubstituteFrom) > 0 {
 		p.set(h, status.SubstitutersReady, true, "Configured",
 			fmt.Sprintf("substitutes from %s, with fallback to building locally", strings.Join(self.SubstituteFrom, ", ")))
 	}
-	return nil
+	return errors.Join(probeErrs...)
 }
 
 // nixFiles renders the Nix files of the host's platform.

@@ -8,10 +8,8 @@ import (
 
 	"go.uber.org/zap"
 
-	"golang.org/x/crypto/ssh"
-
-	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/knownhosts"
+	"github.com/nixpeer/nixpeer/pkg/peering"
 	"github.com/nixpeer/nixpeer/pkg/sshconfig"
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 	"github.com/nixpeer/nixpeer/pkg/status"
@@ -26,15 +24,20 @@ type step func(h *Host, p *pass) error
 
 var steps = []step{
 	(*Host).reconcileKeys,
+	(*Host).reconcilePeering,
 	(*Host).collectPeerKeys,
 	(*Host).reconcileKnownHosts,
 	(*Host).reconcileServe,
 	(*Host).reconcileNix,
 }
 
-// collectPeerKeys gathers what the host trusts of every host's keys.
+// collectPeerKeys gathers what the host trusts of every peer's keys: the
+// pins of the file, and what the peers' agents told over trusted
+// connections.
 func (h *Host) collectPeerKeys(p *pass) error {
 	p.peerKeys = map[string]PeerKeys{}
+	p.peerStates = map[string]peering.State{}
+	p.peers = []status.Peer{}
 	for _, host := range p.file.Hosts {
 		k, err := pinnedKeys(host)
 		if err != nil {
@@ -43,34 +46,18 @@ func (h *Host) collectPeerKeys(p *pass) error {
 		}
 		p.peerKeys[host.Name] = k
 	}
-	p.peers = []status.Peer{}
 	for _, name := range p.self.SubstituteFrom {
-		p.peers = append(p.peers, h.peerStatus(p, p.file.Host(name), "substituter"))
+		peer := p.file.Host(name)
+		k, st := h.learnedKeys(peer, p.peerKeys[name])
+		p.peerKeys[name], p.peerStates[name] = k, st
+		p.peers = append(p.peers, peerStatus(peer, "substituter", k, st))
 	}
 	for _, c := range p.file.Consumers(p.self.Name) {
-		p.peers = append(p.peers, h.peerStatus(p, c, "consumer"))
+		k, st := h.learnedKeys(c, p.peerKeys[c.Name])
+		p.peerKeys[c.Name], p.peerStates[c.Name] = k, st
+		p.peers = append(p.peers, peerStatus(c, "consumer", k, st))
 	}
-	return nil
-}
-
-// peerStatus says what the host knows of a peer.
-func (h *Host) peerStatus(p *pass, peer *desired.Host, role string) status.Peer {
-	ps := status.Peer{Name: peer.Name, Address: peer.Address, Role: role, Trust: "none", State: "KeysUnknown"}
-	k := p.peerKeys[peer.Name]
-	if peer.HostKey != "" {
-		ps.Trust = "pinned"
-	}
-	if k.HostKey != nil {
-		ps.HostKeyFingerprint = ssh.FingerprintSHA256(k.HostKey)
-	}
-	known := k.HostKey != nil && k.CacheKey != ""
-	if role == "consumer" {
-		known = k.ClientKey != nil
-	}
-	if known {
-		ps.State = "KeysKnown"
-	}
-	return ps
+	return h.loadConfigured(p)
 }
 
 // reconcileKeys keeps the host's SSH client key (which it fetches from peers
@@ -87,6 +74,7 @@ func (h *Host) reconcileKeys(p *pass) error {
 		p.set(h, status.KeysReady, false, "HostKeyUnusable", err.Error())
 		return fmt.Errorf("host key: %w", err)
 	}
+	p.clientKey, p.hostKey = client, host
 	p.manage(l.ClientKey, cres.Created || cres.ModeFixed || cres.PubRewritten)
 	p.manage(l.HostKey, hres.Created || hres.ModeFixed || hres.PubRewritten)
 	var did []string

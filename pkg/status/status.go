@@ -32,6 +32,8 @@ const (
 	NixSettingsApplied = "NixSettingsApplied"
 	// A fetching host has every peer as a substituter.
 	SubstitutersReady = "SubstitutersReady"
+	// The agent's peer port listens.
+	PeerPortReady = "PeerPortReady"
 )
 
 // Condition follows the Kubernetes API conventions: LastTransitionTime
@@ -55,8 +57,21 @@ type Peer struct {
 	// on first use), or "none" yet.
 	Trust              string `json:"trust"`
 	HostKeyFingerprint string `json:"hostKeyFingerprint,omitempty"`
-	State              string `json:"state"`
-	Message            string `json:"message,omitempty"`
+	// RefusedHostKeyFingerprint is the host key the peer offers while it
+	// is refused (Reason says why: HostKeyChanged, HostKeyMismatch,
+	// HostKeyNotPinned); HostKeyFingerprint is then the trusted one.
+	RefusedHostKeyFingerprint string `json:"refusedHostKeyFingerprint,omitempty"`
+	Reason                    string `json:"reason,omitempty"`
+	// State is where peering with it stands: WaitingForFacts,
+	// HostKeyRefused, WaitingForAuthorization, ProbeFailed, Serving or
+	// Unreachable for a substituter; WaitingForFacts, HostKeyRefused or
+	// KeysKnown for a consumer.
+	State   string `json:"state"`
+	Message string `json:"message,omitempty"`
+	// Connected is set while a watch of its agent is open.
+	Connected bool `json:"connected"`
+	// FactsAt is when its agent last told something new.
+	FactsAt *time.Time `json:"factsAt,omitempty"`
 }
 
 // File is a file the agent manages on this host.

@@ -1,0 +1,385 @@
+// Package peering keeps a watch open to every peer the host depends on,
+// decides whether each peer's SSH host key is trusted (pinned in the
+// desired-state file, or trusted on first use and remembered in the state
+// store), and holds what each peer last said. The reconcile loop reads it
+// without waiting on the network; a change of what a peer says triggers a
+// reconcile at once.
+package peering
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/clock"
+	"github.com/nixpeer/nixpeer/pkg/peer"
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
+	"github.com/nixpeer/nixpeer/pkg/state"
+)
+
+// How a peer's host key is trusted.
+const (
+	TrustPinned = "pinned" // hostKey in the desired-state file
+	TrustTOFU   = "tofu"   // trusted on first use, remembered
+	TrustNone   = "none"   // not trusted yet
+)
+
+// Reasons a peer's host key is refused.
+const (
+	// RefusedChanged: the key differs from the one trusted on first use.
+	RefusedChanged = "HostKeyChanged"
+	// RefusedPinMismatch: the key differs from the pin.
+	RefusedPinMismatch = "HostKeyMismatch"
+	// RefusedNotPinned: trust: pinned, and the peer has no pin.
+	RefusedNotPinned = "HostKeyNotPinned"
+)
+
+// Target is a peer to watch.
+type Target struct {
+	// Name and Address are the peer's in the desired-state file; its
+	// facts must say the same.
+	Name    string
+	Address string
+	// Addr is "host:port" of its peer port.
+	Addr string
+	// Pin is its pinned host key, or nil.
+	Pin ssh.PublicKey
+	// PinsRequired is trust: pinned: never trust a key on first use.
+	PinsRequired bool
+}
+
+func (t Target) same(o Target) bool {
+	return t.Name == o.Name && t.Address == o.Address && t.Addr == o.Addr &&
+		t.PinsRequired == o.PinsRequired && sameKey(t.Pin, o.Pin)
+}
+
+// Refusal says why a peer's host key was refused.
+type Refusal struct {
+	Reason  string    `json:"reason"`
+	Offered string    `json:"offered"`           // fingerprint of the key the peer offered
+	Trusted string    `json:"trusted,omitempty"` // fingerprint of the key trusted or pinned
+	At      time.Time `json:"at"`
+}
+
+// State is what the host knows of one peer.
+type State struct {
+	Name string
+	// Trust is TrustPinned, TrustTOFU or TrustNone.
+	Trust string
+	// HostKey is the trusted host key, nil while there is none.
+	HostKey ssh.PublicKey
+	// Facts are the last facts the peer gave over a trusted connection,
+	// perhaps in an earlier run of the agent; nil when there are none.
+	Facts   *peer.Facts
+	FactsAt time.Time
+	// Connected is set while a watch is open and has delivered facts.
+	Connected bool
+	// LastError is the last failure of the watch, "" while connected.
+	LastError string
+	// Refused is set while the peer offers a host key that is refused.
+	Refused *Refusal
+}
+
+// record is what the store keeps of a peer.
+type record struct {
+	HostKey   string      `json:"hostKey,omitempty"` // "ssh-ed25519 BASE64"
+	Trust     string      `json:"trust,omitempty"`
+	TrustedAt time.Time   `json:"trustedAt"`
+	Facts     *peer.Facts `json:"facts,omitempty"`
+	FactsAt   time.Time   `json:"factsAt"`
+}
+
+// Manager runs the watches.
+type Manager struct {
+	ctx    context.Context
+	log    *zap.Logger
+	clock  clock.Clock
+	store  *state.Store
+	opts   peer.WatchOptions
+	notify func(reason string)
+
+	mu    sync.Mutex
+	peers map[string]*watched
+	wg    sync.WaitGroup
+}
+
+type watched struct {
+	target Target
+	cancel context.CancelFunc
+	st     State
+}
+
+// New returns a manager whose watches live until ctx ends. notify is
+// called, without locks held, whenever what is known of a peer changes.
+func New(ctx context.Context, log *zap.Logger, c clock.Clock, store *state.Store, opts peer.WatchOptions, notify func(string)) *Manager {
+	return &Manager{ctx: ctx, log: log, clock: c, store: store, opts: opts, notify: notify, peers: map[string]*watched{}}
+}
+
+// Wait returns once every watch has ended (after ctx ended).
+func (m *Manager) Wait() { m.wg.Wait() }
+
+// Sync makes the watches those of targets: new ones start, changed ones
+// restart, and those no longer wanted stop. What was trusted of a peer no
+// longer watched stays in the store.
+func (m *Manager) Sync(targets []Target) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	want := map[string]bool{}
+	var errs []error
+	for _, t := range targets {
+		want[t.Name] = true
+		if w, ok := m.peers[t.Name]; ok && w.target.same(t) {
+			continue
+		}
+		if err := m.startLocked(t); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for name, w := range m.peers {
+		if !want[name] {
+			w.cancel()
+			delete(m.peers, name)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Get returns what is known of peer name.
+func (m *Manager) Get(name string) (State, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	w, ok := m.peers[name]
+	if !ok {
+		return State{}, false
+	}
+	return w.st, true
+}
+
+// ResetTrust forgets what was trusted of peer name, so that its key is
+// trusted again on next contact (or checked against a new pin), and
+// reconnects to it at once.
+func (m *Manager) ResetTrust(name string) error {
+	m.mu.Lock()
+	w, ok := m.peers[name]
+	var rec record
+	found, err := m.store.GetPeer(name, &rec)
+	if err != nil {
+		m.mu.Unlock()
+		return err
+	}
+	if !ok && !found {
+		m.mu.Unlock()
+		return fmt.Errorf("no peer %q is watched or trusted by this host", name)
+	}
+	if err := m.store.DeletePeer(name); err != nil {
+		m.mu.Unlock()
+		return err
+	}
+	if ok {
+		m.log.Warn("trust in peer reset by an operator", zap.String("peer", name),
+			zap.String("forgotten", fingerprint(w.st.HostKey)))
+		err = m.startLocked(w.target)
+	}
+	m.mu.Unlock()
+	m.notify("trust in " + name + " reset")
+	return err
+}
+
+// startLocked (re)starts the watch of t, beginning from what the store
+// has of it.
+func (m *Manager) startLocked(t Target) error {
+	if old, ok := m.peers[t.Name]; ok {
+		old.cancel()
+	}
+	st := State{Name: t.Name, Trust: TrustNone}
+	var rec record
+	found, err := m.store.GetPeer(t.Name, &rec)
+	if err != nil {
+		m.log.Error("cannot read what was trusted of a peer; starting without it", zap.String("peer", t.Name), zap.Error(err))
+	}
+	var recKey ssh.PublicKey
+	if found && rec.HostKey != "" {
+		if recKey, err = sshkeys.ParsePublicLine(rec.HostKey); err != nil {
+			m.log.Error("stored host key of a peer is unusable; ignoring it", zap.String("peer", t.Name), zap.Error(err))
+		}
+	}
+	switch {
+	case t.Pin != nil:
+		st.Trust, st.HostKey = TrustPinned, t.Pin
+	case recKey != nil:
+		st.Trust, st.HostKey = TrustTOFU, recKey
+	}
+	// Facts are kept only when they came over a connection authenticated
+	// by the key trusted now.
+	if found && rec.Facts != nil && st.HostKey != nil && sameKey(recKey, st.HostKey) &&
+		rec.Facts.Name == t.Name && rec.Facts.Address == t.Address {
+		f := *rec.Facts
+		st.Facts, st.FactsAt = &f, rec.FactsAt
+	}
+	ctx, cancel := context.WithCancel(m.ctx)
+	w := &watched{target: t, cancel: cancel, st: st}
+	m.peers[t.Name] = w
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.run(ctx, w)
+	}()
+	return nil
+}
+
+// run watches one peer until ctx ends.
+func (m *Manager) run(ctx context.Context, w *watched) {
+	log := m.log.With(zap.String("peer", w.target.Name), zap.String("addr", w.target.Addr))
+	var key ssh.PublicKey // the key of the current connection
+	check := func(offered ssh.PublicKey) error {
+		key = offered
+		return m.check(ctx, log, w, offered)
+	}
+	onFacts := func(f peer.Facts) {
+		if err := m.accept(ctx, log, w, key, f); err != nil {
+			m.failed(ctx, log, w, err)
+		}
+	}
+	onError := func(err error) { m.failed(ctx, log, w, err) }
+	peer.Watch(ctx, w.target.Addr, check, m.opts, onFacts, onError)
+}
+
+// check decides whether offered is w's trusted host key, trusting it on
+// first use where that is allowed.
+func (m *Manager) check(ctx context.Context, log *zap.Logger, w *watched, offered ssh.PublicKey) error {
+	m.mu.Lock()
+	if ctx.Err() != nil {
+		m.mu.Unlock()
+		return ctx.Err()
+	}
+	t, st := w.target, &w.st
+	refuse := func(reason, msg string) error {
+		r := &Refusal{Reason: reason, Offered: fingerprint(offered), Trusted: fingerprint(st.HostKey), At: m.clock.Now()}
+		changed := st.Refused == nil || st.Refused.Reason != r.Reason || st.Refused.Offered != r.Offered
+		st.Refused = r
+		m.mu.Unlock()
+		if changed {
+			log.Error("peer host key refused", zap.String("reason", reason), zap.String("offered", r.Offered), zap.String("trusted", r.Trusted))
+			m.notify("host key of " + t.Name + " refused")
+		}
+		return errors.New(msg)
+	}
+	switch {
+	case t.Pin != nil && !sameKey(t.Pin, offered):
+		return refuse(RefusedPinMismatch, fmt.Sprintf("it is not the hostKey pinned for %s (%s)", t.Name, fingerprint(t.Pin)))
+	case t.Pin != nil:
+		m.mu.Unlock()
+		return nil
+	case st.HostKey != nil && !sameKey(st.HostKey, offered):
+		return refuse(RefusedChanged, fmt.Sprintf("the host key of %s changed: %s was trusted on first use; pin the new key as hostKey if the change is expected, or run \"nixpeer trust reset %s\"",
+			t.Name, fingerprint(st.HostKey), t.Name))
+	case st.HostKey != nil:
+		m.mu.Unlock()
+		return nil
+	case t.PinsRequired:
+		return refuse(RefusedNotPinned, fmt.Sprintf("trust: pinned, and %s has no hostKey", t.Name))
+	}
+	// Trust on first use: remember the key before anything is read.
+	rec := record{HostKey: keyLine(offered), Trust: TrustTOFU, TrustedAt: m.clock.Now()}
+	if err := m.store.PutPeer(t.Name, rec); err != nil {
+		m.mu.Unlock()
+		return fmt.Errorf("remember the host key of %s: %w", t.Name, err)
+	}
+	st.Trust, st.HostKey = TrustTOFU, offered
+	m.mu.Unlock()
+	log.Warn("trusted a peer's host key on first use; pin it as hostKey to be sure", zap.String("fingerprint", fingerprint(offered)))
+	m.notify("host key of " + t.Name + " trusted on first use")
+	return nil
+}
+
+// accept takes facts that came over a connection authenticated by key.
+func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, key ssh.PublicKey, f peer.Facts) error {
+	t := w.target
+	switch {
+	case f.Name != t.Name || f.Address != t.Address:
+		return fmt.Errorf("the agent at %s says it is %s at %s, but the desired state has %s at %s there", t.Addr, f.Name, f.Address, t.Name, t.Address)
+	case !slices.Contains(f.HostKeys, keyLine(key)):
+		return fmt.Errorf("the agent at %s does not list the host key it authenticated with among its host keys", t.Addr)
+	}
+	m.mu.Lock()
+	if ctx.Err() != nil {
+		m.mu.Unlock()
+		return nil
+	}
+	st := &w.st
+	changed := !st.Connected || st.Refused != nil || st.Facts == nil || !reflect.DeepEqual(*st.Facts, f)
+	newFacts := st.Facts == nil || !reflect.DeepEqual(*st.Facts, f)
+	if newFacts {
+		rec := record{HostKey: keyLine(st.HostKey), Trust: st.Trust, TrustedAt: m.clock.Now(), Facts: &f, FactsAt: m.clock.Now()}
+		var old record
+		if ok, _ := m.store.GetPeer(t.Name, &old); ok && old.HostKey == rec.HostKey {
+			rec.TrustedAt = old.TrustedAt
+		}
+		if err := m.store.PutPeer(t.Name, rec); err != nil {
+			log.Error("cannot store a peer's facts; keeping them in memory", zap.Error(err))
+		}
+		ff := f
+		st.Facts, st.FactsAt = &ff, m.clock.Now()
+	}
+	st.Connected, st.LastError, st.Refused = true, "", nil
+	m.mu.Unlock()
+	if newFacts {
+		log.Debug("peer facts changed", zap.Int64("generation", f.Generation), zap.Bool("ready", f.Ready))
+	}
+	if changed {
+		m.notify("facts of " + t.Name)
+	}
+	return nil
+}
+
+// failed records a failure of w's watch.
+func (m *Manager) failed(ctx context.Context, log *zap.Logger, w *watched, err error) {
+	m.mu.Lock()
+	if ctx.Err() != nil {
+		m.mu.Unlock()
+		return
+	}
+	st := &w.st
+	var hk *peer.HostKeyError
+	if !errors.As(err, &hk) {
+		st.Refused = nil
+	}
+	msg := err.Error()
+	changed := st.Connected || st.LastError != msg
+	st.Connected, st.LastError = false, msg
+	m.mu.Unlock()
+	if changed {
+		log.Info("peer unreachable", zap.Error(err))
+		m.notify("peer " + w.target.Name + " unreachable")
+	}
+}
+
+func sameKey(a, b ssh.PublicKey) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	return bytes.Equal(a.Marshal(), b.Marshal())
+}
+
+func fingerprint(k ssh.PublicKey) string {
+	if k == nil {
+		return ""
+	}
+	return ssh.FingerprintSHA256(k)
+}
+
+// keyLine is k as "TYPE BASE64", as facts list host keys.
+func keyLine(k ssh.PublicKey) string {
+	if k == nil {
+		return ""
+	}
+	return string(bytes.TrimSuffix(ssh.MarshalAuthorizedKey(k), []byte("\n")))
+}
