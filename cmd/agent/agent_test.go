@@ -214,6 +214,14 @@ func (a *agent) waitFor(what string, cond func(status.Status) bool) status.Statu
 
 func ready(st status.Status) bool { return st.Ready && st.ObservedGeneration == st.Generation }
 
+// reconciled: the desired state in force is valid and reconciled in full.
+// A production agent alone, without its staging peer, gets this far but
+// not to Ready.
+func reconciled(st status.Status) bool {
+	c := status.Find(st.Conditions, status.DesiredStateValid)
+	return c != nil && c.Status == status.True && st.ObservedGeneration == st.Generation && st.Generation > 0
+}
+
 // runCLI runs the binary and returns its exit code, stdout and stderr.
 func runCLI(t testing.TB, args ...string) (int, string, string) {
 	t.Helper()
@@ -270,7 +278,7 @@ func TestBrokenFileKeepsLastGoodState(t *testing.T) {
 	key := hostKeyLine(t)
 	root, config := newRoot(t, fleet(7722, key))
 	a := startAgent(t, root, config, "prod")
-	a.waitFor("Ready", ready)
+	a.waitFor("reconciled", reconciled)
 	kh := filepath.Join(root, "root/.ssh/known_hosts")
 	good, err := os.ReadFile(kh)
 	if err != nil || !strings.Contains(string(good), strings.TrimSpace(key)) {
@@ -304,7 +312,7 @@ func TestBrokenFileKeepsLastGoodState(t *testing.T) {
 		return c != nil && c.Reason == "FileMissing"
 	})
 	renameSave(t, config, fleet(7722, key))
-	a.waitFor("Ready again", ready)
+	a.waitFor("valid again", reconciled)
 }
 
 func TestKill9ThenRestart(t *testing.T) {
@@ -440,7 +448,10 @@ func TestStatusJSONAndTable(t *testing.T) {
 func TestNoOpReconcileWritesNothing(t *testing.T) {
 	root, config := newRoot(t, fleet(7722, hostKeyLine(t)))
 	a := startAgent(t, root, config, "prod")
-	st := a.waitFor("Ready", ready)
+	// Settled: reconciled, and the watch of stage (not running) reported.
+	st := a.waitFor("reconciled and settled", func(s status.Status) bool {
+		return reconciled(s) && len(s.Peers) == 1 && strings.Contains(s.Peers[0].Message, "refused")
+	})
 	old := time.Unix(1_000_000_000, 0)
 	var files []string
 	for _, f := range st.Files {
@@ -456,7 +467,7 @@ func TestNoOpReconcileWritesNothing(t *testing.T) {
 		}
 	}
 	for i := 0; i < 3; i++ {
-		prev := a.waitFor("ready", ready)
+		prev := a.waitFor("reconciled", reconciled)
 		if err := a.client.Reconcile(context.Background()); err != nil {
 			t.Fatal(err)
 		}
@@ -485,7 +496,7 @@ func TestKnownHostsKeepsEveryForeignLine(t *testing.T) {
 	a := startAgent(t, root, config, "prod")
 	a.waitFor("reconciled", func(s status.Status) bool { return s.ObservedGeneration == 1 })
 	renameSave(t, config, fleet(7722, key))
-	a.waitFor("pinned generation", func(s status.Status) bool { return ready(s) && s.Generation == 2 })
+	a.waitFor("pinned generation", func(s status.Status) bool { return reconciled(s) && s.Generation == 2 })
 	got, _ := os.ReadFile(kh)
 	if !bytes.HasSuffix(got, []byte(foreign)) || !strings.Contains(string(got), "127.0.0.2 "+strings.TrimSpace(key)) {
 		t.Fatalf("known_hosts after pinning:\n%q", got)

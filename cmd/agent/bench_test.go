@@ -3,10 +3,14 @@ package main
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"testing"
 	"time"
+
+	"github.com/nixpeer/nixpeer/pkg/status"
+	"github.com/nixpeer/nixpeer/pkg/testenv"
 )
 
 // BenchmarkRenameSaveToReconciled measures the time from an editor's
@@ -50,3 +54,59 @@ func BenchmarkRenameSaveToReconciled(b *testing.B) {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// BenchmarkFleetConverges starts a staging and a production agent at once,
+// with staging's sshd and nix-daemon already up (a host that has its SSH
+// host key, as NixOS hosts do), and measures by the agents' own clocks
+// the time from starting both agents to both Ready, and from staging
+// Ready to production Ready. It reports medians.
+//
+//	go test -run '^$' -bench FleetConverges -benchtime 10x ./cmd/agent/
+func BenchmarkFleetConverges(b *testing.B) {
+	testenv.RequireRoot(b)
+	testenv.Require(b, "nix", "nix-daemon", "sshd", "ssh-keygen")
+	testenv.RequireNixSSHUser(b)
+	var total, handoff []time.Duration
+	for i := 0; i < b.N; i++ {
+		f := prepareFleet(b, testenv.FreePort(b, "127.0.0.2"), "ssh")
+		key := filepath.Join(f.S, "etc/ssh/ssh_host_ed25519_key")
+		os.MkdirAll(filepath.Dir(key), 0o755)
+		if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key).CombinedOutput(); err != nil {
+			b.Fatalf("ssh-keygen: %v\n%s", err, out)
+		}
+		f.startSSHD(b)
+		start := time.Now()
+		f.stage = startAgent(b, f.S, f.config, "stage", "--log-level", "warn")
+		f.prod = startAgent(b, f.P, f.config, "prod", "--log-level", "warn")
+		s := f.stage.waitFor("staging Ready", ready)
+		p := f.prod.waitFor("production Ready", ready)
+		sr, pr := readyAt(b, s), readyAt(b, p)
+		last := sr
+		if pr.After(sr) {
+			last = pr
+		}
+		total = append(total, last.Sub(start))
+		handoff = append(handoff, pr.Sub(sr))
+		f.stage.stop()
+		f.prod.stop()
+		f.sshd.Stop(b)
+	}
+	b.ReportMetric(ms(median(total)), "ms-p50/both-ready")
+	b.ReportMetric(ms(median(handoff)), "ms-p50/stage-to-prod")
+	b.ReportMetric(0, "ns/op")
+}
+
+// readyAt is when the agent's Ready condition last turned True.
+func readyAt(b *testing.B, st status.Status) time.Time {
+	c := status.Find(st.Conditions, status.Ready)
+	if c == nil || c.Status != status.True {
+		b.Fatalf("not Ready: %+v", st.Conditions)
+	}
+	return c.LastTransitionTime
+}
+
+func median(d []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}

@@ -9,8 +9,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nixpeer/nixpeer/pkg/status"
 	"github.com/nixpeer/nixpeer/pkg/testenv"
@@ -30,30 +32,26 @@ func facts(t *testing.T, root string) hostFacts {
 	return f
 }
 
-// nixFleet is a staging host serving over sshd on sshPort and a production
-// host fetching from it, on plain Nix; pins fills in keys by peering's hand.
-func nixFleet(sshPort int, protocol string, pins map[string]string) string {
-	pin := func(k, indent string) string {
-		if v := pins[k]; v != "" {
-			return fmt.Sprintf("\n%s%s: %q", indent, k, v)
-		}
-		return ""
-	}
+// peeringFleet is the desired state of the acceptance contract: a staging
+// host serving over sshd on sshPort and a production host fetching from
+// it, both on plain Nix, with nothing pinned: peering exchanges the keys.
+func peeringFleet(sshPort int, protocol string, stageApply []string) string {
+	apply, _ := json.Marshal(stageApply)
 	return fmt.Sprintf(`apiVersion: nixpeer/v1
 hosts:
   - name: stage
     address: 127.0.0.2
     sshPort: %d
     platform: nix
-    apply: ["true"]%s
+    apply: %s
     serve:
-      protocol: %s%s
+      protocol: %s
   - name: prod
     address: 127.0.0.3
     platform: nix
-    apply: ["true"]%s
+    apply: ["true"]
     substituteFrom: [stage]
-`, sshPort, pin("hostKey", "    "), protocol, pin("publicKey", "      "), pin("clientKey", "    "))
+`, sshPort, apply, protocol)
 }
 
 // condition returns the condition of type typ, or fails.
@@ -66,87 +64,138 @@ func condition(t *testing.T, st status.Status, typ string) status.Condition {
 	return *c
 }
 
-// TestStagingServesProductionWithAgentFiles goes through the tutorial with
-// the agents' files only: staging signs what it builds and lets production's
-// key in; production trusts staging's key and fetches a path from it, and
-// builds through fallback when staging is gone.
-func TestStagingServesProductionWithAgentFiles(t *testing.T) {
-	testenv.RequireRoot(t)
-	testenv.Require(t, "nix", "nix-store", "nix-daemon", "nix-build", "sshd")
-	testenv.RequireNixSSHUser(t)
-	for _, protocol := range []string{"ssh", "ssh-ng"} {
-		t.Run(protocol, func(t *testing.T) { stagingServesProduction(t, protocol) })
-	}
+// fleetRun is a staging and a production agent with staging's real
+// nix-daemon and sshd.
+type fleetRun struct {
+	config, S, P string
+	stage, prod  *agent
+	daemon       *testenv.NixDaemon
+	sshd         *testenv.SSHD
+	port         int
+	started      time.Time // when both agents were started
 }
 
-func stagingServesProduction(t *testing.T, protocol string) {
-	port := testenv.FreePort(t, "127.0.0.2")
-	config := filepath.Join(t.TempDir(), "desired.yaml")
-	os.WriteFile(config, []byte(nixFleet(port, protocol, nil)), 0o644)
-	S, P := t.TempDir(), t.TempDir()
-	// The operators' own nix.conf: no internet, no sandbox here.
-	for _, root := range []string{S, P} {
+// prepareFleet writes the desired state and the operators' own nix.conf
+// (no internet, no sandbox here) for both hosts, and starts staging's
+// nix-daemon, which the staging agent's apply restarts.
+func prepareFleet(t testing.TB, sshPort int, protocol string) *fleetRun {
+	f := &fleetRun{config: filepath.Join(t.TempDir(), "desired.yaml"), S: t.TempDir(), P: t.TempDir(), port: sshPort}
+	for _, root := range []string{f.S, f.P} {
 		os.MkdirAll(filepath.Join(root, "etc/nix"), 0o755)
 		testenv.WriteNixConf(t, filepath.Join(root, "etc/nix"))
 	}
-	stage := startAgent(t, S, config, "stage")
-	prod := startAgent(t, P, config, "prod")
-	stage.waitFor("staging Ready", ready)
-	st := prod.waitFor("production waiting for staging's keys", func(s status.Status) bool {
-		c := status.Find(s.Conditions, status.SubstitutersReady)
-		return c != nil && c.Reason == "WaitingForPeer"
-	})
-	if st.Ready {
-		t.Fatal("production is Ready without knowing staging's keys")
-	}
+	var restart []string
+	f.daemon, restart = testenv.StartRestartableNixDaemon(t, filepath.Join(f.S, "etc/nix"))
+	os.WriteFile(f.config, []byte(peeringFleet(sshPort, protocol, restart)), 0o644)
+	return f
+}
 
-	// What peering will exchange, pinned by hand here.
-	sf, pf := facts(t, S), facts(t, P)
-	if sf.CacheKey == nil {
-		t.Fatalf("staging facts lack the cache key: %+v", sf)
+// startSSHD starts staging's sshd as the contract says: its host key is
+// the staging agent's, its authorized keys the staging agent's file.
+func (f *fleetRun) startSSHD(t testing.TB) {
+	testenv.WaitFor(t, 20*time.Second, 10*time.Millisecond, "staging's host key", func() error {
+		_, err := os.Stat(filepath.Join(f.S, "etc/ssh/ssh_host_ed25519_key.pub"))
+		return err
+	})
+	testenv.MakeTraversable(t, filepath.Join(f.S, "etc/ssh"))
+	f.sshd = testenv.StartSSHD(t, testenv.SSHDConfig{
+		Address: "127.0.0.2", Port: f.port, HostKeyFile: filepath.Join(f.S, "etc/ssh/ssh_host_ed25519_key"),
+		AuthorizedKeysFile: filepath.Join(f.S, "etc/ssh/authorized_keys.d/%u"), Daemon: f.daemon,
+	})
+}
+
+// startFleet starts both agents at once, then staging's sshd, and waits
+// until both are Ready with nothing copied by hand.
+func startFleet(t testing.TB, sshPort int, protocol string, extra ...string) *fleetRun {
+	f := prepareFleet(t, sshPort, protocol)
+	f.started = time.Now()
+	f.stage = startAgent(t, f.S, f.config, "stage", extra...)
+	f.prod = startAgent(t, f.P, f.config, "prod", extra...)
+	f.startSSHD(t)
+	f.stage.waitFor("staging Ready", ready)
+	f.prod.waitFor("production Ready", ready)
+	return f
+}
+
+// fetch substitutes path from staging into an empty store, with only the
+// production agent's files, and returns nix-store's output.
+func (f *fleetRun) fetch(t testing.TB, path string) (string, string) {
+	store := t.TempDir()
+	cmd := exec.Command("nix-store", "--store", store, "-r", path)
+	cmd.Env = append(os.Environ(), "NIX_CONF_DIR="+filepath.Join(f.P, "etc/nix"))
+	if f.port != 22 {
+		// Nix 2.8 takes no port from the URL: root's ssh config has it.
+		cmd.Env = append(cmd.Env, "NIX_SSHOPTS=-F "+filepath.Join(f.P, "root/.ssh/config"))
 	}
-	renameSave(t, config, nixFleet(port, protocol, map[string]string{
-		"hostKey": sf.HostKey.PublicKey, "publicKey": sf.CacheKey.PublicKey, "clientKey": pf.ClientKey.PublicKey}))
-	stage.waitFor("staging Ready at generation 2", func(s status.Status) bool { return ready(s) && s.Generation == 2 })
-	st = prod.waitFor("production Ready at generation 2", func(s status.Status) bool { return ready(s) && s.Generation == 2 })
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "copying path") {
+		sigs, _ := exec.Command("nix", "--extra-experimental-features", "nix-command", "path-info", "--sigs", path).CombinedOutput()
+		conf, _ := os.ReadFile(filepath.Join(f.P, "etc/nix/nixpeer.conf"))
+		t.Fatalf("production fetch of %s: %v\n%s\nsignatures on staging: %s\nproduction nixpeer.conf:\n%s\nsshd log:\n%s", path, err, out, sigs, conf, f.sshd.Logs())
+	}
+	return store, string(out)
+}
+
+// TestStagingServesProductionWithNothingCopiedByHand is the acceptance
+// contract: two agents, staging's real sshd and nix-daemon on 127.0.0.2,
+// no key copied by hand. Both become Ready; a path staging's daemon builds
+// is signed with the agent's key, and production fetches it, signature
+// checked, with only the files its agent wrote; with staging gone, a
+// production build still succeeds through fallback.
+func TestStagingServesProductionWithNothingCopiedByHand(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.Require(t, "nix", "nix-store", "nix-daemon", "nix-build", "sshd")
+	testenv.RequireNixSSHUser(t)
+	// ssh:// on port 22 as the contract has it; ssh-ng:// on another port,
+	// which goes through root's ssh config.
+	t.Run("ssh", func(t *testing.T) { stagingServesProduction(t, 22, "ssh") })
+	t.Run("ssh-ng", func(t *testing.T) { stagingServesProduction(t, testenv.FreePort(t, "127.0.0.2"), "ssh-ng") })
+}
+
+func stagingServesProduction(t *testing.T, port int, protocol string) {
+	f := startFleet(t, port, protocol)
+	st := f.prod.waitFor("production Ready", ready)
 	if c := condition(t, st, status.NixSettingsApplied); c.Reason != "Applied" {
 		t.Fatalf("NixSettingsApplied = %+v", c)
 	}
+	if len(st.Peers) != 1 || st.Peers[0].State != "Serving" || st.Peers[0].Trust != "tofu" {
+		t.Fatalf("production's peer: %+v", st.Peers)
+	}
+	sf := facts(t, f.S)
+	if st.Peers[0].HostKeyFingerprint != sf.HostKey.Fingerprint {
+		t.Fatalf("production trusts %s for staging, whose host key is %s", st.Peers[0].HostKeyFingerprint, sf.HostKey.Fingerprint)
+	}
+	conf, _ := os.ReadFile(filepath.Join(f.P, "etc/nix/nixpeer.conf"))
+	if !strings.Contains(string(conf), "extra-trusted-public-keys = "+sf.CacheKey.PublicKey) {
+		t.Fatalf("production's nixpeer.conf lacks staging's cache key %s:\n%s", sf.CacheKey.PublicKey, conf)
+	}
 
-	// Staging's daemon reads the agent's nix.conf: it signs what it builds.
-	daemon := testenv.StartNixDaemon(t, filepath.Join(S, "etc/nix"))
-	authorized := filepath.Join(S, "etc/ssh/authorized_keys.d/nix-ssh")
-	testenv.MakeTraversable(t, authorized)
-	sshd := testenv.StartSSHD(t, testenv.SSHDConfig{
-		Address: "127.0.0.2", Port: port, HostKeyFile: filepath.Join(S, "etc/ssh/ssh_host_ed25519_key"),
-		AuthorizedKeysFile: filepath.Join(S, "etc/ssh/authorized_keys.d/%u"), Daemon: daemon,
-	})
-	path := testenv.BuildPath(t, daemon, "nixpeer-"+protocol, fmt.Sprintf("built on staging %d", port))
+	// Staging's daemon, restarted by the agent's apply, signs what it builds.
+	// Unique content: a path built in an earlier run carries only the
+	// signature of that run's key, and would not be built again.
+	nonce := strconv.FormatInt(time.Now().UnixNano(), 10)
+	path := testenv.BuildPath(t, f.daemon, "nixpeer-"+protocol, "built on staging "+nonce)
 	sigs, err := exec.Command("nix", "--extra-experimental-features", "nix-command", "path-info", "--sigs", path).CombinedOutput()
 	if err != nil || !strings.Contains(string(sigs), "127.0.0.2:") {
 		t.Fatalf("staging did not sign %s with its key: %v\n%s", path, err, sigs)
 	}
-
-	// Production fetches it into a store of its own with only the agent's
-	// files: nix.conf, the client key, and (for the port) root's ssh config.
-	store := t.TempDir()
-	prodEnv := append(os.Environ(), "NIX_CONF_DIR="+filepath.Join(P, "etc/nix"),
-		"NIX_SSHOPTS=-F "+filepath.Join(P, "root/.ssh/config"))
-	fetch := exec.Command("nix-store", "--store", store, "-r", path)
-	fetch.Env = prodEnv
-	if out, err := fetch.CombinedOutput(); err != nil || !strings.Contains(string(out), "copying path") {
-		t.Fatalf("production fetch: %v\n%s\nsshd log:\n%s", err, out, sshd.Logs())
+	store, _ := f.fetch(t, path)
+	got, err := exec.Command("nix", "--extra-experimental-features", "nix-command", "path-info", "--store", store, "--sigs", path).CombinedOutput()
+	if err != nil || !strings.Contains(string(got), "127.0.0.2:") {
+		t.Fatalf("the fetched path carries no signature of staging: %v\n%s", err, got)
 	}
 
 	// Staging is gone: a production build still succeeds by building
 	// locally (fallback = true), instead of failing at the substituter.
-	sshd.Stop(t)
+	f.sshd.Stop(t)
+	prodEnv := append(os.Environ(), "NIX_CONF_DIR="+filepath.Join(f.P, "etc/nix"),
+		"NIX_SSHOPTS=-F "+filepath.Join(f.P, "root/.ssh/config"))
 	// (A local build needs the machine's store: a --store DIR build would
 	// need a sandbox, which this machine has not.)
 	build := func(name string, extra ...string) ([]byte, error) {
 		args := append([]string{"--no-out-link", "-E", fmt.Sprintf(
 			`derivation { name = "%s-%s"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo %s > $out" ]; }`,
-			name, protocol, filepath.Base(store))}, extra...)
+			name, protocol, nonce)}, extra...)
 		cmd := exec.Command("nix-build", args...)
 		cmd.Env = append(prodEnv, "NIX_REMOTE=")
 		return cmd.CombinedOutput()
@@ -172,11 +221,11 @@ func TestNixOSPlatformNeedsTheModuleOnce(t *testing.T) {
 	os.WriteFile(config, []byte(fmt.Sprintf(`apiVersion: nixpeer/v1
 hosts:
   - name: stage
-    address: stage.example.com
+    address: 127.0.0.2
     hostKey: %q
     serve: {publicKey: %q}
   - name: prod
-    address: prod.example.com
+    address: 127.0.0.3
     apply: ["true"]
     substituteFrom: [stage]
 `, hostKey, cacheKey)), 0o644)
@@ -203,10 +252,18 @@ hosts:
 	if err := prod.client.Reconcile(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	st = prod.waitFor("Ready once wired", ready)
+	// Live once wired; staging's agent is not running, so production waits
+	// for it and does not use it yet.
+	st = prod.waitFor("Applied once wired", func(s status.Status) bool {
+		c := status.Find(s.Conditions, status.NixSettingsApplied)
+		return c != nil && c.Reason == "Applied"
+	})
+	if st.Ready || st.Peers[0].State != "WaitingForFacts" {
+		t.Fatalf("production Ready, or its peer not waiting, with no staging agent: %+v", st.Peers)
+	}
 	conf, _ := os.ReadFile(filepath.Join(P, "var/lib/nixpeer/nix.conf"))
-	if !strings.Contains(string(conf), "extra-trusted-public-keys = "+cacheKey) || !strings.Contains(string(conf), "ssh://nix-ssh@stage.example.com?") {
-		t.Fatalf("/var/lib/nixpeer/nix.conf:\n%s", conf)
+	if !strings.Contains(string(conf), "fallback = true") || strings.Contains(string(conf), cacheKey) {
+		t.Fatalf("/var/lib/nixpeer/nix.conf, want fallback and not yet staging's key:\n%s", conf)
 	}
 }
 
@@ -220,11 +277,11 @@ func TestNixOSModulePlatformWritesAModuleAndWaitsForTheDeploy(t *testing.T) {
 	os.WriteFile(config, []byte(fmt.Sprintf(`apiVersion: nixpeer/v1
 hosts:
   - name: stage
-    address: stage.example.com
+    address: 127.0.0.2
     hostKey: %q
     serve: {publicKey: "stage.example.com:bhoMZTXP8eQ17q4jPSiyxegQyCIMw8URAxjtMvuNNdU="}
   - name: prod
-    address: prod.example.com
+    address: 127.0.0.3
     platform: nixos-module
     substituteFrom: [stage]
 `, hostKey)), 0o644)

@@ -25,7 +25,8 @@ type NixDaemon struct {
 	// ConfDir is the NIX_CONF_DIR the daemon reads nix.conf from.
 	ConfDir string
 
-	proc *process
+	proc    *process
+	pidFile string // of a restartable daemon: the current daemon's pid
 }
 
 // Env returns the environment variables that send a Nix client (nix-build,
@@ -67,6 +68,21 @@ func WriteNixConf(t testing.TB, dir string, extraLines ...string) string {
 // /nix/store, which Nix locks.
 func StartNixDaemon(t testing.TB, confDir string) *NixDaemon {
 	t.Helper()
+	return startNixDaemon(t, confDir, false)
+}
+
+// StartRestartableNixDaemon is StartNixDaemon for a daemon that an agent's
+// apply command restarts, as systemctl restart nix-daemon would on a host:
+// a shell keeps the daemon running, and the returned argv ends the current
+// daemon so that a new one starts and reads nix.conf again.
+func StartRestartableNixDaemon(t testing.TB, confDir string) (*NixDaemon, []string) {
+	t.Helper()
+	d := startNixDaemon(t, confDir, true)
+	return d, []string{"/bin/sh", "-c", "kill $(cat " + d.pidFile + ")"}
+}
+
+func startNixDaemon(t testing.TB, confDir string, restartable bool) *NixDaemon {
+	t.Helper()
 	Require(t, "nix-daemon")
 	if confDir == "" {
 		confDir = t.TempDir()
@@ -86,9 +102,13 @@ func StartNixDaemon(t testing.TB, confDir string) *NixDaemon {
 	if err := shareWithNixUsers(sockDir); err != nil {
 		t.Fatalf("testenv: socket directory %s: %v", sockDir, err)
 	}
-	d := &NixDaemon{Socket: filepath.Join(sockDir, "socket"), ConfDir: confDir}
+	d := &NixDaemon{Socket: filepath.Join(sockDir, "socket"), ConfDir: confDir, pidFile: filepath.Join(sockDir, "pid")}
 
 	cmd := exec.Command(prog)
+	if restartable {
+		// The loop ends with its process group when the test ends.
+		cmd = exec.Command("/bin/sh", "-c", `while :; do "$0" & echo $! > "$1"; wait $!; done`, prog, d.pidFile)
+	}
 	cmd.Env = append(cleanNixEnv(os.Environ()),
 		"NIX_CONF_DIR="+confDir,
 		"NIX_DAEMON_SOCKET_PATH="+d.Socket,

@@ -1,0 +1,331 @@
+package main
+
+// Tests of peering through the real binary: two agents on loopback
+// addresses exchange their keys over their peer ports.
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/peer"
+	"github.com/nixpeer/nixpeer/pkg/status"
+	"github.com/nixpeer/nixpeer/pkg/testenv"
+)
+
+// peerState waits until production's view of staging satisfies cond.
+func peerState(a *agent, what string, cond func(status.Peer) bool) status.Status {
+	return a.waitFor(what, func(s status.Status) bool {
+		for _, p := range s.Peers {
+			if p.Name == "stage" && cond(p) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+func inState(states ...string) func(status.Peer) bool {
+	return func(p status.Peer) bool {
+		for _, s := range states {
+			if p.State == s {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+func readFile(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestProductionStartedLongBeforeStaging: production waits for a staging
+// agent that is not there, without writing a substituter; staging comes
+// up, is killed mid-way (after authorizing production, before its sshd
+// serves) and restarted; both converge once sshd serves. Staging going
+// away afterwards leaves production's settings in place, reported
+// unreachable.
+func TestProductionStartedLongBeforeStaging(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.Require(t, "nix", "nix-store", "nix-daemon", "sshd")
+	testenv.RequireNixSSHUser(t)
+	f := prepareFleet(t, testenv.FreePort(t, "127.0.0.2"), "ssh")
+	f.prod = startAgent(t, f.P, f.config, "prod")
+	st := peerState(f.prod, "production sees staging's agent down", func(p status.Peer) bool {
+		return p.State == "WaitingForFacts" && strings.Contains(p.Message, "connection refused")
+	})
+	if st.Ready {
+		t.Fatal("production Ready without its peer")
+	}
+	conf := filepath.Join(f.P, "etc/nix/nixpeer.conf")
+	if bytes.Contains(readFile(t, conf), []byte("ssh://")) {
+		t.Fatalf("production uses staging before it was verified:\n%s", readFile(t, conf))
+	}
+
+	f.stage = startAgent(t, f.S, f.config, "stage")
+	peerState(f.prod, "production authorized, probe failing without sshd", inState("ProbeFailed"))
+	f.stage.kill9()
+	f.stage = startAgent(t, f.S, f.config, "stage")
+	f.startSSHD(t)
+	f.stage.waitFor("staging Ready", ready)
+	st = f.prod.waitFor("production Ready", ready)
+	if st.Peers[0].State != "Serving" {
+		t.Fatalf("production's peer: %+v", st.Peers[0])
+	}
+	before := readFile(t, conf)
+	if !bytes.Contains(before, []byte("ssh://nix-ssh@127.0.0.2?")) {
+		t.Fatalf("production's nixpeer.conf lacks the substituter:\n%s", before)
+	}
+
+	f.stage.stop()
+	st = peerState(f.prod, "staging unreachable", inState("Unreachable"))
+	if !st.Ready {
+		t.Fatalf("production not Ready while staging is away (fallback covers it): %+v", st)
+	}
+	if after := readFile(t, conf); !bytes.Equal(after, before) {
+		t.Fatalf("production's settings changed when staging went away:\n%s", after)
+	}
+}
+
+// twoAgents starts staging and production without sshd: peering runs up
+// to production's probe of the serve endpoint.
+func twoAgents(t *testing.T, config string) (f *fleetRun) {
+	testenv.Require(t, "nix")
+	f = &fleetRun{config: config, S: t.TempDir(), P: t.TempDir()}
+	for _, root := range []string{f.S, f.P} {
+		os.MkdirAll(filepath.Join(root, "etc/nix"), 0o755)
+		testenv.WriteNixConf(t, filepath.Join(root, "etc/nix"))
+	}
+	f.stage = startAgent(t, f.S, f.config, "stage")
+	f.prod = startAgent(t, f.P, f.config, "prod")
+	peerState(f.prod, "production authorized by staging", inState("ProbeFailed"))
+	return f
+}
+
+func writeConfig(t *testing.T, content string) string {
+	config := filepath.Join(t.TempDir(), "desired.yaml")
+	if err := os.WriteFile(config, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return config
+}
+
+// TestHostKeyChangeIsRefused: staging comes back with another host key.
+// Production refuses it, reports both fingerprints, and changes nothing
+// until an operator resets the trust.
+func TestHostKeyChangeIsRefused(t *testing.T) {
+	testenv.RequireRoot(t) // trust reset is root only
+	f := twoAgents(t, writeConfig(t, peeringFleet(testenv.FreePort(t, "127.0.0.2"), "ssh", []string{"true"})))
+	old := facts(t, f.S).HostKey
+	kh := filepath.Join(f.P, "root/.ssh/known_hosts")
+	khBefore, confBefore := readFile(t, kh), readFile(t, filepath.Join(f.P, "etc/nix/nixpeer.conf"))
+	if !bytes.Contains(khBefore, []byte(strings.TrimSpace(old.PublicKey))) {
+		t.Fatalf("known_hosts lacks staging's key %s:\n%s", old.PublicKey, khBefore)
+	}
+
+	f.stage.stop()
+	for _, suffix := range []string{"", ".pub"} {
+		os.Remove(filepath.Join(f.S, "etc/ssh/ssh_host_ed25519_key"+suffix))
+	}
+	f.stage = startAgent(t, f.S, f.config, "stage")
+	now := facts(t, f.S).HostKey
+	if now.Fingerprint == old.Fingerprint {
+		t.Fatal("staging's host key did not change")
+	}
+	st := peerState(f.prod, "new host key refused", inState("HostKeyRefused"))
+	p := st.Peers[0]
+	if p.Reason != "HostKeyChanged" || p.HostKeyFingerprint != old.Fingerprint || p.RefusedHostKeyFingerprint != now.Fingerprint {
+		t.Fatalf("peer status %+v; want HostKeyChanged, trusted %s, refused %s", p, old.Fingerprint, now.Fingerprint)
+	}
+	if !strings.Contains(p.Message, old.Fingerprint) || !strings.Contains(p.Message, now.Fingerprint) || !strings.Contains(p.Message, "nixpeer trust reset stage") {
+		t.Fatalf("message does not name both keys and the way out: %s", p.Message)
+	}
+	if !bytes.Equal(readFile(t, kh), khBefore) || !bytes.Equal(readFile(t, filepath.Join(f.P, "etc/nix/nixpeer.conf")), confBefore) {
+		t.Fatal("production changed its files for a peer whose host key changed")
+	}
+
+	code, out, stderr := runCLI(t, "trust", "reset", "--socket", f.prod.socket, "stage")
+	if code != 0 {
+		t.Fatalf("trust reset: exit %d: %s%s", code, out, stderr)
+	}
+	peerState(f.prod, "new key trusted after the reset", func(p status.Peer) bool {
+		return p.HostKeyFingerprint == now.Fingerprint && p.State != "HostKeyRefused"
+	})
+	f.prod.waitFor("known_hosts has the new key", func(status.Status) bool {
+		return bytes.Contains(readFile(t, kh), []byte(strings.TrimSpace(now.PublicKey)))
+	})
+}
+
+// TestConsumerRemovedLosesAccess: staging lets in exactly the client keys
+// its consumers' agents report; a consumer removed from the file is out at
+// the next reconcile.
+func TestConsumerRemovedLosesAccess(t *testing.T) {
+	f := twoAgents(t, writeConfig(t, peeringFleet(testenv.FreePort(t, "127.0.0.2"), "ssh", []string{"true"})))
+	authorized := filepath.Join(f.S, "etc/ssh/authorized_keys.d/nix-ssh")
+	prodKey := strings.TrimSpace(facts(t, f.P).ClientKey.PublicKey)
+	if got := readFile(t, authorized); !bytes.Contains(got, []byte(prodKey)) || bytes.Count(got, []byte("ssh-ed25519")) != 1 {
+		t.Fatalf("staging's authorized keys, want exactly production's %s:\n%s", prodKey, got)
+	}
+	renameSave(t, f.config, `apiVersion: nixpeer/v1
+hosts:
+  - name: stage
+    address: 127.0.0.2
+    platform: nix
+    apply: ["true"]
+    serve: {}
+`)
+	f.stage.waitFor("generation 2 reconciled", func(s status.Status) bool { return ready(s) && s.Generation == 2 })
+	if got := readFile(t, authorized); bytes.Contains(got, []byte("ssh-ed25519")) {
+		t.Fatalf("production's key is still authorized after it left the file:\n%s", got)
+	}
+}
+
+// TestFactsHoldNoSecrets reads both agents' facts from their peer ports
+// and looks for every private key of both hosts in them.
+func TestFactsHoldNoSecrets(t *testing.T) {
+	f := twoAgents(t, writeConfig(t, peeringFleet(testenv.FreePort(t, "127.0.0.2"), "ssh", []string{"true"})))
+	for _, h := range []struct{ root, addr string }{{f.S, "127.0.0.2:7722"}, {f.P, "127.0.0.3:7722"}} {
+		got, err := peer.Fetch(context.Background(), h.addr, func(ssh.PublicKey) error { return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		doc := fmt.Sprintf("%+v", got)
+		if got.ClientKey == "" || len(got.HostKeys) == 0 {
+			t.Fatalf("facts of %s lack public keys: %s", h.addr, doc)
+		}
+		for _, secret := range secretsUnder(t, h.root) {
+			if strings.Contains(doc, secret) {
+				t.Fatalf("facts of %s hold secret material %.12s...: %s", h.addr, secret, doc)
+			}
+		}
+	}
+}
+
+// secretsUnder returns the private halves of every key the agent keeps
+// under root: the base64 of the binary-cache secret key, and the raw
+// ed25519 seeds of the SSH keys, base64-encoded as an encoder would.
+func secretsUnder(t *testing.T, root string) []string {
+	var out []string
+	if raw, err := os.ReadFile(filepath.Join(root, "var/lib/nixpeer/keys/cache-priv-key.pem")); err == nil {
+		_, b64, _ := strings.Cut(strings.TrimSpace(string(raw)), ":")
+		out = append(out, b64, b64[:20])
+	}
+	for _, p := range []string{"var/lib/nixpeer/keys/ssh_client_ed25519", "etc/ssh/ssh_host_ed25519_key"} {
+		k, err := ssh.ParseRawPrivateKey(readFile(t, filepath.Join(root, p)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		priv := *k.(*ed25519.PrivateKey)
+		out = append(out, "PRIVATE KEY", fmt.Sprintf("%x", priv.Seed()), b64(priv.Seed()), b64(priv))
+	}
+	return out
+}
+
+// TestPeerAnsweringGarbageIsIgnored: a peer port that answers with
+// garbage, or with a document over the limit, is reported and never used.
+func TestPeerAnsweringGarbageIsIgnored(t *testing.T) {
+	testenv.Require(t, "nix")
+	for _, c := range []struct {
+		name, want string
+		answer     []byte
+	}{
+		{"garbage", "invalid facts", []byte("this is not json\n")},
+		{"oversized", "document too large", append(bytes.Repeat([]byte("x"), peer.MaxDocumentSize+10), '\n')},
+		{"wrong host", "says it is", []byte(`{"version":1,"name":"other","address":"127.0.0.2","generation":1,"observedGeneration":1,"ready":true,"hostKeys":["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"],"clientKey":""}` + "\n")},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			fakePeerPort(t, "127.0.0.2:7722", c.answer)
+			P := t.TempDir()
+			os.MkdirAll(filepath.Join(P, "etc/nix"), 0o755)
+			testenv.WriteNixConf(t, filepath.Join(P, "etc/nix"))
+			config := writeConfig(t, peeringFleet(22, "ssh", []string{"true"}))
+			prod := startAgent(t, P, config, "prod")
+			st := peerState(prod, "the bad answer reported", func(p status.Peer) bool { return strings.Contains(p.Message, c.want) })
+			if st.Ready || st.Peers[0].State != "WaitingForFacts" {
+				t.Fatalf("production after a bad answer: %+v", st.Peers[0])
+			}
+			if conf := readFile(t, filepath.Join(P, "etc/nix/nixpeer.conf")); bytes.Contains(conf, []byte("ssh://")) {
+				t.Fatalf("production uses a peer that answered garbage:\n%s", conf)
+			}
+		})
+	}
+}
+
+// fakePeerPort is an SSH server on addr that answers every exec request
+// with answer and keeps the channel open.
+func fakePeerPort(t *testing.T, addr string, answer []byte) {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	signer, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	config := &ssh.ServerConfig{NoClientAuth: true}
+	config.AddHostKey(signer)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, chans, reqs, err := ssh.NewServerConn(c, config)
+				if err != nil {
+					return
+				}
+				go ssh.DiscardRequests(reqs)
+				for nc := range chans {
+					ch, creqs, err := nc.Accept()
+					if err != nil {
+						return
+					}
+					go func() {
+						for r := range creqs {
+							r.Reply(r.Type == "exec", nil)
+							if r.Type == "exec" {
+								ch.Write(answer)
+							}
+						}
+					}()
+				}
+			}()
+		}
+	}()
+}
+
+func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+// TestDemoConverges runs `nixpeer demo`, the README's first command, with
+// real Nix and sshd: both agents Ready, and production fetches the path
+// staging built.
+func TestDemoConverges(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.Require(t, "nix", "nix-store", "nix-daemon", "nix-build", "sshd")
+	testenv.RequireNixSSHUser(t)
+	code, out, stderr := runCLI(t, "demo")
+	if code != 0 || !strings.Contains(out, "Both agents Ready") || !strings.Contains(out, "copying path") ||
+		!strings.Contains(out, "from 'ssh://nix-ssh@127.0.0.2'") {
+		t.Fatalf("demo: exit %d\n%s\n%s", code, out, stderr)
+	}
+}
