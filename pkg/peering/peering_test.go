@@ -1,0 +1,164 @@
+package peering
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/clock"
+	"github.com/nixpeer/nixpeer/pkg/peer"
+	"github.com/nixpeer/nixpeer/pkg/state"
+)
+
+const addr = "127.0.0.4"
+
+func newSigner(t *testing.T) ssh.Signer {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	s, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// servePeer runs a peer port for host "stage" on addr with key, and
+// returns its "host:port".
+func servePeer(t *testing.T, p *Port, listen string, key ssh.Signer) {
+	if err := p.Ensure(listen, key); err != nil {
+		t.Fatal(err)
+	}
+	p.Publish(peer.Facts{Version: peer.FactsVersion, Name: "stage", Address: addr, Generation: 1,
+		HostKeys: []string{keyLine(key.PublicKey())}})
+}
+
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", addr+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// manager returns a manager on store and a function that waits, with a
+// deadline, until what it knows of "stage" satisfies cond.
+func manager(t *testing.T, ctx context.Context, store *state.Store) (*Manager, func(string, func(State) bool) State) {
+	changed := make(chan struct{}, 1)
+	m := New(ctx, zaptest.NewLogger(t), clock.Real{}, store, peer.WatchOptions{Backoff: peer.Backoff{Base: 10 * time.Millisecond, Cap: 50 * time.Millisecond}},
+		func(string) {
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		})
+	wait := func(what string, cond func(State) bool) State {
+		t.Helper()
+		deadline := time.After(10 * time.Second)
+		for {
+			st, _ := m.Get("stage")
+			if cond(st) {
+				return st
+			}
+			select {
+			case <-changed:
+			case <-deadline:
+				t.Fatalf("waiting for %s: last state %+v", what, st)
+			}
+		}
+	}
+	return m, wait
+}
+
+func TestTrustOnFirstUseThenChangeThenReset(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	store, err := state.Open(filepath.Join(t.TempDir(), "state.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	listen := freeAddr(t)
+	a, b := newSigner(t), newSigner(t)
+	port := NewPort(ctx, zaptest.NewLogger(t), peer.ServerOptions{})
+	defer port.Close()
+	servePeer(t, port, listen, a)
+	target := Target{Name: "stage", Address: addr, Addr: listen}
+
+	m, wait := manager(t, ctx, store)
+	m.Sync([]Target{target})
+	st := wait("facts over a key trusted on first use", func(s State) bool { return s.Facts != nil })
+	if st.Trust != TrustTOFU || !sameKey(st.HostKey, a.PublicKey()) || !st.Connected {
+		t.Fatalf("after first contact: %+v", st)
+	}
+
+	// A restarted agent knows the peer before it answers.
+	ctx2, cancel2 := context.WithCancel(ctx)
+	m2, _ := manager(t, ctx2, store)
+	m2.Sync([]Target{{Name: "stage", Address: addr, Addr: freeAddr(t)}}) // nobody there
+	if st2, _ := m2.Get("stage"); st2.Facts == nil || !sameKey(st2.HostKey, a.PublicKey()) || st2.Connected {
+		t.Fatalf("after a restart: %+v", st2)
+	}
+	cancel2()
+	m2.Wait()
+
+	// The peer comes back with another key: refused, facts kept.
+	servePeer(t, port, listen, b)
+	st = wait("the new key refused", func(s State) bool { return s.Refused != nil })
+	if st.Refused.Reason != RefusedChanged || st.Refused.Offered != ssh.FingerprintSHA256(b.PublicKey()) ||
+		st.Refused.Trusted != ssh.FingerprintSHA256(a.PublicKey()) || st.Facts == nil || !sameKey(st.HostKey, a.PublicKey()) {
+		t.Fatalf("after the key changed: %+v %+v", st, st.Refused)
+	}
+
+	if err := m.ResetTrust("stage"); err != nil {
+		t.Fatal(err)
+	}
+	st = wait("the new key trusted after the reset", func(s State) bool { return s.Connected && sameKey(s.HostKey, b.PublicKey()) })
+	if st.Refused != nil || st.Trust != TrustTOFU {
+		t.Fatalf("after the reset: %+v", st)
+	}
+	if err := m.ResetTrust("nobody"); err == nil {
+		t.Fatal("reset of an unknown peer succeeded")
+	}
+
+	// A pin wins over what was trusted on first use, and must match.
+	m.Sync([]Target{{Name: "stage", Address: addr, Addr: listen, Pin: a.PublicKey()}})
+	st = wait("a key other than the pin refused", func(s State) bool { return s.Refused != nil })
+	if st.Refused.Reason != RefusedPinMismatch || st.Trust != TrustPinned {
+		t.Fatalf("with a pin of the old key: %+v %+v", st, st.Refused)
+	}
+	cancel()
+	m.Wait()
+}
+
+func TestPinsRequiredRefusesAnUnpinnedPeer(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	store, err := state.Open(filepath.Join(t.TempDir(), "state.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	listen := freeAddr(t)
+	port := NewPort(ctx, zaptest.NewLogger(t), peer.ServerOptions{})
+	defer port.Close()
+	servePeer(t, port, listen, newSigner(t))
+	m, wait := manager(t, ctx, store)
+	m.Sync([]Target{{Name: "stage", Address: addr, Addr: listen, PinsRequired: true}})
+	st := wait("refused", func(s State) bool { return s.Refused != nil })
+	if st.Refused.Reason != RefusedNotPinned || st.HostKey != nil || st.Facts != nil {
+		t.Fatalf("trust: pinned without a pin: %+v", st)
+	}
+	var rec record
+	if found, _ := store.GetPeer("stage", &rec); found {
+		t.Fatalf("an unpinned key was recorded: %+v", rec)
+	}
+	cancel()
+	m.Wait()
+}
