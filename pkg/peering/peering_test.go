@@ -38,6 +38,15 @@ func servePeer(t *testing.T, p *Port, listen string, key ssh.Signer) {
 		HostKeys: []string{keyLine(key.PublicKey())}})
 }
 
+func openStore(t *testing.T) *state.Store {
+	store, err := state.Open(filepath.Join(t.TempDir(), "state.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	return store
+}
+
 func freeAddr(t *testing.T) string {
 	ln, err := net.Listen("tcp", addr+":0")
 	if err != nil {
@@ -79,11 +88,7 @@ func manager(t *testing.T, ctx context.Context, store *state.Store) (*Manager, f
 func TestTrustOnFirstUseThenChangeThenReset(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	store, err := state.Open(filepath.Join(t.TempDir(), "state.db"), time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openStore(t)
 	listen := freeAddr(t)
 	a, b := newSigner(t), newSigner(t)
 	port := NewPort(ctx, zaptest.NewLogger(t), peer.ServerOptions{})
@@ -140,11 +145,7 @@ func TestTrustOnFirstUseThenChangeThenReset(t *testing.T) {
 func TestPinsRequiredRefusesAnUnpinnedPeer(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	store, err := state.Open(filepath.Join(t.TempDir(), "state.db"), time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openStore(t)
 	listen := freeAddr(t)
 	port := NewPort(ctx, zaptest.NewLogger(t), peer.ServerOptions{})
 	defer port.Close()
