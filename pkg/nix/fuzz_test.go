@@ -2,9 +2,13 @@ package nix
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
 	"regexp"
 	"strings"
 	"testing"
+
+	"golang.org/x/crypto/ssh"
 )
 
 // FuzzNixString: the literal is one line, and reading it back the way the
@@ -227,4 +231,75 @@ func FuzzParseCacheKey(f *testing.F) {
 			t.Fatalf("public key %q encodes back as %q", text, p.String())
 		}
 	})
+}
+
+// FuzzSubstituterURL: whatever it is given, a URL it returns is one that
+// ValidateSubstituter accepts (one line, no quote, space or "${"), and it
+// names the address and the host key it was given.
+func FuzzSubstituterURL(f *testing.F) {
+	key := fuzzEd25519(f)
+	f.Add("ssh", "127.0.0.2", 22, "/var/lib/nixpeer/keys/ssh_client_ed25519", key.Marshal())
+	f.Add("ssh-ng", "::1", 2222, "/tmp/a b/key", key.Marshal())
+	f.Add("ssh", "stage.example.com\n", 22, "/k\"${x}", []byte("garbage"))
+	f.Fuzz(func(t *testing.T, protocol, address string, port int, keyPath string, wire []byte) {
+		hostKey, err := ssh.ParsePublicKey(wire)
+		if err != nil {
+			hostKey = nil
+		}
+		u, err := SubstituterURL(protocol, address, port, keyPath, hostKey)
+		if err != nil {
+			return
+		}
+		if err := ValidateSubstituter(u); err != nil {
+			t.Fatalf("SubstituterURL(%q, %q, %d, %q) = %q, which does not validate: %v", protocol, address, port, keyPath, u, err)
+		}
+		if strings.ContainsAny(u, " \t\r\n\"'\\$") || !strings.Contains(u, address) {
+			t.Fatalf("SubstituterURL(%q, %q, ...) = %q", protocol, address, u)
+		}
+	})
+}
+
+// FuzzRenderAuthorizedKeys: every line it writes is a comment or one
+// restricted key line with the protocol's forced command, one per key.
+func FuzzRenderAuthorizedKeys(f *testing.F) {
+	key := fuzzEd25519(f)
+	f.Add("ssh", key.Marshal())
+	f.Add("ssh-ng", key.Marshal())
+	f.Add("ssh\n", []byte("x"))
+	line := regexp.MustCompile(`^command="(nix-store --serve|nix-daemon --stdio)",restrict ssh-ed25519 [A-Za-z0-9+/]{68}$`)
+	f.Fuzz(func(t *testing.T, protocol string, wire []byte) {
+		k, err := ssh.ParsePublicKey(wire)
+		if err != nil {
+			return
+		}
+		out, err := RenderAuthorizedKeys(protocol, []ssh.PublicKey{k, k})
+		if err != nil {
+			return
+		}
+		keys := 0
+		for _, l := range strings.Split(strings.TrimSuffix(string(out), "\n"), "\n") {
+			if strings.HasPrefix(l, "#") {
+				continue
+			}
+			if !line.MatchString(l) {
+				t.Fatalf("RenderAuthorizedKeys(%q) wrote %q", protocol, l)
+			}
+			keys++
+		}
+		if keys != 1 {
+			t.Fatalf("RenderAuthorizedKeys of one key twice wrote %d key lines:\n%s", keys, out)
+		}
+	})
+}
+
+func fuzzEd25519(f *testing.F) ssh.PublicKey {
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		f.Fatal(err)
+	}
+	k, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		f.Fatal(err)
+	}
+	return k
 }
