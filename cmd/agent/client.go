@@ -91,7 +91,7 @@ func cmdTrust(args []string, stdout io.Writer) error {
 	if err := api.NewClient(hf.layout().Socket).TrustReset(ctx, peer); err != nil {
 		return &exitError{code: 1, msg: clientError("trust reset", err)}
 	}
-	fmt.Fprintf(stdout, "trust in %s reset; the key it offers next is trusted on first use (pin it as hostKey to be sure)\n", peer)
+	fmt.Fprintf(stdout, "trust in %s reset: its host key is checked anew at the next contact (against its pin, or trusted on first use where the file allows it); see nixpeer status\n", peer)
 	return nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"regexp"
 	"slices"
 	"sync"
 	"time"
@@ -40,6 +41,9 @@ const (
 	RefusedPinMismatch = "HostKeyMismatch"
 	// RefusedNotPinned: trust: pinned, and the peer has no pin.
 	RefusedNotPinned = "HostKeyNotPinned"
+	// RefusedUnreadable: what was trusted of the peer cannot be read, so
+	// it is not trusted on first use again.
+	RefusedUnreadable = "TrustUnreadable"
 )
 
 // Target is a peer to watch.
@@ -106,15 +110,23 @@ type Manager struct {
 	opts   peer.WatchOptions
 	notify func(reason string)
 
-	mu    sync.Mutex
-	peers map[string]*watched
-	wg    sync.WaitGroup
+	mu     sync.Mutex
+	peers  map[string]*watched
+	closed bool
+	wg     sync.WaitGroup
 }
 
 type watched struct {
 	target Target
 	cancel context.CancelFunc
 	st     State
+	// connKey is the host key of the current connection, set by check
+	// (on the SSH library's goroutine) and read by accept; under the
+	// manager's mutex.
+	connKey ssh.PublicKey
+	// unusable says why what the store has of the peer cannot be read;
+	// the peer is then not trusted on first use again.
+	unusable string
 }
 
 // New returns a manager whose watches live until ctx ends. notify is
@@ -123,8 +135,14 @@ func New(ctx context.Context, log *zap.Logger, c clock.Clock, store *state.Store
 	return &Manager{ctx: ctx, log: log, clock: c, store: store, opts: opts, notify: notify, peers: map[string]*watched{}}
 }
 
-// Wait returns once every watch has ended (after ctx ended).
-func (m *Manager) Wait() { m.wg.Wait() }
+// Wait returns once every watch has ended; call it after ctx ended. No
+// watch starts after it.
+func (m *Manager) Wait() {
+	m.mu.Lock()
+	m.closed = true
+	m.mu.Unlock()
+	m.wg.Wait()
+}
 
 // Sync makes the watches those of targets: new ones start, changed ones
 // restart, and those no longer wanted stop. What was trusted of a peer no
@@ -171,11 +189,7 @@ func (m *Manager) ResetTrust(name string) error {
 	w, ok := m.peers[name]
 	var rec record
 	found, err := m.store.GetPeer(name, &rec)
-	if err != nil {
-		m.mu.Unlock()
-		return err
-	}
-	if !ok && !found {
+	if !ok && !found && err == nil {
 		m.mu.Unlock()
 		return fmt.Errorf("no peer %q is watched or trusted by this host", name)
 	}
@@ -198,34 +212,42 @@ func (m *Manager) ResetTrust(name string) error {
 func (m *Manager) startLocked(t Target) error {
 	if old, ok := m.peers[t.Name]; ok {
 		old.cancel()
+		delete(m.peers, t.Name)
 	}
-	st := State{Name: t.Name, Trust: TrustNone}
+	if m.closed || m.ctx.Err() != nil {
+		return fmt.Errorf("watch %s: the agent is stopping", t.Name)
+	}
+	w := &watched{target: t, st: State{Name: t.Name, Trust: TrustNone}}
 	var rec record
 	found, err := m.store.GetPeer(t.Name, &rec)
-	if err != nil {
-		m.log.Error("cannot read what was trusted of a peer; starting without it", zap.String("peer", t.Name), zap.Error(err))
-	}
 	var recKey ssh.PublicKey
-	if found && rec.HostKey != "" {
+	switch {
+	case err != nil:
+		w.unusable = err.Error()
+	case found && rec.HostKey != "":
 		if recKey, err = sshkeys.ParsePublicLine(rec.HostKey); err != nil {
-			m.log.Error("stored host key of a peer is unusable; ignoring it", zap.String("peer", t.Name), zap.Error(err))
+			w.unusable = "the stored host key: " + err.Error()
 		}
+	}
+	if w.unusable != "" {
+		m.log.Error("what was trusted of a peer is unreadable; it is not trusted again until \"nixpeer trust reset\" or a pin",
+			zap.String("peer", t.Name), zap.String("error", w.unusable))
 	}
 	switch {
 	case t.Pin != nil:
-		st.Trust, st.HostKey = TrustPinned, t.Pin
-	case recKey != nil:
-		st.Trust, st.HostKey = TrustTOFU, recKey
+		w.st.Trust, w.st.HostKey = TrustPinned, t.Pin
+	case recKey != nil && !t.PinsRequired:
+		w.st.Trust, w.st.HostKey = TrustTOFU, recKey
 	}
 	// Facts are kept only when they came over a connection authenticated
 	// by the key trusted now.
-	if found && rec.Facts != nil && st.HostKey != nil && sameKey(recKey, st.HostKey) &&
+	if found && rec.Facts != nil && w.st.HostKey != nil && sameKey(recKey, w.st.HostKey) &&
 		rec.Facts.Name == t.Name && rec.Facts.Address == t.Address {
 		f := *rec.Facts
-		st.Facts, st.FactsAt = &f, rec.FactsAt
+		w.st.Facts, w.st.FactsAt = &f, rec.FactsAt
 	}
 	ctx, cancel := context.WithCancel(m.ctx)
-	w := &watched{target: t, cancel: cancel, st: st}
+	w.cancel = cancel
 	m.peers[t.Name] = w
 	m.wg.Add(1)
 	go func() {
@@ -238,13 +260,9 @@ func (m *Manager) startLocked(t Target) error {
 // run watches one peer until ctx ends.
 func (m *Manager) run(ctx context.Context, w *watched) {
 	log := m.log.With(zap.String("peer", w.target.Name), zap.String("addr", w.target.Addr))
-	var key ssh.PublicKey // the key of the current connection
-	check := func(offered ssh.PublicKey) error {
-		key = offered
-		return m.check(ctx, log, w, offered)
-	}
+	check := func(offered ssh.PublicKey) error { return m.check(ctx, log, w, offered) }
 	onFacts := func(f peer.Facts) {
-		if err := m.accept(ctx, log, w, key, f); err != nil {
+		if err := m.accept(ctx, log, w, f); err != nil {
 			m.failed(ctx, log, w, err)
 		}
 	}
@@ -252,8 +270,10 @@ func (m *Manager) run(ctx context.Context, w *watched) {
 	peer.Watch(ctx, w.target.Addr, check, m.opts, onFacts, onError)
 }
 
-// check decides whether offered is w's trusted host key, trusting it on
-// first use where that is allowed.
+// check decides whether offered may be w's host key. A key that is not
+// trusted yet passes only where trust on first use is allowed, and is
+// trusted only once the facts that come over the connection say they are
+// the peer's (see accept).
 func (m *Manager) check(ctx context.Context, log *zap.Logger, w *watched, offered ssh.PublicKey) error {
 	m.mu.Lock()
 	if ctx.Err() != nil {
@@ -264,6 +284,9 @@ func (m *Manager) check(ctx context.Context, log *zap.Logger, w *watched, offere
 	refuse := func(reason, msg string) error {
 		r := &Refusal{Reason: reason, Offered: fingerprint(offered), Trusted: fingerprint(st.HostKey), At: m.clock.Now()}
 		changed := st.Refused == nil || st.Refused.Reason != r.Reason || st.Refused.Offered != r.Offered
+		if !changed {
+			r.At = st.Refused.At
+		}
 		st.Refused = r
 		m.mu.Unlock()
 		if changed {
@@ -273,40 +296,34 @@ func (m *Manager) check(ctx context.Context, log *zap.Logger, w *watched, offere
 		return errors.New(msg)
 	}
 	switch {
-	case t.Pin != nil && !sameKey(t.Pin, offered):
-		return refuse(RefusedPinMismatch, fmt.Sprintf("it is not the hostKey pinned for %s (%s)", t.Name, fingerprint(t.Pin)))
-	case t.Pin != nil:
-		m.mu.Unlock()
-		return nil
+	case st.HostKey != nil && !sameKey(st.HostKey, offered) && st.Trust == TrustPinned:
+		return refuse(RefusedPinMismatch, fmt.Sprintf("it is not the hostKey pinned for %s (%s)", t.Name, fingerprint(st.HostKey)))
 	case st.HostKey != nil && !sameKey(st.HostKey, offered):
 		return refuse(RefusedChanged, fmt.Sprintf("the host key of %s changed: %s was trusted on first use; pin the new key as hostKey if the change is expected, or run \"nixpeer trust reset %s\"",
 			t.Name, fingerprint(st.HostKey), t.Name))
-	case st.HostKey != nil:
-		m.mu.Unlock()
-		return nil
-	case t.PinsRequired:
+	case st.HostKey == nil && t.PinsRequired:
 		return refuse(RefusedNotPinned, fmt.Sprintf("trust: pinned, and %s has no hostKey", t.Name))
+	case st.HostKey == nil && w.unusable != "":
+		return refuse(RefusedUnreadable, fmt.Sprintf("what was trusted of %s cannot be read (%s); pin its hostKey or run \"nixpeer trust reset %s\"", t.Name, w.unusable, t.Name))
 	}
-	// Trust on first use: remember the key before anything is read.
-	rec := record{HostKey: keyLine(offered), Trust: TrustTOFU, TrustedAt: m.clock.Now()}
-	if err := m.store.PutPeer(t.Name, rec); err != nil {
-		m.mu.Unlock()
-		return fmt.Errorf("remember the host key of %s: %w", t.Name, err)
-	}
-	st.Trust, st.HostKey = TrustTOFU, offered
+	w.connKey = offered
 	m.mu.Unlock()
-	log.Warn("trusted a peer's host key on first use; pin it as hostKey to be sure", zap.String("fingerprint", fingerprint(offered)))
-	m.notify("host key of " + t.Name + " trusted on first use")
 	return nil
 }
 
-// accept takes facts that came over a connection authenticated by key.
-func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, key ssh.PublicKey, f peer.Facts) error {
+// accept takes facts that came over a connection whose host key check
+// passed. A key not trusted yet is trusted on first use here, once the
+// facts say they are the peer's: the name and address the file gives it,
+// and the key among its host keys.
+func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f peer.Facts) error {
 	t := w.target
+	m.mu.Lock()
+	key := w.connKey
+	m.mu.Unlock()
 	switch {
 	case f.Name != t.Name || f.Address != t.Address:
 		return fmt.Errorf("the agent at %s says it is %s at %s, but the desired state has %s at %s there", t.Addr, f.Name, f.Address, t.Name, t.Address)
-	case !slices.Contains(f.HostKeys, keyLine(key)):
+	case key == nil || !slices.Contains(f.HostKeys, keyLine(key)):
 		return fmt.Errorf("the agent at %s does not list the host key it authenticated with among its host keys", t.Addr)
 	}
 	m.mu.Lock()
@@ -315,22 +332,38 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, key s
 		return nil
 	}
 	st := &w.st
+	firstUse := st.HostKey == nil
+	if firstUse {
+		st.Trust, st.HostKey = TrustTOFU, key
+	} else if !sameKey(st.HostKey, key) {
+		m.mu.Unlock()
+		return fmt.Errorf("the connection to %s changed host key", t.Addr)
+	}
 	changed := !st.Connected || st.Refused != nil || st.Facts == nil || !reflect.DeepEqual(*st.Facts, f)
 	newFacts := st.Facts == nil || !reflect.DeepEqual(*st.Facts, f)
-	if newFacts {
-		rec := record{HostKey: keyLine(st.HostKey), Trust: st.Trust, TrustedAt: m.clock.Now(), Facts: &f, FactsAt: m.clock.Now()}
+	if newFacts || firstUse {
+		now := m.clock.Now()
+		rec := record{HostKey: keyLine(st.HostKey), Trust: st.Trust, TrustedAt: now, Facts: &f, FactsAt: now}
 		var old record
 		if ok, _ := m.store.GetPeer(t.Name, &old); ok && old.HostKey == rec.HostKey {
 			rec.TrustedAt = old.TrustedAt
 		}
 		if err := m.store.PutPeer(t.Name, rec); err != nil {
+			if firstUse {
+				st.Trust, st.HostKey = TrustNone, nil
+				m.mu.Unlock()
+				return fmt.Errorf("remember the host key of %s: %w", t.Name, err)
+			}
 			log.Error("cannot store a peer's facts; keeping them in memory", zap.Error(err))
 		}
 		ff := f
-		st.Facts, st.FactsAt = &ff, m.clock.Now()
+		st.Facts, st.FactsAt = &ff, now
 	}
 	st.Connected, st.LastError, st.Refused = true, "", nil
 	m.mu.Unlock()
+	if firstUse {
+		log.Warn("trusted a peer's host key on first use; pin it as hostKey to be sure", zap.String("fingerprint", fingerprint(key)))
+	}
 	if newFacts {
 		log.Debug("peer facts changed", zap.Int64("generation", f.Generation), zap.Bool("ready", f.Ready))
 	}
@@ -340,19 +373,20 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, key s
 	return nil
 }
 
-// failed records a failure of w's watch.
+// localAddrRE matches the local end of a connection in an error message,
+// whose port changes at every attempt.
+var localAddrRE = regexp.MustCompile(`[0-9a-fA-F.:\[\]]+:[0-9]+->`)
+
+// failed records a failure of w's watch. A refusal of the peer's host key
+// stays until facts come over a trusted connection.
 func (m *Manager) failed(ctx context.Context, log *zap.Logger, w *watched, err error) {
+	msg := localAddrRE.ReplaceAllString(err.Error(), "")
 	m.mu.Lock()
 	if ctx.Err() != nil {
 		m.mu.Unlock()
 		return
 	}
 	st := &w.st
-	var hk *peer.HostKeyError
-	if !errors.As(err, &hk) {
-		st.Refused = nil
-	}
-	msg := err.Error()
 	changed := st.Connected || st.LastError != msg
 	st.Connected, st.LastError = false, msg
 	m.mu.Unlock()

@@ -163,3 +163,35 @@ func TestPinsRequiredRefusesAnUnpinnedPeer(t *testing.T) {
 	cancel()
 	m.Wait()
 }
+
+// TestImpostorIsNotTrustedOnFirstUse: an agent that answers at a peer's
+// address under another name is never trusted, so the real peer is not
+// refused later.
+func TestImpostorIsNotTrustedOnFirstUse(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	store := openStore(t)
+	listen := freeAddr(t)
+	port := NewPort(ctx, zaptest.NewLogger(t), peer.ServerOptions{})
+	defer port.Close()
+	impostor := newSigner(t)
+	if err := port.Ensure(listen, impostor); err != nil {
+		t.Fatal(err)
+	}
+	port.Publish(peer.Facts{Version: peer.FactsVersion, Name: "prod", Address: addr, HostKeys: []string{keyLine(impostor.PublicKey())}})
+	m, wait := manager(t, ctx, store)
+	m.Sync([]Target{{Name: "stage", Address: addr, Addr: listen}})
+	st := wait("the impostor reported", func(s State) bool { return s.LastError != "" })
+	if st.HostKey != nil || st.Trust != TrustNone || st.Facts != nil {
+		t.Fatalf("an agent calling itself prod is trusted as stage: %+v", st)
+	}
+	var rec record
+	if found, _ := store.GetPeer("stage", &rec); found {
+		t.Fatalf("the impostor's key was recorded: %+v", rec)
+	}
+	// The real peer, later, is trusted.
+	servePeer(t, port, listen, newSigner(t))
+	wait("the real peer trusted", func(s State) bool { return s.Connected && s.Trust == TrustTOFU })
+	cancel()
+	m.Wait()
+}

@@ -51,7 +51,7 @@ func (p *Port) Ensure(addr string, hostKey ssh.Signer) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	key := hostKey.PublicKey().Marshal()
-	if p.srv != nil && p.addr == addr && string(p.key) == string(key) {
+	if p.srv != nil && p.addr == addr && string(p.key) == string(key) && !p.ended() {
 		return nil
 	}
 	p.stopLocked()
@@ -74,6 +74,16 @@ func (p *Port) Ensure(addr string, hostKey ssh.Signer) error {
 	p.addr, p.key, p.srv, p.cancel, p.done = addr, key, srv, cancel, done
 	p.log.Info("peer port listening", zap.String("addr", ln.Addr().String()), zap.String("hostKey", ssh.FingerprintSHA256(hostKey.PublicKey())))
 	return nil
+}
+
+// ended reports whether the running server stopped by itself.
+func (p *Port) ended() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // Publish gives peers f from now on.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -232,13 +233,7 @@ func (h *Host) reconcileNix(p *pass) error {
 	if err := h.applyAndVerify(p, s, hash); err != nil {
 		return err
 	}
-	// sshd reads the authorized keys at every login: written is applied,
-	// except where the operator's deploy applies the module.
-	if c := status.Find(p.conds, status.NixSettingsApplied); self.Platform != desired.PlatformNixOSModule || (c != nil && c.Status == status.True) {
-		for i := range p.authorized {
-			p.authorized[i].Applied = true
-		}
-	}
+	h.markApplied(p)
 	if len(waiting) > 0 {
 		p.set(h, status.SubstitutersReady, false, "WaitingForPeer", strings.Join(waiting, "; "))
 	} else if len(self.SubstituteFrom) > 0 {
@@ -246,6 +241,34 @@ func (h *Host) reconcileNix(p *pass) error {
 			fmt.Sprintf("substitutes from %s, with fallback to building locally", strings.Join(self.SubstituteFrom, ", ")))
 	}
 	return errors.Join(probeErrs...)
+}
+
+// markApplied marks each consumer key that is in the file sshd reads for
+// nix-ssh: sshd reads it at every login, so a key there is in effect. On
+// nixos-module that file is NixOS's own, made from nix.sshServe.keys when
+// the operator's deploy applies the module.
+func (h *Host) markApplied(p *pass) {
+	if len(p.authorized) == 0 {
+		return
+	}
+	dir := h.cfg.Layout.AuthorizedKeysDir
+	if p.self.Platform == desired.PlatformNixOS {
+		dir = h.cfg.Layout.StateAuthorizedKeysDir
+	}
+	content, err := os.ReadFile(filepath.Join(dir, "nix-ssh"))
+	if err != nil {
+		return
+	}
+	present := map[string]bool{}
+	for _, line := range strings.Split(string(content), "\n") {
+		for _, f := range strings.Fields(line) {
+			present[f] = true
+		}
+	}
+	for i, a := range p.authorized {
+		blob := base64.StdEncoding.EncodeToString(p.peerKeys[a.Host].ClientKey.Marshal())
+		p.authorized[i].Applied = present[blob]
+	}
 }
 
 // nixFiles renders the Nix files of the host's platform.

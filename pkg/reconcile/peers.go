@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"go.uber.org/zap"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/nixpeer/nixpeer/pkg/desired"
@@ -54,30 +55,45 @@ func (h *Host) reconcilePeering(p *pass) error {
 		return nil
 	}
 	addr := peering.ListenAddr(p.self.Address, p.self.PeerPort)
+	var errs []error
 	if err := h.cfg.Port.Ensure(addr, p.hostKey.Signer); err != nil {
 		p.set(h, status.PeerPortReady, false, "ListenFailed", err.Error()+"; is another agent or program on that port?")
-		return err
+		errs = append(errs, err)
+	} else {
+		p.set(h, status.PeerPortReady, true, "Listening", "peers reach this agent at "+addr)
 	}
-	p.set(h, status.PeerPortReady, true, "Listening", "peers reach this agent at "+addr)
 
+	// The watches run whether or not this host's own port listens.
 	var targets []peering.Target
-	add := func(peer *desired.Host) {
+	add := func(peer *desired.Host) error {
 		t := peering.Target{Name: peer.Name, Address: peer.Address, PinsRequired: p.file.Trust == desired.TrustPinned,
 			Addr: net.JoinHostPort(peer.Address, strconv.Itoa(peer.PeerPort))}
 		if peer.HostKey != "" {
-			t.Pin, _ = sshkeys.ParsePublicLine(peer.HostKey) // validated with the file
+			k, err := sshkeys.ParsePublicLine(peer.HostKey)
+			if err != nil {
+				return fmt.Errorf("hostKey of %s: %w", peer.Name, err)
+			}
+			t.Pin = k
 		}
 		targets = append(targets, t)
+		return nil
 	}
 	for _, name := range p.self.SubstituteFrom {
-		add(p.file.Host(name))
+		if err := add(p.file.Host(name)); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
 	}
 	for _, c := range p.file.Consumers(p.self.Name) {
 		if !slices.Contains(p.self.SubstituteFrom, c.Name) {
-			add(c)
+			if err := add(c); err != nil {
+				return errors.Join(append(errs, err)...)
+			}
 		}
 	}
-	return h.cfg.Peers.Sync(targets)
+	if err := h.cfg.Peers.Sync(targets); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 // learnedKeys adds what peer's agent told, over a trusted connection, to
@@ -233,10 +249,13 @@ func (h *Host) probe(ctx context.Context, peer *desired.Host, hostKey ssh.Public
 // still in substituteFrom.
 func (h *Host) loadConfigured(p *pass) error {
 	all := map[string]configuredPeer{}
-	if _, err := h.cfg.Store.Get(recConfigured, &all); err != nil {
-		return err
-	}
 	p.configured = map[string]configuredPeer{}
+	if _, err := h.cfg.Store.Get(recConfigured, &all); err != nil {
+		// Verified anew: each peer is probed again.
+		h.log.Error("the verified substituters are unreadable; verifying every peer again", zap.Error(err))
+		p.configuredChanged = true
+		return nil
+	}
 	for name, c := range all {
 		if slices.Contains(p.self.SubstituteFrom, name) {
 			p.configured[name] = c
