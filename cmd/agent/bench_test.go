@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -67,6 +70,7 @@ func BenchmarkFleetConverges(b *testing.B) {
 	testenv.Require(b, "nix", "nix-daemon", "sshd", "ssh-keygen")
 	testenv.RequireNixSSHUser(b)
 	var total, handoff []time.Duration
+	var rss []float64 // MiB, of each agent once both are Ready
 	for i := 0; i < b.N; i++ {
 		f := prepareFleet(b, testenv.FreePort(b, "127.0.0.2"), "ssh")
 		key := filepath.Join(f.S, "etc/ssh/ssh_host_ed25519_key")
@@ -87,12 +91,17 @@ func BenchmarkFleetConverges(b *testing.B) {
 		}
 		total = append(total, last.Sub(start))
 		handoff = append(handoff, pr.Sub(sr))
+		for _, a := range []*agent{f.stage, f.prod} {
+			rss = append(rss, float64(vmRSS(b, a.cmd.Process.Pid))/1024)
+		}
 		f.stage.stop()
 		f.prod.stop()
 		f.sshd.Stop(b)
 	}
 	b.ReportMetric(ms(median(total)), "ms-p50/both-ready")
 	b.ReportMetric(ms(median(handoff)), "ms-p50/stage-to-prod")
+	sort.Float64s(rss)
+	b.ReportMetric(rss[len(rss)/2], "MiB-p50-rss/agent")
 	b.ReportMetric(0, "ns/op")
 }
 
@@ -109,4 +118,23 @@ func median(d []time.Duration) time.Duration {
 	s := append([]time.Duration(nil), d...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[len(s)/2]
+}
+
+// vmRSS is the resident set size of process pid, in KiB.
+func vmRSS(b *testing.B, pid int) int {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kib, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			return kib
+		}
+	}
+	b.Fatalf("no VmRSS in /proc/%d/status", pid)
+	return 0
 }
