@@ -114,7 +114,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, config, ho
 		cancel()
 		peers.Wait()
 	}()
-	port := peering.NewPort(ctx, log.Named("peerport"), peer.ServerOptions{})
+	port := peering.NewPort(ctx, log.Named("peerport"), peer.ServerOptions{}, notify)
 	defer port.Close()
 
 	hostnames := machineHostnames()

@@ -91,13 +91,8 @@ func (d *demo) run(ctx context.Context) error {
 	}
 	missing := demoMissing()
 	d.real = missing == ""
-	d.sshPort = 22
-	if ln, err := net.Listen("tcp", net.JoinHostPort(demoStageAddr, "22")); err == nil {
-		ln.Close()
-	} else if ln, err := net.Listen("tcp", net.JoinHostPort(demoStageAddr, "0")); err == nil {
-		d.sshPort = ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-	}
+	d.sshPort = freePort(demoStageAddr, 22)
+	stagePeerPort, prodPeerPort := freePort(demoStageAddr, 7722), freePort(demoProdAddr, 7722)
 	for _, root := range []string{d.S, d.P} {
 		// The hosts' own nix.conf: no binary cache (this may run offline),
 		// and builds without a sandbox (the demo's builder is /bin/sh).
@@ -120,15 +115,17 @@ hosts:
   - name: stage
     address: %s
     sshPort: %d
+    peerPort: %d
     platform: nix
     apply: %s
     serve: {}
   - name: prod
     address: %s
+    peerPort: %d
     platform: nix
     apply: ["true"]
     substituteFrom: [stage]
-`, demoStageAddr, d.sshPort, stageApply, demoProdAddr)
+`, demoStageAddr, d.sshPort, stagePeerPort, stageApply, demoProdAddr, prodPeerPort)
 	if err := os.WriteFile(config, []byte(desired), 0o644); err != nil {
 		return err
 	}
@@ -158,11 +155,21 @@ hosts:
 	defer cancel()
 	var wg sync.WaitGroup
 	final := make([]status.Status, 2)
+	// Staging is done once it lets production in; production once it
+	// uses staging, or, without staging's sshd, once it waits on its probe.
+	done := []func(status.Status) bool{
+		func(st status.Status) bool {
+			return (st.Ready || !d.real) && st.ObservedGeneration == st.Generation && peerIn(st, PeerKeysKnown)
+		},
+		func(st status.Status) bool {
+			return (st.Ready && st.ObservedGeneration == st.Generation) || (!d.real && peerIn(st, "ProbeFailed"))
+		},
+	}
 	for i, a := range []*demoAgent{stage, prod} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			final[i] = d.follow(ctx, a, i == 1 && !d.real)
+			final[i] = d.follow(ctx, a, done[i])
 		}()
 	}
 	wg.Wait()
@@ -332,10 +339,30 @@ func (d *demo) startAgent(ctx context.Context, self, config, name, root string) 
 	return &demoAgent{name: name, root: root, client: api.NewClient(filepath.Join(root, "run/nixpeer/agent.sock"))}, nil
 }
 
-// follow prints each change of an agent's summary until it is Ready (or,
-// with stopAtProbe, until its peer waits on the probe), and returns the
-// last status.
-func (d *demo) follow(ctx context.Context, a *demoAgent, stopAtProbe bool) status.Status {
+// PeerKeysKnown is a consumer's state once its client key is known.
+const PeerKeysKnown = "KeysKnown"
+
+// peerIn reports whether the agent's (only) peer is in state.
+func peerIn(st status.Status, state string) bool {
+	return len(st.Peers) > 0 && st.Peers[0].State == state
+}
+
+// freePort returns port if it is free on address, else a free one.
+func freePort(address string, port int) int {
+	if ln, err := net.Listen("tcp", net.JoinHostPort(address, strconv.Itoa(port))); err == nil {
+		ln.Close()
+		return port
+	}
+	if ln, err := net.Listen("tcp", net.JoinHostPort(address, "0")); err == nil {
+		defer ln.Close()
+		return ln.Addr().(*net.TCPAddr).Port
+	}
+	return port
+}
+
+// follow prints each change of an agent's summary until done, and returns
+// the last status.
+func (d *demo) follow(ctx context.Context, a *demoAgent, done func(status.Status) bool) status.Status {
 	var last status.Status
 	var lastLine string
 	for ctx.Err() == nil {
@@ -359,10 +386,7 @@ func (d *demo) follow(ctx context.Context, a *demoAgent, stopAtProbe bool) statu
 			d.say("[%6.0fms] %-5s %s", float64(time.Since(d.start).Microseconds())/1000, a.name, line)
 			lastLine = line
 		}
-		if st.Ready && st.ObservedGeneration == st.Generation {
-			return st
-		}
-		if stopAtProbe && len(st.Peers) > 0 && st.Peers[0].State == "ProbeFailed" {
+		if done(st) {
 			return st
 		}
 	}

@@ -156,6 +156,10 @@ func TestHostKeyChangeIsRefused(t *testing.T) {
 	if !strings.Contains(p.Message, old.Fingerprint) || !strings.Contains(p.Message, now.Fingerprint) || !strings.Contains(p.Message, "nixpeer trust reset stage") {
 		t.Fatalf("message does not name both keys and the way out: %s", p.Message)
 	}
+	if c := condition(t, st, status.PeersTrusted); c.Status != status.False || c.Reason != "HostKeyChanged" ||
+		!strings.Contains(c.Message, now.Fingerprint) || !strings.Contains(c.Message, old.Fingerprint) {
+		t.Fatalf("PeersTrusted = %+v; want False, HostKeyChanged, both fingerprints", c)
+	}
 	if !bytes.Equal(readFile(t, kh), khBefore) || !bytes.Equal(readFile(t, filepath.Join(f.P, "etc/nix/nixpeer.conf")), confBefore) {
 		t.Fatal("production changed its files for a peer whose host key changed")
 	}

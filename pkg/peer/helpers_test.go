@@ -216,7 +216,7 @@ func startWatch(t *testing.T, addr string, check HostKeyCheck, opts WatchOptions
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		Watch(ctx, addr, check, opts, func(f Facts) { w.facts <- f }, func(err error) {
+		Watch(ctx, addr, check, opts, func(f Facts) error { w.facts <- f; return nil }, func(err error) {
 			select {
 			case w.errs <- err:
 			default: // a test that does not read errors must not block Watch

@@ -16,6 +16,7 @@ import (
 // Defaults of ServerOptions.
 const (
 	DefaultMaxConns         = 64
+	DefaultMaxConnsPerIP    = 8
 	DefaultMaxChannels      = 4
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultIdleTimeout      = 60 * time.Second
@@ -26,6 +27,9 @@ const (
 type ServerOptions struct {
 	// MaxConns bounds concurrent connections; one more is closed at once.
 	MaxConns int
+	// MaxConnsPerIP bounds the concurrent connections from one address,
+	// so that one client cannot take every slot.
+	MaxConnsPerIP int
 	// MaxChannels bounds the sessions open at once on one connection.
 	MaxChannels int
 	// HandshakeTimeout bounds the SSH handshake, and the time a session
@@ -41,6 +45,9 @@ type ServerOptions struct {
 func (o ServerOptions) withDefaults() ServerOptions {
 	if o.MaxConns <= 0 {
 		o.MaxConns = DefaultMaxConns
+	}
+	if o.MaxConnsPerIP <= 0 {
+		o.MaxConnsPerIP = DefaultMaxConnsPerIP
 	}
 	if o.MaxChannels <= 0 {
 		o.MaxChannels = DefaultMaxChannels
@@ -67,6 +74,7 @@ type Server struct {
 	mu       sync.Mutex
 	doc      []byte // the current document and its newline; nil before Publish
 	watchers map[*slot]struct{}
+	perIP    map[string]int // open connections by remote address
 }
 
 // NewServer returns a server that authenticates with hostKey, the host's
@@ -85,6 +93,7 @@ func NewServer(log *zap.Logger, hostKey ssh.Signer, opts ServerOptions) *Server 
 		config:   config,
 		conns:    make(chan struct{}, opts.MaxConns),
 		watchers: map[*slot]struct{}{},
+		perIP:    map[string]int{},
 	}
 }
 
@@ -176,11 +185,45 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			c.Close()
 			continue
 		}
+		ip := remoteIP(c)
+		if !s.takeIP(ip) {
+			<-s.conns
+			s.log.Debug("refused peer connection: too many open from its address", zap.String("remote", ip), zap.Int("maxConnsPerIP", s.opts.MaxConnsPerIP))
+			c.Close()
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-s.conns }()
+			defer s.releaseIP(ip)
 			s.serveConn(ctx, c)
 		}()
 	}
+}
+
+// takeIP counts a connection from ip, unless ip has MaxConnsPerIP open.
+func (s *Server) takeIP(ip string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perIP[ip] >= s.opts.MaxConnsPerIP {
+		return false
+	}
+	s.perIP[ip]++
+	return true
+}
+
+func (s *Server) releaseIP(ip string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perIP[ip]--; s.perIP[ip] <= 0 {
+		delete(s.perIP, ip)
+	}
+}
+
+func remoteIP(c net.Conn) string {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	return c.RemoteAddr().String()
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -366,6 +367,40 @@ func TestMaxConns(t *testing.T) {
 			t.Fatalf("no connection after one of two was closed: %v", err)
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestMaxConnsPerIP: one address cannot take every slot; another address
+// still gets in.
+func TestMaxConnsPerIP(t *testing.T) {
+	key := newSigner(t)
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{MaxConns: 10, MaxConnsPerIP: 2})
+	s.publish(validFacts(t, key.PublicKey()))
+	from := func(local string) (*ssh.Client, error) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}, Timeout: wait}
+		c, err := d.Dial("tcp", s.addr)
+		if err != nil {
+			return nil, err
+		}
+		sc, chans, reqs, err := ssh.NewClientConn(c, s.addr, &ssh.ClientConfig{User: "test", HostKeyCallback: ssh.FixedHostKey(key.PublicKey()), Timeout: wait})
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		cl := ssh.NewClient(sc, chans, reqs)
+		t.Cleanup(func() { cl.Close() })
+		return cl, nil
+	}
+	for range 2 {
+		if _, err := from("127.0.0.6"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := from("127.0.0.6"); err == nil {
+		t.Fatal("a third connection from one address was accepted with MaxConnsPerIP 2")
+	}
+	if _, err := from("127.0.0.7"); err != nil {
+		t.Fatalf("another address was refused: %v", err)
 	}
 }
 

@@ -44,10 +44,11 @@ func (o WatchOptions) withDefaults() WatchOptions {
 // with every failure (connection refused, host key refused, a garbled,
 // oversized or invalid document, silence, the peer closing), each naming
 // the peer. After a failure it reconnects with Backoff. A document that
-// is not valid is never passed on: the connection is dropped instead.
+// is not valid is never passed on: the connection is dropped instead, as
+// it is when onFacts refuses a document by returning an error.
 // Both callbacks run on Watch's goroutine, one at a time, and never after
 // Watch returned.
-func Watch(ctx context.Context, addr string, check HostKeyCheck, opts WatchOptions, onFacts func(Facts), onError func(error)) {
+func Watch(ctx context.Context, addr string, check HostKeyCheck, opts WatchOptions, onFacts func(Facts) error, onError func(error)) {
 	opts = opts.withDefaults()
 	failures := 0
 	for {
@@ -72,8 +73,8 @@ func Watch(ctx context.Context, addr string, check HostKeyCheck, opts WatchOptio
 }
 
 // watchOnce runs one connection's watch. It always ends with an error,
-// unless ctx ended; delivered tells whether onFacts was called.
-func watchOnce(ctx context.Context, addr string, check HostKeyCheck, opts WatchOptions, onFacts func(Facts)) (delivered bool, err error) {
+// unless ctx ended; delivered tells whether onFacts took a document.
+func watchOnce(ctx context.Context, addr string, check HostKeyCheck, opts WatchOptions, onFacts func(Facts) error) (delivered bool, err error) {
 	client, err := dial(ctx, addr, check, opts.DialTimeout)
 	if err != nil {
 		return false, err
@@ -114,7 +115,9 @@ func watchOnce(ctx context.Context, addr string, check HostKeyCheck, opts WatchO
 		if err != nil {
 			return delivered, err
 		}
+		if err := onFacts(f); err != nil {
+			return delivered, err
+		}
 		delivered = true
-		onFacts(f)
 	}
 }

@@ -218,9 +218,27 @@ func (m *Manager) startLocked(t Target) error {
 		return fmt.Errorf("watch %s: the agent is stopping", t.Name)
 	}
 	w := &watched{target: t, st: State{Name: t.Name, Trust: TrustNone}}
+	m.loadLocked(w)
+	ctx, cancel := context.WithCancel(m.ctx)
+	w.cancel = cancel
+	m.peers[t.Name] = w
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.run(ctx, w)
+	}()
+	return nil
+}
+
+// loadLocked sets w's trusted key, and facts, from the store and the pin.
+// A record that cannot be read leaves w.unusable set: the peer is then
+// not trusted on first use again.
+func (m *Manager) loadLocked(w *watched) {
+	t := w.target
 	var rec record
 	found, err := m.store.GetPeer(t.Name, &rec)
 	var recKey ssh.PublicKey
+	w.unusable = ""
 	switch {
 	case err != nil:
 		w.unusable = err.Error()
@@ -246,26 +264,13 @@ func (m *Manager) startLocked(t Target) error {
 		f := *rec.Facts
 		w.st.Facts, w.st.FactsAt = &f, rec.FactsAt
 	}
-	ctx, cancel := context.WithCancel(m.ctx)
-	w.cancel = cancel
-	m.peers[t.Name] = w
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		m.run(ctx, w)
-	}()
-	return nil
 }
 
 // run watches one peer until ctx ends.
 func (m *Manager) run(ctx context.Context, w *watched) {
 	log := m.log.With(zap.String("peer", w.target.Name), zap.String("addr", w.target.Addr))
 	check := func(offered ssh.PublicKey) error { return m.check(ctx, log, w, offered) }
-	onFacts := func(f peer.Facts) {
-		if err := m.accept(ctx, log, w, f); err != nil {
-			m.failed(ctx, log, w, err)
-		}
-	}
+	onFacts := func(f peer.Facts) error { return m.accept(ctx, log, w, f) }
 	onError := func(err error) { m.failed(ctx, log, w, err) }
 	peer.Watch(ctx, w.target.Addr, check, m.opts, onFacts, onError)
 }
@@ -279,6 +284,9 @@ func (m *Manager) check(ctx context.Context, log *zap.Logger, w *watched, offere
 	if ctx.Err() != nil {
 		m.mu.Unlock()
 		return ctx.Err()
+	}
+	if w.unusable != "" && w.st.HostKey == nil {
+		m.loadLocked(w) // the store may be readable again
 	}
 	t, st := w.target, &w.st
 	refuse := func(reason, msg string) error {

@@ -91,7 +91,7 @@ func TestTrustOnFirstUseThenChangeThenReset(t *testing.T) {
 	store := openStore(t)
 	listen := freeAddr(t)
 	a, b := newSigner(t), newSigner(t)
-	port := NewPort(ctx, zaptest.NewLogger(t), peer.ServerOptions{})
+	port := NewPort(ctx, zaptest.NewLogger(t), peer.ServerOptions{}, func(string) {})
 	defer port.Close()
 	servePeer(t, port, listen, a)
 	target := Target{Name: "stage", Address: addr, Addr: listen}
@@ -147,7 +147,7 @@ func TestPinsRequiredRefusesAnUnpinnedPeer(t *testing.T) {
 	defer cancel()
 	store := openStore(t)
 	listen := freeAddr(t)
-	port := NewPort(ctx, zaptest.NewLogger(t), peer.ServerOptions{})
+	port := NewPort(ctx, zaptest.NewLogger(t), peer.ServerOptions{}, func(string) {})
 	defer port.Close()
 	servePeer(t, port, listen, newSigner(t))
 	m, wait := manager(t, ctx, store)
@@ -172,7 +172,7 @@ func TestImpostorIsNotTrustedOnFirstUse(t *testing.T) {
 	defer cancel()
 	store := openStore(t)
 	listen := freeAddr(t)
-	port := NewPort(ctx, zaptest.NewLogger(t), peer.ServerOptions{})
+	port := NewPort(ctx, zaptest.NewLogger(t), peer.ServerOptions{}, func(string) {})
 	defer port.Close()
 	impostor := newSigner(t)
 	if err := port.Ensure(listen, impostor); err != nil {

@@ -15,9 +15,10 @@ import (
 // Port keeps the peer port listening where the desired state says, with
 // the host's own SSH host key, and gives peers the host's latest facts.
 type Port struct {
-	ctx  context.Context
-	log  *zap.Logger
-	opts peer.ServerOptions
+	ctx    context.Context
+	log    *zap.Logger
+	opts   peer.ServerOptions
+	notify func(reason string)
 
 	mu     sync.Mutex
 	addr   string
@@ -29,9 +30,10 @@ type Port struct {
 }
 
 // NewPort returns a port that listens nowhere until Ensure; it stops
-// listening when ctx ends.
-func NewPort(ctx context.Context, log *zap.Logger, opts peer.ServerOptions) *Port {
-	return &Port{ctx: ctx, log: log, opts: opts}
+// listening when ctx ends. notify is called when the server stops by
+// itself, so that the next Ensure starts it again.
+func NewPort(ctx context.Context, log *zap.Logger, opts peer.ServerOptions, notify func(string)) *Port {
+	return &Port{ctx: ctx, log: log, opts: opts, notify: notify}
 }
 
 // ListenAddr is where an agent whose address is address listens: on that
@@ -69,6 +71,7 @@ func (p *Port) Ensure(addr string, hostKey ssh.Signer) error {
 		defer close(done)
 		if err := srv.Serve(ctx, ln); err != nil {
 			p.log.Error("peer port stopped", zap.String("addr", addr), zap.Error(err))
+			p.notify("peer port stopped")
 		}
 	}()
 	p.addr, p.key, p.srv, p.cancel, p.done = addr, key, srv, cancel, done

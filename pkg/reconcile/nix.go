@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -166,6 +165,20 @@ func (h *Host) reconcileNix(p *pass) error {
 	if p.secretKeyFile != "" {
 		s.SecretKeyFiles = []string{p.secretKeyFile}
 	}
+	// Whom this host lets in, first: its facts tell the consumers even
+	// when something below fails.
+	var consumerKeys []ssh.PublicKey
+	var served, unserved []string
+	for _, c := range p.file.Consumers(self.Name) {
+		if k := p.peerKeys[c.Name].ClientKey; k != nil {
+			consumerKeys = append(consumerKeys, k)
+			served = append(served, c.Name)
+			p.authorized = append(p.authorized, peer.AuthorizedFact{Host: c.Name, Fingerprint: ssh.FingerprintSHA256(k)})
+		} else {
+			unserved = append(unserved, c.Name)
+		}
+	}
+
 	var probeErrs []error
 	for _, name := range self.SubstituteFrom {
 		peer := p.file.Host(name)
@@ -196,18 +209,6 @@ func (h *Host) reconcileNix(p *pass) error {
 	}
 	s.Fallback = len(self.SubstituteFrom) > 0
 
-	var consumerKeys []ssh.PublicKey
-	var served, unserved []string
-	for _, c := range p.file.Consumers(self.Name) {
-		if k := p.peerKeys[c.Name].ClientKey; k != nil {
-			consumerKeys = append(consumerKeys, k)
-			served = append(served, c.Name)
-			p.authorized = append(p.authorized, peer.AuthorizedFact{Host: c.Name, Fingerprint: ssh.FingerprintSHA256(k)})
-		} else {
-			unserved = append(unserved, c.Name)
-		}
-	}
-
 	files, err := h.nixFiles(p, s, modSettings, consumerKeys)
 	if err != nil {
 		p.set(h, status.NixSettingsApplied, false, "RenderFailed", err.Error())
@@ -226,6 +227,7 @@ func (h *Host) reconcileNix(p *pass) error {
 		}
 	}
 	hash := hex.EncodeToString(sum.Sum(nil))
+	h.markApplied(p)
 
 	if self.Serve != nil {
 		h.reportServe(p, served, unserved)
@@ -233,7 +235,6 @@ func (h *Host) reconcileNix(p *pass) error {
 	if err := h.applyAndVerify(p, s, hash); err != nil {
 		return err
 	}
-	h.markApplied(p)
 	if len(waiting) > 0 {
 		p.set(h, status.SubstitutersReady, false, "WaitingForPeer", strings.Join(waiting, "; "))
 	} else if len(self.SubstituteFrom) > 0 {
@@ -260,14 +261,16 @@ func (h *Host) markApplied(p *pass) {
 		return
 	}
 	present := map[string]bool{}
-	for _, line := range strings.Split(string(content), "\n") {
-		for _, f := range strings.Fields(line) {
-			present[f] = true
+	for rest := content; len(rest) > 0; {
+		k, _, _, next, err := ssh.ParseAuthorizedKey(rest)
+		if err != nil {
+			break // no more keys
 		}
+		present[string(k.Marshal())] = true
+		rest = next
 	}
 	for i, a := range p.authorized {
-		blob := base64.StdEncoding.EncodeToString(p.peerKeys[a.Host].ClientKey.Marshal())
-		p.authorized[i].Applied = present[blob]
+		p.authorized[i].Applied = present[string(p.peerKeys[a.Host].ClientKey.Marshal())]
 	}
 }
 

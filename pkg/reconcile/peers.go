@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -31,6 +32,7 @@ const recConfigured = "peers/configured"
 const (
 	PeerWaitingForFacts         = "WaitingForFacts"
 	PeerHostKeyRefused          = "HostKeyRefused"
+	PeerWaitingForKnownHosts    = "WaitingForKnownHosts"
 	PeerWaitingForAuthorization = "WaitingForAuthorization"
 	PeerProbeFailed             = "ProbeFailed"
 	PeerServing                 = "Serving"     // a substituter, verified
@@ -51,19 +53,9 @@ type configuredPeer struct {
 // reconcilePeering keeps the peer port listening and a watch open to every
 // peer this host fetches from or serves.
 func (h *Host) reconcilePeering(p *pass) error {
-	if h.cfg.Port == nil || h.cfg.Peers == nil || p.hostKey.Signer == nil {
+	if h.cfg.Port == nil || h.cfg.Peers == nil {
 		return nil
 	}
-	addr := peering.ListenAddr(p.self.Address, p.self.PeerPort)
-	var errs []error
-	if err := h.cfg.Port.Ensure(addr, p.hostKey.Signer); err != nil {
-		p.set(h, status.PeerPortReady, false, "ListenFailed", err.Error()+"; is another agent or program on that port?")
-		errs = append(errs, err)
-	} else {
-		p.set(h, status.PeerPortReady, true, "Listening", "peers reach this agent at "+addr)
-	}
-
-	// The watches run whether or not this host's own port listens.
 	var targets []peering.Target
 	add := func(peer *desired.Host) error {
 		t := peering.Target{Name: peer.Name, Address: peer.Address, PinsRequired: p.file.Trust == desired.TrustPinned,
@@ -80,20 +72,56 @@ func (h *Host) reconcilePeering(p *pass) error {
 	}
 	for _, name := range p.self.SubstituteFrom {
 		if err := add(p.file.Host(name)); err != nil {
-			return errors.Join(append(errs, err)...)
+			return err
 		}
 	}
 	for _, c := range p.file.Consumers(p.self.Name) {
 		if !slices.Contains(p.self.SubstituteFrom, c.Name) {
 			if err := add(c); err != nil {
-				return errors.Join(append(errs, err)...)
+				return err
 			}
 		}
 	}
-	if err := h.cfg.Peers.Sync(targets); err != nil {
+	// The watches run whether or not this host's own port listens.
+	errs := []error{h.cfg.Peers.Sync(targets)}
+	if p.hostKey.Signer == nil {
+		p.set(h, status.PeerPortReady, false, "NoHostKey", "the peer port needs this host's SSH host key; see KeysReady")
+		return errors.Join(errs...)
+	}
+	addr := peering.ListenAddr(p.self.Address, p.self.PeerPort)
+	if err := h.cfg.Port.Ensure(addr, p.hostKey.Signer); err != nil {
+		p.set(h, status.PeerPortReady, false, "ListenFailed", err.Error()+"; is another agent or program on that port?")
 		errs = append(errs, err)
+	} else {
+		p.set(h, status.PeerPortReady, true, "Listening", "peers reach this agent at "+addr)
 	}
 	return errors.Join(errs...)
+}
+
+// reportTrust sets PeersTrusted: False while a peer offers a host key
+// that is refused, with both fingerprints.
+func (h *Host) reportTrust(p *pass) {
+	var refused, trusted []string
+	reason := ""
+	for _, ps := range p.peers {
+		switch {
+		case ps.State == PeerHostKeyRefused:
+			refused = append(refused, ps.Name+": "+ps.Message)
+			if reason == "" {
+				reason = ps.Reason
+			}
+		case ps.Trust != peering.TrustNone:
+			trusted = append(trusted, ps.Name+" ("+ps.Trust+")")
+		}
+	}
+	switch {
+	case len(refused) > 0:
+		p.set(h, status.PeersTrusted, false, reason, strings.Join(refused, "; "))
+	case len(trusted) > 0:
+		p.set(h, status.PeersTrusted, true, "Trusted", "host keys trusted: "+strings.Join(trusted, ", "))
+	default:
+		p.set(h, status.PeersTrusted, true, "NothingRefused", "no peer's host key is known or refused yet")
+	}
 }
 
 // learnedKeys adds what peer's agent told, over a trusted connection, to
@@ -149,6 +177,11 @@ func peerStatus(peer *desired.Host, role string, k PeerKeys, st peering.State) s
 		if k.ClientKey != nil {
 			ps.State = PeerKeysKnown
 			ps.Message = "client key " + ssh.FingerprintSHA256(k.ClientKey)
+			if f := st.Facts; peer.ClientKey != "" && f != nil && f.ClientKey != "" {
+				if told, err := sshkeys.ParsePublicLine(f.ClientKey); err == nil && ssh.FingerprintSHA256(told) != ssh.FingerprintSHA256(k.ClientKey) {
+					ps.Message += fmt.Sprintf(" (pinned as clientKey; its agent reports %s: update the pin if the host's key changed)", ssh.FingerprintSHA256(told))
+				}
+			}
 		} else {
 			ps.Message = unreachableMessage(st, "its client key is not known yet")
 		}
@@ -194,6 +227,9 @@ func (h *Host) substituter(p *pass, peer *desired.Host, ps *status.Peer) (*confi
 		return keep(PeerWaitingForFacts, unreachableMessage(st, "its binary-cache public key is not known yet")), nil
 	case st.Facts == nil:
 		return keep(PeerWaitingForFacts, unreachableMessage(st, "its agent has not told whether it authorizes this host")), nil
+	}
+	if c := status.Find(p.conds, status.KnownHostsReady); c == nil || c.Status != status.True {
+		return keep(PeerWaitingForKnownHosts, "root's known_hosts does not have it yet"), nil
 	}
 	mine := p.clientKey.Fingerprint()
 	if !authorizes(st.Facts, p.self.Name, mine) {

@@ -57,6 +57,7 @@ func (h *Host) collectPeerKeys(p *pass) error {
 		p.peerKeys[c.Name], p.peerStates[c.Name] = k, st
 		p.peers = append(p.peers, peerStatus(c, "consumer", k, st))
 	}
+	h.reportTrust(p)
 	return h.loadConfigured(p)
 }
 

@@ -34,6 +34,8 @@ const (
 	SubstitutersReady = "SubstitutersReady"
 	// The agent's peer port listens.
 	PeerPortReady = "PeerPortReady"
+	// No peer offers a host key that is refused.
+	PeersTrusted = "PeersTrusted"
 )
 
 // Condition follows the Kubernetes API conventions: LastTransitionTime
