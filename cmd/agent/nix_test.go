@@ -170,6 +170,12 @@ func stagingServesProduction(t *testing.T, port int, protocol string) {
 		t.Fatalf("production's nixpeer.conf lacks staging's cache key %s:\n%s", sf.CacheKey.PublicKey, conf)
 	}
 
+	// Converged: a reconcile of either agent finds everything in place and
+	// writes nothing, probes nothing and runs no command.
+	for _, a := range []*agent{f.stage, f.prod} {
+		assertNoOpReconcile(t, a)
+	}
+
 	// Staging's daemon, restarted by the agent's apply, signs what it builds.
 	// Unique content: a path built in an earlier run carries only the
 	// signature of that run's key, and would not be built again.
@@ -304,5 +310,42 @@ hosts:
 		fmt.Sprintf(`(import %s { config = {}; lib = {}; pkgs = {}; }).nix.settings.fallback`, module)).CombinedOutput()
 	if err != nil || strings.TrimSpace(string(out)) != "true" {
 		t.Fatalf("module's nix.settings.fallback = %s (%v), want true", out, err)
+	}
+}
+
+// assertNoOpReconcile asks a Ready agent to reconcile and checks that no
+// managed file nor its state database was written, and that the apply
+// command did not run.
+func assertNoOpReconcile(t *testing.T, a *agent) {
+	t.Helper()
+	before := a.waitFor("Ready", ready)
+	paths := []string{filepath.Join(a.root, "var/lib/nixpeer/state.db")}
+	for _, f := range before.Files {
+		paths = append(paths, f.Path)
+	}
+	mtimes := map[string]time.Time{} // zero: the file does not exist
+	for _, p := range paths {
+		if st, err := os.Stat(p); err == nil {
+			mtimes[p] = st.ModTime()
+		} else if !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+	}
+	applies := strings.Count(a.logs.String(), `"msg":"ran apply"`)
+	if err := a.client.Reconcile(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	a.waitFor("the reconcile ran", func(s status.Status) bool { return s.LastReconcile.After(before.LastReconcile) })
+	for _, p := range paths {
+		var now time.Time
+		if st, err := os.Stat(p); err == nil {
+			now = st.ModTime()
+		}
+		if !now.Equal(mtimes[p]) {
+			t.Errorf("%s was written by a reconcile that had nothing to do", p)
+		}
+	}
+	if n := strings.Count(a.logs.String(), `"msg":"ran apply"`); n != applies {
+		t.Errorf("a reconcile that had nothing to do ran the apply command")
 	}
 }

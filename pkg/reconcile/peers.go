@@ -254,7 +254,11 @@ func (h *Host) substituter(p *pass, peer *desired.Host, ps *status.Peer) (*confi
 	}
 	p.configured[peer.Name] = cur
 	p.configuredChanged = true
-	ps.State, ps.Message = PeerServing, fmt.Sprintf("serves this host; probe answered in %v (protocol version %#x)", res.Elapsed.Round(time.Millisecond), res.ServerVersion)
+	h.log.Info("peer serves this host; using it as a substituter", zap.String("peer", peer.Name),
+		zap.Duration("probe", res.Elapsed), zap.Uint64("protocolVersion", res.ServerVersion))
+	// The same words as a pass that finds it verified: a status that
+	// does not change is not written again.
+	ps.State, ps.Message = PeerServing, "serves this host; verified"
 	return &cur, nil
 }
 
