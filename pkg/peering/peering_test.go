@@ -38,6 +38,16 @@ func servePeer(t *testing.T, p *Port, listen string, key ssh.Signer) {
 		HostKeys: []string{keyLine(key.PublicKey())}})
 }
 
+// fixture is a context, a store, a free peer-port address and a port that
+// serves nothing yet; all end with the test.
+func fixture(t *testing.T) (context.Context, context.CancelFunc, *state.Store, string, *Port) {
+	ctx, cancel := context.WithCancel(context.Background())
+	store := openStore(t)
+	port := NewPort(ctx, zaptest.NewLogger(t), peer.ServerOptions{}, func(string) {})
+	t.Cleanup(port.Close)
+	return ctx, cancel, store, freeAddr(t), port
+}
+
 func openStore(t *testing.T) *state.Store {
 	store, err := state.Open(filepath.Join(t.TempDir(), "state.db"), time.Second)
 	if err != nil {
@@ -86,13 +96,9 @@ func manager(t *testing.T, ctx context.Context, store *state.Store) (*Manager, f
 }
 
 func TestTrustOnFirstUseThenChangeThenReset(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel, store, listen, port := fixture(t)
 	defer cancel()
-	store := openStore(t)
-	listen := freeAddr(t)
 	a, b := newSigner(t), newSigner(t)
-	port := NewPort(ctx, zaptest.NewLogger(t), peer.ServerOptions{}, func(string) {})
-	defer port.Close()
 	servePeer(t, port, listen, a)
 	target := Target{Name: "stage", Address: addr, Addr: listen}
 
@@ -143,12 +149,8 @@ func TestTrustOnFirstUseThenChangeThenReset(t *testing.T) {
 }
 
 func TestPinsRequiredRefusesAnUnpinnedPeer(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel, store, listen, port := fixture(t)
 	defer cancel()
-	store := openStore(t)
-	listen := freeAddr(t)
-	port := NewPort(ctx, zaptest.NewLogger(t), peer.ServerOptions{}, func(string) {})
-	defer port.Close()
 	servePeer(t, port, listen, newSigner(t))
 	m, wait := manager(t, ctx, store)
 	m.Sync([]Target{{Name: "stage", Address: addr, Addr: listen, PinsRequired: true}})
@@ -168,12 +170,8 @@ func TestPinsRequiredRefusesAnUnpinnedPeer(t *testing.T) {
 // address under another name is never trusted, so the real peer is not
 // refused later.
 func TestImpostorIsNotTrustedOnFirstUse(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel, store, listen, port := fixture(t)
 	defer cancel()
-	store := openStore(t)
-	listen := freeAddr(t)
-	port := NewPort(ctx, zaptest.NewLogger(t), peer.ServerOptions{}, func(string) {})
-	defer port.Close()
 	impostor := newSigner(t)
 	if err := port.Ensure(listen, impostor); err != nil {
 		t.Fatal(err)
