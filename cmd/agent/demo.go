@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/nixpeer/nixpeer/pkg/api"
+	"github.com/nixpeer/nixpeer/pkg/reconcile"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
 
@@ -159,10 +160,10 @@ hosts:
 	// uses staging, or, without staging's sshd, once it waits on its probe.
 	done := []func(status.Status) bool{
 		func(st status.Status) bool {
-			return (st.Ready || !d.real) && st.ObservedGeneration == st.Generation && peerIn(st, PeerKeysKnown)
+			return (st.Ready || !d.real) && st.ObservedGeneration == st.Generation && peerIn(st, reconcile.PeerKeysKnown)
 		},
 		func(st status.Status) bool {
-			return (st.Ready && st.ObservedGeneration == st.Generation) || (!d.real && peerIn(st, "ProbeFailed"))
+			return (st.Ready && st.ObservedGeneration == st.Generation) || (!d.real && peerIn(st, reconcile.PeerProbeFailed))
 		},
 	}
 	for i, a := range []*demoAgent{stage, prod} {
@@ -338,9 +339,6 @@ func (d *demo) startAgent(ctx context.Context, self, config, name, root string) 
 	}
 	return &demoAgent{name: name, root: root, client: api.NewClient(filepath.Join(root, "run/nixpeer/agent.sock"))}, nil
 }
-
-// PeerKeysKnown is a consumer's state once its client key is known.
-const PeerKeysKnown = "KeysKnown"
 
 // peerIn reports whether the agent's (only) peer is in state.
 func peerIn(st status.Status, state string) bool {

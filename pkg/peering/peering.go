@@ -120,6 +120,8 @@ type watched struct {
 	target Target
 	cancel context.CancelFunc
 	st     State
+	// trustedAt is when st.HostKey was first trusted, as stored.
+	trustedAt time.Time
 	// connKey is the host key of the current connection, set by check
 	// (on the SSH library's goroutine) and read by accept; under the
 	// manager's mutex.
@@ -257,6 +259,9 @@ func (m *Manager) loadLocked(w *watched) {
 	case recKey != nil && !t.PinsRequired:
 		w.st.Trust, w.st.HostKey = TrustTOFU, recKey
 	}
+	if sameKey(recKey, w.st.HostKey) {
+		w.trustedAt = rec.TrustedAt
+	}
 	// Facts are kept only when they came over a connection authenticated
 	// by the key trusted now.
 	if found && rec.Facts != nil && w.st.HostKey != nil && sameKey(recKey, w.st.HostKey) &&
@@ -340,6 +345,7 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 		return nil
 	}
 	st := &w.st
+	now := m.clock.Now()
 	firstUse := st.HostKey == nil
 	if firstUse {
 		st.Trust, st.HostKey = TrustTOFU, key
@@ -347,18 +353,16 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 		m.mu.Unlock()
 		return fmt.Errorf("the connection to %s changed host key", t.Addr)
 	}
-	changed := !st.Connected || st.Refused != nil || st.Facts == nil || !reflect.DeepEqual(*st.Facts, f)
+	if w.trustedAt.IsZero() {
+		w.trustedAt = now // first use, or a pin never stored before
+	}
 	newFacts := st.Facts == nil || !reflect.DeepEqual(*st.Facts, f)
+	changed := newFacts || !st.Connected || st.Refused != nil
 	if newFacts || firstUse {
-		now := m.clock.Now()
-		rec := record{HostKey: keyLine(st.HostKey), Trust: st.Trust, TrustedAt: now, Facts: &f, FactsAt: now}
-		var old record
-		if ok, _ := m.store.GetPeer(t.Name, &old); ok && old.HostKey == rec.HostKey {
-			rec.TrustedAt = old.TrustedAt
-		}
+		rec := record{HostKey: keyLine(st.HostKey), Trust: st.Trust, TrustedAt: w.trustedAt, Facts: &f, FactsAt: now}
 		if err := m.store.PutPeer(t.Name, rec); err != nil {
 			if firstUse {
-				st.Trust, st.HostKey = TrustNone, nil
+				st.Trust, st.HostKey, w.trustedAt = TrustNone, nil, time.Time{}
 				m.mu.Unlock()
 				return fmt.Errorf("remember the host key of %s: %w", t.Name, err)
 			}
@@ -411,17 +415,7 @@ func sameKey(a, b ssh.PublicKey) bool {
 	return bytes.Equal(a.Marshal(), b.Marshal())
 }
 
-func fingerprint(k ssh.PublicKey) string {
-	if k == nil {
-		return ""
-	}
-	return ssh.FingerprintSHA256(k)
-}
+func fingerprint(k ssh.PublicKey) string { return sshkeys.Key{Public: k}.Fingerprint() }
 
 // keyLine is k as "TYPE BASE64", as facts list host keys.
-func keyLine(k ssh.PublicKey) string {
-	if k == nil {
-		return ""
-	}
-	return string(bytes.TrimSuffix(ssh.MarshalAuthorizedKey(k), []byte("\n")))
-}
+func keyLine(k ssh.PublicKey) string { return sshkeys.Key{Public: k}.AuthorizedLine() }

@@ -35,8 +35,7 @@ type Config struct {
 	// HostName is --host; when empty the host is found by Hostnames.
 	HostName  string
 	Hostnames []string
-	// Peers watches the peers; Port is this agent's peer port. Without
-	// them the host knows of its peers only what the file pins.
+	// Peers watches the peers; Port is this agent's peer port.
 	Peers *peering.Manager
 	Port  *peering.Port
 }
@@ -275,7 +274,7 @@ func (h *Host) finish(p *pass, prev status.Status, fileOK bool) error {
 			zap.Int64("observedGeneration", next.ObservedGeneration), zap.Strings("wrote", p.files))
 	}
 	// Published only once stored: whoever sees it can rely on the disk.
-	if f, ok := h.facts(p, next); ok && h.cfg.Port != nil {
+	if f, ok := h.facts(p, next); ok {
 		h.cfg.Port.Publish(f)
 	}
 	h.mu.Lock()

@@ -53,21 +53,14 @@ type configuredPeer struct {
 // reconcilePeering keeps the peer port listening and a watch open to every
 // peer this host fetches from or serves.
 func (h *Host) reconcilePeering(p *pass) error {
-	if h.cfg.Port == nil || h.cfg.Peers == nil {
-		return nil
-	}
 	var targets []peering.Target
 	add := func(peer *desired.Host) error {
-		t := peering.Target{Name: peer.Name, Address: peer.Address, PinsRequired: p.file.Trust == desired.TrustPinned,
-			Addr: net.JoinHostPort(peer.Address, strconv.Itoa(peer.PeerPort))}
-		if peer.HostKey != "" {
-			k, err := sshkeys.ParsePublicLine(peer.HostKey)
-			if err != nil {
-				return fmt.Errorf("hostKey of %s: %w", peer.Name, err)
-			}
-			t.Pin = k
+		pins, err := pinnedKeys(peer)
+		if err != nil {
+			return err
 		}
-		targets = append(targets, t)
+		targets = append(targets, peering.Target{Name: peer.Name, Address: peer.Address, Pin: pins.HostKey,
+			PinsRequired: p.file.Trust == desired.TrustPinned, Addr: net.JoinHostPort(peer.Address, strconv.Itoa(peer.PeerPort))})
 		return nil
 	}
 	for _, name := range p.self.SubstituteFrom {
@@ -127,10 +120,10 @@ func (h *Host) reportTrust(p *pass) {
 // learnedKeys adds what peer's agent told, over a trusted connection, to
 // the keys the file pins; a pin wins over what the peer says.
 func (h *Host) learnedKeys(peer *desired.Host, k PeerKeys) (PeerKeys, peering.State) {
-	if h.cfg.Peers == nil {
-		return k, peering.State{Name: peer.Name, Trust: peering.TrustNone}
+	st, ok := h.cfg.Peers.Get(peer.Name)
+	if !ok {
+		st = peering.State{Name: peer.Name, Trust: peering.TrustNone}
 	}
-	st, _ := h.cfg.Peers.Get(peer.Name)
 	if k.HostKey == nil {
 		k.HostKey = st.HostKey
 	}
@@ -148,12 +141,6 @@ func (h *Host) learnedKeys(peer *desired.Host, k PeerKeys) (PeerKeys, peering.St
 // peerStatus says what the host knows of a peer, for the status.
 func peerStatus(peer *desired.Host, role string, k PeerKeys, st peering.State) status.Peer {
 	ps := status.Peer{Name: peer.Name, Address: peer.Address, Role: role, Trust: st.Trust, State: PeerWaitingForFacts}
-	if ps.Trust == "" {
-		ps.Trust = peering.TrustNone
-	}
-	if peer.HostKey != "" {
-		ps.Trust = peering.TrustPinned
-	}
 	if k.HostKey != nil {
 		ps.HostKeyFingerprint = ssh.FingerprintSHA256(k.HostKey)
 	}
