@@ -118,14 +118,25 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, config, ho
 	defer port.Close()
 
 	hostnames := machineHostnames()
+	var nixEnv []string
+	if l.Root != "" && l.Root != "/" {
+		nixEnv = []string{"NIX_CONF_DIR=" + l.NixConfDir}
+	}
 	host, err := reconcile.NewHost(reconcile.Config{
 		Log: log, Clock: clock.Real{}, Layout: l, Store: store,
 		ConfigFile: config, HostName: hostName, Hostnames: hostnames,
-		Peers: peers, Port: port,
+		Peers: peers, Port: port, Nix: reconcile.SystemNix(nixEnv), Prober: reconcile.SSHProber{},
+		Trigger: notify,
 	})
 	if err != nil {
 		return err
 	}
+	// The host's work (apply, signing, probes) ends with ctx: its
+	// process groups are killed.
+	defer func() {
+		cancel()
+		host.Wait()
+	}()
 	loop = reconcile.NewLoop(log, clock.Real{}, host, resync)
 	close(loopReady)
 	backend := &backend{host: host, loop: loop, peers: peers}

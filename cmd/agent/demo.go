@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/nixpeer/nixpeer/pkg/api"
-	"github.com/nixpeer/nixpeer/pkg/reconcile"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
 
@@ -160,10 +159,10 @@ hosts:
 	// uses staging, or, without staging's sshd, once it waits on its probe.
 	done := []func(status.Status) bool{
 		func(st status.Status) bool {
-			return (st.Ready || !d.real) && st.ObservedGeneration == st.Generation && peerIn(st, reconcile.PeerKeysKnown)
+			return (st.Ready || !d.real) && st.ObservedGeneration == st.Generation && peerIn(st, status.PeerKeysKnown)
 		},
 		func(st status.Status) bool {
-			return (st.Ready && st.ObservedGeneration == st.Generation) || (!d.real && peerIn(st, reconcile.PeerProbeFailed))
+			return (st.Ready && st.ObservedGeneration == st.Generation) || (!d.real && peerIn(st, status.PeerProbeFailed))
 		},
 	}
 	for i, a := range []*demoAgent{stage, prod} {
@@ -341,7 +340,7 @@ func (d *demo) startAgent(ctx context.Context, self, config, name, root string) 
 }
 
 // peerIn reports whether the agent's (only) peer is in state.
-func peerIn(st status.Status, state string) bool {
+func peerIn(st status.Status, state status.PeerState) bool {
 	return len(st.Peers) > 0 && st.Peers[0].State == state
 }
 

@@ -35,7 +35,7 @@ func peerState(a *agent, what string, cond func(status.Peer) bool) status.Status
 	})
 }
 
-func inState(states ...string) func(status.Peer) bool {
+func inState(states ...status.PeerState) func(status.Peer) bool {
 	return func(p status.Peer) bool {
 		for _, s := range states {
 			if p.State == s {
@@ -58,9 +58,10 @@ func readFile(t testing.TB, path string) []byte {
 // TestProductionStartedLongBeforeStaging: production waits for a staging
 // agent that is not there, without writing a substituter; staging comes
 // up, is killed mid-way (after authorizing production, before its sshd
-// serves) and restarted; both converge once sshd serves. Staging going
-// away afterwards leaves production's settings in place, reported
-// unreachable.
+// serves) and restarted; both converge once sshd serves. Then the
+// breaker: with staging's agent gone but its sshd serving, production
+// keeps the substituter; with sshd gone too, production withdraws it and
+// stays Ready; with both back, it uses staging again.
 func TestProductionStartedLongBeforeStaging(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.Require(t, "nix", "nix-store", "nix-daemon", "sshd")
@@ -68,7 +69,7 @@ func TestProductionStartedLongBeforeStaging(t *testing.T) {
 	f := prepareFleet(t, testenv.FreePort(t, "127.0.0.2"), "ssh")
 	f.prod = startAgent(t, f.P, f.config, "prod")
 	st := peerState(f.prod, "production sees staging's agent down", func(p status.Peer) bool {
-		return p.State == "WaitingForFacts" && strings.Contains(p.Message, "connection refused")
+		return p.State == status.PeerWaitingForFacts && strings.Contains(p.Message, "connection refused")
 	})
 	if st.Ready {
 		t.Fatal("production Ready without its peer")
@@ -79,28 +80,41 @@ func TestProductionStartedLongBeforeStaging(t *testing.T) {
 	}
 
 	f.stage = startAgent(t, f.S, f.config, "stage")
-	peerState(f.prod, "production authorized, probe failing without sshd", inState("ProbeFailed"))
+	peerState(f.prod, "production authorized, probe failing without sshd", inState(status.PeerProbeFailed))
 	f.stage.kill9()
 	f.stage = startAgent(t, f.S, f.config, "stage")
 	f.startSSHD(t)
 	f.stage.waitFor("staging Ready", ready)
 	st = f.prod.waitFor("production Ready", ready)
-	if st.Peers[0].State != "Serving" {
+	if st.Peers[0].State != status.PeerServing {
 		t.Fatalf("production's peer: %+v", st.Peers[0])
 	}
-	before := readFile(t, conf)
-	if !bytes.Contains(before, []byte("ssh://nix-ssh@127.0.0.2?")) {
-		t.Fatalf("production's nixpeer.conf lacks the substituter:\n%s", before)
+	serving := readFile(t, conf)
+	if !bytes.Contains(serving, []byte("ssh://nix-ssh@127.0.0.2?")) {
+		t.Fatalf("production's nixpeer.conf lacks the substituter:\n%s", serving)
 	}
 
 	f.stage.stop()
-	st = peerState(f.prod, "staging unreachable", inState("Unreachable"))
-	if !st.Ready {
-		t.Fatalf("production not Ready while staging is away (fallback covers it): %+v", st)
+	st = peerState(f.prod, "staging's agent gone, its sshd probed", func(p status.Peer) bool {
+		return p.State == status.PeerServing && !p.Connected && strings.Contains(p.Message, "sshd serves")
+	})
+	if !st.Ready || !bytes.Equal(readFile(t, conf), serving) {
+		t.Fatalf("production changed while staging's sshd still serves: ready %v\n%s", st.Ready, readFile(t, conf))
 	}
-	if after := readFile(t, conf); !bytes.Equal(after, before) {
-		t.Fatalf("production's settings changed when staging went away:\n%s", after)
+
+	f.sshd.Stop(t)
+	st = f.prod.waitFor("staging withdrawn", func(s status.Status) bool {
+		return ready(s) && s.Peers[0].State == status.PeerUnreachable && !bytes.Contains(readFile(t, conf), []byte("ssh://"))
+	})
+	if c := condition(t, st, status.SubstitutersReady); c.Status != status.True || !strings.Contains(c.Message, "withdrawn") {
+		t.Fatalf("SubstitutersReady with staging dark: %+v", c)
 	}
+
+	f.startSSHD(t)
+	f.stage = startAgent(t, f.S, f.config, "stage")
+	f.prod.waitFor("staging used again", func(s status.Status) bool {
+		return ready(s) && s.Peers[0].State == status.PeerServing && bytes.Equal(readFile(t, conf), serving)
+	})
 }
 
 // twoAgents starts staging and production without sshd: peering runs up

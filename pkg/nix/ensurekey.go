@@ -94,43 +94,92 @@ func ensurePrivateDir(dir string) error {
 
 // readSecretKey reads and checks the secret key file. A missing file gives
 // an error that wraps fs.ErrNotExist; every other problem is an error that
-// tells the operator what to do.
+// tells the operator what to do. A key named other than name is refused;
+// a wrong mode is set back to 0600.
 func readSecretKey(path, name string) (SecretKey, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	sk, st, err := readSecretKeyFile(path)
+	if err != nil {
 		return SecretKey{}, err
-	}
-	if err != nil {
-		return SecretKey{}, fmt.Errorf("read cache signing key: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return SecretKey{}, fmt.Errorf("read cache signing key: %w", err)
-	}
-	if !st.Mode().IsRegular() {
-		return SecretKey{}, unusableKey(path, "it is not a regular file")
-	}
-	if st.Size() > maxKeyFileSize {
-		return SecretKey{}, unusableKey(path, fmt.Sprintf("it is %d bytes long, far more than a key", st.Size()))
-	}
-	data := make([]byte, st.Size())
-	if _, err := io.ReadFull(f, data); err != nil {
-		return SecretKey{}, fmt.Errorf("read cache signing key %s: %w", path, err)
-	}
-	sk, err := ParseSecretKey(string(data))
-	if err != nil {
-		return SecretKey{}, unusableKey(path, err.Error())
 	}
 	if sk.Name() != name {
 		return SecretKey{}, unusableKey(path, fmt.Sprintf("its key is named %q, not %q", sk.Name(), name))
 	}
 	if st.Mode().Perm() != 0o600 {
-		if err := f.Chmod(0o600); err != nil {
+		if err := os.Chmod(path, 0o600); err != nil {
 			return SecretKey{}, fmt.Errorf("restrict mode of cache signing key %s: %w", path, err)
 		}
 	}
 	return sk, nil
+}
+
+// readSecretKeyFile reads and parses the secret key file, whatever its
+// key's name.
+func readSecretKeyFile(path string) (SecretKey, fs.FileInfo, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return SecretKey{}, nil, err
+	}
+	if err != nil {
+		return SecretKey{}, nil, fmt.Errorf("read cache signing key: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return SecretKey{}, nil, fmt.Errorf("read cache signing key: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return SecretKey{}, nil, unusableKey(path, "it is not a regular file")
+	}
+	if st.Size() > maxKeyFileSize {
+		return SecretKey{}, nil, unusableKey(path, fmt.Sprintf("it is %d bytes long, far more than a key", st.Size()))
+	}
+	data := make([]byte, st.Size())
+	if _, err := io.ReadFull(f, data); err != nil {
+		return SecretKey{}, nil, fmt.Errorf("read cache signing key %s: %w", path, err)
+	}
+	sk, err := ParseSecretKey(string(data))
+	if err != nil {
+		return SecretKey{}, nil, unusableKey(path, err.Error())
+	}
+	return sk, st, nil
+}
+
+// CacheKeyState is what InspectCacheKey found.
+type CacheKeyState struct {
+	// Missing: there is no secret key file.
+	Missing bool
+	// Name is the existing key's name; Public its public half.
+	Name   string
+	Public PublicKey
+	// NeedsRepair: the key is fine, but its mode, its directory's mode
+	// or its public file is not what EnsureCacheKey keeps.
+	NeedsRepair bool
+}
+
+// InspectCacheKey reads the binary-cache signing key in dir without
+// changing anything. A missing key is no error; a file that is not a
+// usable key is, as EnsureCacheKey would report it. The key's name is not
+// checked: the caller compares it with the one it wants.
+func InspectCacheKey(dir string) (CacheKeyState, error) {
+	secretPath := filepath.Join(dir, SecretKeyFileName)
+	sk, st, err := readSecretKeyFile(secretPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return CacheKeyState{Missing: true}, nil
+	}
+	if err != nil {
+		return CacheKeyState{}, err
+	}
+	ks := CacheKeyState{Name: sk.Name(), Public: sk.Public()}
+	dst, derr := os.Stat(dir)
+	pub, perr := os.ReadFile(filepath.Join(dir, PublicKeyFileName))
+	ks.NeedsRepair = st.Mode().Perm() != 0o600 || derr != nil || dst.Mode().Perm() != 0o700 ||
+		perr != nil || string(pub) != ks.Public.String()
+	if !ks.NeedsRepair {
+		if pst, err := os.Stat(filepath.Join(dir, PublicKeyFileName)); err != nil || pst.Mode().Perm() != 0o644 {
+			ks.NeedsRepair = true
+		}
+	}
+	return ks, nil
 }
 
 // unusableKey is the error for a secret key file nixpeer must not touch.

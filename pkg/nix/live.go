@@ -35,3 +35,20 @@ func Live(s Settings, effective map[string]string) []string {
 	check("secret-key-files", s.SecretKeyFiles, "secret key file")
 	return missing
 }
+
+// StillLive returns one sentence per substituter in withdrawn that the
+// effective configuration still uses: nixpeer took it out (its peer went
+// dark), and it must leave the live settings, not only the file.
+func StillLive(withdrawn []string, effective map[string]string) []string {
+	have := map[string]bool{}
+	for _, v := range strings.Fields(effective["substituters"]) {
+		have[v] = true
+	}
+	var live []string
+	for _, w := range dedup(withdrawn) {
+		if have[w] {
+			live = append(live, fmt.Sprintf("substituter %s is still in substituters", w))
+		}
+	}
+	return live
+}

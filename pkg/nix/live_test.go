@@ -36,3 +36,15 @@ func TestLive(t *testing.T) {
 		t.Errorf("mismatch (-want +got):\n%s", diff)
 	}
 }
+
+func TestStillLive(t *testing.T) {
+	eff := map[string]string{"substituters": "https://cache.nixos.org/ ssh://nix-ssh@a"}
+	got := StillLive([]string{"ssh://nix-ssh@a", "ssh://nix-ssh@b", "ssh://nix-ssh@a"}, eff)
+	want := []string{"substituter ssh://nix-ssh@a is still in substituters"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("mismatch (-want +got):\n%s", diff)
+	}
+	if got := StillLive(nil, eff); got != nil {
+		t.Errorf("nothing withdrawn: %q", got)
+	}
+}

@@ -5,28 +5,38 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+
+	"github.com/nixpeer/nixpeer/pkg/command"
 )
+
+// CLI runs the nix command. It learns Nix's version once (one spawn, at
+// the first call that needs it) and keeps it: the version of the nix
+// binary does not change under a running agent often enough to pay a
+// spawn at every check.
+type CLI struct {
+	// Env is added to this process's environment for every nix run (for
+	// example NIX_CONF_DIR=DIR to read DIR/nix.conf).
+	Env []string
+
+	mu           sync.Mutex
+	major, minor int
+	known        bool
+}
 
 // ShowConfig returns the configuration Nix itself sees: every setting name
 // with its effective value as nix.conf would spell it (lists joined by one
-// space, booleans true or false). env is appended to the environment of this
-// process for the nix runs (for example NIX_CONF_DIR=DIR to read DIR/nix.conf).
+// space, booleans true or false).
 //
-// It runs `nix --version`, then `nix show-config --json` (Nix before 2.20)
-// or `nix config show --json` (2.20 and later), with the nix-command
-// experimental feature turned on. If that subcommand fails the other one is
-// tried once; the error then names both.
-func ShowConfig(ctx context.Context, env []string) (map[string]string, error) {
-	version, err := runNix(ctx, env, "--version")
-	if err != nil {
-		return nil, fmt.Errorf("show nix configuration: %w", err)
-	}
-	major, minor, err := parseNixVersion(string(version))
+// It runs `nix show-config --json` (Nix before 2.20) or `nix config show
+// --json` (2.20 and later), with the nix-command experimental feature
+// turned on. If that subcommand fails the other one is tried once; the
+// error then names both.
+func (c *CLI) ShowConfig(ctx context.Context) (map[string]string, error) {
+	major, minor, err := c.version(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("show nix configuration: %w", err)
 	}
@@ -37,7 +47,7 @@ func ShowConfig(ctx context.Context, env []string) (map[string]string, error) {
 	var firstErr error
 	for _, sub := range cmds {
 		args := append([]string{"--extra-experimental-features", "nix-command"}, sub...)
-		out, err := runNix(ctx, env, append(args, "--json")...)
+		out, err := c.run(ctx, append(args, "--json")...)
 		if err != nil {
 			if firstErr == nil {
 				firstErr = err
@@ -54,17 +64,40 @@ func ShowConfig(ctx context.Context, env []string) (map[string]string, error) {
 	return nil, fmt.Errorf("show nix configuration: %w", firstErr)
 }
 
-// runNix runs nix with args and env added to this process's environment,
-// and returns its standard output; a failure carries its standard error.
-func runNix(ctx context.Context, env []string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, "nix", args...)
-	cmd.Env = append(os.Environ(), env...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("nix %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+// SignClosure signs the closure of storePath with the secret key in
+// keyFile (`nix store sign -r`).
+func (c *CLI) SignClosure(ctx context.Context, keyFile, storePath string) error {
+	_, err := c.run(ctx, "--extra-experimental-features", "nix-command", "store", "sign", "--key-file", keyFile, "-r", storePath)
+	return err
+}
+
+// version returns Nix's major and minor version, from `nix --version` the
+// first time.
+func (c *CLI) version(ctx context.Context) (int, int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.known {
+		return c.major, c.minor, nil
 	}
-	return stdout.Bytes(), nil
+	out, err := c.run(ctx, "--version")
+	if err != nil {
+		return 0, 0, err
+	}
+	if c.major, c.minor, err = parseNixVersion(string(out)); err != nil {
+		return 0, 0, err
+	}
+	c.known = true
+	return c.major, c.minor, nil
+}
+
+// run runs nix with args, and returns its standard output; a failure
+// carries its standard error.
+func (c *CLI) run(ctx context.Context, args ...string) ([]byte, error) {
+	res, err := command.Run(ctx, append([]string{"nix"}, args...), c.Env)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s", err, command.Tail(res.Stderr, 2048))
+	}
+	return res.Stdout, nil
 }
 
 // parseNixVersion returns the major and minor version from `nix --version`

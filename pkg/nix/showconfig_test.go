@@ -95,7 +95,7 @@ func liveSettings(t *testing.T) Settings {
 func showConfig(t *testing.T, confDir string) map[string]string {
 	t.Helper()
 	env := []string{"NIX_CONF_DIR=" + confDir, "NIX_USER_CONF_FILES=" + filepath.Join(confDir, "no-user-conf"), "NIX_CONFIG="}
-	cfg, err := ShowConfig(context.Background(), env)
+	cfg, err := (&CLI{Env: env}).ShowConfig(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +167,7 @@ func TestLiveReportsWhatNixDoesNotUse(t *testing.T) {
 func TestShowConfigReportsNixErrors(t *testing.T) {
 	requireNix(t, "nix")
 	dir := nixConfDir(t, "include missing.conf\n", nil)
-	_, err := ShowConfig(context.Background(), []string{"NIX_CONF_DIR=" + dir})
+	_, err := (&CLI{Env: []string{"NIX_CONF_DIR=" + dir}}).ShowConfig(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "missing.conf") {
 		t.Fatalf("ShowConfig with a broken nix.conf: err = %v, want Nix's complaint", err)
 	}

@@ -15,7 +15,7 @@ import (
 // Defaults of the client.
 const (
 	// DefaultDialTimeout bounds the TCP connect, and then the SSH handshake.
-	DefaultDialTimeout = 10 * time.Second
+	DefaultDialTimeout = 5 * time.Second
 	// DefaultFetchTimeout bounds a whole Fetch.
 	DefaultFetchTimeout = 30 * time.Second
 )

@@ -20,7 +20,7 @@ const (
 	DefaultMaxChannels      = 4
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultIdleTimeout      = 60 * time.Second
-	DefaultKeepalive        = 15 * time.Second
+	DefaultKeepalive        = 2 * time.Second
 )
 
 // ServerOptions bound a Server. Zero fields take the defaults.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"sync/atomic"
 	"time"
 )
@@ -37,6 +38,20 @@ func (o WatchOptions) withDefaults() WatchOptions {
 		o.Rand = rand.Float64
 	}
 	return o
+}
+
+// ErrNoAnswer is wrapped by the error of a watch whose peer stopped
+// answering: a connection that went silent past its keepalive deadline,
+// or a connect or handshake that timed out. A peer that refuses or closes
+// the connection answers; one that drops packets does not.
+var ErrNoAnswer = errors.New("no answer")
+
+// NoAnswer reports whether err means the peer did not answer at all (see
+// ErrNoAnswer), as opposed to refusing or failing in another way.
+func NoAnswer(err error) bool {
+	var ne net.Error
+	return errors.Is(err, ErrNoAnswer) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.As(err, &ne) && ne.Timeout()
 }
 
 // Watch keeps a watch open to the peer at addr until ctx ends, and only
@@ -101,7 +116,7 @@ func watchOnce(ctx context.Context, addr string, check HostKeyCheck, opts WatchO
 		case ctx.Err() != nil:
 			return delivered, ctx.Err()
 		case silent.Load():
-			return delivered, fmt.Errorf("no document or keepalive for %v; dropped the connection", silence)
+			return delivered, fmt.Errorf("%w: no document or keepalive for %v; dropped the connection", ErrNoAnswer, silence)
 		case errors.Is(err, io.EOF):
 			return delivered, fmt.Errorf("connection closed by the peer%s", stderr.suffix())
 		case err != nil:

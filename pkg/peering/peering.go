@@ -86,6 +86,13 @@ type State struct {
 	FactsAt time.Time
 	// Connected is set while a watch is open and has delivered facts.
 	Connected bool
+	// Since is when Connected last changed (zero before the first
+	// connection or failure of this run).
+	Since time.Time
+	// NoAnswer is set while the watch is down because the peer stopped
+	// answering (silence past the keepalive deadline, or a connect that
+	// timed out), rather than refusing or closing the connection.
+	NoAnswer bool
 	// LastError is the last failure of the watch, "" while connected.
 	LastError string
 	// Refused is set while the peer offers a host key that is refused.
@@ -358,6 +365,9 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 	}
 	newFacts := st.Facts == nil || !reflect.DeepEqual(*st.Facts, f)
 	changed := newFacts || !st.Connected || st.Refused != nil
+	if !st.Connected {
+		st.Since = now
+	}
 	if newFacts || firstUse {
 		rec := record{HostKey: keyLine(st.HostKey), Trust: st.Trust, TrustedAt: w.trustedAt, Facts: &f, FactsAt: now}
 		if err := m.store.PutPeer(t.Name, rec); err != nil {
@@ -371,7 +381,7 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 		ff := f
 		st.Facts, st.FactsAt = &ff, now
 	}
-	st.Connected, st.LastError, st.Refused = true, "", nil
+	st.Connected, st.NoAnswer, st.LastError, st.Refused = true, false, "", nil
 	m.mu.Unlock()
 	if firstUse {
 		log.Warn("trusted a peer's host key on first use; pin it as hostKey to be sure", zap.String("fingerprint", fingerprint(key)))
@@ -399,8 +409,12 @@ func (m *Manager) failed(ctx context.Context, log *zap.Logger, w *watched, err e
 		return
 	}
 	st := &w.st
-	changed := st.Connected || st.LastError != msg
-	st.Connected, st.LastError = false, msg
+	noAnswer := peer.NoAnswer(err)
+	changed := st.Connected || st.LastError != msg || st.NoAnswer != noAnswer || st.Since.IsZero()
+	if st.Connected || st.Since.IsZero() {
+		st.Since = m.clock.Now()
+	}
+	st.Connected, st.NoAnswer, st.LastError = false, noAnswer, msg
 	m.mu.Unlock()
 	if changed {
 		log.Info("peer unreachable", zap.Error(err))

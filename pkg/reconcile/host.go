@@ -7,19 +7,19 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/nixpeer/nixpeer/pkg/clock"
 	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/layout"
-	"github.com/nixpeer/nixpeer/pkg/peer"
-	"github.com/nixpeer/nixpeer/pkg/peering"
-	"github.com/nixpeer/nixpeer/pkg/sshkeys"
+	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/state"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
@@ -36,18 +36,27 @@ type Config struct {
 	HostName  string
 	Hostnames []string
 	// Peers watches the peers; Port is this agent's peer port.
-	Peers *peering.Manager
-	Port  *peering.Port
+	Peers Peers
+	Port  Port
+	// Nix runs Nix and the apply command; Prober probes peers' sshd.
+	Nix    Nix
+	Prober Prober
+	// Trigger asks the loop for a pass (when a job ends).
+	Trigger func(reason string)
 }
 
 // Host reconciles one host: it owns the host's status.
 type Host struct {
-	cfg Config
-	log *zap.Logger
+	cfg  Config
+	log  *zap.Logger
+	jobs *jobs
 
 	// Touched only by the loop's single worker.
 	desired    *desired.File // last good desired state
 	generation int64
+	// trips are when each substituter was withdrawn for going dark: the
+	// breaker's memory of flapping peers.
+	trips map[string][]time.Time
 
 	mu      sync.Mutex
 	status  status.Status
@@ -56,21 +65,21 @@ type Host struct {
 
 // NewHost prepares a reconciler, picking up the last good desired state and
 // the last status from the store, so a restart starts where it left off.
+// A record that cannot be read is logged and left for the first pass to
+// write anew.
 func NewHost(cfg Config) (*Host, error) {
-	h := &Host{cfg: cfg, log: cfg.Log, updated: make(chan struct{})}
-	st, ok, err := cfg.Store.LoadStatus()
-	if err != nil {
-		return nil, err
-	}
-	if ok {
+	h := &Host{cfg: cfg, log: cfg.Log, updated: make(chan struct{}), trips: map[string][]time.Time{}}
+	h.jobs = newJobs(cfg.Clock, func(reason string) { cfg.Trigger(reason) })
+	if st, ok, err := cfg.Store.LoadStatus(); err != nil {
+		h.log.Warn("the last status in the state store is unreadable; starting without it", zap.Error(err))
+	} else if ok {
 		h.status = st
 	}
 	h.status.ConfigFile = cfg.ConfigFile
 	last, err := cfg.Store.Desired()
 	if err != nil {
-		return nil, err
-	}
-	if last != nil {
+		h.log.Warn("the last good desired state in the state store is unreadable; starting without it", zap.Error(err))
+	} else if last != nil {
 		f, err := desired.Parse(last.File, last.Content)
 		if err != nil {
 			// It validated when it was stored: a newer agent may be
@@ -82,6 +91,10 @@ func NewHost(cfg Config) (*Host, error) {
 	}
 	return h, nil
 }
+
+// Wait returns once the work the host started (apply, signing, probes)
+// has ended; the context given to Reconcile must be done.
+func (h *Host) Wait() { h.jobs.wait() }
 
 // Status returns a copy of the host's status.
 func (h *Host) Status() status.Status {
@@ -112,169 +125,101 @@ func (h *Host) WaitReconciled(ctx context.Context, after time.Time) status.Statu
 // Only the loop's worker may call it.
 func (h *Host) Desired() *desired.File { return h.desired }
 
-// pass is one reconcile's working set.
-type pass struct {
-	ctx     context.Context
-	file    *desired.File
-	self    *desired.Host
-	conds   []status.Condition
-	managed []string // every file this pass manages
-	files   []string // those it wrote
-	peers   []status.Peer
-	errs    []error
-
-	// This host's SSH client and host keys.
-	clientKey, hostKey sshkeys.Key
-	// peerKeys are the trusted keys of every host in the file, by name,
-	// and peerStates what the watches know of the peers.
-	peerKeys   map[string]PeerKeys
-	peerStates map[string]peering.State
-	// configured are the substituters verified so far, by peer name.
-	configured        map[string]configuredPeer
-	configuredChanged bool
-	// Of a serving host: its binary-cache public key and secret key file,
-	// and the consumers' client keys it lets in.
-	cacheKey, secretKeyFile string
-	authorized              []peer.AuthorizedFact
+// Reconcile runs one pass: observe, plan, act, report. It returns when the
+// next pass is due without an event (0: at the resync), and the pass's
+// failures.
+func (h *Host) Reconcile(ctx context.Context) (time.Duration, error) {
+	o := h.observe()
+	p := plan(o)
+	a := h.act(ctx, o, p)
+	return h.report(o, p, a)
 }
 
-// set records a condition of this pass.
-func (p *pass) set(h *Host, typ string, ok bool, reason, msg string) {
-	s := status.False
-	if ok {
-		s = status.True
-	}
-	p.conds = status.Set(p.conds, status.Condition{Type: typ, Status: s, Reason: reason, Message: msg}, h.cfg.Clock.Now())
-}
-
-// peer returns the status of peer name in this pass.
-func (p *pass) peer(name string) *status.Peer {
-	for i := range p.peers {
-		if p.peers[i].Name == name {
-			return &p.peers[i]
-		}
-	}
-	p.peers = append(p.peers, status.Peer{Name: name})
-	return &p.peers[len(p.peers)-1]
-}
-
-// manage records that the pass manages path, and whether it wrote it.
-func (p *pass) manage(path string, written bool) {
-	p.managed = append(p.managed, path)
-	if written {
-		p.files = append(p.files, path)
-	}
-}
-
-// Reconcile compares the desired state with the host and acts.
-func (h *Host) Reconcile(ctx context.Context) error {
+// report builds the status from this pass alone (only the time of each
+// condition's last transition is carried over), stores it when it
+// changed, and tells the peers.
+func (h *Host) report(o *Observation, p *Plan, a *acted) (time.Duration, error) {
 	prev := h.Status()
-	p := &pass{ctx: ctx, conds: append([]status.Condition(nil), prev.Conditions...)}
-	fileOK := h.loadDesired(p)
-	if h.desired == nil {
-		return h.finish(p, prev, false)
-	}
-	p.file = h.desired
-	self, err := h.desired.FindSelf(h.cfg.HostName, h.cfg.Hostnames...)
-	if err != nil {
-		p.set(h, status.DesiredStateValid, false, "HostNotFound", err.Error())
-		return h.finish(p, prev, false)
-	}
-	p.self = self
-	for _, s := range steps {
-		if err := s(h, p); err != nil {
-			p.errs = append(p.errs, err)
-		}
-	}
-	return h.finish(p, prev, fileOK)
-}
-
-// loadDesired reads and validates the desired-state file. A file that does
-// not parse or validate is not applied: the last good one stays in force.
-func (h *Host) loadDesired(p *pass) bool {
-	name := h.cfg.ConfigFile
-	f, raw, err := desired.Load(name)
-	if err != nil {
-		reason := "Invalid"
-		if errors.Is(err, os.ErrNotExist) {
-			reason = "FileMissing"
-		}
-		keep := "no earlier desired state to keep: nothing is managed until it is fixed"
-		if h.desired != nil {
-			keep = fmt.Sprintf("keeping the last good desired state (generation %d)", h.generation)
-		}
-		msg := fmt.Sprintf("%s; %s", strings.TrimSpace(err.Error()), keep)
-		h.log.Error("desired-state file not applied", zap.String("file", name), zap.String("reason", reason), zap.String("error", err.Error()), zap.String("action", keep))
-		p.set(h, status.DesiredStateValid, false, reason, msg)
-		return false
-	}
-	gen, err := h.cfg.Store.RecordDesired(name, raw, f.Hash())
-	if err != nil {
-		p.set(h, status.DesiredStateValid, false, "StateStoreError", err.Error())
-		p.errs = append(p.errs, err)
-		return false
-	}
-	if gen != h.generation {
-		h.log.Info("new desired state", zap.String("file", name), zap.Int64("generation", gen))
-	}
-	h.desired, h.generation = f, gen
-	p.set(h, status.DesiredStateValid, true, "Valid", fmt.Sprintf("%s is valid (generation %d)", name, gen))
-	return true
-}
-
-// finish computes the summary, stores the status when it changed, and
-// returns the pass's error.
-func (h *Host) finish(p *pass, prev status.Status, fileOK bool) error {
-	now := h.cfg.Clock.Now()
-	next := prev.Clone()
-	next.Generation = h.generation
-	if p.self != nil {
-		next.Host = p.self.Name
-	}
-	err := errors.Join(p.errs...)
-	if err == nil && fileOK && p.self != nil {
-		next.ObservedGeneration = h.generation
-	}
-	if p.self != nil {
-		next.Peers = p.peers
-		next.Files = managedFiles(prev.Files, p.managed, p.files, now)
-	}
-	next.LastError = ""
-	if err != nil {
-		next.LastError = err.Error()
-	} else if c := firstFalse(p.conds); c != nil {
-		next.LastError = c.Message
-	}
-	ready, why := summarize(p.conds, next)
-	reason, msg := "AllReady", "every condition is True and the desired state is reconciled"
-	if !ready {
-		reason, msg = why.Reason, why.Type+": "+why.Message
-	}
-	p.set(h, status.Ready, ready, reason, msg)
-	next.Conditions = p.conds
-	next.Ready = ready
+	now := o.Now
+	next := status.Status{Host: prev.Host, ConfigFile: h.cfg.ConfigFile, Generation: o.Generation,
+		ObservedGeneration: prev.ObservedGeneration, Peers: p.Peers}
 	if next.Peers == nil {
 		next.Peers = []status.Peer{} // a JSON list, never null
 	}
+	var conds []status.Condition
+	var nixRes *Resource
+	for _, r := range p.Resources {
+		if r.Type == status.NixSettingsApplied {
+			nixRes = r
+		}
+		if r.Type == "" {
+			if f, failed := a.failed[r]; failed && f.Reason == "Waiting" {
+				a.errs = append(a.errs, errors.New(f.Message))
+			}
+			continue
+		}
+		c := status.Condition{Type: r.Type, Status: status.False, Reason: r.Reason, Message: r.Message}
+		if r.Status {
+			c.Status = status.True
+		}
+		if f, failed := a.failed[r]; failed {
+			c.Status, c.Reason, c.Message = status.False, f.Reason, f.Message
+		}
+		conds = append(conds, carry(prev.Conditions, c, now))
+	}
+	if o.Self != nil {
+		next.Host = o.Self.Name
+		next.Files = managedFiles(prev.Files, o, p, a, now)
+		if len(a.errs) == 0 {
+			next.ObservedGeneration = o.Generation
+		}
+	}
+	if nixRes != nil && a.done[nixRes] {
+		h.recordTrips(o, p, now)
+	}
+	passErr := errors.Join(a.errs...)
 
-	changed := !sameStatus(prev, next) || len(p.files) > 0
+	ready := status.Condition{Type: status.Ready, Status: status.True, Reason: "AllReady",
+		Message: "every condition is True and the desired state is reconciled"}
+	switch c := firstFalse(conds); {
+	case c != nil:
+		ready.Status, ready.Reason, ready.Message = status.False, c.Reason, c.Type+": "+c.Message
+	case passErr != nil:
+		ready.Status, ready.Reason, ready.Message = status.False, "PassFailed", passErr.Error()
+	case next.ObservedGeneration != next.Generation:
+		ready.Status, ready.Reason = status.False, "Reconciling"
+		ready.Message = fmt.Sprintf("generation %d is not reconciled yet (observed %d)", next.Generation, next.ObservedGeneration)
+	}
+	next.Conditions = append([]status.Condition{carry(prev.Conditions, ready, now)}, conds...)
+	sort.SliceStable(next.Conditions[1:], func(i, j int) bool { return next.Conditions[1+i].Type < next.Conditions[1+j].Type })
+	next.Ready = ready.Status == status.True
+	if passErr != nil {
+		next.LastError = passErr.Error()
+	} else if c := firstFalse(conds); c != nil {
+		next.LastError = c.Message
+	}
+
+	changed := !sameStatus(prev, next) || len(a.wrote) > 0
 	next.LastReconcile = now
 	if changed {
-		if serr := h.cfg.Store.SaveStatus(next); serr != nil {
-			err = errors.Join(err, serr)
+		if err := h.cfg.Store.SaveStatus(next); err != nil {
+			passErr = errors.Join(passErr, err)
+			next.Ready = false
+			next.Conditions[0] = carry(prev.Conditions, status.Condition{Type: status.Ready, Status: status.False,
+				Reason: "StateStoreError", Message: err.Error()}, now)
 		}
-		ev := state.Event{Time: now, Generation: h.generation, Reason: reason, Message: msg}
-		if len(p.files) > 0 {
-			ev.Message += "; wrote " + strings.Join(p.files, ", ")
+		ev := state.Event{Time: now, Generation: o.Generation, Reason: next.Conditions[0].Reason, Message: next.Conditions[0].Message}
+		if len(a.wrote) > 0 {
+			ev.Message += "; wrote " + strings.Join(a.wrote, ", ")
 		}
-		if serr := h.cfg.Store.AppendEvent(ev); serr != nil {
-			err = errors.Join(err, serr)
+		if err := h.cfg.Store.AppendEvent(ev); err != nil {
+			passErr = errors.Join(passErr, err)
 		}
-		h.log.Info("reconciled", zap.Bool("ready", ready), zap.Int64("generation", next.Generation),
-			zap.Int64("observedGeneration", next.ObservedGeneration), zap.Strings("wrote", p.files))
+		h.log.Info("reconciled", zap.Bool("ready", next.Ready), zap.Int64("generation", next.Generation),
+			zap.Int64("observedGeneration", next.ObservedGeneration), zap.Strings("wrote", a.wrote))
 	}
 	// Published only once stored: whoever sees it can rely on the disk.
-	if f, ok := h.facts(p, next); ok {
+	if f, ok := factsOf(o, p, next, h.authorizedApplied(o, p, a)); ok {
 		h.cfg.Port.Publish(f)
 	}
 	h.mu.Lock()
@@ -282,23 +227,38 @@ func (h *Host) finish(p *pass, prev status.Status, fileOK bool) error {
 	close(h.updated)
 	h.updated = make(chan struct{})
 	h.mu.Unlock()
-	return err
+
+	requeue := p.Requeue
+	if a.again {
+		requeue = soon
+	}
+	return requeue, passErr
 }
 
-// summarize says whether the host is Ready and, if not, which condition is
-// the first reason why.
-func summarize(conds []status.Condition, st status.Status) (bool, status.Condition) {
-	if c := firstFalse(conds); c != nil {
-		return false, *c
+// recordTrips remembers, once the settings are written, which peers were
+// withdrawn for going dark in this pass, and forgets old trips.
+func (h *Host) recordTrips(o *Observation, p *Plan, now time.Time) {
+	trips := map[string][]time.Time{}
+	for name, t := range o.Trips {
+		if t = recentTrips(t, now); len(t) > 0 {
+			trips[name] = t
+		}
 	}
-	if len(conds) == 0 {
-		return false, status.Condition{Type: status.DesiredStateValid, Reason: "NoDesiredState", Message: "no desired state yet"}
+	for _, name := range p.Trips {
+		trips[name] = append(trips[name], now)
+		h.log.Warn("peer went dark; its substituter is withdrawn", zap.String("peer", name))
 	}
-	if st.ObservedGeneration != st.Generation {
-		return false, status.Condition{Type: status.Ready, Reason: "Reconciling",
-			Message: fmt.Sprintf("generation %d is not reconciled yet (observed %d)", st.Generation, st.ObservedGeneration)}
+	h.trips = trips
+}
+
+// carry gives c the transition time of the condition of its type in prev
+// when its status did not flip, now otherwise.
+func carry(prev []status.Condition, c status.Condition, now time.Time) status.Condition {
+	c.LastTransitionTime = now
+	if old := status.Find(prev, c.Type); old != nil && old.Status == c.Status && !old.LastTransitionTime.IsZero() {
+		c.LastTransitionTime = old.LastTransitionTime
 	}
-	return true, status.Condition{}
+	return c
 }
 
 func firstFalse(conds []status.Condition) *status.Condition {
@@ -310,19 +270,67 @@ func firstFalse(conds []status.Condition) *status.Condition {
 	return nil
 }
 
-// managedFiles lists the managed files with the time each was last written
-// by the agent.
-func managedFiles(prev []status.File, managed, written []string, now time.Time) []status.File {
+// authorizedApplied reports, for a consumer's key, whether it is in the
+// file sshd reads for nix-ssh as it is after this pass: sshd reads it at
+// every login, so a key there is in effect.
+func (h *Host) authorizedApplied(o *Observation, p *Plan, a *acted) func(ssh.PublicKey) bool {
+	if o.Self == nil || o.Self.Serve == nil {
+		return func(ssh.PublicKey) bool { return false }
+	}
+	path := sshdAuthorizedKeysPath(o.Layout, o.Self.Platform)
+	content := o.Files[path].Content
+	if r := p.Authorized; r != nil && a.done[r] {
+		content = r.Files[0].content
+	}
+	present := map[string]bool{}
+	for rest := content; len(rest) > 0; {
+		k, _, _, next, err := ssh.ParseAuthorizedKey(rest)
+		if err != nil {
+			break // no more keys
+		}
+		present[string(k.Marshal())] = true
+		rest = next
+	}
+	return func(k ssh.PublicKey) bool { return present[string(k.Marshal())] }
+}
+
+// managedFiles lists the files the pass manages, with when the agent
+// last wrote each (as the last status says, now for those it wrote; a
+// file it never wrote has its modification time).
+func managedFiles(prev []status.File, o *Observation, p *Plan, a *acted, now time.Time) []status.File {
 	when := map[string]time.Time{}
 	for _, f := range prev {
 		when[f.Path] = f.UpdatedAt
 	}
-	for _, w := range written {
+	for _, w := range a.wrote {
 		when[w] = now
 	}
-	out := make([]status.File, 0, len(managed))
-	for _, m := range managed {
-		out = append(out, status.File{Path: m, UpdatedAt: when[m]})
+	seen := map[string]bool{}
+	var out []status.File
+	written := map[string]bool{}
+	for _, w := range a.wrote {
+		written[w] = true
+	}
+	add := func(path string, mtime time.Time) {
+		if seen[path] || mtime.IsZero() && !written[path] {
+			return // listed already, or not there
+		}
+		seen[path] = true
+		at, ok := when[path]
+		if !ok {
+			at = mtime
+		}
+		out = append(out, status.File{Path: path, UpdatedAt: at})
+	}
+	for _, r := range p.Resources {
+		for _, f := range r.Files {
+			add(f.path, o.Files[f.path].ModTime)
+		}
+	}
+	add(o.Layout.ClientKey, o.ClientKey.ModTime)
+	add(o.Layout.HostKey, o.HostKey.ModTime)
+	if o.Self.Serve != nil {
+		add(filepath.Join(o.Layout.KeysDir, nix.SecretKeyFileName), o.CacheKey.ModTime)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
 	return out
@@ -336,4 +344,13 @@ func sameStatus(a, b status.Status) bool {
 	ja, errA := json.Marshal(a)
 	jb, errB := json.Marshal(b)
 	return errA == nil && errB == nil && bytes.Equal(ja, jb)
+}
+
+// modTime is the modification time of path, zero when it cannot be read.
+func modTime(path string) time.Time {
+	st, err := os.Stat(path)
+	if err != nil {
+		return time.Time{}
+	}
+	return st.ModTime()
 }

@@ -1,7 +1,3 @@
-// Package reconcile is the agent's control loop: triggers only enqueue, one
-// worker compares the desired state with what is on the host and acts,
-// failures are retried with exponential backoff, and a resync timer is the
-// safety net.
 package reconcile
 
 import (
@@ -20,9 +16,10 @@ import (
 // enqueues it, so bursts of triggers collapse into one pass.
 const hostKey = "host"
 
-// Reconciler brings the host to its desired state once.
+// Reconciler brings the host to its desired state once. It returns when
+// the next pass is due without an event (0: at the resync).
 type Reconciler interface {
-	Reconcile(ctx context.Context) error
+	Reconcile(ctx context.Context) (time.Duration, error)
 }
 
 // Loop runs a Reconciler from a work queue.
@@ -63,7 +60,8 @@ func (l *Loop) Trigger(reason string) {
 func (l *Loop) FirstDone() <-chan struct{} { return l.first }
 
 // Healthy reports whether the worker is idle or has been busy for less
-// than maxBusy: the systemd watchdog pings only while it is.
+// than maxBusy: the systemd watchdog pings only while it is. Long work
+// (apply, signing, probes) runs beside the loop, so a pass is short.
 func (l *Loop) Healthy(maxBusy time.Duration) bool {
 	since := l.busySince.Load()
 	return since == 0 || l.clock.Now().Sub(time.Unix(0, since)) < maxBusy
@@ -82,16 +80,20 @@ func (l *Loop) Run(ctx context.Context) {
 			return
 		}
 		l.busySince.Store(l.clock.Now().UnixNano())
-		err := l.rec.Reconcile(ctx)
+		next, err := l.rec.Reconcile(ctx)
 		l.busySince.Store(0)
 		l.firstOnce.Do(func() { close(l.first) })
-		if err != nil && ctx.Err() == nil {
+		switch {
+		case err != nil && ctx.Err() == nil:
 			wait := l.queue.AddRateLimited(key)
 			l.log.Warn("reconcile failed; will retry", zap.Error(err), zap.Duration("retryIn", wait),
 				zap.Int("failures", l.queue.Failures(key)))
-		} else {
+		default:
 			l.queue.Forget(key)
-			l.queue.AddAfter(key, l.resync)
+			if next <= 0 || next > l.resync {
+				next = l.resync
+			}
+			l.queue.AddAfter(key, next)
 		}
 		l.queue.Done(key)
 	}

@@ -19,9 +19,10 @@ type scripted struct {
 	failures int
 	calls    []time.Time
 	block    chan struct{} // when non-nil, each call waits on it
+	requeue  time.Duration // what a successful call returns
 }
 
-func (s *scripted) Reconcile(ctx context.Context) error {
+func (s *scripted) Reconcile(ctx context.Context) (time.Duration, error) {
 	if s.block != nil {
 		<-s.block
 	}
@@ -29,9 +30,9 @@ func (s *scripted) Reconcile(ctx context.Context) error {
 	defer s.mu.Unlock()
 	s.calls = append(s.calls, time.Now())
 	if len(s.calls) <= s.failures {
-		return errors.New("boom")
+		return 0, errors.New("boom")
 	}
-	return nil
+	return s.requeue, nil
 }
 
 func (s *scripted) count() int {
@@ -117,5 +118,20 @@ func TestTriggersDuringAReconcileCollapseIntoOne(t *testing.T) {
 			t.Fatal("a reconcile stuck for 2m counts as healthy with a 1m watchdog")
 		}
 		close(rec.block)
+	})
+}
+
+func TestRequeueComesBeforeTheResync(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := &scripted{requeue: 10 * time.Second}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		l := NewLoop(zap.NewNop(), clock.Real{}, rec, time.Hour)
+		go l.Run(ctx)
+		time.Sleep(35 * time.Second)
+		synctest.Wait()
+		if n := rec.count(); n != 4 {
+			t.Fatalf("%d reconciles in 35s with a 10s requeue, want 4 (start + 3)", n)
+		}
 	})
 }

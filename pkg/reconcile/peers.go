@@ -1,19 +1,15 @@
 package reconcile
 
 import (
-	"context"
-	"errors"
+	"bytes"
 	"fmt"
-	"net"
-	"slices"
-	"strconv"
 	"strings"
 	"time"
 
-	"go.uber.org/zap"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/nixpeer/nixpeer/pkg/desired"
+	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/peer"
 	"github.com/nixpeer/nixpeer/pkg/peering"
 	"github.com/nixpeer/nixpeer/pkg/probe"
@@ -21,87 +17,110 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
 
-// ProbeTimeout bounds the probe of a peer's serve endpoint.
-const ProbeTimeout = 10 * time.Second
-
-// recConfigured holds, by peer name, the substituter settings verified
-// last: a peer that goes away keeps them (fallback covers the outage).
-const recConfigured = "peers/configured"
-
-// Peer states in the status, in the order production goes through them.
-const (
-	PeerWaitingForFacts         = "WaitingForFacts"
-	PeerHostKeyRefused          = "HostKeyRefused"
-	PeerWaitingForKnownHosts    = "WaitingForKnownHosts"
-	PeerWaitingForAuthorization = "WaitingForAuthorization"
-	PeerProbeFailed             = "ProbeFailed"
-	PeerServing                 = "Serving"     // a substituter, verified
-	PeerUnreachable             = "Unreachable" // verified earlier, its settings are kept
-	PeerKeysKnown               = "KeysKnown"   // a consumer whose client key is known
-)
-
-// configuredPeer is a peer's substituter as it was verified.
-type configuredPeer struct {
-	Address   string `json:"address"`
-	SSHPort   int    `json:"sshPort"`
-	Protocol  string `json:"protocol"`
-	HostKey   string `json:"hostKey"`
-	CacheKey  string `json:"cacheKey"`
-	ClientKey string `json:"clientKey"` // fingerprint of this host's client key
+// verdict is what a pass decides about a peer this host fetches from.
+type verdict struct {
+	// Use: it is a substituter in the settings this pass writes.
+	Use bool
+	// url is its substituter URL, "" while its keys are not known.
+	url     string
+	State   status.PeerState
+	Message string
+	// Ready: the peer is settled (serving, or dark after it served), so
+	// it does not keep the host from Ready.
+	Ready bool
+	// Trip: the pass withdraws a substituter in use because its peer
+	// went dark.
+	Trip bool
 }
 
-// reconcilePeering keeps the peer port listening and a watch open to every
-// peer this host fetches from or serves.
-func (h *Host) reconcilePeering(p *pass) error {
-	var targets []peering.Target
-	add := func(peer *desired.Host) error {
-		pins, err := pinnedKeys(peer)
-		if err != nil {
-			return err
+// planSubstituters decides, for each peer this host fetches from, whether
+// it is a substituter: only while it is verified serving. Then the
+// consumers' statuses, and PeersTrusted.
+func (pl *planner) planSubstituters() {
+	for _, name := range pl.self.SubstituteFrom {
+		h := pl.file.Host(name)
+		v := pl.substituter(h)
+		pl.verdicts[name] = v
+		if v.Trip {
+			pl.p.Trips = append(pl.p.Trips, name)
 		}
-		targets = append(targets, peering.Target{Name: peer.Name, Address: peer.Address, Pin: pins.HostKey,
-			PinsRequired: p.file.Trust == desired.TrustPinned, Addr: net.JoinHostPort(peer.Address, strconv.Itoa(peer.PeerPort))})
-		return nil
+		ps := pl.peerStatus(h, status.RoleSubstituter)
+		ps.State, ps.Message = v.State, v.Message
+		pl.p.Peers = append(pl.p.Peers, ps)
 	}
-	for _, name := range p.self.SubstituteFrom {
-		if err := add(p.file.Host(name)); err != nil {
-			return err
-		}
-	}
-	for _, c := range p.file.Consumers(p.self.Name) {
-		if !slices.Contains(p.self.SubstituteFrom, c.Name) {
-			if err := add(c); err != nil {
-				return err
+	for _, c := range pl.file.Consumers(pl.self.Name) {
+		ps := pl.peerStatus(c, status.RoleConsumer)
+		if ps.State != status.PeerHostKeyRefused {
+			if k := pl.keys[c.Name].ClientKey; k != nil {
+				ps.State, ps.Message = status.PeerKeysKnown, "client key "+ssh.FingerprintSHA256(k)
+				ps.Message += pinDrift(c, pl.o.Peers[c.Name].Facts, k)
+			} else {
+				ps.Message = withLastError(pl.o.Peers[c.Name], "its client key is not known yet")
 			}
 		}
+		pl.p.Peers = append(pl.p.Peers, ps)
 	}
-	// The watches run whether or not this host's own port listens.
-	errs := []error{h.cfg.Peers.Sync(targets)}
-	if p.hostKey.Signer == nil {
-		p.set(h, status.PeerPortReady, false, "NoHostKey", "the peer port needs this host's SSH host key; see KeysReady")
-		return errors.Join(errs...)
-	}
-	addr := peering.ListenAddr(p.self.Address, p.self.PeerPort)
-	if err := h.cfg.Port.Ensure(addr, p.hostKey.Signer); err != nil {
-		p.set(h, status.PeerPortReady, false, "ListenFailed", err.Error()+"; is another agent or program on that port?")
-		errs = append(errs, err)
-	} else {
-		p.set(h, status.PeerPortReady, true, "Listening", "peers reach this agent at "+addr)
-	}
-	return errors.Join(errs...)
+	pl.planTrust()
 }
 
-// reportTrust sets PeersTrusted: False while a peer offers a host key
-// that is refused, with both fingerprints.
-func (h *Host) reportTrust(p *pass) {
+// pinDrift notes a consumer whose agent reports another client key than
+// the one the file pins.
+func pinDrift(c *desired.Host, f *peer.Facts, pinned ssh.PublicKey) string {
+	if c.ClientKey == "" || f == nil || f.ClientKey == "" {
+		return ""
+	}
+	told, err := sshkeys.ParsePublicLine(f.ClientKey)
+	if err != nil || ssh.FingerprintSHA256(told) == ssh.FingerprintSHA256(pinned) {
+		return ""
+	}
+	return fmt.Sprintf(" (pinned as clientKey; its agent reports %s: update the pin if the host's key changed)", ssh.FingerprintSHA256(told))
+}
+
+// peerStatus is what the host knows of a peer, before a verdict.
+func (pl *planner) peerStatus(h *desired.Host, role string) status.Peer {
+	st, k := pl.o.Peers[h.Name], pl.keys[h.Name]
+	trust := st.Trust
+	if trust == "" {
+		trust = peering.TrustNone
+	}
+	ps := status.Peer{Name: h.Name, Address: h.Address, Role: role, Trust: trust,
+		State: status.PeerWaitingForFacts, Connected: st.Connected}
+	if k.HostKey != nil {
+		ps.HostKeyFingerprint = ssh.FingerprintSHA256(k.HostKey)
+	}
+	if !st.FactsAt.IsZero() {
+		t := st.FactsAt
+		ps.FactsAt = &t
+	}
+	if !st.Since.IsZero() {
+		t := st.Since
+		ps.Since = &t
+	}
+	if r := st.Refused; r != nil {
+		ps.State, ps.Reason, ps.RefusedHostKeyFingerprint = status.PeerHostKeyRefused, r.Reason, r.Offered
+		ps.Message = fmt.Sprintf("%s: the peer offers host key %s", r.Reason, r.Offered)
+		if r.Trusted != "" {
+			ps.Message += ", but " + r.Trusted + " is trusted"
+		}
+		ps.Message += fmt.Sprintf("; nothing that depends on %s changes until you pin the key you expect as hostKey or run \"nixpeer trust reset %s\"", h.Name, h.Name)
+	}
+	return ps
+}
+
+// planTrust sets PeersTrusted: False while a peer offers a host key that
+// is refused, with both fingerprints.
+func (pl *planner) planTrust() {
+	if len(pl.p.Peers) == 0 {
+		return
+	}
+	r := pl.add(&Resource{Type: status.PeersTrusted})
 	var refused, trusted []string
-	reason := ""
-	for _, ps := range p.peers {
+	for _, ps := range pl.p.Peers {
 		switch {
-		case ps.State == PeerHostKeyRefused:
+		case ps.State == status.PeerHostKeyRefused:
 			refused = append(refused, ps.Name+": "+ps.Message)
-			if reason == "" {
-				reason = ps.Reason
+			if r.Reason == "" {
+				r.Reason = ps.Reason
 			}
 		case ps.Trust != peering.TrustNone:
 			trusted = append(trusted, ps.Name+" ("+ps.Trust+")")
@@ -109,144 +128,208 @@ func (h *Host) reportTrust(p *pass) {
 	}
 	switch {
 	case len(refused) > 0:
-		p.set(h, status.PeersTrusted, false, reason, strings.Join(refused, "; "))
+		r.Message = strings.Join(refused, "; ")
 	case len(trusted) > 0:
-		p.set(h, status.PeersTrusted, true, "Trusted", "host keys trusted: "+strings.Join(trusted, ", "))
+		r.Status, r.Reason, r.Message = true, "Trusted", "host keys trusted: "+strings.Join(trusted, ", ")
 	default:
-		p.set(h, status.PeersTrusted, true, "NothingRefused", "no peer's host key is known or refused yet")
+		r.Status, r.Reason, r.Message = true, "NothingRefused", "no peer's host key is known or refused yet"
 	}
 }
 
-// learnedKeys adds what peer's agent told, over a trusted connection, to
-// the keys the file pins; a pin wins over what the peer says.
-func (h *Host) learnedKeys(peer *desired.Host, k PeerKeys) (PeerKeys, peering.State) {
-	st, ok := h.cfg.Peers.Get(peer.Name)
-	if !ok {
-		st = peering.State{Name: peer.Name, Trust: peering.TrustNone}
-	}
-	if k.HostKey == nil {
-		k.HostKey = st.HostKey
-	}
-	if f := st.Facts; f != nil {
-		if k.ClientKey == nil && f.ClientKey != "" {
-			k.ClientKey, _ = sshkeys.ParsePublicLine(f.ClientKey) // validated with the facts
-		}
-		if k.CacheKey == "" && f.Serve != nil {
-			k.CacheKey = f.Serve.CacheKey
-		}
-	}
-	return k, st
-}
-
-// peerStatus says what the host knows of a peer, for the status.
-func peerStatus(peer *desired.Host, role string, k PeerKeys, st peering.State) status.Peer {
-	ps := status.Peer{Name: peer.Name, Address: peer.Address, Role: role, Trust: st.Trust, State: PeerWaitingForFacts}
-	if k.HostKey != nil {
-		ps.HostKeyFingerprint = ssh.FingerprintSHA256(k.HostKey)
-	}
-	ps.Connected = st.Connected
-	if !st.FactsAt.IsZero() {
-		t := st.FactsAt
-		ps.FactsAt = &t
-	}
-	if r := st.Refused; r != nil {
-		ps.State = PeerHostKeyRefused
-		ps.Reason = r.Reason
-		ps.RefusedHostKeyFingerprint = r.Offered
-		ps.Message = fmt.Sprintf("%s: the peer offers host key %s", r.Reason, r.Offered)
-		if r.Trusted != "" {
-			ps.Message += ", but " + r.Trusted + " is trusted"
-		}
-		ps.Message += fmt.Sprintf("; nothing that depends on %s changes until you pin the key you expect as hostKey or run \"nixpeer trust reset %s\"", peer.Name, peer.Name)
-		return ps
-	}
-	if role == "consumer" {
-		if k.ClientKey != nil {
-			ps.State = PeerKeysKnown
-			ps.Message = "client key " + ssh.FingerprintSHA256(k.ClientKey)
-			if f := st.Facts; peer.ClientKey != "" && f != nil && f.ClientKey != "" {
-				if told, err := sshkeys.ParsePublicLine(f.ClientKey); err == nil && ssh.FingerprintSHA256(told) != ssh.FingerprintSHA256(k.ClientKey) {
-					ps.Message += fmt.Sprintf(" (pinned as clientKey; its agent reports %s: update the pin if the host's key changed)", ssh.FingerprintSHA256(told))
-				}
-			}
-		} else {
-			ps.Message = unreachableMessage(st, "its client key is not known yet")
-		}
-	}
-	return ps
-}
-
-func unreachableMessage(st peering.State, what string) string {
-	if st.LastError != "" {
-		return what + "; " + st.LastError
-	}
-	return what
-}
-
-// substituter decides whether production uses peer as a substituter, in
-// the order of peering: facts trusted, host key known (known_hosts has it),
-// this host's client key authorized and applied on the peer, the serve
-// endpoint probed; only then is it written. A peer verified earlier keeps
-// its settings while it is away or refused. It returns the settings to
-// use (nil for none), and an error when the probe failed, so that the loop
-// retries with backoff.
-func (h *Host) substituter(p *pass, peer *desired.Host, ps *status.Peer) (*configuredPeer, error) {
-	k, st := p.peerKeys[peer.Name], p.peerStates[peer.Name]
-	prev, hadPrev := p.configured[peer.Name]
-	keep := func(state, msg string) *configuredPeer {
-		ps.State, ps.Message = state, msg
-		if hadPrev {
-			if state == PeerWaitingForFacts {
-				ps.State = PeerUnreachable
-			}
-			ps.Message += "; keeping the settings verified earlier (fallback covers an outage)"
-			return &prev
-		}
-		return nil
-	}
-	if ps.State == PeerHostKeyRefused {
-		return keep(PeerHostKeyRefused, ps.Message), nil
+// substituter goes through production's steps for peer h: its facts over
+// a trusted connection, its keys, this host's client key authorized and
+// applied there, its sshd probed; then the circuit breaker: a peer that
+// stops answering is withdrawn, and used again once it answers and
+// passes the probe.
+func (pl *planner) substituter(h *desired.Host) verdict {
+	o := pl.o
+	st, k := o.Peers[h.Name], pl.keys[h.Name]
+	tuple, v := pl.tuple(h, k)
+	inUse := v.url != "" && bytes.Contains(o.Files[pl.daemonFile()].Content, []byte(v.url))
+	wait := func(state status.PeerState, msg string) verdict {
+		v.State, v.Message = state, msg
+		v.Trip = false
+		return v
 	}
 	switch {
+	case st.Refused != nil:
+		return wait(status.PeerHostKeyRefused, pl.peerStatus(h, status.RoleSubstituter).Message)
 	case k.HostKey == nil:
-		return keep(PeerWaitingForFacts, unreachableMessage(st, "its SSH host key is not known yet")), nil
+		return wait(status.PeerWaitingForFacts, withLastError(st, "its SSH host key is not known yet"))
 	case k.CacheKey == "":
-		return keep(PeerWaitingForFacts, unreachableMessage(st, "its binary-cache public key is not known yet")), nil
+		return wait(status.PeerWaitingForFacts, withLastError(st, "its binary-cache public key is not known yet"))
 	case st.Facts == nil:
-		return keep(PeerWaitingForFacts, unreachableMessage(st, "its agent has not told whether it authorizes this host")), nil
+		return wait(status.PeerWaitingForFacts, withLastError(st, "its agent has not told whether it authorizes this host"))
+	case !o.ClientKey.Usable():
+		return wait(status.PeerWaitingForAuthorization, "this host's client key is not usable yet; see KeysReady")
 	}
-	if c := status.Find(p.conds, status.KnownHostsReady); c == nil || c.Status != status.True {
-		return keep(PeerWaitingForKnownHosts, "root's known_hosts does not have it yet"), nil
+	mine := o.ClientKey.Key.Fingerprint()
+	if !authorizes(st.Facts, pl.self.Name, mine) {
+		return wait(status.PeerWaitingForAuthorization, withLastError(st,
+			fmt.Sprintf("waiting for %s to authorize this host's client key %s and apply it", h.Name, mine)))
 	}
-	mine := p.clientKey.Fingerprint()
-	if !authorizes(st.Facts, p.self.Name, mine) {
-		return keep(PeerWaitingForAuthorization, fmt.Sprintf("waiting for %s to authorize this host's client key %s and apply it", peer.Name, mine)), nil
+	if v.url == "" {
+		return wait(status.PeerWaitingForFacts, "its substituter URL cannot be made; see NixSettingsApplied")
 	}
-	cur := configuredPeer{Address: peer.Address, SSHPort: peer.SSHPort, Protocol: string(peer.Serve.Protocol),
-		HostKey: sshkeys.Key{Public: k.HostKey}.AuthorizedLine(), CacheKey: k.CacheKey, ClientKey: mine}
-	if hadPrev && prev == cur {
-		ps.State, ps.Message = PeerServing, "serves this host; verified"
-		if !st.Connected {
-			ps.State, ps.Message = PeerUnreachable, unreachableMessage(st, "its agent is not reachable")+"; keeping its settings (fallback covers an outage)"
-		}
-		return &cur, nil
+	d := decide(peerInput{Now: o.Now, State: st, Tuple: tuple, Probe: o.Probes[h.Name], InUse: inUse,
+		Verified: o.Verified[h.Name] == tuple, Trips: o.Trips[h.Name]})
+	d.url = v.url
+	if d.Verify {
+		pl.verified[h.Name] = tuple
 	}
-	res, err := h.probe(p.ctx, peer, k.HostKey, p.clientKey.Signer)
+	if d.Probe {
+		pl.p.Probes = append(pl.p.Probes, probeRequest{peer: h.Name, tuple: tuple, target: probe.Target{
+			Address: h.Address, Port: h.SSHPort, Protocol: string(h.Serve.Protocol),
+			Signer: o.ClientKey.Key.Signer, HostKey: k.HostKey, Timeout: ProbeTimeout}})
+	}
+	if d.Requeue > 0 {
+		pl.requeue(d.Requeue)
+	}
+	return d.verdict
+}
+
+// tuple is what a probe of h verifies: where it is, how it serves, the
+// keys on both ends. A change of any of them needs a new probe. The
+// verdict it returns carries the substituter URL, when it can be made.
+func (pl *planner) tuple(h *desired.Host, k peerKeys) (string, verdict) {
+	if k.HostKey == nil || !pl.o.ClientKey.Usable() {
+		return "", verdict{}
+	}
+	url, err := nix.SubstituterURL(string(h.Serve.Protocol), h.Address, h.SSHPort, pl.o.Layout.ClientKey, k.HostKey)
 	if err != nil {
-		keep(PeerProbeFailed, err.Error())
-		if hadPrev {
-			return &prev, err
-		}
-		return nil, err
+		return "", verdict{}
 	}
-	p.configured[peer.Name] = cur
-	p.configuredChanged = true
-	h.log.Info("peer serves this host; using it as a substituter", zap.String("peer", peer.Name),
-		zap.Duration("probe", res.Elapsed), zap.Uint64("protocolVersion", res.ServerVersion))
-	// The same words as a pass that finds it verified: a status that
-	// does not change is not written again.
-	ps.State, ps.Message = PeerServing, "serves this host; verified"
-	return &cur, nil
+	return fmt.Sprintf("%s %d %s %s %s", h.Address, h.SSHPort, h.Serve.Protocol,
+		ssh.FingerprintSHA256(k.HostKey), pl.o.ClientKey.Key.Fingerprint()), verdict{url: url}
+}
+
+// daemonFile is the file that holds the host's substituters.
+func (pl *planner) daemonFile() string {
+	l := pl.o.Layout
+	switch pl.self.Platform {
+	case desired.PlatformNix:
+		return l.NixpeerConf
+	case desired.PlatformNixOS:
+		return l.StateNixConf
+	}
+	return l.In(pl.self.NixOSModuleFile)
+}
+
+// peerInput is what the breaker decides on, for one peer whose
+// prerequisites hold.
+type peerInput struct {
+	Now   time.Time
+	State peering.State
+	Tuple string
+	Probe jobState
+	// InUse: the settings on disk have it as a substituter.
+	InUse bool
+	// Verified: a probe passed with Tuple, in this run or an earlier one.
+	Verified bool
+	// Trips are when it was withdrawn for going dark, oldest first.
+	Trips []time.Time
+}
+
+type decision struct {
+	verdict
+	// Verify: record that the peer passed a probe with the tuple.
+	Verify bool
+	// Probe: start a probe of its sshd now.
+	Probe bool
+	// Requeue: look again after this long.
+	Requeue time.Duration
+}
+
+// decide is the circuit breaker of one substituter. Its agent's watch is
+// the health signal: a peer that stops answering (silence past the
+// keepalive deadline, a connect that times out) is withdrawn at once. One
+// that refuses or closes the connection is probed: its sshd may serve
+// still. A probe counts only if it started after the connection last came
+// up or went down; until there is one, the settings stay as they are on
+// disk. A peer that went dark FlapTrips times within FlapWindow is used
+// again only after a hold-down.
+func decide(in peerInput) decision {
+	st, pr := in.State, in.Probe
+	fresh := pr.done(in.Tuple) && !pr.Started.Before(st.Since)
+	var d decision
+	switch {
+	case !st.Connected && st.NoAnswer && !in.Verified:
+		d.verdict = verdict{State: status.PeerWaitingForFacts,
+			Message: fmt.Sprintf("its agent does not answer%s (%s)", since(st.Since), st.LastError)}
+	case !st.Connected && st.NoAnswer:
+		d.verdict = verdict{State: status.PeerUnreachable, Ready: true,
+			Message: fmt.Sprintf("its agent stopped answering%s (%s); its substituter is withdrawn and builds go on locally until it answers again",
+				since(st.Since), st.LastError)}
+	case fresh && pr.Err == "" && st.Connected:
+		d.verdict = verdict{Use: true, State: status.PeerServing, Ready: true, Message: "serves this host; verified"}
+	case fresh && pr.Err == "":
+		d.verdict = verdict{Use: true, State: status.PeerServing, Ready: true,
+			Message: fmt.Sprintf("its agent is unreachable (%s), but its sshd serves this host; probed again every %v", st.LastError, ProbeRefresh)}
+		// Nothing else would tell when its sshd stops.
+		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(ProbeRefresh))
+	case fresh && (st.Connected || !in.Verified):
+		d.verdict = verdict{State: status.PeerProbeFailed, Message: pr.Err}
+		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(retryDelay(pr.Failures)))
+	case fresh:
+		d.verdict = verdict{State: status.PeerUnreachable, Ready: true,
+			Message: fmt.Sprintf("its agent is unreachable%s (%s) and its sshd does not serve: %s; its substituter is withdrawn and builds go on locally",
+				since(st.Since), st.LastError, pr.Err)}
+		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(retryDelay(pr.Failures)))
+	default:
+		// Not probed since the connection last changed: probe, and keep
+		// the settings as they are meanwhile.
+		d.verdict = verdict{Use: in.InUse, State: status.PeerProbing, Ready: in.InUse, Message: "probing its sshd"}
+		d.Probe = !pr.Running
+	}
+	d.Verify = fresh && pr.Err == "" && !in.Verified
+	if d.Use && !in.InUse {
+		if until, n := holdDown(in.Trips, in.Now); in.Now.Before(until) {
+			d.verdict = verdict{State: status.PeerUnreachable, Ready: true,
+				Message: fmt.Sprintf("it went dark %d times in the last %v; it is used again from %s", n, FlapWindow, until.UTC().Format(time.RFC3339))}
+			d.Requeue = until.Sub(in.Now)
+		}
+	}
+	d.Trip = !d.Use && in.InUse && d.State == status.PeerUnreachable
+	return d
+}
+
+// due reports whether t has come, or else how long until it does.
+func due(now, t time.Time) (bool, time.Duration) {
+	if !now.Before(t) {
+		return true, 0
+	}
+	return false, t.Sub(now)
+}
+
+// holdDown is until when a peer that tripped at trips (oldest first) is
+// held down, and how many trips of FlapWindow count.
+func holdDown(trips []time.Time, now time.Time) (time.Time, int) {
+	recent := recentTrips(trips, now)
+	if len(recent) < FlapTrips {
+		return time.Time{}, len(recent)
+	}
+	hold := FlapHold
+	for i := FlapTrips; i < len(recent) && hold < FlapHoldMax; i++ {
+		hold *= 2
+	}
+	return recent[len(recent)-1].Add(min(hold, FlapHoldMax)), len(recent)
+}
+
+// recentTrips are the trips within FlapWindow of now.
+func recentTrips(trips []time.Time, now time.Time) []time.Time {
+	for i, t := range trips {
+		if now.Sub(t) < FlapWindow {
+			return trips[i:]
+		}
+	}
+	return nil
+}
+
+func since(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return " since " + t.UTC().Format(time.RFC3339)
 }
 
 // authorizes reports whether a serving peer's facts say it lets the client
@@ -263,58 +346,9 @@ func authorizes(f *peer.Facts, host, fp string) bool {
 	return false
 }
 
-// probe checks that peer serves its store to this host's client key.
-func (h *Host) probe(ctx context.Context, peer *desired.Host, hostKey ssh.PublicKey, signer ssh.Signer) (probe.Result, error) {
-	if signer == nil {
-		return probe.Result{}, errors.New("this host's client key is not usable")
+func withLastError(st peering.State, what string) string {
+	if st.LastError != "" {
+		return what + "; " + st.LastError
 	}
-	return probe.Probe(ctx, probe.Target{Address: peer.Address, Port: peer.SSHPort, Protocol: string(peer.Serve.Protocol),
-		Signer: signer, HostKey: hostKey, Timeout: ProbeTimeout})
-}
-
-// loadConfigured reads the verified substituters, keeping only the peers
-// still in substituteFrom.
-func (h *Host) loadConfigured(p *pass) error {
-	all := map[string]configuredPeer{}
-	p.configured = map[string]configuredPeer{}
-	if _, err := h.cfg.Store.Get(recConfigured, &all); err != nil {
-		// Verified anew: each peer is probed again.
-		h.log.Error("the verified substituters are unreadable; verifying every peer again", zap.Error(err))
-		p.configuredChanged = true
-		return nil
-	}
-	for name, c := range all {
-		if slices.Contains(p.self.SubstituteFrom, name) {
-			p.configured[name] = c
-		}
-	}
-	p.configuredChanged = len(p.configured) != len(all)
-	return nil
-}
-
-func (h *Host) saveConfigured(p *pass) error {
-	if !p.configuredChanged {
-		return nil
-	}
-	return h.cfg.Store.Put(recConfigured, p.configured)
-}
-
-// facts is what this host tells its peers, from a finished pass.
-func (h *Host) facts(p *pass, st status.Status) (peer.Facts, bool) {
-	if p.self == nil || p.hostKey.Public == nil {
-		return peer.Facts{}, false
-	}
-	f := peer.Facts{Version: peer.FactsVersion, Name: p.self.Name, Address: p.self.Address,
-		Generation: st.Generation, ObservedGeneration: st.ObservedGeneration, Ready: st.Ready,
-		HostKeys: []string{p.hostKey.AuthorizedLine()}}
-	if p.clientKey.Public != nil {
-		f.ClientKey = p.clientKey.AuthorizedLine()
-	}
-	if p.self.Serve != nil && p.cacheKey != "" {
-		f.Serve = &peer.ServeFacts{Protocol: string(p.self.Serve.Protocol), CacheKey: p.cacheKey, Authorized: p.authorized}
-		if f.Serve.Authorized == nil {
-			f.Serve.Authorized = []peer.AuthorizedFact{}
-		}
-	}
-	return f, true
+	return what
 }

@@ -131,6 +131,45 @@ func Load(path string) (Key, error) {
 	return Key{Public: pub}, nil
 }
 
+// Inspection says what an Ensure call would have to do to a key.
+type Inspection struct {
+	// Missing: there is no private key file.
+	Missing bool
+	// ModeWrong: the private key's mode is not 0600.
+	ModeWrong bool
+	// PubWrong: the .pub file is missing, holds another key, or its mode
+	// is not 0644.
+	PubWrong bool
+}
+
+// NeedsWork reports whether Ensure would change anything.
+func (i Inspection) NeedsWork() bool { return i.Missing || i.ModeWrong || i.PubWrong }
+
+// Inspect reads the key at path and its .pub file without changing
+// anything. A missing key is no error (Inspection.Missing); a file that is
+// not a usable key is, as Ensure would report it.
+func Inspect(what, path string) (Key, Inspection, error) {
+	data, st, err := readRegular(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Key{}, Inspection{Missing: true, PubWrong: true}, nil
+	}
+	if err != nil {
+		return Key{}, Inspection{}, fmt.Errorf("read %s %s: %w", what, path, err)
+	}
+	k, err := parsePrivate(data)
+	if err != nil {
+		return Key{}, Inspection{}, fmt.Errorf("%s %s: %w; move it away to let the agent create a new one", what, path, err)
+	}
+	in := Inspection{ModeWrong: st.Mode().Perm() != privatePerm}
+	pubData, pubSt, err := readRegular(path + ".pub")
+	if err != nil {
+		in.PubWrong = true
+	} else if pub, perr := parsePubFile(pubData); perr != nil || !bytes.Equal(pub.Marshal(), k.Public.Marshal()) || pubSt.Mode().Perm() != publicPerm {
+		in.PubWrong = true
+	}
+	return k, in, nil
+}
+
 // ParsePublicLine parses one public key line strictly: exactly
 // "ssh-ed25519 BASE64" or "ssh-ed25519 BASE64 COMMENT", fields separated by
 // one space, no other whitespace, canonical padded base64 holding exactly
@@ -193,10 +232,10 @@ func ensure(what, path, comment string, dirPerm fs.FileMode) (Key, Result, error
 	}
 	data, st, err := readRegular(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		k, err := create(what, path, comment, dirPerm)
-		if !errors.Is(err, fs.ErrExist) {
-			if err != nil {
-				return Key{}, Result{}, err
+		k, cerr := create(what, path, comment, dirPerm)
+		if !errors.Is(cerr, fs.ErrExist) {
+			if cerr != nil {
+				return Key{}, Result{}, cerr
 			}
 			return k, Result{Created: true}, nil
 		}

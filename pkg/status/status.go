@@ -38,6 +38,43 @@ const (
 	PeersTrusted = "PeersTrusted"
 )
 
+// PeerState is where peering with a peer stands.
+type PeerState string
+
+// Peer states, in the order production goes through them for a peer it
+// fetches from; a consumer is WaitingForFacts, HostKeyRefused or
+// KeysKnown.
+const (
+	// PeerWaitingForFacts: its agent has not told, over a trusted
+	// connection, what this host needs to know.
+	PeerWaitingForFacts PeerState = "WaitingForFacts"
+	// PeerHostKeyRefused: it offers a host key that is not trusted.
+	PeerHostKeyRefused PeerState = "HostKeyRefused"
+	// PeerWaitingForKnownHosts: root's known_hosts could not be written.
+	PeerWaitingForKnownHosts PeerState = "WaitingForKnownHosts"
+	// PeerWaitingForAuthorization: it has not let this host's client key
+	// in yet.
+	PeerWaitingForAuthorization PeerState = "WaitingForAuthorization"
+	// PeerProbing: the probe of its sshd is under way.
+	PeerProbing PeerState = "Probing"
+	// PeerProbeFailed: its agent answers, but its sshd does not serve
+	// this host.
+	PeerProbeFailed PeerState = "ProbeFailed"
+	// PeerServing: verified serving; it is a substituter.
+	PeerServing PeerState = "Serving"
+	// PeerUnreachable: it served this host, and went dark; its
+	// substituter is withdrawn until it answers again.
+	PeerUnreachable PeerState = "Unreachable"
+	// PeerKeysKnown: a consumer whose client key is known.
+	PeerKeysKnown PeerState = "KeysKnown"
+)
+
+// Peer roles.
+const (
+	RoleSubstituter = "substituter"
+	RoleConsumer    = "consumer"
+)
+
 // Condition follows the Kubernetes API conventions: LastTransitionTime
 // changes only when Status flips.
 type Condition struct {
@@ -64,16 +101,15 @@ type Peer struct {
 	// HostKeyNotPinned); HostKeyFingerprint is then the trusted one.
 	RefusedHostKeyFingerprint string `json:"refusedHostKeyFingerprint,omitempty"`
 	Reason                    string `json:"reason,omitempty"`
-	// State is where peering with it stands: WaitingForFacts,
-	// HostKeyRefused, WaitingForAuthorization, ProbeFailed, Serving or
-	// Unreachable for a substituter; WaitingForFacts, HostKeyRefused or
-	// KeysKnown for a consumer.
-	State   string `json:"state"`
+	// State is where peering with it stands (see PeerState).
+	State   PeerState `json:"state"`
 	Message string `json:"message,omitempty"`
 	// Connected is set while a watch of its agent is open.
 	Connected bool `json:"connected"`
 	// FactsAt is when its agent last told something new.
 	FactsAt *time.Time `json:"factsAt,omitempty"`
+	// Since is when its agent's connection last came up or went down.
+	Since *time.Time `json:"since,omitempty"`
 }
 
 // File is a file the agent manages on this host.

@@ -1,0 +1,258 @@
+package reconcile
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/nixpeer/nixpeer/pkg/atomicfile"
+	"github.com/nixpeer/nixpeer/pkg/nix"
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
+)
+
+// acted is what acting on a plan did.
+type acted struct {
+	// done are the resources that acted in full; failed says why the
+	// others did not (a failure, or a resource they need that failed).
+	done   map[*Resource]bool
+	failed map[*Resource]Problem
+	// wrote lists the files written.
+	wrote []string
+	// errs are the failures of the pass.
+	errs []error
+	// again: the pass changed something it could not observe (a key it
+	// created, a file changed under it); the next pass is due at once.
+	again bool
+}
+
+// errChangedMeanwhile: a file changed between the pass's observation and
+// its write; the write is left to the next pass, which sees the change.
+var errChangedMeanwhile = errors.New("changed since this pass read it; the next pass takes the change into account")
+
+// act does what p says, resource by resource, and starts the work it asks
+// for. A resource whose needed resources failed leaves its files as they
+// are.
+func (h *Host) act(ctx context.Context, o *Observation, p *Plan) *acted {
+	a := &acted{done: map[*Resource]bool{}, failed: map[*Resource]Problem{}}
+	if o.WatchErr != nil {
+		a.errs = append(a.errs, fmt.Errorf("watch peers: %w", o.WatchErr))
+	}
+	if o.Self != nil {
+		h.jobs.forget(func(slot string) bool {
+			name, isProbe := strings.CutPrefix(slot, "probe/")
+			_, wanted := o.Probes[name]
+			return !isProbe || wanted
+		})
+	}
+	byType := map[string]*Resource{}
+	for _, r := range p.Resources {
+		if r.Type != "" {
+			byType[r.Type] = r
+		}
+	}
+	for _, r := range p.Resources {
+		if need := a.blocker(r, byType); need != nil {
+			a.failed[r] = Problem{Reason: "Waiting", Message: fmt.Sprintf("waits for %s: %s", need.Type, a.failed[need].Message)}
+			continue
+		}
+		if err := h.actOn(ctx, o, r, a); err != nil {
+			reason := "WriteFailed"
+			if errors.Is(err, errChangedMeanwhile) {
+				reason, a.again = "ChangedMeanwhile", true
+			} else {
+				a.errs = append(a.errs, err)
+			}
+			a.failed[r] = Problem{Reason: reason, Message: err.Error()}
+			continue
+		}
+		a.done[r] = true
+		if r.Failed {
+			a.errs = append(a.errs, fmt.Errorf("%s: %s", r.Type, r.Message))
+		}
+	}
+	for _, pr := range p.Probes {
+		h.jobs.start(ctx, probeSlot(pr.peer), pr.tuple, h.probeJob(pr))
+	}
+	return a
+}
+
+// blocker returns the needed resource of r whose action failed, or nil.
+func (a *acted) blocker(r *Resource, byType map[string]*Resource) *Resource {
+	for _, t := range r.Needs {
+		if need := byType[t]; need != nil {
+			if _, failed := a.failed[need]; failed {
+				return need
+			}
+		}
+	}
+	return nil
+}
+
+// actOn makes one resource as planned: directories, keys, files (only
+// those that differ), the peer port, store records, then its work.
+func (h *Host) actOn(ctx context.Context, o *Observation, r *Resource, a *acted) error {
+	for _, d := range r.Dirs {
+		if err := os.Chmod(d.path, d.mode); err != nil {
+			return fmt.Errorf("set mode of %s to %o: %w", d.path, d.mode, err)
+		}
+	}
+	for _, k := range r.Keys {
+		created, err := ensureKey(k)
+		if err != nil {
+			return err
+		}
+		a.again = a.again || created
+	}
+	for _, f := range r.Files {
+		wrote, err := writeWanted(f, o.Files[f.path])
+		if err != nil {
+			return err
+		}
+		if wrote {
+			a.wrote = append(a.wrote, f.path)
+		}
+	}
+	if r.Listen != "" {
+		if err := h.cfg.Port.Ensure(r.Listen, o.HostKey.Key.Signer); err != nil {
+			return fmt.Errorf("%w; is another agent or program on that port?", err)
+		}
+	}
+	for _, rec := range r.Records {
+		if err := h.cfg.Store.Put(rec.key, rec.value); err != nil {
+			return fmt.Errorf("record %s: %w", rec.key, err)
+		}
+	}
+	if r.Apply != nil {
+		h.jobs.start(ctx, slotApply, r.Apply.hash, h.applyJob(r.Apply))
+	}
+	if r.Sign != nil {
+		h.jobs.start(ctx, slotSign, r.Sign.key, h.signJob(r.Sign))
+	}
+	return nil
+}
+
+// ensureKey creates a missing key or repairs an existing one; it reports
+// whether it created one.
+func ensureKey(k keyWant) (bool, error) {
+	switch k.kind {
+	case keyClient:
+		_, res, err := sshkeys.EnsureClientKey(k.path, k.name)
+		return res.Created, err
+	case keyHost:
+		_, res, err := sshkeys.EnsureHostKey(k.path, k.name)
+		return res.Created, err
+	default:
+		_, res, err := nix.EnsureCacheKey(k.path, k.name)
+		if err != nil {
+			return false, fmt.Errorf("binary-cache key: %w", err)
+		}
+		return res.Created, nil
+	}
+}
+
+// writeWanted gives the file f's content, atomically, when it differs from
+// what the pass observed. It writes nothing when the file changed since it
+// was observed (errChangedMeanwhile), and never creates an empty file.
+func writeWanted(f fileWant, obs FileObs) (bool, error) {
+	if obs.Err != nil {
+		return false, obs.Err
+	}
+	mode := f.mode
+	if mode == 0 {
+		mode = 0o644
+		if obs.Exists {
+			mode = obs.Mode // a file people share keeps its mode
+		}
+	}
+	if obs.Exists && bytes.Equal(obs.Content, f.content) && obs.Mode == mode {
+		return false, nil
+	}
+	if !obs.Exists && len(f.content) == 0 {
+		return false, nil
+	}
+	if now := readObserved(f.path); now.Err != nil || now.Exists != obs.Exists || !bytes.Equal(now.Content, obs.Content) {
+		return false, fmt.Errorf("%s %w", f.path, errChangedMeanwhile)
+	}
+	dirMode := f.dirMode
+	if dirMode == 0 {
+		dirMode = 0o755
+	}
+	if err := os.MkdirAll(filepath.Dir(f.path), dirMode); err != nil {
+		return false, fmt.Errorf("create directory of %s: %w", f.path, err)
+	}
+	if err := atomicfile.WriteFile(f.path, f.content, mode); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// applyJob runs the apply command (if any) and checks, with Nix itself,
+// that the settings are live and a withdrawn substituter is not.
+func (h *Host) applyJob(req *applyRequest) func(context.Context) jobResult {
+	return func(ctx context.Context) jobResult {
+		if len(req.argv) > 0 {
+			actx, cancel := context.WithTimeout(ctx, ApplyTimeout)
+			start := h.cfg.Clock.Now()
+			out, err := h.cfg.Nix.Apply(actx, req.argv)
+			cancel()
+			h.log.Info("ran apply", zap.Strings("command", req.argv), zap.Duration("took", h.cfg.Clock.Now().Sub(start)),
+				zap.Error(err), zap.String("output", out))
+			if err != nil {
+				return jobResult{Reason: "ApplyFailed", Err: err, Output: out}
+			}
+		}
+		vctx, cancel := context.WithTimeout(ctx, VerifyTimeout)
+		eff, err := h.cfg.Nix.ShowConfig(vctx)
+		cancel()
+		if err != nil {
+			return jobResult{Reason: "CannotVerify", Err: fmt.Errorf("read the effective Nix configuration: %w", err)}
+		}
+		missing := append(nix.Live(req.settings, eff), nix.StillLive(req.withdrawn, eff)...)
+		if len(missing) > 0 && len(req.argv) > 0 {
+			msg := strings.Join(missing, "; ")
+			if req.hint != "" {
+				msg += "; " + req.hint
+			}
+			return jobResult{Reason: "NotLive", Err: errors.New("the Nix settings are not live after the apply: " + msg)}
+		}
+		if len(missing) == 0 {
+			h.log.Info("nix settings applied and live")
+		}
+		return jobResult{Missing: missing}
+	}
+}
+
+// signJob signs a closure with a new key.
+func (h *Host) signJob(req *signRequest) func(context.Context) jobResult {
+	return func(ctx context.Context) jobResult {
+		sctx, cancel := context.WithTimeout(ctx, SignTimeout)
+		defer cancel()
+		start := h.cfg.Clock.Now()
+		if err := h.cfg.Nix.SignClosure(sctx, req.keyFile, req.target); err != nil {
+			return jobResult{Reason: "SigningFailed", Err: err}
+		}
+		h.log.Info("signed the system closure with the binary-cache key", zap.String("path", req.target),
+			zap.Duration("took", h.cfg.Clock.Now().Sub(start)))
+		return jobResult{}
+	}
+}
+
+// probeJob checks that a peer serves its store to this host's client key.
+func (h *Host) probeJob(req probeRequest) func(context.Context) jobResult {
+	return func(ctx context.Context) jobResult {
+		res, err := h.cfg.Prober.Probe(ctx, req.target)
+		if err != nil {
+			h.log.Info("peer probe failed", zap.String("peer", req.peer), zap.Error(err))
+			return jobResult{Reason: "ProbeFailed", Err: err}
+		}
+		h.log.Info("peer serves this host", zap.String("peer", req.peer),
+			zap.Duration("probe", res.Elapsed), zap.Uint64("protocolVersion", res.ServerVersion))
+		return jobResult{}
+	}
+}

@@ -1,0 +1,134 @@
+package reconcile
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/nixpeer/nixpeer/pkg/clock"
+)
+
+// Long work (applying the Nix settings, signing a closure, probing a peer)
+// runs as jobs beside the loop: a pass starts a job and ends at once, the
+// loop goes on answering status and pinging the watchdog, and the job's end
+// triggers the next pass, which observes its result. One job runs per slot
+// at a time; a pass that wants another waits for the running one to end.
+
+// jobResult is what a job's function returns.
+type jobResult struct {
+	// Reason is a condition reason for a failure (ApplyFailed, ...).
+	Reason string
+	Err    error
+	// Output is the tail of a command's output, or a note.
+	Output string
+	// Missing lists the wanted settings that Nix does not use (verify).
+	Missing []string
+}
+
+// jobState is what a pass observes of a slot: the job running, or the
+// last one that ended.
+type jobState struct {
+	// Key says what the job is for (a settings hash, a key and path, a
+	// probed target); "" when the slot never ran.
+	Key     string
+	Running bool
+	Started time.Time
+	Ended   time.Time
+	Reason  string
+	Err     string
+	Output  string
+	Missing []string
+	// Failures counts the failures in a row of jobs with this Key.
+	Failures int
+}
+
+// done reports whether a job for key ended (and none runs).
+func (s jobState) done(key string) bool { return !s.Running && s.Key == key && !s.Ended.IsZero() }
+
+// failed reports whether the last job for key ended with an error.
+func (s jobState) failed(key string) bool { return s.done(key) && s.Err != "" }
+
+type jobs struct {
+	clock  clock.Clock
+	notify func(reason string)
+
+	mu    sync.Mutex
+	slots map[string]jobState
+	wg    sync.WaitGroup
+}
+
+func newJobs(c clock.Clock, notify func(string)) *jobs {
+	return &jobs{clock: c, notify: notify, slots: map[string]jobState{}}
+}
+
+// get returns the state of slot.
+func (j *jobs) get(slot string) jobState {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	s := j.slots[slot]
+	s.Missing = append([]string(nil), s.Missing...)
+	return s
+}
+
+// start runs fn in slot for key unless a job runs there already; it
+// reports whether it started one. fn gets ctx; its end triggers a pass.
+func (j *jobs) start(ctx context.Context, slot, key string, fn func(context.Context) jobResult) bool {
+	j.mu.Lock()
+	prev := j.slots[slot]
+	if prev.Running {
+		j.mu.Unlock()
+		return false
+	}
+	failures := 0
+	if prev.Key == key {
+		failures = prev.Failures
+	}
+	j.slots[slot] = jobState{Key: key, Running: true, Started: j.clock.Now(), Failures: failures}
+	j.wg.Add(1)
+	j.mu.Unlock()
+	go func() {
+		defer j.wg.Done()
+		res := fn(ctx)
+		j.mu.Lock()
+		s := j.slots[slot]
+		s.Running, s.Ended = false, j.clock.Now()
+		s.Reason, s.Output, s.Missing, s.Err = res.Reason, res.Output, res.Missing, ""
+		if res.Err != nil {
+			s.Err = res.Err.Error()
+			s.Failures++
+		} else {
+			s.Failures = 0
+		}
+		j.slots[slot] = s
+		j.mu.Unlock()
+		if ctx.Err() == nil {
+			j.notify(slot + " ended")
+		}
+	}()
+	return true
+}
+
+// forget drops slots that keep returns false for (peers that left).
+func (j *jobs) forget(keep func(slot string) bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for slot, s := range j.slots {
+		if !s.Running && !keep(slot) {
+			delete(j.slots, slot)
+		}
+	}
+}
+
+// wait returns once every job has ended; their context must be done or
+// ending.
+func (j *jobs) wait() { j.wg.Wait() }
+
+// retryDelay is how long after its end a failed job is retried: 1 s
+// doubling with each failure in a row, at most 2 minutes.
+func retryDelay(failures int) time.Duration {
+	d := time.Second
+	for i := 1; i < failures && d < 2*time.Minute; i++ {
+		d *= 2
+	}
+	return min(d, 2*time.Minute)
+}

@@ -1,0 +1,323 @@
+package reconcile
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/nixpeer/nixpeer/pkg/desired"
+	"github.com/nixpeer/nixpeer/pkg/layout"
+	"github.com/nixpeer/nixpeer/pkg/nix"
+	"github.com/nixpeer/nixpeer/pkg/peering"
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
+)
+
+// maxManagedFile bounds what is read of a file the agent manages or
+// shares with people: far more than any known_hosts or nix.conf.
+const maxManagedFile = 4 << 20
+
+// Observation is everything one pass knows: read once, at its start, and
+// never carried into the next pass.
+type Observation struct {
+	Now    time.Time
+	Layout layout.Layout
+
+	// File is the desired state in force (the last good one), nil when
+	// there is none; Generation is its generation.
+	File       *desired.File
+	Generation int64
+	// FileProblem says why the file on disk is not in force, nil when
+	// it is.
+	FileProblem *Problem
+	// Self is this host's entry in File, nil when not found (SelfErr).
+	Self    *desired.Host
+	SelfErr string
+
+	ClientKey, HostKey KeyObs
+	// KeysDirMode is the mode of the directory of the private keys (0
+	// when it is missing).
+	KeysDirMode fs.FileMode
+	CacheKey    CacheKeyObs
+
+	// Files holds every file a pass may write or read, by path.
+	Files map[string]FileObs
+
+	// Peers is what peering knows of each host in File, by name.
+	Peers map[string]peering.State
+	// WatchErr says why the watches could not follow the desired state.
+	WatchErr error
+	// Probes are the probe slots of the peers this host fetches from.
+	Probes map[string]jobState
+	// Verified is, by peer, what its last passing probe verified.
+	Verified map[string]string
+	// Trips are when each peer's substituter was last withdrawn because
+	// the peer went dark (newest last, within FlapWindow).
+	Trips map[string][]time.Time
+
+	// Apply is the apply-and-verify slot; Applied the hash of the Nix
+	// settings last verified live.
+	Apply   jobState
+	Applied string
+	// Sign is the signing slot; SignedWith the binary-cache public key
+	// the closure was last signed with; SignTarget the store path the
+	// closure link points to ("" when there is none; SignTargetErr when
+	// it cannot be resolved).
+	Sign          jobState
+	SignedWith    string
+	SignTarget    string
+	SignTargetErr string
+
+	// NixSSHUser says what is wrong with the user sshd hands Nix clients
+	// to, "" when nothing is.
+	NixSSHUser string
+}
+
+// Problem is a condition's reason and message.
+type Problem struct {
+	Reason, Message string
+}
+
+// KeyObs is an SSH key as found on disk.
+type KeyObs struct {
+	Key sshkeys.Key
+	// Err says why the key file is unusable.
+	Err     error
+	State   sshkeys.Inspection
+	ModTime time.Time
+}
+
+// Usable reports whether the key can be used in this pass.
+func (k KeyObs) Usable() bool { return k.Err == nil && !k.State.Missing && k.Key.Signer != nil }
+
+// CacheKeyObs is the binary-cache signing key as found on disk.
+type CacheKeyObs struct {
+	nix.CacheKeyState
+	Err     error
+	ModTime time.Time
+}
+
+// FileObs is a file as found on disk.
+type FileObs struct {
+	Exists  bool
+	Content []byte
+	Mode    fs.FileMode
+	ModTime time.Time
+	// Err says why the file cannot be read: not a regular file, too
+	// large, unreadable.
+	Err error
+}
+
+// observe reads everything the pass needs. It writes nothing on the host
+// but the generation record of a new desired state.
+func (h *Host) observe() *Observation {
+	l := h.cfg.Layout
+	o := &Observation{Now: h.cfg.Clock.Now(), Layout: l}
+	h.observeDesired(o)
+	o.File, o.Generation = h.desired, h.generation
+	if o.File == nil {
+		return o
+	}
+	self, err := o.File.FindSelf(h.cfg.HostName, h.cfg.Hostnames...)
+	if err != nil {
+		o.SelfErr = err.Error()
+		return o
+	}
+	o.Self = self
+
+	o.ClientKey = inspectKey("client key", l.ClientKey)
+	o.HostKey = inspectKey("host key", l.HostKey)
+	if st, err := os.Stat(l.KeysDir); err == nil {
+		o.KeysDirMode = st.Mode().Perm()
+	}
+	if self.Serve != nil {
+		ks, err := nix.InspectCacheKey(l.KeysDir)
+		o.CacheKey = CacheKeyObs{CacheKeyState: ks, Err: err, ModTime: modTime(filepath.Join(l.KeysDir, nix.SecretKeyFileName))}
+	}
+
+	o.Files = map[string]FileObs{}
+	for _, p := range observedPaths(l, self) {
+		o.Files[p] = readObserved(p)
+	}
+
+	// The watches follow the desired state before they are read: a
+	// peer's pin that left the file is not trusted in this pass.
+	if err := h.cfg.Peers.Sync(watchTargets(o.File, self)); err != nil {
+		o.WatchErr = err
+	}
+	o.Peers = map[string]peering.State{}
+	o.Probes = map[string]jobState{}
+	o.Trips = map[string][]time.Time{}
+	for _, hst := range o.File.Hosts {
+		if st, ok := h.cfg.Peers.Get(hst.Name); ok {
+			o.Peers[hst.Name] = st
+		}
+	}
+	for _, name := range self.SubstituteFrom {
+		o.Probes[name] = h.jobs.get(probeSlot(name))
+		o.Trips[name] = append([]time.Time(nil), h.trips[name]...)
+	}
+
+	if _, err := h.cfg.Store.Get(recVerified, &o.Verified); err != nil || o.Verified == nil {
+		if err != nil {
+			h.log.Warn("unreadable record in the state store; peers count as never verified until probed again", zap.String("record", recVerified), zap.Error(err))
+		}
+		o.Verified = map[string]string{}
+	}
+	o.Apply = h.jobs.get(slotApply)
+	o.Applied = h.readRecord(recApplied)
+	if self.Serve != nil {
+		o.Sign = h.jobs.get(slotSign)
+		o.SignedWith = h.readRecord(recSignedWith)
+		o.SignTarget, o.SignTargetErr = h.resolveClosure(self.Serve.SignClosure)
+		if self.Platform != desired.PlatformNixOSModule {
+			o.NixSSHUser = checkNixSSHUser(self.Platform)
+		}
+	}
+	return o
+}
+
+// observeDesired reads and validates the desired-state file. A file that
+// does not parse or validate is not applied: the last good one stays in
+// force.
+func (h *Host) observeDesired(o *Observation) {
+	name := h.cfg.ConfigFile
+	f, raw, err := desired.Load(name)
+	if err != nil {
+		reason := "Invalid"
+		if errors.Is(err, os.ErrNotExist) {
+			reason = "FileMissing"
+		}
+		keep := "no earlier desired state to keep: nothing is managed until it is fixed"
+		if h.desired != nil {
+			keep = fmt.Sprintf("keeping the last good desired state (generation %d)", h.generation)
+		}
+		msg := fmt.Sprintf("%s; %s", strings.TrimSpace(err.Error()), keep)
+		h.log.Error("desired-state file not applied", zap.String("file", name), zap.String("reason", reason), zap.String("error", err.Error()), zap.String("action", keep))
+		o.FileProblem = &Problem{Reason: reason, Message: msg}
+		return
+	}
+	gen, err := h.cfg.Store.RecordDesired(name, raw, f.Hash())
+	if err != nil {
+		o.FileProblem = &Problem{Reason: "StateStoreError", Message: fmt.Sprintf("record the desired state: %v", err)}
+		return
+	}
+	if gen != h.generation {
+		h.log.Info("new desired state", zap.String("file", name), zap.Int64("generation", gen))
+	}
+	h.desired, h.generation = f, gen
+}
+
+// readRecord reads a string record of the store. One that cannot be read
+// counts as absent: the pass then does again what the record would have
+// spared it (apply and verify, sign), and writing the record heals it.
+func (h *Host) readRecord(key string) string {
+	var v string
+	if _, err := h.cfg.Store.Get(key, &v); err != nil {
+		h.log.Warn("unreadable record in the state store; doing its work again", zap.String("record", key), zap.Error(err))
+		return ""
+	}
+	return v
+}
+
+// resolveClosure resolves the closure link a serving host signs.
+func (h *Host) resolveClosure(closure string) (string, string) {
+	target, err := filepath.EvalSymlinks(h.cfg.Layout.In(closure))
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", ""
+	}
+	if err != nil {
+		return "", fmt.Sprintf("resolve %s: %v", closure, err)
+	}
+	if root := h.cfg.Layout.Root; root != "" && root != "/" {
+		// Under a root the link points into the real store.
+		if rel, err := filepath.Rel(root, target); err == nil && !strings.HasPrefix(rel, "..") {
+			target = "/" + rel
+		}
+	}
+	return target, ""
+}
+
+func inspectKey(what, path string) KeyObs {
+	k, st, err := sshkeys.Inspect(what, path)
+	return KeyObs{Key: k, State: st, Err: err, ModTime: modTime(path)}
+}
+
+// observedPaths are the files a pass of self may write or read.
+func observedPaths(l layout.Layout, self *desired.Host) []string {
+	paths := []string{l.KnownHosts, l.SSHConfig}
+	switch self.Platform {
+	case desired.PlatformNix:
+		paths = append(paths, l.NixpeerConf, l.NixConf, filepath.Join(l.AuthorizedKeysDir, nixSSHUser))
+	case desired.PlatformNixOS:
+		paths = append(paths, l.StateNixConf, l.NixConf, filepath.Join(l.StateAuthorizedKeysDir, nixSSHUser))
+	case desired.PlatformNixOSModule:
+		paths = append(paths, l.In(self.NixOSModuleFile), filepath.Join(l.AuthorizedKeysDir, nixSSHUser))
+	}
+	return paths
+}
+
+// readObserved reads a regular file of at most maxManagedFile bytes. A
+// symlink, a FIFO, a device or a directory is refused without being
+// opened, so that nothing at a managed path can block or swell the agent.
+func readObserved(path string) FileObs {
+	st, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return FileObs{}
+	}
+	if err != nil {
+		return FileObs{Err: err}
+	}
+	if !st.Mode().IsRegular() {
+		return FileObs{Err: fmt.Errorf("%s is not a regular file (%v); refusing to read or replace it", path, st.Mode().Type())}
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscallNoFollow, 0)
+	if err != nil {
+		return FileObs{Err: fmt.Errorf("read %s: %w", path, err)}
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxManagedFile+1))
+	if err != nil {
+		return FileObs{Err: fmt.Errorf("read %s: %w", path, err)}
+	}
+	if len(data) > maxManagedFile {
+		return FileObs{Err: fmt.Errorf("%s is larger than %d MiB; refusing to read or replace it", path, maxManagedFile>>20)}
+	}
+	return FileObs{Exists: true, Content: data, Mode: st.Mode().Perm(), ModTime: st.ModTime()}
+}
+
+// nixSSHUser is the user sshd hands Nix clients to.
+const nixSSHUser = "nix-ssh"
+
+// checkNixSSHUser looks in the machine's own user database (even under
+// --root: sshd runs on the machine) for the user sshd hands Nix clients to.
+func checkNixSSHUser(platform desired.Platform) string {
+	const fix = "useradd --system --gid nix-users --shell /bin/bash --home-dir /var/empty --password '*' nix-ssh"
+	u, err := user.Lookup(nixSSHUser)
+	if err != nil {
+		if platform == desired.PlatformNixOS {
+			return "user nix-ssh does not exist: nixpeer's NixOS module sets nix.sshServe.enable = true on a serving host; is it imported and services.nixpeer.enable set?"
+		}
+		return "user nix-ssh does not exist; create it: " + fix
+	}
+	if platform != desired.PlatformNix {
+		return ""
+	}
+	g, err := user.LookupGroup("nix-users")
+	if err != nil {
+		return "group nix-users does not exist: is Nix installed with its daemon (Debian: apt-get install nix-bin)?"
+	}
+	gids, err := u.GroupIds()
+	if err != nil || !slices.Contains(gids, g.Gid) {
+		return "user nix-ssh is not in group nix-users, so it cannot reach the Nix daemon: usermod -a -G nix-users nix-ssh"
+	}
+	return ""
+}

@@ -1,0 +1,827 @@
+package reconcile
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io/fs"
+	"maps"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/desired"
+	"github.com/nixpeer/nixpeer/pkg/knownhosts"
+	"github.com/nixpeer/nixpeer/pkg/layout"
+	"github.com/nixpeer/nixpeer/pkg/nix"
+	"github.com/nixpeer/nixpeer/pkg/peer"
+	"github.com/nixpeer/nixpeer/pkg/peering"
+	"github.com/nixpeer/nixpeer/pkg/probe"
+	"github.com/nixpeer/nixpeer/pkg/sshconfig"
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
+	"github.com/nixpeer/nixpeer/pkg/status"
+)
+
+// Timeouts and intervals of the work a plan asks for.
+const (
+	ApplyTimeout  = 2 * time.Minute
+	VerifyTimeout = 30 * time.Second
+	SignTimeout   = 10 * time.Minute
+	ProbeTimeout  = 5 * time.Second
+	// ReverifyPending is how often a host whose settings wait for the
+	// operator's deploy (no apply command) checks whether they are live.
+	ReverifyPending = time.Minute
+	// ProbeRefresh is how often the sshd of a peer whose agent cannot be
+	// reached is probed again while it serves: nothing else would tell
+	// when it stops.
+	ProbeRefresh = 10 * time.Second
+	// SSHConnectTimeout bounds ssh's connect to a peer (ssh config block).
+	SSHConnectTimeout = 5 * time.Second
+	// outputTail is how much of a command's output the status keeps.
+	outputTail = 2048
+)
+
+// The circuit breaker of a substituter: a peer that went dark FlapTrips
+// times within FlapWindow is used again only FlapHold after it last went
+// dark, doubling with every further trip up to FlapHoldMax, so that a
+// flapping peer cannot cause an apply (a nix-daemon restart) storm.
+const (
+	FlapWindow  = 10 * time.Minute
+	FlapTrips   = 3
+	FlapHold    = 30 * time.Second
+	FlapHoldMax = 10 * time.Minute
+)
+
+// soon asks the loop to run the next pass at once: this pass changed
+// something that it could not observe itself (a key it created).
+const soon = time.Millisecond
+
+// Job slots and store records.
+const (
+	slotApply     = "apply"
+	slotSign      = "sign"
+	recApplied    = "nix/applied"    // hash of the Nix settings verified live
+	recSignedWith = "nix/signedWith" // cache public key the closure was signed with
+	// recVerified holds, by peer, what its last passing probe verified:
+	// a dark peer that served this host counts as settled.
+	recVerified = "peers/verified"
+)
+
+func probeSlot(peer string) string { return "probe/" + peer }
+
+// Plan is what a pass will do and report, derived from an Observation
+// alone: the bytes of every managed file, the work to start, every
+// condition.
+type Plan struct {
+	// Resources are in the order they act; each owns its files and its
+	// condition.
+	Resources []*Resource
+	Peers     []status.Peer
+	Probes []probeRequest
+	// Trips are the peers whose substituter this pass withdraws because
+	// they went dark.
+	Trips []string
+	// Requeue is when the next pass is due without any event, 0 for the
+	// resync timer.
+	Requeue time.Duration
+
+	// Consumers are the client keys a serving host lets in, for its
+	// facts; Authorized is the resource that writes them where sshd
+	// reads them (nil on nixos-module, where the deploy does).
+	Consumers  []consumerKey
+	Authorized *Resource
+}
+
+// Resource is one thing on the host: its files, keys and work, and the
+// condition it reports when it acts as planned.
+type Resource struct {
+	// Type is the condition type; "" for a resource that has none (a
+	// clean-up after a role the host no longer has).
+	Type string
+	// Needs are the types of the resources whose action must succeed in
+	// this pass before this one acts.
+	Needs []string
+	Keys  []keyWant
+	Dirs  []dirWant
+	Files []fileWant
+	// Records are written to the store once the resource acted.
+	Records []record
+	Apply   *applyRequest
+	Sign    *signRequest
+	// Listen is where the peer port listens, with the host key.
+	Listen string
+	// Status, Reason and Message are the condition when the resource
+	// acts as planned.
+	Status  bool
+	Reason  string
+	Message string
+	// Failed marks a condition that is a failure of this pass (an apply
+	// that failed, settings not live after apply), not a wait.
+	Failed bool
+}
+
+type keyKind int
+
+const (
+	keyClient keyKind = iota
+	keyHost
+	keyCache
+)
+
+// keyWant asks for a key to be created where missing, or repaired.
+type keyWant struct {
+	kind keyKind
+	path string // the key, or for a cache key its directory
+	name string // comment, or the cache key's name
+}
+
+type dirWant struct {
+	path string
+	mode fs.FileMode
+}
+
+// fileWant is the content a managed file must have. A zero mode keeps the
+// mode of an existing file (a file people share keeps theirs) and gives a
+// new one 0644.
+type fileWant struct {
+	path    string
+	content []byte
+	mode    fs.FileMode
+	dirMode fs.FileMode
+}
+
+type record struct {
+	key   string
+	value any
+}
+
+// applyRequest is the apply-and-verify job for one version of the Nix
+// settings.
+type applyRequest struct {
+	hash      string
+	argv      []string
+	settings  nix.Settings
+	withdrawn []string
+	// hint explains settings not live on NixOS without the module.
+	hint string
+}
+
+type signRequest struct {
+	key             string
+	keyFile, target string
+}
+
+type probeRequest struct {
+	peer   string
+	tuple  string
+	target probe.Target
+}
+
+type consumerKey struct {
+	host string
+	key  ssh.PublicKey
+}
+
+// planner holds what plan works out along the way.
+type planner struct {
+	o    *Observation
+	p    *Plan
+	self *desired.Host
+	file *desired.File
+	// keys are the trusted public keys of every host in the file.
+	keys map[string]peerKeys
+	// verdicts say, for each peer this host fetches from, whether it is
+	// a substituter in this pass.
+	verdicts map[string]verdict
+	// verified are the probes to record, by peer: the verified record
+	// of the peers this host fetches from, as it is after the pass.
+	verified map[string]string
+	// cacheKeyOK: a serving host's signing key is the one the file asks
+	// for, so the Nix settings may name it.
+	cacheKeyOK bool
+}
+
+// peerKeys is what this host knows, and trusts, of a peer's public keys.
+type peerKeys struct {
+	HostKey   ssh.PublicKey
+	ClientKey ssh.PublicKey
+	CacheKey  string // NAME:BASE64
+}
+
+// plan derives what a pass does from what it observed. It does no I/O.
+func plan(o *Observation) *Plan {
+	p := &Plan{}
+	valid := &Resource{Type: status.DesiredStateValid}
+	p.Resources = append(p.Resources, valid)
+	switch {
+	case o.File == nil:
+		valid.Reason, valid.Message = o.FileProblem.Reason, o.FileProblem.Message
+		return p
+	case o.Self == nil:
+		valid.Reason, valid.Message = "HostNotFound", o.SelfErr
+		return p
+	case o.FileProblem != nil:
+		valid.Reason, valid.Message = o.FileProblem.Reason, o.FileProblem.Message
+	default:
+		valid.Status, valid.Reason = true, "Valid"
+		valid.Message = fmt.Sprintf("%s is valid (generation %d)", o.File.Filename, o.Generation)
+	}
+	pl := &planner{o: o, p: p, self: o.Self, file: o.File, verdicts: map[string]verdict{}, verified: map[string]string{}}
+	if err := pl.learnKeys(); err != nil {
+		valid.Status, valid.Reason, valid.Message = false, "InvalidKey", err.Error()
+		return p
+	}
+	pl.planKeys()
+	pl.planPeering()
+	pl.planKnownHosts()
+	pl.planCacheKey()
+	pl.planSubstituters()
+	pl.planServe()
+	pl.planNixSettings()
+	pl.planSubstitutersReady()
+	pl.planVerified()
+	return p
+}
+
+func (pl *planner) add(r *Resource) *Resource {
+	pl.p.Resources = append(pl.p.Resources, r)
+	return r
+}
+
+// requeue makes the next pass due within d.
+func (pl *planner) requeue(d time.Duration) {
+	if d <= 0 {
+		d = soon
+	}
+	if pl.p.Requeue == 0 || d < pl.p.Requeue {
+		pl.p.Requeue = d
+	}
+}
+
+// learnKeys gathers the keys of every host: the pins of the file, and
+// what each peer's agent told over a trusted connection (a pin wins).
+func (pl *planner) learnKeys() error {
+	pl.keys = map[string]peerKeys{}
+	for _, h := range pl.file.Hosts {
+		k, err := pinnedKeys(h)
+		if err != nil {
+			return err
+		}
+		st := pl.o.Peers[h.Name]
+		if k.HostKey == nil {
+			k.HostKey = st.HostKey
+		}
+		if f := st.Facts; f != nil {
+			if k.ClientKey == nil && f.ClientKey != "" {
+				k.ClientKey, _ = sshkeys.ParsePublicLine(f.ClientKey) // validated with the facts
+			}
+			if k.CacheKey == "" && f.Serve != nil {
+				k.CacheKey = f.Serve.CacheKey
+			}
+		}
+		pl.keys[h.Name] = k
+	}
+	return nil
+}
+
+// pinnedKeys are the keys of a host that the desired-state file pins.
+func pinnedKeys(h *desired.Host) (peerKeys, error) {
+	var k peerKeys
+	var err error
+	if h.HostKey != "" {
+		if k.HostKey, err = sshkeys.ParsePublicLine(h.HostKey); err != nil {
+			return k, fmt.Errorf("hostKey of %s: %w", h.Name, err)
+		}
+	}
+	if h.ClientKey != "" {
+		if k.ClientKey, err = sshkeys.ParsePublicLine(h.ClientKey); err != nil {
+			return k, fmt.Errorf("clientKey of %s: %w", h.Name, err)
+		}
+	}
+	if h.Serve != nil {
+		k.CacheKey = h.Serve.PublicKey
+	}
+	return k, nil
+}
+
+// planKeys keeps the host's SSH client key (which it fetches from peers
+// with) and its SSH host key, and the private keys' directory at 0700.
+func (pl *planner) planKeys() {
+	o, l := pl.o, pl.o.Layout
+	r := pl.add(&Resource{Type: status.KeysReady})
+	if o.KeysDirMode != 0 && o.KeysDirMode != 0o700 {
+		r.Dirs = append(r.Dirs, dirWant{path: l.KeysDir, mode: 0o700})
+	}
+	var problems, created []string
+	for _, k := range []struct {
+		obs          KeyObs
+		kind         keyKind
+		what, reason string
+		path, name   string
+	}{
+		{o.ClientKey, keyClient, "client key", "ClientKeyUnusable", l.ClientKey, "nixpeer@" + pl.self.Name},
+		{o.HostKey, keyHost, "host key", "HostKeyUnusable", l.HostKey, "root@" + pl.self.Name},
+	} {
+		switch {
+		case k.obs.Err != nil:
+			if r.Reason == "" {
+				r.Reason = k.reason
+			}
+			problems = append(problems, k.obs.Err.Error())
+		case k.obs.State.NeedsWork():
+			r.Keys = append(r.Keys, keyWant{kind: k.kind, path: k.path, name: k.name})
+			if k.obs.State.Missing {
+				created = append(created, k.what)
+			}
+		}
+	}
+	switch {
+	case len(problems) > 0:
+		r.Message = strings.Join(problems, "; ")
+	case len(created) > 0:
+		// Used from the next pass on, once it is read back.
+		r.Reason, r.Message = "KeyCreated", "creating the "+strings.Join(created, " and the ")
+		pl.requeue(soon)
+	default:
+		r.Status, r.Reason = true, "KeysPresent"
+		r.Message = fmt.Sprintf("client key %s, host key %s", o.ClientKey.Key.Fingerprint(), o.HostKey.Key.Fingerprint())
+	}
+}
+
+// planPeering keeps the peer port listening with the host key.
+func (pl *planner) planPeering() {
+	r := pl.add(&Resource{Type: status.PeerPortReady})
+	if pl.o.HostKey.Usable() {
+		r.Listen = peering.ListenAddr(pl.self.Address, pl.self.PeerPort)
+		r.Status, r.Reason, r.Message = true, "Listening", "peers reach this agent at "+r.Listen
+	} else {
+		r.Reason, r.Message = "NoHostKey", "the peer port needs this host's SSH host key; see KeysReady"
+	}
+}
+
+// watchTargets are the peers self keeps a watch open to: those it
+// fetches from, and those that fetch from it.
+func watchTargets(file *desired.File, self *desired.Host) []peering.Target {
+	var targets []peering.Target
+	add := func(h *desired.Host) {
+		pins, _ := pinnedKeys(h) // validated with the file
+		targets = append(targets, peering.Target{Name: h.Name, Address: h.Address, Pin: pins.HostKey,
+			PinsRequired: file.Trust == desired.TrustPinned, Addr: peerAddr(h)})
+	}
+	seen := map[string]bool{}
+	for _, name := range self.SubstituteFrom {
+		add(file.Host(name))
+		seen[name] = true
+	}
+	for _, c := range file.Consumers(self.Name) {
+		if !seen[c.Name] {
+			add(c)
+		}
+	}
+	return targets
+}
+
+func peerAddr(h *desired.Host) string {
+	return fmt.Sprintf("%s:%d", bracket(h.Address), h.PeerPort)
+}
+
+func bracket(addr string) string {
+	if strings.Contains(addr, ":") {
+		return "[" + addr + "]"
+	}
+	return addr
+}
+
+// planKnownHosts keeps the managed blocks of root's known_hosts (the
+// trusted host key of every peer this host fetches from) and of root's
+// ssh config (each peer's port, and bounds on connecting to it).
+func (pl *planner) planKnownHosts() {
+	o, l := pl.o, pl.o.Layout
+	r := pl.add(&Resource{Type: status.KnownHostsReady})
+	var entries []knownhosts.Entry
+	var peers []sshconfig.Peer
+	var unknown []string
+	for _, name := range pl.self.SubstituteFrom {
+		h := pl.file.Host(name)
+		peers = append(peers, sshconfig.Peer{Address: h.Address, Port: h.SSHPort, ConnectTimeout: SSHConnectTimeout})
+		if key := pl.keys[name].HostKey; key != nil {
+			entries = append(entries, knownhosts.Entry{Host: h.Address, Port: h.SSHPort, Key: key})
+		} else {
+			unknown = append(unknown, name)
+		}
+	}
+	for _, f := range []struct {
+		path   string
+		render func([]byte) ([]byte, error)
+	}{
+		{l.KnownHosts, func(b []byte) ([]byte, error) { return knownhosts.Render(b, entries) }},
+		{l.SSHConfig, func(b []byte) ([]byte, error) { return sshconfig.Render(b, peers) }},
+	} {
+		obs := o.Files[f.path]
+		if obs.Err != nil {
+			r.Reason, r.Message = "Unreadable", obs.Err.Error()
+			r.Files = nil
+			return
+		}
+		content, err := f.render(obs.Content)
+		if err != nil {
+			r.Reason, r.Message = "MalformedFile", fmt.Sprintf("%s: %v; fix or remove the nixpeer managed block by hand", f.path, err)
+			r.Files = nil
+			return
+		}
+		r.Files = append(r.Files, fileWant{path: f.path, content: content, dirMode: 0o700})
+	}
+	r.Status, r.Reason = true, "UpToDate"
+	r.Message = fmt.Sprintf("%d peer entries in %s", len(entries), l.KnownHosts)
+	if len(unknown) > 0 {
+		r.Message += "; host key not known yet: " + strings.Join(unknown, ", ")
+	}
+}
+
+// planCacheKey keeps a serving host's binary-cache signing key, and signs
+// the current system closure with a key it has not been signed with:
+// paths built before the key existed carry no signature of it.
+func (pl *planner) planCacheKey() {
+	serve := pl.self.Serve
+	if serve == nil {
+		return
+	}
+	o, l := pl.o, pl.o.Layout
+	ck := o.CacheKey
+	r := pl.add(&Resource{Type: status.CacheKeyReady})
+	secret := filepath.Join(l.KeysDir, nix.SecretKeyFileName)
+	switch {
+	case ck.Err != nil:
+		r.Reason, r.Message = "CacheKeyUnusable", ck.Err.Error()
+		return
+	case ck.Missing:
+		r.Keys = []keyWant{{kind: keyCache, path: l.KeysDir, name: serve.KeyName}}
+		r.Reason, r.Message = "KeyCreated", "creating the binary-cache signing key "+serve.KeyName
+		pl.requeue(soon)
+		return
+	case ck.Name != serve.KeyName:
+		r.Reason = "KeyNameMismatch"
+		r.Message = fmt.Sprintf("the signing key %s is named %q, but serve.keyName is %q: set keyName back to %q, "+
+			"or move the key away (mv %s %s.old) to have a new one made (every host that trusts the old key then needs the new one); "+
+			"until then the Nix settings stay as they are, signing with the old key",
+			secret, ck.Name, serve.KeyName, ck.Name, secret, secret)
+		return
+	case serve.PublicKey != "" && serve.PublicKey != ck.Public.String():
+		r.Reason = "CacheKeyMismatch"
+		r.Message = fmt.Sprintf("the desired state pins serve.publicKey %s, but this host's key is %s (%s): pin this one, or put the pinned key's secret in place",
+			serve.PublicKey, ck.Public.String(), filepath.Join(l.KeysDir, nix.PublicKeyFileName))
+		return
+	}
+	pl.cacheKeyOK = true
+	if ck.NeedsRepair {
+		r.Keys = []keyWant{{kind: keyCache, path: l.KeysDir, name: serve.KeyName}}
+	}
+	pub := ck.Public.String()
+	msg := "binary-cache key " + pub
+	r.Status, r.Reason, r.Message = true, "KeyPresent", msg
+	if o.SignedWith == pub {
+		return
+	}
+	closure := serve.SignClosure
+	switch {
+	case o.SignTargetErr != "":
+		r.Status, r.Reason, r.Message, r.Failed = false, "SigningFailed", msg+"; "+o.SignTargetErr, true
+		return
+	case o.SignTarget == "":
+		r.Records = []record{{recSignedWith, pub}}
+		r.Message = msg + "; no " + closure + " to sign"
+		return
+	}
+	key := pub + " " + o.SignTarget
+	s := o.Sign
+	switch {
+	case s.Running:
+		r.Status, r.Reason = false, "SigningClosure"
+		r.Message = fmt.Sprintf("%s; signing the closure of %s with it (since %s)", msg, closure, s.Started.UTC().Format(time.RFC3339))
+		return
+	case s.done(key) && s.Err == "":
+		r.Records = []record{{recSignedWith, pub}}
+		r.Message = msg + "; signed the closure of " + closure
+		return
+	case s.failed(key):
+		r.Status, r.Reason, r.Failed = false, "SigningFailed", true
+		r.Message = fmt.Sprintf("%s; sign the closure of %s: %s", msg, closure, s.Err)
+		if due := s.Ended.Add(retryDelay(s.Failures)); o.Now.Before(due) {
+			pl.requeue(due.Sub(o.Now))
+			return
+		}
+	default:
+		r.Status, r.Reason = false, "SigningClosure"
+		r.Message = fmt.Sprintf("%s; signing the closure of %s with it", msg, closure)
+	}
+	r.Sign = &signRequest{key: key, keyFile: secret, target: o.SignTarget}
+}
+
+// planServe lets in exactly the client keys of a serving host's consumers
+// (that their agents report, or the file pins), where sshd reads them for
+// nix-ssh. A host that no longer serves lets nobody in.
+func (pl *planner) planServe() {
+	o, self := pl.o, pl.self
+	path := authorizedKeysPath(o.Layout, self.Platform)
+	if self.Serve == nil {
+		if path != "" && o.Files[path].Exists {
+			content, _ := nix.RenderAuthorizedKeys(string(desired.ProtocolSSH), nil)
+			pl.p.Authorized = pl.add(&Resource{Files: []fileWant{{path: path, content: content}}, Status: true})
+		}
+		return
+	}
+	r := &Resource{Type: status.ServeReady}
+	var keys []ssh.PublicKey
+	var served, waiting []string
+	for _, c := range pl.file.Consumers(self.Name) {
+		k := pl.keys[c.Name].ClientKey
+		if k == nil {
+			waiting = append(waiting, c.Name)
+			continue
+		}
+		keys = append(keys, k)
+		served = append(served, c.Name)
+		pl.p.Consumers = append(pl.p.Consumers, consumerKey{host: c.Name, key: k})
+	}
+	if path != "" {
+		obs := o.Files[path]
+		content, err := nix.RenderAuthorizedKeys(string(self.Serve.Protocol), keys)
+		switch {
+		case obs.Err != nil:
+			pl.add(r)
+			r.Reason, r.Message = "Unreadable", obs.Err.Error()
+			return
+		case err != nil:
+			pl.add(r)
+			r.Reason, r.Message = "RenderFailed", err.Error()
+			return
+		}
+		r.Files = []fileWant{{path: path, content: content}}
+		pl.p.Authorized = r
+	}
+	pl.add(r)
+	if o.NixSSHUser != "" {
+		r.Reason, r.Message = "NixSSHUserMissing", o.NixSSHUser
+		return
+	}
+	r.Status, r.Reason = true, "Serving"
+	r.Message = "serves " + listOrNobody(served) + " over " + string(self.Serve.Protocol)
+	if len(waiting) > 0 {
+		r.Message += "; waiting for the client key of " + strings.Join(waiting, ", ")
+	}
+}
+
+// authorizedKeysPath is the file this agent writes for sshd's nix-ssh
+// logins on platform, "" where the operator's deploy writes it.
+func authorizedKeysPath(l layout.Layout, platform desired.Platform) string {
+	switch platform {
+	case desired.PlatformNix:
+		return filepath.Join(l.AuthorizedKeysDir, nixSSHUser)
+	case desired.PlatformNixOS:
+		return filepath.Join(l.StateAuthorizedKeysDir, nixSSHUser)
+	}
+	return ""
+}
+
+// sshdAuthorizedKeysPath is the file sshd reads for nix-ssh's logins: the
+// agent's own, or on nixos-module NixOS's (made from nix.sshServe.keys).
+func sshdAuthorizedKeysPath(l layout.Layout, platform desired.Platform) string {
+	if p := authorizedKeysPath(l, platform); p != "" {
+		return p
+	}
+	return filepath.Join(l.AuthorizedKeysDir, nixSSHUser)
+}
+
+// planNixSettings writes the host's Nix settings where its platform wants
+// them, and has them applied and verified live once per change.
+func (pl *planner) planNixSettings() {
+	o, self, l := pl.o, pl.self, pl.o.Layout
+	r := pl.add(&Resource{Type: status.NixSettingsApplied, Needs: []string{status.KeysReady}})
+	var s nix.Settings
+	var m nix.ModuleSettings
+	if self.Serve != nil {
+		if !pl.cacheKeyOK {
+			r.Reason = "WaitingForCacheKey"
+			r.Message = "the Nix settings stay as they are until the signing key is right; see CacheKeyReady"
+			return
+		}
+		s.SecretKeyFiles = []string{filepath.Join(l.KeysDir, nix.SecretKeyFileName)}
+		r.Needs = append(r.Needs, status.CacheKeyReady)
+	}
+	var withdrawn []string
+	for _, name := range self.SubstituteFrom {
+		v := pl.verdicts[name]
+		if v.url == "" {
+			continue
+		}
+		if !v.Use {
+			withdrawn = append(withdrawn, v.url)
+			continue
+		}
+		h, k := pl.file.Host(name), pl.keys[name]
+		s.Substituters = append(s.Substituters, v.url)
+		s.TrustedPublicKeys = append(s.TrustedPublicKeys, k.CacheKey)
+		m.KnownHosts = append(m.KnownHosts, nix.KnownHost{Name: name, HostNames: []string{knownHostName(h)}, PublicKey: k.HostKey})
+	}
+	if len(s.Substituters) > 0 {
+		r.Needs = append(r.Needs, status.KnownHostsReady)
+	}
+	s.Fallback = len(self.SubstituteFrom) > 0
+
+	files, err := pl.nixFiles(s, m)
+	if err != nil {
+		r.Reason, r.Message = "RenderFailed", err.Error()
+		return
+	}
+	r.Files = files
+	sum := sha256.New()
+	for _, f := range files {
+		fmt.Fprintf(sum, "%s\x00%s\x00", f.path, f.content)
+	}
+	hash := hex.EncodeToString(sum.Sum(nil))
+	if o.Applied == hash {
+		r.Status, r.Reason, r.Message = true, "Applied", "the Nix settings are live"
+		return
+	}
+	req := &applyRequest{hash: hash, argv: self.Apply, settings: s, withdrawn: withdrawn, hint: pl.notLiveHint()}
+	a := o.Apply
+	switch {
+	case a.Running:
+		r.Reason, r.Message = "Applying", "applying the Nix settings"
+		if a.Key != hash {
+			r.Message = "waiting for the apply of an earlier change to end"
+		}
+		return
+	case a.done(hash) && a.Err == "" && len(a.Missing) == 0:
+		r.Records = []record{{recApplied, hash}}
+		r.Status, r.Reason, r.Message = true, "Applied", "the Nix settings are live"
+		return
+	case a.done(hash) && a.Err == "":
+		// Written, not live, and no apply command: the operator's deploy
+		// applies them.
+		r.Reason = "ApplyPending"
+		r.Message = "the settings are written; they take effect when your deploy applies them (not live yet: " + strings.Join(a.Missing, "; ") + ")"
+		if due := a.Ended.Add(ReverifyPending); o.Now.Before(due) {
+			pl.requeue(due.Sub(o.Now))
+			return
+		}
+	case a.failed(hash):
+		r.Reason, r.Message, r.Failed = a.Reason, a.Err, true
+		if due := a.Ended.Add(retryDelay(a.Failures)); o.Now.Before(due) {
+			pl.requeue(due.Sub(o.Now))
+			return
+		}
+	default:
+		r.Reason, r.Message = "Applying", "applying the Nix settings"
+		if len(self.Apply) == 0 {
+			r.Reason, r.Message = "Verifying", "checking whether the settings are live"
+		}
+	}
+	r.Apply = req
+}
+
+// notLiveHint explains, on NixOS, settings that cannot become live
+// because nix.conf does not include nixpeer's file.
+func (pl *planner) notLiveHint() string {
+	if pl.self.Platform != desired.PlatformNixOS {
+		return ""
+	}
+	conf := pl.o.Files[pl.o.Layout.NixConf].Content
+	if bytes.Contains(conf, []byte("!include "+nixosStateNixConf)) || bytes.Contains(conf, []byte("!include "+pl.o.Layout.StateNixConf)) {
+		return ""
+	}
+	return fmt.Sprintf("%s has no line %q: import nixpeer's NixOS module (configs/nixos/module.nix) and set services.nixpeer.enable = true, or add nix.extraOptions = \"!include %s\"; then rebuild once",
+		pl.o.Layout.NixConf, "!include "+nixosStateNixConf, nixosStateNixConf)
+}
+
+// nixIncludeLine is what /etc/nix/nix.conf gets on a plain Nix install.
+const nixIncludeLine = "!include nixpeer.conf"
+
+// nixosStateNixConf is the file nixpeer's NixOS module includes.
+const nixosStateNixConf = "/var/lib/nixpeer/nix.conf"
+
+// nixFiles renders the files of the Nix settings of the host's platform.
+func (pl *planner) nixFiles(s nix.Settings, m nix.ModuleSettings) ([]fileWant, error) {
+	o, self, l := pl.o, pl.self, pl.o.Layout
+	switch self.Platform {
+	case desired.PlatformNix:
+		conf, err := nix.RenderNixConf(s)
+		if err != nil {
+			return nil, err
+		}
+		existing := o.Files[l.NixConf]
+		if existing.Err != nil {
+			return nil, existing.Err
+		}
+		withInclude, _ := nix.EnsureInclude(existing.Content, nixIncludeLine)
+		return []fileWant{{path: l.NixpeerConf, content: conf, dirMode: 0o755},
+			{path: l.NixConf, content: withInclude, dirMode: 0o755}}, nil
+	case desired.PlatformNixOS:
+		conf, err := nix.RenderNixConf(s)
+		if err != nil {
+			return nil, err
+		}
+		return []fileWant{{path: l.StateNixConf, content: conf, dirMode: 0o755}}, nil
+	default:
+		m.Substituters, m.TrustedPublicKeys, m.Fallback, m.SecretKeyFiles = s.Substituters, s.TrustedPublicKeys, s.Fallback, s.SecretKeyFiles
+		if self.Serve != nil {
+			m.Serve, m.Protocol = true, string(self.Serve.Protocol)
+			for _, c := range pl.p.Consumers {
+				m.ServeKeys = append(m.ServeKeys, c.key)
+			}
+		}
+		mod, err := nix.RenderModule(m)
+		if err != nil {
+			return nil, err
+		}
+		return []fileWant{{path: l.In(self.NixOSModuleFile), content: mod, dirMode: 0o755}}, nil
+	}
+}
+
+// planSubstitutersReady sums up the peers a fetching host substitutes
+// from: Ready while each serves, or went dark after it served (its
+// substituter withdrawn; builds go on locally).
+func (pl *planner) planSubstitutersReady() {
+	if len(pl.self.SubstituteFrom) == 0 {
+		return
+	}
+	r := pl.add(&Resource{Type: status.SubstitutersReady, Needs: []string{status.NixSettingsApplied}})
+	var using, dark, waiting []string
+	for _, name := range pl.self.SubstituteFrom {
+		v := pl.verdicts[name]
+		switch {
+		case !v.Ready:
+			waiting = append(waiting, name+": "+v.Message)
+		case v.Use:
+			using = append(using, name)
+		default:
+			dark = append(dark, name)
+		}
+	}
+	if len(waiting) > 0 {
+		r.Reason, r.Message = "WaitingForPeer", strings.Join(waiting, "; ")
+		return
+	}
+	r.Status, r.Reason = true, "Configured"
+	r.Message = "substitutes from " + listOrNobody(using) + ", with fallback to building locally"
+	if len(dark) > 0 {
+		r.Reason = "PeerUnreachable"
+		r.Message += "; unreachable, substituter withdrawn: " + strings.Join(dark, ", ")
+	}
+}
+
+// planVerified records what the passing probes of this pass verified,
+// and forgets the peers this host no longer fetches from.
+func (pl *planner) planVerified() {
+	next := map[string]string{}
+	for _, name := range pl.self.SubstituteFrom {
+		if t, ok := pl.o.Verified[name]; ok {
+			next[name] = t
+		}
+	}
+	for name, t := range pl.verified {
+		next[name] = t
+	}
+	if !maps.Equal(next, pl.o.Verified) {
+		pl.add(&Resource{Status: true, Records: []record{{recVerified, next}}})
+	}
+}
+
+func knownHostName(h *desired.Host) string {
+	if h.SSHPort == 22 {
+		return h.Address
+	}
+	return fmt.Sprintf("[%s]:%d", h.Address, h.SSHPort)
+}
+
+func listOrNobody(names []string) string {
+	if len(names) == 0 {
+		return "nobody yet"
+	}
+	return strings.Join(names, ", ")
+}
+
+// facts is what this host tells its peers, from a finished pass.
+func factsOf(o *Observation, p *Plan, st status.Status, authorizedApplied func(ssh.PublicKey) bool) (peer.Facts, bool) {
+	if o.Self == nil || !o.HostKey.Usable() {
+		return peer.Facts{}, false
+	}
+	f := peer.Facts{Version: peer.FactsVersion, Name: o.Self.Name, Address: o.Self.Address,
+		Generation: st.Generation, ObservedGeneration: st.ObservedGeneration, Ready: st.Ready,
+		HostKeys: []string{o.HostKey.Key.AuthorizedLine()}}
+	if o.ClientKey.Usable() {
+		f.ClientKey = o.ClientKey.Key.AuthorizedLine()
+	}
+	if o.Self.Serve != nil && o.CacheKey.Err == nil && !o.CacheKey.Missing {
+		f.Serve = &peer.ServeFacts{Protocol: string(o.Self.Serve.Protocol), CacheKey: o.CacheKey.Public.String(),
+			Authorized: []peer.AuthorizedFact{}}
+		for _, c := range p.Consumers {
+			f.Serve.Authorized = append(f.Serve.Authorized, peer.AuthorizedFact{Host: c.host,
+				Fingerprint: ssh.FingerprintSHA256(c.key), Applied: authorizedApplied(c.key)})
+		}
+	}
+	return f, true
+}

@@ -1,0 +1,82 @@
+package reconcile
+
+import (
+	"context"
+	"fmt"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/command"
+	"github.com/nixpeer/nixpeer/pkg/nix"
+	"github.com/nixpeer/nixpeer/pkg/peer"
+	"github.com/nixpeer/nixpeer/pkg/peering"
+	"github.com/nixpeer/nixpeer/pkg/probe"
+)
+
+// The side effects of a pass sit behind these small interfaces, so that
+// the pass can be tested with fakes; the daemon gives the real ones.
+
+// Nix is what the agent asks of Nix and of the host's apply command.
+type Nix interface {
+	// ShowConfig returns Nix's effective settings (nix show-config).
+	ShowConfig(ctx context.Context) (map[string]string, error)
+	// SignClosure signs the closure of storePath with the secret key in
+	// keyFile.
+	SignClosure(ctx context.Context, keyFile, storePath string) error
+	// Apply runs the host's apply command and returns the tail of its
+	// output.
+	Apply(ctx context.Context, argv []string) (string, error)
+}
+
+// Prober checks that a peer serves its store over SSH to this host.
+type Prober interface {
+	Probe(ctx context.Context, t probe.Target) (probe.Result, error)
+}
+
+// Peers is what peering knows of each peer, and the watches it keeps.
+type Peers interface {
+	// Sync makes the watches those of targets.
+	Sync(targets []peering.Target) error
+	// Get returns what is known of peer name right now.
+	Get(name string) (peering.State, bool)
+}
+
+// Port is this host's peer port.
+type Port interface {
+	// Ensure makes it listen on addr with hostKey.
+	Ensure(addr string, hostKey ssh.Signer) error
+	// Publish gives peers f from now on.
+	Publish(f peer.Facts)
+}
+
+// SystemNix is the machine's Nix: the nix command (with env added, for
+// example NIX_CONF_DIR under --root) and the apply command, each run in a
+// process group of its own that is killed when its context ends.
+func SystemNix(env []string) Nix { return systemNix{cli: &nix.CLI{Env: env}} }
+
+type systemNix struct{ cli *nix.CLI }
+
+func (s systemNix) ShowConfig(ctx context.Context) (map[string]string, error) {
+	return s.cli.ShowConfig(ctx)
+}
+
+func (s systemNix) SignClosure(ctx context.Context, keyFile, storePath string) error {
+	return s.cli.SignClosure(ctx, keyFile, storePath)
+}
+
+func (s systemNix) Apply(ctx context.Context, argv []string) (string, error) {
+	res, err := command.Run(ctx, argv, nil)
+	out := command.Tail(append(res.Stdout, res.Stderr...), outputTail)
+	if err != nil {
+		return out, fmt.Errorf("%w; output: %s", err, out)
+	}
+	return out, nil
+}
+
+// SSHProber probes peers with the Go probe (pkg/probe).
+type SSHProber struct{}
+
+// Probe runs probe.Probe.
+func (SSHProber) Probe(ctx context.Context, t probe.Target) (probe.Result, error) {
+	return probe.Probe(ctx, t)
+}
