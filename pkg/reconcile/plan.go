@@ -80,7 +80,7 @@ type Plan struct {
 	// condition.
 	Resources []*Resource
 	Peers     []status.Peer
-	Probes []probeRequest
+	Probes    []probeRequest
 	// Trips are the peers whose substituter this pass withdraws because
 	// they went dark.
 	Trips []string

@@ -103,7 +103,7 @@ type Peer struct {
 	Reason                    string `json:"reason,omitempty"`
 	// State is where peering with it stands (see PeerState).
 	State   PeerState `json:"state"`
-	Message string `json:"message,omitempty"`
+	Message string    `json:"message,omitempty"`
 	// Connected is set while a watch of its agent is open.
 	Connected bool `json:"connected"`
 	// FactsAt is when its agent last told something new.
