@@ -109,7 +109,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, config, ho
 		loop.Trigger(reason)
 	}
 	peers := peering.New(ctx, log.Named("peering"), clock.Real{}, store,
-		peer.WatchOptions{Backoff: peer.Backoff{Cap: peerReconnectCap}}, notify)
+		peer.WatchOptions{Backoff: peer.Backoff{Base: peerReconnectBase, Cap: peerReconnectCap}}, notify)
 	defer func() {
 		cancel()
 		peers.Wait()
@@ -263,9 +263,14 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
-// peerReconnectCap bounds the wait between two attempts to reach a peer's
-// agent: a peer that comes back is seen within it.
-const peerReconnectCap = 10 * time.Second
+// peerReconnectBase and peerReconnectCap bound the wait between two
+// attempts to reach a peer's agent: the first retry comes within 50 ms (a
+// fleet starting at once finds its peers quickly), and a peer that comes
+// back is seen within the cap.
+const (
+	peerReconnectBase = 50 * time.Millisecond
+	peerReconnectCap  = 10 * time.Second
+)
 
 // backend is what the socket exposes of the daemon.
 type backend struct {

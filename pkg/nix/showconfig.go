@@ -13,55 +13,53 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/command"
 )
 
-// CLI runs the nix command. It learns Nix's version once (one spawn, at
-// the first call that needs it) and keeps it: the version of the nix
-// binary does not change under a running agent often enough to pay a
-// spawn at every check.
+// CLI runs the nix command.
 type CLI struct {
 	// Env is added to this process's environment for every nix run (for
 	// example NIX_CONF_DIR=DIR to read DIR/nix.conf).
 	Env []string
 
-	mu           sync.Mutex
-	major, minor int
-	known        bool
+	mu sync.Mutex
+	// show is the subcommand that printed the configuration last time.
+	show []string
 }
+
+// showCommands print the configuration: `nix show-config` (every Nix
+// since 2.4; an alias from 2.20 on) and `nix config show` (2.20 and later).
+var showCommands = [][]string{{"show-config"}, {"config", "show"}}
 
 // ShowConfig returns the configuration Nix itself sees: every setting name
 // with its effective value as nix.conf would spell it (lists joined by one
 // space, booleans true or false).
 //
-// It runs `nix show-config --json` (Nix before 2.20) or `nix config show
-// --json` (2.20 and later), with the nix-command experimental feature
-// turned on. If that subcommand fails the other one is tried once; the
-// error then names both.
+// It runs `nix show-config --json` with the nix-command experimental
+// feature turned on, or `nix config show --json` where that fails, and
+// remembers which one worked: one spawn per call.
 func (c *CLI) ShowConfig(ctx context.Context) (map[string]string, error) {
-	major, minor, err := c.version(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("show nix configuration: %w", err)
+	c.mu.Lock()
+	cmds := showCommands
+	if c.show != nil {
+		cmds = [][]string{c.show}
 	}
-	cmds := [][]string{{"show-config"}, {"config", "show"}}
-	if major > 2 || major == 2 && minor >= 20 {
-		cmds[0], cmds[1] = cmds[1], cmds[0]
-	}
-	var firstErr error
+	c.mu.Unlock()
+	var errs []string
 	for _, sub := range cmds {
 		args := append([]string{"--extra-experimental-features", "nix-command"}, sub...)
 		out, err := c.run(ctx, append(args, "--json")...)
 		if err != nil {
-			if firstErr == nil {
-				firstErr = err
-				continue
-			}
-			return nil, fmt.Errorf("show nix configuration: %w (and %v)", firstErr, err)
+			errs = append(errs, err.Error())
+			continue
 		}
 		cfg, err := ParseShowConfigJSON(out)
 		if err != nil {
 			return nil, fmt.Errorf("show nix configuration: %w", err)
 		}
+		c.mu.Lock()
+		c.show = sub
+		c.mu.Unlock()
 		return cfg, nil
 	}
-	return nil, fmt.Errorf("show nix configuration: %w", firstErr)
+	return nil, fmt.Errorf("show nix configuration: %s", strings.Join(errs, "; and "))
 }
 
 // SignClosure signs the closure of storePath with the secret key in
@@ -69,25 +67,6 @@ func (c *CLI) ShowConfig(ctx context.Context) (map[string]string, error) {
 func (c *CLI) SignClosure(ctx context.Context, keyFile, storePath string) error {
 	_, err := c.run(ctx, "--extra-experimental-features", "nix-command", "store", "sign", "--key-file", keyFile, "-r", storePath)
 	return err
-}
-
-// version returns Nix's major and minor version, from `nix --version` the
-// first time.
-func (c *CLI) version(ctx context.Context) (int, int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.known {
-		return c.major, c.minor, nil
-	}
-	out, err := c.run(ctx, "--version")
-	if err != nil {
-		return 0, 0, err
-	}
-	if c.major, c.minor, err = parseNixVersion(string(out)); err != nil {
-		return 0, 0, err
-	}
-	c.known = true
-	return c.major, c.minor, nil
 }
 
 // run runs nix with args, and returns its standard output; a failure
@@ -98,28 +77,6 @@ func (c *CLI) run(ctx context.Context, args ...string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %s", err, command.Tail(res.Stderr, 2048))
 	}
 	return res.Stdout, nil
-}
-
-// parseNixVersion returns the major and minor version from `nix --version`
-// output such as "nix (Nix) 2.8.0" or "nix (Nix) 2.20.0pre2023_dirty": the
-// first word that starts with DIGITS.DIGITS.
-func parseNixVersion(s string) (int, int, error) {
-	for _, word := range strings.Fields(s) {
-		majorText, rest, ok := strings.Cut(word, ".")
-		if !ok {
-			continue
-		}
-		minorText := rest
-		if i := strings.IndexFunc(rest, func(r rune) bool { return r < '0' || r > '9' }); i >= 0 {
-			minorText = rest[:i]
-		}
-		major, err1 := strconv.Atoi(majorText)
-		minor, err2 := strconv.Atoi(minorText)
-		if err1 == nil && err2 == nil && major >= 0 && minor >= 0 {
-			return major, minor, nil
-		}
-	}
-	return 0, 0, fmt.Errorf("no version number in %q", strings.TrimSpace(s))
 }
 
 // ParseShowConfigJSON parses the output of `nix show-config --json`. Nix

@@ -10,26 +10,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-func TestParseNixVersion(t *testing.T) {
-	for _, tc := range []struct {
-		in           string
-		major, minor int
-	}{
-		{"nix (Nix) 2.8.0\n", 2, 8},
-		{"nix (Nix) 2.24.10", 2, 24},
-		{"nix (Nix) 2.20.0pre20231220_dirty", 2, 20},
-		{"nix (Lix, like Nix) 2.91.1", 2, 91},
-	} {
-		major, minor, err := parseNixVersion(tc.in)
-		if err != nil || major != tc.major || minor != tc.minor {
-			t.Errorf("parseNixVersion(%q) = %d.%d, %v", tc.in, major, minor, err)
-		}
-	}
-	if _, _, err := parseNixVersion("nix (Nix)"); err == nil {
-		t.Error("parseNixVersion accepted text without a version")
-	}
-}
-
 func TestParseShowConfigJSON(t *testing.T) {
 	// The shape Nix 2.8 prints (every setting an object with "value"), and
 	// the flat shape of older versions.

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -245,10 +246,11 @@ func settle(ctx context.Context, start, deadline time.Time, err error) *failure 
 // WrongProtocol, see settle).
 func probe(ctx context.Context, t Target, start, deadline time.Time) (Result, error) {
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", t.addr())
+	raw, err := d.DialContext(ctx, "tcp", t.addr())
 	if err != nil {
 		return Result{}, dialFailure(err)
 	}
+	conn := quickAckConn{raw.(*net.TCPConn)}
 	defer conn.Close()
 	// Every read and write below goes through conn: closing it when ctx
 	// ends unblocks them all; the deadline is a second guard.
@@ -388,4 +390,20 @@ func (b *tailBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return strings.TrimSpace(string(b.buf))
+}
+
+// quickAckConn acknowledges every segment at once (TCP_QUICKACK, which
+// Linux turns off again by itself, hence before every read). sshd writes
+// the replies of a session start in several small segments without
+// TCP_NODELAY: with delayed acknowledgements each one waits up to 40 ms
+// for ours.
+type quickAckConn struct{ *net.TCPConn }
+
+func (c quickAckConn) Read(b []byte) (int, error) {
+	if rc, err := c.TCPConn.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) {
+			syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_QUICKACK, 1)
+		})
+	}
+	return c.TCPConn.Read(b)
 }

@@ -202,18 +202,15 @@ func (h *Host) report(o *Observation, p *Plan, a *acted) (time.Duration, error) 
 	changed := !sameStatus(prev, next) || len(a.wrote) > 0
 	next.LastReconcile = now
 	if changed {
-		if err := h.cfg.Store.SaveStatus(next); err != nil {
-			passErr = errors.Join(passErr, err)
-			next.Ready = false
-			next.Conditions[0] = carry(prev.Conditions, status.Condition{Type: status.Ready, Status: status.False,
-				Reason: "StateStoreError", Message: err.Error()}, now)
-		}
 		ev := state.Event{Time: now, Generation: o.Generation, Reason: next.Conditions[0].Reason, Message: next.Conditions[0].Message}
 		if len(a.wrote) > 0 {
 			ev.Message += "; wrote " + strings.Join(a.wrote, ", ")
 		}
-		if err := h.cfg.Store.AppendEvent(ev); err != nil {
+		if err := h.cfg.Store.SaveStatus(next, ev); err != nil {
 			passErr = errors.Join(passErr, err)
+			next.Ready = false
+			next.Conditions[0] = carry(prev.Conditions, status.Condition{Type: status.Ready, Status: status.False,
+				Reason: "StateStoreError", Message: err.Error()}, now)
 		}
 		h.log.Info("reconciled", zap.Bool("ready", next.Ready), zap.Int64("generation", next.Generation),
 			zap.Int64("observedGeneration", next.ObservedGeneration), zap.Strings("wrote", a.wrote))

@@ -132,9 +132,24 @@ func (s *Store) Desired() (*Desired, error) {
 	return d, nil
 }
 
-// SaveStatus stores the host's last status.
-func (s *Store) SaveStatus(st status.Status) error {
-	if err := s.putJSON(bucketMeta, keyStatus, st); err != nil {
+// SaveStatus stores the host's last status and appends ev to the
+// history (pruned to MaxEvents), in one transaction: one fsync.
+func (s *Store) SaveStatus(st status.Status, ev Event) error {
+	rawSt, err := json.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("save status: %w", err)
+	}
+	rawEv, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("save status: encode event: %w", err)
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketMeta).Put(keyStatus, rawSt); err != nil {
+			return err
+		}
+		return appendEvent(tx, rawEv)
+	})
+	if err != nil {
 		return fmt.Errorf("save status: %w", err)
 	}
 	return nil
@@ -170,35 +185,26 @@ func (s *Store) Get(key string, v any) (bool, error) {
 	return found, nil
 }
 
-// AppendEvent adds e to the history and prunes it to MaxEvents.
-func (s *Store) AppendEvent(e Event) error {
-	v, err := json.Marshal(e)
+// appendEvent adds the encoded event v to the history and prunes it to
+// MaxEvents, in the same transaction.
+func appendEvent(tx *bolt.Tx, v []byte) error {
+	b := tx.Bucket(bucketEvents)
+	seq, err := b.NextSequence()
 	if err != nil {
-		return fmt.Errorf("encode event: %w", err)
+		return err
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketEvents)
-		seq, err := b.NextSequence()
-		if err != nil {
+	if err := b.Put(be(seq), v); err != nil {
+		return err
+	}
+	c := b.Cursor()
+	for n := b.Stats().KeyN + 1 - MaxEvents; n > 0; n-- {
+		k, _ := c.First()
+		if k == nil {
+			break
+		}
+		if err := c.Delete(); err != nil {
 			return err
 		}
-		if err := b.Put(be(seq), v); err != nil {
-			return err
-		}
-		c := b.Cursor()
-		for n := b.Stats().KeyN + 1 - MaxEvents; n > 0; n-- {
-			k, _ := c.First()
-			if k == nil {
-				break
-			}
-			if err := c.Delete(); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("append event: %w", err)
 	}
 	return nil
 }

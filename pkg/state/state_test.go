@@ -62,7 +62,7 @@ func TestEventsAreBoundedAndOrdered(t *testing.T) {
 	s := open(t, filepath.Join(t.TempDir(), "state.db"))
 	defer s.Close()
 	for i := 0; i < MaxEvents+10; i++ {
-		if err := s.AppendEvent(Event{Generation: int64(i), Reason: fmt.Sprint(i)}); err != nil {
+		if err := s.SaveStatus(status.Status{Generation: int64(i)}, Event{Generation: int64(i), Reason: fmt.Sprint(i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -90,7 +90,7 @@ func TestStatusAndPeersRoundTrip(t *testing.T) {
 	}
 	want := status.Status{Host: "h", Generation: 4, ObservedGeneration: 4, Ready: true,
 		Conditions: []status.Condition{{Type: status.Ready, Status: status.True, Reason: "AllReady"}}}
-	if err := s.SaveStatus(want); err != nil {
+	if err := s.SaveStatus(want, Event{}); err != nil {
 		t.Fatal(err)
 	}
 	got, ok, err := s.LoadStatus()

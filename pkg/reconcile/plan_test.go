@@ -1,0 +1,511 @@
+package reconcile
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/desired"
+	"github.com/nixpeer/nixpeer/pkg/layout"
+	"github.com/nixpeer/nixpeer/pkg/nix"
+	"github.com/nixpeer/nixpeer/pkg/peer"
+	"github.com/nixpeer/nixpeer/pkg/peering"
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
+	"github.com/nixpeer/nixpeer/pkg/status"
+)
+
+// The plan is a pure function of an Observation: these tests build
+// observations by hand and check what the plan writes, starts and reports.
+
+var t0 = time.Date(2026, 12, 1, 3, 0, 0, 0, time.UTC)
+
+func newKey(t *testing.T) sshkeys.Key {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sshkeys.Key{Public: s.PublicKey(), Signer: s}
+}
+
+func newCacheKey(t *testing.T, name string) nix.PublicKey {
+	t.Helper()
+	_, pub, err := nix.GenerateCacheKey(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub
+}
+
+const fleetYAML = `apiVersion: nixpeer/v1
+hosts:
+  - name: stage
+    address: 127.0.0.2
+    platform: nix
+    apply: ["true"]
+    serve: {}
+  - name: prod
+    address: 127.0.0.3
+    platform: nix
+    apply: ["true"]
+    substituteFrom: [stage]
+`
+
+// world is a fleet as one host sees it; obs makes its observation.
+type world struct {
+	t       *testing.T
+	l       layout.Layout
+	client  sshkeys.Key
+	host    sshkeys.Key
+	stage   sshkeys.Key // staging's host key
+	stageCK nix.PublicKey
+	prodCK  sshkeys.Key // production's client key, as staging learns it
+}
+
+func newWorld(t *testing.T) *world {
+	return &world{t: t, l: layout.New("/r", "", ""), client: newKey(t), host: newKey(t),
+		stage: newKey(t), stageCK: newCacheKey(t, "127.0.0.2"), prodCK: newKey(t)}
+}
+
+// obs observes host self of the desired state in yaml, with keys in
+// place and nothing else on disk.
+func (w *world) obs(yaml, self string) *Observation {
+	w.t.Helper()
+	f, err := desired.Parse("desired.yaml", []byte(yaml))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	o := &Observation{Now: t0, Layout: w.l, File: f, Generation: 1,
+		ClientKey: KeyObs{Key: w.client}, HostKey: KeyObs{Key: w.host},
+		KeysDirMode: 0o700, Files: map[string]FileObs{},
+		Peers: map[string]peering.State{}, Probes: map[string]jobState{}, Trips: map[string][]time.Time{},
+		Verified: map[string]string{}}
+	o.Self = f.Host(self)
+	if o.Self == nil {
+		w.t.Fatalf("no host %s", self)
+	}
+	if o.Self.Serve != nil {
+		ck := newCacheKey(w.t, o.Self.Serve.KeyName)
+		o.CacheKey = CacheKeyObs{CacheKeyState: nix.CacheKeyState{Name: ck.Name(), Public: ck}}
+		o.SignedWith = ck.String()
+	}
+	return o
+}
+
+// stageServes makes staging's agent known to production: trusted, and
+// authorizing production's client key, applied.
+func (w *world) stageServes(o *Observation) {
+	o.Peers["stage"] = peering.State{Name: "stage", Trust: peering.TrustTOFU, HostKey: w.stage.Public,
+		Connected: true, Since: t0.Add(-time.Minute), FactsAt: t0.Add(-time.Minute),
+		Facts: &peer.Facts{Name: "stage", Address: "127.0.0.2", ClientKey: newKey(w.t).AuthorizedLine(),
+			Serve: &peer.ServeFacts{Protocol: "ssh", CacheKey: w.stageCK.String(), Authorized: []peer.AuthorizedFact{
+				{Host: "prod", Fingerprint: w.client.Fingerprint(), Applied: true}}}}}
+}
+
+// probed says the last probe of staging passed, after the connection
+// came up.
+func (w *world) probed(o *Observation, p *Plan, failed string) {
+	tuple := w.tuple(o)
+	o.Probes["stage"] = jobState{Key: tuple, Started: t0.Add(-30 * time.Second), Ended: t0.Add(-29 * time.Second), Err: failed}
+}
+
+func (w *world) tuple(o *Observation) string {
+	pl := &planner{o: o, self: o.Self, file: o.File}
+	tuple, _ := pl.tuple(o.File.Host("stage"), peerKeys{HostKey: w.stage.Public})
+	return tuple
+}
+
+// inUse puts staging's substituter in production's nixpeer.conf on disk.
+func (w *world) inUse(o *Observation) string {
+	u, err := nix.SubstituterURL("ssh", "127.0.0.2", 22, w.l.ClientKey, w.stage.Public)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	o.Files[w.l.NixpeerConf] = FileObs{Exists: true, Mode: 0o644, Content: []byte("extra-substituters = " + u + "\n")}
+	return u
+}
+
+func resource(p *Plan, typ string) *Resource {
+	for _, r := range p.Resources {
+		if r.Type == typ {
+			return r
+		}
+	}
+	return nil
+}
+
+func file(r *Resource, path string) []byte {
+	for _, f := range r.Files {
+		if f.path == path {
+			return f.content
+		}
+	}
+	return nil
+}
+
+func recordOf(p *Plan, key string) any {
+	for _, r := range p.Resources {
+		for _, rec := range r.Records {
+			if rec.key == key {
+				return rec.value
+			}
+		}
+	}
+	return nil
+}
+
+func peerOf(p *Plan, name string) status.Peer {
+	for _, ps := range p.Peers {
+		if ps.Name == name {
+			return ps
+		}
+	}
+	return status.Peer{}
+}
+
+func wantCondition(t *testing.T, p *Plan, typ string, ok bool, reason string) *Resource {
+	t.Helper()
+	r := resource(p, typ)
+	if r == nil {
+		t.Fatalf("no %s in the plan", typ)
+	}
+	if r.Status != ok || r.Reason != reason {
+		t.Fatalf("%s = %v %s (%s); want %v %s", typ, r.Status, r.Reason, r.Message, ok, reason)
+	}
+	return r
+}
+
+func noCondition(t *testing.T, p *Plan, types ...string) {
+	t.Helper()
+	for _, typ := range types {
+		if r := resource(p, typ); r != nil {
+			t.Errorf("the plan still has %s (%v %s: %s)", typ, r.Status, r.Reason, r.Message)
+		}
+	}
+}
+
+func TestPlanRoleChanges(t *testing.T) {
+	w := newWorld(t)
+	alone := `apiVersion: nixpeer/v1
+hosts:
+  - name: stage
+    address: 127.0.0.2
+    platform: nix
+    apply: ["true"]
+  - name: prod
+    address: 127.0.0.3
+    platform: nix
+    apply: ["true"]
+`
+	t.Run("substituteFrom removed while its peer is away", func(t *testing.T) {
+		o := w.obs(alone, "prod")
+		kh := []byte("# BEGIN nixpeer managed block: do not edit, the agent rewrites it\n127.0.0.2 " + w.stage.AuthorizedLine() + "\n# END nixpeer managed block\nmine\n")
+		o.Files[w.l.KnownHosts] = FileObs{Exists: true, Mode: 0o600, Content: kh}
+		p := plan(o)
+		noCondition(t, p, status.SubstitutersReady, status.PeersTrusted, status.CacheKeyReady, status.ServeReady)
+		if got := file(resource(p, status.KnownHostsReady), w.l.KnownHosts); string(got) != "mine\n" {
+			t.Errorf("known_hosts = %q, want the block gone and the rest kept", got)
+		}
+		conf := file(resource(p, status.NixSettingsApplied), w.l.NixpeerConf)
+		if bytes.Contains(conf, []byte("substituters")) || bytes.Contains(conf, []byte("fallback")) {
+			t.Errorf("nixpeer.conf of a host that fetches from nobody:\n%s", conf)
+		}
+	})
+	t.Run("serve removed", func(t *testing.T) {
+		o := w.obs(alone, "stage")
+		ak := filepath.Join(w.l.AuthorizedKeysDir, "nix-ssh")
+		o.Files[ak] = FileObs{Exists: true, Mode: 0o644, Content: []byte("command=\"nix-store --serve\",restrict " + w.prodCK.AuthorizedLine() + "\n")}
+		p := plan(o)
+		noCondition(t, p, status.CacheKeyReady, status.ServeReady, status.SubstitutersReady)
+		if p.Authorized == nil || bytes.Contains(file(p.Authorized, ak), []byte("ssh-ed25519")) {
+			t.Fatalf("the authorized keys of a host that no longer serves are not revoked: %+v", p.Authorized)
+		}
+		if conf := file(resource(p, status.NixSettingsApplied), w.l.NixpeerConf); bytes.Contains(conf, []byte("secret-key-files")) {
+			t.Errorf("nixpeer.conf of a host that no longer serves signs:\n%s", conf)
+		}
+	})
+	t.Run("serve added", func(t *testing.T) {
+		o := w.obs(fleetYAML, "stage")
+		o.CacheKey = CacheKeyObs{CacheKeyState: nix.CacheKeyState{Missing: true}}
+		p := plan(o)
+		r := wantCondition(t, p, status.CacheKeyReady, false, "KeyCreated")
+		if len(r.Keys) != 1 || r.Keys[0].kind != keyCache || r.Keys[0].name != "127.0.0.2" {
+			t.Fatalf("serve added: keys %+v, want the cache key 127.0.0.2 created", r.Keys)
+		}
+		if p.Requeue != soon {
+			t.Errorf("requeue %v after creating a key, want at once", p.Requeue)
+		}
+		wantCondition(t, p, status.NixSettingsApplied, false, "WaitingForCacheKey")
+		if n := len(resource(p, status.NixSettingsApplied).Files); n != 0 {
+			t.Errorf("Nix settings written (%d files) before the signing key exists", n)
+		}
+	})
+	t.Run("platform changed", func(t *testing.T) {
+		o := w.obs(strings.ReplaceAll(fleetYAML, "platform: nix", "platform: nixos"), "stage")
+		p := plan(o)
+		r := resource(p, status.NixSettingsApplied)
+		if file(r, w.l.StateNixConf) == nil || file(r, w.l.NixpeerConf) != nil {
+			t.Fatalf("nixos host writes %v, want %s only", r.Files, w.l.StateNixConf)
+		}
+		if p.Authorized == nil || file(p.Authorized, filepath.Join(w.l.StateAuthorizedKeysDir, "nix-ssh")) == nil {
+			t.Fatalf("nixos host's authorized keys are not in the state directory: %+v", p.Authorized)
+		}
+	})
+}
+
+func TestPlanKeyNameChangedLeavesSigningAlone(t *testing.T) {
+	w := newWorld(t)
+	o := w.obs(strings.Replace(fleetYAML, "serve: {}", "serve: {keyName: stage-2}", 1), "stage")
+	old := newCacheKey(t, "127.0.0.2")
+	o.CacheKey = CacheKeyObs{CacheKeyState: nix.CacheKeyState{Name: old.Name(), Public: old}}
+	o.Files[w.l.NixpeerConf] = FileObs{Exists: true, Mode: 0o644, Content: []byte("extra-secret-key-files = /r/var/lib/nixpeer/keys/cache-priv-key.pem\n")}
+	p := plan(o)
+	r := wantCondition(t, p, status.CacheKeyReady, false, "KeyNameMismatch")
+	if !strings.Contains(r.Message, `"127.0.0.2"`) || !strings.Contains(r.Message, `"stage-2"`) || len(r.Keys) != 0 {
+		t.Fatalf("CacheKeyReady %+v: want both names and no key touched", r)
+	}
+	n := wantCondition(t, p, status.NixSettingsApplied, false, "WaitingForCacheKey")
+	if len(n.Files) != 0 || n.Apply != nil {
+		t.Fatalf("the Nix settings act while the signing key is wrong: files %v, apply %v", n.Files, n.Apply)
+	}
+}
+
+func TestPlanSubstituterFollowsItsPeer(t *testing.T) {
+	w := newWorld(t)
+	t.Run("verified serving", func(t *testing.T) {
+		o := w.obs(fleetYAML, "prod")
+		w.stageServes(o)
+		w.probed(o, nil, "")
+		p := plan(o)
+		if ps := peerOf(p, "stage"); ps.State != status.PeerServing {
+			t.Fatalf("peer %+v, want Serving", ps)
+		}
+		conf := file(resource(p, status.NixSettingsApplied), w.l.NixpeerConf)
+		if !bytes.Contains(conf, []byte("ssh://nix-ssh@127.0.0.2?")) || !bytes.Contains(conf, []byte(w.stageCK.String())) {
+			t.Fatalf("nixpeer.conf lacks staging:\n%s", conf)
+		}
+		wantCondition(t, p, status.SubstitutersReady, true, "Configured")
+		if v, _ := recordOf(p, recVerified).(map[string]string); v["stage"] != w.tuple(o) {
+			t.Errorf("verified record %v: a passing probe is not recorded", recordOf(p, recVerified))
+		}
+	})
+	t.Run("authorized but not probed yet", func(t *testing.T) {
+		o := w.obs(fleetYAML, "prod")
+		w.stageServes(o)
+		p := plan(o)
+		if ps := peerOf(p, "stage"); ps.State != status.PeerProbing || len(p.Probes) != 1 {
+			t.Fatalf("peer %+v, probes %d; want Probing and one probe", ps, len(p.Probes))
+		}
+		if conf := file(resource(p, status.NixSettingsApplied), w.l.NixpeerConf); bytes.Contains(conf, []byte("ssh://")) {
+			t.Fatalf("staging used before its probe:\n%s", conf)
+		}
+		wantCondition(t, p, status.SubstitutersReady, false, "WaitingForPeer")
+	})
+	t.Run("host key refused", func(t *testing.T) {
+		o := w.obs(fleetYAML, "prod")
+		w.stageServes(o)
+		w.probed(o, nil, "")
+		url := w.inUse(o)
+		st := o.Peers["stage"]
+		st.Refused = &peering.Refusal{Reason: peering.RefusedChanged, Offered: "SHA256:new", Trusted: w.stage.Fingerprint()}
+		o.Peers["stage"] = st
+		p := plan(o)
+		if ps := peerOf(p, "stage"); ps.State != status.PeerHostKeyRefused {
+			t.Fatalf("peer %+v, want HostKeyRefused", ps)
+		}
+		wantCondition(t, p, status.PeersTrusted, false, peering.RefusedChanged)
+		if conf := file(resource(p, status.NixSettingsApplied), w.l.NixpeerConf); bytes.Contains(conf, []byte(url)) {
+			t.Fatal("a peer whose host key is refused stays a substituter")
+		}
+		if kh := file(resource(p, status.KnownHostsReady), w.l.KnownHosts); !bytes.Contains(kh, []byte(w.stage.AuthorizedLine())) {
+			t.Fatalf("known_hosts lost the trusted key:\n%s", kh)
+		}
+	})
+	t.Run("goes dark", func(t *testing.T) {
+		o := w.obs(fleetYAML, "prod")
+		w.stageServes(o)
+		w.probed(o, nil, "")
+		o.Verified["stage"] = w.tuple(o)
+		url := w.inUse(o)
+		st := o.Peers["stage"]
+		st.Connected, st.NoAnswer, st.Since, st.LastError = false, true, t0.Add(-time.Second), "no document or keepalive for 6s"
+		o.Peers["stage"] = st
+		p := plan(o)
+		if ps := peerOf(p, "stage"); ps.State != status.PeerUnreachable {
+			t.Fatalf("peer %+v, want Unreachable", ps)
+		}
+		r := resource(p, status.NixSettingsApplied)
+		if bytes.Contains(file(r, w.l.NixpeerConf), []byte(url)) {
+			t.Fatal("a dark peer stays a substituter")
+		}
+		if r.Apply == nil || len(r.Apply.withdrawn) != 1 || r.Apply.withdrawn[0] != url {
+			t.Fatalf("apply %+v: want the dark peer's URL checked gone from the live settings", r.Apply)
+		}
+		wantCondition(t, p, status.SubstitutersReady, true, "PeerUnreachable")
+		if len(p.Trips) != 1 || p.Trips[0] != "stage" {
+			t.Errorf("trips %v, want stage", p.Trips)
+		}
+	})
+	t.Run("dark and never verified", func(t *testing.T) {
+		o := w.obs(fleetYAML, "prod")
+		w.stageServes(o)
+		st := o.Peers["stage"]
+		st.Connected, st.NoAnswer, st.Since = false, true, t0.Add(-time.Second)
+		o.Peers["stage"] = st
+		p := plan(o)
+		wantCondition(t, p, status.SubstitutersReady, false, "WaitingForPeer")
+	})
+	t.Run("comes back", func(t *testing.T) {
+		o := w.obs(fleetYAML, "prod")
+		w.stageServes(o)
+		o.Verified["stage"] = w.tuple(o)
+		o.Trips["stage"] = []time.Time{t0.Add(-5 * time.Minute)}
+		st := o.Peers["stage"]
+		st.Since = t0.Add(-2 * time.Second) // reconnected
+		o.Peers["stage"] = st
+		o.Probes["stage"] = jobState{Key: w.tuple(o), Started: t0.Add(-time.Second), Ended: t0.Add(-time.Second / 2)}
+		p := plan(o)
+		if !bytes.Contains(file(resource(p, status.NixSettingsApplied), w.l.NixpeerConf), []byte("ssh://nix-ssh@127.0.0.2?")) {
+			t.Fatal("a peer that answers and passes its probe again is not used again")
+		}
+	})
+	t.Run("flapping is held down", func(t *testing.T) {
+		o := w.obs(fleetYAML, "prod")
+		w.stageServes(o)
+		o.Verified["stage"] = w.tuple(o)
+		o.Trips["stage"] = []time.Time{t0.Add(-3 * time.Minute), t0.Add(-2 * time.Minute), t0.Add(-10 * time.Second)}
+		st := o.Peers["stage"]
+		st.Since = t0.Add(-2 * time.Second)
+		o.Peers["stage"] = st
+		o.Probes["stage"] = jobState{Key: w.tuple(o), Started: t0.Add(-time.Second), Ended: t0.Add(-time.Second / 2)}
+		p := plan(o)
+		if bytes.Contains(file(resource(p, status.NixSettingsApplied), w.l.NixpeerConf), []byte("ssh://")) {
+			t.Fatal("a peer that went dark 3 times in 3 minutes is used again at once")
+		}
+		if ps := peerOf(p, "stage"); ps.State != status.PeerUnreachable || !strings.Contains(ps.Message, "used again from") {
+			t.Fatalf("peer %+v", ps)
+		}
+		if want := 20 * time.Second; p.Requeue != want {
+			t.Errorf("requeue %v, want %v (the end of the 30s hold-down)", p.Requeue, want)
+		}
+	})
+	t.Run("agent gone, sshd refuses", func(t *testing.T) {
+		o := w.obs(fleetYAML, "prod")
+		w.stageServes(o)
+		o.Verified["stage"] = w.tuple(o)
+		url := w.inUse(o)
+		st := o.Peers["stage"]
+		st.Connected, st.Since, st.LastError = false, t0.Add(-10*time.Second), "connection refused"
+		o.Peers["stage"] = st
+		// Not probed since it went away: probe, keep it meanwhile.
+		p := plan(o)
+		if ps := peerOf(p, "stage"); ps.State != status.PeerProbing || len(p.Probes) != 1 {
+			t.Fatalf("peer %+v, %d probes; want Probing", ps, len(p.Probes))
+		}
+		if !bytes.Contains(file(resource(p, status.NixSettingsApplied), w.l.NixpeerConf), []byte(url)) {
+			t.Fatal("the substituter left before the probe said anything")
+		}
+		// The probe fails: withdrawn.
+		o.Probes["stage"] = jobState{Key: w.tuple(o), Started: t0.Add(-time.Second), Ended: t0, Err: "connection refused", Failures: 1}
+		p = plan(o)
+		if bytes.Contains(file(resource(p, status.NixSettingsApplied), w.l.NixpeerConf), []byte(url)) {
+			t.Fatal("the substituter stays after its sshd stopped serving")
+		}
+		if ps := peerOf(p, "stage"); ps.State != status.PeerUnreachable {
+			t.Fatalf("peer %+v, want Unreachable", ps)
+		}
+	})
+}
+
+func TestPlanApply(t *testing.T) {
+	w := newWorld(t)
+	o := w.obs(fleetYAML, "stage")
+	p := plan(o)
+	r := wantCondition(t, p, status.NixSettingsApplied, false, "Applying")
+	if r.Apply == nil {
+		t.Fatal("new settings, and no apply")
+	}
+	hash := r.Apply.hash
+
+	o.Apply = jobState{Key: hash, Running: true, Started: t0}
+	if r := wantCondition(t, plan(o), status.NixSettingsApplied, false, "Applying"); r.Apply != nil {
+		t.Fatal("a second apply while one runs")
+	}
+
+	o.Apply = jobState{Key: hash, Started: t0, Ended: t0, Reason: "ApplyFailed", Err: "exit status 1", Failures: 1}
+	p = plan(o)
+	r = wantCondition(t, p, status.NixSettingsApplied, false, "ApplyFailed")
+	if !r.Failed || r.Apply != nil || p.Requeue != time.Second {
+		t.Fatalf("a failed apply: failed %v, apply %v, requeue %v; want a failure retried in 1s", r.Failed, r.Apply, p.Requeue)
+	}
+	o.Now = t0.Add(time.Second)
+	if r := plan(o).Resources; resource(&Plan{Resources: r}, status.NixSettingsApplied).Apply == nil {
+		t.Fatal("a failed apply is not retried once its delay passed")
+	}
+
+	o.Now = t0
+	o.Apply = jobState{Key: hash, Started: t0, Ended: t0}
+	r = wantCondition(t, plan(o), status.NixSettingsApplied, true, "Applied")
+	if len(r.Records) != 1 || r.Records[0].value != hash {
+		t.Fatalf("records %+v, want the applied hash", r.Records)
+	}
+	o.Applied = hash
+	if r := wantCondition(t, plan(o), status.NixSettingsApplied, true, "Applied"); r.Apply != nil || len(r.Records) != 0 {
+		t.Fatal("settings applied already, and the plan applies or records again")
+	}
+}
+
+func TestPlanKeys(t *testing.T) {
+	w := newWorld(t)
+	o := w.obs(fleetYAML, "prod")
+	o.ClientKey = KeyObs{State: sshkeys.Inspection{Missing: true, PubWrong: true}}
+	o.KeysDirMode = 0o755
+	p := plan(o)
+	r := wantCondition(t, p, status.KeysReady, false, "KeyCreated")
+	if len(r.Keys) != 1 || r.Keys[0].kind != keyClient || len(r.Dirs) != 1 || r.Dirs[0].mode != 0o700 {
+		t.Fatalf("keys %+v dirs %+v: want the client key created and the directory made 0700", r.Keys, r.Dirs)
+	}
+	wantCondition(t, p, status.SubstitutersReady, false, "WaitingForPeer")
+
+	o.HostKey = KeyObs{Err: errBroken}
+	p = plan(o)
+	wantCondition(t, p, status.KeysReady, false, "HostKeyUnusable")
+	wantCondition(t, p, status.PeerPortReady, false, "NoHostKey")
+	if _, ok := factsOf(o, p, status.Status{}, nil); ok {
+		t.Error("facts published without a host key")
+	}
+}
+
+func TestPlanDesiredState(t *testing.T) {
+	w := newWorld(t)
+	o := &Observation{Now: t0, Layout: w.l, FileProblem: &Problem{Reason: "Invalid", Message: "desired.yaml:3:1: bad"}}
+	p := plan(o)
+	if len(p.Resources) != 1 {
+		t.Fatalf("with no desired state the plan has %d resources, want DesiredStateValid only", len(p.Resources))
+	}
+	wantCondition(t, p, status.DesiredStateValid, false, "Invalid")
+
+	o = w.obs(fleetYAML, "prod")
+	o.FileProblem = &Problem{Reason: "Invalid", Message: "desired.yaml:3:1: bad; keeping the last good desired state"}
+	p = plan(o)
+	wantCondition(t, p, status.DesiredStateValid, false, "Invalid")
+	if resource(p, status.KnownHostsReady) == nil {
+		t.Fatal("the last good desired state is not reconciled while the file is broken")
+	}
+}
+
+var errBroken = errorString("the key is corrupt")
+
+type errorString string
+
+func (e errorString) Error() string { return string(e) }
