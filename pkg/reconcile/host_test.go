@@ -1,0 +1,300 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/clock"
+	"github.com/nixpeer/nixpeer/pkg/layout"
+	"github.com/nixpeer/nixpeer/pkg/peer"
+	"github.com/nixpeer/nixpeer/pkg/peering"
+	"github.com/nixpeer/nixpeer/pkg/probe"
+	"github.com/nixpeer/nixpeer/pkg/state"
+	"github.com/nixpeer/nixpeer/pkg/status"
+)
+
+// A whole pass with fakes for Nix, the probe, peering and the peer port,
+// and real files and a real store under a temporary root.
+
+// fakeNix is a Nix daemon whose live settings are those of conf (a
+// nixpeer.conf) as it was at the last apply.
+type fakeNix struct {
+	conf string
+
+	mu       sync.Mutex
+	applyErr error
+	applies  int
+	live     map[string]string
+}
+
+func (f *fakeNix) ShowConfig(context.Context) (map[string]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.live, nil
+}
+
+func (f *fakeNix) SignClosure(context.Context, string, string) error { return nil }
+
+func (f *fakeNix) Apply(context.Context, []string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.applies++
+	if f.applyErr != nil {
+		return "", f.applyErr
+	}
+	raw, _ := os.ReadFile(f.conf)
+	f.live = map[string]string{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		k, v, ok := strings.Cut(line, " = ")
+		if ok && !strings.HasPrefix(k, "#") {
+			f.live[strings.TrimPrefix(k, "extra-")] = v
+		}
+	}
+	return "", nil
+}
+
+type fakePeers struct{}
+
+func (fakePeers) Sync([]peering.Target) error      { return nil }
+func (fakePeers) Get(string) (peering.State, bool) { return peering.State{}, false }
+
+type fakePort struct {
+	mu    sync.Mutex
+	facts []peer.Facts
+}
+
+func (p *fakePort) Ensure(string, ssh.Signer) error { return nil }
+func (p *fakePort) Publish(f peer.Facts) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.facts = append(p.facts, f)
+}
+
+func (p *fakePort) last() peer.Facts {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.facts[len(p.facts)-1]
+}
+
+type noProbe struct{}
+
+func (noProbe) Probe(context.Context, probe.Target) (probe.Result, error) {
+	return probe.Result{}, errors.New("no probe here")
+}
+
+type harness struct {
+	t     *testing.T
+	root  string
+	l     layout.Layout
+	store *state.Store
+	nix   *fakeNix
+	port  *fakePort
+	host  *Host
+	ended chan string
+}
+
+const stageYAML = `apiVersion: nixpeer/v1
+hosts:
+  - name: stage
+    address: 127.0.0.2
+    platform: nix
+    apply: ["restart"]
+    serve: {}
+`
+
+func newHarness(t *testing.T, yaml string) *harness {
+	t.Helper()
+	root := t.TempDir()
+	l := layout.New(root, "", "")
+	h := &harness{t: t, root: root, l: l, nix: &fakeNix{conf: l.NixpeerConf}, port: &fakePort{}, ended: make(chan string, 16)}
+	config := filepath.Join(root, "desired.yaml")
+	if err := os.WriteFile(config, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	if h.store, err = state.Open(h.l.Database, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.store.Close() })
+	h.start(config)
+	return h
+}
+
+func (h *harness) start(config string) {
+	var err error
+	h.host, err = NewHost(Config{Log: zap.NewNop(), Clock: clock.Real{}, Layout: h.l, Store: h.store,
+		ConfigFile: config, HostName: "stage", Peers: fakePeers{}, Port: h.port, Nix: h.nix, Prober: noProbe{},
+		Trigger: func(reason string) { h.ended <- reason }})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(h.host.Wait)
+}
+
+// pass runs one pass and returns the status.
+func (h *harness) pass() (status.Status, error) {
+	h.t.Helper()
+	_, err := h.host.Reconcile(context.Background())
+	return h.host.Status(), err
+}
+
+// settle runs passes, letting the jobs they start end, until a pass
+// changes nothing; at most 20.
+func (h *harness) settle() (status.Status, error) {
+	h.t.Helper()
+	var prev status.Status
+	for i := 0; i < 20; i++ {
+		_, err := h.host.Reconcile(context.Background())
+		st := h.host.Status()
+		if h.host.jobs.get(slotApply).Running || h.host.jobs.get(slotSign).Running {
+			select {
+			case <-h.ended:
+			case <-time.After(10 * time.Second):
+				h.t.Fatal("a job did not end")
+			}
+		} else if i > 0 && sameStatus(prev, st) {
+			return st, err
+		}
+		prev = st
+	}
+	h.t.Fatal("the host does not settle")
+	return prev, nil
+}
+
+func TestHostPassWithFakes(t *testing.T) {
+	h := newHarness(t, stageYAML)
+	st, err := h.settle()
+	if err != nil || !st.Ready {
+		t.Fatalf("first settle: ready %v, err %v; conditions %+v", st.Ready, err, st.Conditions)
+	}
+	if h.nix.applies != 1 {
+		t.Fatalf("%d applies for one change, want 1", h.nix.applies)
+	}
+	if f := h.port.last(); !f.Ready || f.Serve == nil {
+		t.Fatalf("facts %+v: want Ready, serving", f)
+	}
+
+	t.Run("nothing to do runs nothing", func(t *testing.T) {
+		st, err := h.settle()
+		if err != nil || !st.Ready || h.nix.applies != 1 {
+			t.Fatalf("ready %v err %v applies %d", st.Ready, err, h.nix.applies)
+		}
+	})
+
+	t.Run("an unreadable record heals", func(t *testing.T) {
+		if err := h.store.Put(recApplied, 42); err != nil { // not a string
+			t.Fatal(err)
+		}
+		h.start(h.host.cfg.ConfigFile) // a restart: nothing in memory
+		before := h.nix.applies
+		st, err := h.settle()
+		if err != nil || !st.Ready || h.nix.applies != before+1 {
+			t.Fatalf("ready %v err %v applies %d→%d: want one more apply, then Ready", st.Ready, err, before, h.nix.applies)
+		}
+		var v string
+		if _, err := h.store.Get(recApplied, &v); err != nil || v == "" {
+			t.Fatalf("record not healed: %q %v", v, err)
+		}
+	})
+
+	t.Run("a failed write holds what needs it", func(t *testing.T) {
+		// known_hosts turns into a directory: KnownHostsReady fails.
+		kh := h.l.KnownHosts
+		os.Remove(kh)
+		if err := os.MkdirAll(kh, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(kh)
+		st, _ := h.pass()
+		if c := status.Find(st.Conditions, status.KnownHostsReady); c.Status != status.False || !strings.Contains(c.Message, "not a regular file") {
+			t.Fatalf("KnownHostsReady %+v", c)
+		}
+		if st.Ready {
+			t.Fatal("Ready while known_hosts cannot be managed")
+		}
+	})
+
+	t.Run("a store that cannot be written is not Ready", func(t *testing.T) {
+		os.Remove(h.l.KnownHosts)
+		h.settle()
+		h.store.Close()
+		renameSave(t, h.host.cfg.ConfigFile, stageYAML)
+		st, err := h.pass()
+		if err == nil || st.Ready {
+			t.Fatalf("with the store closed: ready %v err %v", st.Ready, err)
+		}
+	})
+}
+
+func TestFailingApplyIsNotReady(t *testing.T) {
+	h := newHarness(t, stageYAML)
+	h.nix.applyErr = errors.New("exit status 1")
+	st, err := h.settle()
+	c := status.Find(st.Conditions, status.NixSettingsApplied)
+	if err == nil || st.Ready || c.Reason != "ApplyFailed" || h.port.last().Ready {
+		t.Fatalf("err %v ready %v %+v facts ready %v; want an error, not Ready, ApplyFailed, facts not ready", err, st.Ready, c, h.port.last().Ready)
+	}
+	if c := status.Find(st.Conditions, status.Ready); c.Reason != "ApplyFailed" {
+		t.Fatalf("Ready %+v: want the failure named", c)
+	}
+	h.nix.mu.Lock()
+	h.nix.applyErr = nil
+	h.nix.mu.Unlock()
+	// The loop retries it after its delay.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	loop := NewLoop(zap.NewNop(), clock.Real{}, h.host, time.Hour)
+	go func() {
+		for range h.ended {
+			loop.Trigger("job ended")
+		}
+	}()
+	go loop.Run(ctx)
+	for !st.Ready && ctx.Err() == nil {
+		st = h.host.WaitReconciled(ctx, st.LastReconcile)
+	}
+	if !st.Ready || !h.port.last().Ready {
+		t.Fatalf("not Ready after the apply works again: %+v", st.Conditions)
+	}
+}
+
+func TestRoleGoneLeavesNoCondition(t *testing.T) {
+	h := newHarness(t, stageYAML)
+	h.settle()
+	renameSave(t, h.host.cfg.ConfigFile, strings.Replace(stageYAML, "    serve: {}\n", "", 1))
+	st, _ := h.settle()
+	for _, typ := range []string{status.CacheKeyReady, status.ServeReady} {
+		if c := status.Find(st.Conditions, typ); c != nil {
+			t.Errorf("%s still reported after serve was removed: %+v", typ, c)
+		}
+	}
+	if !st.Ready {
+		t.Fatalf("not Ready after serve was removed: %+v", st.Conditions)
+	}
+	// A restart reads the stored status back: nothing stale comes back.
+	h.start(h.host.cfg.ConfigFile)
+	st, _ = h.pass()
+	if c := status.Find(st.Conditions, status.CacheKeyReady); c != nil || !st.Ready {
+		t.Fatalf("after a restart: ready %v, CacheKeyReady %+v", st.Ready, c)
+	}
+}
+
+func renameSave(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
