@@ -8,8 +8,12 @@
 //	Host 127.0.0.2
 //	  Port 2222
 //	  ConnectTimeout 5
+//	  ConnectionAttempts 1
+//	  ServerAliveInterval 5
+//	  ServerAliveCountMax 2
 //	Host stage.example.com
 //	  ConnectTimeout 5
+//	  ...
 //	Host *
 //	# END nixpeer managed block
 //	...the user's own lines...
@@ -52,6 +56,12 @@ type Peer struct {
 	ConnectTimeout time.Duration
 }
 
+// aliveLines bound every ssh connection to a peer, besides ConnectTimeout:
+// one connection attempt (a peer that drops packets costs one timeout, not
+// several), and a connection whose peer stops answering is dropped after
+// 2 × 5 s without an answer to ssh's keepalive.
+var aliveLines = []string{"  ConnectionAttempts 1", "  ServerAliveInterval 5", "  ServerAliveCountMax 2"}
+
 // peer is a validated Peer in the form it is written.
 type peer struct {
 	address string
@@ -80,6 +90,7 @@ func Render(existing []byte, peers []Peer) ([]byte, error) {
 			lines = append(lines, "  Port "+strconv.Itoa(p.port))
 		}
 		lines = append(lines, "  ConnectTimeout "+strconv.Itoa(p.timeout))
+		lines = append(lines, aliveLines...)
 	}
 	if len(lines) > 0 {
 		lines = append(lines, "Host *")

@@ -34,7 +34,7 @@ func TestRender(t *testing.T) {
 		"caf\xe9\xff\n" +
 		"last line without newline"
 	one := []Peer{{Address: "127.0.0.2", Port: 2222, ConnectTimeout: 5 * time.Second}}
-	oneBlock := block("Host 127.0.0.2", "  Port 2222", "  ConnectTimeout 5")
+	oneBlock := block("Host 127.0.0.2", "  Port 2222", "  ConnectTimeout 5", "  ConnectionAttempts 1", "  ServerAliveInterval 5", "  ServerAliveCountMax 2")
 	tests := []struct {
 		name     string
 		existing string
@@ -59,13 +59,13 @@ func TestRender(t *testing.T) {
 		},
 		{
 			name:     "existing block replaced in place",
-			existing: "a\n" + block("Host old.example", "  ConnectTimeout 1") + "b\r\nc",
+			existing: "a\n" + block("Host old.example", "  ConnectTimeout 1", "  ConnectionAttempts 1", "  ServerAliveInterval 5", "  ServerAliveCountMax 2") + "b\r\nc",
 			peers:    one,
 			want:     "a\n" + oneBlock + "b\r\nc",
 		},
 		{
 			name:     "no peers removes the block",
-			existing: "a\n" + block("Host old.example", "  ConnectTimeout 1") + "b",
+			existing: "a\n" + block("Host old.example", "  ConnectTimeout 1", "  ConnectionAttempts 1", "  ServerAliveInterval 5", "  ServerAliveCountMax 2") + "b",
 			want:     "a\nb",
 		},
 		{
@@ -77,10 +77,10 @@ func TestRender(t *testing.T) {
 				{Address: "d.example", Port: 22},
 			},
 			want: block(
-				"Host a.example", "  ConnectTimeout 5",
-				"Host b.example", "  ConnectTimeout 2",
-				"Host c.example", "  ConnectTimeout 1",
-				"Host d.example", "  ConnectTimeout 1",
+				"Host a.example", "  ConnectTimeout 5", "  ConnectionAttempts 1", "  ServerAliveInterval 5", "  ServerAliveCountMax 2",
+				"Host b.example", "  ConnectTimeout 2", "  ConnectionAttempts 1", "  ServerAliveInterval 5", "  ServerAliveCountMax 2",
+				"Host c.example", "  ConnectTimeout 1", "  ConnectionAttempts 1", "  ServerAliveInterval 5", "  ServerAliveCountMax 2",
+				"Host d.example", "  ConnectTimeout 1", "  ConnectionAttempts 1", "  ServerAliveInterval 5", "  ServerAliveCountMax 2",
 			),
 		},
 		{
@@ -94,11 +94,11 @@ func TestRender(t *testing.T) {
 				{Address: "127.0.0.2", Port: 1, ConnectTimeout: 3 * time.Second},
 			},
 			want: block(
-				"Host 127.0.0.2", "  Port 1", "  ConnectTimeout 3",
-				"Host 2001:DB8:0:0::1", "  ConnectTimeout 3",
-				"Host ::1", "  Port 65535", "  ConnectTimeout 3",
-				"Host Stage.Example.COM", "  Port 2222", "  ConnectTimeout 5",
-				"Host stage.example.com", "  Port 2222", "  ConnectTimeout 5",
+				"Host 127.0.0.2", "  Port 1", "  ConnectTimeout 3", "  ConnectionAttempts 1", "  ServerAliveInterval 5", "  ServerAliveCountMax 2",
+				"Host 2001:DB8:0:0::1", "  ConnectTimeout 3", "  ConnectionAttempts 1", "  ServerAliveInterval 5", "  ServerAliveCountMax 2",
+				"Host ::1", "  Port 65535", "  ConnectTimeout 3", "  ConnectionAttempts 1", "  ServerAliveInterval 5", "  ServerAliveCountMax 2",
+				"Host Stage.Example.COM", "  Port 2222", "  ConnectTimeout 5", "  ConnectionAttempts 1", "  ServerAliveInterval 5", "  ServerAliveCountMax 2",
+				"Host stage.example.com", "  Port 2222", "  ConnectTimeout 5", "  ConnectionAttempts 1", "  ServerAliveInterval 5", "  ServerAliveCountMax 2",
 			),
 		},
 	}
@@ -313,7 +313,7 @@ func expect(peers []Peer) (want map[string]stanza, ok bool) {
 }
 
 // parseBlock reads the block Render wrote, strictly: "Host ADDRESS", an
-// optional "  Port N" (N not 22), "  ConnectTimeout N", repeated with
+// optional "  Port N" (N not 22), "  ConnectTimeout N", the aliveLines, repeated with
 // addresses in increasing order, then "Host *" as the last line.
 func parseBlock(lines []managedblock.Line) (map[string]stanza, error) {
 	got := map[string]stanza{}
@@ -364,6 +364,12 @@ func parseBlock(lines []managedblock.Line) (map[string]stanza, error) {
 		}
 		s.timeout = t
 		ls = ls[1:]
+		for _, want := range aliveLines {
+			if len(ls) == 0 || ls[0].Text != want {
+				return nil, fmt.Errorf("host %s: want %q after ConnectTimeout", addr, want)
+			}
+			ls = ls[1:]
+		}
 		got[addr] = s
 	}
 	return got, nil
@@ -461,6 +467,12 @@ func FuzzRender(f *testing.F) {
 	})
 }
 
+// alive adds the keepalive and attempt bounds the block sets for a peer.
+func alive(set map[string]string) map[string]string {
+	set["connectionattempts"], set["serveraliveinterval"], set["serveralivecountmax"] = "1", "5", "2"
+	return set
+}
+
 // sshClient returns the path of ssh; testenv.Require skips the test where it
 // is missing, or fails it on CI, where it must be installed.
 func sshClient(t *testing.T) string {
@@ -546,10 +558,10 @@ func TestSSHReadsBlock(t *testing.T) {
 		dest string
 		set  map[string]string // what the block changes; nil: nothing
 	}{
-		{"127.0.0.2", map[string]string{"port": "2222", "connecttimeout": "5"}},
-		{"nix-ssh@127.0.0.2", map[string]string{"port": "2222", "connecttimeout": "5"}},
-		{"Stage.EXAMPLE.com", map[string]string{"connecttimeout": "2"}},
-		{"::1", map[string]string{"port": "2200", "connecttimeout": "1"}},
+		{"127.0.0.2", alive(map[string]string{"port": "2222", "connecttimeout": "5"})},
+		{"nix-ssh@127.0.0.2", alive(map[string]string{"port": "2222", "connecttimeout": "5"})},
+		{"Stage.EXAMPLE.com", alive(map[string]string{"connecttimeout": "2"})},
+		{"::1", alive(map[string]string{"port": "2200", "connecttimeout": "1"})},
 		{"127.0.0.3", nil},
 		{"other.example", nil},
 	} {
@@ -558,7 +570,7 @@ func TestSSHReadsBlock(t *testing.T) {
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("ssh -G %s (-want +got):\n%s", c.dest, diff)
 		}
-		if v := option(got, "serveraliveinterval"); v != "30" {
+		if v := option(got, "serveraliveinterval"); c.set == nil && v != "30" {
 			t.Errorf("ssh -G %s: serveraliveinterval %q, want the user's global 30", c.dest, v)
 		}
 	}
