@@ -10,6 +10,7 @@ command -v nix-store >/dev/null 2>&1 || need+=(nix-bin)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+[ -x /usr/sbin/iptables ] || need+=(iptables)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: missing ${need[*]}; run as root, or: sudo apt-get install -y ${need[*]}" >&2

@@ -176,10 +176,16 @@ func (a *agent) kill9() {
 	<-a.done
 }
 
-// waitFor polls the status until cond holds, with a deadline.
+// waitFor polls the status until cond holds, with a deadline of 20 s.
 func (a *agent) waitFor(what string, cond func(status.Status) bool) status.Status {
 	a.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	return a.waitWithin(20*time.Second, what, cond)
+}
+
+// waitWithin polls the status until cond holds, at most d.
+func (a *agent) waitWithin(d time.Duration, what string, cond func(status.Status) bool) status.Status {
+	a.t.Helper()
+	deadline := time.Now().Add(d)
 	var last status.Status
 	var lastErr error
 	for time.Now().Before(deadline) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -137,4 +138,91 @@ func vmRSS(b *testing.B, pid int) int {
 	}
 	b.Fatalf("no VmRSS in /proc/%d/status", pid)
 	return 0
+}
+
+// BenchmarkDarkStaging measures the circuit breaker with a staging host
+// that drops every packet (an iptables DROP rule the benchmark sets and
+// takes away): how long after staging goes dark its substituter has left
+// production's live Nix settings, how long after staging answers again it
+// is back, and what production's builds cost once the breaker has
+// tripped: a derivation with N fresh inputs (N = 5 and 50) built with
+// production's settings, against the same build with no staging
+// substituter at all. It reports medians.
+//
+//	sudo go test -run '^$' -bench DarkStaging -benchtime 5x ./cmd/agent/
+//
+// With NIXPEER_BENCH_UNTRIPPED=1 it also builds N = 5 with staging still
+// configured while dark: what a production build cost before the breaker.
+func BenchmarkDarkStaging(b *testing.B) {
+	f := darkFleet(b, "127.0.0.22", "127.0.0.23")
+	conf := filepath.Join(f.P, "etc/nix/nixpeer.conf")
+	// Production's settings without any staging substituter.
+	base := b.TempDir()
+	writeFile(b, filepath.Join(base, "nix.conf"), readFile(b, filepath.Join(f.P, "etc/nix/nix.conf")))
+	writeFile(b, filepath.Join(base, "nixpeer.conf"), []byte("fallback = true\n"))
+	untripped := b.TempDir()
+	writeFile(b, filepath.Join(untripped, "nix.conf"), readFile(b, filepath.Join(f.P, "etc/nix/nix.conf")))
+	writeFile(b, filepath.Join(untripped, "nixpeer.conf"), readFile(b, conf))
+
+	var trip, backAfterAnswer, backAfterLight []time.Duration
+	builds := map[string][]time.Duration{}
+	build := func(label, confDir string, n int) {
+		start := time.Now()
+		cmd := exec.Command("nix-build", "--no-out-link", "-E", freshClosure("nixpeer-bench-"+nonce(), n))
+		cmd.Env = append(os.Environ(), "NIX_REMOTE=", "NIX_CONF_DIR="+confDir, "NIX_SSHOPTS=-F "+filepath.Join(f.P, "root/.ssh/config"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("build %s: %v\n%s", label, err, out)
+		}
+		builds[label] = append(builds[label], time.Since(start))
+	}
+	for i := 0; i < b.N; i++ {
+		dark := time.Now()
+		light := testenv.Dark(b, "127.0.0.22")
+		st := f.prod.waitWithin(60*time.Second, "the breaker tripped", func(s status.Status) bool {
+			return ready(s) && s.Peers[0].State == status.PeerUnreachable && !bytes.Contains(readFile(b, conf), []byte("ssh://"))
+		})
+		trip = append(trip, applied(b, st).Sub(dark))
+		for _, n := range []int{5, 50} {
+			build(fmt.Sprintf("none-%d", n), base, n)
+			build(fmt.Sprintf("tripped-%d", n), filepath.Join(f.P, "etc/nix"), n)
+		}
+		if i == 0 && os.Getenv("NIXPEER_BENCH_UNTRIPPED") == "1" {
+			build("untripped-5", untripped, 5)
+		}
+		lit := time.Now()
+		light()
+		st = f.prod.waitWithin(90*time.Second, "staging used again", func(s status.Status) bool {
+			return ready(s) && s.Peers[0].State == status.PeerServing && bytes.Contains(readFile(b, conf), []byte("ssh://"))
+		})
+		backAfterLight = append(backAfterLight, applied(b, st).Sub(lit))
+		backAfterAnswer = append(backAfterAnswer, applied(b, st).Sub(*st.Peers[0].Since))
+	}
+	b.ReportMetric(median(trip).Seconds(), "s-p50/dark-to-withdrawn")
+	b.ReportMetric(ms(median(backAfterAnswer)), "ms-p50/answer-to-back")
+	b.ReportMetric(median(backAfterLight).Seconds(), "s-p50/light-to-back")
+	for _, n := range []string{"5", "50"} {
+		none, tripped := median(builds["none-"+n]), median(builds["tripped-"+n])
+		b.ReportMetric(none.Seconds(), "s-p50/build-"+n+"-no-staging")
+		b.ReportMetric(tripped.Seconds(), "s-p50/build-"+n+"-tripped")
+		b.ReportMetric(float64(tripped)/float64(none), "ratio-"+n+"/tripped-vs-none")
+	}
+	if u := builds["untripped-5"]; len(u) > 0 {
+		b.ReportMetric(u[0].Seconds(), "s/build-5-untripped")
+	}
+	b.ReportMetric(0, "ns/op")
+}
+
+// applied is when NixSettingsApplied last turned True.
+func applied(b *testing.B, st status.Status) time.Time {
+	c := status.Find(st.Conditions, status.NixSettingsApplied)
+	if c == nil || c.Status != status.True {
+		b.Fatalf("NixSettingsApplied not True: %+v", c)
+	}
+	return c.LastTransitionTime
+}
+
+func writeFile(b testing.TB, path string, content []byte) {
+	if err := os.WriteFile(path, content, 0o644); err != nil {
+		b.Fatal(err)
+	}
 }

@@ -36,22 +36,28 @@ func facts(t *testing.T, root string) hostFacts {
 // host serving over sshd on sshPort and a production host fetching from
 // it, both on plain Nix, with nothing pinned: peering exchanges the keys.
 func peeringFleet(sshPort int, protocol string, stageApply []string) string {
+	return peeringFleetAt("127.0.0.2", "127.0.0.3", sshPort, protocol, stageApply)
+}
+
+// peeringFleetAt is peeringFleet with staging and production at the
+// addresses given.
+func peeringFleetAt(stageAddr, prodAddr string, sshPort int, protocol string, stageApply []string) string {
 	apply, _ := json.Marshal(stageApply)
 	return fmt.Sprintf(`apiVersion: nixpeer/v1
 hosts:
   - name: stage
-    address: 127.0.0.2
+    address: %s
     sshPort: %d
     platform: nix
     apply: %s
     serve:
       protocol: %s
   - name: prod
-    address: 127.0.0.3
+    address: %s
     platform: nix
     apply: ["true"]
     substituteFrom: [stage]
-`, sshPort, apply, protocol)
+`, stageAddr, sshPort, apply, protocol, prodAddr)
 }
 
 // condition returns the condition of type typ, or fails.
@@ -68,6 +74,7 @@ func condition(t *testing.T, st status.Status, typ string) status.Condition {
 // nix-daemon and sshd.
 type fleetRun struct {
 	config, S, P string
+	stageAddr    string
 	stage, prod  *agent
 	daemon       *testenv.NixDaemon
 	sshd         *testenv.SSHD
@@ -79,14 +86,20 @@ type fleetRun struct {
 // (no internet, no sandbox here) for both hosts, and starts staging's
 // nix-daemon, which the staging agent's apply restarts.
 func prepareFleet(t testing.TB, sshPort int, protocol string) *fleetRun {
-	f := &fleetRun{config: filepath.Join(t.TempDir(), "desired.yaml"), S: t.TempDir(), P: t.TempDir(), port: sshPort}
+	return prepareFleetAt(t, "127.0.0.2", "127.0.0.3", sshPort, protocol)
+}
+
+// prepareFleetAt is prepareFleet with staging and production at the
+// addresses given.
+func prepareFleetAt(t testing.TB, stageAddr, prodAddr string, sshPort int, protocol string) *fleetRun {
+	f := &fleetRun{config: filepath.Join(t.TempDir(), "desired.yaml"), S: t.TempDir(), P: t.TempDir(), port: sshPort, stageAddr: stageAddr}
 	for _, root := range []string{f.S, f.P} {
 		os.MkdirAll(filepath.Join(root, "etc/nix"), 0o755)
 		testenv.WriteNixConf(t, filepath.Join(root, "etc/nix"))
 	}
 	var restart []string
 	f.daemon, restart = testenv.StartRestartableNixDaemon(t, filepath.Join(f.S, "etc/nix"))
-	os.WriteFile(f.config, []byte(peeringFleet(sshPort, protocol, restart)), 0o644)
+	os.WriteFile(f.config, []byte(peeringFleetAt(stageAddr, prodAddr, sshPort, protocol, restart)), 0o644)
 	return f
 }
 
@@ -99,7 +112,7 @@ func (f *fleetRun) startSSHD(t testing.TB) {
 	})
 	testenv.MakeTraversable(t, filepath.Join(f.S, "etc/ssh"))
 	f.sshd = testenv.StartSSHD(t, testenv.SSHDConfig{
-		Address: "127.0.0.2", Port: f.port, HostKeyFile: filepath.Join(f.S, "etc/ssh/ssh_host_ed25519_key"),
+		Address: f.stageAddr, Port: f.port, HostKeyFile: filepath.Join(f.S, "etc/ssh/ssh_host_ed25519_key"),
 		AuthorizedKeysFile: filepath.Join(f.S, "etc/ssh/authorized_keys.d/%u"), Daemon: f.daemon,
 	})
 }

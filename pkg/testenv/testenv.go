@@ -50,6 +50,8 @@ func debianPackage(program string) string {
 		return "openssh-client"
 	case "systemd-analyze":
 		return "systemd"
+	case "iptables":
+		return "iptables"
 	}
 	return "the Debian package that ships it"
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -209,5 +210,24 @@ func TestSSHDServesTestDaemon(t *testing.T) {
 				return nil
 			})
 		})
+	}
+}
+
+func TestDarkDropsThenLights(t *testing.T) {
+	connect := func() error {
+		c, err := net.DialTimeout("tcp", "127.0.0.66:9", 300*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	light := Dark(t, "127.0.0.66")
+	var ne net.Error
+	if err := connect(); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("connect to a dark address: %v, want a timeout", err)
+	}
+	light()
+	if err := connect(); err == nil || errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("connect after light: %v, want refused at once", err)
 	}
 }
