@@ -107,4 +107,3 @@ func freshClosure(name string, n int) string {
 in derivation { name = "` + name + `"; system = builtins.currentSystem; builder = "/bin/sh";
   args = [ "-c" "echo ${toString (map leaf (builtins.genList (x: x) ` + strconv.Itoa(n) + `))} > $out" ]; }`
 }
-
