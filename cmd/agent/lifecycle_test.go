@@ -203,8 +203,11 @@ func TestFailingApplyIsNotReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	store.Close()
+	restarted := time.Now()
 	a = startAgent(t, root, config, "stage")
-	a.waitFor("Ready after the record was damaged", ready)
+	a.waitFor("Ready after the record was damaged", func(s status.Status) bool {
+		return ready(s) && s.LastReconcile.After(restarted)
+	})
 	a.stop()
 	store, err = state.Open(filepath.Join(root, "var/lib/nixpeer/state.db"), time.Second)
 	if err != nil {

@@ -57,6 +57,7 @@ type Host struct {
 	// trips are when each substituter was withdrawn for going dark: the
 	// breaker's memory of flapping peers.
 	trips map[string][]time.Time
+	users userCheck
 
 	mu      sync.Mutex
 	status  status.Status
@@ -149,6 +150,15 @@ func (h *Host) report(o *Observation, p *Plan, a *acted) (time.Duration, error) 
 	var conds []status.Condition
 	var nixRes *Resource
 	for _, r := range p.Resources {
+		if _, failed := a.failed[r]; failed && r.Type == status.KnownHostsReady {
+			// A peer verified in this pass is not written as a
+			// substituter without its known_hosts entry.
+			for i := range next.Peers {
+				if ps := &next.Peers[i]; ps.Role == status.RoleSubstituter && ps.State == status.PeerServing {
+					ps.State, ps.Message = status.PeerWaitingForKnownHosts, "root's known_hosts cannot be written; see KnownHostsReady"
+				}
+			}
+		}
 		if r.Type == status.NixSettingsApplied {
 			nixRes = r
 		}
@@ -199,14 +209,14 @@ func (h *Host) report(o *Observation, p *Plan, a *acted) (time.Duration, error) 
 		next.LastError = c.Message
 	}
 
-	changed := !sameStatus(prev, next) || len(a.wrote) > 0
+	changed := !sameStatus(prev, next) || len(a.wrote) > 0 || o.NewDesired != nil
 	next.LastReconcile = now
 	if changed {
 		ev := state.Event{Time: now, Generation: o.Generation, Reason: next.Conditions[0].Reason, Message: next.Conditions[0].Message}
 		if len(a.wrote) > 0 {
 			ev.Message += "; wrote " + strings.Join(a.wrote, ", ")
 		}
-		if err := h.cfg.Store.SaveStatus(next, ev); err != nil {
+		if err := h.cfg.Store.SaveStatus(next, ev, o.NewDesired); err != nil {
 			passErr = errors.Join(passErr, err)
 			next.Ready = false
 			next.Conditions[0] = carry(prev.Conditions, status.Condition{Type: status.Ready, Status: status.False,

@@ -298,3 +298,41 @@ func renameSave(t *testing.T, path, content string) {
 		t.Fatal(err)
 	}
 }
+
+// BenchmarkNoOpPass measures a pass that finds everything in place.
+//
+//	go test -run '^$' -bench NoOpPass ./pkg/reconcile/
+func BenchmarkNoOpPass(b *testing.B) {
+	t := &testing.T{}
+	_ = t
+	root := b.TempDir()
+	l := layout.New(root, "", "")
+	config := filepath.Join(root, "desired.yaml")
+	os.WriteFile(config, []byte(stageYAML), 0o644)
+	store, err := state.Open(l.Database, time.Second)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	nx := &fakeNix{conf: l.NixpeerConf}
+	ended := make(chan string, 16)
+	host, err := NewHost(Config{Log: zap.NewNop(), Clock: clock.Real{}, Layout: l, Store: store,
+		ConfigFile: config, HostName: "stage", Peers: fakePeers{}, Port: &fakePort{}, Nix: nx, Prober: noProbe{},
+		Trigger: func(reason string) { ended <- reason }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < 10; i++ {
+		host.Reconcile(context.Background())
+		if host.jobs.get(slotApply).Running {
+			<-ended
+		}
+	}
+	if st := host.Status(); !st.Ready {
+		b.Fatalf("not Ready: %+v", st.Conditions)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		host.Reconcile(context.Background())
+	}
+}

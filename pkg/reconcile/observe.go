@@ -19,6 +19,7 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/peering"
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
+	"github.com/nixpeer/nixpeer/pkg/state"
 )
 
 // maxManagedFile bounds what is read of a file the agent manages or
@@ -38,6 +39,8 @@ type Observation struct {
 	// FileProblem says why the file on disk is not in force, nil when
 	// it is.
 	FileProblem *Problem
+	// NewDesired is the record of a desired state not stored yet.
+	NewDesired *state.Desired
 	// Self is this host's entry in File, nil when not found (SelfErr).
 	Self    *desired.Host
 	SelfErr string
@@ -116,8 +119,7 @@ type FileObs struct {
 	Err error
 }
 
-// observe reads everything the pass needs. It writes nothing on the host
-// but the generation record of a new desired state.
+// observe reads everything the pass needs, and writes nothing.
 func (h *Host) observe() *Observation {
 	l := h.cfg.Layout
 	o := &Observation{Now: h.cfg.Clock.Now(), Layout: l}
@@ -179,7 +181,7 @@ func (h *Host) observe() *Observation {
 		o.SignedWith = h.readRecord(recSignedWith)
 		o.SignTarget, o.SignTargetErr = h.resolveClosure(self.Serve.SignClosure)
 		if self.Platform != desired.PlatformNixOSModule {
-			o.NixSSHUser = checkNixSSHUser(self.Platform)
+			o.NixSSHUser = h.users.check(self.Platform, o.Now)
 		}
 	}
 	return o
@@ -205,15 +207,19 @@ func (h *Host) observeDesired(o *Observation) {
 		o.FileProblem = &Problem{Reason: reason, Message: msg}
 		return
 	}
-	gen, err := h.cfg.Store.RecordDesired(name, raw, f.Hash())
+	d, isNew, err := h.cfg.Store.NextDesired(name, raw, f.Hash())
 	if err != nil {
-		o.FileProblem = &Problem{Reason: "StateStoreError", Message: fmt.Sprintf("record the desired state: %v", err)}
+		o.FileProblem = &Problem{Reason: "StateStoreError", Message: fmt.Sprintf("read the last desired state: %v", err)}
 		return
 	}
-	if gen != h.generation {
-		h.log.Info("new desired state", zap.String("file", name), zap.Int64("generation", gen))
+	if isNew {
+		// Stored with the status of this pass.
+		o.NewDesired = &d
 	}
-	h.desired, h.generation = f, gen
+	if d.Generation != h.generation {
+		h.log.Info("new desired state", zap.String("file", name), zap.Int64("generation", d.Generation))
+	}
+	h.desired, h.generation = f, d.Generation
 }
 
 // readRecord reads a string record of the store. One that cannot be read
@@ -296,6 +302,31 @@ func readObserved(path string) FileObs {
 
 // nixSSHUser is the user sshd hands Nix clients to.
 const nixSSHUser = "nix-ssh"
+
+// userCheck remembers the last check of the nix-ssh user: looking it up
+// costs the name service a group walk. It is done again when /etc/passwd
+// or /etc/group change, and at least every userCheckTTL (other sources
+// of users change without touching them).
+type userCheck struct {
+	key     string
+	at      time.Time
+	problem string
+}
+
+const userCheckTTL = time.Minute
+
+func (u *userCheck) check(platform desired.Platform, now time.Time) string {
+	key := string(platform)
+	for _, f := range []string{"/etc/passwd", "/etc/group"} {
+		if st, err := os.Stat(f); err == nil {
+			key += fmt.Sprintf(" %d.%d", st.ModTime().UnixNano(), st.Size())
+		}
+	}
+	if key != u.key || now.Sub(u.at) >= userCheckTTL || now.Before(u.at) {
+		u.key, u.at, u.problem = key, now, checkNixSSHUser(platform)
+	}
+	return u.problem
+}
 
 // checkNixSSHUser looks in the machine's own user database (even under
 // --root: sshd runs on the machine) for the user sshd hands Nix clients to.

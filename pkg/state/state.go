@@ -92,34 +92,29 @@ func (s *Store) Close() error { return s.db.Close() }
 // Path is where the database lives.
 func (s *Store) Path() string { return s.path }
 
-// RecordDesired stores a desired state that parsed and validated, and returns
-// its generation: the stored one when the meaning (hash) is unchanged, one
-// more when it changed. Nothing is written when the hash is unchanged.
-func (s *Store) RecordDesired(file string, content []byte, hash string) (int64, error) {
-	cur, err := s.Desired()
-	if err != nil {
-		return 0, err
-	}
-	if cur != nil && cur.Hash == hash {
-		return cur.Generation, nil
-	}
-	var gen int64
-	err = s.db.Update(func(tx *bolt.Tx) error {
+// NextDesired returns the record of a desired state that parsed and
+// validated, with its generation: the stored one when the meaning (hash)
+// is unchanged, one more when it changed. It writes nothing; new reports
+// whether the record differs from the stored one, and SaveStatus then
+// stores it, with the status that describes it, in one transaction.
+func (s *Store) NextDesired(file string, content []byte, hash string) (d Desired, isNew bool, err error) {
+	var gen uint64
+	var cur *Desired
+	err = s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMeta)
-		gen = int64(u64(b.Get(keyGeneration))) + 1
-		d, err := json.Marshal(Desired{Generation: gen, Hash: hash, File: file, Content: content})
-		if err != nil {
-			return err
+		gen = u64(b.Get(keyGeneration))
+		if raw := b.Get(keyDesired); raw != nil {
+			return json.Unmarshal(raw, &cur)
 		}
-		if err := b.Put(keyGeneration, be(uint64(gen))); err != nil {
-			return err
-		}
-		return b.Put(keyDesired, d)
+		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("record desired state: %w", err)
+		return Desired{}, false, fmt.Errorf("read last good desired state: %w", err)
 	}
-	return gen, nil
+	if cur != nil && cur.Hash == hash {
+		return *cur, false, nil
+	}
+	return Desired{Generation: int64(gen) + 1, Hash: hash, File: file, Content: content}, true, nil
 }
 
 // Desired returns the last good desired state, or nil if there is none.
@@ -132,9 +127,10 @@ func (s *Store) Desired() (*Desired, error) {
 	return d, nil
 }
 
-// SaveStatus stores the host's last status and appends ev to the
-// history (pruned to MaxEvents), in one transaction: one fsync.
-func (s *Store) SaveStatus(st status.Status, ev Event) error {
+// SaveStatus stores the host's last status, the new desired state it
+// describes (d, when not nil: see NextDesired), and appends ev to the
+// history (pruned to MaxEvents), in one transaction: one commit.
+func (s *Store) SaveStatus(st status.Status, ev Event, d *Desired) error {
 	rawSt, err := json.Marshal(st)
 	if err != nil {
 		return fmt.Errorf("save status: %w", err)
@@ -143,8 +139,23 @@ func (s *Store) SaveStatus(st status.Status, ev Event) error {
 	if err != nil {
 		return fmt.Errorf("save status: encode event: %w", err)
 	}
+	var rawD []byte
+	if d != nil {
+		if rawD, err = json.Marshal(d); err != nil {
+			return fmt.Errorf("save status: encode desired state: %w", err)
+		}
+	}
 	err = s.db.Update(func(tx *bolt.Tx) error {
-		if err := tx.Bucket(bucketMeta).Put(keyStatus, rawSt); err != nil {
+		b := tx.Bucket(bucketMeta)
+		if d != nil {
+			if err := b.Put(keyGeneration, be(uint64(d.Generation))); err != nil {
+				return err
+			}
+			if err := b.Put(keyDesired, rawD); err != nil {
+				return err
+			}
+		}
+		if err := b.Put(keyStatus, rawSt); err != nil {
 			return err
 		}
 		return appendEvent(tx, rawEv)

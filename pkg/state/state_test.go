@@ -27,12 +27,22 @@ func TestGenerationRisesOnlyWhenMeaningChanges(t *testing.T) {
 		want int64
 	}{{"a", 1}, {"a", 1}, {"b", 2}, {"b", 2}, {"a", 3}}
 	for _, st := range steps {
-		gen, err := s.RecordDesired("f.yaml", []byte(st.hash), st.hash)
+		d, isNew, err := s.NextDesired("f.yaml", []byte(st.hash), st.hash)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if gen != st.want {
-			t.Fatalf("hash %s: generation %d, want %d", st.hash, gen, st.want)
+		if d.Generation != st.want {
+			t.Fatalf("hash %s: generation %d, want %d", st.hash, d.Generation, st.want)
+		}
+		if again, _, _ := s.NextDesired("f.yaml", []byte(st.hash), st.hash); again.Generation != d.Generation {
+			t.Fatal("NextDesired wrote something")
+		}
+		var rec *Desired
+		if isNew {
+			rec = &d
+		}
+		if err := s.SaveStatus(status.Status{Generation: d.Generation}, Event{}, rec); err != nil {
+			t.Fatal(err)
 		}
 	}
 	s.Close()
@@ -62,7 +72,7 @@ func TestEventsAreBoundedAndOrdered(t *testing.T) {
 	s := open(t, filepath.Join(t.TempDir(), "state.db"))
 	defer s.Close()
 	for i := 0; i < MaxEvents+10; i++ {
-		if err := s.SaveStatus(status.Status{Generation: int64(i)}, Event{Generation: int64(i), Reason: fmt.Sprint(i)}); err != nil {
+		if err := s.SaveStatus(status.Status{Generation: int64(i)}, Event{Generation: int64(i), Reason: fmt.Sprint(i)}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -90,7 +100,7 @@ func TestStatusAndPeersRoundTrip(t *testing.T) {
 	}
 	want := status.Status{Host: "h", Generation: 4, ObservedGeneration: 4, Ready: true,
 		Conditions: []status.Condition{{Type: status.Ready, Status: status.True, Reason: "AllReady"}}}
-	if err := s.SaveStatus(want, Event{}); err != nil {
+	if err := s.SaveStatus(want, Event{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	got, ok, err := s.LoadStatus()

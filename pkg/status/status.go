@@ -4,6 +4,7 @@
 package status
 
 import (
+	"slices"
 	"sort"
 	"time"
 )
@@ -168,10 +169,11 @@ func Find(conds []Condition, t string) *Condition {
 	return nil
 }
 
-// Clone returns a deep copy of s.
+// Clone returns a deep copy of s; an empty list stays an empty list (a
+// JSON [], not null).
 func (s Status) Clone() Status {
-	s.Conditions = append([]Condition(nil), s.Conditions...)
-	s.Peers = append([]Peer(nil), s.Peers...)
-	s.Files = append([]File(nil), s.Files...)
+	s.Conditions = slices.Clone(s.Conditions)
+	s.Peers = slices.Clone(s.Peers)
+	s.Files = slices.Clone(s.Files)
 	return s
 }

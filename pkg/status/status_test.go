@@ -34,3 +34,10 @@ func TestSetOrdersReadyFirst(t *testing.T) {
 		}
 	}
 }
+
+func TestCloneKeepsEmptyLists(t *testing.T) {
+	c := Status{Peers: []Peer{}, Conditions: []Condition{}}.Clone()
+	if c.Peers == nil || c.Conditions == nil || c.Files != nil {
+		t.Fatalf("Clone: peers %#v conditions %#v files %#v; want [] [] nil as given", c.Peers, c.Conditions, c.Files)
+	}
+}

@@ -64,7 +64,7 @@ func TestAddAfterFiresAtItsTime(t *testing.T) {
 		q.AddAfter("other", time.Hour)
 		q.AddAfter("other", time.Second) // a sooner one replaces the later
 		k, ok := q.Get()
-		if k != "other" || time.Since(start) != time.Second {
+		if !ok || k != "other" || time.Since(start) != time.Second {
 			t.Fatalf("first key %q after %v, want other after 1s", k, time.Since(start))
 		}
 		q.Done(k)
