@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -81,10 +82,35 @@ hosts:
     serve: {%s}%s
   - name: prod
     address: 127.0.0.3
+    peerPort: %d
     platform: nix
     apply: []
     substituteFrom: [stage]
-`, stagePeerPort, cacheKey, pin)
+`, stagePeerPort, cacheKey, pin, peerPortOf("127.0.0.3"))
+}
+
+var (
+	peerPortsMu sync.Mutex
+	peerPorts   = map[string]int{}
+)
+
+// peerPortOf is the peer port the tests of this process give an agent on
+// address: one that was free when first asked for, the same afterwards (a
+// desired state written twice must not change).
+func peerPortOf(address string) int {
+	peerPortsMu.Lock()
+	defer peerPortsMu.Unlock()
+	if p, ok := peerPorts[address]; ok {
+		return p
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(address, "0"))
+	if err != nil {
+		panic(fmt.Sprintf("pick a free port on %s: %v", address, err))
+	}
+	p := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	peerPorts[address] = p
+	return p
 }
 
 // renameSave writes content the way editors do: a new file renamed over
@@ -255,21 +281,23 @@ func newRoot(t *testing.T, content string) (root, config string) {
 }
 
 func TestRenameSaveIsReconciled(t *testing.T) {
-	root, config := newRoot(t, fleet(7722, ""))
+	port := testenv.FreePort(t, "127.0.0.2")
+	root, config := newRoot(t, fleet(port, ""))
 	a := startAgent(t, root, config, "stage")
 	st := a.waitFor("Ready", ready)
 	if st.Host != "stage" || st.Generation != 1 {
 		t.Fatalf("first status: host %q generation %d, want stage 1", st.Host, st.Generation)
 	}
 	for i := 1; i <= 5; i++ {
-		renameSave(t, config, fleet(7722+i, ""))
+		port = testenv.FreePort(t, "127.0.0.2")
+		renameSave(t, config, fleet(port, ""))
 		want := int64(1 + i)
 		a.waitFor(fmt.Sprintf("generation %d reconciled", want), func(s status.Status) bool {
 			return ready(s) && s.Generation == want
 		})
 	}
 	// A comment is no change of meaning: the generation stays.
-	renameSave(t, config, "# a comment\n"+fleet(7727, ""))
+	renameSave(t, config, "# a comment\n"+fleet(port, ""))
 	if err := a.client.Reconcile(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -282,7 +310,8 @@ func TestRenameSaveIsReconciled(t *testing.T) {
 
 func TestBrokenFileKeepsLastGoodState(t *testing.T) {
 	key := hostKeyLine(t)
-	root, config := newRoot(t, fleet(7722, key))
+	port := testenv.FreePort(t, "127.0.0.2")
+	root, config := newRoot(t, fleet(port, key))
 	a := startAgent(t, root, config, "prod")
 	a.waitFor("reconciled", reconciled)
 	kh := filepath.Join(root, "root/.ssh/known_hosts")
@@ -291,7 +320,7 @@ func TestBrokenFileKeepsLastGoodState(t *testing.T) {
 		t.Fatalf("known_hosts lacks the pinned key: %v\n%s", err, good)
 	}
 
-	renameSave(t, config, strings.Replace(fleet(7722, key), "peerPort: 7722", "peerPort: seven", 1))
+	renameSave(t, config, strings.Replace(fleet(port, key), fmt.Sprintf("peerPort: %d", port), "peerPort: seven", 1))
 	st := a.waitFor("DesiredStateValid False", func(s status.Status) bool {
 		c := status.Find(s.Conditions, status.DesiredStateValid)
 		return c != nil && c.Status == status.False
@@ -317,12 +346,12 @@ func TestBrokenFileKeepsLastGoodState(t *testing.T) {
 		c := status.Find(s.Conditions, status.DesiredStateValid)
 		return c != nil && c.Reason == "FileMissing"
 	})
-	renameSave(t, config, fleet(7722, key))
+	renameSave(t, config, fleet(port, key))
 	a.waitFor("valid again", reconciled)
 }
 
 func TestKill9ThenRestart(t *testing.T) {
-	root, config := newRoot(t, fleet(7722, ""))
+	root, config := newRoot(t, fleet(testenv.FreePort(t, "127.0.0.2"), ""))
 	a := startAgent(t, root, config, "stage")
 	a.waitFor("Ready", ready)
 	code, factsBefore, _ := runCLI(t, "facts", "--root", root, "--json")
@@ -331,7 +360,7 @@ func TestKill9ThenRestart(t *testing.T) {
 	}
 	// Kill it in the middle of reconciling a stream of edits, several times.
 	for i := 1; i <= 5; i++ {
-		renameSave(t, config, fleet(7722+i, ""))
+		renameSave(t, config, fleet(testenv.FreePort(t, "127.0.0.2"), ""))
 		a.kill9()
 		a = startAgent(t, root, config, "stage")
 		want := int64(1 + i)
@@ -358,7 +387,7 @@ func TestKill9ThenRestart(t *testing.T) {
 }
 
 func TestSecondDaemonOnSameStateIsRefused(t *testing.T) {
-	root, config := newRoot(t, fleet(7722, ""))
+	root, config := newRoot(t, fleet(testenv.FreePort(t, "127.0.0.2"), ""))
 	a := startAgent(t, root, config, "stage")
 	a.waitFor("Ready", ready)
 	code, _, stderr := runCLI(t, "run", "--config", config, "--host", "stage", "--root", root,
@@ -378,7 +407,7 @@ func TestMutatingCallsAreRootOnly(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run a client as another user")
 	}
-	root, config := newRoot(t, fleet(7722, ""))
+	root, config := newRoot(t, fleet(testenv.FreePort(t, "127.0.0.2"), ""))
 	// The client runs as nobody, a member of group nogroup, so it may read.
 	a := startAgent(t, root, config, "stage", "--socket-group", "nogroup")
 	a.waitFor("Ready", ready)
@@ -420,7 +449,7 @@ func TestStatusWithoutDaemon(t *testing.T) {
 }
 
 func TestStatusJSONAndTable(t *testing.T) {
-	root, config := newRoot(t, fleet(7722, ""))
+	root, config := newRoot(t, fleet(testenv.FreePort(t, "127.0.0.2"), ""))
 	a := startAgent(t, root, config, "stage")
 	a.waitFor("Ready", ready)
 	code, out, _ := runCLI(t, "status", "--socket", a.socket, "--json")
@@ -452,7 +481,7 @@ func TestStatusJSONAndTable(t *testing.T) {
 }
 
 func TestNoOpReconcileWritesNothing(t *testing.T) {
-	root, config := newRoot(t, fleet(7722, hostKeyLine(t)))
+	root, config := newRoot(t, fleet(testenv.FreePort(t, "127.0.0.2"), hostKeyLine(t)))
 	a := startAgent(t, root, config, "prod")
 	// Settled: reconciled, and the watch of stage (not running) reported.
 	st := a.waitFor("reconciled and settled", func(s status.Status) bool {
@@ -492,7 +521,8 @@ func TestNoOpReconcileWritesNothing(t *testing.T) {
 
 func TestKnownHostsKeepsEveryForeignLine(t *testing.T) {
 	key := hostKeyLine(t)
-	root, config := newRoot(t, fleet(7722, ""))
+	port := testenv.FreePort(t, "127.0.0.2")
+	root, config := newRoot(t, fleet(port, ""))
 	kh := filepath.Join(root, "root/.ssh/known_hosts")
 	os.MkdirAll(filepath.Dir(kh), 0o700)
 	foreign := "# my hosts\r\n|1|abc=|def= ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n@cert-authority *.example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl  \n\nno-final-newline"
@@ -501,13 +531,13 @@ func TestKnownHostsKeepsEveryForeignLine(t *testing.T) {
 	}
 	a := startAgent(t, root, config, "prod")
 	a.waitFor("reconciled", func(s status.Status) bool { return s.ObservedGeneration == 1 })
-	renameSave(t, config, fleet(7722, key))
+	renameSave(t, config, fleet(port, key))
 	a.waitFor("pinned generation", func(s status.Status) bool { return reconciled(s) && s.Generation == 2 })
 	got, _ := os.ReadFile(kh)
 	if !bytes.HasSuffix(got, []byte(foreign)) || !strings.Contains(string(got), "127.0.0.2 "+strings.TrimSpace(key)) {
 		t.Fatalf("known_hosts after pinning:\n%q", got)
 	}
-	renameSave(t, config, fleet(7722, ""))
+	renameSave(t, config, fleet(port, ""))
 	st := a.waitFor("unpinned generation", func(s status.Status) bool { return s.ObservedGeneration == 3 })
 	if st.Ready {
 		t.Fatal("prod Ready without knowing stage's host key")

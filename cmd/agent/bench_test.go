@@ -27,7 +27,7 @@ func BenchmarkRenameSaveToReconciled(b *testing.B) {
 	root := b.TempDir()
 	config := filepath.Join(root, "etc/nixpeer/desired.yaml")
 	os.MkdirAll(filepath.Dir(config), 0o755)
-	os.WriteFile(config, []byte(fleet(7000, "")), 0o644)
+	os.WriteFile(config, []byte(fleet(testenv.FreePort(b, "127.0.0.2"), "")), 0o644)
 	a := startAgent(b, root, config, "stage", "--log-level", "warn")
 	st := a.waitFor("Ready", ready)
 	lat := make([]time.Duration, 0, b.N)
@@ -35,7 +35,7 @@ func BenchmarkRenameSaveToReconciled(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		want := st.Generation + 1
 		start := time.Now()
-		renameSave(b, config, fleet(7001+i, ""))
+		renameSave(b, config, fleet(testenv.FreePort(b, "127.0.0.2"), ""))
 		for !(st.Generation == want && ready(st)) {
 			var err error
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -35,12 +35,13 @@ hosts:
     apply: %s
 %s`, peerPort, apply, serve)
 	if withProd {
-		s += `  - name: prod
+		s += fmt.Sprintf(`  - name: prod
     address: 127.0.0.3
+    peerPort: %d
     platform: nix
     apply: ["true"]
     substituteFrom: [stage]
-`
+`, peerPortOf("127.0.0.3"))
 	}
 	return s
 }
@@ -84,11 +85,12 @@ func TestSubstituteFromRemovedWhileThePeerIsAway(t *testing.T) {
 	a := startAgent(t, root, config, "prod")
 	a.waitFor("waiting for staging", hasCondition(status.SubstitutersReady, status.False, "WaitingForPeer"))
 
-	renameSave(t, config, hostYAML(port, "    serve: {}\n", "[]", false)+`  - name: prod
+	renameSave(t, config, hostYAML(port, "    serve: {}\n", "[]", false)+fmt.Sprintf(`  - name: prod
     address: 127.0.0.3
+    peerPort: %d
     platform: nix
     apply: ["true"]
-`)
+`, peerPortOf("127.0.0.3")))
 	st := a.waitFor("Ready without a peer", func(s status.Status) bool { return ready(s) && s.Generation == 2 })
 	noCondition(t, st, status.SubstitutersReady, status.PeersTrusted)
 	if len(st.Peers) != 0 {

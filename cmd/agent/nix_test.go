@@ -47,6 +47,7 @@ func peeringFleetAt(stageAddr, prodAddr string, sshPort int, protocol string, st
 hosts:
   - name: stage
     address: %s
+    peerPort: %d
     sshPort: %d
     platform: nix
     apply: %s
@@ -54,10 +55,11 @@ hosts:
       protocol: %s
   - name: prod
     address: %s
+    peerPort: %d
     platform: nix
     apply: ["true"]
     substituteFrom: [stage]
-`, stageAddr, sshPort, apply, protocol, prodAddr)
+`, stageAddr, peerPortOf(stageAddr), sshPort, apply, protocol, prodAddr, peerPortOf(prodAddr))
 }
 
 // condition returns the condition of type typ, or fails.
@@ -245,9 +247,10 @@ hosts:
     serve: {publicKey: %q}
   - name: prod
     address: 127.0.0.3
+    peerPort: %d
     apply: ["true"]
     substituteFrom: [stage]
-`, hostKey, cacheKey)), 0o644)
+`, hostKey, cacheKey, peerPortOf("127.0.0.3"))), 0o644)
 	P := t.TempDir()
 	os.MkdirAll(filepath.Join(P, "etc/nix"), 0o755)
 	nixConf := testenv.WriteNixConf(t, filepath.Join(P, "etc/nix"))
@@ -301,9 +304,10 @@ hosts:
     serve: {publicKey: "stage.example.com:bhoMZTXP8eQ17q4jPSiyxegQyCIMw8URAxjtMvuNNdU="}
   - name: prod
     address: 127.0.0.3
+    peerPort: %d
     platform: nixos-module
     substituteFrom: [stage]
-`, hostKey)), 0o644)
+`, hostKey, peerPortOf("127.0.0.3"))), 0o644)
 	P := t.TempDir()
 	os.MkdirAll(filepath.Join(P, "etc/nix"), 0o755)
 	testenv.WriteNixConf(t, filepath.Join(P, "etc/nix"))

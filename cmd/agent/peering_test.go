@@ -200,14 +200,15 @@ func TestConsumerRemovedLosesAccess(t *testing.T) {
 	if got := readFile(t, authorized); !bytes.Contains(got, []byte(prodKey)) || bytes.Count(got, []byte("ssh-ed25519")) != 1 {
 		t.Fatalf("staging's authorized keys, want exactly production's %s:\n%s", prodKey, got)
 	}
-	renameSave(t, f.config, `apiVersion: nixpeer/v1
+	renameSave(t, f.config, fmt.Sprintf(`apiVersion: nixpeer/v1
 hosts:
   - name: stage
     address: 127.0.0.2
+    peerPort: %d
     platform: nix
     apply: ["true"]
     serve: {}
-`)
+`, peerPortOf("127.0.0.2")))
 	f.stage.waitFor("generation 2 reconciled", func(s status.Status) bool { return ready(s) && s.Generation == 2 })
 	if got := readFile(t, authorized); bytes.Contains(got, []byte("ssh-ed25519")) {
 		t.Fatalf("production's key is still authorized after it left the file:\n%s", got)
@@ -218,7 +219,7 @@ hosts:
 // and looks for every private key of both hosts in them.
 func TestFactsHoldNoSecrets(t *testing.T) {
 	f := twoAgents(t, writeConfig(t, peeringFleet(testenv.FreePort(t, "127.0.0.2"), "ssh", []string{"true"})))
-	for _, h := range []struct{ root, addr string }{{f.S, "127.0.0.2:7722"}, {f.P, "127.0.0.3:7722"}} {
+	for _, h := range []struct{ root, addr string }{{f.S, fmt.Sprintf("127.0.0.2:%d", peerPortOf("127.0.0.2"))}, {f.P, fmt.Sprintf("127.0.0.3:%d", peerPortOf("127.0.0.3"))}} {
 		got, err := peer.Fetch(context.Background(), h.addr, func(ssh.PublicKey) error { return nil })
 		if err != nil {
 			t.Fatal(err)
@@ -268,7 +269,7 @@ func TestPeerAnsweringGarbageIsIgnored(t *testing.T) {
 		{"wrong host", "says it is", []byte(`{"version":1,"name":"other","address":"127.0.0.2","generation":1,"observedGeneration":1,"ready":true,"hostKeys":["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"],"clientKey":""}` + "\n")},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			fakePeerPort(t, "127.0.0.2:7722", c.answer)
+			fakePeerPort(t, fmt.Sprintf("127.0.0.2:%d", peerPortOf("127.0.0.2")), c.answer)
 			P := t.TempDir()
 			os.MkdirAll(filepath.Join(P, "etc/nix"), 0o755)
 			testenv.WriteNixConf(t, filepath.Join(P, "etc/nix"))
