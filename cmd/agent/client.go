@@ -128,7 +128,7 @@ func printStatus(w io.Writer, st status.Status, now time.Time) {
 		fmt.Fprintln(tw, "PEER\tROLE\tADDRESS\tTRUST\tSTATE\tMESSAGE")
 		for _, p := range st.Peers {
 			trust := p.Trust
-			if trust == "tofu" {
+			if trust == status.TrustTOFU {
 				trust = "tofu (first use, not pinned)"
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, p.Role, p.Address, trust, p.State, oneLine(p.Message))

@@ -173,7 +173,7 @@ func stagingServesProduction(t *testing.T, port int, protocol string) {
 	if c := condition(t, st, status.NixSettingsApplied); c.Reason != "Applied" {
 		t.Fatalf("NixSettingsApplied = %+v", c)
 	}
-	if len(st.Peers) != 1 || st.Peers[0].State != "Serving" || st.Peers[0].Trust != "tofu" {
+	if len(st.Peers) != 1 || st.Peers[0].State != status.PeerServing || st.Peers[0].Trust != status.TrustTOFU {
 		t.Fatalf("production's peer: %+v", st.Peers)
 	}
 	sf := facts(t, f.S)
@@ -280,7 +280,7 @@ hosts:
 		c := status.Find(s.Conditions, status.NixSettingsApplied)
 		return c != nil && c.Reason == "Applied"
 	})
-	if st.Ready || st.Peers[0].State != "WaitingForFacts" {
+	if st.Ready || st.Peers[0].State != status.PeerWaitingForFacts {
 		t.Fatalf("production Ready, or its peer not waiting, with no staging agent: %+v", st.Peers)
 	}
 	conf, _ := os.ReadFile(filepath.Join(P, "var/lib/nixpeer/nix.conf"))

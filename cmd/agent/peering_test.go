@@ -128,7 +128,7 @@ func twoAgents(t *testing.T, config string) (f *fleetRun) {
 	}
 	f.stage = startAgent(t, f.S, f.config, "stage")
 	f.prod = startAgent(t, f.P, f.config, "prod")
-	peerState(f.prod, "production authorized by staging", inState("ProbeFailed"))
+	peerState(f.prod, "production authorized by staging", inState(status.PeerProbeFailed))
 	return f
 }
 
@@ -162,7 +162,7 @@ func TestHostKeyChangeIsRefused(t *testing.T) {
 	if now.Fingerprint == old.Fingerprint {
 		t.Fatal("staging's host key did not change")
 	}
-	st := peerState(f.prod, "new host key refused", inState("HostKeyRefused"))
+	st := peerState(f.prod, "new host key refused", inState(status.PeerHostKeyRefused))
 	p := st.Peers[0]
 	if p.Reason != "HostKeyChanged" || p.HostKeyFingerprint != old.Fingerprint || p.RefusedHostKeyFingerprint != now.Fingerprint {
 		t.Fatalf("peer status %+v; want HostKeyChanged, trusted %s, refused %s", p, old.Fingerprint, now.Fingerprint)
@@ -183,7 +183,7 @@ func TestHostKeyChangeIsRefused(t *testing.T) {
 		t.Fatalf("trust reset: exit %d: %s%s", code, out, stderr)
 	}
 	peerState(f.prod, "new key trusted after the reset", func(p status.Peer) bool {
-		return p.HostKeyFingerprint == now.Fingerprint && p.State != "HostKeyRefused"
+		return p.HostKeyFingerprint == now.Fingerprint && p.State != status.PeerHostKeyRefused
 	})
 	f.prod.waitFor("known_hosts has the new key", func(status.Status) bool {
 		return bytes.Contains(readFile(t, kh), []byte(strings.TrimSpace(now.PublicKey)))
@@ -276,7 +276,7 @@ func TestPeerAnsweringGarbageIsIgnored(t *testing.T) {
 			config := writeConfig(t, peeringFleet(22, "ssh", []string{"true"}))
 			prod := startAgent(t, P, config, "prod")
 			st := peerState(prod, "the bad answer reported", func(p status.Peer) bool { return strings.Contains(p.Message, c.want) })
-			if st.Ready || st.Peers[0].State != "WaitingForFacts" {
+			if st.Ready || st.Peers[0].State != status.PeerWaitingForFacts {
 				t.Fatalf("production after a bad answer: %+v", st.Peers[0])
 			}
 			if conf := readFile(t, filepath.Join(P, "etc/nix/nixpeer.conf")); bytes.Contains(conf, []byte("ssh://")) {

@@ -24,13 +24,7 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/peer"
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 	"github.com/nixpeer/nixpeer/pkg/state"
-)
-
-// How a peer's host key is trusted.
-const (
-	TrustPinned = "pinned" // hostKey in the desired-state file
-	TrustTOFU   = "tofu"   // trusted on first use, remembered
-	TrustNone   = "none"   // not trusted yet
+	"github.com/nixpeer/nixpeer/pkg/status"
 )
 
 // Reasons a peer's host key is refused.
@@ -76,8 +70,8 @@ type Refusal struct {
 // State is what the host knows of one peer.
 type State struct {
 	Name string
-	// Trust is TrustPinned, TrustTOFU or TrustNone.
-	Trust string
+	// Trust is how HostKey is trusted.
+	Trust status.Trust
 	// HostKey is the trusted host key, nil while there is none.
 	HostKey ssh.PublicKey
 	// Facts are the last facts the peer gave over a trusted connection,
@@ -101,11 +95,11 @@ type State struct {
 
 // record is what the store keeps of a peer.
 type record struct {
-	HostKey   string      `json:"hostKey,omitempty"` // "ssh-ed25519 BASE64"
-	Trust     string      `json:"trust,omitempty"`
-	TrustedAt time.Time   `json:"trustedAt"`
-	Facts     *peer.Facts `json:"facts,omitempty"`
-	FactsAt   time.Time   `json:"factsAt"`
+	HostKey   string       `json:"hostKey,omitempty"` // "ssh-ed25519 BASE64"
+	Trust     status.Trust `json:"trust,omitempty"`
+	TrustedAt time.Time    `json:"trustedAt"`
+	Facts     *peer.Facts  `json:"facts,omitempty"`
+	FactsAt   time.Time    `json:"factsAt"`
 }
 
 // Manager runs the watches.
@@ -226,7 +220,7 @@ func (m *Manager) startLocked(t Target) error {
 	if m.closed || m.ctx.Err() != nil {
 		return fmt.Errorf("watch %s: the agent is stopping", t.Name)
 	}
-	w := &watched{target: t, st: State{Name: t.Name, Trust: TrustNone}}
+	w := &watched{target: t, st: State{Name: t.Name, Trust: status.TrustNone}}
 	m.loadLocked(w)
 	ctx, cancel := context.WithCancel(m.ctx)
 	w.cancel = cancel
@@ -262,9 +256,9 @@ func (m *Manager) loadLocked(w *watched) {
 	}
 	switch {
 	case t.Pin != nil:
-		w.st.Trust, w.st.HostKey = TrustPinned, t.Pin
+		w.st.Trust, w.st.HostKey = status.TrustPinned, t.Pin
 	case recKey != nil && !t.PinsRequired:
-		w.st.Trust, w.st.HostKey = TrustTOFU, recKey
+		w.st.Trust, w.st.HostKey = status.TrustTOFU, recKey
 	}
 	if sameKey(recKey, w.st.HostKey) {
 		w.trustedAt = rec.TrustedAt
@@ -316,7 +310,7 @@ func (m *Manager) check(ctx context.Context, log *zap.Logger, w *watched, offere
 		return errors.New(msg)
 	}
 	switch {
-	case st.HostKey != nil && !sameKey(st.HostKey, offered) && st.Trust == TrustPinned:
+	case st.HostKey != nil && !sameKey(st.HostKey, offered) && st.Trust == status.TrustPinned:
 		return refuse(RefusedPinMismatch, fmt.Sprintf("it is not the hostKey pinned for %s (%s)", t.Name, fingerprint(st.HostKey)))
 	case st.HostKey != nil && !sameKey(st.HostKey, offered):
 		return refuse(RefusedChanged, fmt.Sprintf("the host key of %s changed: %s was trusted on first use; pin the new key as hostKey if the change is expected, or run \"nixpeer trust reset %s\"",
@@ -355,7 +349,7 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 	now := m.clock.Now()
 	firstUse := st.HostKey == nil
 	if firstUse {
-		st.Trust, st.HostKey = TrustTOFU, key
+		st.Trust, st.HostKey = status.TrustTOFU, key
 	} else if !sameKey(st.HostKey, key) {
 		m.mu.Unlock()
 		return fmt.Errorf("the connection to %s changed host key", t.Addr)
@@ -372,7 +366,7 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 		rec := record{HostKey: keyLine(st.HostKey), Trust: st.Trust, TrustedAt: w.trustedAt, Facts: &f, FactsAt: now}
 		if err := m.store.PutPeer(t.Name, rec); err != nil {
 			if firstUse {
-				st.Trust, st.HostKey, w.trustedAt = TrustNone, nil, time.Time{}
+				st.Trust, st.HostKey, w.trustedAt = status.TrustNone, nil, time.Time{}
 				m.mu.Unlock()
 				return fmt.Errorf("remember the host key of %s: %w", t.Name, err)
 			}

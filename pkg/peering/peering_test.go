@@ -15,6 +15,7 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/clock"
 	"github.com/nixpeer/nixpeer/pkg/peer"
 	"github.com/nixpeer/nixpeer/pkg/state"
+	"github.com/nixpeer/nixpeer/pkg/status"
 )
 
 const addr = "127.0.0.4"
@@ -105,7 +106,7 @@ func TestTrustOnFirstUseThenChangeThenReset(t *testing.T) {
 	m, wait := manager(t, ctx, store)
 	m.Sync([]Target{target})
 	st := wait("facts over a key trusted on first use", func(s State) bool { return s.Facts != nil })
-	if st.Trust != TrustTOFU || !sameKey(st.HostKey, a.PublicKey()) || !st.Connected {
+	if st.Trust != status.TrustTOFU || !sameKey(st.HostKey, a.PublicKey()) || !st.Connected {
 		t.Fatalf("after first contact: %+v", st)
 	}
 
@@ -131,7 +132,7 @@ func TestTrustOnFirstUseThenChangeThenReset(t *testing.T) {
 		t.Fatal(err)
 	}
 	st = wait("the new key trusted after the reset", func(s State) bool { return s.Connected && sameKey(s.HostKey, b.PublicKey()) })
-	if st.Refused != nil || st.Trust != TrustTOFU {
+	if st.Refused != nil || st.Trust != status.TrustTOFU {
 		t.Fatalf("after the reset: %+v", st)
 	}
 	if err := m.ResetTrust("nobody"); err == nil {
@@ -141,7 +142,7 @@ func TestTrustOnFirstUseThenChangeThenReset(t *testing.T) {
 	// A pin wins over what was trusted on first use, and must match.
 	m.Sync([]Target{{Name: "stage", Address: addr, Addr: listen, Pin: a.PublicKey()}})
 	st = wait("a key other than the pin refused", func(s State) bool { return s.Refused != nil })
-	if st.Refused.Reason != RefusedPinMismatch || st.Trust != TrustPinned {
+	if st.Refused.Reason != RefusedPinMismatch || st.Trust != status.TrustPinned {
 		t.Fatalf("with a pin of the old key: %+v %+v", st, st.Refused)
 	}
 	cancel()
@@ -180,7 +181,7 @@ func TestImpostorIsNotTrustedOnFirstUse(t *testing.T) {
 	m, wait := manager(t, ctx, store)
 	m.Sync([]Target{{Name: "stage", Address: addr, Addr: listen}})
 	st := wait("the impostor reported", func(s State) bool { return s.LastError != "" })
-	if st.HostKey != nil || st.Trust != TrustNone || st.Facts != nil {
+	if st.HostKey != nil || st.Trust != status.TrustNone || st.Facts != nil {
 		t.Fatalf("an agent calling itself prod is trusted as stage: %+v", st)
 	}
 	var rec record
@@ -189,7 +190,7 @@ func TestImpostorIsNotTrustedOnFirstUse(t *testing.T) {
 	}
 	// The real peer, later, is trusted.
 	servePeer(t, port, listen, newSigner(t))
-	wait("the real peer trusted", func(s State) bool { return s.Connected && s.Trust == TrustTOFU })
+	wait("the real peer trusted", func(s State) bool { return s.Connected && s.Trust == status.TrustTOFU })
 	cancel()
 	m.Wait()
 }

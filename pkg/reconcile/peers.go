@@ -81,7 +81,7 @@ func (pl *planner) peerStatus(h *desired.Host, role string) status.Peer {
 	st, k := pl.o.Peers[h.Name], pl.keys[h.Name]
 	trust := st.Trust
 	if trust == "" {
-		trust = peering.TrustNone
+		trust = status.TrustNone
 	}
 	ps := status.Peer{Name: h.Name, Address: h.Address, Role: role, Trust: trust,
 		State: status.PeerWaitingForFacts, Connected: st.Connected}
@@ -122,8 +122,8 @@ func (pl *planner) planTrust() {
 			if r.Reason == "" {
 				r.Reason = ps.Reason
 			}
-		case ps.Trust != peering.TrustNone:
-			trusted = append(trusted, ps.Name+" ("+ps.Trust+")")
+		case ps.Trust != status.TrustNone:
+			trusted = append(trusted, ps.Name+" ("+string(ps.Trust)+")")
 		}
 	}
 	switch {

@@ -105,7 +105,7 @@ func (w *world) obs(yaml, self string) *Observation {
 // stageServes makes staging's agent known to production: trusted, and
 // authorizing production's client key, applied.
 func (w *world) stageServes(o *Observation) {
-	o.Peers["stage"] = peering.State{Name: "stage", Trust: peering.TrustTOFU, HostKey: w.stage.Public,
+	o.Peers["stage"] = peering.State{Name: "stage", Trust: status.TrustTOFU, HostKey: w.stage.Public,
 		Connected: true, Since: t0.Add(-time.Minute), FactsAt: t0.Add(-time.Minute),
 		Facts: &peer.Facts{Name: "stage", Address: "127.0.0.2", ClientKey: newKey(w.t).AuthorizedLine(),
 			Serve: &peer.ServeFacts{Protocol: "ssh", CacheKey: w.stageCK.String(), Authorized: []peer.AuthorizedFact{

@@ -70,6 +70,16 @@ const (
 	PeerKeysKnown PeerState = "KeysKnown"
 )
 
+// Trust is how a peer's SSH host key is trusted.
+type Trust string
+
+// Trust of a peer's host key.
+const (
+	TrustPinned Trust = "pinned" // hostKey in the desired-state file
+	TrustTOFU   Trust = "tofu"   // trusted on first use, remembered
+	TrustNone   Trust = "none"   // not trusted yet
+)
+
 // Peer roles.
 const (
 	RoleSubstituter = "substituter"
@@ -93,9 +103,8 @@ type Peer struct {
 	// Role is "substituter" for a host this one fetches from, "consumer" for
 	// one that fetches from this host.
 	Role string `json:"role"`
-	// Trust is "pinned" (hostKey in the desired-state file), "tofu" (trusted
-	// on first use), or "none" yet.
-	Trust              string `json:"trust"`
+	// Trust is how its host key is trusted.
+	Trust              Trust  `json:"trust"`
 	HostKeyFingerprint string `json:"hostKeyFingerprint,omitempty"`
 	// RefusedHostKeyFingerprint is the host key the peer offers while it
 	// is refused (Reason says why: HostKeyChanged, HostKeyMismatch,
