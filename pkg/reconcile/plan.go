@@ -119,7 +119,8 @@ type Resource struct {
 	Reason  string
 	Message string
 	// Failed marks a condition that is a failure of this pass (an apply
-	// that failed, settings not live after apply), not a wait.
+	// that failed, a file that cannot be read, a key that does not match
+	// the desired state), not a wait: the loop retries it with backoff.
 	Failed bool
 }
 
@@ -340,7 +341,7 @@ func (pl *planner) planKeys() {
 	}
 	switch {
 	case len(problems) > 0:
-		r.Message = strings.Join(problems, "; ")
+		r.Message, r.Failed = strings.Join(problems, "; "), true
 	case len(created) > 0:
 		// Used from the next pass on, once it is read back.
 		r.Reason, r.Message = "KeyCreated", "creating the "+strings.Join(created, " and the ")
@@ -422,13 +423,13 @@ func (pl *planner) planKnownHosts() {
 	} {
 		obs := o.Files[f.path]
 		if obs.Err != nil {
-			r.Reason, r.Message = "Unreadable", obs.Err.Error()
+			r.Reason, r.Message, r.Failed = "Unreadable", obs.Err.Error(), true
 			r.Files = nil
 			return
 		}
 		content, err := f.render(obs.Content)
 		if err != nil {
-			r.Reason, r.Message = "MalformedFile", fmt.Sprintf("%s: %v; fix or remove the nixpeer managed block by hand", f.path, err)
+			r.Reason, r.Message, r.Failed = "MalformedFile", fmt.Sprintf("%s: %v; fix or remove the nixpeer managed block by hand", f.path, err), true
 			r.Files = nil
 			return
 		}
@@ -455,7 +456,7 @@ func (pl *planner) planCacheKey() {
 	secret := filepath.Join(l.KeysDir, nix.SecretKeyFileName)
 	switch {
 	case ck.Err != nil:
-		r.Reason, r.Message = "CacheKeyUnusable", ck.Err.Error()
+		r.Reason, r.Message, r.Failed = "CacheKeyUnusable", ck.Err.Error(), true
 		return
 	case ck.Missing:
 		r.Keys = []keyWant{{kind: keyCache, path: l.KeysDir, name: serve.KeyName}}
@@ -463,14 +464,14 @@ func (pl *planner) planCacheKey() {
 		pl.requeue(soon)
 		return
 	case ck.Name != serve.KeyName:
-		r.Reason = "KeyNameMismatch"
+		r.Reason, r.Failed = "KeyNameMismatch", true
 		r.Message = fmt.Sprintf("the signing key %s is named %q, but serve.keyName is %q: set keyName back to %q, "+
 			"or move the key away (mv %s %s.old) to have a new one made (every host that trusts the old key then needs the new one); "+
 			"until then the Nix settings stay as they are, signing with the old key",
 			secret, ck.Name, serve.KeyName, ck.Name, secret, secret)
 		return
 	case serve.PublicKey != "" && serve.PublicKey != ck.Public.String():
-		r.Reason = "CacheKeyMismatch"
+		r.Reason, r.Failed = "CacheKeyMismatch", true
 		r.Message = fmt.Sprintf("the desired state pins serve.publicKey %s, but this host's key is %s (%s): pin this one, or put the pinned key's secret in place",
 			serve.PublicKey, ck.Public.String(), filepath.Join(l.KeysDir, nix.PublicKeyFileName))
 		return
@@ -552,11 +553,11 @@ func (pl *planner) planServe() {
 		switch {
 		case obs.Err != nil:
 			pl.add(r)
-			r.Reason, r.Message = "Unreadable", obs.Err.Error()
+			r.Reason, r.Message, r.Failed = "Unreadable", obs.Err.Error(), true
 			return
 		case err != nil:
 			pl.add(r)
-			r.Reason, r.Message = "RenderFailed", err.Error()
+			r.Reason, r.Message, r.Failed = "RenderFailed", err.Error(), true
 			return
 		}
 		r.Files = []fileWant{{path: path, content: content}}
@@ -564,7 +565,7 @@ func (pl *planner) planServe() {
 	}
 	pl.add(r)
 	if o.NixSSHUser != "" {
-		r.Reason, r.Message = "NixSSHUserMissing", o.NixSSHUser
+		r.Reason, r.Message, r.Failed = "NixSSHUserMissing", o.NixSSHUser, true
 		return
 	}
 	r.Status, r.Reason = true, "Serving"
@@ -633,7 +634,7 @@ func (pl *planner) planNixSettings() {
 
 	files, err := pl.nixFiles(s, m)
 	if err != nil {
-		r.Reason, r.Message = "RenderFailed", err.Error()
+		r.Reason, r.Message, r.Failed = "RenderFailed", err.Error(), true
 		return
 	}
 	r.Files = files
