@@ -182,16 +182,23 @@ func (s *syncWriter) String() string {
 }
 
 func (a *agent) stop() {
-	if a.stopped {
-		return
+	if !a.stopped {
+		a.sigterm()
 	}
+}
+
+// sigterm stops the agent with SIGTERM and reports whether it exited
+// within 10 s; if not, it is killed.
+func (a *agent) sigterm() bool {
 	a.stopped = true
 	a.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-a.done:
+		return true
 	case <-time.After(10 * time.Second):
 		a.cmd.Process.Kill()
 		<-a.done
+		return false
 	}
 }
 

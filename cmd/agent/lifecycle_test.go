@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -247,12 +246,7 @@ func TestLongApplyDoesNotHoldTheAgent(t *testing.T) {
 			t.Fatalf("process %d of the apply ended before SIGTERM", pid)
 		}
 	}
-	a.stopped = true
-	a.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-a.done:
-	case <-time.After(10 * time.Second):
-		a.cmd.Process.Kill()
+	if !a.sigterm() {
 		t.Fatal("the agent did not stop within 10s of SIGTERM while an apply ran")
 	}
 	testenv.WaitFor(t, 5*time.Second, 10*time.Millisecond, "the apply's processes to end", func() error {

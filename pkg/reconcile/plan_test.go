@@ -2,14 +2,10 @@ package reconcile
 
 import (
 	"bytes"
-	"crypto/ed25519"
-	"crypto/rand"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/crypto/ssh"
 
 	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/layout"
@@ -18,6 +14,7 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/peering"
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 	"github.com/nixpeer/nixpeer/pkg/status"
+	"github.com/nixpeer/nixpeer/pkg/testenv"
 )
 
 // The plan is a pure function of an Observation: these tests build
@@ -26,16 +23,8 @@ import (
 var t0 = time.Date(2026, 12, 1, 3, 0, 0, 0, time.UTC)
 
 func newKey(t *testing.T) sshkeys.Key {
-	t.Helper()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sshkeys.Key{Public: s.PublicKey(), Signer: s}
+	k := testenv.NewKey(t)
+	return sshkeys.Key{Public: k.PublicKey(), Signer: k.Signer}
 }
 
 func newCacheKey(t *testing.T, name string) nix.PublicKey {
