@@ -204,6 +204,15 @@ func TestHostPassWithFakes(t *testing.T) {
 		if _, err := h.store.Get(recApplied, &v); err != nil || v == "" {
 			t.Fatalf("record not healed: %q %v", v, err)
 		}
+		// A record of verified peers that cannot be read is written anew.
+		if err := h.store.Put(recVerified, "not a map"); err != nil {
+			t.Fatal(err)
+		}
+		h.settle()
+		var verified map[string]string
+		if _, err := h.store.Get(recVerified, &verified); err != nil {
+			t.Fatalf("verified record not healed: %v", err)
+		}
 	})
 
 	t.Run("a failed write holds what needs it", func(t *testing.T) {

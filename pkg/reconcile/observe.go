@@ -60,8 +60,11 @@ type Observation struct {
 	WatchErr error
 	// Probes are the probe slots of the peers this host fetches from.
 	Probes map[string]jobState
-	// Verified is, by peer, what its last passing probe verified.
-	Verified map[string]string
+	// Verified is, by peer, what its last passing probe verified;
+	// VerifiedUnreadable says the record could not be read (it is
+	// written anew).
+	Verified           map[string]string
+	VerifiedUnreadable bool
 	// Trips are when each peer's substituter was last withdrawn because
 	// the peer went dark (newest last, within FlapWindow).
 	Trips map[string][]time.Time
@@ -171,6 +174,7 @@ func (h *Host) observe() *Observation {
 	if _, err := h.cfg.Store.Get(recVerified, &o.Verified); err != nil || o.Verified == nil {
 		if err != nil {
 			h.log.Warn("unreadable record in the state store; peers count as never verified until probed again", zap.String("record", recVerified), zap.Error(err))
+			o.VerifiedUnreadable = true
 		}
 		o.Verified = map[string]string{}
 	}

@@ -786,7 +786,7 @@ func (pl *planner) planVerified() {
 	for name, t := range pl.verified {
 		next[name] = t
 	}
-	if !maps.Equal(next, pl.o.Verified) {
+	if !maps.Equal(next, pl.o.Verified) || pl.o.VerifiedUnreadable {
 		pl.add(&Resource{Status: true, Records: []record{{recVerified, next}}})
 	}
 }
