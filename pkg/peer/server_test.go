@@ -5,13 +5,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/clock"
 )
 
 func decodeLine(t *testing.T, line string) Facts {
@@ -516,4 +520,62 @@ func TestPublishedJSONIsPublic(t *testing.T) {
 	if doc := string(s.current()); strings.Contains(doc, `"serve"`) {
 		t.Errorf("document of a host that does not serve mentions serve: %s", doc)
 	}
+}
+
+// fakeChannel is a session channel whose writes wait for unblock (nil: they
+// return at once). Only Write is implemented.
+type fakeChannel struct {
+	ssh.Channel
+	unblock <-chan struct{}
+}
+
+func (c fakeChannel) Write(b []byte) (int, error) {
+	if c.unblock == nil {
+		return len(b), nil
+	}
+	<-c.unblock
+	return 0, io.EOF
+}
+
+// closingConn is a connection that closes closed when it is closed. Only
+// Close is implemented.
+type closingConn struct {
+	ssh.Conn
+	closed chan struct{}
+}
+
+func (c closingConn) Close() error {
+	close(c.closed)
+	return nil
+}
+
+// TestStallGuard: a write stuck for the timeout closes the connection, on
+// the clock the guard is given (synctest's fake time); one that is done in
+// time does not.
+func TestStallGuard(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		closed := make(chan struct{})
+		g := stallGuard{ch: fakeChannel{unblock: closed}, conn: closingConn{closed: closed}, clock: clock.Real{}, timeout: DefaultIdleTimeout}
+		start := time.Now()
+		if err := g.write(keepaliveLine); err == nil {
+			t.Fatal("a stuck write succeeded")
+		}
+		if d := time.Since(start); d != DefaultIdleTimeout {
+			t.Errorf("a stuck write was ended after %v, want %v", d, DefaultIdleTimeout)
+		}
+	})
+	synctest.Test(t, func(t *testing.T) {
+		closed := make(chan struct{})
+		g := stallGuard{ch: fakeChannel{}, conn: closingConn{closed: closed}, clock: clock.Real{}, timeout: DefaultIdleTimeout}
+		if err := g.write(keepaliveLine); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * DefaultIdleTimeout)
+		synctest.Wait()
+		select {
+		case <-closed:
+			t.Error("a write done in time closed the connection later")
+		default:
+		}
+	})
 }
