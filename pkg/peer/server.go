@@ -159,8 +159,15 @@ func (s *Server) watch() (*slot, func()) {
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
-	defer stop()
+	// Closing ln ends Accept. An Accept that returned does not mean that
+	// the socket is closed yet: Serve waits for Close itself, so that the
+	// address is free when Serve returns (a Port listening there again).
+	lnClosed := make(chan struct{})
+	context.AfterFunc(ctx, func() {
+		ln.Close()
+		close(lnClosed)
+	})
+	defer func() { <-lnClosed }() // runs after the cancel below
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel() // runs before wg.Wait: ends every connection

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"go.uber.org/zap"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/nixpeer/nixpeer/pkg/clock"
@@ -578,4 +579,29 @@ func TestStallGuard(t *testing.T) {
 		default:
 		}
 	})
+}
+
+// TestServeFreesItsAddress: once Serve returned, its address can be
+// listened on again at once, as a Port does when its key changes. The
+// listener's Close could lag behind an Accept that returned: rarely, so
+// this tries many times.
+func TestServeFreesItsAddress(t *testing.T) {
+	key := newSigner(t)
+	ln := listen(t, "127.0.0.2:0")
+	addr := ln.Addr().String()
+	for i := range 2000 {
+		s := NewServer(zap.NewNop(), key, ServerOptions{})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.Serve(ctx, ln) }()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+		var err error
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			t.Fatalf("listen again after Serve returned, attempt %d: %v", i+1, err)
+		}
+	}
+	ln.Close()
 }
