@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/clock"
 )
 
 // Defaults of the client.
@@ -51,7 +53,7 @@ func (e *HostKeyError) Unwrap() []error { return []error{ErrHostKeyRefused, e.Er
 
 // Fetch asks the peer at addr ("host:port") for its facts once. Errors
 // name the peer; a refused host key is a *HostKeyError. Fetch takes at
-// most DefaultFetchTimeout.
+// most DefaultFetchTimeout, on the wall clock.
 func Fetch(ctx context.Context, addr string, check HostKeyCheck) (Facts, error) {
 	ctx, cancel := context.WithTimeout(ctx, DefaultFetchTimeout)
 	defer cancel()
@@ -63,7 +65,7 @@ func Fetch(ctx context.Context, addr string, check HostKeyCheck) (Facts, error) 
 }
 
 func fetch(ctx context.Context, addr string, check HostKeyCheck) (Facts, error) {
-	client, err := dial(ctx, addr, check, DefaultDialTimeout)
+	client, err := dial(ctx, clock.Real{}, addr, check, DefaultDialTimeout)
 	if err != nil {
 		return Facts{}, err
 	}
@@ -89,8 +91,8 @@ func fetch(ctx context.Context, addr string, check HostKeyCheck) (Facts, error) 
 
 // dial connects to addr and does the SSH handshake, accepting only an
 // ed25519 host key that check accepts. timeout bounds the connect and the
-// handshake each.
-func dial(ctx context.Context, addr string, check HostKeyCheck, timeout time.Duration) (*ssh.Client, error) {
+// handshake each; the handshake's deadline is from clk.
+func dial(ctx context.Context, clk clock.Clock, addr string, check HostKeyCheck, timeout time.Duration) (*ssh.Client, error) {
 	if check == nil {
 		return nil, errors.New("no host key check given")
 	}
@@ -99,7 +101,7 @@ func dial(ctx context.Context, addr string, check HostKeyCheck, timeout time.Dur
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
 	}
-	if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
+	if err := c.SetDeadline(clk.Now().Add(timeout)); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("connect: %w", err)
 	}

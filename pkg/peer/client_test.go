@@ -5,12 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"strconv"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/testenv"
 )
 
 func TestWrongHostKeyRefused(t *testing.T) {
@@ -283,4 +288,38 @@ func TestLineReader(t *testing.T) {
 			t.Errorf("%.20q: error %v, want %q", tt.in, err, tt.wantErr)
 		}
 	}
+}
+
+// TestWatchReconnectSchedule: Watch waits Backoff's delays between
+// attempts on its clock, here synctest's fake time, so the schedule is
+// exact and takes no real time. The connects go to a real closed port:
+// they fail at once, so nothing waits on the network for long.
+func TestWatchReconnectSchedule(t *testing.T) {
+	addr := net.JoinHostPort("127.0.0.4", strconv.Itoa(testenv.FreePort(t, "127.0.0.4")))
+	check := pin(newSigner(t).PublicKey())
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		opts := WatchOptions{Backoff: Backoff{Base: time.Second, Cap: 4 * time.Second}, Rand: func() float64 { return 0 }}
+		start := time.Now()
+		var at []time.Duration
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			Watch(ctx, addr, check, opts, func(Facts) error { return nil }, func(err error) {
+				if !strings.Contains(err.Error(), "connection refused") {
+					t.Errorf("attempt %d: %v, want connection refused", len(at)+1, err)
+				}
+				at = append(at, time.Since(start))
+			})
+		}()
+		time.Sleep(10 * time.Second)
+		cancel()
+		<-done
+		// Waits of 0.5s, 1s, 2s, then 2s (the cap of 4s, halved by r = 0).
+		want := []time.Duration{0, 500 * time.Millisecond, 1500 * time.Millisecond, 3500 * time.Millisecond,
+			5500 * time.Millisecond, 7500 * time.Millisecond, 9500 * time.Millisecond}
+		if diff := cmp.Diff(at, want); diff != "" {
+			t.Errorf("attempts at (-got +want):\n%s", diff)
+		}
+	})
 }

@@ -8,6 +8,8 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/clock"
 )
 
 // serveConn runs one connection: the handshake, then its channels, until
@@ -18,7 +20,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	defer stop()
 	log := s.log.With(zap.Stringer("remote", c.RemoteAddr()))
 
-	if err := c.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout)); err != nil {
+	if err := c.SetDeadline(s.opts.Clock.Now().Add(s.opts.HandshakeTimeout)); err != nil {
 		log.Debug("peer connection: set handshake deadline", zap.Error(err))
 		return
 	}
@@ -35,7 +37,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	log.Debug("peer connected", zap.String("clientVersion", string(sconn.ClientVersion())))
 
 	go refuseGlobal(log, reqs)
-	cs := &connState{sconn: sconn, idleTimeout: s.opts.IdleTimeout, log: log}
+	cs := &connState{sconn: sconn, clock: s.opts.Clock, idleTimeout: s.opts.IdleTimeout, log: log}
 	cs.startIdle()
 	var wg sync.WaitGroup
 	for nc := range chans {
@@ -75,13 +77,14 @@ func refuseGlobal(log *zap.Logger, reqs <-chan *ssh.Request) {
 // connection after it had none for idleTimeout.
 type connState struct {
 	sconn       *ssh.ServerConn
+	clock       clock.Clock
 	idleTimeout time.Duration
 	log         *zap.Logger
 
 	mu     sync.Mutex
 	open   int
 	gen    int // counts idle periods, so a late timer of an old one does nothing
-	idle   *time.Timer
+	idle   clock.Timer
 	closed bool
 }
 
@@ -95,7 +98,7 @@ func (c *connState) startIdle() {
 func (c *connState) startIdleLocked() {
 	c.gen++
 	gen := c.gen
-	c.idle = time.AfterFunc(c.idleTimeout, func() { c.expire(gen) })
+	c.idle = c.clock.AfterFunc(c.idleTimeout, func() { c.expire(gen) })
 }
 
 // stopIdle ends idle tracking once the connection is over.

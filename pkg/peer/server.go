@@ -11,6 +11,8 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/clock"
 )
 
 // Defaults of ServerOptions.
@@ -40,6 +42,9 @@ type ServerOptions struct {
 	IdleTimeout time.Duration
 	// Keepalive is how often a watch gets the keepalive line "{}".
 	Keepalive time.Duration
+	// Clock times the handshake, the idle and stall timeouts, the
+	// keepalives and the retries of a failing accept; default clock.Real.
+	Clock clock.Clock
 }
 
 func (o ServerOptions) withDefaults() ServerOptions {
@@ -60,6 +65,9 @@ func (o ServerOptions) withDefaults() ServerOptions {
 	}
 	if o.Keepalive <= 0 {
 		o.Keepalive = DefaultKeepalive
+	}
+	if o.Clock == nil {
+		o.Clock = clock.Real{}
 	}
 	return o
 }
@@ -151,8 +159,15 @@ func (s *Server) watch() (*slot, func()) {
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
-	defer stop()
+	// Closing ln ends Accept. An Accept that returned does not mean that
+	// the socket is closed yet: Serve waits for Close itself, so that the
+	// address is free when Serve returns (a Port listening there again).
+	lnClosed := make(chan struct{})
+	context.AfterFunc(ctx, func() {
+		ln.Close()
+		close(lnClosed)
+	})
+	defer func() { <-lnClosed }() // runs after the cancel below
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel() // runs before wg.Wait: ends every connection
@@ -170,9 +185,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			// Out of file descriptors and the like: wait, as net/http does.
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 			s.log.Warn("accept on peer port failed; retrying", zap.Error(err), zap.Duration("in", delay))
+			t := clock.NewTimer(s.opts.Clock, delay)
 			select {
-			case <-time.After(delay):
+			case <-t.C:
 			case <-ctx.Done():
+				t.Stop()
 				return nil
 			}
 			continue

@@ -5,13 +5,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"go.uber.org/zap"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/clock"
 )
 
 func decodeLine(t *testing.T, line string) Facts {
@@ -516,4 +521,87 @@ func TestPublishedJSONIsPublic(t *testing.T) {
 	if doc := string(s.current()); strings.Contains(doc, `"serve"`) {
 		t.Errorf("document of a host that does not serve mentions serve: %s", doc)
 	}
+}
+
+// fakeChannel is a session channel whose writes wait for unblock (nil: they
+// return at once). Only Write is implemented.
+type fakeChannel struct {
+	ssh.Channel
+	unblock <-chan struct{}
+}
+
+func (c fakeChannel) Write(b []byte) (int, error) {
+	if c.unblock == nil {
+		return len(b), nil
+	}
+	<-c.unblock
+	return 0, io.EOF
+}
+
+// closingConn is a connection that closes closed when it is closed. Only
+// Close is implemented.
+type closingConn struct {
+	ssh.Conn
+	closed chan struct{}
+}
+
+func (c closingConn) Close() error {
+	close(c.closed)
+	return nil
+}
+
+// TestStallGuard: a write stuck for the timeout closes the connection, on
+// the clock the guard is given (synctest's fake time); one that is done in
+// time does not.
+func TestStallGuard(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		closed := make(chan struct{})
+		g := stallGuard{ch: fakeChannel{unblock: closed}, conn: closingConn{closed: closed}, clock: clock.Real{}, timeout: DefaultIdleTimeout}
+		start := time.Now()
+		if err := g.write(keepaliveLine); err == nil {
+			t.Fatal("a stuck write succeeded")
+		}
+		if d := time.Since(start); d != DefaultIdleTimeout {
+			t.Errorf("a stuck write was ended after %v, want %v", d, DefaultIdleTimeout)
+		}
+	})
+	synctest.Test(t, func(t *testing.T) {
+		closed := make(chan struct{})
+		g := stallGuard{ch: fakeChannel{}, conn: closingConn{closed: closed}, clock: clock.Real{}, timeout: DefaultIdleTimeout}
+		if err := g.write(keepaliveLine); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * DefaultIdleTimeout)
+		synctest.Wait()
+		select {
+		case <-closed:
+			t.Error("a write done in time closed the connection later")
+		default:
+		}
+	})
+}
+
+// TestServeFreesItsAddress: once Serve returned, its address can be
+// listened on again at once, as a Port does when its key changes. The
+// listener's Close could lag behind an Accept that returned: rarely, so
+// this tries many times.
+func TestServeFreesItsAddress(t *testing.T) {
+	key := newSigner(t)
+	ln := listen(t, "127.0.0.2:0")
+	addr := ln.Addr().String()
+	for i := range 2000 {
+		s := NewServer(zap.NewNop(), key, ServerOptions{})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.Serve(ctx, ln) }()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+		var err error
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			t.Fatalf("listen again after Serve returned, attempt %d: %v", i+1, err)
+		}
+	}
+	ln.Close()
 }

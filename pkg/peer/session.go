@@ -7,6 +7,8 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/clock"
 )
 
 // The commands a session may exec.
@@ -34,7 +36,7 @@ func (s *Server) serveSession(ctx context.Context, log *zap.Logger, sconn *ssh.S
 	// A session that does not ask for its command in time ends its
 	// connection: closing only the channel would leave it to the client
 	// to acknowledge, and the connection would never idle out.
-	noExec := time.AfterFunc(s.opts.HandshakeTimeout, func() {
+	noExec := s.opts.Clock.AfterFunc(s.opts.HandshakeTimeout, func() {
 		log.Debug("peer session asked for no command in time; closing the connection")
 		sconn.Close()
 	})
@@ -58,7 +60,7 @@ func (s *Server) serveSession(ctx context.Context, log *zap.Logger, sconn *ssh.S
 		ran = make(chan struct{})
 		go func() {
 			defer close(ran)
-			w := stallGuard{ch: ch, conn: sconn, timeout: s.opts.IdleTimeout}
+			w := stallGuard{ch: ch, conn: sconn, clock: s.opts.Clock, timeout: s.opts.IdleTimeout}
 			if cmd == cmdFacts {
 				s.runFacts(log, ch, w)
 			} else {
@@ -67,9 +69,11 @@ func (s *Server) serveSession(ctx context.Context, log *zap.Logger, sconn *ssh.S
 			ch.Close()
 			// A client that never acknowledges the close would keep the
 			// session counted, and the connection from idling out.
+			t := clock.NewTimer(s.opts.Clock, s.opts.HandshakeTimeout)
+			defer t.Stop()
 			select {
 			case <-gone:
-			case <-time.After(s.opts.HandshakeTimeout):
+			case <-t.C:
 				log.Debug("peer did not close its session; closing the connection")
 				sconn.Close()
 			}
@@ -117,7 +121,7 @@ func (s *Server) runFacts(log *zap.Logger, ch ssh.Channel, w stallGuard) {
 func (s *Server) runWatch(ctx context.Context, log *zap.Logger, w stallGuard, gone <-chan struct{}) {
 	slot, unwatch := s.watch()
 	defer unwatch()
-	tick := time.NewTicker(s.opts.Keepalive)
+	tick := clock.NewTicker(s.opts.Clock, s.opts.Keepalive)
 	defer tick.Stop()
 	for {
 		line := keepaliveLine
@@ -145,11 +149,12 @@ func (s *Server) runWatch(ctx context.Context, log *zap.Logger, w stallGuard, go
 type stallGuard struct {
 	ch      ssh.Channel
 	conn    ssh.Conn
+	clock   clock.Clock
 	timeout time.Duration
 }
 
 func (g stallGuard) write(b []byte) error {
-	t := time.AfterFunc(g.timeout, func() { g.conn.Close() })
+	t := g.clock.AfterFunc(g.timeout, func() { g.conn.Close() })
 	defer t.Stop()
 	_, err := g.ch.Write(b)
 	return err

@@ -9,6 +9,8 @@ import (
 	"net"
 	"sync/atomic"
 	"time"
+
+	"github.com/nixpeer/nixpeer/pkg/clock"
 )
 
 // WatchOptions tune Watch. Zero fields take the defaults.
@@ -24,6 +26,9 @@ type WatchOptions struct {
 	// Rand returns a number in [0, 1) for the jitter; default
 	// math/rand/v2.Float64.
 	Rand func() float64
+	// Clock times the reconnects, the silence deadline and the handshake
+	// deadline; default clock.Real.
+	Clock clock.Clock
 }
 
 func (o WatchOptions) withDefaults() WatchOptions {
@@ -36,6 +41,9 @@ func (o WatchOptions) withDefaults() WatchOptions {
 	o.Backoff = o.Backoff.withDefaults()
 	if o.Rand == nil {
 		o.Rand = rand.Float64
+	}
+	if o.Clock == nil {
+		o.Clock = clock.Real{}
 	}
 	return o
 }
@@ -67,17 +75,17 @@ func Watch(ctx context.Context, addr string, check HostKeyCheck, opts WatchOptio
 	opts = opts.withDefaults()
 	failures := 0
 	for {
-		began := time.Now()
+		began := opts.Clock.Now()
 		delivered, err := watchOnce(ctx, addr, check, opts, onFacts)
 		if ctx.Err() != nil {
 			return
 		}
 		onError(fmt.Errorf("peer %s: watch facts: %w", addr, err))
-		if opts.Backoff.Resets(time.Since(began), delivered) {
+		if opts.Backoff.Resets(clock.Since(opts.Clock, began), delivered) {
 			failures = 0
 		}
 		failures++
-		t := time.NewTimer(opts.Backoff.Delay(failures, opts.Rand()))
+		t := clock.NewTimer(opts.Clock, opts.Backoff.Delay(failures, opts.Rand()))
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -90,7 +98,7 @@ func Watch(ctx context.Context, addr string, check HostKeyCheck, opts WatchOptio
 // watchOnce runs one connection's watch. It always ends with an error,
 // unless ctx ended; delivered tells whether onFacts took a document.
 func watchOnce(ctx context.Context, addr string, check HostKeyCheck, opts WatchOptions, onFacts func(Facts) error) (delivered bool, err error) {
-	client, err := dial(ctx, addr, check, opts.DialTimeout)
+	client, err := dial(ctx, opts.Clock, addr, check, opts.DialTimeout)
 	if err != nil {
 		return false, err
 	}
@@ -100,11 +108,12 @@ func watchOnce(ctx context.Context, addr string, check HostKeyCheck, opts WatchO
 
 	silence := 3 * opts.Keepalive
 	var silent atomic.Bool
-	timer := time.AfterFunc(silence, func() {
+	quiet := func() {
 		silent.Store(true)
 		client.Close()
-	})
-	defer timer.Stop()
+	}
+	timer := opts.Clock.AfterFunc(silence, quiet)
+	defer func() { timer.Stop() }()
 
 	_, lines, stderr, err := start(client, cmdWatch)
 	if err != nil {
@@ -122,7 +131,8 @@ func watchOnce(ctx context.Context, addr string, check HostKeyCheck, opts WatchO
 		case err != nil:
 			return delivered, err
 		}
-		timer.Reset(silence)
+		timer.Stop()
+		timer = opts.Clock.AfterFunc(silence, quiet)
 		if isKeepalive(line) {
 			continue
 		}

@@ -135,6 +135,9 @@ type watched struct {
 // New returns a manager whose watches live until ctx ends. notify is
 // called, without locks held, whenever what is known of a peer changes.
 func New(ctx context.Context, log *zap.Logger, c clock.Clock, store *state.Store, opts peer.WatchOptions, notify func(string)) *Manager {
+	if opts.Clock == nil {
+		opts.Clock = c // the watches run on the manager's clock
+	}
 	return &Manager{ctx: ctx, log: log, clock: c, store: store, opts: opts, notify: notify, peers: map[string]*watched{}}
 }
 

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/clock"
 )
 
 // Protocol names, as in Nix store URLs and NixOS's nix.sshServe.protocol.
@@ -44,6 +46,7 @@ type Target struct {
 	Signer   ssh.Signer    // our client key: required
 	HostKey  ssh.PublicKey // the pinned host key: required, compared exactly
 	Timeout  time.Duration // bounds the whole probe (dial, handshake, protocol); default 10s
+	Clock    clock.Clock   // gives the start, the deadline and Elapsed; default clock.Real
 }
 
 // Result describes a successful probe.
@@ -159,6 +162,9 @@ func (t Target) withDefaults() Target {
 	if t.Timeout <= 0 {
 		t.Timeout = DefaultTimeout
 	}
+	if t.Clock == nil {
+		t.Clock = clock.Real{}
+	}
 	return t
 }
 
@@ -197,31 +203,31 @@ func (t Target) validate() error {
 // start-up messages up to STDERR_LAST. Everything is bounded by t.Timeout
 // and ctx. A failure is an *Error whose Reason says what went wrong.
 func Probe(ctx context.Context, t Target) (Result, error) {
-	start := time.Now()
 	t = t.withDefaults()
+	start := t.Clock.Now()
 	peer := t.User + "@" + t.addr()
 	if err := t.validate(); err != nil {
 		return Result{}, &Error{Reason: InvalidTarget, Peer: peer, Err: err}
 	}
-	ctx, cancel := context.WithTimeout(ctx, t.Timeout)
+	ctx, cancel := context.WithDeadline(ctx, start.Add(t.Timeout))
 	defer cancel()
-	deadline, _ := ctx.Deadline()
+	deadline, _ := ctx.Deadline() // ctx's own, when it is sooner
 
 	res, err := probe(ctx, t, start, deadline)
 	if err == nil {
-		res.Elapsed = time.Since(start)
+		res.Elapsed = clock.Since(t.Clock, start)
 		return res, nil
 	}
-	f := settle(ctx, start, deadline, err)
+	f := settle(ctx, t.Clock, start, deadline, err)
 	return Result{}, &Error{Reason: f.reason, Peer: peer, Err: f.err}
 }
 
-// settle gives err its final reason, at the moment it happened: a plain
-// error is WrongProtocol, and anything that broke once ctx was done or the
-// deadline passed broke because we gave up (closed the connection), so it
-// is a Timeout or Canceled; a host key or auth verdict stands. Settling a
-// settled failure returns it unchanged.
-func settle(ctx context.Context, start, deadline time.Time, err error) *failure {
+// settle gives err its final reason, at the moment it happened (now on
+// clk): a plain error is WrongProtocol, and anything that broke once ctx
+// was done or the deadline passed broke because we gave up (closed the
+// connection), so it is a Timeout or Canceled; a host key or auth verdict
+// stands. Settling a settled failure returns it unchanged.
+func settle(ctx context.Context, clk clock.Clock, start, deadline time.Time, err error) *failure {
 	var f *failure
 	if !errors.As(err, &f) {
 		f = &failure{reason: WrongProtocol, err: err}
@@ -232,11 +238,12 @@ func settle(ctx context.Context, start, deadline time.Time, err error) *failure 
 	if f.reason == HostKeyMismatch || f.reason == Unauthorized {
 		return f
 	}
-	elapsed := time.Since(start).Round(time.Millisecond)
+	now := clk.Now()
+	elapsed := now.Sub(start).Round(time.Millisecond)
 	switch {
 	case errors.Is(ctx.Err(), context.Canceled):
 		f.reason, f.err = Canceled, fmt.Errorf("after %v (%w): %w", elapsed, context.Canceled, f.err)
-	case ctx.Err() != nil || !time.Now().Before(deadline):
+	case ctx.Err() != nil || !now.Before(deadline):
 		f.reason, f.err = Timeout, fmt.Errorf("no answer within %v (%w): %w", elapsed, context.DeadlineExceeded, f.err)
 	}
 	return f
@@ -316,11 +323,11 @@ func probe(ctx context.Context, t Target, start, deadline time.Time) (Result, er
 		res, err = workerHandshake(stdin, stdout)
 	}
 	if err != nil {
-		f := settle(ctx, start, deadline, err)
+		f := settle(ctx, t.Clock, start, deadline, err)
 		if f.reason == WrongProtocol {
 			// The remote side's stderr may say why ("command not found",
 			// "protocol mismatch"): give it a moment to arrive.
-			waitBounded(session, deadline, 300*time.Millisecond)
+			waitBounded(t.Clock, session, deadline, 300*time.Millisecond)
 			if s := stderr.String(); s != "" {
 				f.err = fmt.Errorf("%w; remote stderr: %q", f.err, s)
 			}
@@ -341,18 +348,18 @@ func dialFailure(err error) error {
 }
 
 // waitBounded waits for the remote command to end, at most limit and never
-// past deadline.
-func waitBounded(session *ssh.Session, deadline time.Time, limit time.Duration) {
+// past deadline, on clk.
+func waitBounded(clk clock.Clock, session *ssh.Session, deadline time.Time, limit time.Duration) {
 	done := make(chan struct{})
 	go func() {
 		session.Wait()
 		close(done)
 	}()
-	limit = min(limit, time.Until(deadline))
+	limit = min(limit, deadline.Sub(clk.Now()))
 	if limit <= 0 {
 		return
 	}
-	timer := time.NewTimer(limit)
+	timer := clock.NewTimer(clk, limit)
 	defer timer.Stop()
 	select {
 	case <-done:

@@ -214,8 +214,9 @@ func TestSSHDServesTestDaemon(t *testing.T) {
 }
 
 func TestDarkDropsThenLights(t *testing.T) {
+	addr := net.JoinHostPort("127.0.0.66", strconv.Itoa(FreePort(t, "127.0.0.66")))
 	connect := func() error {
-		c, err := net.DialTimeout("tcp", "127.0.0.66:9", 300*time.Millisecond)
+		c, err := net.DialTimeout("tcp", addr, 300*time.Millisecond)
 		if err == nil {
 			c.Close()
 		}
