@@ -108,13 +108,14 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, config, ho
 		<-loopReady
 		loop.Trigger(reason)
 	}
-	peers := peering.New(ctx, log.Named("peering"), clock.Real{}, store,
-		peer.WatchOptions{Backoff: peer.Backoff{Base: peerReconnectBase, Cap: peerReconnectCap}}, notify)
+	clk := clock.Real{}
+	peers := peering.New(ctx, log.Named("peering"), clk, store,
+		peer.WatchOptions{Clock: clk, Backoff: peer.Backoff{Base: peerReconnectBase, Cap: peerReconnectCap}}, notify)
 	defer func() {
 		cancel()
 		peers.Wait()
 	}()
-	port := peering.NewPort(ctx, log.Named("peerport"), peer.ServerOptions{}, notify)
+	port := peering.NewPort(ctx, log.Named("peerport"), peer.ServerOptions{Clock: clk}, notify)
 	defer port.Close()
 
 	hostnames := machineHostnames()
@@ -123,7 +124,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, config, ho
 		nixEnv = []string{"NIX_CONF_DIR=" + l.NixConfDir}
 	}
 	host, err := reconcile.NewHost(reconcile.Config{
-		Log: log, Clock: clock.Real{}, Layout: l, Store: store,
+		Log: log, Clock: clk, Layout: l, Store: store,
 		ConfigFile: config, HostName: hostName, Hostnames: hostnames,
 		Peers: peers, Port: port, Nix: reconcile.SystemNix(nixEnv), Prober: reconcile.SSHProber{},
 		Trigger: notify,
@@ -137,7 +138,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, config, ho
 		cancel()
 		host.Wait()
 	}()
-	loop = reconcile.NewLoop(log, clock.Real{}, host, resync)
+	loop = reconcile.NewLoop(log, clk, host, resync)
 	close(loopReady)
 	backend := &backend{host: host, loop: loop, peers: peers}
 
@@ -194,7 +195,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, config, ho
 	case <-ctx.Done():
 	}
 	if interval, err := daemon.SdWatchdogEnabled(false); err == nil && interval > 0 {
-		go watchdog(ctx, loop, interval)
+		go watchdog(ctx, clk, loop, interval)
 	}
 	<-ctx.Done()
 	daemon.SdNotify(false, daemon.SdNotifyStopping)
@@ -207,8 +208,8 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, config, ho
 // watchdog pings systemd at half the interval while the loop makes progress:
 // a worker stuck longer than the interval stops the pings, and systemd
 // restarts the agent.
-func watchdog(ctx context.Context, loop *reconcile.Loop, interval time.Duration) {
-	t := time.NewTicker(interval / 2)
+func watchdog(ctx context.Context, clk clock.Clock, loop *reconcile.Loop, interval time.Duration) {
+	t := clock.NewTicker(clk, interval/2)
 	defer t.Stop()
 	for {
 		select {

@@ -245,8 +245,10 @@ func (h *Host) signJob(req *signRequest) func(context.Context) jobResult {
 
 // probeJob checks that a peer serves its store to this host's client key.
 func (h *Host) probeJob(req probeRequest) func(context.Context) jobResult {
+	target := req.target
+	target.Clock = h.cfg.Clock
 	return func(ctx context.Context) jobResult {
-		res, err := h.cfg.Prober.Probe(ctx, req.target)
+		res, err := h.cfg.Prober.Probe(ctx, target)
 		if err != nil {
 			h.log.Info("peer probe failed", zap.String("peer", req.peer), zap.Error(err))
 			return jobResult{Reason: "ProbeFailed", Err: err}
