@@ -263,8 +263,10 @@ func ensure(what, path, comment string, dirPerm fs.FileMode) (Key, Result, error
 	return k, res, nil
 }
 
-// create writes a new key at path, failing with an error matching
-// fs.ErrExist if a file appeared there meanwhile, and then its .pub file.
+// create writes a new key at path, and then its .pub file. The key is
+// written with atomicfile.CreateExclusive, not WriteFile, whose rename
+// would replace a key that sshd or another process created meanwhile:
+// that is an error matching fs.ErrExist instead.
 func create(what, path, comment string, dirPerm fs.FileMode) (Key, error) {
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -281,7 +283,7 @@ func create(what, path, comment string, dirPerm fs.FileMode) (Key, error) {
 	if err := os.MkdirAll(filepath.Dir(path), dirPerm); err != nil {
 		return Key{}, fmt.Errorf("create directory for %s %s: %w", what, path, err)
 	}
-	if err := createExclusive(path, encodePEM(block), privatePerm); err != nil {
+	if err := atomicfile.CreateExclusive(path, encodePEM(block), privatePerm); err != nil {
 		return Key{}, fmt.Errorf("write %s %s: %w", what, path, err)
 	}
 	if err := atomicfile.WriteFile(path+".pub", []byte(pubLine(k, comment)), publicPerm); err != nil {
@@ -306,47 +308,6 @@ func encodePEM(block *pem.Block) []byte {
 	}
 	out.WriteString("-----END " + block.Type + "-----\n")
 	return out.Bytes()
-}
-
-// createExclusive writes data to a temporary file next to path, fsyncs it
-// and links it to path, so that path appears complete or not at all and an
-// existing path is never replaced (that is an error matching fs.ErrExist).
-// atomicfile.WriteFile would rename over a key created meanwhile by sshd or
-// another process, hence the link.
-func createExclusive(path string, data []byte, perm fs.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".new-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	defer func() {
-		if cerr := f.Close(); err == nil && cerr != nil && !errors.Is(cerr, os.ErrClosed) {
-			err = cerr
-		}
-	}()
-	if err := f.Chmod(perm); err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Link(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // ensurePub makes path (the .pub file) hold k with mode 0644, keeping a

@@ -605,21 +605,3 @@ func FuzzParsePublicLine(f *testing.F) {
 		}
 	})
 }
-
-func TestCreateExclusiveNeverReplaces(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "key")
-	if err := os.WriteFile(path, []byte("theirs"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	err := createExclusive(path, []byte("ours"), 0o600)
-	if !errors.Is(err, fs.ErrExist) {
-		t.Fatalf("createExclusive over an existing file: %v, want ErrExist", err)
-	}
-	if got, _ := os.ReadFile(path); string(got) != "theirs" {
-		t.Errorf("existing file replaced: %q", got)
-	}
-	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
-		t.Errorf("temporary file left behind: %d entries", len(ents))
-	}
-}
