@@ -1,7 +1,7 @@
 package desired
 
 import (
-	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/netip"
 	"path"
@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 )
 
 // The validators below return "" for a well-formed value, else the reason
@@ -22,9 +24,6 @@ var (
 	labelRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$`)
 	keyNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 	commandRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._+-]*$`)
-	// hostKeyRE: type, base64 blob, optional comment, single spaces.
-	hostKeyRE = regexp.MustCompile(`^(\S+) +([A-Za-z0-9+/]+={0,2})(?: +(.*))?$`)
-	commentRE = regexp.MustCompile(`^[A-Za-z0-9@._+-]+$`)
 	safePath  = regexp.MustCompile(`^[A-Za-z0-9._+/-]+$`)
 )
 
@@ -33,7 +32,6 @@ const (
 	maxAddressLen  = 253
 	maxKeyNameLen  = 255
 	maxPathLen     = 4096
-	maxHostKeyLen  = 1024
 	maxApplyArgLen = 4096
 )
 
@@ -56,9 +54,10 @@ func ValidateAddress(s string) error {
 	return nil
 }
 
-// NormalizeHostKey checks that s is an ed25519 SSH public key line
-// ("ssh-ed25519 BASE64", optionally followed by a comment of
-// [A-Za-z0-9@._+-]) and returns it as "ssh-ed25519 BASE64".
+// NormalizeHostKey checks that s is an ed25519 SSH public key line as
+// sshkeys.ParsePublicLine accepts it ("ssh-ed25519 BASE64", optionally
+// followed by a comment of [A-Za-z0-9@._+-], single spaces) and returns it
+// as "ssh-ed25519 BASE64".
 func NormalizeHostKey(s string) (string, error) {
 	k, r := normalizeHostKey(s)
 	if r != "" {
@@ -156,46 +155,21 @@ func allDigits(s string) bool {
 	return true
 }
 
-// normalizeHostKey returns "ssh-ed25519 BASE64" for a valid key line, or
-// the reason it is not valid.
+// normalizeHostKey returns "ssh-ed25519 BASE64" for a valid key line (see
+// sshkeys.ParsePublicLine), or the reason it is not valid.
 func normalizeHostKey(s string) (string, string) {
-	if len(s) > maxHostKeyLen {
-		return "", fmt.Sprintf("is %d characters long; an ed25519 key line is about 80", len(s))
+	pub, err := sshkeys.ParsePublicLine(s)
+	if err == nil {
+		return sshkeys.Key{Public: pub}.AuthorizedLine(), ""
 	}
-	m := hostKeyRE.FindStringSubmatch(s)
-	if m == nil {
-		f := strings.Fields(s)
-		if len(f) >= 2 && f[1] == ssh.KeyAlgoED25519 {
-			return "", fmt.Sprintf("starts with %s (ssh-keyscan prints a host name first); remove it so the line starts with ssh-ed25519", quoteShort(f[0]))
-		}
-		return "", "is not a public key line"
+	if f := strings.Fields(s); len(f) >= 2 && f[1] == ssh.KeyAlgoED25519 {
+		return "", fmt.Sprintf("starts with %s (ssh-keyscan prints a host name first); remove it so the line starts with ssh-ed25519", quoteShort(f[0]))
 	}
-	typ, b64, comment := m[1], m[2], m[3]
-	if typ != ssh.KeyAlgoED25519 {
-		return "", fmt.Sprintf("has type %s, but nixpeer pins ed25519 host keys", quoteShort(typ))
+	var le *sshkeys.LineError
+	if errors.As(err, &le) {
+		return "", le.Reason
 	}
-	if comment != "" && !commentRE.MatchString(comment) {
-		return "", "has a comment with characters other than A-Z a-z 0-9 @ . _ + -; remove the comment"
-	}
-	blob, err := base64.StdEncoding.Strict().DecodeString(b64)
-	if err != nil {
-		return "", "has a key that is not valid base64; copy the whole line again"
-	}
-	if base64.StdEncoding.EncodeToString(blob) != b64 {
-		return "", "has a key whose base64 is not in canonical form; copy the whole line again"
-	}
-	line := typ + " " + b64
-	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
-	if err != nil {
-		return "", "is not a valid ed25519 public key; copy the whole line again"
-	}
-	if pub.Type() != ssh.KeyAlgoED25519 {
-		return "", fmt.Sprintf("holds a %q key although it says ssh-ed25519; copy the line again", pub.Type())
-	}
-	if base64.StdEncoding.EncodeToString(pub.Marshal()) != b64 {
-		return "", "is not in canonical form; copy the whole line again"
-	}
-	return line, ""
+	return "", err.Error()
 }
 
 func checkKeyName(s string) string {

@@ -26,6 +26,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/nixpeer/nixpeer/pkg/managedblock"
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 )
 
 // The marker lines, kept under these names for the tests.
@@ -43,7 +44,9 @@ type Entry struct {
 	// Port is the sshd port, 1..65535. Port 22 is written as the bare
 	// host, any other port as "[host]:port", as ssh itself does.
 	Port int
-	// Key is the host's public key. Certificates are refused.
+	// Key is the host's public key: a plain ed25519 key, as everywhere in
+	// nixpeer (sshkeys.AuthorizedLineOf); other types and certificates
+	// are refused.
 	Key ssh.PublicKey
 }
 
@@ -58,11 +61,7 @@ func (e Entry) hostField() string {
 // line is the entry's known_hosts line, without a newline. The entry must
 // have been normalized.
 func (e Entry) line() string {
-	return e.hostField() + " " + keyText(e.Key)
-}
-
-func keyText(k ssh.PublicKey) string {
-	return strings.TrimSuffix(string(ssh.MarshalAuthorizedKey(k)), "\n")
+	return e.hostField() + " " + sshkeys.Key{Public: e.Key}.AuthorizedLine()
 }
 
 // Render returns existing with the managed block set to hold entries.
@@ -119,22 +118,20 @@ func Update(path string, entries []Entry) (changed bool, err error) {
 	})
 }
 
-// parseLine reads one line of the managed block: "HOSTFIELD TYPE BASE64".
+// parseLine reads one line of the managed block: "HOSTFIELD ssh-ed25519
+// BASE64", the key as sshkeys.ParseAuthorizedLine accepts it.
 func parseLine(l string) (Entry, error) {
 	f := strings.Fields(l)
 	if len(f) != 3 {
-		return Entry{}, fmt.Errorf("want \"HOST KEYTYPE BASE64\", got %d fields", len(f))
+		return Entry{}, fmt.Errorf("want \"HOST ssh-ed25519 BASE64\", got %d fields", len(f))
 	}
 	host, port, err := parseHostField(f[0])
 	if err != nil {
 		return Entry{}, err
 	}
-	key, _, _, rest, err := ssh.ParseAuthorizedKey([]byte(f[1] + " " + f[2]))
+	key, err := sshkeys.ParseAuthorizedLine(f[1] + " " + f[2])
 	if err != nil {
 		return Entry{}, fmt.Errorf("parse key of %q: %w", f[0], err)
-	}
-	if len(rest) != 0 {
-		return Entry{}, fmt.Errorf("parse key of %q: trailing data", f[0])
 	}
 	return Entry{Host: host, Port: port, Key: key}, nil
 }
@@ -207,7 +204,7 @@ func (e Entry) normalized() (Entry, error) {
 	if e.Port < 1 || e.Port > 65535 {
 		return Entry{}, fmt.Errorf("host %s: port %d is out of range 1..65535", host, e.Port)
 	}
-	if err := checkKey(e.Key); err != nil {
+	if _, err := sshkeys.AuthorizedLineOf(e.Key); err != nil {
 		return Entry{}, fmt.Errorf("host %s: %w", host, err)
 	}
 	return Entry{Host: host, Port: e.Port, Key: e.Key}, nil
@@ -260,26 +257,4 @@ func validLabel(l string) bool {
 		}
 	}
 	return true
-}
-
-// checkKey accepts a plain public key whose wire form parses back to the
-// same type, so that its known_hosts text is one line of two fields.
-func checkKey(k ssh.PublicKey) error {
-	if k == nil {
-		return errors.New("no key")
-	}
-	if _, ok := k.(*ssh.Certificate); ok {
-		return errors.New("key is a certificate; known_hosts needs the plain host key")
-	}
-	back, err := ssh.ParsePublicKey(k.Marshal())
-	if err != nil {
-		return fmt.Errorf("key does not parse back from its wire form: %w", err)
-	}
-	if back.Type() != k.Type() || strings.ContainsAny(k.Type(), " \t\r\n,") {
-		return fmt.Errorf("key type %q does not match its wire form", k.Type())
-	}
-	if _, ok := back.(*ssh.Certificate); ok {
-		return errors.New("key is a certificate; known_hosts needs the plain host key")
-	}
-	return nil
 }

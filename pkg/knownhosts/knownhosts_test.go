@@ -19,27 +19,20 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-// Fixed keys, so that expected output can be written down.
+// Fixed keys of types nixpeer refuses, so that expected output can be
+// written down.
 const (
 	ecdsaKeyText = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBOPkVtbGvGtnzk4Ewo/EA320ujCSZr38rbT9+qVGXlYI5gUld+lNRoz7ukMUDSQkjMqLpwC39Mol8lNppRxPAbY="
 	rsaKeyText   = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQDH9QhX4QnUDw7MLhXFkfcaetCpBAFOOq93DM6N1kg5KjGDGwHRUQPi3WlHQ1PiKYlwvIbBmwaE96RmNAlzrdsD7yRKyOwph32oAZN5V0J8xU3aWL6OXGDbQDZulEzbqft1IRYbq6UzErieY2PipNOb+lFgQrEb/paL+Ptx2LBCRYqus0Kr1HVyZvSTo2hNk4D/baM6FrqoYRev5963Lf0G/vim9NFpmvfS5GeKEeX5M20O5oKLCO42KDUzdvjaj9Abx0UIekVX+lkjc3W8OKkH5DBQ+4wI32BUuQLfy5DnF7cm0Su/scsnVEbPnsjHm+Hy7a2wd5LGHpUbYeSQBjZx"
 )
 
-// testKeys returns a few public keys: ed25519 keys from fixed seeds, then
-// one ECDSA and one RSA key.
+// testKeys returns a few ed25519 public keys from fixed seeds.
 func testKeys(t testing.TB) []ssh.PublicKey {
 	t.Helper()
 	var keys []ssh.PublicKey
-	for i := range 3 {
+	for i := range 5 {
 		priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{byte(i + 1)}, ed25519.SeedSize))
 		pub, err := ssh.NewPublicKey(priv.Public())
-		if err != nil {
-			t.Fatal(err)
-		}
-		keys = append(keys, pub)
-	}
-	for _, s := range []string{ecdsaKeyText, rsaKeyText} {
-		pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(s))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -48,7 +41,19 @@ func testKeys(t testing.TB) []ssh.PublicKey {
 	return keys
 }
 
-func text(k ssh.PublicKey) string { return keyText(k) }
+// parseKey parses a key of any type from its authorized_keys text.
+func parseKey(t testing.TB, s string) ssh.PublicKey {
+	t.Helper()
+	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub
+}
+
+func text(k ssh.PublicKey) string {
+	return strings.TrimSuffix(string(ssh.MarshalAuthorizedKey(k)), "\n")
+}
 
 func lines(es []Entry) []string {
 	var out []string
@@ -60,13 +65,13 @@ func lines(es []Entry) []string {
 
 func TestRender(t *testing.T) {
 	k := testKeys(t)
-	ed0, ed1, ec := text(k[0]), text(k[1]), text(k[3])
+	ed0, ed1, ed3 := text(k[0]), text(k[1]), text(k[3])
 	block := func(ls ...string) string {
 		return beginLine + "\n" + strings.Join(ls, "\n") + "\n" + endLine + "\n"
 	}
 	user := "# my hosts\r\n" +
 		"|1|F1E1KeoE/eEWhi10WpGv4OdiO6Y=|3988QV0VE8wmZL7suNrYQLITLCg= ssh-ed25519 AAAAC3Nz\n" +
-		"@cert-authority *.example.com " + ec + "\n" +
+		"@cert-authority *.example.com " + ecdsaKeyText + "\n" +
 		"@revoked * " + ed1 + "\n" +
 		"\n" +
 		"old.example.com " + ed0 + "   \t\n" +
@@ -130,7 +135,7 @@ func TestRender(t *testing.T) {
 			},
 			want: block(
 				"127.0.0.2 "+ed0,
-				"127.0.0.2 "+ec,
+				"127.0.0.2 "+ed3,
 				"2001:db8::1 "+ed1,
 				"[::1]:2222 "+ed0,
 				"[stage.example.com]:2222 "+ed0,
@@ -224,7 +229,9 @@ func TestRenderRejectsBadEntries(t *testing.T) {
 		{"ipv6 zone", Entry{Host: "fe80::1%eth0", Port: 22, Key: k[0]}, "zones"},
 		{"port 0", Entry{Host: "a.example", Port: 0, Key: k[0]}, "port 0 is out of range"},
 		{"port 65536", Entry{Host: "a.example", Port: 65536, Key: k[0]}, "port 65536 is out of range"},
-		{"nil key", Entry{Host: "a.example", Port: 22}, "no key"},
+		{"nil key", Entry{Host: "a.example", Port: 22}, "public key is missing"},
+		{"ecdsa key", Entry{Host: "a.example", Port: 22, Key: parseKey(t, ecdsaKeyText)}, `has key type "ecdsa-sha2-nistp256"; want ssh-ed25519`},
+		{"rsa key", Entry{Host: "a.example", Port: 22, Key: parseKey(t, rsaKeyText)}, `has key type "ssh-rsa"; want ssh-ed25519`},
 		{"certificate", Entry{Host: "a.example", Port: 22, Key: cert}, "certificate"},
 	}
 	for _, tt := range tests {
@@ -272,6 +279,8 @@ func TestManaged(t *testing.T) {
 		"[h.example] " + ed0,
 		"h.example ssh-ed25519 AAAA",
 		"h.example ssh-rsa " + strings.Fields(ed0)[1],
+		"h.example " + ecdsaKeyText,
+		"h.example " + rsaKeyText,
 	} {
 		_, err := Managed([]byte("x\n" + beginLine + "\n" + bad + "\n" + endLine + "\n"))
 		if err == nil || !strings.Contains(err.Error(), "line 3") {

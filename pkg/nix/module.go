@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 )
 
 // ModuleSettings are what the managed NixOS module (/etc/nixos/nixpeer.nix)
@@ -153,7 +155,7 @@ func writeKnownHost(b *strings.Builder, h KnownHost) error {
 			return fmt.Errorf("known host %s: %w", h.Name, err)
 		}
 	}
-	key, err := sshKeyLine(h.PublicKey)
+	key, err := sshkeys.AuthorizedLineOf(h.PublicKey)
 	if err != nil {
 		return fmt.Errorf("known host %s: %w", h.Name, err)
 	}
@@ -168,7 +170,7 @@ func writeKnownHost(b *strings.Builder, h KnownHost) error {
 func keyLines(keys []ssh.PublicKey) ([]string, error) {
 	lines := make([]string, 0, len(keys))
 	for i, k := range keys {
-		line, err := sshKeyLine(k)
+		line, err := sshkeys.AuthorizedLineOf(k)
 		if err != nil {
 			return nil, fmt.Errorf("key %d: %w", i, err)
 		}

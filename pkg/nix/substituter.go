@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 )
 
 // sshServeUser is the account nix.sshServe creates on a serving host.
@@ -44,7 +46,7 @@ func SubstituterURL(protocol, address string, sshPort int, clientKeyPath string,
 	if err := ValidatePath(clientKeyPath); err != nil {
 		return "", fmt.Errorf("substituter URL for %s: client key: %w", address, err)
 	}
-	line, err := sshKeyLine(hostKey)
+	line, err := sshkeys.AuthorizedLineOf(hostKey)
 	if err != nil {
 		return "", fmt.Errorf("substituter URL for %s: host key: %w", address, err)
 	}
@@ -193,7 +195,7 @@ func validateParam(k, val string) error {
 		if err != nil {
 			return fmt.Errorf("query parameter %s: invalid base64: %w", k, err)
 		}
-		if _, err := parseSSHKeyLine(string(line)); err != nil {
+		if _, err := sshkeys.ParseAuthorizedLine(string(line)); err != nil {
 			return fmt.Errorf("query parameter %s: %w", k, err)
 		}
 	case "priority", "max-connections":

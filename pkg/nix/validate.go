@@ -1,15 +1,12 @@
 package nix
 
 import (
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/netip"
 	"path"
 	"strconv"
 	"strings"
-
-	"golang.org/x/crypto/ssh"
 )
 
 // maxPathLen bounds the paths accepted in rendered files.
@@ -38,49 +35,6 @@ func ValidatePath(p string) error {
 		return fmt.Errorf("path %q is not clean (want %q)", p, path.Clean(p))
 	}
 	return nil
-}
-
-// sshKeyLine returns "ssh-ed25519 BASE64" for an ed25519 ssh public key and
-// refuses every other key type (certificates included).
-func sshKeyLine(k ssh.PublicKey) (string, error) {
-	if k == nil {
-		return "", errors.New("ssh public key is missing")
-	}
-	// Parse the wire form again: k may be any implementation of the
-	// interface, and only what parses as a plain ed25519 key is accepted.
-	parsed, err := ssh.ParsePublicKey(k.Marshal())
-	if err != nil {
-		return "", fmt.Errorf("ssh public key does not parse: %w", err)
-	}
-	if parsed.Type() != ssh.KeyAlgoED25519 {
-		return "", fmt.Errorf("ssh public key has type %s, only %s is accepted", parsed.Type(), ssh.KeyAlgoED25519)
-	}
-	return parsed.Type() + " " + base64.StdEncoding.EncodeToString(parsed.Marshal()), nil
-}
-
-// parseSSHKeyLine parses "ssh-ed25519 BASE64" exactly: no options, no
-// comment, no other whitespace, an ed25519 key in canonical base64.
-func parseSSHKeyLine(line string) (ssh.PublicKey, error) {
-	typ, b64, ok := strings.Cut(line, " ")
-	if !ok || typ != ssh.KeyAlgoED25519 {
-		return nil, fmt.Errorf("ssh public key %q is not of the form \"ssh-ed25519 BASE64\"", line)
-	}
-	raw, err := base64.StdEncoding.Strict().DecodeString(b64)
-	if err != nil {
-		return nil, fmt.Errorf("ssh public key %q: invalid base64: %w", line, err)
-	}
-	k, err := ssh.ParsePublicKey(raw)
-	if err != nil {
-		return nil, fmt.Errorf("ssh public key %q: %w", line, err)
-	}
-	canon, err := sshKeyLine(k)
-	if err != nil {
-		return nil, err
-	}
-	if canon != line {
-		return nil, fmt.Errorf("ssh public key %q is not in canonical form", line)
-	}
-	return k, nil
 }
 
 // validateTrustedKey checks a trusted-public-keys entry: a valid cache
