@@ -3,13 +3,13 @@ package desired
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"path"
 	"regexp"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixpeer/nixpeer/pkg/hostname"
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 )
 
@@ -20,16 +20,12 @@ import (
 // ssh_config, known_hosts, nix.conf or Nix files need no quoting.
 
 var (
-	nameRE    = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-	labelRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$`)
 	keyNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 	commandRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._+-]*$`)
 	safePath  = regexp.MustCompile(`^[A-Za-z0-9._+/-]+$`)
 )
 
 const (
-	maxNameLen     = 63
-	maxAddressLen  = 253
 	maxKeyNameLen  = 255
 	maxPathLen     = 4096
 	maxApplyArgLen = 4096
@@ -37,7 +33,7 @@ const (
 
 // ValidateName reports whether s is a well-formed host name: a lowercase
 // DNS label of 1 to 63 letters, digits and '-', not starting or ending
-// with '-'.
+// with '-' (hostname.CheckLabel).
 func ValidateName(s string) error {
 	if r := checkName(s); r != "" {
 		return fmt.Errorf("host name %s %s", quoteShort(s), r)
@@ -46,7 +42,8 @@ func ValidateName(s string) error {
 }
 
 // ValidateAddress reports whether s is a well-formed address: a DNS host
-// name, an IPv4 address, or an IPv6 address without brackets, zone or port.
+// name, an IPv4 address, or an IPv6 address without brackets, zone or port
+// (hostname.Check).
 func ValidateAddress(s string) error {
 	if r := checkAddress(s); r != "" {
 		return fmt.Errorf("address %s %s", quoteShort(s), r)
@@ -67,19 +64,35 @@ func NormalizeHostKey(s string) (string, error) {
 }
 
 func checkName(s string) string {
-	switch {
-	case s == "":
-		return "is empty"
-	case len(s) > maxNameLen:
-		return fmt.Sprintf("is %d characters long; the limit is %d", len(s), maxNameLen)
-	case nameRE.MatchString(s):
-		return ""
-	case strings.ToLower(s) != s:
-		return "has upper-case letters"
-	case s[0] == '-' || s[len(s)-1] == '-':
-		return "starts or ends with '-'"
+	return reason(hostname.CheckLabel(s))
+}
+
+// checkAddress checks an address with hostname.Check; an address written
+// with a port or in brackets is told where the port goes.
+func checkAddress(s string) string {
+	_, err := hostname.Check(s)
+	r := reason(err)
+	if errors.Is(err, hostname.ErrPort) || errors.Is(err, hostname.ErrBrackets) {
+		r += " and set the port with sshPort or peerPort"
 	}
-	return fmt.Sprintf("contains %s", firstBad(s, "abcdefghijklmnopqrstuvwxyz0123456789-"))
+	return r
+}
+
+// reason returns the Reason of a *hostname.Error or *sshkeys.LineError,
+// which follows the value in a message as the validators here do, or ""
+// for nil.
+func reason(err error) string {
+	var he *hostname.Error
+	var le *sshkeys.LineError
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &he):
+		return he.Reason
+	case errors.As(err, &le):
+		return le.Reason
+	}
+	return err.Error()
 }
 
 // firstBad describes the first rune of s that is not in allowed.
@@ -95,66 +108,6 @@ func firstBad(s, allowed string) string {
 	return "a character that is not allowed"
 }
 
-func checkAddress(s string) string {
-	const hostChars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-."
-	switch {
-	case s == "":
-		return "is empty"
-	case len(s) > maxAddressLen:
-		return fmt.Sprintf("is %d characters long; the limit is %d", len(s), maxAddressLen)
-	case strings.ContainsAny(s, "[]"):
-		return "has brackets; write an IPv6 address without [ ] and set the port with sshPort or peerPort"
-	case strings.Contains(s, "@"):
-		return "contains '@'; give only the host, without a user name"
-	case strings.Contains(s, ":"):
-		a, err := netip.ParseAddr(s)
-		if err == nil && a.Is6() && a.Zone() == "" {
-			return ""
-		}
-		if err == nil && a.Zone() != "" {
-			return "has an IPv6 zone (%...); zones are not supported, use a global address or a host name"
-		}
-		if i := strings.IndexByte(s, ':'); strings.Count(s, ":") == 1 && i > 0 && allDigits(s[i+1:]) {
-			return "includes a port; remove \":" + s[i+1:] + "\" and set sshPort or peerPort instead"
-		}
-		return "is not a valid IPv6 address"
-	case strings.HasSuffix(s, "."):
-		return "ends with '.'; remove the trailing dot"
-	}
-	labels := strings.Split(s, ".")
-	for _, l := range labels {
-		switch {
-		case l == "":
-			return "has an empty label (\"..\" or a leading '.')"
-		case len(l) > maxNameLen:
-			return fmt.Sprintf("has a label of %d characters; the limit is %d", len(l), maxNameLen)
-		case !labelRE.MatchString(l):
-			if strings.HasPrefix(l, "-") || strings.HasSuffix(l, "-") {
-				return fmt.Sprintf("has a label %q that starts or ends with '-'", l)
-			}
-			return fmt.Sprintf("contains %s", firstBad(l, hostChars))
-		}
-	}
-	if allDigits(labels[len(labels)-1]) {
-		if a, err := netip.ParseAddr(s); err != nil || !a.Is4() {
-			return "looks like an IPv4 address but is not one (four numbers 0-255, no leading zeros)"
-		}
-	}
-	return ""
-}
-
-func allDigits(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
-}
-
 // normalizeHostKey returns "ssh-ed25519 BASE64" for a valid key line (see
 // sshkeys.ParsePublicLine), or the reason it is not valid.
 func normalizeHostKey(s string) (string, string) {
@@ -165,11 +118,7 @@ func normalizeHostKey(s string) (string, string) {
 	if f := strings.Fields(s); len(f) >= 2 && f[1] == ssh.KeyAlgoED25519 {
 		return "", fmt.Sprintf("starts with %s (ssh-keyscan prints a host name first); remove it so the line starts with ssh-ed25519", quoteShort(f[0]))
 	}
-	var le *sshkeys.LineError
-	if errors.As(err, &le) {
-		return "", le.Reason
-	}
-	return "", err.Error()
+	return "", reason(err)
 }
 
 func checkKeyName(s string) string {

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixpeer/nixpeer/pkg/hostname"
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 )
 
@@ -41,7 +42,8 @@ type ModuleSettings struct {
 type KnownHost struct {
 	// Name is the attribute name, [A-Za-z0-9][A-Za-z0-9._-]*.
 	Name string
-	// HostNames are host names or addresses, or [HOST]:PORT.
+	// HostNames are host names or addresses, or [HOST]:PORT
+	// (hostname.ParseWithPort).
 	HostNames []string
 	// PublicKey is the host's ed25519 key.
 	PublicKey ssh.PublicKey
@@ -151,7 +153,7 @@ func writeKnownHost(b *strings.Builder, h KnownHost) error {
 		return fmt.Errorf("known host %s has no host names", h.Name)
 	}
 	for _, n := range h.HostNames {
-		if err := validateKnownHostName(n); err != nil {
+		if _, _, err := hostname.ParseWithPort(n); err != nil {
 			return fmt.Errorf("known host %s: %w", h.Name, err)
 		}
 	}

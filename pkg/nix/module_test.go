@@ -130,6 +130,7 @@ func TestRenderModuleRefusesHostileValues(t *testing.T) {
 		{"newline in host name", ModuleSettings{KnownHosts: []KnownHost{{Name: "a", HostNames: []string{"h\nx"}, PublicKey: hk}}}, "host"},
 		{"no host names", ModuleSettings{KnownHosts: []KnownHost{{Name: "a", PublicKey: hk}}}, "no host names"},
 		{"bad port", ModuleSettings{KnownHosts: []KnownHost{{Name: "a", HostNames: []string{"[h]:0"}, PublicKey: hk}}}, "port"},
+		{"bracketed host without port", ModuleSettings{KnownHosts: []KnownHost{{Name: "a", HostNames: []string{"[h]"}, PublicKey: hk}}}, "neither HOST nor [HOST]:PORT"},
 		{"no host key", ModuleSettings{KnownHosts: []KnownHost{{Name: "a", HostNames: []string{"h"}}}}, "missing"},
 		{"duplicate known host", ModuleSettings{KnownHosts: []KnownHost{
 			{Name: "a", HostNames: []string{"h"}, PublicKey: hk}, {Name: "a", HostNames: []string{"i"}, PublicKey: hk},

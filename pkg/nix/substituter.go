@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixpeer/nixpeer/pkg/hostname"
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 )
 
@@ -36,7 +37,7 @@ func SubstituterURL(protocol, address string, sshPort int, clientKeyPath string,
 	if _, err := validateProtocol(protocol); err != nil {
 		return "", fmt.Errorf("substituter URL: %w", err)
 	}
-	kind, err := validateHost(address)
+	kind, err := hostname.Check(address)
 	if err != nil {
 		return "", fmt.Errorf("substituter URL: %w", err)
 	}
@@ -51,7 +52,7 @@ func SubstituterURL(protocol, address string, sshPort int, clientKeyPath string,
 		return "", fmt.Errorf("substituter URL for %s: host key: %w", address, err)
 	}
 	host := address
-	if kind == hostIPv6 {
+	if kind == hostname.IPv6 {
 		host = "[" + address + "]"
 	}
 	u := protocol + "://" + sshServeUser + "@" + host +
@@ -141,11 +142,11 @@ func validateURLHost(host string) error {
 		if !strings.HasSuffix(host, "]") {
 			return fmt.Errorf("host %q: text after the IPv6 address (a port is not supported before Nix 2.31; use ssh_config)", host)
 		}
-		kind, err := validateHost(host[1 : len(host)-1])
+		kind, err := hostname.Check(host[1 : len(host)-1])
 		if err != nil {
 			return err
 		}
-		if kind != hostIPv6 {
+		if kind != hostname.IPv6 {
 			return fmt.Errorf("host %q: only an IPv6 address goes in brackets", host)
 		}
 		return nil
@@ -153,7 +154,7 @@ func validateURLHost(host string) error {
 	if strings.Contains(host, ":") {
 		return fmt.Errorf("host %q has a port or is an IPv6 address without brackets (a port is not supported before Nix 2.31; use ssh_config)", host)
 	}
-	_, err := validateHost(host)
+	_, err := hostname.Check(host)
 	return err
 }
 

@@ -3,9 +3,7 @@ package nix
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"path"
-	"strconv"
 	"strings"
 )
 
@@ -46,70 +44,6 @@ func validateTrustedKey(s string) error {
 	}
 	if k.String() != s {
 		return fmt.Errorf("trusted public key %q is not in canonical form NAME:BASE64", s)
-	}
-	return nil
-}
-
-// hostKind tells what validateHost found.
-type hostKind int
-
-const (
-	hostName hostKind = iota
-	hostIPv4
-	hostIPv6
-)
-
-// validateHost checks a DNS host name (letters, digits, hyphens, dots,
-// labels of 1-63 bytes) or an IPv4 or IPv6 address without a zone.
-func validateHost(h string) (hostKind, error) {
-	if h == "" {
-		return 0, errors.New("host is empty")
-	}
-	if a, err := netip.ParseAddr(h); err == nil {
-		switch {
-		case a.Zone() != "":
-			return 0, fmt.Errorf("address %q has a zone, which is not supported", h)
-		case a.Is4():
-			return hostIPv4, nil
-		default:
-			return hostIPv6, nil
-		}
-	}
-	if len(h) > 253 {
-		return 0, fmt.Errorf("host name is %d bytes long, longer than 253", len(h))
-	}
-	for _, label := range strings.Split(h, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return 0, fmt.Errorf("host %q is neither an IP address nor a valid host name", h)
-		}
-		for i := 0; i < len(label); i++ {
-			if c := label[i]; !isAlnum(c) && c != '-' {
-				return 0, fmt.Errorf("host %q is neither an IP address nor a valid host name", h)
-			}
-		}
-	}
-	return hostName, nil
-}
-
-// validateKnownHostName checks one entry of a known_hosts host list: a host
-// name or address, or [HOST]:PORT for a server on another port than 22.
-func validateKnownHostName(h string) error {
-	if strings.HasPrefix(h, "[") {
-		end := strings.Index(h, "]:")
-		if end < 0 {
-			return fmt.Errorf("known host %q: want HOST or [HOST]:PORT", h)
-		}
-		if _, err := validateHost(h[1:end]); err != nil {
-			return fmt.Errorf("known host %q: %w", h, err)
-		}
-		port := h[end+2:]
-		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != port {
-			return fmt.Errorf("known host %q: port %q is not a number from 1 to 65535", h, port)
-		}
-		return nil
-	}
-	if _, err := validateHost(h); err != nil {
-		return fmt.Errorf("known host: %w", err)
 	}
 	return nil
 }
