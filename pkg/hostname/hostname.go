@@ -7,9 +7,11 @@
 //   - ssh's notation of a host and its port (ParseWithPort): HOST for
 //     port 22, [HOST]:PORT for any other, as known_hosts writes it.
 //
-// A value that passes holds only ASCII letters, digits, '-', '.' and ':'
-// and never starts with '-', so ssh_config, known_hosts, nix.conf, a URL or
-// a Nix string need no quoting for it and ssh never takes it for an option.
+// An address or name that passes holds only ASCII letters, digits, '-',
+// '.' and ':' and never starts with '-', so ssh_config, known_hosts,
+// nix.conf, a URL or a Nix string need no quoting for it and ssh never
+// takes it for an option. A refusal says what is wrong in words that
+// follow the value, for the caller to name the value its own way.
 package hostname
 
 import (
@@ -22,8 +24,8 @@ import (
 
 // Limits of DNS (RFC 1035): a name and one of its labels.
 const (
-	MaxLen      = 253
-	MaxLabelLen = 63
+	maxLen      = 253
+	maxLabelLen = 63
 )
 
 // Kind tells what Check found.
@@ -60,7 +62,7 @@ func (e *Error) Error() string { return "host " + quote(e.Value) + " " + e.Reaso
 // Unwrap returns ErrPort or ErrBrackets when the reason is one of those.
 func (e *Error) Unwrap() error { return e.kind }
 
-// Check reports what kind of address s is: a DNS name of at most 253
+// Check reports what kind of address s is (0 when it is none): a DNS name of at most 253
 // characters, made of labels of 1 to 63 ASCII letters (either case),
 // digits and inner '-', joined by '.', without a trailing dot and not
 // ending in an all-numeric label; an IPv4 address in dotted decimal
@@ -73,8 +75,8 @@ func Check(s string) (Kind, error) {
 	switch {
 	case s == "":
 		return bad("is empty", nil)
-	case len(s) > MaxLen:
-		return bad(fmt.Sprintf("is %d characters long; the limit is %d", len(s), MaxLen), nil)
+	case len(s) > maxLen:
+		return bad(fmt.Sprintf("is %d characters long; the limit is %d", len(s), maxLen), nil)
 	case strings.ContainsAny(s, "[]"):
 		return bad("has brackets; write an IPv6 address without [ ]", ErrBrackets)
 	case strings.Contains(s, "@"):
@@ -101,8 +103,8 @@ func Check(s string) (Kind, error) {
 		switch {
 		case l == "":
 			return bad("has an empty label (\"..\" or a leading '.')", nil)
-		case len(l) > MaxLabelLen:
-			return bad(fmt.Sprintf("has a label of %d characters; the limit is %d", len(l), MaxLabelLen), nil)
+		case len(l) > maxLabelLen:
+			return bad(fmt.Sprintf("has a label of %d characters; the limit is %d", len(l), maxLabelLen), nil)
 		case l[0] == '-' || l[len(l)-1] == '-':
 			return bad(fmt.Sprintf("has a label %q that starts or ends with '-'", l), nil)
 		}
@@ -141,8 +143,8 @@ func CheckLabel(s string) error {
 	switch {
 	case s == "":
 		return bad("is empty")
-	case len(s) > MaxLabelLen:
-		return bad(fmt.Sprintf("is %d characters long; the limit is %d", len(s), MaxLabelLen))
+	case len(s) > maxLabelLen:
+		return bad(fmt.Sprintf("is %d characters long; the limit is %d", len(s), maxLabelLen))
 	case strings.ToLower(s) != s:
 		return bad("has upper-case letters")
 	case s[0] == '-' || s[len(s)-1] == '-':

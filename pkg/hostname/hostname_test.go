@@ -216,7 +216,7 @@ func FuzzCheck(f *testing.F) {
 
 		if err := CheckLabel(s); err == nil {
 			checkSafe(t, s)
-			if len(s) > MaxLabelLen || strings.Trim(s, lower+digits+"-") != "" {
+			if len(s) > maxLabelLen || strings.Trim(s, lower+digits+"-") != "" {
 				t.Fatalf("CheckLabel accepted %q", s)
 			}
 		} else if e := (*Error)(nil); !errors.As(err, &e) || e.Value != s || e.Reason == "" {
@@ -240,7 +240,7 @@ func FuzzCheck(f *testing.F) {
 // Nix file or a URL without quoting.
 func checkSafe(t *testing.T, s string) {
 	t.Helper()
-	if s == "" || len(s) > MaxLen || strings.HasPrefix(s, "-") || strings.Trim(s, alnum+"-.:") != "" {
+	if s == "" || len(s) > maxLen || strings.HasPrefix(s, "-") || strings.Trim(s, alnum+"-.:") != "" {
 		t.Fatalf("accepted %q, which is empty, long, starts with '-' or holds a character that needs quoting", s)
 	}
 }
