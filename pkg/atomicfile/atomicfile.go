@@ -1,5 +1,6 @@
 // Package atomicfile writes files so that a reader, or a crash, sees either
-// the old content or the new one, never a mix.
+// the old content or the new one, never a mix: WriteFile replaces a file,
+// CreateExclusive creates one that must not exist yet.
 package atomicfile
 
 import (
@@ -41,6 +42,44 @@ func WriteFile(path string, data []byte, perm fs.FileMode) (err error) {
 	}
 	if err = os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("rename %s to %s: %w", tmp, path, err)
+	}
+	return syncDir(dir)
+}
+
+// CreateExclusive writes data to a new file path with mode perm, never
+// replacing an existing one: the content goes to a temporary file in the
+// same directory, is fsync-ed, and is linked to path, which fails with an
+// error matching fs.ErrExist if path exists; the directory is fsync-ed so
+// the link survives a crash. A reader or a crash never sees a half-written
+// file at path. Use it where WriteFile's rename could replace a file that
+// another process created meanwhile, such as a key.
+func CreateExclusive(path string, data []byte, perm fs.FileMode) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("create temporary file for %s: %w", path, err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	defer func() {
+		if err != nil {
+			f.Close()
+		}
+	}()
+	if err = f.Chmod(perm); err != nil {
+		return fmt.Errorf("chmod %s: %w", tmp, err)
+	}
+	if _, err = f.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err = f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", tmp, err)
+	}
+	if err = f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", tmp, err)
+	}
+	if err = os.Link(tmp, path); err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
 	}
 	return syncDir(dir)
 }

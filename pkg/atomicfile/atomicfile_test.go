@@ -1,6 +1,8 @@
 package atomicfile
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"testing"
@@ -61,5 +63,49 @@ func TestWriteIfChangedSkipsIdenticalContent(t *testing.T) {
 func TestWriteFileFailsInMissingDirectory(t *testing.T) {
 	if err := WriteFile(filepath.Join(t.TempDir(), "no", "f"), nil, 0o644); err == nil {
 		t.Fatal("write into a missing directory succeeded")
+	}
+}
+
+func TestCreateExclusiveCreates(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "key")
+	if err := CreateExclusive(p, []byte("secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(p); string(got) != "secret" {
+		t.Fatalf("content = %q, want %q", got, "secret")
+	}
+	if st, _ := os.Stat(p); st.Mode().Perm() != 0o600 {
+		t.Fatalf("mode = %v, want 0600", st.Mode().Perm())
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("directory holds %d entries, want only the file", len(ents))
+	}
+}
+
+func TestCreateExclusiveNeverReplaces(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "key")
+	if err := os.WriteFile(p, []byte("theirs"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err := CreateExclusive(p, []byte("ours"), 0o600)
+	if !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("CreateExclusive over an existing file: %v, want an error matching fs.ErrExist", err)
+	}
+	if got, _ := os.ReadFile(p); string(got) != "theirs" {
+		t.Errorf("existing file replaced: %q", got)
+	}
+	if st, _ := os.Stat(p); st.Mode().Perm() != 0o644 {
+		t.Errorf("existing file's mode changed to %v", st.Mode().Perm())
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("temporary file left behind: %d entries", len(ents))
+	}
+}
+
+func TestCreateExclusiveFailsInMissingDirectory(t *testing.T) {
+	if err := CreateExclusive(filepath.Join(t.TempDir(), "no", "f"), nil, 0o600); err == nil {
+		t.Fatal("create in a missing directory succeeded")
 	}
 }

@@ -2,9 +2,10 @@ package desired
 
 import (
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/nixpeer/nixpeer/pkg/hostname"
 )
 
 // checkHosts runs the checks that involve several hosts: unique names,
@@ -30,7 +31,7 @@ func checkHosts(el *errorList, f *File, infos []*hostInfo) {
 		if !hi.addrOK {
 			continue
 		}
-		k := addressKey(hi.h.Address)
+		k, _ := hostname.Canonical(hi.h.Address) // checked while decoding
 		if first, dup := byAddr[k]; dup {
 			el.add(hi.addrPos, "duplicate address %q: %s at %s already has it; give every host its own address", hi.h.Address, infos[first].label(), infos[first].addrPos)
 			continue
@@ -117,15 +118,6 @@ func (f *File) names() []string {
 		}
 	}
 	return out
-}
-
-// addressKey is the form in which two addresses are compared: host names
-// case-insensitively, IP addresses by value.
-func addressKey(addr string) string {
-	if a, err := netip.ParseAddr(addr); err == nil {
-		return a.Unmap().String()
-	}
-	return strings.ToLower(addr)
 }
 
 // checkKeyNames fills in the keyName default (the address) and checks

@@ -1,14 +1,16 @@
 package desired
 
 import (
-	"encoding/base64"
+	"errors"
 	"fmt"
-	"net/netip"
 	"path"
 	"regexp"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/hostname"
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 )
 
 // The validators below return "" for a well-formed value, else the reason
@@ -18,28 +20,20 @@ import (
 // ssh_config, known_hosts, nix.conf or Nix files need no quoting.
 
 var (
-	nameRE    = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-	labelRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$`)
 	keyNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 	commandRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._+-]*$`)
-	// hostKeyRE: type, base64 blob, optional comment, single spaces.
-	hostKeyRE = regexp.MustCompile(`^(\S+) +([A-Za-z0-9+/]+={0,2})(?: +(.*))?$`)
-	commentRE = regexp.MustCompile(`^[A-Za-z0-9@._+-]+$`)
 	safePath  = regexp.MustCompile(`^[A-Za-z0-9._+/-]+$`)
 )
 
 const (
-	maxNameLen     = 63
-	maxAddressLen  = 253
 	maxKeyNameLen  = 255
 	maxPathLen     = 4096
-	maxHostKeyLen  = 1024
 	maxApplyArgLen = 4096
 )
 
 // ValidateName reports whether s is a well-formed host name: a lowercase
 // DNS label of 1 to 63 letters, digits and '-', not starting or ending
-// with '-'.
+// with '-' (hostname.CheckLabel).
 func ValidateName(s string) error {
 	if r := checkName(s); r != "" {
 		return fmt.Errorf("host name %s %s", quoteShort(s), r)
@@ -48,7 +42,8 @@ func ValidateName(s string) error {
 }
 
 // ValidateAddress reports whether s is a well-formed address: a DNS host
-// name, an IPv4 address, or an IPv6 address without brackets, zone or port.
+// name, an IPv4 address, or an IPv6 address without brackets, zone or port
+// (hostname.Check).
 func ValidateAddress(s string) error {
 	if r := checkAddress(s); r != "" {
 		return fmt.Errorf("address %s %s", quoteShort(s), r)
@@ -56,9 +51,10 @@ func ValidateAddress(s string) error {
 	return nil
 }
 
-// NormalizeHostKey checks that s is an ed25519 SSH public key line
-// ("ssh-ed25519 BASE64", optionally followed by a comment of
-// [A-Za-z0-9@._+-]) and returns it as "ssh-ed25519 BASE64".
+// NormalizeHostKey checks that s is an ed25519 SSH public key line as
+// sshkeys.ParsePublicLine accepts it ("ssh-ed25519 BASE64", optionally
+// followed by a comment of [A-Za-z0-9@._+-], single spaces) and returns it
+// as "ssh-ed25519 BASE64".
 func NormalizeHostKey(s string) (string, error) {
 	k, r := normalizeHostKey(s)
 	if r != "" {
@@ -68,19 +64,35 @@ func NormalizeHostKey(s string) (string, error) {
 }
 
 func checkName(s string) string {
-	switch {
-	case s == "":
-		return "is empty"
-	case len(s) > maxNameLen:
-		return fmt.Sprintf("is %d characters long; the limit is %d", len(s), maxNameLen)
-	case nameRE.MatchString(s):
-		return ""
-	case strings.ToLower(s) != s:
-		return "has upper-case letters"
-	case s[0] == '-' || s[len(s)-1] == '-':
-		return "starts or ends with '-'"
+	return reason(hostname.CheckLabel(s))
+}
+
+// checkAddress checks an address with hostname.Check; an address written
+// with a port or in brackets is told where the port goes.
+func checkAddress(s string) string {
+	_, err := hostname.Check(s)
+	r := reason(err)
+	if errors.Is(err, hostname.ErrPort) || errors.Is(err, hostname.ErrBrackets) {
+		r += " and set the port with sshPort or peerPort"
 	}
-	return fmt.Sprintf("contains %s", firstBad(s, "abcdefghijklmnopqrstuvwxyz0123456789-"))
+	return r
+}
+
+// reason returns the Reason of a *hostname.Error or *sshkeys.LineError,
+// which follows the value in a message as the validators here do, or ""
+// for nil.
+func reason(err error) string {
+	var he *hostname.Error
+	var le *sshkeys.LineError
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &he):
+		return he.Reason
+	case errors.As(err, &le):
+		return le.Reason
+	}
+	return err.Error()
 }
 
 // firstBad describes the first rune of s that is not in allowed.
@@ -96,106 +108,17 @@ func firstBad(s, allowed string) string {
 	return "a character that is not allowed"
 }
 
-func checkAddress(s string) string {
-	const hostChars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-."
-	switch {
-	case s == "":
-		return "is empty"
-	case len(s) > maxAddressLen:
-		return fmt.Sprintf("is %d characters long; the limit is %d", len(s), maxAddressLen)
-	case strings.ContainsAny(s, "[]"):
-		return "has brackets; write an IPv6 address without [ ] and set the port with sshPort or peerPort"
-	case strings.Contains(s, "@"):
-		return "contains '@'; give only the host, without a user name"
-	case strings.Contains(s, ":"):
-		a, err := netip.ParseAddr(s)
-		if err == nil && a.Is6() && a.Zone() == "" {
-			return ""
-		}
-		if err == nil && a.Zone() != "" {
-			return "has an IPv6 zone (%...); zones are not supported, use a global address or a host name"
-		}
-		if i := strings.IndexByte(s, ':'); strings.Count(s, ":") == 1 && i > 0 && allDigits(s[i+1:]) {
-			return "includes a port; remove \":" + s[i+1:] + "\" and set sshPort or peerPort instead"
-		}
-		return "is not a valid IPv6 address"
-	case strings.HasSuffix(s, "."):
-		return "ends with '.'; remove the trailing dot"
-	}
-	labels := strings.Split(s, ".")
-	for _, l := range labels {
-		switch {
-		case l == "":
-			return "has an empty label (\"..\" or a leading '.')"
-		case len(l) > maxNameLen:
-			return fmt.Sprintf("has a label of %d characters; the limit is %d", len(l), maxNameLen)
-		case !labelRE.MatchString(l):
-			if strings.HasPrefix(l, "-") || strings.HasSuffix(l, "-") {
-				return fmt.Sprintf("has a label %q that starts or ends with '-'", l)
-			}
-			return fmt.Sprintf("contains %s", firstBad(l, hostChars))
-		}
-	}
-	if allDigits(labels[len(labels)-1]) {
-		if a, err := netip.ParseAddr(s); err != nil || !a.Is4() {
-			return "looks like an IPv4 address but is not one (four numbers 0-255, no leading zeros)"
-		}
-	}
-	return ""
-}
-
-func allDigits(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
-}
-
-// normalizeHostKey returns "ssh-ed25519 BASE64" for a valid key line, or
-// the reason it is not valid.
+// normalizeHostKey returns "ssh-ed25519 BASE64" for a valid key line (see
+// sshkeys.ParsePublicLine), or the reason it is not valid.
 func normalizeHostKey(s string) (string, string) {
-	if len(s) > maxHostKeyLen {
-		return "", fmt.Sprintf("is %d characters long; an ed25519 key line is about 80", len(s))
+	pub, err := sshkeys.ParsePublicLine(s)
+	if err == nil {
+		return sshkeys.Key{Public: pub}.AuthorizedLine(), ""
 	}
-	m := hostKeyRE.FindStringSubmatch(s)
-	if m == nil {
-		f := strings.Fields(s)
-		if len(f) >= 2 && f[1] == ssh.KeyAlgoED25519 {
-			return "", fmt.Sprintf("starts with %s (ssh-keyscan prints a host name first); remove it so the line starts with ssh-ed25519", quoteShort(f[0]))
-		}
-		return "", "is not a public key line"
+	if f := strings.Fields(s); len(f) >= 2 && f[1] == ssh.KeyAlgoED25519 {
+		return "", fmt.Sprintf("starts with %s (ssh-keyscan prints a host name first); remove it so the line starts with ssh-ed25519", quoteShort(f[0]))
 	}
-	typ, b64, comment := m[1], m[2], m[3]
-	if typ != ssh.KeyAlgoED25519 {
-		return "", fmt.Sprintf("has type %s, but nixpeer pins ed25519 host keys", quoteShort(typ))
-	}
-	if comment != "" && !commentRE.MatchString(comment) {
-		return "", "has a comment with characters other than A-Z a-z 0-9 @ . _ + -; remove the comment"
-	}
-	blob, err := base64.StdEncoding.Strict().DecodeString(b64)
-	if err != nil {
-		return "", "has a key that is not valid base64; copy the whole line again"
-	}
-	if base64.StdEncoding.EncodeToString(blob) != b64 {
-		return "", "has a key whose base64 is not in canonical form; copy the whole line again"
-	}
-	line := typ + " " + b64
-	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
-	if err != nil {
-		return "", "is not a valid ed25519 public key; copy the whole line again"
-	}
-	if pub.Type() != ssh.KeyAlgoED25519 {
-		return "", fmt.Sprintf("holds a %q key although it says ssh-ed25519; copy the line again", pub.Type())
-	}
-	if base64.StdEncoding.EncodeToString(pub.Marshal()) != b64 {
-		return "", "is not in canonical form; copy the whole line again"
-	}
-	return line, ""
+	return "", reason(err)
 }
 
 func checkKeyName(s string) string {

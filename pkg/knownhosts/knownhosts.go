@@ -16,16 +16,16 @@ package knownhosts
 import (
 	"bytes"
 	"cmp"
-	"errors"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixpeer/nixpeer/pkg/hostname"
 	"github.com/nixpeer/nixpeer/pkg/managedblock"
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 )
 
 // The marker lines, kept under these names for the tests.
@@ -37,13 +37,16 @@ const (
 // Entry is one host key the agent wants root's ssh to trust.
 type Entry struct {
 	// Host is a DNS name (compared and written in lower case) or an IP
-	// address literal. An IPv6 address is given bare, without brackets:
-	// the brackets are added when Port is not 22.
+	// address literal, as hostname.Check accepts it. An IPv6 address is
+	// given bare, without brackets: the brackets are added when Port is
+	// not 22.
 	Host string
 	// Port is the sshd port, 1..65535. Port 22 is written as the bare
 	// host, any other port as "[host]:port", as ssh itself does.
 	Port int
-	// Key is the host's public key. Certificates are refused.
+	// Key is the host's public key: a plain ed25519 key, as everywhere in
+	// nixpeer (sshkeys.AuthorizedLineOf); other types and certificates
+	// are refused.
 	Key ssh.PublicKey
 }
 
@@ -58,11 +61,7 @@ func (e Entry) hostField() string {
 // line is the entry's known_hosts line, without a newline. The entry must
 // have been normalized.
 func (e Entry) line() string {
-	return e.hostField() + " " + keyText(e.Key)
-}
-
-func keyText(k ssh.PublicKey) string {
-	return strings.TrimSuffix(string(ssh.MarshalAuthorizedKey(k)), "\n")
+	return e.hostField() + " " + sshkeys.Key{Public: e.Key}.AuthorizedLine()
 }
 
 // Render returns existing with the managed block set to hold entries.
@@ -119,50 +118,22 @@ func Update(path string, entries []Entry) (changed bool, err error) {
 	})
 }
 
-// parseLine reads one line of the managed block: "HOSTFIELD TYPE BASE64".
+// parseLine reads one line of the managed block: "HOSTFIELD ssh-ed25519
+// BASE64", the key as sshkeys.ParseAuthorizedLine accepts it.
 func parseLine(l string) (Entry, error) {
 	f := strings.Fields(l)
 	if len(f) != 3 {
-		return Entry{}, fmt.Errorf("want \"HOST KEYTYPE BASE64\", got %d fields", len(f))
+		return Entry{}, fmt.Errorf("want \"HOST ssh-ed25519 BASE64\", got %d fields", len(f))
 	}
-	host, port, err := parseHostField(f[0])
+	host, port, err := hostname.ParseWithPort(f[0])
 	if err != nil {
 		return Entry{}, err
 	}
-	key, _, _, rest, err := ssh.ParseAuthorizedKey([]byte(f[1] + " " + f[2]))
+	key, err := sshkeys.ParseAuthorizedLine(f[1] + " " + f[2])
 	if err != nil {
 		return Entry{}, fmt.Errorf("parse key of %q: %w", f[0], err)
 	}
-	if len(rest) != 0 {
-		return Entry{}, fmt.Errorf("parse key of %q: trailing data", f[0])
-	}
 	return Entry{Host: host, Port: port, Key: key}, nil
-}
-
-func parseHostField(f string) (host string, port int, err error) {
-	if !strings.HasPrefix(f, "[") {
-		return f, 22, nil
-	}
-	i := strings.LastIndex(f, "]:")
-	if i < 0 {
-		return "", 0, fmt.Errorf("host %q: want HOST or [HOST]:PORT", f)
-	}
-	port, err = parsePort(f[i+2:])
-	if err != nil {
-		return "", 0, fmt.Errorf("host %q: %w", f, err)
-	}
-	return f[1:i], port, nil
-}
-
-func parsePort(s string) (int, error) {
-	if s == "" || len(s) > 5 || s[0] == '0' || strings.Trim(s, "0123456789") != "" {
-		return 0, fmt.Errorf("port %q is not a number 1..65535", s)
-	}
-	p, _ := strconv.Atoi(s)
-	if p > 65535 {
-		return 0, fmt.Errorf("port %d is out of range 1..65535", p)
-	}
-	return p, nil
 }
 
 // normalize validates entries and returns them in canonical form, sorted
@@ -198,88 +169,18 @@ func compare(a, b Entry) int {
 	)
 }
 
-// normalized checks e and returns it with Host in canonical form.
+// normalized checks e and returns it with Host in canonical form
+// (hostname.Canonical).
 func (e Entry) normalized() (Entry, error) {
-	host, err := CanonicalHost(e.Host)
+	host, err := hostname.Canonical(e.Host)
 	if err != nil {
 		return Entry{}, err
 	}
 	if e.Port < 1 || e.Port > 65535 {
 		return Entry{}, fmt.Errorf("host %s: port %d is out of range 1..65535", host, e.Port)
 	}
-	if err := checkKey(e.Key); err != nil {
+	if _, err := sshkeys.AuthorizedLineOf(e.Key); err != nil {
 		return Entry{}, fmt.Errorf("host %s: %w", host, err)
 	}
 	return Entry{Host: host, Port: e.Port, Key: e.Key}, nil
-}
-
-// CanonicalHost checks that h is a host ssh can be pointed at and that is
-// safe to write into one field of an OpenSSH file (known_hosts, ssh_config),
-// and returns it in canonical form: an IP address literal without brackets
-// or zone (as netip formats it), or a DNS name of letters, digits, inner
-// hyphens and dots (in lower case). So the result never holds a space,
-// comma, quote, newline, bracket or pattern character (*, ?, !), and never
-// starts with '-'.
-func CanonicalHost(h string) (string, error) {
-	if h == "" {
-		return "", errors.New("empty host")
-	}
-	if addr, err := netip.ParseAddr(h); err == nil {
-		if addr.Zone() != "" {
-			return "", fmt.Errorf("host %q: IPv6 zones are not allowed", h)
-		}
-		return addr.String(), nil
-	}
-	if strings.HasPrefix(h, "[") {
-		return "", fmt.Errorf("host %q: give the bare address without brackets; they are added for a port other than 22", h)
-	}
-	name := strings.ToLower(h)
-	if len(name) > 253 {
-		return "", fmt.Errorf("host %q: DNS name longer than 253 bytes", h)
-	}
-	labels := strings.Split(name, ".")
-	for _, l := range labels {
-		if !validLabel(l) {
-			return "", fmt.Errorf("host %q: not an IP address and not a DNS name (labels of 1..63 letters, digits and inner hyphens)", h)
-		}
-	}
-	if strings.Trim(labels[len(labels)-1], "0123456789") == "" {
-		return "", fmt.Errorf("host %q: not an IP address, and a DNS name cannot end in an all-numeric label", h)
-	}
-	return name, nil
-}
-
-func validLabel(l string) bool {
-	if len(l) == 0 || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
-		return false
-	}
-	for i := 0; i < len(l); i++ {
-		c := l[i]
-		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
-
-// checkKey accepts a plain public key whose wire form parses back to the
-// same type, so that its known_hosts text is one line of two fields.
-func checkKey(k ssh.PublicKey) error {
-	if k == nil {
-		return errors.New("no key")
-	}
-	if _, ok := k.(*ssh.Certificate); ok {
-		return errors.New("key is a certificate; known_hosts needs the plain host key")
-	}
-	back, err := ssh.ParsePublicKey(k.Marshal())
-	if err != nil {
-		return fmt.Errorf("key does not parse back from its wire form: %w", err)
-	}
-	if back.Type() != k.Type() || strings.ContainsAny(k.Type(), " \t\r\n,") {
-		return fmt.Errorf("key type %q does not match its wire form", k.Type())
-	}
-	if _, ok := back.(*ssh.Certificate); ok {
-		return errors.New("key is a certificate; known_hosts needs the plain host key")
-	}
-	return nil
 }

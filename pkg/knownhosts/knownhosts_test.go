@@ -19,27 +19,20 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-// Fixed keys, so that expected output can be written down.
+// Fixed keys of types nixpeer refuses, so that expected output can be
+// written down.
 const (
 	ecdsaKeyText = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBOPkVtbGvGtnzk4Ewo/EA320ujCSZr38rbT9+qVGXlYI5gUld+lNRoz7ukMUDSQkjMqLpwC39Mol8lNppRxPAbY="
 	rsaKeyText   = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQDH9QhX4QnUDw7MLhXFkfcaetCpBAFOOq93DM6N1kg5KjGDGwHRUQPi3WlHQ1PiKYlwvIbBmwaE96RmNAlzrdsD7yRKyOwph32oAZN5V0J8xU3aWL6OXGDbQDZulEzbqft1IRYbq6UzErieY2PipNOb+lFgQrEb/paL+Ptx2LBCRYqus0Kr1HVyZvSTo2hNk4D/baM6FrqoYRev5963Lf0G/vim9NFpmvfS5GeKEeX5M20O5oKLCO42KDUzdvjaj9Abx0UIekVX+lkjc3W8OKkH5DBQ+4wI32BUuQLfy5DnF7cm0Su/scsnVEbPnsjHm+Hy7a2wd5LGHpUbYeSQBjZx"
 )
 
-// testKeys returns a few public keys: ed25519 keys from fixed seeds, then
-// one ECDSA and one RSA key.
+// testKeys returns a few ed25519 public keys from fixed seeds.
 func testKeys(t testing.TB) []ssh.PublicKey {
 	t.Helper()
 	var keys []ssh.PublicKey
-	for i := range 3 {
+	for i := range 5 {
 		priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{byte(i + 1)}, ed25519.SeedSize))
 		pub, err := ssh.NewPublicKey(priv.Public())
-		if err != nil {
-			t.Fatal(err)
-		}
-		keys = append(keys, pub)
-	}
-	for _, s := range []string{ecdsaKeyText, rsaKeyText} {
-		pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(s))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -48,7 +41,19 @@ func testKeys(t testing.TB) []ssh.PublicKey {
 	return keys
 }
 
-func text(k ssh.PublicKey) string { return keyText(k) }
+// parseKey parses a key of any type from its authorized_keys text.
+func parseKey(t testing.TB, s string) ssh.PublicKey {
+	t.Helper()
+	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub
+}
+
+func text(k ssh.PublicKey) string {
+	return strings.TrimSuffix(string(ssh.MarshalAuthorizedKey(k)), "\n")
+}
 
 func lines(es []Entry) []string {
 	var out []string
@@ -60,13 +65,13 @@ func lines(es []Entry) []string {
 
 func TestRender(t *testing.T) {
 	k := testKeys(t)
-	ed0, ed1, ec := text(k[0]), text(k[1]), text(k[3])
+	ed0, ed1, ed3 := text(k[0]), text(k[1]), text(k[3])
 	block := func(ls ...string) string {
 		return beginLine + "\n" + strings.Join(ls, "\n") + "\n" + endLine + "\n"
 	}
 	user := "# my hosts\r\n" +
 		"|1|F1E1KeoE/eEWhi10WpGv4OdiO6Y=|3988QV0VE8wmZL7suNrYQLITLCg= ssh-ed25519 AAAAC3Nz\n" +
-		"@cert-authority *.example.com " + ec + "\n" +
+		"@cert-authority *.example.com " + ecdsaKeyText + "\n" +
 		"@revoked * " + ed1 + "\n" +
 		"\n" +
 		"old.example.com " + ed0 + "   \t\n" +
@@ -130,7 +135,7 @@ func TestRender(t *testing.T) {
 			},
 			want: block(
 				"127.0.0.2 "+ed0,
-				"127.0.0.2 "+ec,
+				"127.0.0.2 "+ed3,
 				"2001:db8::1 "+ed1,
 				"[::1]:2222 "+ed0,
 				"[stage.example.com]:2222 "+ed0,
@@ -203,28 +208,32 @@ func TestRenderRejectsBadEntries(t *testing.T) {
 		e    Entry
 		want string
 	}{
-		{"empty host", Entry{Host: "", Port: 22, Key: k[0]}, "empty host"},
-		{"space", Entry{Host: "a b", Port: 22, Key: k[0]}, "not an IP address"},
-		{"comma", Entry{Host: "a,b", Port: 22, Key: k[0]}, "not an IP address"},
-		{"newline", Entry{Host: "a\nb", Port: 22, Key: k[0]}, "not an IP address"},
-		{"trailing newline", Entry{Host: "a.example\n", Port: 22, Key: k[0]}, "not an IP address"},
-		{"wildcard", Entry{Host: "*.example.com", Port: 22, Key: k[0]}, "not an IP address"},
-		{"negation", Entry{Host: "!a", Port: 22, Key: k[0]}, "not an IP address"},
-		{"hashed", Entry{Host: "|1|abc=|def=", Port: 22, Key: k[0]}, "not an IP address"},
-		{"underscore", Entry{Host: "a_b.example", Port: 22, Key: k[0]}, "not an IP address"},
-		{"empty label", Entry{Host: "a..example", Port: 22, Key: k[0]}, "not an IP address"},
-		{"trailing dot", Entry{Host: "a.example.", Port: 22, Key: k[0]}, "not an IP address"},
-		{"leading hyphen", Entry{Host: "-a.example", Port: 22, Key: k[0]}, "not an IP address"},
-		{"long label", Entry{Host: strings.Repeat("a", 64) + ".example", Port: 22, Key: k[0]}, "not an IP address"},
-		{"long name", Entry{Host: strings.Repeat("a.", 127) + "ab", Port: 22, Key: k[0]}, "longer than 253"},
-		{"numeric tld", Entry{Host: "1.2.3", Port: 22, Key: k[0]}, "all-numeric"},
-		{"bad ipv4", Entry{Host: "1.2.3.256", Port: 22, Key: k[0]}, "all-numeric"},
-		{"bracketed ipv6", Entry{Host: "[::1]", Port: 22, Key: k[0]}, "without brackets"},
-		{"bracketed ipv6 with port", Entry{Host: "[::1]:2222", Port: 2222, Key: k[0]}, "without brackets"},
-		{"ipv6 zone", Entry{Host: "fe80::1%eth0", Port: 22, Key: k[0]}, "zones"},
+		{"empty host", Entry{Host: "", Port: 22, Key: k[0]}, `host "" is empty`},
+		{"space", Entry{Host: "a b", Port: 22, Key: k[0]}, `host "a b" contains a space`},
+		{"comma", Entry{Host: "a,b", Port: 22, Key: k[0]}, "contains ','"},
+		{"newline", Entry{Host: "a\nb", Port: 22, Key: k[0]}, `contains '\n'`},
+		{"trailing newline", Entry{Host: "a.example\n", Port: 22, Key: k[0]}, `contains '\n'`},
+		{"wildcard", Entry{Host: "*.example.com", Port: 22, Key: k[0]}, "contains '*'"},
+		{"negation", Entry{Host: "!a", Port: 22, Key: k[0]}, "contains '!'"},
+		{"hashed", Entry{Host: "|1|abc=|def=", Port: 22, Key: k[0]}, "contains '|'"},
+		{"underscore", Entry{Host: "a_b.example", Port: 22, Key: k[0]}, "contains '_'"},
+		{"empty label", Entry{Host: "a..example", Port: 22, Key: k[0]}, "empty label"},
+		{"trailing dot", Entry{Host: "a.example.", Port: 22, Key: k[0]}, "remove the trailing dot"},
+		{"leading hyphen", Entry{Host: "-a.example", Port: 22, Key: k[0]}, "starts or ends with '-'"},
+		{"long label", Entry{Host: strings.Repeat("a", 64) + ".example", Port: 22, Key: k[0]}, "label of 64 characters"},
+		{"long name", Entry{Host: strings.Repeat("a.", 127) + "ab", Port: 22, Key: k[0]}, "256 characters long; the limit is 253"},
+		{"numeric tld", Entry{Host: "1.2.3", Port: 22, Key: k[0]}, "looks like an IPv4 address but is not one"},
+		{"bad ipv4", Entry{Host: "1.2.3.256", Port: 22, Key: k[0]}, "looks like an IPv4 address but is not one"},
+		{"bracketed ipv6", Entry{Host: "[::1]", Port: 22, Key: k[0]}, "without [ ]"},
+		{"bracketed ipv6 with port", Entry{Host: "[::1]:2222", Port: 2222, Key: k[0]}, "without [ ]"},
+		{"ipv4-mapped ipv6", Entry{Host: "::ffff:10.0.0.1", Port: 22, Key: k[0]}, "IPv4-mapped"},
+		{"non-ASCII that lowercases to ASCII", Entry{Host: "\u212a.example", Port: 22, Key: k[0]}, "contains"},
+		{"ipv6 zone", Entry{Host: "fe80::1%eth0", Port: 22, Key: k[0]}, "IPv6 zone"},
 		{"port 0", Entry{Host: "a.example", Port: 0, Key: k[0]}, "port 0 is out of range"},
 		{"port 65536", Entry{Host: "a.example", Port: 65536, Key: k[0]}, "port 65536 is out of range"},
-		{"nil key", Entry{Host: "a.example", Port: 22}, "no key"},
+		{"nil key", Entry{Host: "a.example", Port: 22}, "public key is missing"},
+		{"ecdsa key", Entry{Host: "a.example", Port: 22, Key: parseKey(t, ecdsaKeyText)}, `has key type "ecdsa-sha2-nistp256"; want ssh-ed25519`},
+		{"rsa key", Entry{Host: "a.example", Port: 22, Key: parseKey(t, rsaKeyText)}, `has key type "ssh-rsa"; want ssh-ed25519`},
 		{"certificate", Entry{Host: "a.example", Port: 22, Key: cert}, "certificate"},
 	}
 	for _, tt := range tests {
@@ -272,6 +281,8 @@ func TestManaged(t *testing.T) {
 		"[h.example] " + ed0,
 		"h.example ssh-ed25519 AAAA",
 		"h.example ssh-rsa " + strings.Fields(ed0)[1],
+		"h.example " + ecdsaKeyText,
+		"h.example " + rsaKeyText,
 	} {
 		_, err := Managed([]byte("x\n" + beginLine + "\n" + bad + "\n" + endLine + "\n"))
 		if err == nil || !strings.Contains(err.Error(), "line 3") {

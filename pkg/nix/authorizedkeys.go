@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 )
 
 // authorizedKeysHeader starts the managed authorized_keys file.
@@ -25,7 +27,7 @@ func RenderAuthorizedKeys(protocol string, keys []ssh.PublicKey) ([]byte, error)
 	}
 	lines := make([]string, 0, len(keys))
 	for i, k := range keys {
-		line, err := sshKeyLine(k)
+		line, err := sshkeys.AuthorizedLineOf(k)
 		if err != nil {
 			return nil, fmt.Errorf("render authorized_keys: key %d: %w", i, err)
 		}

@@ -56,7 +56,7 @@ func EnsureCacheKey(dir, name string) (PublicKey, Result, error) {
 		if err != nil {
 			return PublicKey{}, res, err
 		}
-		if err := createExclusive(secretPath, sk.Encode(), 0o600); err != nil {
+		if err := atomicfile.CreateExclusive(secretPath, sk.Encode(), 0o600); err != nil {
 			return PublicKey{}, res, fmt.Errorf("write new cache signing key: %w", err)
 		}
 		res.Created = true

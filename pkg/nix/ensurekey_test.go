@@ -151,23 +151,6 @@ func TestEnsureCacheKeyRefusesDamagedSecret(t *testing.T) {
 	})
 }
 
-func TestCreateExclusiveNeverReplaces(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "f")
-	if err := os.WriteFile(p, []byte("first"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := createExclusive(p, []byte("second"), 0o600); err == nil {
-		t.Fatal("createExclusive replaced an existing file")
-	}
-	if b, _ := os.ReadFile(p); string(b) != "first" {
-		t.Fatalf("content = %q, want first", b)
-	}
-	entries, _ := os.ReadDir(filepath.Dir(p))
-	if len(entries) != 1 {
-		t.Fatalf("%d entries left, want no temporary file", len(entries))
-	}
-}
-
 func assertMode(t *testing.T, path string, want os.FileMode) {
 	t.Helper()
 	st, err := os.Stat(path)

@@ -8,6 +8,9 @@ import (
 	"strings"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/hostname"
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 )
 
 // ModuleSettings are what the managed NixOS module (/etc/nixos/nixpeer.nix)
@@ -39,7 +42,8 @@ type ModuleSettings struct {
 type KnownHost struct {
 	// Name is the attribute name, [A-Za-z0-9][A-Za-z0-9._-]*.
 	Name string
-	// HostNames are host names or addresses, or [HOST]:PORT.
+	// HostNames are host names or addresses, or [HOST]:PORT
+	// (hostname.ParseWithPort).
 	HostNames []string
 	// PublicKey is the host's ed25519 key.
 	PublicKey ssh.PublicKey
@@ -149,11 +153,11 @@ func writeKnownHost(b *strings.Builder, h KnownHost) error {
 		return fmt.Errorf("known host %s has no host names", h.Name)
 	}
 	for _, n := range h.HostNames {
-		if err := validateKnownHostName(n); err != nil {
+		if _, _, err := hostname.ParseWithPort(n); err != nil {
 			return fmt.Errorf("known host %s: %w", h.Name, err)
 		}
 	}
-	key, err := sshKeyLine(h.PublicKey)
+	key, err := sshkeys.AuthorizedLineOf(h.PublicKey)
 	if err != nil {
 		return fmt.Errorf("known host %s: %w", h.Name, err)
 	}
@@ -168,7 +172,7 @@ func writeKnownHost(b *strings.Builder, h KnownHost) error {
 func keyLines(keys []ssh.PublicKey) ([]string, error) {
 	lines := make([]string, 0, len(keys))
 	for i, k := range keys {
-		line, err := sshKeyLine(k)
+		line, err := sshkeys.AuthorizedLineOf(k)
 		if err != nil {
 			return nil, fmt.Errorf("key %d: %w", i, err)
 		}

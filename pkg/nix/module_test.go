@@ -119,7 +119,7 @@ func TestRenderModuleRefusesHostileValues(t *testing.T) {
 		{"protocol with quote", ModuleSettings{Serve: true, Protocol: `ssh"; evil = true; x = "`}, "protocol"},
 		{"protocol without serve", ModuleSettings{Protocol: "ssh"}, "Serve is not"},
 		{"keys without serve", ModuleSettings{ServeKeys: []ssh.PublicKey{a}}, "Serve is not"},
-		{"ecdsa client key", ModuleSettings{Serve: true, Protocol: "ssh", ServeKeys: []ssh.PublicKey{testECDSAKey(t)}}, "only ssh-ed25519"},
+		{"ecdsa client key", ModuleSettings{Serve: true, Protocol: "ssh", ServeKeys: []ssh.PublicKey{testECDSAKey(t)}}, `has key type "ecdsa-sha2-nistp256"; want ssh-ed25519`},
 		{"interpolation in key file", ModuleSettings{SecretKeyFiles: []string{"/k${builtins.abort \"x\"}"}}, "character"},
 		{"newline in key file", ModuleSettings{SecretKeyFiles: []string{"/k\n"}}, "character"},
 		{"quote in substituter", ModuleSettings{Substituters: []string{`ssh://nix-ssh@h"];evil=["`}}, "forbidden character"},
@@ -130,6 +130,7 @@ func TestRenderModuleRefusesHostileValues(t *testing.T) {
 		{"newline in host name", ModuleSettings{KnownHosts: []KnownHost{{Name: "a", HostNames: []string{"h\nx"}, PublicKey: hk}}}, "host"},
 		{"no host names", ModuleSettings{KnownHosts: []KnownHost{{Name: "a", PublicKey: hk}}}, "no host names"},
 		{"bad port", ModuleSettings{KnownHosts: []KnownHost{{Name: "a", HostNames: []string{"[h]:0"}, PublicKey: hk}}}, "port"},
+		{"bracketed host without port", ModuleSettings{KnownHosts: []KnownHost{{Name: "a", HostNames: []string{"[h]"}, PublicKey: hk}}}, "neither HOST nor [HOST]:PORT"},
 		{"no host key", ModuleSettings{KnownHosts: []KnownHost{{Name: "a", HostNames: []string{"h"}}}}, "missing"},
 		{"duplicate known host", ModuleSettings{KnownHosts: []KnownHost{
 			{Name: "a", HostNames: []string{"h"}, PublicKey: hk}, {Name: "a", HostNames: []string{"i"}, PublicKey: hk},

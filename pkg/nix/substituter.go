@@ -9,6 +9,9 @@ import (
 	"strings"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/hostname"
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 )
 
 // sshServeUser is the account nix.sshServe creates on a serving host.
@@ -34,7 +37,7 @@ func SubstituterURL(protocol, address string, sshPort int, clientKeyPath string,
 	if _, err := validateProtocol(protocol); err != nil {
 		return "", fmt.Errorf("substituter URL: %w", err)
 	}
-	kind, err := validateHost(address)
+	kind, err := hostname.Check(address)
 	if err != nil {
 		return "", fmt.Errorf("substituter URL: %w", err)
 	}
@@ -44,12 +47,12 @@ func SubstituterURL(protocol, address string, sshPort int, clientKeyPath string,
 	if err := ValidatePath(clientKeyPath); err != nil {
 		return "", fmt.Errorf("substituter URL for %s: client key: %w", address, err)
 	}
-	line, err := sshKeyLine(hostKey)
+	line, err := sshkeys.AuthorizedLineOf(hostKey)
 	if err != nil {
 		return "", fmt.Errorf("substituter URL for %s: host key: %w", address, err)
 	}
 	host := address
-	if kind == hostIPv6 {
+	if kind == hostname.IPv6 {
 		host = "[" + address + "]"
 	}
 	u := protocol + "://" + sshServeUser + "@" + host +
@@ -139,11 +142,11 @@ func validateURLHost(host string) error {
 		if !strings.HasSuffix(host, "]") {
 			return fmt.Errorf("host %q: text after the IPv6 address (a port is not supported before Nix 2.31; use ssh_config)", host)
 		}
-		kind, err := validateHost(host[1 : len(host)-1])
+		kind, err := hostname.Check(host[1 : len(host)-1])
 		if err != nil {
 			return err
 		}
-		if kind != hostIPv6 {
+		if kind != hostname.IPv6 {
 			return fmt.Errorf("host %q: only an IPv6 address goes in brackets", host)
 		}
 		return nil
@@ -151,7 +154,7 @@ func validateURLHost(host string) error {
 	if strings.Contains(host, ":") {
 		return fmt.Errorf("host %q has a port or is an IPv6 address without brackets (a port is not supported before Nix 2.31; use ssh_config)", host)
 	}
-	_, err := validateHost(host)
+	_, err := hostname.Check(host)
 	return err
 }
 
@@ -193,7 +196,7 @@ func validateParam(k, val string) error {
 		if err != nil {
 			return fmt.Errorf("query parameter %s: invalid base64: %w", k, err)
 		}
-		if _, err := parseSSHKeyLine(string(line)); err != nil {
+		if _, err := sshkeys.ParseAuthorizedLine(string(line)); err != nil {
 			return fmt.Errorf("query parameter %s: %w", k, err)
 		}
 	case "priority", "max-connections":

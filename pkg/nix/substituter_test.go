@@ -39,10 +39,12 @@ func TestSubstituterURLRefuses(t *testing.T) {
 		want                          string
 	}{
 		{"protocol", "http", "h", "/k", 22, "protocol"},
-		{"empty address", "ssh", "", "/k", 22, "host is empty"},
-		{"address with port", "ssh", "h:22", "/k", 22, "neither"},
-		{"address with user", "ssh", "root@h", "/k", 22, "neither"},
-		{"address with space", "ssh", "h x", "/k", 22, "neither"},
+		{"empty address", "ssh", "", "/k", 22, `host "" is empty`},
+		{"address with port", "ssh", "h:22", "/k", 22, `host "h:22" includes a port`},
+		{"address with user", "ssh", "root@h", "/k", 22, "without a user name"},
+		{"address with space", "ssh", "h x", "/k", 22, `host "h x" contains a space`},
+		{"address not quite IPv4", "ssh", "10.0.0.256", "/k", 22, "looks like an IPv4 address"},
+		{"address IPv4-mapped", "ssh", "::ffff:10.0.0.2", "/k", 22, "IPv4-mapped"},
 		{"zone", "ssh", "fe80::1%eth0", "/k", 22, "zone"},
 		{"port 0", "ssh", "h", "/k", 0, "port"},
 		{"port too big", "ssh", "h", "/k", 65536, "port"},
@@ -97,6 +99,7 @@ func TestValidateSubstituter(t *testing.T) {
 		"ssh://nix-ssh@h?base64-ssh-public-host-key=" + base64.StdEncoding.EncodeToString([]byte(testSSHKeyLine(hk)+" comment")),
 		"ssh://nix-ssh@h #x", "ssh://nix-ssh@h\nsubstituters = x", `ssh://nix-ssh@h"`, "ssh://nix-ssh@h${x}",
 		"ssh://nix-ssh@h#frag", "ssh://nix-ssh@h?ssh-key=/k;rm",
+		"ssh://nix-ssh@10.0.0.256", "ssh://nix-ssh@[::ffff:10.0.0.1]", "ssh://nix-ssh@h.",
 	} {
 		if err := ValidateSubstituter(bad); err == nil {
 			t.Errorf("ValidateSubstituter(%q) accepted it", bad)

@@ -1,15 +1,10 @@
 package nix
 
 import (
-	"encoding/base64"
 	"errors"
 	"fmt"
-	"net/netip"
 	"path"
-	"strconv"
 	"strings"
-
-	"golang.org/x/crypto/ssh"
 )
 
 // maxPathLen bounds the paths accepted in rendered files.
@@ -40,49 +35,6 @@ func ValidatePath(p string) error {
 	return nil
 }
 
-// sshKeyLine returns "ssh-ed25519 BASE64" for an ed25519 ssh public key and
-// refuses every other key type (certificates included).
-func sshKeyLine(k ssh.PublicKey) (string, error) {
-	if k == nil {
-		return "", errors.New("ssh public key is missing")
-	}
-	// Parse the wire form again: k may be any implementation of the
-	// interface, and only what parses as a plain ed25519 key is accepted.
-	parsed, err := ssh.ParsePublicKey(k.Marshal())
-	if err != nil {
-		return "", fmt.Errorf("ssh public key does not parse: %w", err)
-	}
-	if parsed.Type() != ssh.KeyAlgoED25519 {
-		return "", fmt.Errorf("ssh public key has type %s, only %s is accepted", parsed.Type(), ssh.KeyAlgoED25519)
-	}
-	return parsed.Type() + " " + base64.StdEncoding.EncodeToString(parsed.Marshal()), nil
-}
-
-// parseSSHKeyLine parses "ssh-ed25519 BASE64" exactly: no options, no
-// comment, no other whitespace, an ed25519 key in canonical base64.
-func parseSSHKeyLine(line string) (ssh.PublicKey, error) {
-	typ, b64, ok := strings.Cut(line, " ")
-	if !ok || typ != ssh.KeyAlgoED25519 {
-		return nil, fmt.Errorf("ssh public key %q is not of the form \"ssh-ed25519 BASE64\"", line)
-	}
-	raw, err := base64.StdEncoding.Strict().DecodeString(b64)
-	if err != nil {
-		return nil, fmt.Errorf("ssh public key %q: invalid base64: %w", line, err)
-	}
-	k, err := ssh.ParsePublicKey(raw)
-	if err != nil {
-		return nil, fmt.Errorf("ssh public key %q: %w", line, err)
-	}
-	canon, err := sshKeyLine(k)
-	if err != nil {
-		return nil, err
-	}
-	if canon != line {
-		return nil, fmt.Errorf("ssh public key %q is not in canonical form", line)
-	}
-	return k, nil
-}
-
 // validateTrustedKey checks a trusted-public-keys entry: a valid cache
 // public key in canonical form.
 func validateTrustedKey(s string) error {
@@ -92,70 +44,6 @@ func validateTrustedKey(s string) error {
 	}
 	if k.String() != s {
 		return fmt.Errorf("trusted public key %q is not in canonical form NAME:BASE64", s)
-	}
-	return nil
-}
-
-// hostKind tells what validateHost found.
-type hostKind int
-
-const (
-	hostName hostKind = iota
-	hostIPv4
-	hostIPv6
-)
-
-// validateHost checks a DNS host name (letters, digits, hyphens, dots,
-// labels of 1-63 bytes) or an IPv4 or IPv6 address without a zone.
-func validateHost(h string) (hostKind, error) {
-	if h == "" {
-		return 0, errors.New("host is empty")
-	}
-	if a, err := netip.ParseAddr(h); err == nil {
-		switch {
-		case a.Zone() != "":
-			return 0, fmt.Errorf("address %q has a zone, which is not supported", h)
-		case a.Is4():
-			return hostIPv4, nil
-		default:
-			return hostIPv6, nil
-		}
-	}
-	if len(h) > 253 {
-		return 0, fmt.Errorf("host name is %d bytes long, longer than 253", len(h))
-	}
-	for _, label := range strings.Split(h, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return 0, fmt.Errorf("host %q is neither an IP address nor a valid host name", h)
-		}
-		for i := 0; i < len(label); i++ {
-			if c := label[i]; !isAlnum(c) && c != '-' {
-				return 0, fmt.Errorf("host %q is neither an IP address nor a valid host name", h)
-			}
-		}
-	}
-	return hostName, nil
-}
-
-// validateKnownHostName checks one entry of a known_hosts host list: a host
-// name or address, or [HOST]:PORT for a server on another port than 22.
-func validateKnownHostName(h string) error {
-	if strings.HasPrefix(h, "[") {
-		end := strings.Index(h, "]:")
-		if end < 0 {
-			return fmt.Errorf("known host %q: want HOST or [HOST]:PORT", h)
-		}
-		if _, err := validateHost(h[1:end]); err != nil {
-			return fmt.Errorf("known host %q: %w", h, err)
-		}
-		port := h[end+2:]
-		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != port {
-			return fmt.Errorf("known host %q: port %q is not a number from 1 to 65535", h, port)
-		}
-		return nil
-	}
-	if _, err := validateHost(h); err != nil {
-		return fmt.Errorf("known host: %w", err)
 	}
 	return nil
 }

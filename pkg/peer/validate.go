@@ -4,39 +4,35 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"net/netip"
 	"regexp"
 	"strings"
 
-	"golang.org/x/crypto/ssh"
+	"github.com/nixpeer/nixpeer/pkg/hostname"
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 )
 
 // Limits on a document's values.
 const (
-	maxListLen    = 256 // hostKeys, authorized
-	maxNameLen    = 63  // a DNS label
-	maxAddressLen = 253 // a DNS name
-	maxKeyLineLen = 128 // "ssh-ed25519 " + 68 characters of base64
-	maxCacheKey   = 300 // NAME (up to 255) + ":" + 44
+	maxListLen  = 256 // hostKeys, authorized
+	maxCacheKey = 300 // NAME (up to 255) + ":" + 44
 )
 
 // The value patterns. A value that matches holds no quote, backslash,
 // white space, '$' or '{', so known_hosts, authorized_keys and nix.conf
 // need no quoting for it.
 var (
-	labelRE       = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-	dnsLabelRE    = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
 	cacheKeyRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*:[A-Za-z0-9+/]{43}=$`)
 	fingerprintRE = regexp.MustCompile(`^SHA256:[A-Za-z0-9+/]{43}$`)
 	nixKeyShapeRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*:([A-Za-z0-9+/]+={0,2})$`)
 )
 
 // Validate reports the first problem of f, or nil when every value is
-// well formed: the version is FactsVersion; name is a lowercase DNS label;
-// address a DNS name or an IP address (no port, brackets or zone);
-// generations are not negative; hostKeys (1 to 256, no duplicates) and a
-// non-empty clientKey are "ssh-ed25519 BASE64" lines with canonical
-// base64 and no comment; serve's protocol is "ssh" or "ssh-ng", its
+// well formed: the version is FactsVersion; name is a lowercase DNS label
+// (hostname.CheckLabel); address a DNS name or an IP address, without
+// port, brackets or zone (hostname.Check); generations are not negative;
+// hostKeys (1 to 256, no duplicates) and a non-empty clientKey are
+// "ssh-ed25519 BASE64" lines with canonical base64 and no comment
+// (sshkeys.ParseAuthorizedLine); serve's protocol is "ssh" or "ssh-ng", its
 // cacheKey is NAME:BASE64 of a 32-byte key, and its authorized list (up to
 // 256, no duplicates) names hosts by DNS label and keys by SHA256
 // fingerprint. A value holding private key material is refused without
@@ -137,67 +133,39 @@ func noPrivate(f Facts) error {
 	return nil
 }
 
+// checkLabel accepts a host name: one lowercase DNS label
+// (hostname.CheckLabel).
 func checkLabel(what, s string) error {
-	if !labelRE.MatchString(s) {
-		return fmt.Errorf("%s %s is not a host name (a DNS label: 1 to %d of a-z, 0-9 and '-', not starting or ending with '-')", what, quoteShort(s), maxNameLen)
+	if err := hostname.CheckLabel(s); err != nil {
+		return fmt.Errorf("%s %s %s", what, quoteShort(s), hostReason(err))
 	}
 	return nil
 }
 
 // checkAddress accepts a DNS name, an IPv4 address, or an IPv6 address
-// without brackets or zone.
+// without brackets or zone (hostname.Check).
 func checkAddress(s string) error {
-	bad := func(why string) error { return fmt.Errorf("address %s %s", quoteShort(s), why) }
-	switch {
-	case s == "":
-		return bad("is empty")
-	case len(s) > maxAddressLen:
-		return bad(fmt.Sprintf("is longer than %d characters", maxAddressLen))
-	case strings.Contains(s, ":"):
-		a, err := netip.ParseAddr(s)
-		if err != nil || !a.Is6() || a.Zone() != "" || a.Is4In6() {
-			return bad("is not a DNS name, an IPv4 address or an IPv6 address without brackets, zone or port")
-		}
-		return nil
-	}
-	labels := strings.Split(s, ".")
-	for _, l := range labels {
-		if !dnsLabelRE.MatchString(l) {
-			return bad("is not a DNS name or an IP address")
-		}
-	}
-	if last := labels[len(labels)-1]; strings.Trim(last, "0123456789") == "" {
-		if a, err := netip.ParseAddr(s); err != nil || !a.Is4() {
-			return bad("looks like an IPv4 address but is not one")
-		}
+	if _, err := hostname.Check(s); err != nil {
+		return fmt.Errorf("address %s %s", quoteShort(s), hostReason(err))
 	}
 	return nil
 }
 
+// hostReason is what a hostname error says is wrong, without the value,
+// which the caller quotes with quoteShort.
+func hostReason(err error) string {
+	if e := (*hostname.Error)(nil); errors.As(err, &e) {
+		return e.Reason
+	}
+	return "is not valid"
+}
+
 // checkKeyLine accepts exactly "ssh-ed25519 BASE64": one ed25519 public
-// key in canonical padded base64, no comment. It never quotes s.
+// key in canonical padded base64, no comment (sshkeys.ParseAuthorizedLine,
+// whose errors quote no more of s than a short key type).
 func checkKeyLine(what, s string) error {
-	if len(s) > maxKeyLineLen {
-		return fmt.Errorf("%s is %d characters long; an ed25519 key line is 80", what, len(s))
-	}
-	typ, b64, ok := strings.Cut(s, " ")
-	if !ok || typ != ssh.KeyAlgoED25519 || strings.ContainsAny(b64, " \t\r\n") {
-		return fmt.Errorf("%s is not an \"ssh-ed25519 BASE64\" line without comment", what)
-	}
-	blob, err := base64.StdEncoding.Strict().DecodeString(b64)
-	if err != nil || base64.StdEncoding.EncodeToString(blob) != b64 {
-		return fmt.Errorf("%s does not hold canonical base64", what)
-	}
-	pub, comment, _, rest, err := ssh.ParseAuthorizedKey([]byte(s))
-	switch {
-	case err != nil:
-		return fmt.Errorf("%s is not a valid public key: %v", what, err)
-	case comment != "" || len(rest) != 0:
-		return fmt.Errorf("%s has a comment or more; want \"ssh-ed25519 BASE64\" only", what)
-	case pub.Type() != ssh.KeyAlgoED25519:
-		return fmt.Errorf("%s holds a %s key although it says ssh-ed25519", what, pub.Type())
-	case base64.StdEncoding.EncodeToString(pub.Marshal()) != b64:
-		return fmt.Errorf("%s is not in canonical form", what)
+	if _, err := sshkeys.ParseAuthorizedLine(s); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }

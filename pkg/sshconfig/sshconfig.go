@@ -33,19 +33,18 @@ import (
 	"slices"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
-	"github.com/nixpeer/nixpeer/pkg/knownhosts"
+	"github.com/nixpeer/nixpeer/pkg/hostname"
 	"github.com/nixpeer/nixpeer/pkg/managedblock"
 )
 
 // Peer is one host root's ssh reaches for a substituter.
 type Peer struct {
 	// Address is a DNS name or an IP address literal, without brackets or
-	// zone, as knownhosts.CanonicalHost accepts it, and in ASCII. It is
-	// written exactly as given, because ssh matches a Host line against
-	// the host as typed, case and all: give it in the very form the
-	// substituter URL uses.
+	// zone, as hostname.Check accepts it (so in ASCII). It is written
+	// exactly as given, because ssh matches a Host line against the host
+	// as typed, case and all: give it in the very form the substituter
+	// URL uses.
 	Address string
 	// Port is the sshd port, 1..65535. Port 22 writes no Port line, so an
 	// option the user's own file sets for all hosts still applies.
@@ -134,15 +133,10 @@ func normalize(peers []Peer) ([]peer, error) {
 
 // normalized checks p and returns it in the form it is written.
 func (p Peer) normalized() (peer, error) {
-	if _, err := knownhosts.CanonicalHost(p.Address); err != nil {
+	if _, err := hostname.Check(p.Address); err != nil {
 		return peer{}, err
 	}
 	addr := p.Address
-	for i := 0; i < len(addr); i++ {
-		if addr[i] >= utf8.RuneSelf {
-			return peer{}, fmt.Errorf("host %q: not ASCII", addr)
-		}
-	}
 	if p.Port < 1 || p.Port > 65535 {
 		return peer{}, fmt.Errorf("host %s: port %d is out of range 1..65535", addr, p.Port)
 	}

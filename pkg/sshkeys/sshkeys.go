@@ -18,7 +18,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
@@ -170,40 +169,107 @@ func Inspect(what, path string) (Key, Inspection, error) {
 	return k, in, nil
 }
 
+// maxLineLen bounds a public key line: "ssh-ed25519 BASE64" is 80
+// characters, the rest is room for a comment.
+const maxLineLen = 1024
+
+// A LineError says why ParsePublicLine, ParseAuthorizedLine or
+// AuthorizedLineOf refused a key. Its Reason is worded to follow the name
+// of the value, so that a caller can name the value its own way:
+// "hostKey " + Reason reads as a sentence. It holds no key material but,
+// at most, a short key type.
+type LineError struct {
+	Reason string
+}
+
+func (e *LineError) Error() string { return "public key " + e.Reason }
+
+func lineError(format string, args ...any) error {
+	return &LineError{Reason: fmt.Sprintf(format, args...)}
+}
+
 // ParsePublicLine parses one public key line strictly: exactly
-// "ssh-ed25519 BASE64" or "ssh-ed25519 BASE64 COMMENT", fields separated by
-// one space, no other whitespace, canonical padded base64 holding exactly
-// one ed25519 key, and a comment of letters, digits and "@._+-" only. The
-// comment is dropped.
+// "ssh-ed25519 BASE64" or "ssh-ed25519 BASE64 COMMENT", at most 1024
+// characters, fields separated by one space, no other whitespace,
+// canonical padded base64 holding exactly one ed25519 key, and a comment of
+// letters, digits and "@._+-" only. The comment is dropped. It is the one
+// parser of key lines in nixpeer: the desired-state file's hostKey and
+// clientKey, the keys of a peer's facts, and every key nixpeer writes into
+// known_hosts, authorized_keys, a substituter URL or the NixOS module go
+// through it (a .pub file, which may hold any comment, is read with
+// parsePubFile). A refusal is a *LineError.
 func ParsePublicLine(s string) (ssh.PublicKey, error) {
-	if strings.ContainsAny(s, "\r\n") {
-		return nil, errors.New("public key line: holds a line break; want one line")
+	const form = "want \"ssh-ed25519 BASE64 [COMMENT]\" separated by single spaces"
+	switch {
+	case s == "":
+		return nil, lineError("is empty")
+	case len(s) > maxLineLen:
+		return nil, lineError("is %d characters long; an ed25519 key line is 80, and %d at most with a comment", len(s), maxLineLen)
+	case strings.ContainsAny(s, "\r\n"):
+		return nil, lineError("holds a line break; want one line")
 	}
-	f := strings.Split(s, " ")
-	if slices.Contains(f, "") {
-		return nil, errors.New("public key line: empty field; want \"ssh-ed25519 BASE64 [COMMENT]\" separated by single spaces")
+	typ, rest, ok := strings.Cut(s, " ")
+	b64, comment, hasComment := strings.Cut(rest, " ")
+	switch {
+	case !ok:
+		return nil, lineError("has one field only; %s", form)
+	case typ == "":
+		return nil, lineError("starts with a space; %s", form)
+	case b64 == "":
+		return nil, lineError("has two spaces in a row; %s", form)
+	case typ != ssh.KeyAlgoED25519:
+		return nil, lineError("has key type %s; want ssh-ed25519", quoteShort(typ))
 	}
-	if len(f) < 2 || len(f) > 3 {
-		return nil, fmt.Errorf("public key line: want \"ssh-ed25519 BASE64 [COMMENT]\" separated by single spaces, got %d fields", len(f))
-	}
-	if f[0] != ssh.KeyAlgoED25519 {
-		return nil, fmt.Errorf("public key line: key type %s; want ssh-ed25519", quoteShort(f[0]))
-	}
-	raw, err := base64.StdEncoding.Strict().DecodeString(f[1])
-	if err != nil || base64.StdEncoding.EncodeToString(raw) != f[1] {
-		return nil, errors.New("public key line: key is not canonical base64")
+	raw, err := base64.StdEncoding.Strict().DecodeString(b64)
+	if err != nil || base64.StdEncoding.EncodeToString(raw) != b64 {
+		return nil, lineError("has a key that is not canonical base64")
 	}
 	pub, err := ssh.ParsePublicKey(raw)
-	if err != nil {
-		return nil, fmt.Errorf("public key line: decode key: %w", err)
-	}
-	if pub.Type() != ssh.KeyAlgoED25519 {
-		return nil, fmt.Errorf("public key line: encoded key is %s, not ssh-ed25519", quoteShort(pub.Type()))
-	}
-	if len(f) == 3 && !validComment(f[2]) {
-		return nil, errors.New("public key line: comment is empty or holds characters other than letters, digits and @._+-")
+	switch {
+	case err != nil:
+		return nil, lineError("does not decode to an ed25519 key (%v)", err)
+	case pub.Type() != ssh.KeyAlgoED25519:
+		return nil, lineError("holds a %s key although it says ssh-ed25519", quoteShort(pub.Type()))
+	case !bytes.Equal(pub.Marshal(), raw):
+		return nil, lineError("is not in canonical form")
+	case !hasComment:
+		return pub, nil
+	case comment == "":
+		return nil, lineError("ends with a space; %s", form)
+	case comment[0] == ' ':
+		return nil, lineError("has two spaces in a row; %s", form)
+	case !validComment(comment):
+		return nil, lineError("has a comment with characters other than letters, digits and @._+-; remove the comment")
 	}
 	return pub, nil
+}
+
+// ParseAuthorizedLine parses a key line as ParsePublicLine does, without a
+// comment: exactly "ssh-ed25519 BASE64", the form AuthorizedLine returns.
+// A refusal is a *LineError.
+func ParseAuthorizedLine(s string) (ssh.PublicKey, error) {
+	pub, err := ParsePublicLine(s)
+	if err == nil && strings.Count(s, " ") != 1 {
+		return nil, lineError("has a comment; want \"ssh-ed25519 BASE64\" only")
+	}
+	return pub, err
+}
+
+// AuthorizedLineOf returns "ssh-ed25519 BASE64" for a plain ed25519 public
+// key, checked by ParseAuthorizedLine; any other key, a certificate
+// included, is refused with a *LineError.
+func AuthorizedLineOf(k ssh.PublicKey) (string, error) {
+	if k == nil {
+		return "", lineError("is missing")
+	}
+	if _, ok := k.(*ssh.Certificate); ok {
+		return "", lineError("is a certificate; want a plain ssh-ed25519 key")
+	}
+	line := k.Type() + " " + base64.StdEncoding.EncodeToString(k.Marshal())
+	if _, err := ParseAuthorizedLine(line); err != nil {
+		return "", err
+	}
+	return line, nil
 }
 
 func quoteShort(s string) string {
@@ -263,8 +329,10 @@ func ensure(what, path, comment string, dirPerm fs.FileMode) (Key, Result, error
 	return k, res, nil
 }
 
-// create writes a new key at path, failing with an error matching
-// fs.ErrExist if a file appeared there meanwhile, and then its .pub file.
+// create writes a new key at path, and then its .pub file. The key is
+// written with atomicfile.CreateExclusive, not WriteFile, whose rename
+// would replace a key that sshd or another process created meanwhile:
+// that is an error matching fs.ErrExist instead.
 func create(what, path, comment string, dirPerm fs.FileMode) (Key, error) {
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -281,7 +349,7 @@ func create(what, path, comment string, dirPerm fs.FileMode) (Key, error) {
 	if err := os.MkdirAll(filepath.Dir(path), dirPerm); err != nil {
 		return Key{}, fmt.Errorf("create directory for %s %s: %w", what, path, err)
 	}
-	if err := createExclusive(path, encodePEM(block), privatePerm); err != nil {
+	if err := atomicfile.CreateExclusive(path, encodePEM(block), privatePerm); err != nil {
 		return Key{}, fmt.Errorf("write %s %s: %w", what, path, err)
 	}
 	if err := atomicfile.WriteFile(path+".pub", []byte(pubLine(k, comment)), publicPerm); err != nil {
@@ -306,47 +374,6 @@ func encodePEM(block *pem.Block) []byte {
 	}
 	out.WriteString("-----END " + block.Type + "-----\n")
 	return out.Bytes()
-}
-
-// createExclusive writes data to a temporary file next to path, fsyncs it
-// and links it to path, so that path appears complete or not at all and an
-// existing path is never replaced (that is an error matching fs.ErrExist).
-// atomicfile.WriteFile would rename over a key created meanwhile by sshd or
-// another process, hence the link.
-func createExclusive(path string, data []byte, perm fs.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".new-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	defer func() {
-		if cerr := f.Close(); err == nil && cerr != nil && !errors.Is(cerr, os.ErrClosed) {
-			err = cerr
-		}
-	}()
-	if err := f.Chmod(perm); err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Link(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // ensurePub makes path (the .pub file) hold k with mode 0644, keeping a

@@ -532,29 +532,31 @@ func TestParsePublicLine(t *testing.T) {
 		{line, ""},
 		{line + " root@host-1.example", ""},
 		{line + " a+b_c.d-e@F", ""},
-		{"", "empty"},
-		{"ssh-ed25519", "got 1 fields"},
+		{"", "is empty"},
+		{"ssh-ed25519", "one field only"},
 		{line + "\n", "line break"},
 		{line + " c\nssh-ed25519 " + b64, "line break"},
 		{line + "\r", "line break"},
-		{" " + line, "single spaces"},
-		{line + " ", "single spaces"},
-		{strings.Replace(line, " ", "  ", 1), "single spaces"},
-		{line + " c ", "single spaces"},
-		{strings.Replace(line, " ", "\t", 1), "got 1 fields"},
-		{line + " a b", "got 4 fields"},
-		{line + ` "quoted"`, "comment"},
+		{" " + line, "starts with a space"},
+		{line + " ", "ends with a space"},
+		{strings.Replace(line, " ", "  ", 1), "two spaces in a row"},
+		{line + "  c", "two spaces in a row"},
+		{line + " c ", "comment with characters other than"},
+		{strings.Replace(line, " ", "\t", 1), "one field only"},
+		{line + " a b", "comment with characters other than"},
+		{line + ` "quoted"`, "remove the comment"},
 		{line + " caf\u00e9", "comment"},
-		{ecLine, "key type"},
-		{"ssh-ed25519 " + strings.Fields(ecLine)[1], "not ssh-ed25519"},
+		{ecLine, `has key type "ecdsa-sha2-nistp256"; want ssh-ed25519`},
+		{"ssh-ed25519 " + strings.Fields(ecLine)[1], `holds a "ecdsa-sha2-nistp256" key although it says ssh-ed25519`},
 		{"ssh-ed25519 " + b64 + "=", "canonical base64"},
 		{"ssh-ed25519 " + b64[:len(b64)-1], "canonical base64"},
 		{"ssh-ed25519 " + b64[:len(b64)-2] + "==", "canonical base64"},
-		{"ssh-ed25519 " + b64[:len(b64)-4], "decode key"},
-		{"ssh-ed25519 " + b64 + "AAAA", "decode key"},
-		{"ssh-ed25519 " + b64[:20], "decode key"},
-		{"ssh-ed25519 AAAA", "decode key"},
+		{"ssh-ed25519 " + b64[:len(b64)-4], "does not decode"},
+		{"ssh-ed25519 " + b64 + "AAAA", "does not decode"},
+		{"ssh-ed25519 " + b64[:20], "does not decode"},
+		{"ssh-ed25519 AAAA", "does not decode"},
 		{"SSH-ED25519 " + b64, "key type"},
+		{line + " " + strings.Repeat("a", 1024), "1105 characters long"},
 		{`command="x" ` + line, "key type"},
 	}
 	for _, tt := range tests {
@@ -567,11 +569,75 @@ func TestParsePublicLine(t *testing.T) {
 			}
 			continue
 		}
-		if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-			t.Errorf("ParsePublicLine(%q) error = %v, want it to contain %q", tt.in, err, tt.wantErr)
+		var le *LineError
+		if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.As(err, &le) || !strings.HasSuffix(err.Error(), le.Reason) {
+			t.Errorf("ParsePublicLine(%q) error = %v, want a *LineError containing %q", tt.in, err, tt.wantErr)
+		}
+		if err != nil && strings.Contains(err.Error(), b64[12:]) {
+			t.Errorf("ParsePublicLine(%q) error quotes the key: %v", tt.in, err)
 		}
 	}
 }
+
+func TestParseAuthorizedLine(t *testing.T) {
+	k, err := keyOf(ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, ed25519.SeedSize)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := k.AuthorizedLine()
+	if pub, err := ParseAuthorizedLine(line); err != nil || !bytes.Equal(pub.Marshal(), k.Public.Marshal()) {
+		t.Errorf("ParseAuthorizedLine(%q) = %v, %v", line, pub, err)
+	}
+	for _, tt := range []struct{ in, wantErr string }{
+		{line + " root@host", `has a comment; want "ssh-ed25519 BASE64" only`},
+		{line + " ", "ends with a space"},
+		{"ssh-ed25519  " + strings.Fields(line)[1], "two spaces in a row"},
+		{"ssh-rsa " + strings.Fields(line)[1], "key type"},
+		{line + "\n", "line break"},
+	} {
+		pub, err := ParseAuthorizedLine(tt.in)
+		var le *LineError
+		if pub != nil || !errors.As(err, &le) || !strings.Contains(err.Error(), tt.wantErr) {
+			t.Errorf("ParseAuthorizedLine(%q) = %v, %v; want a *LineError containing %q", tt.in, pub, err, tt.wantErr)
+		}
+	}
+}
+
+func TestAuthorizedLineOf(t *testing.T) {
+	k, err := keyOf(ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, ed25519.SeedSize)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := AuthorizedLineOf(k.Public); err != nil || got != k.AuthorizedLine() {
+		t.Errorf("AuthorizedLineOf = %q, %v; want %q", got, err, k.AuthorizedLine())
+	}
+	ecPub, _ := ssh.NewPublicKey(&mustEC(t).PublicKey)
+	cert := &ssh.Certificate{Key: k.Public, CertType: ssh.HostCert, ValidPrincipals: []string{"h"}, ValidBefore: ssh.CertTimeInfinity}
+	if err := cert.SignCert(rand.Reader, k.Signer); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name    string
+		key     ssh.PublicKey
+		wantErr string
+	}{
+		{"nil", nil, "public key is missing"},
+		{"ecdsa", ecPub, `has key type "ecdsa-sha2-nistp256"; want ssh-ed25519`},
+		{"certificate", cert, "is a certificate"},
+		{"type that lies", lyingKey{ecPub}, `holds a "ecdsa-sha2-nistp256" key although it says ssh-ed25519`},
+	} {
+		got, err := AuthorizedLineOf(tt.key)
+		var le *LineError
+		if got != "" || !errors.As(err, &le) || !strings.Contains(err.Error(), tt.wantErr) {
+			t.Errorf("AuthorizedLineOf(%s) = %q, %v; want a *LineError containing %q", tt.name, got, err, tt.wantErr)
+		}
+	}
+}
+
+// lyingKey says it is ed25519 whatever its wire form holds.
+type lyingKey struct{ ssh.PublicKey }
+
+func (lyingKey) Type() string { return ssh.KeyAlgoED25519 }
 
 func mustEC(t *testing.T) *ecdsa.PrivateKey {
 	t.Helper()
@@ -582,44 +648,39 @@ func mustEC(t *testing.T) *ecdsa.PrivateKey {
 	return k
 }
 
+// FuzzParsePublicLine checks ParsePublicLine, ParseAuthorizedLine and
+// AuthorizedLineOf: they never panic, refuse with a *LineError, and accept
+// only one-line keys that start with their canonical form, which
+// AuthorizedLineOf gives back. The seed corpus is in
+// testdata/fuzz/FuzzParsePublicLine.
 func FuzzParsePublicLine(f *testing.F) {
 	f.Add("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIqI4910CfGV/VLbLTy6XXLKZwm/HZQSG/N0iAG0D29c root@host")
 	f.Fuzz(func(t *testing.T, s string) {
 		pub, err := ParsePublicLine(s)
+		bare, berr := ParseAuthorizedLine(s)
 		if err != nil {
-			if pub != nil {
-				t.Fatalf("key returned with error %v", err)
+			var le *LineError
+			if pub != nil || bare != nil || berr == nil || !errors.As(err, &le) || le.Reason == "" {
+				t.Fatalf("ParsePublicLine(%q) = %v, %#v; ParseAuthorizedLine = %v", s, pub, err, bare)
 			}
 			return
 		}
-		if strings.ContainsAny(s, "\n\r\"'`\x00") {
-			t.Fatalf("accepted %q, which holds a line break or quote", s)
+		if strings.ContainsAny(s, "\n\r\"'`\x00") || len(s) > maxLineLen {
+			t.Fatalf("accepted %q, which holds a line break or quote, or is long", s)
 		}
 		canon := Key{Public: pub}.AuthorizedLine()
 		if s != canon && !strings.HasPrefix(s, canon+" ") {
 			t.Fatalf("accepted %q, which does not start with its canonical form %q", s, canon)
 		}
-		again, err := ParsePublicLine(canon)
+		if (berr == nil) != (s == canon) || (berr == nil && !bytes.Equal(bare.Marshal(), pub.Marshal())) {
+			t.Fatalf("ParseAuthorizedLine(%q) = %v, %v; canonical form %q", s, bare, berr, canon)
+		}
+		again, err := ParseAuthorizedLine(canon)
 		if err != nil || !bytes.Equal(again.Marshal(), pub.Marshal()) {
 			t.Fatalf("canonical form %q does not parse back: %v", canon, err)
 		}
+		if line, err := AuthorizedLineOf(pub); err != nil || line != canon {
+			t.Fatalf("AuthorizedLineOf(key of %q) = %q, %v; want %q", s, line, err, canon)
+		}
 	})
-}
-
-func TestCreateExclusiveNeverReplaces(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "key")
-	if err := os.WriteFile(path, []byte("theirs"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	err := createExclusive(path, []byte("ours"), 0o600)
-	if !errors.Is(err, fs.ErrExist) {
-		t.Fatalf("createExclusive over an existing file: %v, want ErrExist", err)
-	}
-	if got, _ := os.ReadFile(path); string(got) != "theirs" {
-		t.Errorf("existing file replaced: %q", got)
-	}
-	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
-		t.Errorf("temporary file left behind: %d entries", len(ents))
-	}
 }

@@ -46,12 +46,6 @@ func NewKey(t testing.TB) *Key {
 // PublicKey returns the public half in SSH form.
 func (k *Key) PublicKey() ssh.PublicKey { return k.Signer.PublicKey() }
 
-// AuthorizedKey returns the public key as an authorized_keys/known_hosts
-// key field: "ssh-ed25519 AAAA...", without a newline.
-func (k *Key) AuthorizedKey() string {
-	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k.PublicKey())))
-}
-
 // WritePrivateKey writes the private key to path in OpenSSH format, mode
 // 0600, as sshd and ssh expect.
 func (k *Key) WritePrivateKey(t testing.TB, path string) {
@@ -90,7 +84,7 @@ type SSHDConfig struct {
 	AuthorizedKeysFile string
 	// AuthorizedKeys maps a user name to the content of its authorized_keys
 	// file (see AuthorizedKeyLine). sshd reads these files, as that user,
-	// on every connection, so SSHD.SetAuthorizedKeys takes effect at once.
+	// on every connection.
 	AuthorizedKeys map[string]string
 	// Daemon, if set, is where the sessions' Nix programs go: sshd passes
 	// its NIX_REMOTE, NIX_DAEMON_SOCKET_PATH and NIX_CONF_DIR to every
@@ -130,13 +124,6 @@ func (s *SSHD) KnownHostsLine() string {
 
 // Logs returns what sshd logged so far.
 func (s *SSHD) Logs() string { return s.proc.logs.String() }
-
-// SetAuthorizedKeys replaces the authorized_keys content of userName; the
-// next connection sees it.
-func (s *SSHD) SetAuthorizedKeys(t testing.TB, userName, content string) {
-	t.Helper()
-	writeAuthorizedKeys(t, s.Dir, userName, content)
-}
 
 func writeAuthorizedKeys(t testing.TB, dir, userName, content string) {
 	t.Helper()
