@@ -253,11 +253,11 @@ func decodeServe(el *errorList, fd field, hi *hostInfo) {
 	if !ok {
 		return
 	}
-	s := &Serve{Protocol: ProtocolSSH, SignClosure: DefaultSignClosure, Pos: fs.pos}
+	s := &Serve{Protocol: nix.ProtocolSSH, SignClosure: DefaultSignClosure, Pos: fs.pos}
 	hi.h.Serve = s
 	if f, ok := fs.get("protocol"); ok {
-		if v, ok := enum(el, f, []string{string(ProtocolSSH), string(ProtocolSSHNG)}); ok {
-			s.Protocol = Protocol(v)
+		if v, ok := enum(el, f, []string{string(nix.ProtocolSSH), string(nix.ProtocolSSHNG)}); ok {
+			s.Protocol = nix.Protocol(v)
 		}
 	}
 	if f, ok := fs.get("keyName"); ok {

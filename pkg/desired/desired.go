@@ -20,6 +20,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"github.com/nixpeer/nixpeer/pkg/nix"
 )
 
 // APIVersion is the only apiVersion this package reads.
@@ -48,16 +50,6 @@ const (
 	PlatformNixOSModule Platform = "nixos-module"
 	// PlatformNix: Nix on another Linux distribution.
 	PlatformNix Platform = "nix"
-)
-
-// Protocol is the Nix remote store protocol a serving host is reached by.
-type Protocol string
-
-const (
-	// ProtocolSSH is Nix's ssh:// store (the default).
-	ProtocolSSH Protocol = "ssh"
-	// ProtocolSSHNG is Nix's ssh-ng:// store.
-	ProtocolSSHNG Protocol = "ssh-ng"
 )
 
 // Defaults filled in when a field is absent.
@@ -125,7 +117,7 @@ type Host struct {
 
 // Serve is how a host shares its Nix store.
 type Serve struct {
-	Protocol Protocol
+	Protocol nix.Protocol
 	// KeyName is the binary-cache signing key's name; it defaults to
 	// the host's address.
 	KeyName string
@@ -298,10 +290,10 @@ type canonicalHost struct {
 }
 
 type canonicalServe struct {
-	Protocol    Protocol `json:"protocol"`
-	KeyName     string   `json:"keyName"`
-	PublicKey   string   `json:"publicKey,omitempty"`
-	SignClosure string   `json:"signClosure"`
+	Protocol    nix.Protocol `json:"protocol"`
+	KeyName     string       `json:"keyName"`
+	PublicKey   string       `json:"publicKey,omitempty"`
+	SignClosure string       `json:"signClosure"`
 }
 
 // Hash returns the hex SHA-256 of a canonical encoding of the file's

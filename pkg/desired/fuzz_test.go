@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nixpeer/nixpeer/pkg/nix"
 )
 
 // FuzzParse checks that Parse never panics and that whatever it accepts
@@ -200,7 +202,7 @@ func checkFile(t *testing.T, f *File) {
 			if strings.ContainsAny(s.PublicKey, " \t") {
 				t.Fatalf("host %q: space in publicKey %q", h.Name, s.PublicKey)
 			}
-			if checkKeyName(s.KeyName) != "" || checkAbsPath(s.SignClosure) != "" || (s.Protocol != ProtocolSSH && s.Protocol != ProtocolSSHNG) {
+			if checkKeyName(s.KeyName) != "" || checkAbsPath(s.SignClosure) != "" || (s.Protocol != nix.ProtocolSSH && s.Protocol != nix.ProtocolSSHNG) {
 				t.Fatalf("host %q: bad serve %+v", h.Name, s)
 			}
 		}

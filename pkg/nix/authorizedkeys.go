@@ -20,7 +20,7 @@ const authorizedKeysHeader = "# Managed by nixpeer: the clients allowed to fetch
 //
 // with "nix-daemon --stdio" for protocol "ssh-ng". restrict turns off
 // forwarding, the TTY and user rc files. Only ed25519 keys are accepted.
-func RenderAuthorizedKeys(protocol string, keys []ssh.PublicKey) ([]byte, error) {
+func RenderAuthorizedKeys(protocol Protocol, keys []ssh.PublicKey) ([]byte, error) {
 	command, err := validateProtocol(protocol)
 	if err != nil {
 		return nil, fmt.Errorf("render authorized_keys: %w", err)

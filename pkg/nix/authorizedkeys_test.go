@@ -29,7 +29,7 @@ func TestRenderAuthorizedKeys(t *testing.T) {
 			authorizedKeysHeader + `command="nix-daemon --stdio",restrict ` + la + "\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := RenderAuthorizedKeys(tc.protocol, tc.keys)
+			got, err := RenderAuthorizedKeys(Protocol(tc.protocol), tc.keys)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -57,7 +57,7 @@ func TestRenderAuthorizedKeys(t *testing.T) {
 		{"ecdsa key", "ssh", []ssh.PublicKey{a, testECDSAKey(t)}},
 		{"nil key", "ssh", []ssh.PublicKey{nil}},
 	} {
-		if got, err := RenderAuthorizedKeys(tc.protocol, tc.keys); err == nil {
+		if got, err := RenderAuthorizedKeys(Protocol(tc.protocol), tc.keys); err == nil {
 			t.Errorf("%s: RenderAuthorizedKeys accepted it:\n%s", tc.name, got)
 		}
 	}

@@ -140,7 +140,7 @@ func FuzzRenderModule(f *testing.F) {
 	f.Add(`ssh://nix-ssh@h"; x = "`, "k:${x}", "/a\nb", `a"`, "h\n", false, "")
 	f.Fuzz(func(t *testing.T, sub, key, path, name, host string, serve bool, protocol string) {
 		m := ModuleSettings{
-			Serve: serve, Protocol: protocol,
+			Serve: serve, Protocol: Protocol(protocol),
 			SecretKeyFiles: []string{path}, Substituters: []string{sub}, TrustedPublicKeys: []string{key},
 			KnownHosts: []KnownHost{{Name: name, HostNames: []string{host}, PublicKey: hk}},
 		}
@@ -246,7 +246,7 @@ func FuzzSubstituterURL(f *testing.F) {
 		if err != nil {
 			hostKey = nil
 		}
-		u, err := SubstituterURL(protocol, address, port, keyPath, hostKey)
+		u, err := SubstituterURL(Protocol(protocol), address, port, keyPath, hostKey)
 		if err != nil {
 			return
 		}
@@ -272,7 +272,7 @@ func FuzzRenderAuthorizedKeys(f *testing.F) {
 		if err != nil {
 			return
 		}
-		out, err := RenderAuthorizedKeys(protocol, []ssh.PublicKey{k, k})
+		out, err := RenderAuthorizedKeys(Protocol(protocol), []ssh.PublicKey{k, k})
 		if err != nil {
 			return
 		}

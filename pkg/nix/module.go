@@ -22,7 +22,7 @@ type ModuleSettings struct {
 	Serve bool
 	// Protocol is nix.sshServe.protocol, "ssh" or "ssh-ng"; required when
 	// Serve is set, and must be empty otherwise.
-	Protocol string
+	Protocol Protocol
 	// ServeKeys are the ssh keys of the clients allowed to fetch
 	// (nix.sshServe.keys); only with Serve.
 	ServeKeys []ssh.PublicKey
@@ -101,7 +101,7 @@ func moduleBody(m ModuleSettings) (string, error) {
 		}
 		b.WriteString("  nix.sshServe.enable = true;\n")
 		writeNixList(&b, "  ", "nix.sshServe.keys", keys, true)
-		fmt.Fprintf(&b, "  nix.sshServe.protocol = %s;\n", NixString(m.Protocol))
+		fmt.Fprintf(&b, "  nix.sshServe.protocol = %s;\n", NixString(string(m.Protocol)))
 	} else if m.Protocol != "" || len(m.ServeKeys) > 0 {
 		return "", errors.New("sshServe protocol or keys are set but Serve is not")
 	}

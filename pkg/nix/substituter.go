@@ -33,7 +33,7 @@ const (
 // sshPort is checked (1-65535) but not put in the URL: Nix before 2.31
 // ignores a port there; the caller writes an ssh_config Host block instead.
 // clientKeyPath must pass ValidatePath; only ed25519 host keys are accepted.
-func SubstituterURL(protocol, address string, sshPort int, clientKeyPath string, hostKey ssh.PublicKey) (string, error) {
+func SubstituterURL(protocol Protocol, address string, sshPort int, clientKeyPath string, hostKey ssh.PublicKey) (string, error) {
 	if _, err := validateProtocol(protocol); err != nil {
 		return "", fmt.Errorf("substituter URL: %w", err)
 	}
@@ -55,7 +55,7 @@ func SubstituterURL(protocol, address string, sshPort int, clientKeyPath string,
 	if kind == hostname.IPv6 {
 		host = "[" + address + "]"
 	}
-	u := protocol + "://" + sshServeUser + "@" + host +
+	u := string(protocol) + "://" + sshServeUser + "@" + host +
 		"?" + paramSSHKey + "=" + queryEscape(clientKeyPath) +
 		"&" + paramHostKey + "=" + queryEscape(base64.StdEncoding.EncodeToString([]byte(line)))
 	if err := ValidateSubstituter(u); err != nil {

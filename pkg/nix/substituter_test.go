@@ -17,7 +17,7 @@ func TestSubstituterURL(t *testing.T) {
 		{"ssh-ng", "staging.example.org", "ssh-ng://nix-ssh@staging.example.org?ssh-key=/var/lib/nixpeer/ssh/id_ed25519&base64-ssh-public-host-key=" + esc},
 		{"ssh", "fd00::2", "ssh://nix-ssh@[fd00::2]?ssh-key=/var/lib/nixpeer/ssh/id_ed25519&base64-ssh-public-host-key=" + esc},
 	} {
-		got, err := SubstituterURL(tc.protocol, tc.address, 22, "/var/lib/nixpeer/ssh/id_ed25519", hk)
+		got, err := SubstituterURL(Protocol(tc.protocol), tc.address, 22, "/var/lib/nixpeer/ssh/id_ed25519", hk)
 		if err != nil {
 			t.Fatalf("SubstituterURL(%s, %s): %v", tc.protocol, tc.address, err)
 		}
@@ -58,7 +58,7 @@ func TestSubstituterURLRefuses(t *testing.T) {
 		{"path with ampersand", "ssh", "h", "/a&b=c", 22, "character"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := SubstituterURL(tc.protocol, tc.address, tc.port, tc.path, hk)
+			got, err := SubstituterURL(Protocol(tc.protocol), tc.address, tc.port, tc.path, hk)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("SubstituterURL = %q, %v; want an error about %q", got, err, tc.want)
 			}
@@ -133,7 +133,7 @@ func TestSubstituterURLUnderstoodByNix(t *testing.T) {
 	} {
 		os.Remove(log)
 		keyPath := "/var/lib/nixpeer/ssh/id+ed25519"
-		u, err := SubstituterURL(tc.protocol, tc.address, 22, keyPath, hk)
+		u, err := SubstituterURL(Protocol(tc.protocol), tc.address, 22, keyPath, hk)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -50,13 +50,9 @@ func validateTrustedKey(s string) error {
 
 // validateProtocol checks an sshServe protocol and returns the command sshd
 // forces for it.
-func validateProtocol(protocol string) (string, error) {
-	switch protocol {
-	case "ssh":
-		return "nix-store --serve", nil
-	case "ssh-ng":
-		return "nix-daemon --stdio", nil
-	default:
-		return "", fmt.Errorf("protocol %q is neither \"ssh\" nor \"ssh-ng\"", protocol)
+func validateProtocol(protocol Protocol) (string, error) {
+	if c := protocol.Command(); c != "" {
+		return c, nil
 	}
+	return "", fmt.Errorf("protocol %q is neither %q nor %q", protocol, ProtocolSSH, ProtocolSSHNG)
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+
+	"github.com/nixpeer/nixpeer/pkg/nix"
 )
 
 // FactsVersion is the version of the Facts document this package writes
@@ -50,8 +52,8 @@ type Facts struct {
 
 // ServeFacts describes how a host shares its Nix store.
 type ServeFacts struct {
-	// Protocol is "ssh" (nix-store --serve) or "ssh-ng" (nix-daemon --stdio).
-	Protocol string `json:"protocol"`
+	// Protocol is ssh (nix-store --serve) or ssh-ng (nix-daemon --stdio).
+	Protocol nix.Protocol `json:"protocol"`
 	// CacheKey is the binary-cache public key, "NAME:BASE64" of 32 bytes.
 	CacheKey string `json:"cacheKey"`
 	// Authorized lists the client keys the host lets in.

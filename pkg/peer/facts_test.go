@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/nixpeer/nixpeer/pkg/nix"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -78,7 +79,7 @@ func TestValidate(t *testing.T) {
 		{"host key PEM", func(f *Facts) { f.HostKeys = []string{pemKey} }, "hostKeys[0] holds private key material"},
 		{"name PEM", func(f *Facts) { f.Name = pemKey }, "name holds private key material"},
 		{"address PEM", func(f *Facts) { f.Address = pemKey }, "address holds private key material"},
-		{"protocol PEM", func(f *Facts) { f.Serve.Protocol = pemKey }, "serve.protocol holds private key material"},
+		{"protocol PEM", func(f *Facts) { f.Serve.Protocol = nix.Protocol(pemKey) }, "serve.protocol holds private key material"},
 		{"cache key PEM", func(f *Facts) { f.Serve.CacheKey = pemKey }, "serve.cacheKey holds private key material"},
 		{"authorized host PEM", func(f *Facts) { f.Serve.Authorized[0].Host = pemKey }, "serve.authorized[0].host holds private key material"},
 		{"fingerprint PEM", func(f *Facts) { f.Serve.Authorized[0].Fingerprint = pemKey }, "serve.authorized[0].fingerprint holds private key material"},
@@ -149,7 +150,7 @@ func TestValidateRefusesPrivateKeyAnywhere(t *testing.T) {
 		"address":     func(f *Facts, v string) { f.Address = v },
 		"hostKeys":    func(f *Facts, v string) { f.HostKeys = append(f.HostKeys, v) },
 		"clientKey":   func(f *Facts, v string) { f.ClientKey = v },
-		"protocol":    func(f *Facts, v string) { f.Serve.Protocol = v },
+		"protocol":    func(f *Facts, v string) { f.Serve.Protocol = nix.Protocol(v) },
 		"cacheKey":    func(f *Facts, v string) { f.Serve.CacheKey = v },
 		"host":        func(f *Facts, v string) { f.Serve.Authorized[0].Host = v },
 		"fingerprint": func(f *Facts, v string) { f.Serve.Authorized[0].Fingerprint = v },

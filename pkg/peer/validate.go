@@ -82,8 +82,8 @@ func (f Facts) Validate() error {
 }
 
 func (s *ServeFacts) validate() error {
-	if s.Protocol != "ssh" && s.Protocol != "ssh-ng" {
-		return fmt.Errorf("serve.protocol %s is not \"ssh\" or \"ssh-ng\"", quoteShort(s.Protocol))
+	if s.Protocol.Command() == "" {
+		return fmt.Errorf("serve.protocol %s is not \"ssh\" or \"ssh-ng\"", quoteShort(string(s.Protocol)))
 	}
 	if err := checkCacheKey(s.CacheKey); err != nil {
 		return err
@@ -118,7 +118,7 @@ func noPrivate(f Facts) error {
 		fields = append(fields, field{fmt.Sprintf("hostKeys[%d]", i), k})
 	}
 	if s := f.Serve; s != nil {
-		fields = append(fields, field{"serve.protocol", s.Protocol}, field{"serve.cacheKey", s.CacheKey})
+		fields = append(fields, field{"serve.protocol", string(s.Protocol)}, field{"serve.cacheKey", s.CacheKey})
 		for i, a := range s.Authorized {
 			fields = append(fields,
 				field{fmt.Sprintf("serve.authorized[%d].host", i), a.Host},

@@ -20,14 +20,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/nixpeer/nixpeer/pkg/clock"
-)
-
-// Protocol names, as in Nix store URLs and NixOS's nix.sshServe.protocol.
-const (
-	// ProtocolSSH is ssh://: the peer runs `nix-store --serve`.
-	ProtocolSSH = "ssh"
-	// ProtocolSSHNG is ssh-ng://: the peer runs `nix-daemon --stdio`.
-	ProtocolSSHNG = "ssh-ng"
+	"github.com/nixpeer/nixpeer/pkg/nix"
 )
 
 // Defaults applied to a Target's zero fields.
@@ -42,7 +35,7 @@ type Target struct {
 	Address  string        // IP or DNS name
 	Port     int           // sshd port, default 22
 	User     string        // default "nix-ssh"
-	Protocol string        // "ssh" (nix-store --serve, the default) or "ssh-ng" (nix-daemon --stdio)
+	Protocol nix.Protocol  // ssh (nix-store --serve, the default) or ssh-ng (nix-daemon --stdio)
 	Signer   ssh.Signer    // our client key: required
 	HostKey  ssh.PublicKey // the pinned host key: required, compared exactly
 	Timeout  time.Duration // bounds the whole probe (dial, handshake, protocol); default 10s
@@ -157,7 +150,7 @@ func (t Target) withDefaults() Target {
 		t.User = DefaultUser
 	}
 	if t.Protocol == "" {
-		t.Protocol = ProtocolSSH
+		t.Protocol = nix.ProtocolSSH
 	}
 	if t.Timeout <= 0 {
 		t.Timeout = DefaultTimeout
@@ -172,13 +165,10 @@ func (t Target) addr() string { return net.JoinHostPort(t.Address, strconv.Itoa(
 
 // command returns what we ask the peer to run (its forced command wins).
 func (t Target) command() (string, error) {
-	switch t.Protocol {
-	case ProtocolSSH:
-		return "nix-store --serve", nil
-	case ProtocolSSHNG:
-		return "nix-daemon --stdio", nil
+	if c := t.Protocol.Command(); c != "" {
+		return c, nil
 	}
-	return "", fmt.Errorf("unknown protocol %q (want %q or %q)", t.Protocol, ProtocolSSH, ProtocolSSHNG)
+	return "", fmt.Errorf("unknown protocol %q (want %q or %q)", t.Protocol, nix.ProtocolSSH, nix.ProtocolSSHNG)
 }
 
 func (t Target) validate() error {
@@ -317,7 +307,7 @@ func probe(ctx context.Context, t Target, start, deadline time.Time) (Result, er
 
 	var res Result
 	switch t.Protocol {
-	case ProtocolSSH:
+	case nix.ProtocolSSH:
 		res, err = serveHandshake(stdin, stdout)
 	default:
 		res, err = workerHandshake(stdin, stdout)

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/probe"
 	"github.com/nixpeer/nixpeer/pkg/testenv"
 )
@@ -44,7 +45,7 @@ func startPeer(t *testing.T, address, command string, withDaemon bool) *peer {
 	return p
 }
 
-func (p *peer) target(protocol string) probe.Target {
+func (p *peer) target(protocol nix.Protocol) probe.Target {
 	return probe.Target{
 		Address:  p.sshd.Address,
 		Port:     p.sshd.Port,
@@ -77,13 +78,14 @@ func probeError(t *testing.T, target probe.Target, reason probe.Reason) *probe.E
 func TestProbeServes(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		protocol, command, address string
-		major                      uint64
+		protocol         nix.Protocol
+		command, address string
+		major            uint64
 	}{
-		{probe.ProtocolSSH, "nix-store --serve", "127.0.0.2", 0x2},
-		{probe.ProtocolSSHNG, "nix-daemon --stdio", "127.0.0.3", 0x1},
+		{nix.ProtocolSSH, "nix-store --serve", "127.0.0.2", 0x2},
+		{nix.ProtocolSSHNG, "nix-daemon --stdio", "127.0.0.3", 0x1},
 	} {
-		t.Run(tc.protocol, func(t *testing.T) {
+		t.Run(string(tc.protocol), func(t *testing.T) {
 			t.Parallel()
 			p := startPeer(t, tc.address, tc.command, true)
 			res, err := probe.Probe(context.Background(), p.target(tc.protocol))
@@ -94,7 +96,7 @@ func TestProbeServes(t *testing.T) {
 			if res.ServerVersion>>8 != tc.major {
 				t.Errorf("server version %#x, want major %#x", res.ServerVersion, tc.major)
 			}
-			if tc.protocol == probe.ProtocolSSHNG && res.NixVersion == "" {
+			if tc.protocol == nix.ProtocolSSHNG && res.NixVersion == "" {
 				t.Errorf("no Nix version from the daemon (version %#x)", res.ServerVersion)
 			}
 			if res.Elapsed <= 0 {
@@ -114,7 +116,7 @@ func TestProbeServes(t *testing.T) {
 func TestProbeHostKeyMismatch(t *testing.T) {
 	t.Parallel()
 	p := startPeer(t, "127.0.0.2", "nix-store --serve", false)
-	target := p.target(probe.ProtocolSSH)
+	target := p.target(nix.ProtocolSSH)
 	target.HostKey = testenv.NewKey(t).PublicKey()
 	e := probeError(t, target, probe.HostKeyMismatch)
 	want := fmt.Sprintf("probe nix-ssh@%s: host key mismatch: expected %s, got %s",
@@ -127,18 +129,21 @@ func TestProbeHostKeyMismatch(t *testing.T) {
 func TestProbeUnauthorized(t *testing.T) {
 	t.Parallel()
 	p := startPeer(t, "127.0.0.2", "nix-store --serve", false)
-	target := p.target(probe.ProtocolSSH)
+	target := p.target(nix.ProtocolSSH)
 	target.Signer = testenv.NewKey(t).Signer
 	probeError(t, target, probe.Unauthorized)
 }
 
 func TestProbeWrongProtocol(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct{ name, command, protocol string }{
-		{"echo/ssh", "/bin/echo hello", probe.ProtocolSSH},
-		{"echo/ssh-ng", "/bin/echo hello", probe.ProtocolSSHNG},
-		{"ssh against nix-daemon", "nix-daemon --stdio", probe.ProtocolSSH},
-		{"ssh-ng against nix-store", "nix-store --serve", probe.ProtocolSSHNG},
+	for _, tc := range []struct {
+		name, command string
+		protocol      nix.Protocol
+	}{
+		{"echo/ssh", "/bin/echo hello", nix.ProtocolSSH},
+		{"echo/ssh-ng", "/bin/echo hello", nix.ProtocolSSHNG},
+		{"ssh against nix-daemon", "nix-daemon --stdio", nix.ProtocolSSH},
+		{"ssh-ng against nix-store", "nix-store --serve", nix.ProtocolSSHNG},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -179,7 +179,7 @@ func (pl *planner) substituter(h *desired.Host) verdict {
 	}
 	if d.Probe {
 		pl.p.Probes = append(pl.p.Probes, probeRequest{peer: h.Name, tuple: tuple, target: probe.Target{
-			Address: h.Address, Port: h.SSHPort, Protocol: string(h.Serve.Protocol),
+			Address: h.Address, Port: h.SSHPort, Protocol: h.Serve.Protocol,
 			Signer: o.ClientKey.Key.Signer, HostKey: k.HostKey, Timeout: ProbeTimeout}})
 	}
 	if d.Requeue > 0 {
@@ -195,7 +195,7 @@ func (pl *planner) tuple(h *desired.Host, k peerKeys) (string, verdict) {
 	if k.HostKey == nil || !pl.o.ClientKey.Usable() {
 		return "", verdict{}
 	}
-	url, err := nix.SubstituterURL(string(h.Serve.Protocol), h.Address, h.SSHPort, pl.o.Layout.ClientKey, k.HostKey)
+	url, err := nix.SubstituterURL(h.Serve.Protocol, h.Address, h.SSHPort, pl.o.Layout.ClientKey, k.HostKey)
 	if err != nil {
 		return "", verdict{}
 	}

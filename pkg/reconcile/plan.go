@@ -529,7 +529,7 @@ func (pl *planner) planServe() {
 	path := authorizedKeysPath(o.Layout, self.Platform)
 	if self.Serve == nil {
 		if path != "" && o.Files[path].Exists {
-			content, _ := nix.RenderAuthorizedKeys(string(desired.ProtocolSSH), nil)
+			content, _ := nix.RenderAuthorizedKeys(nix.ProtocolSSH, nil)
 			pl.p.Authorized = pl.add(&Resource{Files: []fileWant{{path: path, content: content}}, Status: true})
 		}
 		return
@@ -549,7 +549,7 @@ func (pl *planner) planServe() {
 	}
 	if path != "" {
 		obs := o.Files[path]
-		content, err := nix.RenderAuthorizedKeys(string(self.Serve.Protocol), keys)
+		content, err := nix.RenderAuthorizedKeys(self.Serve.Protocol, keys)
 		switch {
 		case obs.Err != nil:
 			pl.add(r)
@@ -729,7 +729,7 @@ func (pl *planner) nixFiles(s nix.Settings, m nix.ModuleSettings) ([]fileWant, e
 	default:
 		m.Substituters, m.TrustedPublicKeys, m.Fallback, m.SecretKeyFiles = s.Substituters, s.TrustedPublicKeys, s.Fallback, s.SecretKeyFiles
 		if self.Serve != nil {
-			m.Serve, m.Protocol = true, string(self.Serve.Protocol)
+			m.Serve, m.Protocol = true, self.Serve.Protocol
 			for _, c := range pl.p.Consumers {
 				m.ServeKeys = append(m.ServeKeys, c.key)
 			}
@@ -817,7 +817,7 @@ func factsOf(o *Observation, p *Plan, st status.Status, authorizedApplied func(s
 		f.ClientKey = o.ClientKey.Key.AuthorizedLine()
 	}
 	if o.Self.Serve != nil && o.CacheKey.Err == nil && !o.CacheKey.Missing {
-		f.Serve = &peer.ServeFacts{Protocol: string(o.Self.Serve.Protocol), CacheKey: o.CacheKey.Public.String(),
+		f.Serve = &peer.ServeFacts{Protocol: o.Self.Serve.Protocol, CacheKey: o.CacheKey.Public.String(),
 			Authorized: []peer.AuthorizedFact{}}
 		for _, c := range p.Consumers {
 			f.Serve.Authorized = append(f.Serve.Authorized, peer.AuthorizedFact{Host: c.host,
