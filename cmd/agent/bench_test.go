@@ -154,28 +154,31 @@ func vmRSS(b *testing.B, pid int) int {
 // With NIXPEER_BENCH_UNTRIPPED=1 it also builds N = 5 with staging still
 // configured while dark: what a production build cost before the breaker.
 func BenchmarkDarkStaging(b *testing.B) {
-	f := darkFleet(b, "127.0.0.22", "127.0.0.23")
-	conf := filepath.Join(f.P, "etc/nix/nixpeer.conf")
-	// Production's settings without any staging substituter.
-	base := b.TempDir()
-	writeFile(b, filepath.Join(base, "nix.conf"), readFile(b, filepath.Join(f.P, "etc/nix/nix.conf")))
-	writeFile(b, filepath.Join(base, "nixpeer.conf"), []byte("fallback = true\n"))
-	untripped := b.TempDir()
-	writeFile(b, filepath.Join(untripped, "nix.conf"), readFile(b, filepath.Join(f.P, "etc/nix/nix.conf")))
-	writeFile(b, filepath.Join(untripped, "nixpeer.conf"), readFile(b, conf))
-
 	var trip, backAfterAnswer, backAfterLight []time.Duration
 	builds := map[string][]time.Duration{}
-	build := func(label, confDir string, n int) {
-		start := time.Now()
-		cmd := exec.Command("nix-build", "--no-out-link", "-E", freshClosure("nixpeer-bench-"+nonce(), n))
-		cmd.Env = append(os.Environ(), "NIX_REMOTE=", "NIX_CONF_DIR="+confDir, "NIX_SSHOPTS=-F "+filepath.Join(f.P, "root/.ssh/config"))
-		if out, err := cmd.CombinedOutput(); err != nil {
-			b.Fatalf("build %s: %v\n%s", label, err, out)
-		}
-		builds[label] = append(builds[label], time.Since(start))
-	}
 	for i := 0; i < b.N; i++ {
+		// A fleet of its own each time: going dark every few seconds is
+		// flapping, which the breaker holds down.
+		f := darkFleet(b, "127.0.0.22", "127.0.0.23")
+		conf := filepath.Join(f.P, "etc/nix/nixpeer.conf")
+		build := func(label, confDir string, n int) {
+			start := time.Now()
+			cmd := exec.Command("nix-build", "--no-out-link", "-E", freshClosure("nixpeer-bench-"+nonce(), n))
+			cmd.Env = append(os.Environ(), "NIX_REMOTE=", "NIX_CONF_DIR="+confDir, "NIX_SSHOPTS=-F "+filepath.Join(f.P, "root/.ssh/config"))
+			if out, err := cmd.CombinedOutput(); err != nil {
+				b.Fatalf("build %s: %v\n%s", label, err, out)
+			}
+			builds[label] = append(builds[label], time.Since(start))
+		}
+		// Production's settings without any staging substituter, and with
+		// staging still in them.
+		base, untripped := b.TempDir(), b.TempDir()
+		for _, dir := range []string{base, untripped} {
+			writeFile(b, filepath.Join(dir, "nix.conf"), readFile(b, filepath.Join(f.P, "etc/nix/nix.conf")))
+		}
+		writeFile(b, filepath.Join(base, "nixpeer.conf"), []byte("fallback = true\n"))
+		writeFile(b, filepath.Join(untripped, "nixpeer.conf"), readFile(b, conf))
+
 		dark := time.Now()
 		light := testenv.Dark(b, "127.0.0.22")
 		st := f.prod.waitWithin(60*time.Second, "the breaker tripped", func(s status.Status) bool {
@@ -191,11 +194,14 @@ func BenchmarkDarkStaging(b *testing.B) {
 		}
 		lit := time.Now()
 		light()
-		st = f.prod.waitWithin(90*time.Second, "staging used again", func(s status.Status) bool {
+		st = f.prod.waitWithin(60*time.Second, "staging used again", func(s status.Status) bool {
 			return ready(s) && s.Peers[0].State == status.PeerServing && bytes.Contains(readFile(b, conf), []byte("ssh://"))
 		})
 		backAfterLight = append(backAfterLight, applied(b, st).Sub(lit))
 		backAfterAnswer = append(backAfterAnswer, applied(b, st).Sub(*st.Peers[0].Since))
+		f.stage.stop()
+		f.prod.stop()
+		f.sshd.Stop(b)
 	}
 	b.ReportMetric(median(trip).Seconds(), "s-p50/dark-to-withdrawn")
 	b.ReportMetric(ms(median(backAfterAnswer)), "ms-p50/answer-to-back")
