@@ -122,7 +122,7 @@ func median(d []time.Duration) time.Duration {
 }
 
 // vmRSS is the resident set size of process pid, in KiB.
-func vmRSS(b *testing.B, pid int) int {
+func vmRSS(b testing.TB, pid int) int {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		b.Fatal(err)

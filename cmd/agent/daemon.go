@@ -18,6 +18,7 @@ import (
 
 	"github.com/nixpeer/nixpeer/pkg/api"
 	"github.com/nixpeer/nixpeer/pkg/clock"
+	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/peer"
 	"github.com/nixpeer/nixpeer/pkg/peering"
@@ -161,7 +162,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, config, ho
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		if err := watch.File(ctx, log, config, func() { loop.Trigger("desired-state file changed") }); err != nil {
+		if err := watch.File(ctx, log, config, desired.MaxSize, func() { loop.Trigger("desired-state file changed") }); err != nil {
 			log.Error("cannot watch the desired-state file; changes are picked up at the resync", zap.Error(err))
 		}
 	}()

@@ -14,14 +14,15 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
-	"os"
+	"io/fs"
 	"slices"
 	"sort"
 	"strings"
 
 	"github.com/nixpeer/nixpeer/pkg/nix"
+	"github.com/nixpeer/nixpeer/pkg/safefile"
 )
 
 // APIVersion is the only apiVersion this package reads.
@@ -159,22 +160,34 @@ func Parse(filename string, data []byte) (f *File, err error) {
 
 // Load reads the file at path and parses it. It also returns the bytes
 // read, so a caller can tell what changed. A file that cannot be read is
-// a plain error; a file that does not parse is an Errors.
+// a plain error; a file that does not parse is an Errors. Load never
+// blocks and never reads more than MaxSize+1 bytes: a path that is not a
+// regular file once symlinks are followed (a FIFO, /dev/zero, a
+// directory) is refused unopened, with an error that says what it is and
+// matches safefile.ErrNotRegular.
 func Load(path string) (*File, []byte, error) {
-	fh, err := os.Open(path)
+	data, _, err := ReadFile(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("read desired-state file: %w", err)
-	}
-	defer fh.Close()
-	data, err := io.ReadAll(io.LimitReader(fh, MaxSize+1))
-	if err != nil {
-		return nil, nil, fmt.Errorf("read desired-state file %s: %w", path, err)
+		return nil, nil, err
 	}
 	f, err := Parse(path, data)
 	if err != nil {
 		return nil, data, err
 	}
 	return f, data, nil
+}
+
+// ReadFile reads the desired-state file at path as Load does, without
+// parsing it: at most MaxSize+1 bytes, and only a regular file.
+func ReadFile(path string) ([]byte, fs.FileInfo, error) {
+	data, st, err := safefile.Read(path, MaxSize, safefile.Options{})
+	if errors.Is(err, safefile.ErrNotRegular) {
+		return nil, nil, fmt.Errorf("read desired-state file: %w; it must be a regular file (or a symlink to one)", err)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("read desired-state file: %w", err)
+	}
+	return data, st, nil
 }
 
 // Host returns the host called name, or nil.

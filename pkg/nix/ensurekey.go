@@ -3,12 +3,12 @@ package nix
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 
 	"github.com/nixpeer/nixpeer/pkg/atomicfile"
+	"github.com/nixpeer/nixpeer/pkg/safefile"
 )
 
 // Names of the key files EnsureCacheKey keeps.
@@ -115,27 +115,16 @@ func readSecretKey(path, name string) (SecretKey, error) {
 // readSecretKeyFile reads and parses the secret key file, whatever its
 // key's name.
 func readSecretKeyFile(path string) (SecretKey, fs.FileInfo, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	data, st, err := safefile.Read(path, maxKeyFileSize, safefile.Options{})
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		return SecretKey{}, nil, err
-	}
-	if err != nil {
+	case errors.Is(err, safefile.ErrNotRegular):
+		return SecretKey{}, nil, unusableKey(path, "it is not a regular file but "+safefile.Kind(typeOf(path)))
+	case err != nil:
 		return SecretKey{}, nil, fmt.Errorf("read cache signing key: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return SecretKey{}, nil, fmt.Errorf("read cache signing key: %w", err)
-	}
-	if !st.Mode().IsRegular() {
-		return SecretKey{}, nil, unusableKey(path, "it is not a regular file")
-	}
-	if st.Size() > maxKeyFileSize {
+	case len(data) > maxKeyFileSize:
 		return SecretKey{}, nil, unusableKey(path, fmt.Sprintf("it is %d bytes long, far more than a key", st.Size()))
-	}
-	data := make([]byte, st.Size())
-	if _, err := io.ReadFull(f, data); err != nil {
-		return SecretKey{}, nil, fmt.Errorf("read cache signing key %s: %w", path, err)
 	}
 	sk, err := ParseSecretKey(string(data))
 	if err != nil {
@@ -180,6 +169,14 @@ func InspectCacheKey(dir string) (CacheKeyState, error) {
 		}
 	}
 	return ks, nil
+}
+
+// typeOf is the type of what is at path, for messages.
+func typeOf(path string) fs.FileMode {
+	if st, err := os.Stat(path); err == nil {
+		return st.Mode()
+	}
+	return fs.ModeIrregular
 }
 
 // unusableKey is the error for a secret key file nixpeer must not touch.

@@ -3,7 +3,6 @@ package reconcile
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"os/user"
@@ -18,6 +17,7 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/peering"
+	"github.com/nixpeer/nixpeer/pkg/safefile"
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 	"github.com/nixpeer/nixpeer/pkg/state"
 )
@@ -199,8 +199,11 @@ func (h *Host) observeDesired(o *Observation) {
 	f, raw, err := desired.Load(name)
 	if err != nil {
 		reason := "Invalid"
-		if errors.Is(err, os.ErrNotExist) {
+		switch {
+		case errors.Is(err, os.ErrNotExist):
 			reason = "FileMissing"
+		case errors.Is(err, safefile.ErrNotRegular):
+			reason = "NotARegularFile"
 		}
 		keep := "no earlier desired state to keep: nothing is managed until it is fixed"
 		if h.desired != nil {
@@ -279,26 +282,15 @@ func observedPaths(l layout.Layout, self *desired.Host) []string {
 // symlink, a FIFO, a device or a directory is refused without being
 // opened, so that nothing at a managed path can block or swell the agent.
 func readObserved(path string) FileObs {
-	st, err := os.Lstat(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	data, st, err := safefile.Read(path, maxManagedFile, safefile.Options{NoFollow: true})
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		return FileObs{}
-	}
-	if err != nil {
-		return FileObs{Err: err}
-	}
-	if !st.Mode().IsRegular() {
-		return FileObs{Err: fmt.Errorf("%s is not a regular file (%v); refusing to read or replace it", path, st.Mode().Type())}
-	}
-	f, err := os.OpenFile(path, os.O_RDONLY|syscallNoFollow, 0)
-	if err != nil {
+	case errors.Is(err, safefile.ErrNotRegular):
+		return FileObs{Err: fmt.Errorf("%w; refusing to read or replace it", err)}
+	case err != nil:
 		return FileObs{Err: fmt.Errorf("read %s: %w", path, err)}
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxManagedFile+1))
-	if err != nil {
-		return FileObs{Err: fmt.Errorf("read %s: %w", path, err)}
-	}
-	if len(data) > maxManagedFile {
+	case len(data) > maxManagedFile:
 		return FileObs{Err: fmt.Errorf("%s is larger than %d MiB; refusing to read or replace it", path, maxManagedFile>>20)}
 	}
 	return FileObs{Exists: true, Content: data, Mode: st.Mode().Perm(), ModTime: st.ModTime()}

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/nixpeer/nixpeer/pkg/atomicfile"
+	"github.com/nixpeer/nixpeer/pkg/safefile"
 )
 
 const (
@@ -412,19 +413,18 @@ func pubLine(k Key, comment string) string {
 // readRegular reads a regular file (following symlinks); anything else is
 // refused without opening it, so that a FIFO cannot block the agent.
 func readRegular(path string) ([]byte, fs.FileInfo, error) {
-	st, err := os.Stat(path)
+	data, st, err := safefile.Read(path, maxKeyFile, safefile.Options{})
 	if err != nil {
 		return nil, nil, err
 	}
-	if !st.Mode().IsRegular() {
-		return nil, nil, fmt.Errorf("not a regular file (%v)", st.Mode().Type())
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, nil, err
+	if len(data) > maxKeyFile {
+		return nil, nil, fmt.Errorf("it is larger than %d bytes, far more than a key", maxKeyFile)
 	}
 	return data, st, nil
 }
+
+// maxKeyFile bounds what is read of a key file.
+const maxKeyFile = 64 << 10
 
 // parsePrivate parses an unencrypted ed25519 OpenSSH private key. Its
 // errors say what is wrong without quoting the file.

@@ -13,13 +13,16 @@ import (
 	"path/filepath"
 
 	"github.com/fsnotify/fsnotify"
+	"github.com/nixpeer/nixpeer/pkg/safefile"
 	"go.uber.org/zap"
 )
 
 // File calls onChange whenever the content of path differs from the last
-// content it saw (a deleted file counts as a change). It returns when ctx
-// ends or the watcher fails to start.
-func File(ctx context.Context, log *zap.Logger, path string, onChange func()) error {
+// content it saw (a deleted file counts as a change). It reads at most
+// limit+1 bytes of it, and only when it is a regular file: a FIFO or a
+// device at path never blocks or swells the watcher (such a file counts
+// as unreadable). It returns when ctx ends or the watcher fails to start.
+func File(ctx context.Context, log *zap.Logger, path string, limit int64, onChange func()) error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		return fmt.Errorf("start file watcher: %w", err)
@@ -48,7 +51,7 @@ func File(ctx context.Context, log *zap.Logger, path string, onChange func()) er
 	if !watched[filepath.Dir(path)] {
 		return fmt.Errorf("watch directory of %s: not watchable", path)
 	}
-	last := digest(path)
+	last := digest(path, limit)
 	for {
 		select {
 		case <-ctx.Done():
@@ -66,7 +69,7 @@ func File(ctx context.Context, log *zap.Logger, path string, onChange func()) er
 				continue
 			}
 			follow()
-			if d := digest(path); !bytes.Equal(d, last) {
+			if d := digest(path, limit); !bytes.Equal(d, last) {
 				last = d
 				onChange()
 			}
@@ -92,9 +95,10 @@ func dirsOf(path string) []string {
 	return dirs
 }
 
-// digest is the sha256 of path's content, nil when it cannot be read.
-func digest(path string) []byte {
-	b, err := os.ReadFile(path)
+// digest is the sha256 of the first limit+1 bytes of path, nil when it
+// cannot be read or is not a regular file.
+func digest(path string, limit int64) []byte {
+	b, _, err := safefile.Read(path, limit, safefile.Options{})
 	if err != nil {
 		return nil
 	}

@@ -2,9 +2,11 @@ package watch
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,7 +22,7 @@ func start(t *testing.T, path string) <-chan struct{} {
 	ready := make(chan struct{})
 	go func() {
 		close(ready)
-		done <- File(ctx, zap.NewNop(), path, func() { changes <- struct{}{} })
+		done <- File(ctx, zap.NewNop(), path, 1<<20, func() { changes <- struct{}{} })
 	}()
 	<-ready
 	t.Cleanup(func() {
@@ -137,5 +139,39 @@ func TestSameContentIsNoChange(t *testing.T) {
 	expectChange(t, changes, "real change", func(i int) { save("new " + string(rune('a'+i))) })
 	if n := len(changes); n != 0 {
 		t.Fatalf("%d extra changes reported for a same-content write", n)
+	}
+}
+
+// TestSwapToAFIFOOrDevice: the file swapped for a FIFO or /dev/zero is a
+// change (it is no longer readable), seen without blocking or reading
+// without bound; swapped back, it is a change again.
+func TestSwapToAFIFOOrDevice(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "desired.yaml")
+	if err := os.WriteFile(filepath.Join(dir, "real.yaml"), []byte("a: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("real.yaml", path); err != nil {
+		t.Fatal(err)
+	}
+	changes := start(t, path)
+	expectChange(t, changes, "the watch is live", func(i int) { write(t, filepath.Join(dir, "real.yaml"), fmt.Sprintf("a: %d\n", i+2)) })
+	for _, target := range []string{fifo, "real.yaml", "/dev/zero", "real.yaml"} {
+		expectChange(t, changes, "swap to "+target, func(i int) {
+			if i > 0 {
+				return // seen once or never
+			}
+			tmp := filepath.Join(dir, "tmp-link")
+			if err := os.Symlink(target, tmp); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(tmp, path); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
