@@ -21,7 +21,7 @@ func TestHostileDesiredStateFile(t *testing.T) {
 	good := fleet(port, "")
 	for _, c := range []struct {
 		name, reason, want string
-		make           func(t *testing.T, path string)
+		make               func(t *testing.T, path string)
 	}{
 		{"fifo", "NotARegularFile", "named pipe", func(t *testing.T, path string) {
 			if err := syscall.Mkfifo(path, 0o644); err != nil {
