@@ -208,8 +208,14 @@ func stagingServesProduction(t *testing.T, port int, protocol string) {
 
 	// Staging is gone: a production build still succeeds by building
 	// locally (fallback = true), instead of failing at the substituter.
+	// The builds use production's settings as they are now, with staging
+	// in them: the agent withdraws it soon after.
+	confDir := t.TempDir()
+	for _, name := range []string{"nix.conf", "nixpeer.conf"} {
+		writeFile(t, filepath.Join(confDir, name), readFile(t, filepath.Join(f.P, "etc/nix", name)))
+	}
 	f.sshd.Stop(t)
-	prodEnv := append(os.Environ(), "NIX_CONF_DIR="+filepath.Join(f.P, "etc/nix"),
+	prodEnv := append(os.Environ(), "NIX_CONF_DIR="+confDir,
 		"NIX_SSHOPTS=-F "+filepath.Join(f.P, "root/.ssh/config"))
 	// (A local build needs the machine's store: a --store DIR build would
 	// need a sandbox, which this machine has not.)

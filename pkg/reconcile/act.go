@@ -129,7 +129,7 @@ func (h *Host) actOn(ctx context.Context, o *Observation, r *Resource, a *acted)
 		}
 	}
 	if r.Apply != nil {
-		h.jobs.start(ctx, slotApply, r.Apply.hash, h.applyJob(r.Apply))
+		h.jobs.start(ctx, slotApply, r.Apply.key(), h.applyJob(r.Apply))
 	}
 	if r.Sign != nil {
 		h.jobs.start(ctx, slotSign, r.Sign.key, h.signJob(r.Sign))

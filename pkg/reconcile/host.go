@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -54,10 +55,7 @@ type Host struct {
 	// Touched only by the loop's single worker.
 	desired    *desired.File // last good desired state
 	generation int64
-	// trips are when each substituter was withdrawn for going dark: the
-	// breaker's memory of flapping peers.
-	trips map[string][]time.Time
-	users userCheck
+	users      userCheck
 
 	mu      sync.Mutex
 	status  status.Status
@@ -69,7 +67,7 @@ type Host struct {
 // A record that cannot be read is logged and left for the first pass to
 // write anew.
 func NewHost(cfg Config) (*Host, error) {
-	h := &Host{cfg: cfg, log: cfg.Log, updated: make(chan struct{}), trips: map[string][]time.Time{}}
+	h := &Host{cfg: cfg, log: cfg.Log, updated: make(chan struct{})}
 	h.jobs = newJobs(cfg.Clock, func(reason string) { cfg.Trigger(reason) })
 	if st, ok, err := cfg.Store.LoadStatus(); err != nil {
 		h.log.Warn("the last status in the state store is unreadable; starting without it", zap.Error(err))
@@ -122,10 +120,6 @@ func (h *Host) WaitReconciled(ctx context.Context, after time.Time) status.Statu
 	}
 }
 
-// Desired returns the desired state in force (the last good one), or nil.
-// Only the loop's worker may call it.
-func (h *Host) Desired() *desired.File { return h.desired }
-
 // Reconcile runs one pass: observe, plan, act, report. It returns when the
 // next pass is due without an event (0: at the resync), and the pass's
 // failures.
@@ -175,7 +169,7 @@ func (h *Host) report(o *Observation, p *Plan, a *acted) (time.Duration, error) 
 		if f, failed := a.failed[r]; failed {
 			c.Status, c.Reason, c.Message = status.False, f.Reason, f.Message
 		}
-		conds = append(conds, carry(prev.Conditions, c, now))
+		conds = append(conds, status.Carry(prev.Conditions, c, now))
 	}
 	if o.Self != nil {
 		next.Host = o.Self.Name
@@ -185,7 +179,9 @@ func (h *Host) report(o *Observation, p *Plan, a *acted) (time.Duration, error) 
 		}
 	}
 	if nixRes != nil && a.done[nixRes] {
-		h.recordTrips(o, p, now)
+		if err := h.recordTrips(o, p, now); err != nil {
+			a.errs = append(a.errs, err)
+		}
 	}
 	passErr := errors.Join(a.errs...)
 
@@ -200,7 +196,7 @@ func (h *Host) report(o *Observation, p *Plan, a *acted) (time.Duration, error) 
 		ready.Status, ready.Reason = status.False, "Reconciling"
 		ready.Message = fmt.Sprintf("generation %d is not reconciled yet (observed %d)", next.Generation, next.ObservedGeneration)
 	}
-	next.Conditions = append([]status.Condition{carry(prev.Conditions, ready, now)}, conds...)
+	next.Conditions = append([]status.Condition{status.Carry(prev.Conditions, ready, now)}, conds...)
 	sort.SliceStable(next.Conditions[1:], func(i, j int) bool { return next.Conditions[1+i].Type < next.Conditions[1+j].Type })
 	next.Ready = ready.Status == status.True
 	if passErr != nil {
@@ -218,8 +214,8 @@ func (h *Host) report(o *Observation, p *Plan, a *acted) (time.Duration, error) 
 		}
 		if err := h.cfg.Store.SaveStatus(next, ev, o.NewDesired); err != nil {
 			passErr = errors.Join(passErr, err)
-			next.Ready = false
-			next.Conditions[0] = carry(prev.Conditions, status.Condition{Type: status.Ready, Status: status.False,
+			next.Ready, next.LastError = false, err.Error()
+			next.Conditions[0] = status.Carry(prev.Conditions, status.Condition{Type: status.Ready, Status: status.False,
 				Reason: "StateStoreError", Message: err.Error()}, now)
 		}
 		h.log.Info("reconciled", zap.Bool("ready", next.Ready), zap.Int64("generation", next.Generation),
@@ -243,29 +239,24 @@ func (h *Host) report(o *Observation, p *Plan, a *acted) (time.Duration, error) 
 }
 
 // recordTrips remembers, once the settings are written, which peers were
-// withdrawn for going dark in this pass, and forgets old trips.
-func (h *Host) recordTrips(o *Observation, p *Plan, now time.Time) {
+// withdrawn for their health in this pass, and forgets old trips.
+func (h *Host) recordTrips(o *Observation, p *Plan, now time.Time) error {
 	trips := map[string][]time.Time{}
+	changed := len(p.Trips) > 0
 	for name, t := range o.Trips {
-		if t = recentTrips(t, now); len(t) > 0 {
-			trips[name] = t
+		if r := recentTrips(t, now); len(r) > 0 {
+			trips[name] = r
 		}
+		changed = changed || len(trips[name]) != len(t)
 	}
 	for _, name := range p.Trips {
 		trips[name] = append(trips[name], now)
-		h.log.Warn("peer went dark; its substituter is withdrawn", zap.String("peer", name))
+		h.log.Warn("peer withdrawn for its health; builds go on locally", zap.String("peer", name))
 	}
-	h.trips = trips
-}
-
-// carry gives c the transition time of the condition of its type in prev
-// when its status did not flip, now otherwise.
-func carry(prev []status.Condition, c status.Condition, now time.Time) status.Condition {
-	c.LastTransitionTime = now
-	if old := status.Find(prev, c.Type); old != nil && old.Status == c.Status && !old.LastTransitionTime.IsZero() {
-		c.LastTransitionTime = old.LastTransitionTime
+	if !changed {
+		return nil
 	}
-	return c
+	return h.cfg.Store.Put(recTrips, trips)
 }
 
 func firstFalse(conds []status.Condition) *status.Condition {
@@ -312,19 +303,13 @@ func managedFiles(prev []status.File, o *Observation, p *Plan, a *acted, now tim
 	for _, w := range a.wrote {
 		when[w] = now
 	}
-	seen := map[string]bool{}
 	var out []status.File
-	written := map[string]bool{}
-	for _, w := range a.wrote {
-		written[w] = true
-	}
 	add := func(path string, mtime time.Time) {
-		if seen[path] || mtime.IsZero() && !written[path] {
-			return // listed already, or not there
+		at, wrote := when[path]
+		if mtime.IsZero() && !wrote || slices.ContainsFunc(out, func(f status.File) bool { return f.Path == path }) {
+			return // not there, or listed already
 		}
-		seen[path] = true
-		at, ok := when[path]
-		if !ok {
+		if !wrote {
 			at = mtime
 		}
 		out = append(out, status.File{Path: path, UpdatedAt: at})

@@ -200,9 +200,9 @@ func TestHostPassWithFakes(t *testing.T) {
 		if err != nil || !st.Ready || h.nix.applies != before+1 {
 			t.Fatalf("ready %v err %v applies %d→%d: want one more apply, then Ready", st.Ready, err, before, h.nix.applies)
 		}
-		var v string
-		if _, err := h.store.Get(recApplied, &v); err != nil || v == "" {
-			t.Fatalf("record not healed: %q %v", v, err)
+		var v appliedRecord
+		if _, err := h.store.Get(recApplied, &v); err != nil || v.Hash == "" {
+			t.Fatalf("record not healed: %+v %v", v, err)
 		}
 		// A record of verified peers that cannot be read is written anew.
 		if err := h.store.Put(recVerified, "not a map"); err != nil {

@@ -25,13 +25,17 @@ type jobResult struct {
 	Missing []string
 }
 
-// jobState is what a pass observes of a slot: the job running, or the
-// last one that ended.
+// jobState is what a pass observes of a slot: the job running, if one
+// is, and the last one that ended, which stays while the next runs.
 type jobState struct {
-	// Key says what the job is for (a settings hash, a key and path, a
-	// probed target); "" when the slot never ran.
+	// Running is set while a job runs, for RunningKey since RunningSince.
+	Running      bool
+	RunningKey   string
+	RunningSince time.Time
+
+	// Key says what the last ended job was for (a settings hash, a key
+	// and path, a probed target); "" when none ended yet.
 	Key     string
-	Running bool
 	Started time.Time
 	Ended   time.Time
 	Reason  string
@@ -42,8 +46,8 @@ type jobState struct {
 	Failures int
 }
 
-// done reports whether a job for key ended (and none runs).
-func (s jobState) done(key string) bool { return !s.Running && s.Key == key && !s.Ended.IsZero() }
+// done reports whether a job for key ended.
+func (s jobState) done(key string) bool { return s.Key == key && !s.Ended.IsZero() }
 
 // failed reports whether the last job for key ended with an error.
 func (s jobState) failed(key string) bool { return s.done(key) && s.Err != "" }
@@ -74,16 +78,14 @@ func (j *jobs) get(slot string) jobState {
 // reports whether it started one. fn gets ctx; its end triggers a pass.
 func (j *jobs) start(ctx context.Context, slot, key string, fn func(context.Context) jobResult) bool {
 	j.mu.Lock()
-	prev := j.slots[slot]
-	if prev.Running {
+	s := j.slots[slot]
+	if s.Running {
 		j.mu.Unlock()
 		return false
 	}
-	failures := 0
-	if prev.Key == key {
-		failures = prev.Failures
-	}
-	j.slots[slot] = jobState{Key: key, Running: true, Started: j.clock.Now(), Failures: failures}
+	started := j.clock.Now()
+	s.Running, s.RunningKey, s.RunningSince = true, key, started
+	j.slots[slot] = s
 	j.wg.Add(1)
 	j.mu.Unlock()
 	go func() {
@@ -91,7 +93,11 @@ func (j *jobs) start(ctx context.Context, slot, key string, fn func(context.Cont
 		res := fn(ctx)
 		j.mu.Lock()
 		s := j.slots[slot]
-		s.Running, s.Ended = false, j.clock.Now()
+		if s.Key != key {
+			s.Failures = 0
+		}
+		s.Running, s.RunningKey = false, ""
+		s.Key, s.Started, s.Ended = key, started, j.clock.Now()
 		s.Reason, s.Output, s.Missing, s.Err = res.Reason, res.Output, res.Missing, ""
 		if res.Err != nil {
 			s.Err = res.Err.Error()

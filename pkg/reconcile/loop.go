@@ -86,6 +86,12 @@ func (l *Loop) Run(ctx context.Context) {
 		switch {
 		case err != nil && ctx.Err() == nil:
 			wait := l.queue.AddRateLimited(key)
+			if next > 0 && next < wait {
+				// Work that is due sooner (a probe, a hold-down's end)
+				// is not held up by an unrelated failure.
+				l.queue.AddAfter(key, next)
+				wait = next
+			}
 			l.log.Warn("reconcile failed; will retry", zap.Error(err), zap.Duration("retryIn", wait),
 				zap.Int("failures", l.queue.Failures(key)))
 		default:

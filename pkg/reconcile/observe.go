@@ -69,10 +69,10 @@ type Observation struct {
 	// the peer went dark (newest last, within FlapWindow).
 	Trips map[string][]time.Time
 
-	// Apply is the apply-and-verify slot; Applied the hash of the Nix
-	// settings last verified live.
+	// Apply is the apply-and-verify slot; Applied the Nix settings last
+	// verified live, and when the apply that did it began.
 	Apply   jobState
-	Applied string
+	Applied appliedRecord
 	// Sign is the signing slot; SignedWith the binary-cache public key
 	// the closure was last signed with; SignTarget the store path the
 	// closure link points to ("" when there is none; SignTargetErr when
@@ -166,9 +166,12 @@ func (h *Host) observe() *Observation {
 			o.Peers[hst.Name] = st
 		}
 	}
+	trips := readRecord[map[string][]time.Time](h, recTrips)
 	for _, name := range self.SubstituteFrom {
 		o.Probes[name] = h.jobs.get(probeSlot(name))
-		o.Trips[name] = append([]time.Time(nil), h.trips[name]...)
+		if len(trips[name]) > 0 {
+			o.Trips[name] = trips[name]
+		}
 	}
 
 	if _, err := h.cfg.Store.Get(recVerified, &o.Verified); err != nil || o.Verified == nil {
@@ -179,10 +182,10 @@ func (h *Host) observe() *Observation {
 		o.Verified = map[string]string{}
 	}
 	o.Apply = h.jobs.get(slotApply)
-	o.Applied = h.readRecord(recApplied)
+	o.Applied = readRecord[appliedRecord](h, recApplied)
 	if self.Serve != nil {
 		o.Sign = h.jobs.get(slotSign)
-		o.SignedWith = h.readRecord(recSignedWith)
+		o.SignedWith = readRecord[string](h, recSignedWith)
 		o.SignTarget, o.SignTargetErr = h.resolveClosure(self.Serve.SignClosure)
 		if self.Platform != desired.PlatformNixOSModule {
 			o.NixSSHUser = h.users.check(self.Platform, o.Now)
@@ -229,14 +232,15 @@ func (h *Host) observeDesired(o *Observation) {
 	h.desired, h.generation = f, d.Generation
 }
 
-// readRecord reads a string record of the store. One that cannot be read
+// readRecord reads a record of the store. One that cannot be read
 // counts as absent: the pass then does again what the record would have
 // spared it (apply and verify, sign), and writing the record heals it.
-func (h *Host) readRecord(key string) string {
-	var v string
+func readRecord[T any](h *Host, key string) T {
+	var v T
 	if _, err := h.cfg.Store.Get(key, &v); err != nil {
 		h.log.Warn("unreadable record in the state store; doing its work again", zap.String("record", key), zap.Error(err))
-		return ""
+		var zero T
+		return zero
 	}
 	return v
 }

@@ -144,8 +144,9 @@ func (pl *planner) planTrust() {
 func (pl *planner) substituter(h *desired.Host) verdict {
 	o := pl.o
 	st, k := o.Peers[h.Name], pl.keys[h.Name]
-	tuple, v := pl.tuple(h, k)
-	inUse := v.url != "" && bytes.Contains(o.Files[pl.daemonFile()].Content, []byte(v.url))
+	tuple, url := pl.tuple(h, k)
+	v := verdict{url: url}
+	inUse := url != "" && bytes.Contains(o.Files[pl.daemonFile()].Content, []byte(url))
 	wait := func(state status.PeerState, msg string) verdict {
 		v.State, v.Message = state, msg
 		v.Trip = false
@@ -189,18 +190,18 @@ func (pl *planner) substituter(h *desired.Host) verdict {
 }
 
 // tuple is what a probe of h verifies: where it is, how it serves, the
-// keys on both ends. A change of any of them needs a new probe. The
-// verdict it returns carries the substituter URL, when it can be made.
-func (pl *planner) tuple(h *desired.Host, k peerKeys) (string, verdict) {
+// keys on both ends. A change of any of them needs a new probe. It also
+// returns the substituter URL; both are "" while they cannot be made.
+func (pl *planner) tuple(h *desired.Host, k peerKeys) (tuple, url string) {
 	if k.HostKey == nil || !pl.o.ClientKey.Usable() {
-		return "", verdict{}
+		return "", ""
 	}
 	url, err := nix.SubstituterURL(h.Serve.Protocol, h.Address, h.SSHPort, pl.o.Layout.ClientKey, k.HostKey)
 	if err != nil {
-		return "", verdict{}
+		return "", ""
 	}
 	return fmt.Sprintf("%s %d %s %s %s", h.Address, h.SSHPort, h.Serve.Protocol,
-		ssh.FingerprintSHA256(k.HostKey), pl.o.ClientKey.Key.Fingerprint()), verdict{url: url}
+		ssh.FingerprintSHA256(k.HostKey), pl.o.ClientKey.Key.Fingerprint()), url
 }
 
 // daemonFile is the file that holds the host's substituters.
@@ -246,39 +247,48 @@ type decision struct {
 // that refuses or closes the connection is probed: its sshd may serve
 // still. A probe counts only if it started after the connection last came
 // up or went down; until there is one, the settings stay as they are on
-// disk. A peer that went dark FlapTrips times within FlapWindow is used
-// again only after a hold-down.
+// disk. A peer in use is probed again every ConnectedReprobe while its
+// agent answers (its sshd may stop on its own), every ProbeRefresh while
+// only its sshd does. A peer that served this host before and is
+// withdrawn for its health leaves the host Ready: builds go on locally. A
+// peer that went dark FlapTrips times within FlapWindow is used again only
+// after a hold-down.
 func decide(in peerInput) decision {
 	st, pr := in.State, in.Probe
 	fresh := pr.done(in.Tuple) && !pr.Started.Before(st.Since)
+	served := in.Verified
 	var d decision
 	switch {
-	case !st.Connected && st.NoAnswer && !in.Verified:
+	case !st.Connected && st.NoAnswer && !served:
 		d.verdict = verdict{State: status.PeerWaitingForFacts,
-			Message: fmt.Sprintf("its agent does not answer%s (%s)", since(st.Since), st.LastError)}
+			Message: fmt.Sprintf("its agent does not answer%s (%s), and it never served this host", since(st.Since), st.LastError)}
 	case !st.Connected && st.NoAnswer:
 		d.verdict = verdict{State: status.PeerUnreachable, Ready: true,
 			Message: fmt.Sprintf("its agent stopped answering%s (%s); its substituter is withdrawn and builds go on locally until it answers again",
 				since(st.Since), st.LastError)}
 	case fresh && pr.Err == "" && st.Connected:
 		d.verdict = verdict{Use: true, State: status.PeerServing, Ready: true, Message: "serves this host; verified"}
+		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(ConnectedReprobe))
 	case fresh && pr.Err == "":
 		d.verdict = verdict{Use: true, State: status.PeerServing, Ready: true,
 			Message: fmt.Sprintf("its agent is unreachable (%s), but its sshd serves this host; probed again every %v", st.LastError, ProbeRefresh)}
-		// Nothing else would tell when its sshd stops.
 		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(ProbeRefresh))
-	case fresh && (st.Connected || !in.Verified):
-		d.verdict = verdict{State: status.PeerProbeFailed, Message: pr.Err}
+	case fresh && !served:
+		d.verdict = verdict{State: status.PeerProbeFailed, Message: probeFailure(pr)}
+		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(retryDelay(pr.Failures)))
+	case fresh && st.Connected:
+		d.verdict = verdict{State: status.PeerProbeFailed, Ready: true,
+			Message: "its agent answers, but its sshd no longer serves this host: " + probeFailure(pr) + "; its substituter is withdrawn and builds go on locally"}
 		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(retryDelay(pr.Failures)))
 	case fresh:
 		d.verdict = verdict{State: status.PeerUnreachable, Ready: true,
 			Message: fmt.Sprintf("its agent is unreachable%s (%s) and its sshd does not serve: %s; its substituter is withdrawn and builds go on locally",
-				since(st.Since), st.LastError, pr.Err)}
+				since(st.Since), st.LastError, probeFailure(pr))}
 		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(retryDelay(pr.Failures)))
 	default:
 		// Not probed since the connection last changed: probe, and keep
 		// the settings as they are meanwhile.
-		d.verdict = verdict{Use: in.InUse, State: status.PeerProbing, Ready: in.InUse, Message: "probing its sshd"}
+		d.verdict = verdict{Use: in.InUse, State: status.PeerProbing, Ready: in.InUse || served, Message: "probing its sshd"}
 		d.Probe = !pr.Running
 	}
 	d.Verify = fresh && pr.Err == "" && !in.Verified
@@ -289,8 +299,14 @@ func decide(in peerInput) decision {
 			d.Requeue = until.Sub(in.Now)
 		}
 	}
-	d.Trip = !d.Use && in.InUse && d.State == status.PeerUnreachable
+	// Withdrawn for its health, not for a setting: that counts as a trip.
+	d.Trip = !d.Use && in.InUse && d.Ready
 	return d
+}
+
+// probeFailure says why the last probe failed and when the next one is.
+func probeFailure(pr jobState) string {
+	return fmt.Sprintf("%s (probed again from %s)", pr.Err, pr.Ended.Add(retryDelay(pr.Failures)).UTC().Format(time.RFC3339))
 }
 
 // due reports whether t has come, or else how long until it does.

@@ -37,7 +37,11 @@ const (
 	// ProbeRefresh is how often the sshd of a peer whose agent cannot be
 	// reached is probed again while it serves: nothing else would tell
 	// when it stops.
-	ProbeRefresh = 10 * time.Second
+	ProbeRefresh = 5 * time.Second
+	// ConnectedReprobe is how often the sshd of a peer in use is probed
+	// while its agent answers: its sshd may stop, or port 22 alone be
+	// closed, while its agent runs.
+	ConnectedReprobe = 30 * time.Second
 	// SSHConnectTimeout bounds ssh's connect to a peer (ssh config block).
 	SSHConnectTimeout = 5 * time.Second
 	// outputTail is how much of a command's output the status keeps.
@@ -68,6 +72,9 @@ const (
 	// recVerified holds, by peer, what its last passing probe verified:
 	// a dark peer that served this host counts as settled.
 	recVerified = "peers/verified"
+	// recTrips holds, by peer, when its substituter was withdrawn for its
+	// health within FlapWindow: the breaker's memory, across restarts.
+	recTrips = "peers/trips"
 )
 
 func probeSlot(peer string) string { return "probe/" + peer }
@@ -159,6 +166,17 @@ type record struct {
 	value any
 }
 
+// appliedRecord says which settings were verified live, by an apply that
+// began at At.
+type appliedRecord struct {
+	Hash string    `json:"hash"`
+	At   time.Time `json:"at"`
+}
+
+// key is what the job is for: the settings and the apply command (a
+// fixed command is tried at once, not after the old one's backoff).
+func (r *applyRequest) key() string { return r.hash + " " + strings.Join(r.argv, "\x00") }
+
 // applyRequest is the apply-and-verify job for one version of the Nix
 // settings.
 type applyRequest struct {
@@ -200,9 +218,9 @@ type planner struct {
 	// verified are the probes to record, by peer: the verified record
 	// of the peers this host fetches from, as it is after the pass.
 	verified map[string]string
-	// cacheKeyOK: a serving host's signing key is the one the file asks
-	// for, so the Nix settings may name it.
-	cacheKeyOK bool
+	// cacheKeyOnDisk: a serving host has a usable signing key (whatever
+	// its name), so the Nix settings may name its file.
+	cacheKeyOnDisk bool
 }
 
 // peerKeys is what this host knows, and trusts, of a peer's public keys.
@@ -463,6 +481,9 @@ func (pl *planner) planCacheKey() {
 		r.Reason, r.Message = "KeyCreated", "creating the binary-cache signing key "+serve.KeyName
 		pl.requeue(soon)
 		return
+	}
+	pl.cacheKeyOnDisk = true
+	switch {
 	case ck.Name != serve.KeyName:
 		r.Reason, r.Failed = "KeyNameMismatch", true
 		r.Message = fmt.Sprintf("the signing key %s is named %q, but serve.keyName is %q: set keyName back to %q, "+
@@ -476,7 +497,6 @@ func (pl *planner) planCacheKey() {
 			serve.PublicKey, ck.Public.String(), filepath.Join(l.KeysDir, nix.PublicKeyFileName))
 		return
 	}
-	pl.cacheKeyOK = true
 	if ck.NeedsRepair {
 		r.Keys = []keyWant{{kind: keyCache, path: l.KeysDir, name: serve.KeyName}}
 	}
@@ -501,7 +521,7 @@ func (pl *planner) planCacheKey() {
 	switch {
 	case s.Running:
 		r.Status, r.Reason = false, "SigningClosure"
-		r.Message = fmt.Sprintf("%s; signing the closure of %s with it (since %s)", msg, closure, s.Started.UTC().Format(time.RFC3339))
+		r.Message = fmt.Sprintf("%s; signing the closure of %s with it (since %s)", msg, closure, s.RunningSince.UTC().Format(time.RFC3339))
 		return
 	case s.done(key) && s.Err == "":
 		r.Records = []record{{recSignedWith, pub}}
@@ -604,9 +624,10 @@ func (pl *planner) planNixSettings() {
 	var s nix.Settings
 	var m nix.ModuleSettings
 	if self.Serve != nil {
-		if !pl.cacheKeyOK {
+		if !pl.cacheKeyOnDisk {
 			r.Reason = "WaitingForCacheKey"
-			r.Message = "the Nix settings stay as they are until the signing key is right; see CacheKeyReady"
+			r.Message = "the Nix settings stay as they are until the signing key is usable; see CacheKeyReady"
+			pl.p.Trips = nil // nothing is withdrawn
 			return
 		}
 		s.SecretKeyFiles = []string{filepath.Join(l.KeysDir, nix.SecretKeyFileName)}
@@ -635,32 +656,47 @@ func (pl *planner) planNixSettings() {
 	files, err := pl.nixFiles(s, m)
 	if err != nil {
 		r.Reason, r.Message, r.Failed = "RenderFailed", err.Error(), true
+		pl.p.Trips = nil
 		return
 	}
 	r.Files = files
 	sum := sha256.New()
+	// Settings count as applied only by an apply that began after they
+	// were last written: a file changed behind the agent's back and
+	// written back is applied again.
+	var written time.Time
 	for _, f := range files {
 		fmt.Fprintf(sum, "%s\x00%s\x00", f.path, f.content)
+		obs := o.Files[f.path]
+		if !obs.Exists && len(f.content) > 0 || obs.Exists && !bytes.Equal(obs.Content, f.content) {
+			written = o.Now // this pass writes it
+		} else if obs.ModTime.After(written) {
+			written = obs.ModTime
+		}
 	}
 	hash := hex.EncodeToString(sum.Sum(nil))
-	if o.Applied == hash {
+	if o.Applied.Hash == hash && !o.Applied.At.Before(written) {
 		r.Status, r.Reason, r.Message = true, "Applied", "the Nix settings are live"
 		return
 	}
 	req := &applyRequest{hash: hash, argv: self.Apply, settings: s, withdrawn: withdrawn, hint: pl.notLiveHint()}
 	a := o.Apply
+	key := req.key()
+	if a.done(key) && a.Started.Before(written) {
+		a = jobState{Running: a.Running, RunningKey: a.RunningKey} // about older files
+	}
 	switch {
 	case a.Running:
 		r.Reason, r.Message = "Applying", "applying the Nix settings"
-		if a.Key != hash {
+		if a.RunningKey != key {
 			r.Message = "waiting for the apply of an earlier change to end"
 		}
 		return
-	case a.done(hash) && a.Err == "" && len(a.Missing) == 0:
-		r.Records = []record{{recApplied, hash}}
+	case a.done(key) && a.Err == "" && len(a.Missing) == 0:
+		r.Records = []record{{recApplied, appliedRecord{Hash: hash, At: a.Started}}}
 		r.Status, r.Reason, r.Message = true, "Applied", "the Nix settings are live"
 		return
-	case a.done(hash) && a.Err == "":
+	case a.done(key) && a.Err == "":
 		// Written, not live, and no apply command: the operator's deploy
 		// applies them.
 		r.Reason = "ApplyPending"
@@ -669,7 +705,7 @@ func (pl *planner) planNixSettings() {
 			pl.requeue(due.Sub(o.Now))
 			return
 		}
-	case a.failed(hash):
+	case a.failed(key):
 		r.Reason, r.Message, r.Failed = a.Reason, a.Err, true
 		if due := a.Ended.Add(retryDelay(a.Failures)); o.Now.Before(due) {
 			pl.requeue(due.Sub(o.Now))

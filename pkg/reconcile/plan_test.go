@@ -252,20 +252,39 @@ hosts:
 	})
 }
 
-func TestPlanKeyNameChangedLeavesSigningAlone(t *testing.T) {
+// TestPlanKeyNameChangedKeepsSigning: serve.keyName changes under a key
+// made with the old name. The key is not touched and CacheKeyReady says
+// why; the Nix settings go on naming the key file there is (still
+// signing), and go on following the host's peers: a dark one is
+// withdrawn.
+func TestPlanKeyNameChangedKeepsSigning(t *testing.T) {
 	w := newWorld(t)
-	o := w.obs(strings.Replace(fleetYAML, "serve: {}", "serve: {keyName: stage-2}", 1), "stage")
+	yaml := strings.Replace(fleetYAML, "serve: {}", "serve: {keyName: stage-2}", 1)
+	yaml = strings.Replace(yaml, "  - name: prod", "  - name: other\n    address: 127.0.0.4\n    serve: {}\n  - name: prod", 1)
+	yaml = strings.Replace(yaml, "    serve: {keyName: stage-2}\n", "    serve: {keyName: stage-2}\n    substituteFrom: [other]\n", 1)
+	o := w.obs(yaml, "stage")
 	old := newCacheKey(t, "127.0.0.2")
 	o.CacheKey = CacheKeyObs{CacheKeyState: nix.CacheKeyState{Name: old.Name(), Public: old}}
-	o.Files[w.l.NixpeerConf] = FileObs{Exists: true, Mode: 0o644, Content: []byte("extra-secret-key-files = /r/var/lib/nixpeer/keys/cache-priv-key.pem\n")}
+	// other served, and went dark.
+	o.Peers["other"] = peering.State{Name: "other", Trust: status.TrustTOFU, HostKey: w.stage.Public, Since: t0.Add(-time.Second), NoAnswer: true,
+		Facts: &peer.Facts{Name: "other", Address: "127.0.0.4", Serve: &peer.ServeFacts{Protocol: "ssh", CacheKey: w.stageCK.String(),
+			Authorized: []peer.AuthorizedFact{{Host: "stage", Fingerprint: w.client.Fingerprint(), Applied: true}}}}}
+	pl := &planner{o: o, self: o.Self, file: o.File}
+	tuple, url := pl.tuple(o.File.Host("other"), peerKeys{HostKey: w.stage.Public})
+	o.Verified["other"] = tuple
+	o.Files[w.l.NixpeerConf] = FileObs{Exists: true, Mode: 0o644, Content: []byte("extra-substituters = " + url + "\n")}
+
 	p := plan(o)
 	r := wantCondition(t, p, status.CacheKeyReady, false, "KeyNameMismatch")
-	if !strings.Contains(r.Message, `"127.0.0.2"`) || !strings.Contains(r.Message, `"stage-2"`) || len(r.Keys) != 0 {
-		t.Fatalf("CacheKeyReady %+v: want both names and no key touched", r)
+	if !strings.Contains(r.Message, `"127.0.0.2"`) || !strings.Contains(r.Message, `"stage-2"`) || len(r.Keys) != 0 || !r.Failed {
+		t.Fatalf("CacheKeyReady %+v: want both names, a failure, and no key touched", r)
 	}
-	n := wantCondition(t, p, status.NixSettingsApplied, false, "WaitingForCacheKey")
-	if len(n.Files) != 0 || n.Apply != nil {
-		t.Fatalf("the Nix settings act while the signing key is wrong: files %v, apply %v", n.Files, n.Apply)
+	conf := file(resource(p, status.NixSettingsApplied), w.l.NixpeerConf)
+	if !bytes.Contains(conf, []byte("extra-secret-key-files = /r/var/lib/nixpeer/keys/cache-priv-key.pem")) {
+		t.Fatalf("the Nix settings no longer sign with the key there is:\n%s", conf)
+	}
+	if bytes.Contains(conf, []byte(url)) || len(p.Trips) != 1 {
+		t.Fatalf("a dark peer stays a substituter (trips %v):\n%s", p.Trips, conf)
 	}
 }
 
@@ -416,6 +435,79 @@ func TestPlanSubstituterFollowsItsPeer(t *testing.T) {
 	})
 }
 
+// onDisk puts the files r plans on disk, as written at when.
+func onDisk(o *Observation, r *Resource, when time.Time) {
+	for _, f := range r.Files {
+		o.Files[f.path] = FileObs{Exists: true, Mode: 0o644, Content: f.content, ModTime: when}
+	}
+}
+
+// TestDecide walks the breaker through what a peer in use can do.
+func TestDecide(t *testing.T) {
+	const tuple = "t"
+	connected := peering.State{Connected: true, Since: t0.Add(-time.Hour)}
+	ok := func(ended time.Time) jobState {
+		return jobState{Key: tuple, Started: ended.Add(-100 * time.Millisecond), Ended: ended}
+	}
+	failed := func(ended time.Time) jobState {
+		s := ok(ended)
+		s.Err, s.Failures = "connection refused", 1
+		return s
+	}
+	for _, c := range []struct {
+		name      string
+		in        peerInput
+		use       bool
+		state     status.PeerState
+		ready     bool
+		probe     bool
+		requeue   time.Duration
+		trip      bool
+		verifyRec bool
+	}{
+		{name: "serving, probed a while ago: probed again while its agent answers",
+			in:  peerInput{State: connected, Probe: ok(t0.Add(-ConnectedReprobe)), InUse: true, Verified: true},
+			use: true, state: status.PeerServing, ready: true, probe: true},
+		{name: "serving, probed 10s ago",
+			in:  peerInput{State: connected, Probe: ok(t0.Add(-10 * time.Second)), InUse: true, Verified: true},
+			use: true, state: status.PeerServing, ready: true, requeue: ConnectedReprobe - 10*time.Second},
+		{name: "a refresh probe runs: the last result stands",
+			in: peerInput{State: connected, Probe: func() jobState {
+				s := ok(t0.Add(-ConnectedReprobe))
+				s.Running, s.RunningKey = true, tuple
+				return s
+			}(), InUse: true, Verified: true},
+			use: true, state: status.PeerServing, ready: true, probe: true},
+		{name: "its sshd stopped while its agent answers: withdrawn, host stays Ready",
+			in:  peerInput{State: connected, Probe: failed(t0.Add(-time.Second)), InUse: true, Verified: true},
+			use: false, state: status.PeerProbeFailed, ready: true, probe: true, trip: true},
+		{name: "its sshd never served",
+			in:  peerInput{State: connected, Probe: failed(t0.Add(-time.Second))},
+			use: false, state: status.PeerProbeFailed, ready: false, probe: true},
+		{name: "back after it served: probing keeps the host Ready",
+			in:  peerInput{State: peering.State{Connected: true, Since: t0.Add(-time.Second)}, Probe: ok(t0.Add(-time.Minute)), Verified: true},
+			use: false, state: status.PeerProbing, ready: true, probe: true},
+		{name: "back and probed",
+			in:  peerInput{State: peering.State{Connected: true, Since: t0.Add(-time.Second)}, Probe: ok(t0), Verified: true},
+			use: true, state: status.PeerServing, ready: true, requeue: ConnectedReprobe},
+		{name: "first probe passes: recorded as verified",
+			in:  peerInput{State: connected, Probe: ok(t0)},
+			use: true, state: status.PeerServing, ready: true, requeue: ConnectedReprobe, verifyRec: true},
+		{name: "dark",
+			in:  peerInput{State: peering.State{NoAnswer: true, Since: t0.Add(-time.Second)}, Probe: ok(t0.Add(-time.Minute)), InUse: true, Verified: true},
+			use: false, state: status.PeerUnreachable, ready: true, trip: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			c.in.Now, c.in.Tuple = t0, tuple
+			d := decide(c.in)
+			if d.Use != c.use || d.State != c.state || d.Ready != c.ready || d.Probe != c.probe || d.Requeue != c.requeue || d.Trip != c.trip || d.Verify != c.verifyRec {
+				t.Fatalf("decide = use %v %s ready %v probe %v requeue %v trip %v verify %v (%s); want use %v %s ready %v probe %v requeue %v trip %v verify %v",
+					d.Use, d.State, d.Ready, d.Probe, d.Requeue, d.Trip, d.Verify, d.Message, c.use, c.state, c.ready, c.probe, c.requeue, c.trip, c.verifyRec)
+			}
+		})
+	}
+}
+
 func TestPlanApply(t *testing.T) {
 	w := newWorld(t)
 	o := w.obs(fleetYAML, "stage")
@@ -424,34 +516,56 @@ func TestPlanApply(t *testing.T) {
 	if r.Apply == nil {
 		t.Fatal("new settings, and no apply")
 	}
-	hash := r.Apply.hash
+	hash, key := r.Apply.hash, r.Apply.key()
+	written := t0.Add(-time.Minute)
+	onDisk(o, r, written)
 
-	o.Apply = jobState{Key: hash, Running: true, Started: t0}
+	o.Apply = jobState{Running: true, RunningKey: key, RunningSince: t0}
 	if r := wantCondition(t, plan(o), status.NixSettingsApplied, false, "Applying"); r.Apply != nil {
 		t.Fatal("a second apply while one runs")
 	}
 
-	o.Apply = jobState{Key: hash, Started: t0, Ended: t0, Reason: "ApplyFailed", Err: "exit status 1", Failures: 1}
+	o.Apply = jobState{Key: key, Started: t0, Ended: t0, Reason: "ApplyFailed", Err: "exit status 1", Failures: 1}
 	p = plan(o)
 	r = wantCondition(t, p, status.NixSettingsApplied, false, "ApplyFailed")
 	if !r.Failed || r.Apply != nil || p.Requeue != time.Second {
 		t.Fatalf("a failed apply: failed %v, apply %v, requeue %v; want a failure retried in 1s", r.Failed, r.Apply, p.Requeue)
 	}
 	o.Now = t0.Add(time.Second)
-	if r := plan(o).Resources; resource(&Plan{Resources: r}, status.NixSettingsApplied).Apply == nil {
+	if r := resource(plan(o), status.NixSettingsApplied); r.Apply == nil {
 		t.Fatal("a failed apply is not retried once its delay passed")
 	}
 
 	o.Now = t0
-	o.Apply = jobState{Key: hash, Started: t0, Ended: t0}
+	o.Apply = jobState{Key: key, Started: t0, Ended: t0}
 	r = wantCondition(t, plan(o), status.NixSettingsApplied, true, "Applied")
-	if len(r.Records) != 1 || r.Records[0].value != hash {
-		t.Fatalf("records %+v, want the applied hash", r.Records)
+	if len(r.Records) != 1 || r.Records[0].value != (appliedRecord{Hash: hash, At: t0}) {
+		t.Fatalf("records %+v, want the applied hash and when its apply began", r.Records)
 	}
-	o.Applied = hash
+	o.Applied = appliedRecord{Hash: hash, At: t0}
 	if r := wantCondition(t, plan(o), status.NixSettingsApplied, true, "Applied"); r.Apply != nil || len(r.Records) != 0 {
 		t.Fatal("settings applied already, and the plan applies or records again")
 	}
+
+	t.Run("a file changed behind the agent's back is applied again", func(t *testing.T) {
+		o := *o
+		o.Files = map[string]FileObs{}
+		for k, v := range o.Files {
+			o.Files[k] = v
+		}
+		onDisk(&o, r, written)
+		o.Files[w.l.NixConf] = FileObs{Exists: true, Mode: 0o644, Content: []byte("# a package upgrade wrote this\n"), ModTime: t0.Add(time.Minute)}
+		o.Now = t0.Add(2 * time.Minute)
+		if r := wantCondition(t, plan(&o), status.NixSettingsApplied, false, "Applying"); r.Apply == nil {
+			t.Fatal("nix.conf is written back and not applied")
+		}
+		// Written back, by the agent or by a person: the old apply does
+		// not count for it.
+		onDisk(&o, r, t0.Add(time.Minute))
+		if r := wantCondition(t, plan(&o), status.NixSettingsApplied, false, "Applying"); r.Apply == nil {
+			t.Fatal("settings written after their last apply count as applied")
+		}
+	})
 }
 
 func TestPlanKeys(t *testing.T) {

@@ -5,7 +5,6 @@ package status
 
 import (
 	"slices"
-	"sort"
 	"time"
 )
 
@@ -142,30 +141,15 @@ type Status struct {
 	LastReconcile      time.Time   `json:"lastReconcile"`
 }
 
-// Set records c in conds, keyed by type. LastTransitionTime is now when the
-// status of that type flips or is new, and kept otherwise. The result is
-// sorted by type, with Ready first.
-func Set(conds []Condition, c Condition, now time.Time) []Condition {
-	for i := range conds {
-		if conds[i].Type != c.Type {
-			continue
-		}
-		c.LastTransitionTime = conds[i].LastTransitionTime
-		if conds[i].Status != c.Status || c.LastTransitionTime.IsZero() {
-			c.LastTransitionTime = now
-		}
-		conds[i] = c
-		return conds
-	}
+// Carry returns c with the transition time of the condition of its type
+// in prev when its status did not flip, now otherwise: LastTransitionTime
+// changes only when Status flips.
+func Carry(prev []Condition, c Condition, now time.Time) Condition {
 	c.LastTransitionTime = now
-	conds = append(conds, c)
-	sort.SliceStable(conds, func(i, j int) bool {
-		if (conds[i].Type == Ready) != (conds[j].Type == Ready) {
-			return conds[i].Type == Ready
-		}
-		return conds[i].Type < conds[j].Type
-	})
-	return conds
+	if old := Find(prev, c.Type); old != nil && old.Status == c.Status && !old.LastTransitionTime.IsZero() {
+		c.LastTransitionTime = old.LastTransitionTime
+	}
+	return c
 }
 
 // Find returns the condition of type t, or nil.
