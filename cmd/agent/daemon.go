@@ -93,9 +93,13 @@ func cmdRun(args []string, stderr io.Writer) error {
 }
 
 func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, config, hostName, group string, resync time.Duration) error {
-	store, err := state.Open(l.Database, time.Second)
+	store, opened, err := state.Open(l.Database, time.Second)
 	if err != nil {
 		return err
+	}
+	if opened.Damaged != "" {
+		log.Error("the state database was damaged; it was moved aside and a new one started, trust is rebuilt from the managed files",
+			zap.String("why", opened.Damaged), zap.String("movedTo", opened.MovedTo))
 	}
 	defer store.Close()
 

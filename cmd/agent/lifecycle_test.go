@@ -196,7 +196,7 @@ func TestFailingApplyIsNotReady(t *testing.T) {
 	renameSave(t, config, hostYAML(port, "    serve: {}\n", `["true"]`, false))
 	a.waitFor("Ready once the apply works", ready)
 	a.stop()
-	store, err := state.Open(filepath.Join(root, "var/lib/nixpeer/state.db"), time.Second)
+	store, _, err := state.Open(filepath.Join(root, "var/lib/nixpeer/state.db"), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +210,7 @@ func TestFailingApplyIsNotReady(t *testing.T) {
 		return ready(s) && s.LastReconcile.After(restarted)
 	})
 	a.stop()
-	store, err = state.Open(filepath.Join(root, "var/lib/nixpeer/state.db"), time.Second)
+	store, _, err = state.Open(filepath.Join(root, "var/lib/nixpeer/state.db"), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

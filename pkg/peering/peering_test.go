@@ -50,7 +50,7 @@ func fixture(t *testing.T) (context.Context, context.CancelFunc, *state.Store, s
 }
 
 func openStore(t *testing.T) *state.Store {
-	store, err := state.Open(filepath.Join(t.TempDir(), "state.db"), time.Second)
+	store, _, err := state.Open(filepath.Join(t.TempDir(), "state.db"), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -121,7 +121,7 @@ func newHarness(t *testing.T, yaml string) *harness {
 		t.Fatal(err)
 	}
 	var err error
-	if h.store, err = state.Open(h.l.Database, time.Second); err != nil {
+	if h.store, _, err = state.Open(h.l.Database, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.store.Close() })
@@ -318,7 +318,7 @@ func BenchmarkNoOpPass(b *testing.B) {
 	l := layout.New(root, "", "")
 	config := filepath.Join(root, "desired.yaml")
 	os.WriteFile(config, []byte(stageYAML), 0o644)
-	store, err := state.Open(l.Database, time.Second)
+	store, _, err := state.Open(l.Database, time.Second)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -9,13 +9,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime/debug"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
+	"github.com/nixpeer/nixpeer/pkg/safefile"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
 
@@ -58,20 +62,102 @@ type Event struct {
 	Message    string    `json:"message"`
 }
 
+// Opened says what Open found.
+type Opened struct {
+	// New is set when there was no database, or only an empty file:
+	// nothing was known.
+	New bool
+	// Damaged says why the database could not be used; it was moved to
+	// MovedTo and a new one started (New is then set too).
+	Damaged string
+	MovedTo string
+}
+
 // Open opens (or creates) the database at path, waiting at most timeout for
-// another process to let go of it.
-func Open(path string, timeout time.Duration) (*Store, error) {
+// another process to let go of it. It checks an existing database before
+// use (every page, with bbolt's consistency check; a fault on a truncated
+// file or a panic of bbolt on a bad page is caught): a damaged one is
+// moved aside as path.damaged-TIME and a new one is started, so that a
+// damaged file is never a crash loop. Opened says what happened.
+func Open(path string, timeout time.Duration) (*Store, Opened, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("create state directory: %w", err)
+		return nil, Opened{}, fmt.Errorf("create state directory: %w", err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
-	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("open %s: %w (is another nixpeer agent running with the same state directory?)", path, ErrLocked)
+	var opened Opened
+	st, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		opened.New = true
+	case err != nil:
+		return nil, opened, fmt.Errorf("open state database %s: %w", path, err)
+	case !st.Mode().IsRegular():
+		opened.Damaged = fmt.Sprintf("it is %s", safefile.Kind(st.Mode()))
+	case st.Size() == 0:
+		opened.New = true
 	}
+	if opened.Damaged == "" {
+		db, damage, err := openChecked(path, timeout)
+		if err != nil {
+			return nil, opened, err
+		}
+		if damage == "" {
+			return newStore(db, path, opened)
+		}
+		opened.Damaged = damage
+	}
+	opened.New = true
+	opened.MovedTo = fmt.Sprintf("%s.damaged-%s", path, time.Now().UTC().Format("20060102T150405Z"))
+	if err := os.Rename(path, opened.MovedTo); err != nil {
+		return nil, opened, fmt.Errorf("state database %s is damaged (%s) and cannot be moved aside: %w", path, opened.Damaged, err)
+	}
+	db, damage, err := openChecked(path, timeout)
 	if err != nil {
-		return nil, fmt.Errorf("open state database %s: %w", path, err)
+		return nil, opened, err
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	if damage != "" {
+		return nil, opened, fmt.Errorf("a new state database %s is damaged at once: %s", path, damage)
+	}
+	return newStore(db, path, opened)
+}
+
+// openChecked opens the database and checks it. A damaged database gives
+// a reason and no error; its handle is left open if bbolt broke down
+// half-way (closing it could wait for a lock the breakdown holds).
+func openChecked(path string, timeout time.Duration) (db *bolt.DB, damage string, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			db, damage, err = nil, fmt.Sprintf("bbolt broke down reading it: %v", r), nil
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+	switch {
+	case errors.Is(err, berrors.ErrTimeout):
+		return nil, "", fmt.Errorf("open %s: %w (is another nixpeer agent running with the same state directory?)", path, ErrLocked)
+	case err != nil:
+		return nil, fmt.Sprintf("it does not open: %v", err), nil
+	}
+	var problems []string
+	err = db.View(func(tx *bolt.Tx) error {
+		for err := range tx.Check() {
+			if len(problems) < 3 {
+				problems = append(problems, err.Error())
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		problems = append(problems, err.Error())
+	}
+	if len(problems) > 0 {
+		db.Close()
+		return nil, "its consistency check fails: " + strings.Join(problems, "; "), nil
+	}
+	return db, "", nil
+}
+
+func newStore(db *bolt.DB, path string, opened Opened) (*Store, Opened, error) {
+	err := db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketMeta, bucketEvents, bucketPeers} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
@@ -81,9 +167,9 @@ func Open(path string, timeout time.Duration) (*Store, error) {
 	})
 	if err != nil {
 		db.Close()
-		return nil, fmt.Errorf("create buckets in %s: %w", path, err)
+		return nil, opened, fmt.Errorf("create buckets in %s: %w", path, err)
 	}
-	return &Store{db: db, path: path}, nil
+	return &Store{db: db, path: path}, opened, nil
 }
 
 // Close releases the database.

@@ -1,9 +1,12 @@
 package state
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,7 +15,7 @@ import (
 
 func open(t *testing.T, path string) *Store {
 	t.Helper()
-	s, err := Open(path, 100*time.Millisecond)
+	s, _, err := Open(path, 100*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +65,7 @@ func TestSecondOpenerIsRefused(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.db")
 	s := open(t, path)
 	defer s.Close()
-	_, err := Open(path, 50*time.Millisecond)
+	_, _, err := Open(path, 50*time.Millisecond)
 	if !errors.Is(err, ErrLocked) {
 		t.Fatalf("second open: %v, want ErrLocked", err)
 	}
@@ -122,4 +125,99 @@ func TestStatusAndPeersRoundTrip(t *testing.T) {
 	if ok, _ := s.GetPeer("stage", &p); ok {
 		t.Fatal("peer still there after DeletePeer")
 	}
+}
+
+// filled makes a database with some records and history, closed, and
+// returns its path.
+func filled(t *testing.T) string {
+	path := filepath.Join(t.TempDir(), "state.db")
+	s := open(t, path)
+	for i := 0; i < 300; i++ {
+		if err := s.SaveStatus(status.Status{Generation: int64(i), LastError: strings.Repeat("x", 200)}, Event{Generation: int64(i)}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.PutPeer(fmt.Sprintf("peer-%d", i%20), map[string]string{"hostKey": strings.Repeat("k", 100)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	return path
+}
+
+// TestDamagedDatabaseIsMovedAside: a cut, scrambled, emptied or replaced
+// state.db is never a crash: it is moved aside, reported, and a new one
+// started.
+func TestDamagedDatabaseIsMovedAside(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		damage  func(t *testing.T, path string)
+		damaged bool
+	}{
+		{"cut to 20 KiB", func(t *testing.T, path string) {
+			if err := os.Truncate(path, 20<<10); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+		{"scrambled pages", func(t *testing.T, path string) {
+			raw, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Past the two meta pages: leaf and branch pages.
+			for i := 16 << 10; i+64 < len(raw); i += 4096 {
+				copy(raw[i:], bytes.Repeat([]byte{0xa5}, 64))
+			}
+			if err := os.WriteFile(path, raw, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+		{"scrambled meta", func(t *testing.T, path string) {
+			raw, _ := os.ReadFile(path)
+			for i := 16; i < 8192; i++ {
+				raw[i] ^= 0xff
+			}
+			os.WriteFile(path, raw, 0o600)
+		}, true},
+		{"emptied", func(t *testing.T, path string) {
+			if err := os.Truncate(path, 0); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+		{"a directory", func(t *testing.T, path string) {
+			os.Remove(path)
+			os.Mkdir(path, 0o700)
+		}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path := filled(t)
+			c.damage(t, path)
+			s, opened, err := Open(path, 100*time.Millisecond)
+			if err != nil {
+				t.Fatalf("Open: %v", err)
+			}
+			defer s.Close()
+			if !opened.New || (opened.Damaged != "") != c.damaged {
+				t.Fatalf("opened %+v; want new, damaged %v", opened, c.damaged)
+			}
+			if c.damaged {
+				if _, err := os.Lstat(opened.MovedTo); err != nil || !strings.HasPrefix(opened.MovedTo, path+".damaged-") {
+					t.Fatalf("the damaged database is not at %q: %v", opened.MovedTo, err)
+				}
+			}
+			// The new database works.
+			if err := s.SaveStatus(status.Status{Generation: 1}, Event{}, nil); err != nil {
+				t.Fatal(err)
+			}
+			if st, ok, err := s.LoadStatus(); err != nil || !ok || st.Generation != 1 {
+				t.Fatalf("LoadStatus: %+v %v %v", st, ok, err)
+			}
+		})
+	}
+	t.Run("sound", func(t *testing.T) {
+		s, opened, err := Open(filled(t), 100*time.Millisecond)
+		if err != nil || opened.New || opened.Damaged != "" {
+			t.Fatalf("a sound database: %+v, %v", opened, err)
+		}
+		s.Close()
+	})
 }
