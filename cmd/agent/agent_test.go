@@ -21,6 +21,7 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/api"
 	"github.com/nixpeer/nixpeer/pkg/status"
 	"github.com/nixpeer/nixpeer/pkg/testenv"
+	"golang.org/x/crypto/ssh"
 )
 
 var (
@@ -544,15 +545,34 @@ func TestKnownHostsKeepsEveryForeignLine(t *testing.T) {
 	if !bytes.HasSuffix(got, []byte(foreign)) || !strings.Contains(string(got), "127.0.0.2 "+strings.TrimSpace(key)) {
 		t.Fatalf("known_hosts after pinning:\n%q", got)
 	}
+	// The pin leaves: the key this host's known_hosts pins is still the
+	// one trusted (never a new key on first use), and known_hosts stays.
 	renameSave(t, config, fleet(port, ""))
 	st := a.waitFor("unpinned generation", func(s status.Status) bool { return s.ObservedGeneration == 3 })
-	if st.Ready {
-		t.Fatal("prod Ready without knowing stage's host key")
+	if len(st.Peers) != 1 || st.Peers[0].HostKeyFingerprint != fingerprintOf(t, key) {
+		t.Fatalf("after the pin left, stage's trusted key %+v, want the one known_hosts pins", st.Peers)
 	}
 	got, _ = os.ReadFile(kh)
-	if string(got) != foreign {
-		t.Fatalf("known_hosts after the pin left:\n%q\nwant the original bytes\n%q", got, foreign)
+	if !bytes.HasSuffix(got, []byte(foreign)) || !strings.Contains(string(got), "127.0.0.2 "+strings.TrimSpace(key)) {
+		t.Fatalf("known_hosts after the pin left:\n%q", got)
 	}
+	// prod no longer fetches from stage: the block goes, every other byte
+	// is as it was.
+	renameSave(t, config, strings.Replace(fleet(port, ""), "    substituteFrom: [stage]\n", "", 1))
+	a.waitFor("substituteFrom removed", func(s status.Status) bool { return s.ObservedGeneration == 4 })
+	got, _ = os.ReadFile(kh)
+	if string(got) != foreign {
+		t.Fatalf("known_hosts after stage left:\n%q\nwant the original bytes\n%q", got, foreign)
+	}
+}
+
+// fingerprintOf is the SHA256 fingerprint of a public key line.
+func fingerprintOf(t *testing.T, line string) string {
+	k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ssh.FingerprintSHA256(k)
 }
 
 func TestSystemdUnitVerifies(t *testing.T) {

@@ -100,6 +100,11 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, config, ho
 	if opened.Damaged != "" {
 		log.Error("the state database was damaged; it was moved aside and a new one started, trust is rebuilt from the managed files",
 			zap.String("why", opened.Damaged), zap.String("movedTo", opened.MovedTo))
+		ev := state.Event{Time: time.Now(), Reason: "StateStoreRecovered",
+			Message: fmt.Sprintf("%s was damaged (%s); moved to %s, a new one started", l.Database, opened.Damaged, opened.MovedTo)}
+		if err := store.SaveStatus(status.Status{}, ev, nil); err != nil {
+			log.Error("cannot record the recovery of the state database", zap.Error(err))
+		}
 	}
 	defer store.Close()
 
@@ -132,7 +137,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, config, ho
 		Log: log, Clock: clk, Layout: l, Store: store,
 		ConfigFile: config, HostName: hostName, Hostnames: hostnames,
 		Peers: peers, Port: port, Nix: reconcile.SystemNix(nixEnv), Prober: reconcile.SSHProber{},
-		Trigger: notify,
+		Trigger: notify, StoreOpened: opened,
 	})
 	if err != nil {
 		return err

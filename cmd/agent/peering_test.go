@@ -294,6 +294,11 @@ func fakePeerPort(t *testing.T, addr string, answer []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	fakePeerPortWith(t, addr, signer, answer)
+}
+
+// fakePeerPortWith is fakePeerPort with the host key signer.
+func fakePeerPortWith(t *testing.T, addr string, signer ssh.Signer, answer []byte) {
 	config := &ssh.ServerConfig{NoClientAuth: true}
 	config.AddHostKey(signer)
 	ln, err := net.Listen("tcp", addr)

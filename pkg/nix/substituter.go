@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -212,4 +213,40 @@ func validateParam(k, val string) error {
 		return fmt.Errorf("query parameter %q is not one nixpeer accepts (%s, %s, priority, max-connections, compress)", k, paramSSHKey, paramHostKey)
 	}
 	return nil
+}
+
+// substituterRE finds nixpeer's substituter URLs in a settings file
+// (nixpeer.conf or the NixOS module): only the characters a URL of
+// ValidateSubstituter may hold.
+var substituterRE = regexp.MustCompile(`ssh(?:-ng)?://[A-Za-z0-9._~:/?\[\]@&=%+-]+`)
+
+// PinnedHostKeys returns the host keys that the substituter URLs in
+// content pin (base64-ssh-public-host-key), by the URL's host (an IPv6
+// address without brackets). A URL that is not valid is skipped; a host
+// pinned with two different keys maps to the first.
+func PinnedHostKeys(content []byte) map[string]ssh.PublicKey {
+	out := map[string]ssh.PublicKey{}
+	for _, m := range substituterRE.FindAll(content, -1) {
+		u := string(m)
+		if ValidateSubstituter(u) != nil {
+			continue
+		}
+		parsed, err := url.Parse(u)
+		if err != nil {
+			continue
+		}
+		b64 := parsed.Query().Get(paramHostKey)
+		raw, err := base64.StdEncoding.DecodeString(b64)
+		if err != nil {
+			continue
+		}
+		key, err := sshkeys.ParseAuthorizedLine(string(raw))
+		if err != nil {
+			continue
+		}
+		if _, ok := out[parsed.Hostname()]; !ok {
+			out[parsed.Hostname()] = key
+		}
+	}
+	return out
 }

@@ -1,6 +1,7 @@
 package nix
 
 import (
+	"bytes"
 	"encoding/base64"
 	"os"
 	"path/filepath"
@@ -153,6 +154,27 @@ func TestSubstituterURLUnderstoodByNix(t *testing.T) {
 			if !strings.Contains(got, want) {
 				t.Errorf("%s: ssh calls do not show %q:\n%s", u, want, got)
 			}
+		}
+	}
+}
+
+func TestPinnedHostKeys(t *testing.T) {
+	a, b := testSSHKey(t, 1), testSSHKey(t, 2)
+	ua, err := SubstituterURL(ProtocolSSH, "127.0.0.2", 22, "/k", a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ub, err := SubstituterURL(ProtocolSSHNG, "2001:db8::1", 22, "/k", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, content := range []string{
+		"extra-substituters = " + ua + " " + ub + "\n",
+		"  nix.settings.substituters = [\n    \"" + ua + "\"\n    \"" + ub + "\"\n  ];\n",
+	} {
+		got := PinnedHostKeys([]byte(content + "garbage ssh://nix-ssh@x?base64-ssh-public-host-key=%%%\n"))
+		if len(got) != 2 || !bytes.Equal(got["127.0.0.2"].Marshal(), a.Marshal()) || !bytes.Equal(got["2001:db8::1"].Marshal(), b.Marshal()) {
+			t.Fatalf("PinnedHostKeys(%q) = %v", content, got)
 		}
 	}
 }

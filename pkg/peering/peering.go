@@ -9,6 +9,7 @@ package peering
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
@@ -52,11 +53,17 @@ type Target struct {
 	Pin ssh.PublicKey
 	// PinsRequired is trust: pinned: never trust a key on first use.
 	PinsRequired bool
+	// Remembered is the host key this host's own managed files pin for
+	// the peer (the known_hosts block, the substituter URL), or nil.
+	// Trust outlives the store: a peer offering another key is refused
+	// whatever the store says, and a store that forgot the peer (new,
+	// emptied, damaged) trusts this key again, never a key on first use.
+	Remembered ssh.PublicKey
 }
 
 func (t Target) same(o Target) bool {
 	return t.Name == o.Name && t.Address == o.Address && t.Addr == o.Addr &&
-		t.PinsRequired == o.PinsRequired && sameKey(t.Pin, o.Pin)
+		t.PinsRequired == o.PinsRequired && sameKey(t.Pin, o.Pin) && sameKey(t.Remembered, o.Remembered)
 }
 
 // Refusal says why a peer's host key was refused.
@@ -91,6 +98,9 @@ type State struct {
 	LastError string
 	// Refused is set while the peer offers a host key that is refused.
 	Refused *Refusal
+	// Rebuilt is set when the trusted key came from this host's managed
+	// files because the store had no usable record of the peer.
+	Rebuilt bool
 }
 
 // record is what the store keeps of a peer.
@@ -111,8 +121,12 @@ type Manager struct {
 	opts   peer.WatchOptions
 	notify func(reason string)
 
-	mu     sync.Mutex
-	peers  map[string]*watched
+	mu    sync.Mutex
+	peers map[string]*watched
+	// reset names the peers whose trust an operator reset: the key their
+	// managed files remember is not held against a new key until the
+	// files name the key trusted since.
+	reset  map[string]bool
 	closed bool
 	wg     sync.WaitGroup
 }
@@ -138,7 +152,7 @@ func New(ctx context.Context, log *zap.Logger, c clock.Clock, store *state.Store
 	if opts.Clock == nil {
 		opts.Clock = c // the watches run on the manager's clock
 	}
-	return &Manager{ctx: ctx, log: log, clock: c, store: store, opts: opts, notify: notify, peers: map[string]*watched{}}
+	return &Manager{ctx: ctx, log: log, clock: c, store: store, opts: opts, notify: notify, peers: map[string]*watched{}, reset: map[string]bool{}}
 }
 
 // Wait returns once every watch has ended; call it after ctx ended. No
@@ -203,6 +217,7 @@ func (m *Manager) ResetTrust(name string) error {
 		m.mu.Unlock()
 		return err
 	}
+	m.reset[name] = true
 	if ok {
 		m.log.Warn("trust in peer reset by an operator", zap.String("peer", name),
 			zap.String("forgotten", fingerprint(w.st.HostKey)))
@@ -245,23 +260,46 @@ func (m *Manager) loadLocked(w *watched) {
 	found, err := m.store.GetPeer(t.Name, &rec)
 	var recKey ssh.PublicKey
 	w.unusable = ""
+	var jsonErr *json.SyntaxError
+	var typeErr *json.UnmarshalTypeError
 	switch {
+	case errors.As(err, &jsonErr) || errors.As(err, &typeErr):
+		// A record that does not decode is dropped; the managed files,
+		// or first use, stand in for it.
+		m.log.Error("what was trusted of a peer does not decode; dropping it", zap.String("peer", t.Name), zap.Error(err))
+		m.store.DeletePeer(t.Name)
+		found, rec = false, record{}
 	case err != nil:
 		w.unusable = err.Error()
 	case found && rec.HostKey != "":
 		if recKey, err = sshkeys.ParsePublicLine(rec.HostKey); err != nil {
-			w.unusable = "the stored host key: " + err.Error()
+			m.log.Error("the host key stored for a peer does not parse; dropping it", zap.String("peer", t.Name), zap.Error(err))
+			m.store.DeletePeer(t.Name)
+			found, rec, recKey = false, record{}, nil
 		}
 	}
 	if w.unusable != "" {
-		m.log.Error("what was trusted of a peer is unreadable; it is not trusted again until \"nixpeer trust reset\" or a pin",
+		m.log.Error("what was trusted of a peer cannot be read; it is not trusted on first use until the store reads again, a pin or \"nixpeer trust reset\"",
 			zap.String("peer", t.Name), zap.String("error", w.unusable))
+	}
+	remembered := m.remembered(t)
+	if remembered != nil && sameKey(remembered, recKey) {
+		delete(m.reset, t.Name) // the files caught up with a reset
 	}
 	switch {
 	case t.Pin != nil:
 		w.st.Trust, w.st.HostKey = status.TrustPinned, t.Pin
-	case recKey != nil && !t.PinsRequired:
+	case t.PinsRequired:
+	case recKey != nil:
 		w.st.Trust, w.st.HostKey = status.TrustTOFU, recKey
+	case remembered != nil && w.unusable == "":
+		w.st.Trust, w.st.HostKey, w.st.Rebuilt = status.TrustTOFU, remembered, true
+		recKey, rec.TrustedAt = remembered, m.clock.Now()
+		m.log.Warn("the store had no record of a peer; its host key is trusted again from this host's managed files",
+			zap.String("peer", t.Name), zap.String("hostKey", fingerprint(remembered)))
+		if err := m.store.PutPeer(t.Name, record{HostKey: keyLine(remembered), Trust: status.TrustTOFU, TrustedAt: rec.TrustedAt}); err != nil {
+			m.log.Error("cannot store the rebuilt trust of a peer", zap.String("peer", t.Name), zap.Error(err))
+		}
 	}
 	if sameKey(recKey, w.st.HostKey) {
 		w.trustedAt = rec.TrustedAt
@@ -273,6 +311,15 @@ func (m *Manager) loadLocked(w *watched) {
 		f := *rec.Facts
 		w.st.Facts, w.st.FactsAt = &f, rec.FactsAt
 	}
+}
+
+// remembered is the key t's managed files pin, unless an operator reset
+// the trust in t since.
+func (m *Manager) remembered(t Target) ssh.PublicKey {
+	if m.reset[t.Name] {
+		return nil
+	}
+	return t.Remembered
 }
 
 // run watches one peer until ctx ends.
@@ -298,8 +345,8 @@ func (m *Manager) check(ctx context.Context, log *zap.Logger, w *watched, offere
 		m.loadLocked(w) // the store may be readable again
 	}
 	t, st := w.target, &w.st
-	refuse := func(reason, msg string) error {
-		r := &Refusal{Reason: reason, Offered: fingerprint(offered), Trusted: fingerprint(st.HostKey), At: m.clock.Now()}
+	refuse := func(reason, msg string, trusted ssh.PublicKey) error {
+		r := &Refusal{Reason: reason, Offered: fingerprint(offered), Trusted: fingerprint(trusted), At: m.clock.Now()}
 		changed := st.Refused == nil || st.Refused.Reason != r.Reason || st.Refused.Offered != r.Offered
 		if !changed {
 			r.At = st.Refused.At
@@ -312,16 +359,20 @@ func (m *Manager) check(ctx context.Context, log *zap.Logger, w *watched, offere
 		}
 		return errors.New(msg)
 	}
+	remembered := m.remembered(t)
 	switch {
 	case st.HostKey != nil && !sameKey(st.HostKey, offered) && st.Trust == status.TrustPinned:
-		return refuse(RefusedPinMismatch, fmt.Sprintf("it is not the hostKey pinned for %s (%s)", t.Name, fingerprint(st.HostKey)))
+		return refuse(RefusedPinMismatch, fmt.Sprintf("it is not the hostKey pinned for %s (%s)", t.Name, fingerprint(st.HostKey)), st.HostKey)
+	case remembered != nil && !sameKey(remembered, offered) && st.Trust != status.TrustPinned:
+		return refuse(RefusedChanged, fmt.Sprintf("the host key of %s changed: this host's known_hosts and Nix settings pin %s; pin the new key as hostKey if the change is expected, or run \"nixpeer trust reset %s\"",
+			t.Name, fingerprint(remembered), t.Name), remembered)
 	case st.HostKey != nil && !sameKey(st.HostKey, offered):
 		return refuse(RefusedChanged, fmt.Sprintf("the host key of %s changed: %s was trusted on first use; pin the new key as hostKey if the change is expected, or run \"nixpeer trust reset %s\"",
-			t.Name, fingerprint(st.HostKey), t.Name))
+			t.Name, fingerprint(st.HostKey), t.Name), st.HostKey)
 	case st.HostKey == nil && t.PinsRequired:
-		return refuse(RefusedNotPinned, fmt.Sprintf("trust: pinned, and %s has no hostKey", t.Name))
+		return refuse(RefusedNotPinned, fmt.Sprintf("trust: pinned, and %s has no hostKey", t.Name), nil)
 	case st.HostKey == nil && w.unusable != "":
-		return refuse(RefusedUnreadable, fmt.Sprintf("what was trusted of %s cannot be read (%s); pin its hostKey or run \"nixpeer trust reset %s\"", t.Name, w.unusable, t.Name))
+		return refuse(RefusedUnreadable, fmt.Sprintf("what was trusted of %s cannot be read (%s); pin its hostKey or run \"nixpeer trust reset %s\"", t.Name, w.unusable, t.Name), nil)
 	}
 	w.connKey = offered
 	m.mu.Unlock()

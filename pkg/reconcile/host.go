@@ -44,6 +44,8 @@ type Config struct {
 	Prober Prober
 	// Trigger asks the loop for a pass (when a job ends).
 	Trigger func(reason string)
+	// StoreOpened says what the store was like when the agent started.
+	StoreOpened state.Opened
 }
 
 // Host reconciles one host: it owns the host's status.

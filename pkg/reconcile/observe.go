@@ -12,8 +12,11 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/nixpeer/nixpeer/pkg/desired"
+	"github.com/nixpeer/nixpeer/pkg/hostname"
+	"github.com/nixpeer/nixpeer/pkg/knownhosts"
 	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/peering"
@@ -39,6 +42,8 @@ type Observation struct {
 	// FileProblem says why the file on disk is not in force, nil when
 	// it is.
 	FileProblem *Problem
+	// StoreOpened says what the state store was like at the start.
+	StoreOpened state.Opened
 	// NewDesired is the record of a desired state not stored yet.
 	NewDesired *state.Desired
 	// Self is this host's entry in File, nil when not found (SelfErr).
@@ -125,7 +130,7 @@ type FileObs struct {
 // observe reads everything the pass needs, and writes nothing.
 func (h *Host) observe() *Observation {
 	l := h.cfg.Layout
-	o := &Observation{Now: h.cfg.Clock.Now(), Layout: l}
+	o := &Observation{Now: h.cfg.Clock.Now(), Layout: l, StoreOpened: h.cfg.StoreOpened}
 	h.observeDesired(o)
 	o.File, o.Generation = h.desired, h.generation
 	if o.File == nil {
@@ -154,8 +159,9 @@ func (h *Host) observe() *Observation {
 	}
 
 	// The watches follow the desired state before they are read: a
-	// peer's pin that left the file is not trusted in this pass.
-	if err := h.cfg.Peers.Sync(watchTargets(o.File, self)); err != nil {
+	// peer's pin that left the file is not trusted in this pass. The host
+	// keys this host's own files pin are trust records too.
+	if err := h.cfg.Peers.Sync(watchTargets(o.File, self, remembered(o))); err != nil {
 		o.WatchErr = err
 	}
 	o.Peers = map[string]peering.State{}
@@ -266,6 +272,28 @@ func (h *Host) resolveClosure(closure string) (string, string) {
 func inspectKey(what, path string) KeyObs {
 	k, st, err := sshkeys.Inspect(what, path)
 	return KeyObs{Key: k, State: st, Err: err, ModTime: modTime(path)}
+}
+
+// remembered are the host keys that this host's managed files pin for the
+// peers it fetches from, by name: the known_hosts block first, then the
+// substituter URL in the Nix settings.
+func remembered(o *Observation) map[string]ssh.PublicKey {
+	out := map[string]ssh.PublicKey{}
+	entries, _ := knownhosts.Managed(o.Files[o.Layout.KnownHosts].Content)
+	urls := nix.PinnedHostKeys(o.Files[daemonFile(o.Layout, o.Self)].Content)
+	for _, name := range o.Self.SubstituteFrom {
+		h := o.File.Host(name)
+		addr, _ := hostname.Canonical(h.Address) // validated with the file
+		for _, e := range entries {
+			if host, err := hostname.Canonical(e.Host); err == nil && host == addr && e.Port == h.SSHPort {
+				out[name] = e.Key
+			}
+		}
+		if k, ok := urls[h.Address]; ok && out[name] == nil {
+			out[name] = k
+		}
+	}
+	return out
 }
 
 // observedPaths are the files a pass of self may write or read.

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/nixpeer/nixpeer/pkg/desired"
+	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/peer"
 	"github.com/nixpeer/nixpeer/pkg/peering"
@@ -126,6 +127,12 @@ func (pl *planner) planTrust() {
 			trusted = append(trusted, ps.Name+" ("+string(ps.Trust)+")")
 		}
 	}
+	var rebuilt []string
+	for _, ps := range pl.p.Peers {
+		if pl.o.Peers[ps.Name].Rebuilt {
+			rebuilt = append(rebuilt, ps.Name)
+		}
+	}
 	switch {
 	case len(refused) > 0:
 		r.Message = strings.Join(refused, "; ")
@@ -133,6 +140,10 @@ func (pl *planner) planTrust() {
 		r.Status, r.Reason, r.Message = true, "Trusted", "host keys trusted: "+strings.Join(trusted, ", ")
 	default:
 		r.Status, r.Reason, r.Message = true, "NothingRefused", "no peer's host key is known or refused yet"
+	}
+	if len(rebuilt) > 0 {
+		r.Message += "; the state store had no record of " + strings.Join(rebuilt, ", ") +
+			": trusted again from this host's known_hosts and Nix settings, never a new key on first use"
 	}
 }
 
@@ -146,7 +157,7 @@ func (pl *planner) substituter(h *desired.Host) verdict {
 	st, k := o.Peers[h.Name], pl.keys[h.Name]
 	tuple, url := pl.tuple(h, k)
 	v := verdict{url: url}
-	inUse := url != "" && bytes.Contains(o.Files[pl.daemonFile()].Content, []byte(url))
+	inUse := url != "" && bytes.Contains(o.Files[daemonFile(o.Layout, pl.self)].Content, []byte(url))
 	wait := func(state status.PeerState, msg string) verdict {
 		v.State, v.Message = state, msg
 		v.Trip = false
@@ -205,15 +216,14 @@ func (pl *planner) tuple(h *desired.Host, k peerKeys) (tuple, url string) {
 }
 
 // daemonFile is the file that holds the host's substituters.
-func (pl *planner) daemonFile() string {
-	l := pl.o.Layout
-	switch pl.self.Platform {
+func daemonFile(l layout.Layout, self *desired.Host) string {
+	switch self.Platform {
 	case desired.PlatformNix:
 		return l.NixpeerConf
 	case desired.PlatformNixOS:
 		return l.StateNixConf
 	}
-	return l.In(pl.self.NixOSModuleFile)
+	return l.In(self.NixOSModuleFile)
 }
 
 // peerInput is what the breaker decides on, for one peer whose

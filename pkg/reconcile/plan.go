@@ -22,6 +22,7 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/probe"
 	"github.com/nixpeer/nixpeer/pkg/sshconfig"
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
+	"github.com/nixpeer/nixpeer/pkg/state"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
 
@@ -234,7 +235,7 @@ type peerKeys struct {
 func plan(o *Observation) *Plan {
 	p := &Plan{}
 	valid := &Resource{Type: status.DesiredStateValid}
-	p.Resources = append(p.Resources, valid)
+	p.Resources = append(p.Resources, valid, storeResource(o.StoreOpened, o.Layout))
 	switch {
 	case o.File == nil:
 		valid.Reason, valid.Message = o.FileProblem.Reason, o.FileProblem.Message
@@ -263,6 +264,22 @@ func plan(o *Observation) *Plan {
 	pl.planSubstitutersReady()
 	pl.planVerified()
 	return p
+}
+
+// storeResource reports what the state store was like at the start: a
+// damaged one was moved aside and a new one started, with trust rebuilt
+// from the managed files.
+func storeResource(opened state.Opened, l layout.Layout) *Resource {
+	r := &Resource{Type: status.StateStoreReady, Status: true, Reason: "Sound", Message: l.Database + " is sound"}
+	switch {
+	case opened.Damaged != "":
+		r.Reason = "Recovered"
+		r.Message = fmt.Sprintf("%s was damaged (%s); it was moved to %s and a new one started: trust in peers is rebuilt from this host's known_hosts and Nix settings, the rest is observed anew",
+			l.Database, opened.Damaged, opened.MovedTo)
+	case opened.New:
+		r.Reason, r.Message = "New", l.Database+" was started at this agent's start"
+	}
+	return r
 }
 
 func (pl *planner) add(r *Resource) *Resource {
@@ -382,13 +399,14 @@ func (pl *planner) planPeering() {
 }
 
 // watchTargets are the peers self keeps a watch open to: those it
-// fetches from, and those that fetch from it.
-func watchTargets(file *desired.File, self *desired.Host) []peering.Target {
+// fetches from, and those that fetch from it, with the host keys this
+// host's managed files remember of them.
+func watchTargets(file *desired.File, self *desired.Host, remembered map[string]ssh.PublicKey) []peering.Target {
 	var targets []peering.Target
 	add := func(h *desired.Host) {
 		pins, _ := pinnedKeys(h) // validated with the file
 		targets = append(targets, peering.Target{Name: h.Name, Address: h.Address, Pin: pins.HostKey,
-			PinsRequired: file.Trust == desired.TrustPinned, Addr: peerAddr(h)})
+			PinsRequired: file.Trust == desired.TrustPinned, Addr: peerAddr(h), Remembered: remembered[h.Name]})
 	}
 	seen := map[string]bool{}
 	for _, name := range self.SubstituteFrom {

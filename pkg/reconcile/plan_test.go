@@ -593,8 +593,8 @@ func TestPlanDesiredState(t *testing.T) {
 	w := newWorld(t)
 	o := &Observation{Now: t0, Layout: w.l, FileProblem: &Problem{Reason: "Invalid", Message: "desired.yaml:3:1: bad"}}
 	p := plan(o)
-	if len(p.Resources) != 1 {
-		t.Fatalf("with no desired state the plan has %d resources, want DesiredStateValid only", len(p.Resources))
+	if len(p.Resources) != 2 || resource(p, status.StateStoreReady) == nil {
+		t.Fatalf("with no desired state the plan has %d resources, want DesiredStateValid and StateStoreReady only", len(p.Resources))
 	}
 	wantCondition(t, p, status.DesiredStateValid, false, "Invalid")
 

@@ -36,6 +36,8 @@ const (
 	PeerPortReady = "PeerPortReady"
 	// No peer offers a host key that is refused.
 	PeersTrusted = "PeersTrusted"
+	// The state store (state.db) is sound, or was started afresh.
+	StateStoreReady = "StateStoreReady"
 )
 
 // PeerState is where peering with a peer stands.

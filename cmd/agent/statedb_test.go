@@ -1,0 +1,121 @@
+package main
+
+// state.db lost or damaged under a production agent: trust outlives it,
+// and the agent starts, reports and goes on.
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/peer"
+	"github.com/nixpeer/nixpeer/pkg/status"
+	"github.com/nixpeer/nixpeer/pkg/testenv"
+)
+
+// impostor answers at addr as the peer name at address would, with a host
+// key of its own, listed in its facts: what trust on first use accepts.
+func impostor(t *testing.T, addr, name, address string) string {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	signer, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))
+	doc, err := json.Marshal(peer.Facts{Version: peer.FactsVersion, Name: name, Address: address, Generation: 1, ObservedGeneration: 1,
+		Ready: true, HostKeys: []string{line}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fakePeerPortWith(t, addr, signer, append(doc, '\n'))
+	return ssh.FingerprintSHA256(signer.PublicKey())
+}
+
+// stateDB is production's state.db.
+func (f *fleetRun) stateDB() string { return filepath.Join(f.P, "var/lib/nixpeer/state.db") }
+
+// TestEmptiedStateDBStillRefusesAnImpostor: production trusted staging;
+// its state.db is emptied and an impostor answers at staging's address.
+// The key production's own known_hosts pins is still trusted: the
+// impostor is refused with HostKeyChanged and known_hosts is unchanged.
+func TestEmptiedStateDBStillRefusesAnImpostor(t *testing.T) {
+	f := twoAgents(t, writeConfig(t, peeringFleet(testenv.FreePort(t, "127.0.0.2"), "ssh", []string{"true"})))
+	genuine := facts(t, f.S).HostKey.Fingerprint
+	kh := filepath.Join(f.P, "root/.ssh/known_hosts")
+	before := readFile(t, kh)
+	f.stage.stop()
+	f.prod.stop()
+	if err := os.Truncate(f.stateDB(), 0); err != nil {
+		t.Fatal(err)
+	}
+	fake := impostor(t, fmt.Sprintf("127.0.0.2:%d", peerPortOf("127.0.0.2")), "stage", "127.0.0.2")
+
+	f.prod = startAgent(t, f.P, f.config, "prod")
+	st := peerState(f.prod, "the impostor refused", inState(status.PeerHostKeyRefused))
+	p := st.Peers[0]
+	if p.Reason != "HostKeyChanged" || p.RefusedHostKeyFingerprint != fake || p.HostKeyFingerprint != genuine {
+		t.Fatalf("peer %+v; want HostKeyChanged, %s refused, %s trusted", p, fake, genuine)
+	}
+	if c := condition(t, st, status.StateStoreReady); c.Reason != "New" {
+		t.Fatalf("StateStoreReady %+v, want New", c)
+	}
+	if got := readFile(t, kh); !bytes.Equal(got, before) {
+		t.Fatalf("known_hosts changed:\n%s\nwant\n%s", got, before)
+	}
+}
+
+// TestDamagedStateDBIsRecovered: production's state.db is cut short, then
+// scrambled. The agent does not crash: it moves the file aside, says so,
+// rebuilds its trust in staging from its known_hosts, and goes on.
+func TestDamagedStateDBIsRecovered(t *testing.T) {
+	f := twoAgents(t, writeConfig(t, peeringFleet(testenv.FreePort(t, "127.0.0.2"), "ssh", []string{"true"})))
+	genuine := facts(t, f.S).HostKey.Fingerprint
+	for _, damage := range []struct {
+		name string
+		do   func(path string) error
+	}{
+		{"cut", func(path string) error { return os.Truncate(path, 20<<10) }},
+		{"scrambled", func(path string) error {
+			raw, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			for i := 8 << 10; i < len(raw); i += 512 {
+				raw[i] ^= 0x5a
+			}
+			return os.WriteFile(path, raw, 0o600)
+		}},
+	} {
+		t.Run(damage.name, func(t *testing.T) {
+			f.prod.stop()
+			if err := damage.do(f.stateDB()); err != nil {
+				t.Fatal(err)
+			}
+			f.prod = startAgent(t, f.P, f.config, "prod")
+			st := f.prod.waitFor("the recovery reported", func(s status.Status) bool {
+				c := status.Find(s.Conditions, status.StateStoreReady)
+				return c != nil && c.Reason == "Recovered" && len(s.Peers) == 1 && s.Peers[0].HostKeyFingerprint == genuine &&
+					s.Peers[0].State == status.PeerProbeFailed
+			})
+			msg := condition(t, st, status.StateStoreReady).Message
+			moved, _ := filepath.Glob(f.stateDB() + ".damaged-*")
+			if len(moved) == 0 || !strings.Contains(msg, moved[len(moved)-1]) {
+				t.Fatalf("StateStoreReady %q; damaged files %v", msg, moved)
+			}
+			if c := condition(t, st, status.PeersTrusted); !strings.Contains(c.Message, "trusted again from this host's known_hosts") {
+				t.Fatalf("PeersTrusted %+v: want the rebuilt trust said", c)
+			}
+			for _, m := range moved {
+				os.Remove(m) // the next damage makes a new one
+			}
+		})
+	}
+}
