@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/nixpeer/nixpeer/pkg/status"
 	"github.com/nixpeer/nixpeer/pkg/testenv"
@@ -89,4 +90,72 @@ func TestHostileDesiredStateFile(t *testing.T) {
 			a.waitFor(fmt.Sprintf("Ready again after %s", c.name), ready)
 		})
 	}
+}
+
+// TestManagedDirectorySymlinksAreRefused: a directory the agent writes
+// into that points elsewhere is refused, named, and nothing is written
+// where it points; a key directory made 0755 is put back to 0700 on a
+// host that only fetches.
+func TestManagedDirectorySymlinksAreRefused(t *testing.T) {
+	key := hostKeyLine(t)
+	for _, c := range []struct {
+		dir, host, condition string
+	}{
+		{"root/.ssh", "prod", status.KnownHostsReady},
+		{"var/lib/nixpeer/keys", "prod", status.KeysReady},
+		{"etc/ssh/authorized_keys.d", "stage", status.ServeReady},
+	} {
+		t.Run(strings.ReplaceAll(c.dir, "/", "_"), func(t *testing.T) {
+			root, config := newRoot(t, fleet(testenv.FreePort(t, "127.0.0.2"), key))
+			writeNixConf(t, root)
+			elsewhere := t.TempDir()
+			if err := os.MkdirAll(filepath.Dir(filepath.Join(root, c.dir)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(elsewhere, filepath.Join(root, c.dir)); err != nil {
+				t.Fatal(err)
+			}
+			a := startAgent(t, root, config, c.host)
+			st := a.waitFor(c.condition+" refuses the symlink", func(s status.Status) bool {
+				cond := status.Find(s.Conditions, c.condition)
+				return cond != nil && cond.Status == status.False && strings.Contains(cond.Message, "symbolic link")
+			})
+			if st.Ready {
+				t.Fatal("Ready with a managed directory pointing elsewhere")
+			}
+			if entries, _ := os.ReadDir(elsewhere); len(entries) != 0 {
+				t.Fatalf("the agent wrote where the symlink points: %v", entries)
+			}
+		})
+	}
+	t.Run("keys directory mode", func(t *testing.T) {
+		root, config := newRoot(t, fleet(testenv.FreePort(t, "127.0.0.2"), key))
+		writeNixConf(t, root)
+		a := startAgent(t, root, config, "prod")
+		a.waitFor("reconciled", reconciled)
+		keys := filepath.Join(root, "var/lib/nixpeer/keys")
+		if err := os.Chmod(keys, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(filepath.Join(keys, "ssh_client_ed25519"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.client.Reconcile(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		testenv.WaitFor(t, 20*time.Second, 20*time.Millisecond, "modes restored", func() error {
+			d, err := os.Stat(keys)
+			if err != nil {
+				return err
+			}
+			k, err := os.Stat(filepath.Join(keys, "ssh_client_ed25519"))
+			if err != nil {
+				return err
+			}
+			if d.Mode().Perm() != 0o700 || k.Mode().Perm() != 0o600 {
+				return fmt.Errorf("keys directory %v, client key %v", d.Mode().Perm(), k.Mode().Perm())
+			}
+			return nil
+		})
+	})
 }

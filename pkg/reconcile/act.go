@@ -98,6 +98,9 @@ func (a *acted) blocker(r *Resource, byType map[string]*Resource) *Resource {
 // those that differ), the peer port, store records, then its work.
 func (h *Host) actOn(ctx context.Context, o *Observation, r *Resource, a *acted) error {
 	for _, d := range r.Dirs {
+		if err := checkDir(d.path); err != nil {
+			return err
+		}
 		if err := os.Chmod(d.path, d.mode); err != nil {
 			return fmt.Errorf("set mode of %s to %o: %w", d.path, d.mode, err)
 		}
@@ -140,6 +143,13 @@ func (h *Host) actOn(ctx context.Context, o *Observation, r *Resource, a *acted)
 // ensureKey creates a missing key or repairs an existing one; it reports
 // whether it created one.
 func ensureKey(k keyWant) (bool, error) {
+	dir := filepath.Dir(k.path)
+	if k.kind == keyCache {
+		dir = k.path
+	}
+	if err := checkDir(dir); err != nil {
+		return false, err
+	}
 	switch k.kind {
 	case keyClient:
 		_, res, err := sshkeys.EnsureClientKey(k.path, k.name)

@@ -145,11 +145,14 @@ func (h *Host) observe() *Observation {
 
 	o.ClientKey = inspectKey("client key", l.ClientKey)
 	o.HostKey = inspectKey("host key", l.HostKey)
-	if st, err := os.Stat(l.KeysDir); err == nil {
+	if st, err := os.Lstat(l.KeysDir); err == nil && st.IsDir() {
 		o.KeysDirMode = st.Mode().Perm()
 	}
 	if self.Serve != nil {
 		ks, err := nix.InspectCacheKey(l.KeysDir)
+		if derr := checkDir(l.KeysDir); derr != nil {
+			err = derr
+		}
 		o.CacheKey = CacheKeyObs{CacheKeyState: ks, Err: err, ModTime: modTime(filepath.Join(l.KeysDir, nix.SecretKeyFileName))}
 	}
 
@@ -270,8 +273,31 @@ func (h *Host) resolveClosure(closure string) (string, string) {
 }
 
 func inspectKey(what, path string) KeyObs {
+	if err := checkDir(filepath.Dir(path)); err != nil {
+		return KeyObs{Err: fmt.Errorf("%s %s: %w", what, path, err)}
+	}
 	k, st, err := sshkeys.Inspect(what, path)
 	return KeyObs{Key: k, State: st, Err: err, ModTime: modTime(path)}
+}
+
+// checkDir refuses a directory the agent writes into that is a symbolic
+// link (it would write where the link points: known_hosts, nix-ssh's keys
+// or a private key out of place) or not a directory. A missing one is
+// fine: it is created.
+func checkDir(dir string) error {
+	st, err := os.Lstat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case st.Mode()&fs.ModeSymlink != 0:
+		target, _ := os.Readlink(dir)
+		return fmt.Errorf("%s is a symbolic link (to %s); nixpeer does not follow a directory it manages elsewhere: make it a real directory", dir, target)
+	case !st.IsDir():
+		return fmt.Errorf("%s is %s, not a directory", dir, safefile.Kind(st.Mode()))
+	}
+	return nil
 }
 
 // remembered are the host keys that this host's managed files pin for the
@@ -314,6 +340,9 @@ func observedPaths(l layout.Layout, self *desired.Host) []string {
 // symlink, a FIFO, a device or a directory is refused without being
 // opened, so that nothing at a managed path can block or swell the agent.
 func readObserved(path string) FileObs {
+	if err := checkDir(filepath.Dir(path)); err != nil {
+		return FileObs{Err: err}
+	}
 	data, st, err := safefile.Read(path, maxManagedFile, safefile.Options{NoFollow: true})
 	switch {
 	case errors.Is(err, fs.ErrNotExist):

@@ -677,6 +677,13 @@ func (pl *planner) planNixSettings() {
 		pl.p.Trips = nil
 		return
 	}
+	for _, f := range files {
+		if err := o.Files[f.path].Err; err != nil {
+			r.Reason, r.Message, r.Failed = "Unreadable", err.Error(), true
+			pl.p.Trips = nil
+			return
+		}
+	}
 	r.Files = files
 	sum := sha256.New()
 	// Settings count as applied only by an apply that began after they
