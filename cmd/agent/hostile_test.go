@@ -5,6 +5,10 @@ package main
 // state and says what is wrong.
 
 import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,8 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpeer/nixpeer/pkg/peer"
 	"github.com/nixpeer/nixpeer/pkg/status"
 	"github.com/nixpeer/nixpeer/pkg/testenv"
+	"golang.org/x/crypto/ssh"
 )
 
 func TestHostileDesiredStateFile(t *testing.T) {
@@ -158,4 +164,55 @@ func TestManagedDirectorySymlinksAreRefused(t *testing.T) {
 			return nil
 		})
 	})
+}
+
+// floodPeerPort is a peer port at addr that answers a watch with n valid
+// facts documents of name at address, one generation after the other, as
+// fast as it can, and then keepalives.
+func floodPeerPort(t *testing.T, addr, name, address string, n int) ssh.PublicKey {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	signer, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))
+	var docs bytes.Buffer
+	for i := 1; i <= n; i++ {
+		doc, err := json.Marshal(peer.Facts{Version: peer.FactsVersion, Name: name, Address: address, Generation: int64(i),
+			ObservedGeneration: int64(i), HostKeys: []string{line},
+			Serve: &peer.ServeFacts{Protocol: "ssh", CacheKey: testCacheKey, Authorized: []peer.AuthorizedFact{}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		docs.Write(append(doc, '\n'))
+	}
+	fakePeerPortWith(t, addr, signer, docs.Bytes())
+	return signer.PublicKey()
+}
+
+// TestFactsFloodIsCoalesced: a trusted peer sends 20,000 valid documents,
+// each with a new generation. Production keeps what it acts on, stores
+// and reconciles a handful of times, not once per document.
+func TestFactsFloodIsCoalesced(t *testing.T) {
+	addr := fmt.Sprintf("127.0.0.2:%d", peerPortOf("127.0.0.2"))
+	key := floodPeerPort(t, addr, "stage", "127.0.0.2", 20000)
+	keyLine := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key)))
+	root, config := newRoot(t, strings.Replace(peeringFleet(22, "ssh", []string{"true"}),
+		"    serve:\n", "    hostKey: "+keyLine+"\n    serve:\n", 1))
+	writeNixConf(t, root)
+	a := startAgent(t, root, config, "prod", "--log-level", "info")
+	a.waitFor("the peer's facts taken", func(s status.Status) bool {
+		return len(s.Peers) == 1 && s.Peers[0].Connected
+	})
+	// The whole flood is read: the watch stays connected after it, on
+	// keepalives... which this fake never sends: the silence ends it.
+	a.waitWithin(30*time.Second, "the flood read", func(s status.Status) bool {
+		return len(s.Peers) == 1 && !s.Peers[0].Connected && strings.Contains(s.Peers[0].Message, "no document or keepalive")
+	})
+	a.stop()
+	passes := strings.Count(a.logs.String(), `"msg":"reconciled"`)
+	if passes > 40 {
+		t.Fatalf("%d reconciles that changed something for one flood of 20,000 documents; want a handful", passes)
+	}
+	t.Logf("%d reconciles that changed something during the flood", passes)
 }

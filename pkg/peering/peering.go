@@ -144,6 +144,31 @@ type watched struct {
 	// unusable says why what the store has of the peer cannot be read;
 	// the peer is then not trusted on first use again.
 	unusable string
+	// Facts that matter (see relevant) are stored and told at most
+	// FlushBurst times per FlushWindow: flushes are when they last were,
+	// dirty says they changed since, flush is the timer of a flush to
+	// come.
+	flushes []time.Time
+	dirty   bool
+	flush   clock.Timer
+}
+
+// What a peer tells is stored and triggers a reconcile at once, up to
+// FlushBurst times per FlushWindow; beyond, once the window allows: a peer
+// flooding the agent with documents costs a few writes and passes a
+// second, not one per document.
+const (
+	FlushBurst  = 4
+	FlushWindow = time.Second
+)
+
+// relevant reports whether a and b differ in what this host acts on: the
+// peer's identity, its keys and whom it serves. Its generation and
+// readiness alone are kept in memory, not stored, and trigger nothing.
+func relevant(a, b peer.Facts) bool {
+	a.Generation, a.ObservedGeneration, a.Ready = 0, 0, false
+	b.Generation, b.ObservedGeneration, b.Ready = 0, 0, false
+	return !reflect.DeepEqual(a, b)
 }
 
 // New returns a manager whose watches live until ctx ends. notify is
@@ -411,25 +436,28 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 	if w.trustedAt.IsZero() {
 		w.trustedAt = now // first use, or a pin never stored before
 	}
-	newFacts := st.Facts == nil || !reflect.DeepEqual(*st.Facts, f)
+	newFacts := st.Facts == nil || relevant(*st.Facts, f)
 	changed := newFacts || !st.Connected || st.Refused != nil
 	if !st.Connected {
 		st.Since = now
 	}
-	if newFacts || firstUse {
-		rec := record{HostKey: keyLine(st.HostKey), Trust: st.Trust, TrustedAt: w.trustedAt, Facts: &f, FactsAt: now}
-		if err := m.store.PutPeer(t.Name, rec); err != nil {
-			if firstUse {
-				st.Trust, st.HostKey, w.trustedAt = status.TrustNone, nil, time.Time{}
-				m.mu.Unlock()
-				return fmt.Errorf("remember the host key of %s: %w", t.Name, err)
-			}
-			log.Error("cannot store a peer's facts; keeping them in memory", zap.Error(err))
-		}
-		ff := f
-		st.Facts, st.FactsAt = &ff, now
-	}
+	ff := f
+	st.Facts, st.FactsAt = &ff, now
 	st.Connected, st.NoAnswer, st.LastError, st.Refused = true, false, "", nil
+	if firstUse {
+		// Trust is stored before anything else is done with it.
+		if err := m.storeLocked(w); err != nil {
+			st.Trust, st.HostKey, st.Facts, w.trustedAt = status.TrustNone, nil, nil, time.Time{}
+			m.mu.Unlock()
+			return fmt.Errorf("remember the host key of %s: %w", t.Name, err)
+		}
+		w.flushes = append(w.flushes, now)
+	}
+	notifyNow := firstUse
+	if changed {
+		w.dirty = true
+		notifyNow = m.flushLocked(log, w)
+	}
 	m.mu.Unlock()
 	if firstUse {
 		log.Warn("trusted a peer's host key on first use; pin it as hostKey to be sure", zap.String("fingerprint", fingerprint(key)))
@@ -437,10 +465,50 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 	if newFacts {
 		log.Debug("peer facts changed", zap.Int64("generation", f.Generation), zap.Bool("ready", f.Ready))
 	}
-	if changed {
+	if notifyNow {
 		m.notify("facts of " + t.Name)
 	}
 	return nil
+}
+
+// storeLocked stores what is trusted and known of w's peer.
+func (m *Manager) storeLocked(w *watched) error {
+	st := w.st
+	return m.store.PutPeer(w.target.Name, record{HostKey: keyLine(st.HostKey), Trust: st.Trust, TrustedAt: w.trustedAt,
+		Facts: st.Facts, FactsAt: st.FactsAt})
+}
+
+// flushLocked stores w's facts and reports that a reconcile is due, at
+// most FlushBurst times per FlushWindow; beyond, it arms a timer that
+// flushes and notifies once the window allows.
+func (m *Manager) flushLocked(log *zap.Logger, w *watched) bool {
+	if !w.dirty {
+		return false
+	}
+	now := m.clock.Now()
+	if len(w.flushes) > FlushBurst {
+		w.flushes = w.flushes[len(w.flushes)-FlushBurst:]
+	}
+	if len(w.flushes) == FlushBurst && now.Sub(w.flushes[0]) < FlushWindow {
+		wait := FlushWindow - now.Sub(w.flushes[0])
+		if w.flush == nil {
+			w.flush = m.clock.AfterFunc(wait, func() {
+				m.mu.Lock()
+				w.flush = nil
+				notify := m.peers[w.target.Name] == w && m.flushLocked(log, w)
+				m.mu.Unlock()
+				if notify {
+					m.notify("facts of " + w.target.Name)
+				}
+			})
+		}
+		return false
+	}
+	w.dirty, w.flushes = false, append(w.flushes, now)
+	if err := m.storeLocked(w); err != nil {
+		log.Error("cannot store a peer's facts; keeping them in memory", zap.Error(err))
+	}
+	return true
 }
 
 // localAddrRE matches the local end of a connection in an error message,
