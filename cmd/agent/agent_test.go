@@ -305,11 +305,11 @@ func TestRenameSaveIsReconciled(t *testing.T) {
 		})
 	}
 	// A comment is no change of meaning: the generation stays.
+	before := a.waitFor("still ready", ready)
 	renameSave(t, config, "# a comment\n"+fleet(port, ""))
 	if err := a.client.Reconcile(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	before := a.waitFor("still ready", ready)
 	after := a.waitFor("a later reconcile", func(s status.Status) bool { return s.LastReconcile.After(before.LastReconcile) })
 	if after.Generation != 6 {
 		t.Fatalf("generation %d after a comment-only edit, want 6", after.Generation)

@@ -65,7 +65,7 @@ func Fetch(ctx context.Context, addr string, check HostKeyCheck) (Facts, error) 
 }
 
 func fetch(ctx context.Context, addr string, check HostKeyCheck) (Facts, error) {
-	client, err := dial(ctx, clock.Real{}, addr, check, DefaultDialTimeout)
+	client, err := dial(ctx, clock.Real{}, addr, nil, check, DefaultDialTimeout)
 	if err != nil {
 		return Facts{}, err
 	}
@@ -92,11 +92,14 @@ func fetch(ctx context.Context, addr string, check HostKeyCheck) (Facts, error) 
 // dial connects to addr and does the SSH handshake, accepting only an
 // ed25519 host key that check accepts. timeout bounds the connect and the
 // handshake each; the handshake's deadline is from clk.
-func dial(ctx context.Context, clk clock.Clock, addr string, check HostKeyCheck, timeout time.Duration) (*ssh.Client, error) {
+func dial(ctx context.Context, clk clock.Clock, addr string, local net.IP, check HostKeyCheck, timeout time.Duration) (*ssh.Client, error) {
 	if check == nil {
 		return nil, errors.New("no host key check given")
 	}
 	d := net.Dialer{Timeout: timeout}
+	if local != nil {
+		d.LocalAddr = &net.TCPAddr{IP: local}
+	}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)

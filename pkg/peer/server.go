@@ -45,6 +45,9 @@ type ServerOptions struct {
 	// Clock times the handshake, the idle and stall timeouts, the
 	// keepalives and the retries of a failing accept; default clock.Real.
 	Clock clock.Clock
+	// OnConnect, when set, is told the address of every connection the
+	// port takes (before its handshake): a peer that connects is back.
+	OnConnect func(remote net.IP)
 }
 
 func (o ServerOptions) withDefaults() ServerOptions {
@@ -208,6 +211,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			s.log.Debug("refused peer connection: too many open from its address", zap.String("remote", ip), zap.Int("maxConnsPerIP", s.opts.MaxConnsPerIP))
 			c.Close()
 			continue
+		}
+		if s.opts.OnConnect != nil {
+			if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+				s.opts.OnConnect(a.IP)
+			}
 		}
 		wg.Add(1)
 		go func() {

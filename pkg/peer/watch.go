@@ -29,6 +29,13 @@ type WatchOptions struct {
 	// Clock times the reconnects, the silence deadline and the handshake
 	// deadline; default clock.Real.
 	Clock clock.Clock
+	// LocalIP, when set, is the address the watch dials from: the host's
+	// own, so that the peer sees who connects.
+	LocalIP net.IP
+	// Wake, when it receives, ends a wait between attempts and starts the
+	// next one at once, the run of failures forgotten: the peer showed
+	// that it is back (it connected to this host).
+	Wake <-chan struct{}
 }
 
 func (o WatchOptions) withDefaults() WatchOptions {
@@ -91,6 +98,9 @@ func Watch(ctx context.Context, addr string, check HostKeyCheck, opts WatchOptio
 			t.Stop()
 			return
 		case <-t.C:
+		case <-opts.Wake:
+			t.Stop()
+			failures = 0
 		}
 	}
 }
@@ -98,7 +108,7 @@ func Watch(ctx context.Context, addr string, check HostKeyCheck, opts WatchOptio
 // watchOnce runs one connection's watch. It always ends with an error,
 // unless ctx ended; delivered tells whether onFacts took a document.
 func watchOnce(ctx context.Context, addr string, check HostKeyCheck, opts WatchOptions, onFacts func(Facts) error) (delivered bool, err error) {
-	client, err := dial(ctx, opts.Clock, addr, check, opts.DialTimeout)
+	client, err := dial(ctx, opts.Clock, addr, opts.LocalIP, check, opts.DialTimeout)
 	if err != nil {
 		return false, err
 	}

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"reflect"
 	"regexp"
 	"slices"
@@ -53,6 +54,9 @@ type Target struct {
 	Pin ssh.PublicKey
 	// PinsRequired is trust: pinned: never trust a key on first use.
 	PinsRequired bool
+	// From is the address to dial the peer from (this host's own, when
+	// it is a local IP literal), or nil for the system's choice.
+	From net.IP
 	// Remembered is the host key this host's own managed files pin for
 	// the peer (the known_hosts block, the substituter URL), or nil.
 	// Trust outlives the store: a peer offering another key is refused
@@ -61,9 +65,12 @@ type Target struct {
 	Remembered ssh.PublicKey
 }
 
+// same reports whether a watch of t is one of o: the same peer, reached
+// the same way, trusted the same way. Remembered may differ: it is taken
+// up without a new connection.
 func (t Target) same(o Target) bool {
 	return t.Name == o.Name && t.Address == o.Address && t.Addr == o.Addr &&
-		t.PinsRequired == o.PinsRequired && sameKey(t.Pin, o.Pin) && sameKey(t.Remembered, o.Remembered)
+		t.PinsRequired == o.PinsRequired && sameKey(t.Pin, o.Pin) && t.From.Equal(o.From)
 }
 
 // Refusal says why a peer's host key was refused.
@@ -151,6 +158,8 @@ type watched struct {
 	flushes []time.Time
 	dirty   bool
 	flush   clock.Timer
+	// wake ends the watch's wait between attempts (see Poke).
+	wake chan struct{}
 }
 
 // What a peer tells is stored and triggers a reconcile at once, up to
@@ -200,6 +209,10 @@ func (m *Manager) Sync(targets []Target) error {
 	for _, t := range targets {
 		want[t.Name] = true
 		if w, ok := m.peers[t.Name]; ok && w.target.same(t) {
+			w.target.Remembered = t.Remembered
+			if r := m.remembered(t); r != nil && sameKey(r, w.st.HostKey) {
+				delete(m.reset, t.Name) // the files caught up with a reset
+			}
 			continue
 		}
 		if err := m.startLocked(t); err != nil {
@@ -224,6 +237,21 @@ func (m *Manager) Get(name string) (State, bool) {
 		return State{}, false
 	}
 	return w.st, true
+}
+
+// Poke tells that a connection came in from ip: a watch of a peer at that
+// address that waits to try again tries at once.
+func (m *Manager) Poke(ip net.IP) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, w := range m.peers {
+		if peerIP := net.ParseIP(w.target.Address); peerIP != nil && peerIP.Equal(ip) {
+			select {
+			case w.wake <- struct{}{}:
+			default:
+			}
+		}
+	}
 }
 
 // ResetTrust forgets what was trusted of peer name, so that its key is
@@ -263,7 +291,7 @@ func (m *Manager) startLocked(t Target) error {
 	if m.closed || m.ctx.Err() != nil {
 		return fmt.Errorf("watch %s: the agent is stopping", t.Name)
 	}
-	w := &watched{target: t, st: State{Name: t.Name, Trust: status.TrustNone}}
+	w := &watched{target: t, st: State{Name: t.Name, Trust: status.TrustNone}, wake: make(chan struct{}, 1)}
 	m.loadLocked(w)
 	ctx, cancel := context.WithCancel(m.ctx)
 	w.cancel = cancel
@@ -353,7 +381,9 @@ func (m *Manager) run(ctx context.Context, w *watched) {
 	check := func(offered ssh.PublicKey) error { return m.check(ctx, log, w, offered) }
 	onFacts := func(f peer.Facts) error { return m.accept(ctx, log, w, f) }
 	onError := func(err error) { m.failed(ctx, log, w, err) }
-	peer.Watch(ctx, w.target.Addr, check, m.opts, onFacts, onError)
+	opts := m.opts
+	opts.LocalIP, opts.Wake = w.target.From, w.wake
+	peer.Watch(ctx, w.target.Addr, check, opts, onFacts, onError)
 }
 
 // check decides whether offered may be w's host key. A key that is not
@@ -442,7 +472,10 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 		st.Since = now
 	}
 	ff := f
-	st.Facts, st.FactsAt = &ff, now
+	st.Facts = &ff
+	if newFacts {
+		st.FactsAt = now // when it last told something that matters
+	}
 	st.Connected, st.NoAnswer, st.LastError, st.Refused = true, false, "", nil
 	if firstUse {
 		// Trust is stored before anything else is done with it.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
+	"net"
 	"path/filepath"
 	"strings"
 	"time"
@@ -403,10 +404,11 @@ func (pl *planner) planPeering() {
 // host's managed files remember of them.
 func watchTargets(file *desired.File, self *desired.Host, remembered map[string]ssh.PublicKey) []peering.Target {
 	var targets []peering.Target
+	from := localIP(self.Address)
 	add := func(h *desired.Host) {
 		pins, _ := pinnedKeys(h) // validated with the file
 		targets = append(targets, peering.Target{Name: h.Name, Address: h.Address, Pin: pins.HostKey,
-			PinsRequired: file.Trust == desired.TrustPinned, Addr: peerAddr(h), Remembered: remembered[h.Name]})
+			PinsRequired: file.Trust == desired.TrustPinned, Addr: peerAddr(h), Remembered: remembered[h.Name], From: from})
 	}
 	seen := map[string]bool{}
 	for _, name := range self.SubstituteFrom {
@@ -419,6 +421,16 @@ func watchTargets(file *desired.File, self *desired.Host, remembered map[string]
 		}
 	}
 	return targets
+}
+
+// localIP is address when it is a loopback IP literal: an agent on one of
+// several loopback addresses dials its peers from its own, so that each
+// sees who connects. Other addresses leave the choice to the system.
+func localIP(address string) net.IP {
+	if ip := net.ParseIP(address); ip != nil && ip.IsLoopback() {
+		return ip
+	}
+	return nil
 }
 
 func peerAddr(h *desired.Host) string {
