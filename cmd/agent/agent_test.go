@@ -189,14 +189,14 @@ func (a *agent) stop() {
 }
 
 // sigterm stops the agent with SIGTERM and reports whether it exited
-// within 10 s; if not, it is killed.
+// within 5 s, as systemd expects of it; if not, it is killed.
 func (a *agent) sigterm() bool {
 	a.stopped = true
 	a.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-a.done:
 		return true
-	case <-time.After(10 * time.Second):
+	case <-time.After(5 * time.Second):
 		a.cmd.Process.Kill()
 		<-a.done
 		return false

@@ -85,7 +85,7 @@ func TestHostileDesiredStateFile(t *testing.T) {
 				t.Fatalf("validate: exit %d, stderr %q; want 1 and %q", code, stderr, c.want)
 			}
 			if !a.sigterm() {
-				t.Fatal("the agent did not stop within 10s of SIGTERM")
+				t.Fatal("the agent did not stop within 5s of SIGTERM")
 			}
 			// Back to a good file, a new agent takes it up.
 			os.Remove(config)

@@ -247,7 +247,7 @@ func TestLongApplyDoesNotHoldTheAgent(t *testing.T) {
 		}
 	}
 	if !a.sigterm() {
-		t.Fatal("the agent did not stop within 10s of SIGTERM while an apply ran")
+		t.Fatal("the agent did not stop within 5s of SIGTERM while an apply ran")
 	}
 	testenv.WaitFor(t, 5*time.Second, 10*time.Millisecond, "the apply's processes to end", func() error {
 		for _, pid := range pids {

@@ -1,8 +1,11 @@
 package desired
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -216,4 +219,27 @@ func checkFile(t *testing.T, f *File) {
 			}
 		}
 	}
+}
+
+// FuzzLoad reads the desired-state file the way the agent and its
+// watcher do (bounded, a regular file only), whatever it holds: Load
+// never panics, never returns more than MaxSize+1 bytes, and gives a file
+// or an error.
+func FuzzLoad(f *testing.F) {
+	f.Add([]byte("apiVersion: nixpeer/v1\nhosts:\n  - name: a\n    address: a.example\n"))
+	f.Add([]byte("\xef\xbb\xbf"))
+	f.Add(bytes.Repeat([]byte("#"), 4096))
+	f.Fuzz(func(t *testing.T, content []byte) {
+		path := filepath.Join(t.TempDir(), "desired.yaml")
+		if err := os.WriteFile(path, content, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		file, data, err := Load(path)
+		if len(data) > MaxSize+1 {
+			t.Fatalf("Load read %d bytes", len(data))
+		}
+		if (file == nil) == (err == nil) {
+			t.Fatalf("Load gave file %v and error %v", file, err)
+		}
+	})
 }

@@ -555,3 +555,26 @@ func TestSSHKeygenFindsManagedEntries(t *testing.T) {
 		t.Errorf("ssh-keygen -F stage.example.com found an entry:\n%s", out)
 	}
 }
+
+// FuzzManaged: whatever known_hosts holds (it is shared with people),
+// reading the managed block never panics, and what it returns renders
+// back to a block that reads the same.
+func FuzzManaged(f *testing.F) {
+	f.Add([]byte("# BEGIN nixpeer managed block: do not edit, the agent rewrites it\n127.0.0.2 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n# END nixpeer managed block\nmine\n"))
+	f.Add([]byte("# BEGIN nixpeer managed block\n[::1]:2222 ssh-ed25519 AAAA\n"))
+	f.Add([]byte("no block\n"))
+	f.Fuzz(func(t *testing.T, existing []byte) {
+		entries, err := Managed(existing)
+		if err != nil {
+			return
+		}
+		out, err := Render(nil, entries)
+		if err != nil {
+			t.Fatalf("Managed(%q) = %v, which does not render: %v", existing, entries, err)
+		}
+		again, err := Managed(out)
+		if err != nil || len(again) != len(entries) {
+			t.Fatalf("rendered block %q reads back as %v, %v; want %v", out, again, err, entries)
+		}
+	})
+}

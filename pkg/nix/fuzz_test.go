@@ -303,3 +303,25 @@ func fuzzEd25519(f *testing.F) ssh.PublicKey {
 	}
 	return k
 }
+
+// FuzzPinnedHostKeys: whatever a settings file holds (it is shared with
+// people, and may be damaged), reading the host keys its substituter URLs
+// pin never panics, and every key it returns is an ed25519 key pinned by
+// a URL that ValidateSubstituter accepts.
+func FuzzPinnedHostKeys(f *testing.F) {
+	key := fuzzEd25519(f)
+	u, err := SubstituterURL(ProtocolSSH, "127.0.0.2", 22, "/k", key)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add([]byte("extra-substituters = " + u + "\n"))
+	f.Add([]byte(`  nix.settings.substituters = [ "` + u + `" ];`))
+	f.Add([]byte("ssh://nix-ssh@[::1]?base64-ssh-public-host-key=%%%"))
+	f.Fuzz(func(t *testing.T, content []byte) {
+		for host, k := range PinnedHostKeys(content) {
+			if k == nil || k.Type() != ssh.KeyAlgoED25519 || host == "" {
+				t.Fatalf("PinnedHostKeys(%q) gave %q → %v", content, host, k)
+			}
+		}
+	})
+}

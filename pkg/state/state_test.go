@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nixpeer/nixpeer/pkg/status"
+	bolt "go.etcd.io/bbolt"
 )
 
 func open(t *testing.T, path string) *Store {
@@ -219,5 +220,48 @@ func TestDamagedDatabaseIsMovedAside(t *testing.T) {
 			t.Fatalf("a sound database: %+v, %v", opened, err)
 		}
 		s.Close()
+	})
+}
+
+// FuzzStoreRecords: whatever bytes the records of state.db hold (a file
+// damaged, or written by another version), reading them never panics:
+// each read gives a value or an error.
+func FuzzStoreRecords(f *testing.F) {
+	f.Add([]byte(`{"host":"stage","conditions":[{"type":"Ready","status":"True"}]}`))
+	f.Add([]byte(`{"generation":3,"hash":"x","file":"f","content":"YQ=="}`))
+	f.Add([]byte(`{"hash":"abc","at":"2026-12-02T00:00:00Z"}`))
+	f.Add([]byte(`{"hostKey":"ssh-ed25519 AAAA","facts":{"version":1}}`))
+	f.Add([]byte(`42`))
+	f.Add([]byte(`{`))
+	f.Add([]byte{0xff, 0x00})
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		s := open(t, filepath.Join(t.TempDir(), "state.db"))
+		defer s.Close()
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			meta := tx.Bucket(bucketMeta)
+			for _, k := range [][]byte{keyStatus, keyDesired, []byte("rec/any")} {
+				if err := meta.Put(k, raw); err != nil {
+					return err
+				}
+			}
+			return tx.Bucket(bucketPeers).Put([]byte("peer"), raw)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.LoadStatus()
+		s.Desired()
+		var anyValue any
+		s.Get("any", &anyValue)
+		var m map[string][]time.Time
+		s.Get("any", &m)
+		var str string
+		s.Get("any", &str)
+		var peer map[string]any
+		s.GetPeer("peer", &peer)
+		if _, _, err := s.NextDesired("f", []byte("x"), "h"); err == nil {
+			// A readable record or none: the next generation follows.
+			return
+		}
 	})
 }
