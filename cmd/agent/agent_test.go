@@ -491,9 +491,11 @@ func TestStatusJSONAndTable(t *testing.T) {
 func TestNoOpReconcileWritesNothing(t *testing.T) {
 	root, config := newRoot(t, fleet(testenv.FreePort(t, "127.0.0.2"), hostKeyLine(t)))
 	a := startAgent(t, root, config, "prod")
-	// Settled: reconciled, and the watch of stage (not running) reported.
+	// Settled: reconciled, the settings verified, and the watch of stage
+	// (not running) reported.
 	st := a.waitFor("reconciled and settled", func(s status.Status) bool {
-		return reconciled(s) && len(s.Peers) == 1 && strings.Contains(s.Peers[0].Message, "refused")
+		return reconciled(s) && len(s.Peers) == 1 && strings.Contains(s.Peers[0].Message, "refused") &&
+			hasCondition(status.NixSettingsApplied, status.True, "Applied")(s)
 	})
 	old := time.Unix(1_000_000_000, 0)
 	var files []string

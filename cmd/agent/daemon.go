@@ -125,7 +125,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, config, ho
 		cancel()
 		peers.Wait()
 	}()
-	port := peering.NewPort(ctx, log.Named("peerport"), peer.ServerOptions{Clock: clk, OnConnect: peers.Poke}, notify)
+	port := peering.NewPort(ctx, log.Named("peerport"), peer.ServerOptions{Clock: clk, OnConnect: peers.Poke, Known: peers.Known}, notify)
 	defer port.Close()
 
 	hostnames := machineHostnames()

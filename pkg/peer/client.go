@@ -2,6 +2,8 @@ package peer
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -65,7 +67,7 @@ func Fetch(ctx context.Context, addr string, check HostKeyCheck) (Facts, error) 
 }
 
 func fetch(ctx context.Context, addr string, check HostKeyCheck) (Facts, error) {
-	client, err := dial(ctx, clock.Real{}, addr, nil, check, DefaultDialTimeout)
+	client, err := dial(ctx, clock.Real{}, addr, nil, nil, check, DefaultDialTimeout)
 	if err != nil {
 		return Facts{}, err
 	}
@@ -92,7 +94,7 @@ func fetch(ctx context.Context, addr string, check HostKeyCheck) (Facts, error) 
 // dial connects to addr and does the SSH handshake, accepting only an
 // ed25519 host key that check accepts. timeout bounds the connect and the
 // handshake each; the handshake's deadline is from clk.
-func dial(ctx context.Context, clk clock.Clock, addr string, local net.IP, check HostKeyCheck, timeout time.Duration) (*ssh.Client, error) {
+func dial(ctx context.Context, clk clock.Clock, addr string, local net.IP, identity ssh.Signer, check HostKeyCheck, timeout time.Duration) (*ssh.Client, error) {
 	if check == nil {
 		return nil, errors.New("no host key check given")
 	}
@@ -120,7 +122,13 @@ func dial(ctx context.Context, clk clock.Clock, addr string, local net.IP, check
 			return nil
 		},
 		HostKeyAlgorithms: []string{ssh.KeyAlgoED25519},
-		ClientVersion:     "SSH-2.0-nixpeer",
+		ClientVersion:     ClientVersion,
+		Auth: []ssh.AuthMethod{ssh.PublicKeysCallback(func() ([]ssh.Signer, error) {
+			if identity != nil {
+				return []ssh.Signer{identity}, nil
+			}
+			return []ssh.Signer{ephemeral()}, nil
+		})},
 	}
 	sc, chans, reqs, err := ssh.NewClientConn(c, addr, config)
 	stopped := stop()
@@ -159,6 +167,20 @@ func start(client *ssh.Client, cmd string) (*ssh.Session, *lineReader, *stderrTa
 		return nil, nil, nil, fmt.Errorf("run %q: %w", cmd, err)
 	}
 	return sess, newLineReader(stdout, MaxDocumentSize), stderr, nil
+}
+
+// ephemeral is a key of no one: a client without an identity shows it and
+// is anonymous to the server.
+func ephemeral() ssh.Signer {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		panic(fmt.Sprintf("generate an ephemeral ed25519 key: %v", err))
+	}
+	s, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		panic(fmt.Sprintf("ephemeral ed25519 key: %v", err))
+	}
+	return s
 }
 
 // isKeepalive tells a watch's keepalive line from a document.

@@ -173,11 +173,11 @@ func TestWatchDropsSilentPeer(t *testing.T) {
 
 func TestWatchKeepsConnectionWithKeepalives(t *testing.T) {
 	key := newSigner(t)
-	s := startServer(t, "127.0.0.3:0", key, ServerOptions{Keepalive: 5 * time.Millisecond})
+	s := startServer(t, "127.0.0.3:0", key, ServerOptions{Keepalive: 20 * time.Millisecond})
 	f := validFacts(t, key.PublicKey())
 	s.publish(f)
 	opts := fastWatch
-	opts.Keepalive = 5 * time.Millisecond
+	opts.Keepalive = 20 * time.Millisecond
 	w := startWatch(t, s.addr, pin(key.PublicKey()), opts)
 	recv(t, w.facts, "document")
 	// Many keepalive intervals later, a change arrives on the same

@@ -14,27 +14,41 @@ import (
 
 // serveConn runs one connection: the handshake, then its channels, until
 // the client leaves, it idles out or ctx ends.
-func (s *Server) serveConn(ctx context.Context, c net.Conn) {
+func (s *Server) serveConn(ctx context.Context, c net.Conn, ip string) {
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	log := s.log.With(zap.Stringer("remote", c.RemoteAddr()))
 
 	if err := c.SetDeadline(s.opts.Clock.Now().Add(s.opts.HandshakeTimeout)); err != nil {
+		s.abandon(ip)
 		log.Debug("peer connection: set handshake deadline", zap.Error(err))
 		return
 	}
 	sconn, chans, reqs, err := ssh.NewServerConn(c, s.config)
 	if err != nil {
+		s.abandon(ip)
 		log.Debug("peer handshake failed", zap.Error(err))
 		return
 	}
 	defer sconn.Close()
+	peerName := sconn.Permissions.Extensions[permPeer]
+	release, why := s.admit(ip, peerName)
+	if why != "" {
+		log.Debug("refused peer connection", zap.String("peer", peerName), zap.String("why", why))
+		return
+	}
+	defer release()
 	if err := c.SetDeadline(time.Time{}); err != nil {
 		log.Debug("peer connection: clear handshake deadline", zap.Error(err))
 		return
 	}
-	log.Debug("peer connected", zap.String("clientVersion", string(sconn.ClientVersion())))
+	if peerName == "" {
+		// Anonymous: it comes back, known by then, on a new connection.
+		t := s.opts.Clock.AfterFunc(s.opts.AnonymousLifetime, func() { sconn.Close() })
+		defer t.Stop()
+	}
+	log.Debug("peer connected", zap.String("peer", peerName), zap.String("clientVersion", string(sconn.ClientVersion())))
 
 	go refuseGlobal(log, reqs)
 	cs := &connState{sconn: sconn, clock: s.opts.Clock, idleTimeout: s.opts.IdleTimeout, log: log}

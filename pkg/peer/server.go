@@ -17,21 +17,47 @@ import (
 
 // Defaults of ServerOptions.
 const (
-	DefaultMaxConns         = 64
-	DefaultMaxConnsPerIP    = 8
-	DefaultMaxChannels      = 4
-	DefaultHandshakeTimeout = 10 * time.Second
-	DefaultIdleTimeout      = 60 * time.Second
-	DefaultKeepalive        = 2 * time.Second
+	DefaultMaxConns           = 64
+	DefaultMaxConnsPerIP      = 8
+	DefaultMaxPeers           = 4096
+	DefaultMaxHandshakes      = 128
+	DefaultMaxHandshakesPerIP = 32
+	DefaultAnonymousLifetime  = time.Minute
+	DefaultMaxChannels        = 4
+	DefaultHandshakeTimeout   = 10 * time.Second
+	DefaultIdleTimeout        = 60 * time.Second
+	DefaultKeepalive          = 2 * time.Second
 )
 
 // ServerOptions bound a Server. Zero fields take the defaults.
+//
+// A client that authenticates with the host key of a known peer (see
+// Known) takes a slot of MaxPeers, whatever its address: many hosts
+// behind one NAT address are no problem. Any other client is anonymous:
+// it shares MaxConns with every other anonymous client, MaxConnsPerIP with
+// those of its address, and is closed after AnonymousLifetime, so that no
+// number of strangers can keep a known peer out. Before it authenticates,
+// every connection takes one of MaxHandshakes (MaxHandshakesPerIP from one
+// address) for at most HandshakeTimeout.
 type ServerOptions struct {
-	// MaxConns bounds concurrent connections; one more is closed at once.
+	// MaxConns bounds the concurrent anonymous connections; one more is
+	// closed at once.
 	MaxConns int
-	// MaxConnsPerIP bounds the concurrent connections from one address,
-	// so that one client cannot take every slot.
+	// MaxConnsPerIP bounds the concurrent anonymous connections from one
+	// address, so that one client cannot take every slot.
 	MaxConnsPerIP int
+	// MaxPeers bounds the concurrent connections of known peers.
+	MaxPeers int
+	// MaxHandshakes and MaxHandshakesPerIP bound the connections not
+	// authenticated yet.
+	MaxHandshakes      int
+	MaxHandshakesPerIP int
+	// AnonymousLifetime closes an anonymous connection after it: a peer
+	// not known yet comes back, known by then, on a connection of its own.
+	AnonymousLifetime time.Duration
+	// Known tells whether a client's key is the host key of a peer this
+	// host knows, and its name; nil knows nobody.
+	Known func(key ssh.PublicKey) (string, bool)
 	// MaxChannels bounds the sessions open at once on one connection.
 	MaxChannels int
 	// HandshakeTimeout bounds the SSH handshake, and the time a session
@@ -57,6 +83,18 @@ func (o ServerOptions) withDefaults() ServerOptions {
 	if o.MaxConnsPerIP <= 0 {
 		o.MaxConnsPerIP = DefaultMaxConnsPerIP
 	}
+	if o.MaxPeers <= 0 {
+		o.MaxPeers = DefaultMaxPeers
+	}
+	if o.MaxHandshakes <= 0 {
+		o.MaxHandshakes = DefaultMaxHandshakes
+	}
+	if o.MaxHandshakesPerIP <= 0 {
+		o.MaxHandshakesPerIP = DefaultMaxHandshakesPerIP
+	}
+	if o.AnonymousLifetime <= 0 {
+		o.AnonymousLifetime = DefaultAnonymousLifetime
+	}
 	if o.MaxChannels <= 0 {
 		o.MaxChannels = DefaultMaxChannels
 	}
@@ -80,31 +118,61 @@ type Server struct {
 	log    *zap.Logger
 	opts   ServerOptions
 	config *ssh.ServerConfig
-	conns  chan struct{} // a token per open connection, MaxConns deep
 
 	mu       sync.Mutex
 	doc      []byte // the current document and its newline; nil before Publish
 	watchers map[*slot]struct{}
-	perIP    map[string]int // open connections by remote address
+	// Open connections: not authenticated yet, anonymous, of known peers;
+	// by remote address for the first two.
+	handshakes, anonymous, peers  int
+	handshakesByIP, anonymousByIP map[string]int
 }
 
+// permPeer is the Permissions extension that names the known peer a
+// connection authenticated as.
+const permPeer = "nixpeer-peer"
+
+// ClientVersion is what nixpeer's clients announce; they authenticate
+// with a key, always.
+const ClientVersion = "SSH-2.0-nixpeer"
+
 // NewServer returns a server that authenticates with hostKey, the host's
-// own ed25519 SSH host key, and lets every client in without credentials.
-// It serves nothing until Publish is called.
+// own ed25519 SSH host key. A client that shows the host key of a known
+// peer is that peer; any other client, with another key or none, is
+// anonymous (see ServerOptions). It serves nothing until Publish is
+// called.
 func NewServer(log *zap.Logger, hostKey ssh.Signer, opts ServerOptions) *Server {
-	config := &ssh.ServerConfig{NoClientAuth: true, ServerVersion: "SSH-2.0-nixpeer"}
+	opts = opts.withDefaults()
+	config := &ssh.ServerConfig{
+		ServerVersion: ClientVersion,
+		NoClientAuth:  true,
+		NoClientAuthCallback: func(meta ssh.ConnMetadata) (*ssh.Permissions, error) {
+			if string(meta.ClientVersion()) == ClientVersion {
+				// An agent has a key to show: let it.
+				return nil, errors.New("nixpeer agents authenticate with their host key")
+			}
+			return &ssh.Permissions{}, nil
+		},
+		PublicKeyCallback: func(_ ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+			if opts.Known != nil {
+				if name, ok := opts.Known(key); ok {
+					return &ssh.Permissions{Extensions: map[string]string{permPeer: name}}, nil
+				}
+			}
+			return &ssh.Permissions{}, nil
+		},
+	}
 	config.AddHostKey(hostKey)
 	if t := hostKey.PublicKey().Type(); t != ssh.KeyAlgoED25519 {
 		log.Warn("peer port host key is not ed25519; peers will refuse it", zap.String("type", t))
 	}
-	opts = opts.withDefaults()
 	return &Server{
-		log:      log,
-		opts:     opts,
-		config:   config,
-		conns:    make(chan struct{}, opts.MaxConns),
-		watchers: map[*slot]struct{}{},
-		perIP:    map[string]int{},
+		log:            log,
+		opts:           opts,
+		config:         config,
+		watchers:       map[*slot]struct{}{},
+		handshakesByIP: map[string]int{},
+		anonymousByIP:  map[string]int{},
 	}
 }
 
@@ -198,17 +266,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		delay = 0
-		select {
-		case s.conns <- struct{}{}:
-		default:
-			s.log.Debug("refused peer connection: too many open", zap.Stringer("remote", c.RemoteAddr()), zap.Int("maxConns", s.opts.MaxConns))
-			c.Close()
-			continue
-		}
 		ip := remoteIP(c)
-		if !s.takeIP(ip) {
-			<-s.conns
-			s.log.Debug("refused peer connection: too many open from its address", zap.String("remote", ip), zap.Int("maxConnsPerIP", s.opts.MaxConnsPerIP))
+		if why := s.takeHandshake(ip); why != "" {
+			s.log.Debug("refused peer connection", zap.String("remote", ip), zap.String("why", why))
 			c.Close()
 			continue
 		}
@@ -220,29 +280,75 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-s.conns }()
-			defer s.releaseIP(ip)
-			s.serveConn(ctx, c)
+			s.serveConn(ctx, c, ip)
 		}()
 	}
 }
 
-// takeIP counts a connection from ip, unless ip has MaxConnsPerIP open.
-func (s *Server) takeIP(ip string) bool {
+// takeHandshake counts a connection from ip that is not authenticated
+// yet; it says why not when there is no room for it.
+func (s *Server) takeHandshake(ip string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.perIP[ip] >= s.opts.MaxConnsPerIP {
-		return false
+	switch {
+	case s.handshakes >= s.opts.MaxHandshakes:
+		return fmt.Sprintf("%d handshakes under way", s.handshakes)
+	case s.handshakesByIP[ip] >= s.opts.MaxHandshakesPerIP:
+		return fmt.Sprintf("%d handshakes under way from its address", s.handshakesByIP[ip])
 	}
-	s.perIP[ip]++
-	return true
+	s.handshakes++
+	s.handshakesByIP[ip]++
+	return ""
 }
 
-func (s *Server) releaseIP(ip string) {
+// admit turns a connection from ip that authenticated (as peer, or
+// anonymous when peer is "") from a handshake into a slot of its pool; it
+// says why not when there is no room for it. The returned function gives
+// the slot back.
+func (s *Server) admit(ip, peer string) (func(), string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.perIP[ip]--; s.perIP[ip] <= 0 {
-		delete(s.perIP, ip)
+	s.handshakes--
+	if s.handshakesByIP[ip]--; s.handshakesByIP[ip] <= 0 {
+		delete(s.handshakesByIP, ip)
+	}
+	if peer != "" {
+		if s.peers >= s.opts.MaxPeers {
+			return nil, fmt.Sprintf("%d peers connected", s.peers)
+		}
+		s.peers++
+		return func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.peers--
+		}, ""
+	}
+	switch {
+	case s.anonymous >= s.opts.MaxConns:
+		return nil, fmt.Sprintf("too many open: %d anonymous connections", s.anonymous)
+	case s.anonymousByIP[ip] >= s.opts.MaxConnsPerIP:
+		return nil, fmt.Sprintf("too many open from its address: %d anonymous connections", s.anonymousByIP[ip])
+	}
+	s.anonymous++
+	s.anonymousByIP[ip]++
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.anonymous--
+		if s.anonymousByIP[ip]--; s.anonymousByIP[ip] <= 0 {
+			delete(s.anonymousByIP, ip)
+		}
+	}, ""
+}
+
+// abandon gives back the handshake slot of a connection that did not
+// authenticate.
+func (s *Server) abandon(ip string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.handshakes--
+	if s.handshakesByIP[ip]--; s.handshakesByIP[ip] <= 0 {
+		delete(s.handshakesByIP, ip)
 	}
 }
 

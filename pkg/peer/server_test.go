@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -355,8 +356,8 @@ func TestMaxConns(t *testing.T) {
 		}
 		clients = append(clients, c)
 	}
-	if _, err := sshClient(t, s.addr, key.PublicKey()); err == nil {
-		t.Fatal("a third connection was accepted with MaxConns 2")
+	if served(sshClient(t, s.addr, key.PublicKey())) {
+		t.Fatal("a third connection was served with MaxConns 2")
 	}
 	if _, err := Fetch(context.Background(), s.addr, pin(key.PublicKey())); err == nil {
 		t.Fatal("Fetch over a third connection succeeded with MaxConns 2")
@@ -401,11 +402,76 @@ func TestMaxConnsPerIP(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := from("127.0.0.6"); err == nil {
-		t.Fatal("a third connection from one address was accepted with MaxConnsPerIP 2")
+	if served(from("127.0.0.6")) {
+		t.Fatal("a third connection from one address was served with MaxConnsPerIP 2")
 	}
 	if _, err := from("127.0.0.7"); err != nil {
 		t.Fatalf("another address was refused: %v", err)
+	}
+}
+
+// served reports whether a client connection is served: a connection
+// refused after its handshake is closed at once, and opens no session.
+func served(c *ssh.Client, err error) bool {
+	if err != nil {
+		return false
+	}
+	sess, err := c.NewSession()
+	if err != nil {
+		return false
+	}
+	sess.Close()
+	return true
+}
+
+// TestKnownPeersHaveRoomOfTheirOwn: with every anonymous slot taken, from
+// one address, a known peer from that same address still gets in, as
+// many of them as there are; an anonymous one is closed after its
+// lifetime.
+func TestKnownPeersHaveRoomOfTheirOwn(t *testing.T) {
+	key := newSigner(t)
+	var known []ssh.Signer
+	for range 10 {
+		known = append(known, newSigner(t))
+	}
+	isKnown := func(k ssh.PublicKey) (string, bool) {
+		for i, s := range known {
+			if bytes.Equal(s.PublicKey().Marshal(), k.Marshal()) {
+				return fmt.Sprintf("peer-%d", i), true
+			}
+		}
+		return "", false
+	}
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{MaxConns: 2, MaxConnsPerIP: 2, Known: isKnown, AnonymousLifetime: 300 * time.Millisecond})
+	s.publish(validFacts(t, key.PublicKey()))
+	dialAs := func(id ssh.Signer) (*ssh.Client, error) {
+		return dial(context.Background(), clock.Real{}, s.addr, net.ParseIP("127.0.0.1"), id, pin(key.PublicKey()), wait)
+	}
+	var anonymous []*ssh.Client
+	for range 2 {
+		c, err := dialAs(nil)
+		if !served(c, err) {
+			t.Fatalf("an anonymous client was not served: %v", err)
+		}
+		anonymous = append(anonymous, c)
+	}
+	if served(dialAs(nil)) {
+		t.Fatal("a third anonymous client was served")
+	}
+	for i, id := range known {
+		c, err := dialAs(id)
+		if !served(c, err) {
+			t.Fatalf("known peer %d, from the address whose anonymous slots are full, was not served: %v", i, err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	// The anonymous ones are closed after their lifetime.
+	done := make(chan error, 1)
+	go func() { done <- anonymous[0].Wait() }()
+	select {
+	case <-done:
+	case <-time.After(wait):
+		t.Fatal("an anonymous connection outlived its lifetime")
 	}
 }
 

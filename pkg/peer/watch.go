@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nixpeer/nixpeer/pkg/clock"
+	"golang.org/x/crypto/ssh"
 )
 
 // WatchOptions tune Watch. Zero fields take the defaults.
@@ -32,6 +33,10 @@ type WatchOptions struct {
 	// LocalIP, when set, is the address the watch dials from: the host's
 	// own, so that the peer sees who connects.
 	LocalIP net.IP
+	// Identity, when set, gives the key the watch authenticates with:
+	// the host's own host key, by which a peer that knows it reserves it
+	// room. Without one (or while it gives nil) the watch is anonymous.
+	Identity func() ssh.Signer
 	// Wake, when it receives, ends a wait between attempts and starts the
 	// next one at once, the run of failures forgotten: the peer showed
 	// that it is back (it connected to this host).
@@ -108,7 +113,11 @@ func Watch(ctx context.Context, addr string, check HostKeyCheck, opts WatchOptio
 // watchOnce runs one connection's watch. It always ends with an error,
 // unless ctx ended; delivered tells whether onFacts took a document.
 func watchOnce(ctx context.Context, addr string, check HostKeyCheck, opts WatchOptions, onFacts func(Facts) error) (delivered bool, err error) {
-	client, err := dial(ctx, opts.Clock, addr, opts.LocalIP, check, opts.DialTimeout)
+	var identity ssh.Signer
+	if opts.Identity != nil {
+		identity = opts.Identity()
+	}
+	client, err := dial(ctx, opts.Clock, addr, opts.LocalIP, identity, check, opts.DialTimeout)
 	if err != nil {
 		return false, err
 	}

@@ -130,6 +130,9 @@ type Manager struct {
 
 	mu    sync.Mutex
 	peers map[string]*watched
+	// identity is this host's host key, which the watches authenticate
+	// with.
+	identity ssh.Signer
 	// reset names the peers whose trust an operator reset: the key their
 	// managed files remember is not held against a new key until the
 	// files name the key trusted since.
@@ -237,6 +240,34 @@ func (m *Manager) Get(name string) (State, bool) {
 		return State{}, false
 	}
 	return w.st, true
+}
+
+// SetIdentity makes signer (this host's host key) the key the watches
+// authenticate with from their next connection on: a peer that knows it
+// gives them room of their own.
+func (m *Manager) SetIdentity(signer ssh.Signer) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.identity = signer
+}
+
+func (m *Manager) currentIdentity() ssh.Signer {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.identity
+}
+
+// Known reports whether key is the trusted host key of a watched peer,
+// and its name: the peer port gives such a client room of its own.
+func (m *Manager) Known(key ssh.PublicKey) (string, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for name, w := range m.peers {
+		if w.st.HostKey != nil && sameKey(w.st.HostKey, key) {
+			return name, true
+		}
+	}
+	return "", false
 }
 
 // Poke tells that a connection came in from ip: a watch of a peer at that
@@ -382,7 +413,7 @@ func (m *Manager) run(ctx context.Context, w *watched) {
 	onFacts := func(f peer.Facts) error { return m.accept(ctx, log, w, f) }
 	onError := func(err error) { m.failed(ctx, log, w, err) }
 	opts := m.opts
-	opts.LocalIP, opts.Wake = w.target.From, w.wake
+	opts.LocalIP, opts.Wake, opts.Identity = w.target.From, w.wake, m.currentIdentity
 	peer.Watch(ctx, w.target.Addr, check, opts, onFacts, onError)
 }
 

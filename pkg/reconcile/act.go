@@ -122,6 +122,7 @@ func (h *Host) actOn(ctx context.Context, o *Observation, r *Resource, a *acted)
 		}
 	}
 	if r.Listen != "" {
+		h.cfg.Peers.SetIdentity(o.HostKey.Key.Signer)
 		if err := h.cfg.Port.Ensure(r.Listen, o.HostKey.Key.Signer); err != nil {
 			return fmt.Errorf("%w; is another agent or program on that port?", err)
 		}

@@ -66,6 +66,7 @@ type fakePeers struct{}
 
 func (fakePeers) Sync([]peering.Target) error      { return nil }
 func (fakePeers) Get(string) (peering.State, bool) { return peering.State{}, false }
+func (fakePeers) SetIdentity(ssh.Signer)           {}
 
 type fakePort struct {
 	mu    sync.Mutex

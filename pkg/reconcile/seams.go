@@ -39,6 +39,8 @@ type Peers interface {
 	Sync(targets []peering.Target) error
 	// Get returns what is known of peer name right now.
 	Get(name string) (peering.State, bool)
+	// SetIdentity gives the key the watches authenticate with.
+	SetIdentity(hostKey ssh.Signer)
 }
 
 // Port is this host's peer port.
