@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"context"
+	"hash/fnv"
 	"sync"
 	"time"
 
@@ -128,6 +129,23 @@ func (j *jobs) forget(keep func(slot string) bool) {
 // wait returns once every job has ended; their context must be done or
 // ending.
 func (j *jobs) wait() { j.wg.Wait() }
+
+// spread is a factor in [0.75, 1) fixed for key (a host, a host and a
+// peer): the intervals of a fleet of hosts that failed, or started,
+// together are spread out, so that they do not retry in waves.
+func spread(key string) float64 {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	return 0.75 + 0.25*float64(h.Sum32())/(1<<32)
+}
+
+// scaled is d times f (1 when f is 0).
+func scaled(d time.Duration, f float64) time.Duration {
+	if f == 0 {
+		return d
+	}
+	return time.Duration(float64(d) * f)
+}
 
 // retryDelay is how long after its end a failed job is retried: 1 s
 // doubling with each failure in a row, at most 2 minutes.

@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"context"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,7 +36,8 @@ type Loop struct {
 	first     chan struct{}
 }
 
-// Backoff bounds of failed reconciles.
+// Backoff bounds of failed reconciles: each retry waits a random time in
+// [d/2, d) for d = BackoffBase·2^n, at most BackoffMax.
 const (
 	BackoffBase = 100 * time.Millisecond
 	BackoffMax  = 2 * time.Minute
@@ -43,11 +45,9 @@ const (
 
 // NewLoop returns a loop that resyncs every resync.
 func NewLoop(log *zap.Logger, c clock.Clock, rec Reconciler, resync time.Duration) *Loop {
-	return &Loop{
-		log: log, clock: c, rec: rec, resync: resync,
-		queue: workqueue.New(c, BackoffBase, BackoffMax),
-		first: make(chan struct{}),
-	}
+	q := workqueue.New(c, BackoffBase, BackoffMax)
+	q.Jitter = rand.Float64
+	return &Loop{log: log, clock: c, rec: rec, resync: resync, queue: q, first: make(chan struct{})}
 }
 
 // Trigger asks for a reconcile; it never blocks.

@@ -46,6 +46,7 @@ func TestFailuresBackOffExponentiallyThenResync(t *testing.T) {
 		rec := &scripted{failures: 4}
 		ctx, cancel := context.WithCancel(context.Background())
 		l := NewLoop(zap.NewNop(), clock.Real{}, rec, time.Hour)
+		l.queue.Jitter = func() float64 { return 1 } // the top of each range: exact times
 		start := time.Now()
 		go l.Run(ctx)
 		time.Sleep(10 * time.Minute) // fake time: the bubble advances it at once

@@ -184,7 +184,7 @@ func (pl *planner) substituter(h *desired.Host) verdict {
 		return wait(status.PeerWaitingForFacts, "its substituter URL cannot be made; see NixSettingsApplied")
 	}
 	d := decide(peerInput{Now: o.Now, State: st, Tuple: tuple, Probe: o.Probes[h.Name], InUse: inUse,
-		Verified: o.Verified[h.Name] == tuple, Trips: o.Trips[h.Name]})
+		Verified: o.Verified[h.Name] == tuple, Trips: o.Trips[h.Name], Spread: spread(pl.self.Name + "/" + h.Name)})
 	d.url = v.url
 	if d.Verify {
 		pl.verified[h.Name] = tuple
@@ -239,6 +239,8 @@ type peerInput struct {
 	Verified bool
 	// Trips are when it was withdrawn for going dark, oldest first.
 	Trips []time.Time
+	// Spread scales the intervals of its probes (see spread); 0 is 1.
+	Spread float64
 }
 
 type decision struct {
@@ -278,23 +280,23 @@ func decide(in peerInput) decision {
 				since(st.Since), st.LastError)}
 	case fresh && pr.Err == "" && st.Connected:
 		d.verdict = verdict{Use: true, State: status.PeerServing, Ready: true, Message: "serves this host; verified"}
-		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(ConnectedReprobe))
+		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(scaled(ConnectedReprobe, in.Spread)))
 	case fresh && pr.Err == "":
 		d.verdict = verdict{Use: true, State: status.PeerServing, Ready: true,
 			Message: fmt.Sprintf("its agent is unreachable (%s), but its sshd serves this host; probed again every %v", st.LastError, ProbeRefresh)}
-		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(ProbeRefresh))
+		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(scaled(ProbeRefresh, in.Spread)))
 	case fresh && !served:
-		d.verdict = verdict{State: status.PeerProbeFailed, Message: probeFailure(pr)}
-		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(retryDelay(pr.Failures)))
+		d.verdict = verdict{State: status.PeerProbeFailed, Message: probeFailure(pr, in.Spread)}
+		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(scaled(retryDelay(pr.Failures), in.Spread)))
 	case fresh && st.Connected:
 		d.verdict = verdict{State: status.PeerProbeFailed, Ready: true,
-			Message: "its agent answers, but its sshd no longer serves this host: " + probeFailure(pr) + "; its substituter is withdrawn and builds go on locally"}
-		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(retryDelay(pr.Failures)))
+			Message: "its agent answers, but its sshd no longer serves this host: " + probeFailure(pr, in.Spread) + "; its substituter is withdrawn and builds go on locally"}
+		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(scaled(retryDelay(pr.Failures), in.Spread)))
 	case fresh:
 		d.verdict = verdict{State: status.PeerUnreachable, Ready: true,
 			Message: fmt.Sprintf("its agent is unreachable%s (%s) and its sshd does not serve: %s; its substituter is withdrawn and builds go on locally",
-				since(st.Since), st.LastError, probeFailure(pr))}
-		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(retryDelay(pr.Failures)))
+				since(st.Since), st.LastError, probeFailure(pr, in.Spread))}
+		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(scaled(retryDelay(pr.Failures), in.Spread)))
 	default:
 		// Not probed since the connection last changed: probe, and keep
 		// the settings as they are meanwhile.
@@ -315,8 +317,8 @@ func decide(in peerInput) decision {
 }
 
 // probeFailure says why the last probe failed and when the next one is.
-func probeFailure(pr jobState) string {
-	return fmt.Sprintf("%s (probed again from %s)", pr.Err, pr.Ended.Add(retryDelay(pr.Failures)).UTC().Format(time.RFC3339))
+func probeFailure(pr jobState, spread float64) string {
+	return fmt.Sprintf("%s (probed again from %s)", pr.Err, pr.Ended.Add(scaled(retryDelay(pr.Failures), spread)).UTC().Format(time.RFC3339))
 }
 
 // due reports whether t has come, or else how long until it does.

@@ -560,7 +560,7 @@ func (pl *planner) planCacheKey() {
 	case s.failed(key):
 		r.Status, r.Reason, r.Failed = false, "SigningFailed", true
 		r.Message = fmt.Sprintf("%s; sign the closure of %s: %s", msg, closure, s.Err)
-		if due := s.Ended.Add(retryDelay(s.Failures)); o.Now.Before(due) {
+		if due := s.Ended.Add(scaled(retryDelay(s.Failures), spread(pl.self.Name))); o.Now.Before(due) {
 			pl.requeue(due.Sub(o.Now))
 			return
 		}
@@ -744,7 +744,7 @@ func (pl *planner) planNixSettings() {
 		}
 	case a.failed(key):
 		r.Reason, r.Message, r.Failed = a.Reason, a.Err, true
-		if due := a.Ended.Add(retryDelay(a.Failures)); o.Now.Before(due) {
+		if due := a.Ended.Add(scaled(retryDelay(a.Failures), spread(self.Name))); o.Now.Before(due) {
 			pl.requeue(due.Sub(o.Now))
 			return
 		}

@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"bytes"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -528,8 +529,8 @@ func TestPlanApply(t *testing.T) {
 	o.Apply = jobState{Key: key, Started: t0, Ended: t0, Reason: "ApplyFailed", Err: "exit status 1", Failures: 1}
 	p = plan(o)
 	r = wantCondition(t, p, status.NixSettingsApplied, false, "ApplyFailed")
-	if !r.Failed || r.Apply != nil || p.Requeue != time.Second {
-		t.Fatalf("a failed apply: failed %v, apply %v, requeue %v; want a failure retried in 1s", r.Failed, r.Apply, p.Requeue)
+	if want := scaled(time.Second, spread("stage")); !r.Failed || r.Apply != nil || p.Requeue != want {
+		t.Fatalf("a failed apply: failed %v, apply %v, requeue %v; want a failure retried in %v", r.Failed, r.Apply, p.Requeue, want)
 	}
 	o.Now = t0.Add(time.Second)
 	if r := resource(plan(o), status.NixSettingsApplied); r.Apply == nil {
@@ -566,6 +567,23 @@ func TestPlanApply(t *testing.T) {
 			t.Fatal("settings written after their last apply count as applied")
 		}
 	})
+}
+
+func TestSpread(t *testing.T) {
+	seen := map[float64]bool{}
+	for i := range 100 {
+		f := spread(fmt.Sprintf("prod-%d/stage", i))
+		if f < 0.75 || f >= 1 {
+			t.Fatalf("spread %v out of [0.75, 1)", f)
+		}
+		seen[f] = true
+	}
+	if len(seen) < 90 {
+		t.Fatalf("100 hosts get %d distinct spreads: they would retry in waves", len(seen))
+	}
+	if spread("a") != spread("a") {
+		t.Fatal("spread is not fixed for a key")
+	}
 }
 
 func TestPlanKeys(t *testing.T) {

@@ -13,6 +13,11 @@ import (
 
 // Queue is a deduplicating FIFO of string keys.
 type Queue struct {
+	// Jitter, when set, returns a number in [0, 1) that places each
+	// retry in [backoff/2, backoff): hosts that failed together do not
+	// retry together. Set it before use.
+	Jitter func() float64
+
 	clock      clock.Clock
 	base, max  time.Duration
 	mu         sync.Mutex
@@ -107,6 +112,9 @@ func (q *Queue) AddRateLimited(key string) time.Duration {
 	}
 	if d > q.max {
 		d = q.max
+	}
+	if q.Jitter != nil {
+		d = d/2 + time.Duration(q.Jitter()*float64(d/2))
 	}
 	q.AddAfter(key, d)
 	return d

@@ -79,3 +79,18 @@ func TestAddAfterFiresAtItsTime(t *testing.T) {
 		}
 	})
 }
+
+func TestJitterPlacesRetriesInTheUpperHalfOfTheBackoff(t *testing.T) {
+	q := New(clock.Real{}, time.Second, time.Minute)
+	defer q.ShutDown()
+	for _, c := range []struct {
+		r    float64
+		want time.Duration
+	}{{0, 500 * time.Millisecond}, {0.5, 1500 * time.Millisecond}, {0.999, 3998 * time.Millisecond}} {
+		q.Jitter = func() float64 { return c.r }
+		got := q.AddRateLimited("k")
+		if got.Round(time.Millisecond) != c.want {
+			t.Errorf("jitter %v: wait %v, want %v", c.r, got, c.want)
+		}
+	}
+}
