@@ -132,7 +132,7 @@ var moduleLineRE = regexp.MustCompile(`^(?:` + strings.Join([]string{
 // only lines of the expected shapes, one per value.
 func FuzzRenderModule(f *testing.F) {
 	hk := testSSHKey(f, 3)
-	sub, err := SubstituterURL("ssh", "10.0.0.2", 22, "/var/lib/nixpeer/ssh/id_ed25519", hk)
+	sub, err := SubstituterURL("ssh", "10.0.0.2", 22, "/var/lib/nixpeer/ssh/id_ed25519", hk, 0)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -176,7 +176,7 @@ var nixConfLineRE = regexp.MustCompile(`^(?:# [^\n]*|(?:extra-substituters|extra
 // FuzzRenderNixConf: hostile values are refused; an accepted fragment has
 // one line per setting, each of the expected shape.
 func FuzzRenderNixConf(f *testing.F) {
-	sub, err := SubstituterURL("ssh-ng", "fd00::2", 22, "/k", testSSHKey(f, 3))
+	sub, err := SubstituterURL("ssh-ng", "fd00::2", 22, "/k", testSSHKey(f, 3), 0)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -246,15 +246,15 @@ func FuzzSubstituterURL(f *testing.F) {
 		if err != nil {
 			hostKey = nil
 		}
-		u, err := SubstituterURL(Protocol(protocol), address, port, keyPath, hostKey)
+		u, err := SubstituterURL(Protocol(protocol), address, port, keyPath, hostKey, 0)
 		if err != nil {
 			return
 		}
 		if err := ValidateSubstituter(u); err != nil {
-			t.Fatalf("SubstituterURL(%q, %q, %d, %q) = %q, which does not validate: %v", protocol, address, port, keyPath, u, err)
+			t.Fatalf("SubstituterURL(%q, %q, %d, %q, 0) = %q, which does not validate: %v", protocol, address, port, keyPath, u, err)
 		}
 		if strings.ContainsAny(u, " \t\r\n\"'\\$") || !strings.Contains(u, address) {
-			t.Fatalf("SubstituterURL(%q, %q, ...) = %q", protocol, address, u)
+			t.Fatalf("SubstituterURL(%q, %q, ..., 0) = %q", protocol, address, u)
 		}
 	})
 }
@@ -310,7 +310,7 @@ func fuzzEd25519(f *testing.F) ssh.PublicKey {
 // a URL that ValidateSubstituter accepts.
 func FuzzPinnedHostKeys(f *testing.F) {
 	key := fuzzEd25519(f)
-	u, err := SubstituterURL(ProtocolSSH, "127.0.0.2", 22, "/k", key)
+	u, err := SubstituterURL(ProtocolSSH, "127.0.0.2", 22, "/k", key, 0)
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -33,7 +33,7 @@ func evalModule(t *testing.T, module []byte) any {
 func TestRenderModuleEvaluatesInNix(t *testing.T) {
 	requireNix(t, "nix-instantiate")
 	a, b, hk := testSSHKey(t, 1), testSSHKey(t, 2), testSSHKey(t, 3)
-	sub, err := SubstituterURL("ssh", "10.0.0.2", 22, "/var/lib/nixpeer/ssh/id_ed25519", hk)
+	sub, err := SubstituterURL("ssh", "10.0.0.2", 22, "/var/lib/nixpeer/ssh/id_ed25519", hk, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

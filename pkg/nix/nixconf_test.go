@@ -9,7 +9,7 @@ import (
 
 func TestRenderNixConf(t *testing.T) {
 	hk := testSSHKey(t, 7)
-	u1, err := SubstituterURL("ssh", "staging", 22, "/var/lib/nixpeer/ssh/id_ed25519", hk)
+	u1, err := SubstituterURL("ssh", "staging", 22, "/var/lib/nixpeer/ssh/id_ed25519", hk, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

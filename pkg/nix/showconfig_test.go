@@ -60,7 +60,7 @@ func liveSettings(t *testing.T) Settings {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sub, err := SubstituterURL("ssh", "127.0.0.2", 22, "/var/lib/nixpeer/ssh/id_ed25519", testSSHKey(t, 5))
+	sub, err := SubstituterURL("ssh", "127.0.0.2", 22, "/var/lib/nixpeer/ssh/id_ed25519", testSSHKey(t, 5), 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,8 +33,10 @@ const (
 //
 // sshPort is checked (1-65535) but not put in the URL: Nix before 2.31
 // ignores a port there; the caller writes an ssh_config Host block instead.
+// A priority above 0 is put in the URL (priority=N: Nix asks substituters
+// with a lower one first; cache.nixos.org has 40).
 // clientKeyPath must pass ValidatePath; only ed25519 host keys are accepted.
-func SubstituterURL(protocol Protocol, address string, sshPort int, clientKeyPath string, hostKey ssh.PublicKey) (string, error) {
+func SubstituterURL(protocol Protocol, address string, sshPort int, clientKeyPath string, hostKey ssh.PublicKey, priority int) (string, error) {
 	if _, err := validateProtocol(protocol); err != nil {
 		return "", fmt.Errorf("substituter URL: %w", err)
 	}
@@ -59,6 +61,12 @@ func SubstituterURL(protocol Protocol, address string, sshPort int, clientKeyPat
 	u := string(protocol) + "://" + sshServeUser + "@" + host +
 		"?" + paramSSHKey + "=" + queryEscape(clientKeyPath) +
 		"&" + paramHostKey + "=" + queryEscape(base64.StdEncoding.EncodeToString([]byte(line)))
+	if priority < 0 || priority > 1000 {
+		return "", fmt.Errorf("substituter URL for %s: priority %d is not from 0 to 1000", address, priority)
+	}
+	if priority > 0 {
+		u += "&priority=" + strconv.Itoa(priority)
+	}
 	if err := ValidateSubstituter(u); err != nil {
 		return "", fmt.Errorf("substituter URL for %s: built an invalid URL: %w", address, err)
 	}

@@ -18,15 +18,15 @@ func TestSubstituterURL(t *testing.T) {
 		{"ssh-ng", "staging.example.org", "ssh-ng://nix-ssh@staging.example.org?ssh-key=/var/lib/nixpeer/ssh/id_ed25519&base64-ssh-public-host-key=" + esc},
 		{"ssh", "fd00::2", "ssh://nix-ssh@[fd00::2]?ssh-key=/var/lib/nixpeer/ssh/id_ed25519&base64-ssh-public-host-key=" + esc},
 	} {
-		got, err := SubstituterURL(Protocol(tc.protocol), tc.address, 22, "/var/lib/nixpeer/ssh/id_ed25519", hk)
+		got, err := SubstituterURL(Protocol(tc.protocol), tc.address, 22, "/var/lib/nixpeer/ssh/id_ed25519", hk, 0)
 		if err != nil {
-			t.Fatalf("SubstituterURL(%s, %s): %v", tc.protocol, tc.address, err)
+			t.Fatalf("SubstituterURL(%s, %s, 0): %v", tc.protocol, tc.address, err)
 		}
 		if got != tc.want {
-			t.Errorf("SubstituterURL(%s, %s) =\n%s\nwant\n%s", tc.protocol, tc.address, got, tc.want)
+			t.Errorf("SubstituterURL(%s, %s, 0) =\n%s\nwant\n%s", tc.protocol, tc.address, got, tc.want)
 		}
 	}
-	got, err := SubstituterURL("ssh", "h", 2222, "/k+x", hk)
+	got, err := SubstituterURL("ssh", "h", 2222, "/k+x", hk, 0)
 	if err != nil || !strings.Contains(got, "ssh-key=/k%2Bx&") || strings.Contains(got, "2222") {
 		t.Errorf("SubstituterURL with a + in the path and port 2222 = %q, %v", got, err)
 	}
@@ -59,23 +59,23 @@ func TestSubstituterURLRefuses(t *testing.T) {
 		{"path with ampersand", "ssh", "h", "/a&b=c", 22, "character"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := SubstituterURL(Protocol(tc.protocol), tc.address, tc.port, tc.path, hk)
+			got, err := SubstituterURL(Protocol(tc.protocol), tc.address, tc.port, tc.path, hk, 0)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("SubstituterURL = %q, %v; want an error about %q", got, err, tc.want)
 			}
 		})
 	}
-	if _, err := SubstituterURL("ssh", "h", 22, "/k", testECDSAKey(t)); err == nil {
+	if _, err := SubstituterURL("ssh", "h", 22, "/k", testECDSAKey(t), 0); err == nil {
 		t.Error("SubstituterURL accepted an ecdsa host key")
 	}
-	if _, err := SubstituterURL("ssh", "h", 22, "/k", nil); err == nil {
+	if _, err := SubstituterURL("ssh", "h", 22, "/k", nil, 0); err == nil {
 		t.Error("SubstituterURL accepted no host key")
 	}
 }
 
 func TestValidateSubstituter(t *testing.T) {
 	hk := testSSHKey(t, 7)
-	good, err := SubstituterURL("ssh", "h", 22, "/k", hk)
+	good, err := SubstituterURL("ssh", "h", 22, "/k", hk, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,12 +134,16 @@ func TestSubstituterURLUnderstoodByNix(t *testing.T) {
 	} {
 		os.Remove(log)
 		keyPath := "/var/lib/nixpeer/ssh/id+ed25519"
-		u, err := SubstituterURL(Protocol(tc.protocol), tc.address, 22, keyPath, hk)
+		u, err := SubstituterURL(Protocol(tc.protocol), tc.address, 22, keyPath, hk, 10)
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Nix fails to connect (the fake ssh exits 1); only its calls matter.
-		tryProgram(env, "nix", "store", "ping", "--extra-experimental-features", "nix-command", "--store", u)
+		// Nix fails to connect (the fake ssh exits 1); only its calls matter,
+		// and that it knows every setting of the URL.
+		_, err = tryProgram(env, "nix", "store", "ping", "--extra-experimental-features", "nix-command", "--store", u)
+		if err != nil && strings.Contains(err.Error(), "unknown setting") {
+			t.Errorf("%s: Nix does not know a setting of the URL: %v", u, err)
+		}
 		b, err := os.ReadFile(log)
 		if err != nil {
 			t.Fatalf("%s: Nix never ran ssh: %v", u, err)
@@ -160,11 +164,11 @@ func TestSubstituterURLUnderstoodByNix(t *testing.T) {
 
 func TestPinnedHostKeys(t *testing.T) {
 	a, b := testSSHKey(t, 1), testSSHKey(t, 2)
-	ua, err := SubstituterURL(ProtocolSSH, "127.0.0.2", 22, "/k", a)
+	ua, err := SubstituterURL(ProtocolSSH, "127.0.0.2", 22, "/k", a, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ub, err := SubstituterURL(ProtocolSSHNG, "2001:db8::1", 22, "/k", b)
+	ub, err := SubstituterURL(ProtocolSSHNG, "2001:db8::1", 22, "/k", b, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package reconcile
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -207,12 +208,19 @@ func (pl *planner) tuple(h *desired.Host, k peerKeys) (tuple, url string) {
 	if k.HostKey == nil || !pl.o.ClientKey.Usable() {
 		return "", ""
 	}
-	url, err := nix.SubstituterURL(h.Serve.Protocol, h.Address, h.SSHPort, pl.o.Layout.ClientKey, k.HostKey)
+	url, err := nix.SubstituterURL(h.Serve.Protocol, h.Address, h.SSHPort, pl.o.Layout.ClientKey, k.HostKey, priority(pl.self, h.Name))
 	if err != nil {
 		return "", ""
 	}
 	return fmt.Sprintf("%s %d %s %s %s", h.Address, h.SSHPort, h.Serve.Protocol,
 		ssh.FingerprintSHA256(k.HostKey), pl.o.ClientKey.Key.Fingerprint()), url
+}
+
+// priority is the Nix priority of peer among the hosts self fetches from:
+// their order in substituteFrom, from 10 on (lower is asked first;
+// cache.nixos.org has 40, and the user's own substituters keep theirs).
+func priority(self *desired.Host, peer string) int {
+	return 10 + slices.Index(self.SubstituteFrom, peer)
 }
 
 // daemonFile is the file that holds the host's substituters.

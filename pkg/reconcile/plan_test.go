@@ -117,7 +117,7 @@ func (w *world) tuple(o *Observation) string {
 
 // inUse puts staging's substituter in production's nixpeer.conf on disk.
 func (w *world) inUse(o *Observation) string {
-	u, err := nix.SubstituterURL("ssh", "127.0.0.2", 22, w.l.ClientKey, w.stage.Public)
+	u, err := nix.SubstituterURL("ssh", "127.0.0.2", 22, w.l.ClientKey, w.stage.Public, 10)
 	if err != nil {
 		w.t.Fatal(err)
 	}
