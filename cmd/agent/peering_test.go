@@ -132,7 +132,7 @@ func twoAgents(t *testing.T, config string) (f *fleetRun) {
 	return f
 }
 
-func writeConfig(t *testing.T, content string) string {
+func writeConfig(t testing.TB, content string) string {
 	config := filepath.Join(t.TempDir(), "desired.yaml")
 	if err := os.WriteFile(config, []byte(content), 0o644); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,302 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/api"
+	"github.com/nixpeer/nixpeer/pkg/status"
+	"github.com/nixpeer/nixpeer/pkg/testenv"
+)
+
+// BenchmarkFleet runs one staging host (its agent, real sshd and
+// nix-daemon on 127.0.0.2) and N production agents, each on a loopback
+// address of its own (127.0.1.1, ...), all started at once, and reports:
+// the time from the start to each production agent Ready (median and
+// max), how many never got Ready within 3 minutes, staging's RSS and CPU
+// time, the memory each connected consumer costs staging, and the time a
+// change on staging (a new consumer it lets in) takes to reach all N.
+// With NIXPEER_FLEET_FLOOD=1 it then holds 64 anonymous watches from 8
+// addresses on staging's port and reports how long one more production
+// agent takes to get Ready, against one started without the flood.
+//
+//	sudo NIXPEER_FLEET_N=100 go test -run '^$' -bench '^BenchmarkFleet$' -benchtime 1x -timeout 30m ./cmd/agent/
+//
+// bench/fleet.sh runs it for N = 10, 100 and 300.
+func BenchmarkFleet(b *testing.B) {
+	testenv.RequireRoot(b)
+	testenv.Require(b, "nix", "nix-daemon", "sshd", "ssh-keygen")
+	testenv.RequireNixSSHUser(b)
+	n := 10
+	if v := os.Getenv("NIXPEER_FLEET_N"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 || n > 1000 {
+			b.Fatalf("NIXPEER_FLEET_N=%q: want 1 to 1000", v)
+		}
+	}
+	for range b.N {
+		runFleet(b, n)
+	}
+	b.ReportMetric(0, "ns/op")
+}
+
+// consumerAddr is the loopback address of production agent i (from 0).
+func consumerAddr(i int) string { return fmt.Sprintf("127.0.%d.%d", 1+i/250, 1+i%250) }
+
+func fleetYAML(sshPort, n int, extra string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "apiVersion: nixpeer/v1\nhosts:\n  - name: stage\n    address: 127.0.0.2\n    peerPort: %d\n    sshPort: %d\n    platform: nix\n    apply: [\"true\"]\n    serve: {}\n",
+		peerPortOf("127.0.0.2"), sshPort)
+	for i := range n {
+		fmt.Fprintf(&b, "  - name: prod-%d\n    address: %s\n    platform: nix\n    apply: [\"true\"]\n    substituteFrom: [stage]\n", i, consumerAddr(i))
+	}
+	return b.String() + extra
+}
+
+func runFleet(b *testing.B, n int) {
+	S := b.TempDir()
+	os.MkdirAll(filepath.Join(S, "etc/nix"), 0o755)
+	testenv.WriteNixConf(b, filepath.Join(S, "etc/nix"))
+	daemon := testenv.StartNixDaemon(b, filepath.Join(S, "etc/nix"))
+	key := filepath.Join(S, "etc/ssh/ssh_host_ed25519_key")
+	os.MkdirAll(filepath.Dir(key), 0o755)
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key).CombinedOutput(); err != nil {
+		b.Fatalf("ssh-keygen: %v\n%s", err, out)
+	}
+	sshPort := testenv.FreePort(b, "127.0.0.2")
+	testenv.MakeTraversable(b, filepath.Join(S, "etc/ssh"))
+	// A serving host with many consumers lets many logins start at once
+	// (sshd's default MaxStartups, 10:30:100, drops most of a burst).
+	testenv.StartSSHD(b, testenv.SSHDConfig{Address: "127.0.0.2", Port: sshPort, HostKeyFile: key,
+		AuthorizedKeysFile: filepath.Join(S, "etc/ssh/authorized_keys.d/%u"), Daemon: daemon,
+		ExtraConfig: []string{"MaxStartups 100:30:300"}})
+	config := writeConfig(b, fleetYAML(sshPort, n, ""))
+	roots := make([]string, n)
+	for i := range roots {
+		roots[i] = b.TempDir()
+		os.MkdirAll(filepath.Join(roots[i], "etc/nix"), 0o755)
+		testenv.WriteNixConf(b, filepath.Join(roots[i], "etc/nix"))
+	}
+
+	start := time.Now()
+	stageLevel := "warn"
+	if os.Getenv("NIXPEER_FLEET_DEBUG") == "1" {
+		stageLevel = "debug"
+	}
+	stage := startAgent(b, S, config, "stage", "--log-level", stageLevel)
+	prods := make([]*agent, n)
+	var wg sync.WaitGroup
+	for i := range prods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			prods[i] = startAgentNoWait(b, roots[i], config, fmt.Sprintf("prod-%d", i))
+		}()
+	}
+	wg.Wait()
+	readyAt := make([]time.Duration, n)
+	never := 0
+	var mu sync.Mutex
+	for i, a := range prods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st, ok := waitQuietly(a, 3*time.Minute, ready)
+			mu.Lock()
+			defer mu.Unlock()
+			if !ok {
+				never++
+				readyAt[i] = -1
+				return
+			}
+			readyAt[i] = status.Find(st.Conditions, status.Ready).LastTransitionTime.Sub(start)
+		}()
+	}
+	wg.Wait()
+	var got []time.Duration
+	for _, d := range readyAt {
+		if d >= 0 {
+			got = append(got, d)
+		}
+	}
+	sort.Slice(got, func(i, j int) bool { return got[i] < got[j] })
+	b.ReportMetric(float64(n), "consumers")
+	b.ReportMetric(float64(never), "never-ready")
+	if len(got) > 0 {
+		b.ReportMetric(got[len(got)/2].Seconds(), "s-p50/ready")
+		b.ReportMetric(got[len(got)-1].Seconds(), "s-max/ready")
+	}
+	rss := float64(vmRSS(b, stage.cmd.Process.Pid)) / 1024
+	b.ReportMetric(rss, "MiB-staging-rss")
+	b.ReportMetric(cpuSeconds(b, stage.cmd.Process.Pid), "s-staging-cpu")
+
+	// A change on staging: one more consumer in the file, which staging
+	// lets in; its facts reach every production agent.
+	changed := time.Now()
+	renameSave(b, config, fleetYAML(sshPort, n, fmt.Sprintf(
+		"  - name: extra\n    address: 127.0.3.250\n    platform: nix\n    clientKey: %s\n    substituteFrom: [stage]\n", newClientKeyLine(b))))
+	var reach []time.Duration
+	for _, a := range prods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st, ok := waitQuietly(a, time.Minute, func(s status.Status) bool {
+				return len(s.Peers) == 1 && s.Peers[0].FactsAt != nil && s.Peers[0].FactsAt.After(changed)
+			})
+			if ok {
+				mu.Lock()
+				reach = append(reach, st.Peers[0].FactsAt.Sub(changed))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	sort.Slice(reach, func(i, j int) bool { return reach[i] < reach[j] })
+	if len(reach) > 0 {
+		b.ReportMetric(ms(reach[len(reach)/2]), "ms-p50/change-reaches")
+		b.ReportMetric(ms(reach[len(reach)-1]), "ms-max/change-reaches")
+	}
+	b.ReportMetric(float64(n-len(reach)), "change-not-seen")
+
+	if os.Getenv("NIXPEER_FLEET_FLOOD") == "1" {
+		quiet := latecomer(b, config, S, "late-quiet")
+		flood(b, fmt.Sprintf("127.0.0.2:%d", peerPortOf("127.0.0.2")), 64, 8)
+		loud := latecomer(b, config, S, "late-flood")
+		b.ReportMetric(ms(quiet), "ms/latecomer-ready")
+		b.ReportMetric(ms(loud), "ms/latecomer-ready-during-flood")
+	}
+	if os.Getenv("NIXPEER_FLEET_DEBUG") == "1" {
+		slowest := 0
+		for i, d := range readyAt {
+			if d < 0 || d > readyAt[slowest] && readyAt[slowest] >= 0 {
+				slowest = i
+			}
+		}
+		os.WriteFile("/tmp/prod0.log", []byte(prods[slowest].logs.String()), 0o644)
+		os.WriteFile("/tmp/stage.log", []byte(stage.logs.String()), 0o644)
+	}
+	for _, a := range prods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.stop()
+		}()
+	}
+	wg.Wait()
+	stage.stop()
+}
+
+// latecomer adds one more production agent to the file, starts it, and
+// returns the time it takes to get Ready.
+func latecomer(b *testing.B, config, S, name string) time.Duration {
+	b.Helper()
+	raw := readFile(b, config)
+	addr := "127.0.3.1"
+	if name == "late-flood" {
+		addr = "127.0.3.2"
+	}
+	renameSave(b, config, string(raw)+fmt.Sprintf("  - name: %s\n    address: %s\n    platform: nix\n    apply: [\"true\"]\n    substituteFrom: [stage]\n", name, addr))
+	root := b.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc/nix"), 0o755)
+	testenv.WriteNixConf(b, filepath.Join(root, "etc/nix"))
+	start := time.Now()
+	a := startAgent(b, root, config, name, "--log-level", "warn")
+	st, ok := waitQuietly(a, 2*time.Minute, ready)
+	if !ok {
+		b.Fatalf("%s never got Ready: %+v", name, st)
+	}
+	d := status.Find(st.Conditions, status.Ready).LastTransitionTime.Sub(start)
+	a.stop()
+	return d
+}
+
+// flood holds n anonymous watches on addr from `from` loopback addresses
+// until the benchmark ends.
+func flood(b *testing.B, addr string, n, from int) {
+	for i := range n {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(fmt.Sprintf("127.0.4.%d", 1+i%from))}, Timeout: 5 * time.Second}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			continue
+		}
+		sc, chans, reqs, err := ssh.NewClientConn(c, addr, &ssh.ClientConfig{User: "flood", HostKeyCallback: ssh.InsecureIgnoreHostKey(), Timeout: 5 * time.Second})
+		if err != nil {
+			c.Close()
+			continue
+		}
+		cl := ssh.NewClient(sc, chans, reqs)
+		b.Cleanup(func() { cl.Close() })
+		if sess, err := cl.NewSession(); err == nil {
+			sess.Start("watch") // held open, never read
+		}
+	}
+}
+
+// startAgentNoWait starts an agent without waiting for its socket.
+func startAgentNoWait(t testing.TB, root, config, host string) *agent {
+	a := &agent{t: t, root: root, config: config, socket: filepath.Join(root, "run/nixpeer/agent.sock"),
+		logs: &syncWriter{}, done: make(chan error, 1)}
+	level := "warn"
+	if os.Getenv("NIXPEER_FLEET_DEBUG") == "1" {
+		level = "debug"
+	}
+	a.cmd = exec.Command(binary(t), "run", "--config", config, "--host", host, "--root", root, "--log-level", level)
+	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { a.done <- a.cmd.Wait() }()
+	a.client = api.NewClient(a.socket)
+	t.Cleanup(a.stop)
+	return a
+}
+
+// waitQuietly waits for cond like waitFor, without failing: it reports
+// whether cond held within d.
+func waitQuietly(a *agent, d time.Duration, cond func(status.Status) bool) (status.Status, bool) {
+	deadline := time.Now().Add(d)
+	var last status.Status
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st, err := a.client.WaitReconciled(ctx, last.LastReconcile, 2*time.Second)
+		cancel()
+		if err != nil {
+			time.Sleep(20 * time.Millisecond) // its socket is not up yet
+			continue
+		}
+		if cond(st) {
+			return st, true
+		}
+		last = st
+	}
+	return last, false
+}
+
+// cpuSeconds is the CPU time process pid used so far.
+func cpuSeconds(b *testing.B, pid int) float64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100 // clock ticks of 10 ms
+}
+
+// newClientKeyLine makes a public key line for a host that never runs.
+func newClientKeyLine(b *testing.B) string {
+	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(testenv.NewKey(b).PublicKey())))
+}
