@@ -90,7 +90,8 @@ func runFleet(b *testing.B, n int) {
 		testenv.WriteNixConf(b, filepath.Join(roots[i], "etc/nix"))
 	}
 
-	start := time.Now()
+	binary(b) // built before the clock starts
+	start, cpu0 := time.Now(), machineCPU(b)
 	stageLevel := "warn"
 	if os.Getenv("NIXPEER_FLEET_DEBUG") == "1" {
 		stageLevel = "debug"
@@ -138,6 +139,13 @@ func runFleet(b *testing.B, n int) {
 		b.ReportMetric(got[len(got)/2].Seconds(), "s-p50/ready")
 		b.ReportMetric(got[len(got)-1].Seconds(), "s-max/ready")
 	}
+	machine := machineCPU(b) - cpu0
+	var prodCPU float64
+	for _, a := range prods {
+		prodCPU += cpuSeconds(b, a.cmd.Process.Pid)
+	}
+	b.ReportMetric(machine, "s-machine-cpu")
+	b.ReportMetric(prodCPU, "s-consumers-cpu")
 	rss := float64(vmRSS(b, stage.cmd.Process.Pid)) / 1024
 	b.ReportMetric(rss, "MiB-staging-rss")
 	b.ReportMetric(cpuSeconds(b, stage.cmd.Process.Pid), "s-staging-cpu")
@@ -291,9 +299,30 @@ func cpuSeconds(b *testing.B, pid int) float64 {
 		b.Fatal(err)
 	}
 	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
-	utime, _ := strconv.ParseFloat(f[11], 64)
-	stime, _ := strconv.ParseFloat(f[12], 64)
-	return (utime + stime) / 100 // clock ticks of 10 ms
+	var ticks float64
+	for _, i := range []int{11, 12, 13, 14} { // utime, stime, cutime, cstime
+		v, _ := strconv.ParseFloat(f[i], 64)
+		ticks += v
+	}
+	return ticks / 100 // clock ticks of 10 ms
+}
+
+// machineCPU is the CPU time all processes used so far, from /proc/stat.
+func machineCPU(b *testing.B) float64 {
+	raw, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	line, _, _ := strings.Cut(string(raw), "\n")
+	var ticks float64
+	for i, f := range strings.Fields(line)[1:] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		v, _ := strconv.ParseFloat(f, 64)
+		ticks += v
+	}
+	return ticks / 100
 }
 
 // newClientKeyLine makes a public key line for a host that never runs.

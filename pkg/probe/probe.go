@@ -40,6 +40,7 @@ type Target struct {
 	HostKey  ssh.PublicKey // the pinned host key: required, compared exactly
 	Timeout  time.Duration // bounds the whole probe (dial, handshake, protocol); default 10s
 	Clock    clock.Clock   // gives the start, the deadline and Elapsed; default clock.Real
+	From     net.IP        // the local address to dial from; nil lets the system choose
 }
 
 // Result describes a successful probe.
@@ -243,6 +244,9 @@ func settle(ctx context.Context, clk clock.Clock, start, deadline time.Time, err
 // WrongProtocol, see settle).
 func probe(ctx context.Context, t Target, start, deadline time.Time) (Result, error) {
 	var d net.Dialer
+	if t.From != nil {
+		d.LocalAddr = &net.TCPAddr{IP: t.From}
+	}
 	raw, err := d.DialContext(ctx, "tcp", t.addr())
 	if err != nil {
 		return Result{}, dialFailure(err)

@@ -288,3 +288,35 @@ func TestProbeInvalidTarget(t *testing.T) {
 		})
 	}
 }
+
+// TestProbeDialsFromItsAddress: a probe with From set connects from that
+// address, as an agent on a loopback address of its own does.
+func TestProbeDialsFromItsAddress(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.5:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	remote := make(chan net.Addr, 1)
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			remote <- c.RemoteAddr()
+			c.Close()
+		}
+	}()
+	_, err = probe.Probe(context.Background(), probe.Target{
+		Address: "127.0.0.5",
+		Port:    l.Addr().(*net.TCPAddr).Port,
+		Signer:  testenv.NewKey(t).Signer,
+		HostKey: testenv.NewKey(t).PublicKey(),
+		Timeout: 5 * time.Second,
+		From:    net.ParseIP("127.0.0.9"),
+	})
+	if err == nil {
+		t.Fatal("a listener that closes at once passed the probe")
+	}
+	if got := (<-remote).(*net.TCPAddr).IP.String(); got != "127.0.0.9" {
+		t.Errorf("the probe came from %s, want 127.0.0.9", got)
+	}
+}

@@ -57,6 +57,7 @@ type Host struct {
 	// Touched only by the loop's single worker.
 	desired    *desired.File // last good desired state
 	generation int64
+	parsed     parsedFile // the file's last content and what it parsed to
 	users      userCheck
 
 	mu      sync.Mutex

@@ -346,3 +346,42 @@ func BenchmarkNoOpPass(b *testing.B) {
 		host.Reconcile(context.Background())
 	}
 }
+
+// TestParsedFileParsesOnlyNewContent: the desired-state file is read on
+// every pass, and parsed again only when its content changed; a broken
+// file keeps its error until it changes.
+func TestParsedFileParsesOnlyNewContent(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "desired.yaml")
+	write := func(s string) {
+		t.Helper()
+		if err := os.WriteFile(name, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var p parsedFile
+	write(stageYAML)
+	first, _, err := p.load(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, _, err := p.load(name)
+	if err != nil || again != first {
+		t.Errorf("the same content was parsed again (%p, then %p, %v)", first, again, err)
+	}
+	write(stageYAML + "\n# a comment\n")
+	changed, raw, err := p.load(name)
+	if err != nil || changed == first || !strings.HasSuffix(string(raw), "# a comment\n") {
+		t.Errorf("new content was not parsed: %p (first %p), %v", changed, first, err)
+	}
+	write("hosts: [")
+	if f, _, err := p.load(name); err == nil || f != nil {
+		t.Errorf("a broken file loaded: %v, %v", f, err)
+	}
+	if _, _, err := p.load(name); err == nil || !strings.Contains(err.Error(), name) {
+		t.Errorf("a broken file's error was lost the second time: %v", err)
+	}
+	os.Remove(name)
+	if _, _, err := p.load(name); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a missing file: %v", err)
+	}
+}

@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -208,7 +209,7 @@ func (h *Host) observe() *Observation {
 // force.
 func (h *Host) observeDesired(o *Observation) {
 	name := h.cfg.ConfigFile
-	f, raw, err := desired.Load(name)
+	f, raw, err := h.parsed.load(name)
 	if err != nil {
 		reason := "Invalid"
 		switch {
@@ -239,6 +240,29 @@ func (h *Host) observeDesired(o *Observation) {
 		h.log.Info("new desired state", zap.String("file", name), zap.Int64("generation", d.Generation))
 	}
 	h.desired, h.generation = f, d.Generation
+}
+
+// parsedFile remembers the desired-state file's last content and what
+// it parsed to. Every pass reads the file; only new content is parsed
+// again, so a pass costs the same whatever the size of the fleet.
+type parsedFile struct {
+	raw  []byte
+	file *desired.File
+	err  error
+}
+
+// load reads the file at name and parses it unless its content is the
+// one parsed last; the result is shared between passes and never changed.
+func (p *parsedFile) load(name string) (*desired.File, []byte, error) {
+	raw, _, err := desired.ReadFile(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	if p.raw == nil || !bytes.Equal(raw, p.raw) {
+		f, err := desired.Parse(name, raw)
+		*p = parsedFile{raw: raw, file: f, err: err}
+	}
+	return p.file, raw, p.err
 }
 
 // readRecord reads a record of the store. One that cannot be read

@@ -193,7 +193,7 @@ func (pl *planner) substituter(h *desired.Host) verdict {
 	if d.Probe {
 		pl.p.Probes = append(pl.p.Probes, probeRequest{peer: h.Name, tuple: tuple, target: probe.Target{
 			Address: h.Address, Port: h.SSHPort, Protocol: h.Serve.Protocol,
-			Signer: o.ClientKey.Key.Signer, HostKey: k.HostKey, Timeout: ProbeTimeout}})
+			Signer: o.ClientKey.Key.Signer, HostKey: k.HostKey, Timeout: ProbeTimeout, From: localIP(pl.self.Address)}})
 	}
 	if d.Requeue > 0 {
 		pl.requeue(d.Requeue)
