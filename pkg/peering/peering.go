@@ -57,6 +57,10 @@ type Target struct {
 	// From is the address to dial the peer from (this host's own, when
 	// it is a local IP literal), or nil for the system's choice.
 	From net.IP
+	// Self is this host's name in the desired-state file: of the hosts a
+	// serving peer lets in, only this one's entry is kept, so that its
+	// other consumers coming and going cost this host nothing.
+	Self string
 	// Remembered is the host key this host's own managed files pin for
 	// the peer (the known_hosts block, the substituter URL), or nil.
 	// Trust outlives the store: a peer offering another key is refused
@@ -69,7 +73,7 @@ type Target struct {
 // the same way, trusted the same way. Remembered may differ: it is taken
 // up without a new connection.
 func (t Target) same(o Target) bool {
-	return t.Name == o.Name && t.Address == o.Address && t.Addr == o.Addr &&
+	return t.Name == o.Name && t.Address == o.Address && t.Addr == o.Addr && t.Self == o.Self &&
 		t.PinsRequired == o.PinsRequired && sameKey(t.Pin, o.Pin) && t.From.Equal(o.From)
 }
 
@@ -181,6 +185,17 @@ func relevant(a, b peer.Facts) bool {
 	a.Generation, a.ObservedGeneration, a.Ready = 0, 0, false
 	b.Generation, b.ObservedGeneration, b.Ready = 0, 0, false
 	return !reflect.DeepEqual(a, b)
+}
+
+// concerning keeps of f what concerns host self: of the hosts the peer
+// lets in, self alone.
+func concerning(f peer.Facts, self string) peer.Facts {
+	if f.Serve != nil {
+		s := *f.Serve
+		s.Authorized = slices.DeleteFunc(slices.Clone(s.Authorized), func(a peer.AuthorizedFact) bool { return a.Host != self })
+		f.Serve = &s
+	}
+	return f
 }
 
 // New returns a manager whose watches live until ctx ends. notify is
@@ -497,6 +512,7 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 	if w.trustedAt.IsZero() {
 		w.trustedAt = now // first use, or a pin never stored before
 	}
+	f = concerning(f, t.Self)
 	newFacts := st.Facts == nil || relevant(*st.Facts, f)
 	changed := newFacts || !st.Connected || st.Refused != nil
 	if !st.Connected {

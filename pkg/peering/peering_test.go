@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/base64"
 	"net"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -191,6 +193,80 @@ func TestImpostorIsNotTrustedOnFirstUse(t *testing.T) {
 	// The real peer, later, is trusted.
 	servePeer(t, port, listen, newSigner(t))
 	wait("the real peer trusted", func(s State) bool { return s.Connected && s.Trust == status.TrustTOFU })
+	cancel()
+	m.Wait()
+}
+
+// TestOtherConsumersCostNothing: a serving peer's facts change each time
+// it lets one more consumer in. Only the entry of this host counts: the
+// others are dropped, and their coming and going triggers no reconcile
+// and no write.
+func TestOtherConsumersCostNothing(t *testing.T) {
+	ctx, cancel, store, listen, port := fixture(t)
+	defer cancel()
+	key := newSigner(t)
+	if err := port.Ensure(listen, key); err != nil {
+		t.Fatal(err)
+	}
+	cacheKey := "stage-1:" + base64.StdEncoding.EncodeToString(make([]byte, 32))
+	entry := func(host string, applied bool) peer.AuthorizedFact {
+		return peer.AuthorizedFact{Host: host, Fingerprint: ssh.FingerprintSHA256(newSigner(t).PublicKey()), Applied: applied}
+	}
+	mine := entry("prod-1", false)
+	publish := func(gen int64, authorized ...peer.AuthorizedFact) {
+		port.Publish(peer.Facts{Version: peer.FactsVersion, Name: "stage", Address: addr, Generation: gen,
+			HostKeys: []string{keyLine(key.PublicKey())},
+			Serve:    &peer.ServeFacts{Protocol: "ssh", CacheKey: cacheKey, Authorized: authorized}})
+	}
+	publish(1, entry("prod-0", true), mine)
+
+	var mu sync.Mutex
+	notified := 0
+	m := New(ctx, zaptest.NewLogger(t), clock.Real{}, store, peer.WatchOptions{Backoff: peer.Backoff{Base: 10 * time.Millisecond, Cap: 50 * time.Millisecond}},
+		func(string) { mu.Lock(); notified++; mu.Unlock() })
+	m.Sync([]Target{{Name: "stage", Address: addr, Addr: listen, Self: "prod-1"}})
+	wait := func(what string, cond func(State) bool) State {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			st, _ := m.Get("stage")
+			if cond(st) {
+				return st
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("waiting for %s: last state %+v", what, st)
+			}
+			time.Sleep(5 * time.Millisecond) // polled: the manager has no event for generation-only changes
+		}
+	}
+	first := wait("the first facts", func(s State) bool { return s.Facts != nil && s.Facts.Generation == 1 })
+	if got := first.Facts.Serve.Authorized; len(got) != 1 || got[0] != mine {
+		t.Fatalf("kept %+v, want this host's entry alone", got)
+	}
+	mu.Lock()
+	before := notified
+	mu.Unlock()
+
+	// Others come and go.
+	publish(2, entry("prod-0", true), mine, entry("prod-2", false))
+	publish(3, mine, entry("prod-2", true), entry("prod-3", false))
+	st := wait("facts of generation 3", func(s State) bool { return s.Facts.Generation == 3 })
+	mu.Lock()
+	after := notified
+	mu.Unlock()
+	if !st.FactsAt.Equal(first.FactsAt) || after != before {
+		t.Errorf("other consumers changed the facts that matter: FactsAt %v -> %v, notified %d -> %d", first.FactsAt, st.FactsAt, before, after)
+	}
+
+	// This host's own entry changes: that matters.
+	mine.Applied = true
+	publish(4, mine, entry("prod-2", true))
+	st = wait("this host's entry applied", func(s State) bool {
+		return len(s.Facts.Serve.Authorized) == 1 && s.Facts.Serve.Authorized[0].Applied
+	})
+	if !st.FactsAt.After(first.FactsAt) {
+		t.Errorf("FactsAt did not move when this host's entry changed: %v", st.FactsAt)
+	}
 	cancel()
 	m.Wait()
 }

@@ -408,7 +408,7 @@ func watchTargets(file *desired.File, self *desired.Host, remembered map[string]
 	add := func(h *desired.Host) {
 		pins, _ := pinnedKeys(h) // validated with the file
 		targets = append(targets, peering.Target{Name: h.Name, Address: h.Address, Pin: pins.HostKey,
-			PinsRequired: file.Trust == desired.TrustPinned, Addr: peerAddr(h), Remembered: remembered[h.Name], From: from})
+			PinsRequired: file.Trust == desired.TrustPinned, Addr: peerAddr(h), Remembered: remembered[h.Name], From: from, Self: self.Name})
 	}
 	seen := map[string]bool{}
 	for _, name := range self.SubstituteFrom {
