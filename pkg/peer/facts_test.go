@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -99,11 +100,16 @@ func TestValidate(t *testing.T) {
 		{"fingerprint not canonical", func(f *Facts) { f.Serve.Authorized[0].Fingerprint = "SHA256:" + strings.Repeat("A", 42) + "B" }, "canonical"},
 		{"authorized host bad", func(f *Facts) { f.Serve.Authorized[0].Host = "prod;rm" }, "serve.authorized[0].host"},
 		{"authorized duplicate", func(f *Facts) { f.Serve.Authorized = append(f.Serve.Authorized, f.Serve.Authorized[0]) }, "serve.authorized[1] repeats"},
+		{"a thousand consumers", func(f *Facts) {
+			for i := len(f.Serve.Authorized); i < 1000; i++ {
+				f.Serve.Authorized = append(f.Serve.Authorized, AuthorizedFact{Host: fmt.Sprintf("prod-%d", i), Fingerprint: f.Serve.Authorized[0].Fingerprint})
+			}
+		}, ""},
 		{"too many authorized", func(f *Facts) {
-			for len(f.Serve.Authorized) <= maxListLen {
+			for len(f.Serve.Authorized) <= maxAuthorized {
 				f.Serve.Authorized = append(f.Serve.Authorized, f.Serve.Authorized[0])
 			}
-		}, "the limit is 256"},
+		}, "the limit is 4096"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -27,7 +28,13 @@ const (
 	DefaultHandshakeTimeout   = 10 * time.Second
 	DefaultIdleTimeout        = 60 * time.Second
 	DefaultKeepalive          = 2 * time.Second
+	DefaultTurnHold           = 30 * time.Second
 )
+
+// DefaultTurns is how many known peers may probe this host's sshd at
+// once: two per CPU, at least 4 (sshd's default MaxStartups lets 10
+// logins start at once).
+var DefaultTurns = max(4, 2*runtime.NumCPU())
 
 // ServerOptions bound a Server. Zero fields take the defaults.
 //
@@ -71,6 +78,12 @@ type ServerOptions struct {
 	// Clock times the handshake, the idle and stall timeouts, the
 	// keepalives and the retries of a failing accept; default clock.Real.
 	Clock clock.Clock
+	// Turns bounds the known peers probing this host's sshd at once
+	// (DefaultTurns): a peer asks for a turn before it probes, so that a
+	// hundred consumers starting together do not storm sshd.
+	Turns int
+	// TurnHold ends a turn the peer did not end itself.
+	TurnHold time.Duration
 	// OnConnect, when set, is told the address of every connection the
 	// port takes (before its handshake): a peer that connects is back.
 	OnConnect func(remote net.IP)
@@ -107,6 +120,12 @@ func (o ServerOptions) withDefaults() ServerOptions {
 	if o.Keepalive <= 0 {
 		o.Keepalive = DefaultKeepalive
 	}
+	if o.Turns <= 0 {
+		o.Turns = DefaultTurns
+	}
+	if o.TurnHold <= 0 {
+		o.TurnHold = DefaultTurnHold
+	}
 	if o.Clock == nil {
 		o.Clock = clock.Real{}
 	}
@@ -126,6 +145,8 @@ type Server struct {
 	// by remote address for the first two.
 	handshakes, anonymous, peers  int
 	handshakesByIP, anonymousByIP map[string]int
+	// turns holds a token for each turn given (see ServerOptions.Turns).
+	turns chan struct{}
 }
 
 // permPeer is the Permissions extension that names the known peer a
@@ -173,6 +194,7 @@ func NewServer(log *zap.Logger, hostKey ssh.Signer, opts ServerOptions) *Server 
 		watchers:       map[*slot]struct{}{},
 		handshakesByIP: map[string]int{},
 		anonymousByIP:  map[string]int{},
+		turns:          make(chan struct{}, opts.Turns),
 	}
 }
 

@@ -15,7 +15,14 @@ import (
 const (
 	cmdFacts = "facts"
 	cmdWatch = "watch"
+	// cmdTurn waits for a turn to probe this host's sshd, writes
+	// turnLine, and holds the turn until the session ends. Known peers
+	// only.
+	cmdTurn = "turn"
 )
+
+// turnLine is what a turn writes once it is given.
+var turnLine = []byte("go\n")
 
 // keepaliveLine is what a watch writes when there is nothing new.
 var keepaliveLine = []byte("{}\n")
@@ -46,7 +53,8 @@ func (s *Server) serveSession(ctx context.Context, log *zap.Logger, sconn *ssh.S
 	var ran chan struct{}       // closed when the command is done
 	for req := range reqs {
 		cmd, ok := execCommand(req)
-		if ran != nil || !ok || (cmd != cmdFacts && cmd != cmdWatch) {
+		known := sconn.Permissions != nil && sconn.Permissions.Extensions[permPeer] != ""
+		if ran != nil || !ok || (cmd != cmdFacts && cmd != cmdWatch && (cmd != cmdTurn || !known)) {
 			log.Debug("refused peer request", zap.String("type", req.Type), zap.String("command", quoteShort(cmd)))
 			if req.WantReply {
 				req.Reply(false, nil)
@@ -61,10 +69,13 @@ func (s *Server) serveSession(ctx context.Context, log *zap.Logger, sconn *ssh.S
 		go func() {
 			defer close(ran)
 			w := stallGuard{ch: ch, conn: sconn, clock: s.opts.Clock, timeout: s.opts.IdleTimeout}
-			if cmd == cmdFacts {
+			switch cmd {
+			case cmdFacts:
 				s.runFacts(log, ch, w)
-			} else {
+			case cmdWatch:
 				s.runWatch(ctx, log, w, gone)
+			case cmdTurn:
+				s.runTurn(ctx, log, w, gone)
 			}
 			ch.Close()
 			// A client that never acknowledges the close would keep the
@@ -140,6 +151,31 @@ func (s *Server) runWatch(ctx context.Context, log *zap.Logger, w stallGuard, go
 			log.Debug("write to peer watch", zap.Error(err))
 			return
 		}
+	}
+}
+
+// runTurn waits for a free turn, says so, and holds it until the session
+// is gone, ctx ends or TurnHold passed.
+func (s *Server) runTurn(ctx context.Context, log *zap.Logger, w stallGuard, gone <-chan struct{}) {
+	select {
+	case s.turns <- struct{}{}:
+	case <-gone:
+		return
+	case <-ctx.Done():
+		return
+	}
+	defer func() { <-s.turns }()
+	if err := w.write(turnLine); err != nil {
+		log.Debug("write to peer turn", zap.Error(err))
+		return
+	}
+	hold := clock.NewTimer(s.opts.Clock, s.opts.TurnHold)
+	defer hold.Stop()
+	select {
+	case <-gone:
+	case <-ctx.Done():
+	case <-hold.C:
+		log.Debug("peer held its turn too long; ended it", zap.Duration("turnHold", s.opts.TurnHold))
 	}
 }
 

@@ -13,8 +13,11 @@ import (
 
 // Limits on a document's values.
 const (
-	maxListLen  = 256 // hostKeys, authorized
-	maxCacheKey = 300 // NAME (up to 255) + ":" + 44
+	maxListLen = 256 // hostKeys
+	// maxAuthorized bounds serve.authorized: as many consumers as a peer
+	// port takes known peers (DefaultMaxPeers); about 100 bytes each.
+	maxAuthorized = 4096
+	maxCacheKey   = 300 // NAME (up to 255) + ":" + 44
 )
 
 // The value patterns. A value that matches holds no quote, backslash,
@@ -34,7 +37,7 @@ var (
 // "ssh-ed25519 BASE64" lines with canonical base64 and no comment
 // (sshkeys.ParseAuthorizedLine); serve's protocol is "ssh" or "ssh-ng", its
 // cacheKey is NAME:BASE64 of a 32-byte key, and its authorized list (up to
-// 256, no duplicates) names hosts by DNS label and keys by SHA256
+// 4096, no duplicates) names hosts by DNS label and keys by SHA256
 // fingerprint. A value holding private key material is refused without
 // being quoted. Messages quote other values only when they are short.
 func (f Facts) Validate() error {
@@ -88,8 +91,8 @@ func (s *ServeFacts) validate() error {
 	if err := checkCacheKey(s.CacheKey); err != nil {
 		return err
 	}
-	if len(s.Authorized) > maxListLen {
-		return fmt.Errorf("serve.authorized has %d entries; the limit is %d", len(s.Authorized), maxListLen)
+	if len(s.Authorized) > maxAuthorized {
+		return fmt.Errorf("serve.authorized has %d entries; the limit is %d", len(s.Authorized), maxAuthorized)
 	}
 	seen := map[AuthorizedFact]bool{}
 	for i, a := range s.Authorized {

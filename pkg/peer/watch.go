@@ -41,6 +41,10 @@ type WatchOptions struct {
 	// next one at once, the run of failures forgotten: the peer showed
 	// that it is back (it connected to this host).
 	Wake <-chan struct{}
+	// Conn, when set, is given the connection of each watch once its
+	// session runs, and nil when it ends: turns (see Turn) are asked for
+	// on it.
+	Conn func(*ssh.Client)
 }
 
 func (o WatchOptions) withDefaults() WatchOptions {
@@ -137,6 +141,10 @@ func watchOnce(ctx context.Context, addr string, check HostKeyCheck, opts WatchO
 	_, lines, stderr, err := start(client, cmdWatch)
 	if err != nil {
 		return false, err
+	}
+	if opts.Conn != nil {
+		opts.Conn(client)
+		defer opts.Conn(nil)
 	}
 	for {
 		line, err := lines.next()

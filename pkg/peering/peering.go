@@ -167,6 +167,8 @@ type watched struct {
 	flush   clock.Timer
 	// wake ends the watch's wait between attempts (see Poke).
 	wake chan struct{}
+	// client is the connection of the watch while it runs, nil between.
+	client *ssh.Client
 }
 
 // What a peer tells is stored and triggers a reconcile at once, up to
@@ -270,6 +272,25 @@ func (m *Manager) currentIdentity() ssh.Signer {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.identity
+}
+
+// ErrNoConnection is returned by Turn while no watch of the peer runs.
+var ErrNoConnection = errors.New("no connection to its agent")
+
+// Turn waits for a turn to probe the sshd of peer name over the
+// connection of its watch (see peer.Turn), and returns the function that
+// ends it.
+func (m *Manager) Turn(ctx context.Context, name string) (func(), error) {
+	m.mu.Lock()
+	var client *ssh.Client
+	if w := m.peers[name]; w != nil {
+		client = w.client
+	}
+	m.mu.Unlock()
+	if client == nil {
+		return nil, ErrNoConnection
+	}
+	return peer.Turn(ctx, client)
 }
 
 // Known reports whether key is the trusted host key of a watched peer,
@@ -429,6 +450,11 @@ func (m *Manager) run(ctx context.Context, w *watched) {
 	onError := func(err error) { m.failed(ctx, log, w, err) }
 	opts := m.opts
 	opts.LocalIP, opts.Wake, opts.Identity = w.target.From, w.wake, m.currentIdentity
+	opts.Conn = func(c *ssh.Client) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		w.client = c
+	}
 	peer.Watch(ctx, w.target.Addr, check, opts, onFacts, onError)
 }
 

@@ -259,6 +259,16 @@ func (h *Host) probeJob(req probeRequest) func(context.Context) jobResult {
 	target := req.target
 	target.Clock = h.cfg.Clock
 	return func(ctx context.Context) jobResult {
+		// A serving host's agent lets its consumers probe a few at a
+		// time; without its agent (or a turn in TurnWait), probe anyway.
+		tctx, cancel := context.WithTimeout(ctx, TurnWait)
+		end, err := h.cfg.Peers.Turn(tctx, req.peer)
+		cancel()
+		if err != nil {
+			h.log.Debug("probing without a turn", zap.String("peer", req.peer), zap.Error(err))
+		} else {
+			defer end()
+		}
 		res, err := h.cfg.Prober.Probe(ctx, target)
 		if err != nil {
 			h.log.Info("peer probe failed", zap.String("peer", req.peer), zap.Error(err))

@@ -67,6 +67,9 @@ type fakePeers struct{}
 func (fakePeers) Sync([]peering.Target) error      { return nil }
 func (fakePeers) Get(string) (peering.State, bool) { return peering.State{}, false }
 func (fakePeers) SetIdentity(ssh.Signer)           {}
+func (fakePeers) Turn(context.Context, string) (func(), error) {
+	return nil, peering.ErrNoConnection
+}
 
 type fakePort struct {
 	mu    sync.Mutex

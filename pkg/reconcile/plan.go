@@ -33,6 +33,8 @@ const (
 	VerifyTimeout = 30 * time.Second
 	SignTimeout   = 10 * time.Minute
 	ProbeTimeout  = 5 * time.Second
+	// TurnWait bounds the wait for a turn to probe a peer's sshd.
+	TurnWait = 2 * time.Minute
 	// ReverifyPending is how often a host whose settings wait for the
 	// operator's deploy (no apply command) checks whether they are live.
 	ReverifyPending = time.Minute

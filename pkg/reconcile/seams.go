@@ -41,6 +41,9 @@ type Peers interface {
 	Get(name string) (peering.State, bool)
 	// SetIdentity gives the key the watches authenticate with.
 	SetIdentity(hostKey ssh.Signer)
+	// Turn waits for a turn to probe the sshd of peer name, given by its
+	// agent over the watch, and returns the function that ends it.
+	Turn(ctx context.Context, name string) (func(), error)
 }
 
 // Port is this host's peer port.

@@ -1,0 +1,105 @@
+package peer
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/clock"
+)
+
+// TestTurns: known peers get at most Turns turns at once; one more waits
+// until a turn ends, and gets it then; an anonymous client gets none; a
+// turn not ended is ended after TurnHold.
+func TestTurns(t *testing.T) {
+	key := newSigner(t)
+	var known []ssh.Signer
+	for range 3 {
+		known = append(known, newSigner(t))
+	}
+	isKnown := func(k ssh.PublicKey) (string, bool) {
+		for _, s := range known {
+			if bytes.Equal(s.PublicKey().Marshal(), k.Marshal()) {
+				return "consumer", true
+			}
+		}
+		return "", false
+	}
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{Known: isKnown, Turns: 2, TurnHold: time.Minute})
+	s.publish(validFacts(t, key.PublicKey()))
+	dialAs := func(id ssh.Signer) *ssh.Client {
+		t.Helper()
+		c, err := dial(context.Background(), clock.Real{}, s.addr, net.ParseIP("127.0.0.1"), id, pin(key.PublicKey()), wait)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	var ends []func()
+	for i := range 2 {
+		end, err := Turn(context.Background(), dialAs(known[i]))
+		if err != nil {
+			t.Fatalf("known peer %d got no turn: %v", i, err)
+		}
+		ends = append(ends, end)
+	}
+
+	// A third waits: no turn while two are held.
+	third := dialAs(known[2])
+	short, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	if _, err := Turn(short, third); err == nil {
+		t.Fatal("a third turn was given while two were held")
+	}
+	cancel()
+	got := make(chan error, 1)
+	go func() {
+		end, err := Turn(context.Background(), third)
+		if err == nil {
+			end()
+		}
+		got <- err
+	}()
+	ends[0]()
+	if err := recv(t, got, "the third turn once the first ended"); err != nil {
+		t.Fatalf("the third turn: %v", err)
+	}
+
+	if _, err := Turn(context.Background(), dialAs(nil)); err == nil {
+		t.Error("an anonymous client got a turn")
+	}
+	ends[1]()
+}
+
+// TestTurnHold: a turn its peer does not end is ended by the server after
+// TurnHold, and the next peer gets it.
+func TestTurnHold(t *testing.T) {
+	key, a, b := newSigner(t), newSigner(t), newSigner(t)
+	isKnown := func(ssh.PublicKey) (string, bool) { return "consumer", true }
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{Known: isKnown, Turns: 1, TurnHold: 100 * time.Millisecond})
+	s.publish(validFacts(t, key.PublicKey()))
+	ca, err := dial(context.Background(), clock.Real{}, s.addr, nil, a, pin(key.PublicKey()), wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ca.Close()
+	if _, err := Turn(context.Background(), ca); err != nil { // never ended
+		t.Fatal(err)
+	}
+	cb, err := dial(context.Background(), clock.Real{}, s.addr, nil, b, pin(key.PublicKey()), wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	end, err := Turn(ctx, cb)
+	if err != nil {
+		t.Fatalf("the turn held past TurnHold was not given to the next peer: %v", err)
+	}
+	end()
+}
