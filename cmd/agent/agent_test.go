@@ -141,6 +141,11 @@ type agent struct {
 
 // startAgent runs `nixpeer run` for host under root and waits until its
 // socket answers.
+// noSSHDCheck starts a serving agent that does not check its own sshd:
+// for the tests of a serving host with no sshd at all, which would
+// otherwise say, rightly, that it does not serve.
+const noSSHDCheck = "--sshd-check-interval=0"
+
 func startAgent(t testing.TB, root, config, host string, extra ...string) *agent {
 	t.Helper()
 	a := &agent{t: t, root: root, config: config, socket: filepath.Join(root, "run/nixpeer/agent.sock"),
@@ -291,7 +296,7 @@ func newRoot(t *testing.T, content string) (root, config string) {
 func TestRenameSaveIsReconciled(t *testing.T) {
 	port := testenv.FreePort(t, "127.0.0.2")
 	root, config := newRoot(t, fleet(port, ""))
-	a := startAgent(t, root, config, "stage")
+	a := startAgent(t, root, config, "stage", noSSHDCheck)
 	st := a.waitFor("Ready", ready)
 	if st.Host != "stage" || st.Generation != 1 {
 		t.Fatalf("first status: host %q generation %d, want stage 1", st.Host, st.Generation)
@@ -360,7 +365,7 @@ func TestBrokenFileKeepsLastGoodState(t *testing.T) {
 
 func TestKill9ThenRestart(t *testing.T) {
 	root, config := newRoot(t, fleet(testenv.FreePort(t, "127.0.0.2"), ""))
-	a := startAgent(t, root, config, "stage")
+	a := startAgent(t, root, config, "stage", noSSHDCheck)
 	a.waitFor("Ready", ready)
 	code, factsBefore, _ := runCLI(t, "facts", "--root", root, "--json")
 	if code != 0 {
@@ -370,7 +375,7 @@ func TestKill9ThenRestart(t *testing.T) {
 	for i := 1; i <= 5; i++ {
 		renameSave(t, config, fleet(testenv.FreePort(t, "127.0.0.2"), ""))
 		a.kill9()
-		a = startAgent(t, root, config, "stage")
+		a = startAgent(t, root, config, "stage", noSSHDCheck)
 		want := int64(1 + i)
 		a.waitFor(fmt.Sprintf("Ready at generation %d after kill -9", want), func(s status.Status) bool {
 			return ready(s) && s.Generation == want
@@ -386,7 +391,7 @@ func TestKill9ThenRestart(t *testing.T) {
 		cmd.Process.Kill()
 		cmd.Wait()
 	}
-	a = startAgent(t, root, config, "stage")
+	a = startAgent(t, root, config, "stage", noSSHDCheck)
 	a.waitFor("Ready after kills at start", ready)
 	_, factsAfter, _ := runCLI(t, "facts", "--root", root, "--json")
 	if factsAfter != factsBefore {
@@ -396,7 +401,7 @@ func TestKill9ThenRestart(t *testing.T) {
 
 func TestSecondDaemonOnSameStateIsRefused(t *testing.T) {
 	root, config := newRoot(t, fleet(testenv.FreePort(t, "127.0.0.2"), ""))
-	a := startAgent(t, root, config, "stage")
+	a := startAgent(t, root, config, "stage", noSSHDCheck)
 	a.waitFor("Ready", ready)
 	code, _, stderr := runCLI(t, "run", "--config", config, "--host", "stage", "--root", root,
 		"--socket", filepath.Join(root, "other.sock"))
@@ -417,7 +422,7 @@ func TestMutatingCallsAreRootOnly(t *testing.T) {
 	}
 	root, config := newRoot(t, fleet(testenv.FreePort(t, "127.0.0.2"), ""))
 	// The client runs as nobody, a member of group nogroup, so it may read.
-	a := startAgent(t, root, config, "stage", "--socket-group", "nogroup")
+	a := startAgent(t, root, config, "stage", noSSHDCheck, "--socket-group", "nogroup")
 	a.waitFor("Ready", ready)
 	for p := filepath.Dir(a.socket); p != "/"; p = filepath.Dir(p) {
 		st, _ := os.Stat(p)
@@ -458,7 +463,7 @@ func TestStatusWithoutDaemon(t *testing.T) {
 
 func TestStatusJSONAndTable(t *testing.T) {
 	root, config := newRoot(t, fleet(testenv.FreePort(t, "127.0.0.2"), ""))
-	a := startAgent(t, root, config, "stage")
+	a := startAgent(t, root, config, "stage", noSSHDCheck)
 	a.waitFor("Ready", ready)
 	code, out, _ := runCLI(t, "status", "--socket", a.socket, "--json")
 	if code != exitReady {
@@ -644,5 +649,15 @@ func TestValidateReportsEveryMistakeWithPosition(t *testing.T) {
 		if code != 1 || !strings.Contains(stderr, path+c.want) {
 			t.Errorf("%s: exit %d, stderr %q; want exit 1 and %s%s", c.name, code, stderr, path, c.want)
 		}
+	}
+}
+
+// TestSSHDCheckIntervalBounds: a check more often than every second is
+// refused at the start, with the way to turn it off.
+func TestSSHDCheckIntervalBounds(t *testing.T) {
+	root, config := newRoot(t, fleet(testenv.FreePort(t, "127.0.0.2"), ""))
+	code, _, stderr := runCLI(t, "run", "--config", config, "--host", "stage", "--root", root, "--sshd-check-interval", "10ms")
+	if code != 2 || !strings.Contains(stderr, "want 0 (no check) or at least 1s") {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
 	}
 }

@@ -74,6 +74,8 @@ func cmdRun(args []string, stderr io.Writer) error {
 	level := fs.String("log-level", "info", "log `LEVEL`: debug, info, warn, error")
 	group := fs.String("socket-group", "nixpeer", "`GROUP` whose members may read the status (if it exists)")
 	resync := fs.Duration("resync", 5*time.Minute, "reconcile at least this often (safety net; changes are seen at once)")
+	sshdCheck := fs.Duration("sshd-check-interval", reconcile.DefaultSSHDCheckInterval,
+		"on a serving host, probe its own sshd this often (0: never); its consumers withdraw it as soon as a check fails, and probe it themselves only every 10m instead of every 30s")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -85,14 +87,28 @@ func cmdRun(args []string, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := runDaemon(ctx, log, hf.layout(), *config, *host, *group, *resync); err != nil {
+	switch {
+	case *sshdCheck == 0:
+		*sshdCheck = -1 // off
+	case *sshdCheck < time.Second:
+		return &exitError{code: 2, msg: fmt.Sprintf("nixpeer run: -sshd-check-interval %v: want 0 (no check) or at least 1s; a check costs the host a login and a Nix process", *sshdCheck)}
+	}
+	opts := daemonOptions{config: *config, host: *host, group: *group, resync: *resync, sshdCheck: *sshdCheck}
+	if err := runDaemon(ctx, log, hf.layout(), opts); err != nil {
 		log.Error("agent stopped", zap.Error(err))
 		return &exitError{code: 1, msg: "nixpeer run: " + err.Error()}
 	}
 	return nil
 }
 
-func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, config, hostName, group string, resync time.Duration) error {
+// daemonOptions are the flags of nixpeer run.
+type daemonOptions struct {
+	config, host, group string
+	resync, sshdCheck   time.Duration
+}
+
+func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemonOptions) error {
+	config, hostName, group, resync := opts.config, opts.host, opts.group, opts.resync
 	store, opened, err := state.Open(l.Database, time.Second)
 	if err != nil {
 		return err
@@ -137,7 +153,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, config, ho
 		Log: log, Clock: clk, Layout: l, Store: store,
 		ConfigFile: config, HostName: hostName, Hostnames: hostnames,
 		Peers: peers, Port: port, Nix: reconcile.SystemNix(nixEnv), Prober: reconcile.SSHProber{},
-		Trigger: notify, StoreOpened: opened,
+		Trigger: notify, StoreOpened: opened, SSHDCheckInterval: opts.sshdCheck,
 	})
 	if err != nil {
 		return err

@@ -7,7 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -132,7 +132,7 @@ func runFleet(b *testing.B, n int) {
 			got = append(got, d)
 		}
 	}
-	sort.Slice(got, func(i, j int) bool { return got[i] < got[j] })
+	slices.Sort(got)
 	b.ReportMetric(float64(n), "consumers")
 	b.ReportMetric(float64(never), "never-ready")
 	if len(got) > 0 {
@@ -150,33 +150,49 @@ func runFleet(b *testing.B, n int) {
 	b.ReportMetric(rss, "MiB-staging-rss")
 	b.ReportMetric(cpuSeconds(b, stage.cmd.Process.Pid), "s-staging-cpu")
 
-	// A change on staging: one more consumer in the file, which staging
-	// lets in; its facts reach every production agent.
+	// A change on staging that every consumer acts on: it serves over
+	// ssh-ng from now on. Its facts reach every production agent, which
+	// probes it again over ssh-ng and switches its substituter.
 	changed := time.Now()
-	renameSave(b, config, fleetYAML(sshPort, n, fmt.Sprintf(
-		"  - name: extra\n    address: 127.0.3.250\n    platform: nix\n    clientKey: %s\n    substituteFrom: [stage]\n", newClientKeyLine(b))))
-	var reach []time.Duration
-	for _, a := range prods {
+	renameSave(b, config, strings.Replace(fleetYAML(sshPort, n, ""), "serve: {}", "serve: {protocol: ssh-ng}", 1))
+	var reach, switched []time.Duration
+	for i, a := range prods {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			st, ok := waitQuietly(a, time.Minute, func(s status.Status) bool {
 				return len(s.Peers) == 1 && s.Peers[0].FactsAt != nil && s.Peers[0].FactsAt.After(changed)
 			})
+			if !ok {
+				return
+			}
+			mu.Lock()
+			reach = append(reach, st.Peers[0].FactsAt.Sub(changed))
+			mu.Unlock()
+			conf := filepath.Join(roots[i], "etc/nix/nixpeer.conf")
+			_, ok = waitQuietly(a, 3*time.Minute, func(s status.Status) bool {
+				raw, _ := os.ReadFile(conf)
+				return s.Ready && s.Peers[0].State == status.PeerServing && strings.Contains(string(raw), "ssh-ng://")
+			})
 			if ok {
 				mu.Lock()
-				reach = append(reach, st.Peers[0].FactsAt.Sub(changed))
+				switched = append(switched, time.Since(changed))
 				mu.Unlock()
 			}
 		}()
 	}
 	wg.Wait()
-	sort.Slice(reach, func(i, j int) bool { return reach[i] < reach[j] })
+	slices.Sort(reach)
+	slices.Sort(switched)
 	if len(reach) > 0 {
 		b.ReportMetric(ms(reach[len(reach)/2]), "ms-p50/change-reaches")
 		b.ReportMetric(ms(reach[len(reach)-1]), "ms-max/change-reaches")
 	}
-	b.ReportMetric(float64(n-len(reach)), "change-not-seen")
+	if len(switched) > 0 {
+		b.ReportMetric(switched[len(switched)/2].Seconds(), "s-p50/change-applied")
+		b.ReportMetric(switched[len(switched)-1].Seconds(), "s-max/change-applied")
+	}
+	b.ReportMetric(float64(n-len(switched)), "change-not-applied")
 
 	if os.Getenv("NIXPEER_FLEET_FLOOD") == "1" {
 		quiet := latecomer(b, config, S, "late-quiet")
@@ -323,9 +339,4 @@ func machineCPU(b *testing.B) float64 {
 		ticks += v
 	}
 	return ticks / 100
-}
-
-// newClientKeyLine makes a public key line for a host that never runs.
-func newClientKeyLine(b *testing.B) string {
-	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(testenv.NewKey(b).PublicKey())))
 }

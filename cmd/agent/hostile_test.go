@@ -58,7 +58,7 @@ func TestHostileDesiredStateFile(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			root, config := newRoot(t, good)
-			a := startAgent(t, root, config, "stage")
+			a := startAgent(t, root, config, "stage", noSSHDCheck)
 			a.waitFor("Ready", ready)
 			// Swapped in by rename, as a person or a tool would.
 			tmp := filepath.Join(filepath.Dir(config), ".hostile")
@@ -92,7 +92,7 @@ func TestHostileDesiredStateFile(t *testing.T) {
 			if err := os.WriteFile(config, []byte(good), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			a = startAgent(t, root, config, "stage")
+			a = startAgent(t, root, config, "stage", noSSHDCheck)
 			a.waitFor(fmt.Sprintf("Ready again after %s", c.name), ready)
 		})
 	}

@@ -112,7 +112,7 @@ func TestServeRemoved(t *testing.T) {
 	port := testenv.FreePort(t, "127.0.0.2")
 	root, config := newRoot(t, hostYAML(port, "    serve: {}\n", "[]", false))
 	writeNixConf(t, root)
-	a := startAgent(t, root, config, "stage")
+	a := startAgent(t, root, config, "stage", noSSHDCheck)
 	st := a.waitFor("Ready, serving", ready)
 	if c := condition(t, st, status.ServeReady); c.Status != status.True {
 		t.Fatalf("ServeReady %+v", c)
@@ -141,7 +141,7 @@ func TestKeyNameChangeKeepsSigning(t *testing.T) {
 	port := testenv.FreePort(t, "127.0.0.2")
 	root, config := newRoot(t, hostYAML(port, "    serve: {}\n", "[]", false))
 	writeNixConf(t, root)
-	a := startAgent(t, root, config, "stage")
+	a := startAgent(t, root, config, "stage", noSSHDCheck)
 	a.waitFor("Ready", ready)
 	conf := filepath.Join(root, "etc/nix/nixpeer.conf")
 	key := filepath.Join(root, "var/lib/nixpeer/keys/cache-priv-key.pem")
@@ -181,7 +181,7 @@ func TestFailingApplyIsNotReady(t *testing.T) {
 	port := testenv.FreePort(t, "127.0.0.2")
 	root, config := newRoot(t, hostYAML(port, "    serve: {}\n", `["false"]`, false))
 	writeNixConf(t, root)
-	a := startAgent(t, root, config, "stage")
+	a := startAgent(t, root, config, "stage", noSSHDCheck)
 	st := a.waitFor("the apply failed", hasCondition(status.NixSettingsApplied, status.False, "ApplyFailed"))
 	if st.Ready || condition(t, st, status.Ready).Reason != "ApplyFailed" {
 		t.Fatalf("Ready %+v after a failed apply", condition(t, st, status.Ready))
@@ -205,7 +205,7 @@ func TestFailingApplyIsNotReady(t *testing.T) {
 	}
 	store.Close()
 	restarted := time.Now()
-	a = startAgent(t, root, config, "stage")
+	a = startAgent(t, root, config, "stage", noSSHDCheck)
 	a.waitFor("Ready after the record was damaged", func(s status.Status) bool {
 		return ready(s) && s.LastReconcile.After(restarted)
 	})
@@ -231,7 +231,7 @@ func TestLongApplyDoesNotHoldTheAgent(t *testing.T) {
 	apply := fmt.Sprintf(`["/bin/sh", "-c", "echo $$ > %s/apply.pid; sleep 600 & echo $! > %s/child.pid; wait"]`, dir, dir)
 	root, config := newRoot(t, hostYAML(port, "    serve: {}\n", apply, false))
 	writeNixConf(t, root)
-	a := startAgent(t, root, config, "stage")
+	a := startAgent(t, root, config, "stage", noSSHDCheck)
 	a.waitFor("applying", func(s status.Status) bool {
 		_, err := os.Stat(filepath.Join(dir, "child.pid"))
 		return hasCondition(status.NixSettingsApplied, status.False, "Applying")(s) && err == nil

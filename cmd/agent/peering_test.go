@@ -126,7 +126,7 @@ func twoAgents(t *testing.T, config string) (f *fleetRun) {
 		os.MkdirAll(filepath.Join(root, "etc/nix"), 0o755)
 		testenv.WriteNixConf(t, filepath.Join(root, "etc/nix"))
 	}
-	f.stage = startAgent(t, f.S, f.config, "stage")
+	f.stage = startAgent(t, f.S, f.config, "stage", noSSHDCheck)
 	f.prod = startAgent(t, f.P, f.config, "prod")
 	peerState(f.prod, "production authorized by staging", inState(status.PeerProbeFailed))
 	return f
@@ -157,7 +157,7 @@ func TestHostKeyChangeIsRefused(t *testing.T) {
 	for _, suffix := range []string{"", ".pub"} {
 		os.Remove(filepath.Join(f.S, "etc/ssh/ssh_host_ed25519_key"+suffix))
 	}
-	f.stage = startAgent(t, f.S, f.config, "stage")
+	f.stage = startAgent(t, f.S, f.config, "stage", noSSHDCheck)
 	now := facts(t, f.S).HostKey
 	if now.Fingerprint == old.Fingerprint {
 		t.Fatal("staging's host key did not change")
@@ -352,4 +352,45 @@ func TestDemoConverges(t *testing.T) {
 		!strings.Contains(out, "from 'ssh://nix-ssh@127.0.0.2'") {
 		t.Fatalf("demo: exit %d\n%s\n%s", code, out, stderr)
 	}
+}
+
+// TestStagingSSHDStopsWhileItsAgentRuns: staging checks its own sshd and
+// says what it found. Its sshd stops while its agent runs: production
+// withdraws staging as soon as staging says so (no probe of its own
+// needed), and stays Ready; staging is not Ready and says why. sshd comes
+// back: production probes it again and uses it.
+func TestStagingSSHDStopsWhileItsAgentRuns(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.Require(t, "nix", "nix-store", "nix-daemon", "sshd")
+	testenv.RequireNixSSHUser(t)
+	f := prepareFleet(t, testenv.FreePort(t, "127.0.0.2"), "ssh")
+	f.stage = startAgent(t, f.S, f.config, "stage", "--sshd-check-interval", "1s")
+	f.prod = startAgent(t, f.P, f.config, "prod")
+	f.startSSHD(t)
+	f.stage.waitFor("staging Ready", ready)
+	peerState(f.prod, "production uses staging", inState(status.PeerServing))
+	conf := filepath.Join(f.P, "etc/nix/nixpeer.conf")
+	serving := readFile(t, conf)
+	if !bytes.Contains(serving, []byte("ssh://")) {
+		t.Fatalf("production's nixpeer.conf lacks the substituter:\n%s", serving)
+	}
+
+	f.sshd.Stop(t)
+	st := f.prod.waitFor("staging withdrawn on its own word", func(s status.Status) bool {
+		return ready(s) && s.Peers[0].State == status.PeerProbeFailed && strings.Contains(s.Peers[0].Message, "its own sshd does not serve") &&
+			!bytes.Contains(readFile(t, conf), []byte("ssh://"))
+	})
+	if !st.Peers[0].Connected {
+		t.Fatalf("production lost staging's agent: %+v", st.Peers[0])
+	}
+	stage := f.stage.waitFor("staging says its sshd does not serve", func(s status.Status) bool { return !s.Ready })
+	if c := condition(t, stage, status.ServeReady); c.Reason != "SSHDNotServing" {
+		t.Fatalf("staging's ServeReady: %+v", c)
+	}
+
+	f.startSSHD(t)
+	f.stage.waitFor("staging Ready again", ready)
+	f.prod.waitFor("staging used again", func(s status.Status) bool {
+		return ready(s) && s.Peers[0].State == status.PeerServing && bytes.Equal(readFile(t, conf), serving)
+	})
 }

@@ -58,6 +58,22 @@ type ServeFacts struct {
 	CacheKey string `json:"cacheKey"`
 	// Authorized lists the client keys the host lets in.
 	Authorized []AuthorizedFact `json:"authorized"`
+	// Check is what the host's agent found when it last probed its own
+	// sshd as a consumer does; nil before the first check, or where the
+	// agent does not write nix-ssh's authorized keys (it cannot let
+	// itself in there).
+	Check *ServeCheck `json:"check,omitempty"`
+}
+
+// ServeCheck is the result of a serving host's probe of its own sshd.
+// It changes only when the result does: consumers act on it at once (a
+// host whose sshd stopped is withdrawn), and need not probe it often.
+type ServeCheck struct {
+	// Serving is set when the probe passed.
+	Serving bool `json:"serving"`
+	// Reason says why it failed, in a few lowercase words ("refused",
+	// "timeout", "wrong protocol", ...); empty when Serving.
+	Reason string `json:"reason,omitempty"`
 }
 
 // AuthorizedFact is one client key a serving host lets in.

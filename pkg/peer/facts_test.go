@@ -100,6 +100,12 @@ func TestValidate(t *testing.T) {
 		{"fingerprint not canonical", func(f *Facts) { f.Serve.Authorized[0].Fingerprint = "SHA256:" + strings.Repeat("A", 42) + "B" }, "canonical"},
 		{"authorized host bad", func(f *Facts) { f.Serve.Authorized[0].Host = "prod;rm" }, "serve.authorized[0].host"},
 		{"authorized duplicate", func(f *Facts) { f.Serve.Authorized = append(f.Serve.Authorized, f.Serve.Authorized[0]) }, "serve.authorized[1] repeats"},
+		{"check serving", func(f *Facts) { f.Serve.Check = &ServeCheck{Serving: true} }, ""},
+		{"check failing", func(f *Facts) { f.Serve.Check = &ServeCheck{Reason: "wrong protocol"} }, ""},
+		{"check failing without reason", func(f *Facts) { f.Serve.Check = &ServeCheck{} }, "serve.check.reason \"\" is not"},
+		{"check reason while serving", func(f *Facts) { f.Serve.Check = &ServeCheck{Serving: true, Reason: "timeout"} }, "given while serving"},
+		{"check reason odd", func(f *Facts) { f.Serve.Check = &ServeCheck{Reason: "time\nout"} }, "not a few lowercase words"},
+		{"check reason long", func(f *Facts) { f.Serve.Check = &ServeCheck{Reason: "a b c d e"} }, "not a few lowercase words"},
 		{"a thousand consumers", func(f *Facts) {
 			for i := len(f.Serve.Authorized); i < 1000; i++ {
 				f.Serve.Authorized = append(f.Serve.Authorized, AuthorizedFact{Host: fmt.Sprintf("prod-%d", i), Fingerprint: f.Serve.Authorized[0].Fingerprint})
@@ -243,7 +249,7 @@ func TestDecodeFacts(t *testing.T) {
 // TestFieldNames keeps fieldNames in step with the structs' JSON tags.
 func TestFieldNames(t *testing.T) {
 	want := map[string]bool{}
-	for _, typ := range []reflect.Type{reflect.TypeFor[Facts](), reflect.TypeFor[ServeFacts](), reflect.TypeFor[AuthorizedFact]()} {
+	for _, typ := range []reflect.Type{reflect.TypeFor[Facts](), reflect.TypeFor[ServeFacts](), reflect.TypeFor[AuthorizedFact](), reflect.TypeFor[ServeCheck]()} {
 		for f := range typ.Fields() {
 			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
 			want[name] = true

@@ -6,14 +6,16 @@ import (
 	"fmt"
 )
 
-// fieldNames are the JSON names of the fields of Facts, ServeFacts and
-// AuthorizedFact. No two of them differ only in case, so a key found here
-// that encoding/json matched to a field is that field's exact name.
+// fieldNames are the JSON names of the fields of Facts, ServeFacts,
+// AuthorizedFact and ServeCheck. No two of them differ only in case, so a
+// key found here that encoding/json matched to a field is that field's
+// exact name.
 var fieldNames = map[string]bool{
 	"version": true, "name": true, "address": true, "generation": true,
 	"observedGeneration": true, "ready": true, "hostKeys": true,
 	"clientKey": true, "serve": true, "protocol": true, "cacheKey": true,
 	"authorized": true, "host": true, "fingerprint": true, "applied": true,
+	"check": true, "serving": true, "reason": true,
 }
 
 // checkKeys walks the JSON in data and refuses an object key that is not

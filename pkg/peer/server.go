@@ -153,6 +153,32 @@ type Server struct {
 // connection authenticated as.
 const permPeer = "nixpeer-peer"
 
+// permKey is the Permissions extension that holds the key a connection
+// authenticated with (wire form): a peer not known when it connected may
+// be known by the time it asks for a turn.
+const permKey = "nixpeer-key"
+
+// knownNow reports whether the client of sconn is a known peer: it was
+// when it connected, or its key is now.
+func (s *Server) knownNow(sconn *ssh.ServerConn) bool {
+	if sconn.Permissions == nil {
+		return false
+	}
+	if sconn.Permissions.Extensions[permPeer] != "" {
+		return true
+	}
+	raw, ok := sconn.Permissions.Extensions[permKey]
+	if !ok || s.opts.Known == nil {
+		return false
+	}
+	key, err := ssh.ParsePublicKey([]byte(raw))
+	if err != nil {
+		return false
+	}
+	_, known := s.opts.Known(key)
+	return known
+}
+
 // ClientVersion is what nixpeer's clients announce; they authenticate
 // with a key, always.
 const ClientVersion = "SSH-2.0-nixpeer"
@@ -175,12 +201,13 @@ func NewServer(log *zap.Logger, hostKey ssh.Signer, opts ServerOptions) *Server 
 			return &ssh.Permissions{}, nil
 		},
 		PublicKeyCallback: func(_ ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+			ext := map[string]string{permKey: string(key.Marshal())}
 			if opts.Known != nil {
 				if name, ok := opts.Known(key); ok {
-					return &ssh.Permissions{Extensions: map[string]string{permPeer: name}}, nil
+					ext[permPeer] = name
 				}
 			}
-			return &ssh.Permissions{}, nil
+			return &ssh.Permissions{Extensions: ext}, nil
 		},
 	}
 	config.AddHostKey(hostKey)

@@ -53,8 +53,7 @@ func (s *Server) serveSession(ctx context.Context, log *zap.Logger, sconn *ssh.S
 	var ran chan struct{}       // closed when the command is done
 	for req := range reqs {
 		cmd, ok := execCommand(req)
-		known := sconn.Permissions != nil && sconn.Permissions.Extensions[permPeer] != ""
-		if ran != nil || !ok || (cmd != cmdFacts && cmd != cmdWatch && (cmd != cmdTurn || !known)) {
+		if ran != nil || !ok || (cmd != cmdFacts && cmd != cmdWatch && (cmd != cmdTurn || !s.knownNow(sconn))) {
 			log.Debug("refused peer request", zap.String("type", req.Type), zap.String("command", quoteShort(cmd)))
 			if req.WantReply {
 				req.Reply(false, nil)

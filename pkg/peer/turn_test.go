@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -100,6 +101,33 @@ func TestTurnHold(t *testing.T) {
 	end, err := Turn(ctx, cb)
 	if err != nil {
 		t.Fatalf("the turn held past TurnHold was not given to the next peer: %v", err)
+	}
+	end()
+}
+
+// TestTurnForAPeerKnownSinceItConnected: a peer that connected before the
+// server knew it (anonymous) gets a turn once it is known, on the same
+// connection.
+func TestTurnForAPeerKnownSinceItConnected(t *testing.T) {
+	key, late := newSigner(t), newSigner(t)
+	var known atomic.Bool
+	isKnown := func(k ssh.PublicKey) (string, bool) {
+		return "late", known.Load() && bytes.Equal(k.Marshal(), late.PublicKey().Marshal())
+	}
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{Known: isKnown})
+	s.publish(validFacts(t, key.PublicKey()))
+	c, err := dial(context.Background(), clock.Real{}, s.addr, nil, late, pin(key.PublicKey()), wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := Turn(context.Background(), c); err == nil {
+		t.Fatal("a turn for a peer not known")
+	}
+	known.Store(true)
+	end, err := Turn(context.Background(), c)
+	if err != nil {
+		t.Fatalf("no turn once known: %v", err)
 	}
 	end()
 }

@@ -26,6 +26,7 @@ const (
 var (
 	cacheKeyRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*:[A-Za-z0-9+/]{43}=$`)
 	fingerprintRE = regexp.MustCompile(`^SHA256:[A-Za-z0-9+/]{43}$`)
+	checkReasonRE = regexp.MustCompile(`^[a-z]+( [a-z]+){0,3}$`)
 	nixKeyShapeRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*:([A-Za-z0-9+/]+={0,2})$`)
 )
 
@@ -38,8 +39,10 @@ var (
 // (sshkeys.ParseAuthorizedLine); serve's protocol is "ssh" or "ssh-ng", its
 // cacheKey is NAME:BASE64 of a 32-byte key, and its authorized list (up to
 // 4096, no duplicates) names hosts by DNS label and keys by SHA256
-// fingerprint. A value holding private key material is refused without
-// being quoted. Messages quote other values only when they are short.
+// fingerprint; its check's reason is up to four lowercase words, given
+// only when it is not serving. A value holding private key material is
+// refused without being quoted. Messages quote other values only when
+// they are short.
 func (f Facts) Validate() error {
 	if f.Version != FactsVersion {
 		return fmt.Errorf("version %d is not supported; want %d", f.Version, FactsVersion)
@@ -108,6 +111,14 @@ func (s *ServeFacts) validate() error {
 			return fmt.Errorf("%s repeats an earlier entry for host %q", what, a.Host)
 		}
 		seen[key] = true
+	}
+	if c := s.Check; c != nil {
+		switch {
+		case c.Serving && c.Reason != "":
+			return fmt.Errorf("serve.check.reason %s is given while serving", quoteShort(c.Reason))
+		case !c.Serving && !checkReasonRE.MatchString(c.Reason):
+			return fmt.Errorf("serve.check.reason %s is not a few lowercase words", quoteShort(c.Reason))
+		}
 	}
 	return nil
 }

@@ -101,6 +101,10 @@ type State struct {
 	// Since is when Connected last changed (zero before the first
 	// connection or failure of this run).
 	Since time.Time
+	// Recovered is when the peer's facts last said that its own sshd
+	// serves again after they said it did not (see peer.ServeCheck):
+	// a probe from before then no longer counts.
+	Recovered time.Time
 	// NoAnswer is set while the watch is down because the peer stopped
 	// answering (silence past the keepalive deadline, or a connect that
 	// timed out), rather than refusing or closing the connection.
@@ -198,6 +202,19 @@ func concerning(f peer.Facts, self string) peer.Facts {
 		f.Serve = &s
 	}
 	return f
+}
+
+// recovered reports whether f says that the peer's sshd serves again,
+// where before said it did not.
+func recovered(before *peer.Facts, f peer.Facts) bool {
+	check := func(f *peer.Facts) *peer.ServeCheck {
+		if f == nil || f.Serve == nil {
+			return nil
+		}
+		return f.Serve.Check
+	}
+	was, is := check(before), check(&f)
+	return was != nil && !was.Serving && is != nil && is.Serving
 }
 
 // New returns a manager whose watches live until ctx ends. notify is
@@ -540,6 +557,9 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 	}
 	f = concerning(f, t.Self)
 	newFacts := st.Facts == nil || relevant(*st.Facts, f)
+	if recovered(st.Facts, f) {
+		st.Recovered = now
+	}
 	changed := newFacts || !st.Connected || st.Refused != nil
 	if !st.Connected {
 		st.Since = now

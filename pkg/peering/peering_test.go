@@ -243,9 +243,21 @@ func TestOtherConsumersCostNothing(t *testing.T) {
 	if got := first.Facts.Serve.Authorized; len(got) != 1 || got[0] != mine {
 		t.Fatalf("kept %+v, want this host's entry alone", got)
 	}
-	mu.Lock()
-	before := notified
-	mu.Unlock()
+	// The first facts are reported once; the report follows the state.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := notified
+		mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if n > 1 || time.Now().After(deadline) {
+			t.Fatalf("the first facts were reported %d times, want once", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	before := 1
 
 	// Others come and go.
 	publish(2, entry("prod-0", true), mine, entry("prod-2", false))
@@ -269,4 +281,31 @@ func TestOtherConsumersCostNothing(t *testing.T) {
 	}
 	cancel()
 	m.Wait()
+}
+
+// TestRecovered: only facts saying that the peer's sshd serves again,
+// after facts saying it did not, mark a recovery.
+func TestRecovered(t *testing.T) {
+	facts := func(c *peer.ServeCheck) *peer.Facts {
+		return &peer.Facts{Serve: &peer.ServeFacts{Check: c}}
+	}
+	up, down := &peer.ServeCheck{Serving: true}, &peer.ServeCheck{Reason: "refused"}
+	for _, c := range []struct {
+		name   string
+		before *peer.Facts
+		now    *peer.Facts
+		want   bool
+	}{
+		{"down, then up", facts(down), facts(up), true},
+		{"first facts", nil, facts(up), false},
+		{"no check, then up", facts(nil), facts(up), false},
+		{"up, then up", facts(up), facts(up), false},
+		{"up, then down", facts(up), facts(down), false},
+		{"down, then no check", facts(down), facts(nil), false},
+		{"down, then not serving at all", facts(down), &peer.Facts{}, false},
+	} {
+		if got := recovered(c.before, *c.now); got != c.want {
+			t.Errorf("%s: recovered = %v, want %v", c.name, got, c.want)
+		}
+	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nixpeer/nixpeer/pkg/atomicfile"
 	"github.com/nixpeer/nixpeer/pkg/nix"
+	"github.com/nixpeer/nixpeer/pkg/probe"
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 )
 
@@ -261,18 +262,32 @@ func (h *Host) probeJob(req probeRequest) func(context.Context) jobResult {
 	return func(ctx context.Context) jobResult {
 		// A serving host's agent lets its consumers probe a few at a
 		// time; without its agent (or a turn in TurnWait), probe anyway.
-		tctx, cancel := context.WithTimeout(ctx, TurnWait)
-		end, err := h.cfg.Peers.Turn(tctx, req.peer)
-		cancel()
-		if err != nil {
-			h.log.Debug("probing without a turn", zap.String("peer", req.peer), zap.Error(err))
-		} else {
-			defer end()
+		if !req.self {
+			tctx, cancel := context.WithTimeout(ctx, TurnWait)
+			end, err := h.cfg.Peers.Turn(tctx, req.peer)
+			cancel()
+			if err != nil {
+				h.log.Debug("probing without a turn", zap.String("peer", req.peer), zap.Error(err))
+			} else {
+				defer end()
+			}
 		}
 		res, err := h.cfg.Prober.Probe(ctx, target)
 		if err != nil {
-			h.log.Info("peer probe failed", zap.String("peer", req.peer), zap.Error(err))
-			return jobResult{Reason: "ProbeFailed", Err: err}
+			reason := "probe failed"
+			if pe := (*probe.Error)(nil); errors.As(err, &pe) {
+				reason = pe.Reason.String()
+			}
+			if req.self {
+				h.log.Warn("this host's own sshd does not serve nix-ssh", zap.String("reason", reason), zap.Error(err))
+			} else {
+				h.log.Info("peer probe failed", zap.String("peer", req.peer), zap.Error(err))
+			}
+			return jobResult{Reason: reason, Err: err}
+		}
+		if req.self {
+			h.log.Debug("this host's own sshd serves", zap.Duration("probe", res.Elapsed))
+			return jobResult{}
 		}
 		h.log.Info("peer serves this host", zap.String("peer", req.peer),
 			zap.Duration("probe", res.Elapsed), zap.Uint64("protocolVersion", res.ServerVersion))

@@ -46,6 +46,9 @@ type Config struct {
 	Trigger func(reason string)
 	// StoreOpened says what the store was like when the agent started.
 	StoreOpened state.Opened
+	// SSHDCheckInterval is how often a serving host probes its own sshd
+	// (DefaultSSHDCheckInterval when zero); negative turns the check off.
+	SSHDCheckInterval time.Duration
 }
 
 // Host reconciles one host: it owns the host's status.
@@ -283,15 +286,7 @@ func (h *Host) authorizedApplied(o *Observation, p *Plan, a *acted) func(ssh.Pub
 	if r := p.Authorized; r != nil && a.done[r] {
 		content = r.Files[0].content
 	}
-	present := map[string]bool{}
-	for rest := content; len(rest) > 0; {
-		k, _, _, next, err := ssh.ParseAuthorizedKey(rest)
-		if err != nil {
-			break // no more keys
-		}
-		present[string(k.Marshal())] = true
-		rest = next
-	}
+	present := keysIn(content)
 	return func(k ssh.PublicKey) bool { return present[string(k.Marshal())] }
 }
 

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -89,10 +90,19 @@ func (p *fakePort) last() peer.Facts {
 	return p.facts[len(p.facts)-1]
 }
 
-type noProbe struct{}
+// fakeSSHD is the serving host's own sshd: its probes pass while it is
+// up, and are refused while it is down. It counts them.
+type fakeSSHD struct {
+	down   atomic.Bool
+	probes atomic.Int32
+}
 
-func (noProbe) Probe(context.Context, probe.Target) (probe.Result, error) {
-	return probe.Result{}, errors.New("no probe here")
+func (f *fakeSSHD) Probe(_ context.Context, t probe.Target) (probe.Result, error) {
+	f.probes.Add(1)
+	if f.down.Load() {
+		return probe.Result{}, &probe.Error{Reason: probe.Refused, Peer: "nix-ssh@" + t.Address, Err: errors.New("connection refused")}
+	}
+	return probe.Result{ServerVersion: 0x205}, nil
 }
 
 type harness struct {
@@ -102,8 +112,11 @@ type harness struct {
 	store *state.Store
 	nix   *fakeNix
 	port  *fakePort
-	host  *Host
-	ended chan string
+	sshd  *fakeSSHD
+	// checkEvery is the host's SSHDCheckInterval (the default when 0).
+	checkEvery time.Duration
+	host       *Host
+	ended      chan string
 }
 
 const stageYAML = `apiVersion: nixpeer/v1
@@ -115,11 +128,15 @@ hosts:
     serve: {}
 `
 
-func newHarness(t *testing.T, yaml string) *harness {
+func newHarness(t *testing.T, yaml string) *harness { return newHarnessChecking(t, yaml, 0) }
+
+// newHarnessChecking is newHarness with an SSHDCheckInterval.
+func newHarnessChecking(t *testing.T, yaml string, checkEvery time.Duration) *harness {
 	t.Helper()
 	root := t.TempDir()
 	l := layout.New(root, "", "")
-	h := &harness{t: t, root: root, l: l, nix: &fakeNix{conf: l.NixpeerConf}, port: &fakePort{}, ended: make(chan string, 16)}
+	h := &harness{t: t, root: root, l: l, nix: &fakeNix{conf: l.NixpeerConf}, port: &fakePort{}, sshd: &fakeSSHD{},
+		checkEvery: checkEvery, ended: make(chan string, 16)}
 	config := filepath.Join(root, "desired.yaml")
 	if err := os.WriteFile(config, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
@@ -136,8 +153,8 @@ func newHarness(t *testing.T, yaml string) *harness {
 func (h *harness) start(config string) {
 	var err error
 	h.host, err = NewHost(Config{Log: zap.NewNop(), Clock: clock.Real{}, Layout: h.l, Store: h.store,
-		ConfigFile: config, HostName: "stage", Peers: fakePeers{}, Port: h.port, Nix: h.nix, Prober: noProbe{},
-		Trigger: func(reason string) { h.ended <- reason }})
+		ConfigFile: config, HostName: "stage", Peers: fakePeers{}, Port: h.port, Nix: h.nix, Prober: h.sshd,
+		SSHDCheckInterval: h.checkEvery, Trigger: func(reason string) { h.ended <- reason }})
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -159,7 +176,7 @@ func (h *harness) settle() (status.Status, error) {
 	for i := 0; i < 20; i++ {
 		_, err := h.host.Reconcile(context.Background())
 		st := h.host.Status()
-		if h.host.jobs.get(slotApply).Running || h.host.jobs.get(slotSign).Running {
+		if h.host.jobs.get(slotApply).Running || h.host.jobs.get(slotSign).Running || h.host.jobs.get(probeSlot("stage")).Running {
 			select {
 			case <-h.ended:
 			case <-time.After(10 * time.Second):
@@ -330,7 +347,7 @@ func BenchmarkNoOpPass(b *testing.B) {
 	nx := &fakeNix{conf: l.NixpeerConf}
 	ended := make(chan string, 16)
 	host, err := NewHost(Config{Log: zap.NewNop(), Clock: clock.Real{}, Layout: l, Store: store,
-		ConfigFile: config, HostName: "stage", Peers: fakePeers{}, Port: &fakePort{}, Nix: nx, Prober: noProbe{},
+		ConfigFile: config, HostName: "stage", Peers: fakePeers{}, Port: &fakePort{}, Nix: nx, Prober: &fakeSSHD{},
 		Trigger: func(reason string) { ended <- reason }})
 	if err != nil {
 		b.Fatal(err)
@@ -386,5 +403,92 @@ func TestParsedFileParsesOnlyNewContent(t *testing.T) {
 	os.Remove(name)
 	if _, _, err := p.load(name); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a missing file: %v", err)
+	}
+}
+
+// TestOwnSSHDCheck: a serving host lets its own client key in and probes
+// its own sshd; its facts and ServeReady say what it found, and change
+// only when that changes.
+func TestOwnSSHDCheck(t *testing.T) {
+	h := newHarnessChecking(t, stageYAML, time.Millisecond)
+	st, err := h.settle()
+	if err != nil || !st.Ready {
+		t.Fatalf("first settle: ready %v, err %v; conditions %+v", st.Ready, err, st.Conditions)
+	}
+	own, err := os.ReadFile(h.l.ClientKey + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ownKey, _, _, _, err := ssh.ParseAuthorizedKey(own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	authorized, err := os.ReadFile(filepath.Join(h.l.AuthorizedKeysDir, nixSSHUser))
+	if err != nil || !keysIn(authorized)[string(ownKey.Marshal())] {
+		t.Fatalf("the host's own client key is not let in (%v):\n%s", err, authorized)
+	}
+	f := h.port.last()
+	if f.Serve == nil || f.Serve.Check == nil || !f.Serve.Check.Serving || len(f.Serve.Authorized) != 0 {
+		t.Fatalf("facts: %+v", f.Serve)
+	}
+	if c := status.Find(st.Conditions, status.ServeReady); c == nil || c.Status != status.True || !strings.Contains(c.Message, "its own sshd serves") {
+		t.Fatalf("ServeReady: %+v", c)
+	}
+
+	h.sshd.down.Store(true)
+	waitPass := func(what string, cond func(status.Status) bool) status.Status {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			st, _ := h.pass()
+			if cond(st) {
+				return st
+			}
+			select {
+			case <-h.ended: // a check ended
+			case <-time.After(100 * time.Millisecond): // or is due
+			}
+		}
+		t.Fatalf("waiting for %s", what)
+		return status.Status{}
+	}
+	st = waitPass("ServeReady False", func(s status.Status) bool { c := status.Find(s.Conditions, status.ServeReady); return c != nil && c.Status != status.True })
+	c := status.Find(st.Conditions, status.ServeReady)
+	if c.Reason != "SSHDNotServing" || !strings.Contains(c.Message, "connection refused") || st.Ready {
+		t.Fatalf("with its sshd down: ready %v, %+v", st.Ready, c)
+	}
+	if f := h.port.last(); f.Serve.Check == nil || f.Serve.Check.Serving || f.Serve.Check.Reason != "refused" {
+		t.Fatalf("facts with its sshd down: %+v", f.Serve.Check)
+	}
+
+	h.sshd.down.Store(false)
+	waitPass("Ready again", func(s status.Status) bool { return s.Ready })
+	if f := h.port.last(); f.Serve.Check == nil || !f.Serve.Check.Serving {
+		t.Fatalf("facts with its sshd back: %+v", f.Serve.Check)
+	}
+}
+
+// TestOwnSSHDNeverServed: a serving host whose sshd has not served yet in
+// this run is not Ready, but tells its consumers nothing of it: their own
+// probes find an sshd that is still starting.
+func TestOwnSSHDNeverServed(t *testing.T) {
+	h := newHarnessChecking(t, stageYAML, time.Millisecond)
+	h.sshd.down.Store(true)
+	var st status.Status
+	for range 20 {
+		st, _ = h.pass()
+		if c := status.Find(st.Conditions, status.ServeReady); c != nil && c.Reason == "SSHDNotServing" {
+			break
+		}
+		select {
+		case <-h.ended:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if c := status.Find(st.Conditions, status.ServeReady); c == nil || c.Reason != "SSHDNotServing" || st.Ready {
+		t.Fatalf("ready %v, ServeReady %+v", st.Ready, c)
+	}
+	if f := h.port.last(); f.Serve == nil || f.Serve.Check != nil {
+		t.Fatalf("facts tell of a check that never passed: %+v", f.Serve)
 	}
 }

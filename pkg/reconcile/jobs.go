@@ -45,6 +45,9 @@ type jobState struct {
 	Missing []string
 	// Failures counts the failures in a row of jobs with this Key.
 	Failures int
+	// Passed is when a job with this Key last succeeded; zero when none
+	// did in this run.
+	Passed time.Time
 }
 
 // done reports whether a job for key ended.
@@ -95,7 +98,7 @@ func (j *jobs) start(ctx context.Context, slot, key string, fn func(context.Cont
 		j.mu.Lock()
 		s := j.slots[slot]
 		if s.Key != key {
-			s.Failures = 0
+			s.Failures, s.Passed = 0, time.Time{}
 		}
 		s.Running, s.RunningKey = false, ""
 		s.Key, s.Started, s.Ended = key, started, j.clock.Now()
@@ -104,7 +107,7 @@ func (j *jobs) start(ctx context.Context, slot, key string, fn func(context.Cont
 			s.Err = res.Err.Error()
 			s.Failures++
 		} else {
-			s.Failures = 0
+			s.Failures, s.Passed = 0, s.Ended
 		}
 		j.slots[slot] = s
 		j.mu.Unlock()

@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -64,8 +65,12 @@ type Observation struct {
 	Peers map[string]peering.State
 	// WatchErr says why the watches could not follow the desired state.
 	WatchErr error
-	// Probes are the probe slots of the peers this host fetches from.
+	// Probes are the probe slots of the peers this host fetches from,
+	// and of this host's check of its own sshd (by its own name).
 	Probes map[string]jobState
+	// SSHDCheckInterval is how often a serving host checks its own sshd;
+	// negative when it does not.
+	SSHDCheckInterval time.Duration
 	// Verified is, by peer, what its last passing probe verified;
 	// VerifiedUnreadable says the record could not be read (it is
 	// written anew).
@@ -191,6 +196,10 @@ func (h *Host) observe() *Observation {
 		}
 		o.Verified = map[string]string{}
 	}
+	if self.Serve != nil {
+		o.Probes[self.Name] = h.jobs.get(probeSlot(self.Name))
+	}
+	o.SSHDCheckInterval = cmp.Or(h.cfg.SSHDCheckInterval, DefaultSSHDCheckInterval)
 	o.Apply = h.jobs.get(slotApply)
 	o.Applied = readRecord[appliedRecord](h, recApplied)
 	if self.Serve != nil {

@@ -266,17 +266,25 @@ type decision struct {
 // keepalive deadline, a connect that times out) is withdrawn at once. One
 // that refuses or closes the connection is probed: its sshd may serve
 // still. A probe counts only if it started after the connection last came
-// up or went down; until there is one, the settings stay as they are on
-// disk. A peer in use is probed again every ConnectedReprobe while its
-// agent answers (its sshd may stop on its own), every ProbeRefresh while
-// only its sshd does. A peer that served this host before and is
+// up or went down, and after its agent last said that its own sshd serves
+// again; until there is one, the settings stay as they are on disk. A
+// peer in use is probed again every ConnectedReprobe while its agent
+// answers (its sshd may stop on its own), every CheckedReprobe when its
+// agent checks its own sshd and says what it found (it is withdrawn as
+// soon as that says its sshd does not serve), every ProbeRefresh while
+// only its sshd answers. A peer that served this host before and is
 // withdrawn for its health leaves the host Ready: builds go on locally. A
 // peer that went dark FlapTrips times within FlapWindow is used again only
 // after a hold-down.
 func decide(in peerInput) decision {
 	st, pr := in.State, in.Probe
-	fresh := pr.done(in.Tuple) && !pr.Started.Before(st.Since)
+	fresh := pr.done(in.Tuple) && !pr.Started.Before(st.Since) && !pr.Started.Before(st.Recovered)
 	served := in.Verified
+	check := ownCheck(st)
+	reprobe := ConnectedReprobe
+	if check != nil {
+		reprobe = CheckedReprobe
+	}
 	var d decision
 	switch {
 	case !st.Connected && st.NoAnswer && !served:
@@ -286,9 +294,12 @@ func decide(in peerInput) decision {
 		d.verdict = verdict{State: status.PeerUnreachable, Ready: true,
 			Message: fmt.Sprintf("its agent stopped answering%s (%s); its substituter is withdrawn and builds go on locally until it answers again",
 				since(st.Since), st.LastError)}
+	case check != nil && !check.Serving:
+		d.verdict = verdict{State: status.PeerProbeFailed, Ready: served,
+			Message: fmt.Sprintf("its agent says its own sshd does not serve nix-ssh (%s); its substituter is withdrawn and builds go on locally until it does", check.Reason)}
 	case fresh && pr.Err == "" && st.Connected:
 		d.verdict = verdict{Use: true, State: status.PeerServing, Ready: true, Message: "serves this host; verified"}
-		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(scaled(ConnectedReprobe, in.Spread)))
+		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(scaled(reprobe, in.Spread)))
 	case fresh && pr.Err == "":
 		d.verdict = verdict{Use: true, State: status.PeerServing, Ready: true,
 			Message: fmt.Sprintf("its agent is unreachable (%s), but its sshd serves this host; probed again every %v", st.LastError, ProbeRefresh)}
@@ -311,7 +322,7 @@ func decide(in peerInput) decision {
 		d.verdict = verdict{Use: in.InUse, State: status.PeerProbing, Ready: in.InUse || served, Message: "probing its sshd"}
 		d.Probe = !pr.Running
 	}
-	d.Verify = fresh && pr.Err == "" && !in.Verified
+	d.Verify = fresh && pr.Err == "" && !in.Verified && (check == nil || check.Serving)
 	if d.Use && !in.InUse {
 		if until, n := holdDown(in.Trips, in.Now); in.Now.Before(until) {
 			d.verdict = verdict{State: status.PeerUnreachable, Ready: true,
@@ -322,6 +333,15 @@ func decide(in peerInput) decision {
 	// Withdrawn for its health, not for a setting: that counts as a trip.
 	d.Trip = !d.Use && in.InUse && d.Ready
 	return d
+}
+
+// ownCheck is what a connected peer's agent last said of its own sshd,
+// nil when it says nothing (or is not connected).
+func ownCheck(st peering.State) *peer.ServeCheck {
+	if !st.Connected || st.Facts == nil || st.Facts.Serve == nil {
+		return nil
+	}
+	return st.Facts.Serve.Check
 }
 
 // probeFailure says why the last probe failed and when the next one is.

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -46,6 +47,15 @@ const (
 	// while its agent answers: its sshd may stop, or port 22 alone be
 	// closed, while its agent runs.
 	ConnectedReprobe = 30 * time.Second
+	// CheckedReprobe replaces ConnectedReprobe for a peer whose agent
+	// checks its own sshd and says so in its facts: a stopped sshd is
+	// then known at once, and the probe only guards the way from this
+	// host (a firewall, a route), so that a serving host with hundreds
+	// of consumers gets a probe every few seconds, not dozens a second.
+	CheckedReprobe = 10 * time.Minute
+	// DefaultSSHDCheckInterval is how often a serving host probes its own
+	// sshd (see peer.ServeCheck).
+	DefaultSSHDCheckInterval = 30 * time.Second
 	// SSHConnectTimeout bounds ssh's connect to a peer (ssh config block).
 	SSHConnectTimeout = 5 * time.Second
 	// outputTail is how much of a command's output the status keeps.
@@ -92,6 +102,9 @@ type Plan struct {
 	Resources []*Resource
 	Peers     []status.Peer
 	Probes    []probeRequest
+	// ServeCheck is the result of this serving host's last check of its
+	// own sshd, for its facts; nil when there is none.
+	ServeCheck *peer.ServeCheck
 	// Trips are the peers whose substituter this pass withdraws because
 	// they went dark.
 	Trips []string
@@ -201,6 +214,8 @@ type probeRequest struct {
 	peer   string
 	tuple  string
 	target probe.Target
+	// self: the host checks its own sshd (no turn to wait for).
+	self bool
 }
 
 type consumerKey struct {
@@ -599,6 +614,9 @@ func (pl *planner) planServe() {
 		served = append(served, c.Name)
 		pl.p.Consumers = append(pl.p.Consumers, consumerKey{host: c.Name, key: k})
 	}
+	if path != "" && o.SSHDCheckInterval >= 0 && o.ClientKey.Usable() {
+		keys = append(keys, o.ClientKey.Key.Public) // for its own check
+	}
 	if path != "" {
 		obs := o.Files[path]
 		content, err := nix.RenderAuthorizedKeys(self.Serve.Protocol, keys)
@@ -625,6 +643,77 @@ func (pl *planner) planServe() {
 	if len(waiting) > 0 {
 		r.Message += "; waiting for the client key of " + strings.Join(waiting, ", ")
 	}
+	pl.planSSHDCheck(r, path)
+}
+
+// planSSHDCheck has a serving host probe its own sshd as its consumers
+// do, with its own client key (which planServe lets in), every
+// SSHDCheckInterval. ServeReady and the host's facts say what it found:
+// consumers withdraw a host whose sshd stopped at once, and need not
+// probe it often. Where the operator's deploy writes nix-ssh's keys the
+// host cannot let itself in, and its consumers probe it as often as
+// before.
+func (pl *planner) planSSHDCheck(r *Resource, path string) {
+	o, self := pl.o, pl.self
+	if path == "" || o.SSHDCheckInterval < 0 || !o.ClientKey.Usable() || !o.HostKey.Usable() {
+		return
+	}
+	if !keysIn(o.Files[path].Content)[string(o.ClientKey.Key.Public.Marshal())] {
+		return // written by this pass: checked from the next
+	}
+	tuple := strings.Join([]string{"self", string(self.Serve.Protocol), bracket(self.Address), strconv.Itoa(self.SSHPort),
+		o.ClientKey.Key.Fingerprint(), o.HostKey.Key.Fingerprint()}, " ")
+	pr := o.Probes[self.Name]
+	check := func() {
+		pl.p.Probes = append(pl.p.Probes, probeRequest{peer: self.Name, tuple: tuple, self: true, target: probe.Target{
+			Address: self.Address, Port: self.SSHPort, Protocol: self.Serve.Protocol, Signer: o.ClientKey.Key.Signer,
+			HostKey: o.HostKey.Key.Public, Timeout: ProbeTimeout, From: localIP(self.Address)}})
+	}
+	if !pr.done(tuple) {
+		if !pr.Running {
+			check()
+		}
+		r.Message += "; checking its own sshd"
+		return
+	}
+	every := o.SSHDCheckInterval
+	if pr.Err != "" {
+		every = min(every, retryDelay(pr.Failures))
+	}
+	next := pr.Ended.Add(scaled(every, spread(self.Name+" sshd")))
+	if now, after := due(o.Now, next); now {
+		check()
+	} else {
+		pl.requeue(after)
+	}
+	if pr.Err == "" {
+		pl.p.ServeCheck = &peer.ServeCheck{Serving: true}
+		r.Message += fmt.Sprintf("; its own sshd serves (checked every %v)", o.SSHDCheckInterval)
+		return
+	}
+	if !pr.Passed.IsZero() {
+		// Consumers are told once it served: until then, an sshd still
+		// starting (or one never set up) is for their own probes to find.
+		pl.p.ServeCheck = &peer.ServeCheck{Reason: pr.Reason}
+	}
+	r.Status, r.Reason = false, "SSHDNotServing"
+	r.Message = fmt.Sprintf("its own sshd does not serve nix-ssh (%s); its consumers withdraw it until it does; checked again from %s",
+		pr.Err, next.UTC().Format(time.RFC3339))
+}
+
+// keysIn returns the keys of an authorized_keys file, by their wire
+// form, up to the first line that does not parse.
+func keysIn(content []byte) map[string]bool {
+	present := map[string]bool{}
+	for rest := content; len(rest) > 0; {
+		k, _, _, next, err := ssh.ParseAuthorizedKey(rest)
+		if err != nil {
+			break
+		}
+		present[string(k.Marshal())] = true
+		rest = next
+	}
+	return present
 }
 
 // authorizedKeysPath is the file this agent writes for sshd's nix-ssh
@@ -893,7 +982,7 @@ func factsOf(o *Observation, p *Plan, st status.Status, authorizedApplied func(s
 	}
 	if o.Self.Serve != nil && o.CacheKey.Err == nil && !o.CacheKey.Missing {
 		f.Serve = &peer.ServeFacts{Protocol: o.Self.Serve.Protocol, CacheKey: o.CacheKey.Public.String(),
-			Authorized: []peer.AuthorizedFact{}}
+			Authorized: []peer.AuthorizedFact{}, Check: p.ServeCheck}
 		for _, c := range p.Consumers {
 			f.Serve.Authorized = append(f.Serve.Authorized, peer.AuthorizedFact{Host: c.host,
 				Fingerprint: ssh.FingerprintSHA256(c.key), Applied: authorizedApplied(c.key)})

@@ -443,6 +443,12 @@ func onDisk(o *Observation, r *Resource, when time.Time) {
 	}
 }
 
+// checking is st with facts whose serve check is c.
+func checking(st peering.State, c *peer.ServeCheck) peering.State {
+	st.Facts = &peer.Facts{Serve: &peer.ServeFacts{Check: c}}
+	return st
+}
+
 // TestDecide walks the breaker through what a peer in use can do.
 func TestDecide(t *testing.T) {
 	const tuple = "t"
@@ -497,6 +503,29 @@ func TestDecide(t *testing.T) {
 		{name: "dark",
 			in:  peerInput{State: peering.State{NoAnswer: true, Since: t0.Add(-time.Second)}, Probe: ok(t0.Add(-time.Minute)), InUse: true, Verified: true},
 			use: false, state: status.PeerUnreachable, ready: true, trip: true},
+		{name: "its agent checks its own sshd: probed again only every CheckedReprobe",
+			in:  peerInput{State: checking(connected, &peer.ServeCheck{Serving: true}), Probe: ok(t0.Add(-ConnectedReprobe)), InUse: true, Verified: true},
+			use: true, state: status.PeerServing, ready: true, requeue: CheckedReprobe - ConnectedReprobe},
+		{name: "its agent says its own sshd stopped: withdrawn at once, without a probe",
+			in:  peerInput{State: checking(connected, &peer.ServeCheck{Reason: "refused"}), Probe: ok(t0.Add(-time.Second)), InUse: true, Verified: true},
+			use: false, state: status.PeerProbeFailed, ready: true, trip: true},
+		{name: "its agent says its own sshd does not serve, and it never served this host",
+			in:  peerInput{State: checking(connected, &peer.ServeCheck{Reason: "refused"}), Probe: ok(t0.Add(-time.Second))},
+			use: false, state: status.PeerProbeFailed, ready: false},
+		{name: "its sshd serves again: a probe from before does not count",
+			in: peerInput{State: func() peering.State {
+				s := checking(connected, &peer.ServeCheck{Serving: true})
+				s.Recovered = t0.Add(-time.Second)
+				return s
+			}(), Probe: ok(t0.Add(-time.Minute)), Verified: true},
+			use: false, state: status.PeerProbing, ready: true, probe: true},
+		{name: "its sshd serves again and this host probed it since",
+			in: peerInput{State: func() peering.State {
+				s := checking(connected, &peer.ServeCheck{Serving: true})
+				s.Recovered = t0.Add(-time.Second)
+				return s
+			}(), Probe: ok(t0), Verified: true},
+			use: true, state: status.PeerServing, ready: true, requeue: CheckedReprobe},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			c.in.Now, c.in.Tuple = t0, tuple
