@@ -28,7 +28,7 @@ func BenchmarkRenameSaveToReconciled(b *testing.B) {
 	config := filepath.Join(root, "etc/nixpeer/desired.yaml")
 	os.MkdirAll(filepath.Dir(config), 0o755)
 	os.WriteFile(config, []byte(fleet(testenv.FreePort(b, "127.0.0.2"), "")), 0o644)
-	a := startAgent(b, root, config, "stage", "--log-level", "warn")
+	a := startAgent(b, root, config, "stage", "--log-level", "warn", noSSHDCheck) // no sshd here
 	st := a.waitFor("Ready", ready)
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()

@@ -35,6 +35,8 @@ type fakeNix struct {
 	applyErr error
 	applies  int
 	live     map[string]string
+	// gate, when set, holds every apply until it is closed.
+	gate chan struct{}
 }
 
 func (f *fakeNix) ShowConfig(context.Context) (map[string]string, error) {
@@ -46,6 +48,12 @@ func (f *fakeNix) ShowConfig(context.Context) (map[string]string, error) {
 func (f *fakeNix) SignClosure(context.Context, string, string) error { return nil }
 
 func (f *fakeNix) Apply(context.Context, []string) (string, error) {
+	f.mu.Lock()
+	gate := f.gate
+	f.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.applies++
@@ -465,6 +473,32 @@ func TestOwnSSHDCheck(t *testing.T) {
 	waitPass("Ready again", func(s status.Status) bool { return s.Ready })
 	if f := h.port.last(); f.Serve.Check == nil || !f.Serve.Check.Serving {
 		t.Fatalf("facts with its sshd back: %+v", f.Serve.Check)
+	}
+}
+
+// TestOwnSSHDCheckWaitsForTheApply: the apply may restart nix-daemon, so
+// the host checks its own sshd only once the apply has ended.
+func TestOwnSSHDCheckWaitsForTheApply(t *testing.T) {
+	h := newHarnessChecking(t, stageYAML, time.Millisecond)
+	gate := make(chan struct{})
+	h.nix.mu.Lock()
+	h.nix.gate = gate
+	h.nix.mu.Unlock()
+	release := sync.OnceFunc(func() { close(gate) })
+	t.Cleanup(release) // before the host's Wait, which waits for the apply
+	for range 5 { // the key is written, the apply starts and is held
+		h.pass()
+	}
+	if !h.host.jobs.get(slotApply).Running {
+		t.Fatal("the apply is not running")
+	}
+	if n := h.sshd.probes.Load(); n != 0 {
+		t.Fatalf("%d checks of its own sshd while the apply runs, want none", n)
+	}
+	release()
+	st, err := h.settle()
+	if err != nil || !st.Ready || h.sshd.probes.Load() == 0 {
+		t.Fatalf("after the apply: ready %v, err %v, %d checks; %+v", st.Ready, err, h.sshd.probes.Load(), st.Conditions)
 	}
 }
 

@@ -665,6 +665,11 @@ func (pl *planner) planSSHDCheck(r *Resource, path string) {
 		o.ClientKey.Key.Fingerprint(), o.HostKey.Key.Fingerprint()}, " ")
 	pr := o.Probes[self.Name]
 	check := func() {
+		if o.Apply.Running {
+			// The apply may restart nix-daemon: checked once it ends
+			// (its end starts a pass).
+			return
+		}
 		pl.p.Probes = append(pl.p.Probes, probeRequest{peer: self.Name, tuple: tuple, self: true, target: probe.Target{
 			Address: self.Address, Port: self.SSHPort, Protocol: self.Serve.Protocol, Signer: o.ClientKey.Key.Signer,
 			HostKey: o.HostKey.Key.Public, Timeout: ProbeTimeout, From: localIP(self.Address)}})
