@@ -49,6 +49,9 @@ func binary(t testing.TB) string {
 		if raceEnabled {
 			args = append(args, "-race")
 		}
+		if exec.Command("git", "rev-parse", "HEAD").Run() == nil {
+			args = append(args, "-buildvcs=true") // for "nixpeer version", whatever GOFLAGS says
+		}
 		out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)

@@ -7,6 +7,7 @@
 //	nixpeer facts [--root DIR] [--state-dir DIR] [--json]
 //	nixpeer trust reset [--socket PATH] PEER
 //	nixpeer demo [--keep]
+//	nixpeer version
 package main
 
 import (
@@ -39,8 +40,6 @@ Usage:
 Run "nixpeer COMMAND -h" for the flags of a command.
 `
 
-var version = "dev"
-
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -67,7 +66,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "demo":
 		err = cmdDemo(args[1:], stdout, stderr)
 	case "version":
-		fmt.Fprintln(stdout, "nixpeer", version)
+		cmdVersion(stdout)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 	default:

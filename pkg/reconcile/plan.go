@@ -863,7 +863,7 @@ func (pl *planner) notLiveHint() string {
 	if bytes.Contains(conf, []byte("!include "+nixosStateNixConf)) || bytes.Contains(conf, []byte("!include "+pl.o.Layout.StateNixConf)) {
 		return ""
 	}
-	return fmt.Sprintf("%s has no line %q: import nixpeer's NixOS module (configs/nixos/module.nix) and set services.nixpeer.enable = true, or add nix.extraOptions = \"!include %s\"; then rebuild once",
+	return fmt.Sprintf("%s has no line %q: import nixpeer's NixOS module (nix/module.nix, or the flake's nixosModules.default) and set services.nixpeer.enable = true, or add nix.extraOptions = \"!include %s\"; then rebuild once",
 		pl.o.Layout.NixConf, "!include "+nixosStateNixConf, nixosStateNixConf)
 }
 
