@@ -1,0 +1,100 @@
+//go:build debtest
+
+// Run by ./scripts/test.sh on its own, after every other test: while the
+// package is installed its nixpeer group exists, which changes the mode
+// of the status sockets other tests make.
+
+package debpkg
+
+import (
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nixpeer/nixpeer/pkg/testenv"
+)
+
+// TestDebInstallsVerifiesAndRemoves builds the .deb, installs it with
+// dpkg, checks the installed unit with systemd-analyze and the binary
+// with "nixpeer version", then removes it (keys and state stay) and
+// purges it (they go). It changes this machine: it needs root, and
+// refuses to run where nixpeer is installed or /var/lib/nixpeer exists.
+func TestDebInstallsVerifiesAndRemoves(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.Require(t, "dpkg", "dpkg-deb", "systemd-analyze", "git", "go")
+	if out, err := exec.Command("dpkg-query", "-W", "-f", "${Status}", "nixpeer").Output(); err == nil && strings.Contains(string(out), "installed") {
+		t.Fatalf("the nixpeer package is installed on this machine (%s); this test installs and purges it: remove it first", out)
+	}
+	const state = "/var/lib/nixpeer"
+	if _, err := os.Lstat(state); err == nil {
+		t.Fatalf("%s exists on this machine; this test would purge it", state)
+	}
+	run := func(name string, args ...string) string {
+		t.Helper()
+		out, err := exec.Command(name, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	out := run("../../scripts/deb.sh", t.TempDir())
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	deb := lines[len(lines)-1]
+	if !strings.HasSuffix(deb, ".deb") {
+		t.Fatalf("scripts/deb.sh printed %q, want the path of a .deb last", out)
+	}
+	t.Cleanup(func() { exec.Command("dpkg", "-P", "nixpeer").Run() })
+
+	t.Log(run("dpkg", "-i", deb))
+	for _, f := range []string{"/usr/bin/nixpeer", "/lib/systemd/system/nixpeer.service", "/etc/nixpeer/desired.yaml"} {
+		if _, err := os.Stat(f); err != nil {
+			t.Fatalf("installed: %v", err)
+		}
+	}
+	if conffiles := run("dpkg-query", "-W", "-f", "${Conffiles}", "nixpeer"); !strings.Contains(conffiles, "/etc/nixpeer/desired.yaml") {
+		t.Fatalf("desired.yaml is not a conffile: %q", conffiles)
+	}
+	if _, err := user.LookupGroup("nixpeer"); err != nil {
+		t.Fatalf("the nixpeer group was not made: %v", err)
+	}
+	if unit := run("cat", "/lib/systemd/system/nixpeer.service"); !strings.Contains(unit, "ExecStart=/usr/bin/nixpeer run ") {
+		t.Fatalf("the installed unit does not run /usr/bin/nixpeer:\n%s", unit)
+	}
+	run("systemd-analyze", "verify", "/lib/systemd/system/nixpeer.service")
+	if v := run("/usr/bin/nixpeer", "version"); !strings.HasPrefix(v, "nixpeer 0.") {
+		t.Fatalf("nixpeer version printed %q", v)
+	}
+	run("/usr/bin/nixpeer", "validate", "--config", "/etc/nixpeer/desired.yaml")
+
+	// Keys and state are kept on remove, and so is the changed conffile.
+	key := filepath.Join(state, "keys/cache-priv-key.pem")
+	if err := os.MkdirAll(filepath.Dir(key), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(key, []byte("a key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run("dpkg", "-r", "nixpeer")
+	if _, err := os.Stat("/usr/bin/nixpeer"); !os.IsNotExist(err) {
+		t.Fatalf("/usr/bin/nixpeer after dpkg -r: %v", err)
+	}
+	if _, err := os.Stat(key); err != nil {
+		t.Fatalf("the key after dpkg -r: %v", err)
+	}
+	if _, err := os.Stat("/etc/nixpeer/desired.yaml"); err != nil {
+		t.Fatalf("the desired-state file after dpkg -r: %v", err)
+	}
+
+	run("dpkg", "-P", "nixpeer")
+	for _, gone := range []string{state, "/etc/nixpeer/desired.yaml", "/lib/systemd/system/nixpeer.service"} {
+		if _, err := os.Lstat(gone); !os.IsNotExist(err) {
+			t.Errorf("%s after dpkg -P: %v", gone, err)
+		}
+	}
+	if _, err := user.LookupGroup("nixpeer"); err == nil {
+		t.Error("the nixpeer group is still there after dpkg -P")
+	}
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Builds nixpeer's .deb with nfpm (github.com/goreleaser/nfpm, run through
+# the Go module proxy): /usr/bin/nixpeer, its systemd unit in
+# /lib/systemd/system, and /etc/nixpeer/desired.yaml (an example, kept as
+# a conffile). Prints the path of the package.
+#
+#   scripts/deb.sh [OUTDIR]      (default: dist/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-dist}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+build=$(mktemp -d)
+trap 'rm -rf "$build"' EXIT
+
+nfpm_version=v2.45.2
+arch=$(go env GOARCH)
+# The version: the last tag, or 0.1.0 with the commit, as Debian orders them.
+version=$(git describe --tags --abbrev=0 2>/dev/null | sed 's/^v//' || true)
+rev=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+[ -n "$version" ] || version="0.1.0~git$(git log -1 --format=%cd --date=format:%Y%m%d 2>/dev/null || echo 0).$rev"
+
+CGO_ENABLED=0 go build -trimpath -buildvcs=auto -ldflags "-s -w -X main.version=$version" -o "$build/nixpeer" ./cmd/agent
+sed 's|^ExecStart=/usr/local/bin/nixpeer |ExecStart=/usr/bin/nixpeer |' systemd/nixpeer.service > "$build/nixpeer.service"
+grep -q '^ExecStart=/usr/bin/nixpeer ' "$build/nixpeer.service"
+cp configs/tutorial.yaml "$build/desired.yaml"
+sed -e "s|@ARCH@|$arch|" -e "s|@VERSION@|$version|" -e "s|@BUILD@|$build|g" packaging/deb/nfpm.yaml > "$build/nfpm.yaml"
+
+go run "github.com/goreleaser/nfpm/v2/cmd/nfpm@$nfpm_version" package \
+  --config "$build/nfpm.yaml" --packager deb --target "$out/" >&2
+ls "$out"/nixpeer_"$(echo "$version" | sed 's/~/~/')"_"$arch".deb
