@@ -18,9 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpeer/nixpeer/internal/testenv"
 	"github.com/nixpeer/nixpeer/pkg/api"
 	"github.com/nixpeer/nixpeer/pkg/status"
-	"github.com/nixpeer/nixpeer/pkg/testenv"
 	"golang.org/x/crypto/ssh"
 )
 

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nixpeer/nixpeer/pkg/testenv"
+	"github.com/nixpeer/nixpeer/internal/testenv"
 )
 
 // BenchmarkStartedApart starts a staging and a production agent 2 s apart,

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpeer/nixpeer/internal/testenv"
 	"github.com/nixpeer/nixpeer/pkg/status"
-	"github.com/nixpeer/nixpeer/pkg/testenv"
 )
 
 // BenchmarkRenameSaveToReconciled measures the time from an editor's

@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpeer/nixpeer/internal/testenv"
 	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/status"
-	"github.com/nixpeer/nixpeer/pkg/testenv"
 )
 
 // darkFleet starts staging (its agent, sshd and nix-daemon) and production

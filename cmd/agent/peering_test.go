@@ -12,15 +12,17 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixpeer/nixpeer/internal/testenv"
 	"github.com/nixpeer/nixpeer/pkg/peer"
 	"github.com/nixpeer/nixpeer/pkg/status"
-	"github.com/nixpeer/nixpeer/pkg/testenv"
 )
 
 // peerState waits until production's view of staging satisfies cond.
@@ -341,16 +343,33 @@ func fakePeerPortWith(t *testing.T, addr string, signer ssh.Signer, answer []byt
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
 
 // TestDemoConverges runs `nixpeer demo`, the README's first command, with
-// real Nix and sshd: both agents Ready, and production fetches the path
-// staging built.
+// real Nix and sshd (a closure of 10 paths instead of 100): both agents
+// Ready, production builds the closure itself, staging builds it, and
+// production fetches every path of it from staging.
 func TestDemoConverges(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.Require(t, "nix", "nix-store", "nix-daemon", "nix-build", "sshd")
 	testenv.RequireNixSSHUser(t)
-	code, out, stderr := runCLI(t, "demo")
-	if code != 0 || !strings.Contains(out, "Both agents Ready") || !strings.Contains(out, "copying path") ||
-		!strings.Contains(out, "from 'ssh://nix-ssh@127.0.0.2'") {
-		t.Fatalf("demo: exit %d\n%s\n%s", code, out, stderr)
+	code, out, stderr := runCLI(t, "demo", "--paths", "10")
+	for _, want := range []string{"Both agents Ready", "production builds it itself: ", "from 'ssh://nix-ssh@127.0.0.2'",
+		"Production fetched all 10 paths from staging", "fetching took "} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Fatalf("demo: exit %d, no %q in its output\n%s\n%s", code, want, out, stderr)
+		}
+	}
+}
+
+// TestDemoWithoutRoot: run by another user, the demo says what it skips
+// and why, and shows the agents exchanging their keys.
+func TestDemoWithoutRoot(t *testing.T) {
+	testenv.RequireRoot(t) // to become nobody
+	cmd := exec.Command(binary(t), "demo")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	cmd.Env = append(os.Environ(), "TMPDIR="+os.TempDir())
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "Skipped: staging's nix-daemon and sshd, the build and the fetch (run as root") ||
+		!strings.Contains(string(out), "consumer prod: KeysKnown") {
+		t.Fatalf("demo as nobody: %v\n%s", err, out)
 	}
 }
 

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpeer/nixpeer/internal/testenv"
 	"github.com/nixpeer/nixpeer/pkg/status"
-	"github.com/nixpeer/nixpeer/pkg/testenv"
 )
 
 // tier is one host of a fleet with several serving hosts: its root, its

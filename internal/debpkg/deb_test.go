@@ -14,7 +14,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nixpeer/nixpeer/pkg/testenv"
+	"github.com/nixpeer/nixpeer/internal/testenv"
 )
 
 // TestDebInstallsVerifiesAndRemoves builds the .deb, installs it with

@@ -14,8 +14,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/nixpeer/nixpeer/internal/testenv"
 	"github.com/nixpeer/nixpeer/pkg/desired"
-	"github.com/nixpeer/nixpeer/pkg/testenv"
 )
 
 // root is the repository, from this package's directory.

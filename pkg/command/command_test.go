@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nixpeer/nixpeer/pkg/testenv"
+	"github.com/nixpeer/nixpeer/internal/testenv"
 )
 
 func TestRunReturnsOutputAndExitStatus(t *testing.T) {

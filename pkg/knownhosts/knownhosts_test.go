@@ -5,7 +5,7 @@ import (
 	"crypto/ed25519"
 	crand "crypto/rand"
 	"errors"
-	"github.com/nixpeer/nixpeer/pkg/testenv"
+	"github.com/nixpeer/nixpeer/internal/testenv"
 	"io/fs"
 	"math/rand/v2"
 	"os"

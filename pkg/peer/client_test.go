@@ -15,7 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/nixpeer/nixpeer/pkg/testenv"
+	"github.com/nixpeer/nixpeer/internal/testenv"
 )
 
 func TestWrongHostKeyRefused(t *testing.T) {

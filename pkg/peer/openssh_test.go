@@ -11,7 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/nixpeer/nixpeer/pkg/testenv"
+	"github.com/nixpeer/nixpeer/internal/testenv"
 )
 
 // TestOpenSSHClient checks the peer port against OpenSSH: ssh-keyscan sees

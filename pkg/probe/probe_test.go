@@ -13,9 +13,9 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixpeer/nixpeer/internal/testenv"
 	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/probe"
-	"github.com/nixpeer/nixpeer/pkg/testenv"
 )
 
 // peer is a real sshd that lets client in as nix-ssh to run command,

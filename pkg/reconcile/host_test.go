@@ -460,7 +460,10 @@ func TestOwnSSHDCheck(t *testing.T) {
 		t.Fatalf("waiting for %s", what)
 		return status.Status{}
 	}
-	st = waitPass("ServeReady False", func(s status.Status) bool { c := status.Find(s.Conditions, status.ServeReady); return c != nil && c.Status != status.True })
+	st = waitPass("ServeReady False", func(s status.Status) bool {
+		c := status.Find(s.Conditions, status.ServeReady)
+		return c != nil && c.Status != status.True
+	})
 	c := status.Find(st.Conditions, status.ServeReady)
 	if c.Reason != "SSHDNotServing" || !strings.Contains(c.Message, "connection refused") || st.Ready {
 		t.Fatalf("with its sshd down: ready %v, %+v", st.Ready, c)
@@ -486,7 +489,7 @@ func TestOwnSSHDCheckWaitsForTheApply(t *testing.T) {
 	h.nix.mu.Unlock()
 	release := sync.OnceFunc(func() { close(gate) })
 	t.Cleanup(release) // before the host's Wait, which waits for the apply
-	for range 5 { // the key is written, the apply starts and is held
+	for range 5 {      // the key is written, the apply starts and is held
 		h.pass()
 	}
 	if !h.host.jobs.get(slotApply).Running {

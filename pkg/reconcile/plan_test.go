@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpeer/nixpeer/internal/testenv"
 	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/nix"
@@ -15,7 +16,6 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/peering"
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 	"github.com/nixpeer/nixpeer/pkg/status"
-	"github.com/nixpeer/nixpeer/pkg/testenv"
 )
 
 // The plan is a pure function of an Observation: these tests build

@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/nixpeer/nixpeer/pkg/testenv"
+	"github.com/nixpeer/nixpeer/internal/testenv"
 	"io/fs"
 	"os"
 	"os/exec"

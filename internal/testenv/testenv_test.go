@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nixpeer/nixpeer/internal/launch"
 )
 
 // recordingTB records Skipf and Fatalf instead of ending the test.
@@ -101,16 +103,16 @@ func TestMakeTraversable(t *testing.T) {
 func TestWaitForTimesOut(t *testing.T) {
 	t.Parallel()
 	start := time.Now()
-	err := waitFor(100*time.Millisecond, 10*time.Millisecond, func() error { return errors.New("never") })
+	err := launch.WaitFor(100*time.Millisecond, 10*time.Millisecond, func() error { return errors.New("never") })
 	if err == nil || !strings.Contains(err.Error(), "never") {
 		t.Fatalf("waitFor = %v, want the condition's error", err)
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("waitFor took %v", d)
 	}
-	err = waitFor(time.Minute, 10*time.Millisecond, func() error { return fmt.Errorf("dead: %w", errStop) })
-	if !errors.Is(err, errStop) {
-		t.Fatalf("waitFor = %v, want errStop at once", err)
+	err = launch.WaitFor(time.Minute, 10*time.Millisecond, func() error { return fmt.Errorf("dead: %w", launch.ErrStop) })
+	if !errors.Is(err, launch.ErrStop) {
+		t.Fatalf("waitFor = %v, want launch.ErrStop at once", err)
 	}
 }
 
@@ -186,7 +188,7 @@ func TestSSHDServesTestDaemon(t *testing.T) {
 			cmd := exec.CommandContext(ctx, "nix-store", "--store", store, "-r", path,
 				"--option", "substituters", tc.protocol+"://"+NixSSHUser+"@"+s.Address,
 				"--option", "require-sigs", "false")
-			cmd.Env = append(cleanNixEnv(os.Environ()),
+			cmd.Env = append(launch.CleanNixEnv(os.Environ()),
 				"NIX_CONF_DIR="+confDir,
 				fmt.Sprintf("NIX_SSHOPTS=-p %d -i %s -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=%s -o GlobalKnownHostsFile=/dev/null",
 					s.Port, keyFile, knownHosts))

@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"bufio"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
@@ -9,15 +8,15 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/nixpeer/nixpeer/internal/launch"
 )
 
 // Key is an ed25519 key pair usable from Go (Signer) and, written with
@@ -109,7 +108,7 @@ type SSHD struct {
 	// ConfigPath is the sshd_config file.
 	ConfigPath string
 
-	proc *process
+	s *launch.SSHD
 }
 
 // Addr returns "address:port".
@@ -123,7 +122,7 @@ func (s *SSHD) KnownHostsLine() string {
 }
 
 // Logs returns what sshd logged so far.
-func (s *SSHD) Logs() string { return s.proc.logs.String() }
+func (s *SSHD) Logs() string { return s.s.Proc.Logs() }
 
 func writeAuthorizedKeys(t testing.TB, dir, userName, content string) {
 	t.Helper()
@@ -146,33 +145,20 @@ func writeAuthorizedKeys(t testing.TB, dir, userName, content string) {
 }
 
 // StartSSHD writes an sshd_config from cfg and runs /usr/sbin/sshd -D -e
-// with it, waits until the port answers with an SSH banner, and stops sshd
-// when the test ends (its log is printed if the test failed). Key-only
-// logins, no PAM, no StrictModes. The caller should also call
-// RequireNixSSHUser when clients log in as nix-ssh.
+// with it (see launch.StartSSHD), waits until the port answers with an SSH
+// banner, and stops sshd when the test ends (its log is printed if the
+// test failed). The caller should also call RequireNixSSHUser when clients
+// log in as nix-ssh.
 func StartSSHD(t testing.TB, cfg SSHDConfig) *SSHD {
 	t.Helper()
 	RequireRoot(t)
 	Require(t, "sshd")
-	prog, err := LookPath("sshd")
-	if err != nil {
-		t.Fatalf("testenv: %v", err)
-	}
 	if cfg.Address == "" {
 		cfg.Address = "127.0.0.2"
-	}
-	if ip := net.ParseIP(cfg.Address); ip == nil || !ip.IsLoopback() {
-		t.Fatalf("testenv: sshd address %q is not a loopback IP", cfg.Address)
 	}
 	if cfg.HostKey == nil && cfg.HostKeyFile == "" {
 		cfg.HostKey = NewKey(t)
 	}
-	// sshd privilege separation needs this directory (systemd makes it
-	// otherwise).
-	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
-		t.Fatalf("testenv: mkdir /run/sshd: %v", err)
-	}
-
 	s := &SSHD{Address: cfg.Address, Dir: t.TempDir()}
 	if err := os.Mkdir(filepath.Join(s.Dir, "authorized_keys"), 0o755); err != nil {
 		t.Fatalf("testenv: %v", err)
@@ -184,158 +170,38 @@ func StartSSHD(t testing.TB, cfg SSHDConfig) *SSHD {
 	if hostKeyPath == "" {
 		hostKeyPath = filepath.Join(s.Dir, "ssh_host_ed25519_key")
 		cfg.HostKey.WritePrivateKey(t, hostKeyPath)
-		s.HostKey = cfg.HostKey.PublicKey()
-	} else {
-		raw, err := os.ReadFile(hostKeyPath)
-		if err != nil {
-			t.Fatalf("testenv: read host key: %v", err)
-		}
-		signer, err := ssh.ParsePrivateKey(raw)
-		if err != nil {
-			t.Fatalf("testenv: parse host key %s: %v", hostKeyPath, err)
-		}
-		s.HostKey = signer.PublicKey()
 	}
 	MakeTraversable(t, filepath.Join(s.Dir, "authorized_keys"))
 	if cfg.Daemon != nil {
 		// The sessions' Nix programs read nix.conf as nix-ssh.
 		makeTraversableIfTemp(t, cfg.Daemon.ConfDir)
 	}
-	s.ConfigPath = filepath.Join(s.Dir, "sshd_config")
-
-	// A port picked free may be taken before sshd binds it: then try another.
-	const attempts = 3
-	for attempt := 1; ; attempt++ {
-		s.Port = cfg.Port
-		if s.Port == 0 {
-			s.Port = freePort(t, cfg.Address)
-		}
-		writeSSHDConfig(t, prog, s, cfg, hostKeyPath)
-		err := s.start(prog)
-		if err == nil {
-			break
-		}
-		if s.proc == nil {
-			t.Fatalf("testenv: %v", err)
-		}
-		ended, _ := s.proc.exited()
-		if cfg.Port != 0 || attempt == attempts || !ended || !strings.Contains(s.proc.logs.String(), "Address already in use") {
-			t.Fatalf("testenv: sshd on %s: %v\nsshd log:\n%s", s.Addr(), err, s.proc.logs)
-		}
-		t.Logf("testenv: sshd could not bind %s, trying another port:\n%s", s.Addr(), s.proc.logs)
+	authorized := cfg.AuthorizedKeysFile
+	if authorized == "" {
+		authorized = filepath.Join(s.Dir, "authorized_keys", "%u")
 	}
-	s.proc.cleanup(t)
+	ls, err := launch.StartSSHD(launch.SSHDConfig{Address: cfg.Address, Port: cfg.Port, HostKeyFile: hostKeyPath,
+		AuthorizedKeysFile: authorized, Dir: s.Dir, Daemon: cfg.Daemon, ExtraConfig: cfg.ExtraConfig})
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	for _, r := range ls.Retried {
+		t.Logf("testenv: sshd could not bind its first port, tried another:\n%s", r)
+	}
+	s.s, s.Port, s.HostKey, s.ConfigPath = ls, ls.Port, ls.HostKey, ls.ConfigPath
+	cleanup(t, ls.Proc)
 	return s
-}
-
-// start runs sshd and waits for its banner; on failure sshd is stopped.
-func (s *SSHD) start(prog string) error {
-	var err error
-	s.proc, err = startProcess("sshd", exec.Command(prog, "-D", "-e", "-f", s.ConfigPath))
-	if err != nil {
-		return err
-	}
-	err = waitFor(15*time.Second, 20*time.Millisecond, func() error {
-		if ended, err := s.proc.exited(); ended {
-			return fmt.Errorf("sshd exited (%v): %w", err, errStop)
-		}
-		return sshBanner(s.Addr())
-	})
-	if err != nil {
-		s.proc.stop()
-		return fmt.Errorf("wait for the SSH banner: %w", err)
-	}
-	return nil
-}
-
-// sshBanner connects to addr and reads the server's identification line.
-func sshBanner(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := c.SetDeadline(time.Now().Add(2 * time.Second)); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return fmt.Errorf("read banner: %w", err)
-	}
-	if !strings.HasPrefix(line, "SSH-2.0-") {
-		return fmt.Errorf("not an SSH banner: %q", line)
-	}
-	return nil
-}
-
-// writeSSHDConfig writes s.ConfigPath. PerSourcePenalties (OpenSSH 9.8+)
-// would refuse a test's connections after a few failed logins: it is turned
-// off where sshd knows it.
-func writeSSHDConfig(t testing.TB, prog string, s *SSHD, cfg SSHDConfig, hostKeyPath string) {
-	t.Helper()
-	lines := []string{
-		"ListenAddress " + cfg.Address,
-		"Port " + strconv.Itoa(s.Port),
-		"HostKey " + hostKeyPath,
-		"AuthorizedKeysFile " + authorizedKeysFile(s, cfg),
-		"PidFile " + filepath.Join(s.Dir, "sshd.pid"),
-		"StrictModes no",
-		"UsePAM no",
-		"PasswordAuthentication no",
-		"KbdInteractiveAuthentication no",
-		"PubkeyAuthentication yes",
-		"PermitRootLogin no",
-	}
-	if d := cfg.Daemon; d != nil {
-		for _, v := range []string{d.Socket, d.ConfDir} {
-			if strings.ContainsAny(v, " \t\"'\\") {
-				t.Fatalf("testenv: path %q cannot go into sshd_config SetEnv", v)
-			}
-		}
-		lines = append(lines, "SetEnv "+strings.Join(d.Env(), " "))
-	}
-	lines = append(lines, cfg.ExtraConfig...)
-	write := func(lines []string) {
-		if err := os.WriteFile(s.ConfigPath, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
-			t.Fatalf("testenv: write sshd_config: %v", err)
-		}
-	}
-	write(append(lines, "PerSourcePenalties no"))
-	if exec.Command(prog, "-t", "-f", s.ConfigPath).Run() == nil {
-		return
-	}
-	write(lines)
-	if out, err := exec.Command(prog, "-t", "-f", s.ConfigPath).CombinedOutput(); err != nil {
-		t.Fatalf("testenv: sshd -t rejects %s: %v\n%s", s.ConfigPath, err, out)
-	}
-}
-
-func authorizedKeysFile(s *SSHD, cfg SSHDConfig) string {
-	if cfg.AuthorizedKeysFile != "" {
-		return cfg.AuthorizedKeysFile
-	}
-	return filepath.Join(s.Dir, "authorized_keys", "%u")
-}
-
-// freePort returns a TCP port that was free on address a moment ago.
-func freePort(t testing.TB, address string) int {
-	t.Helper()
-	l, err := net.Listen("tcp", net.JoinHostPort(address, "0"))
-	if err != nil {
-		t.Fatalf("testenv: find a free port on %s: %v", address, err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // FreePort returns a TCP port on the loopback address that was free a
 // moment ago (nothing listens on it: connecting is refused).
 func FreePort(t testing.TB, address string) int {
 	t.Helper()
-	if ip := net.ParseIP(address); ip == nil || !ip.IsLoopback() {
-		t.Fatalf("testenv: %q is not a loopback IP", address)
+	port, err := launch.FreePort(address)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
 	}
-	return freePort(t, address)
+	return port
 }
 
 // makeTraversableIfTemp is MakeTraversable for a path below the temporary
@@ -351,7 +217,7 @@ func makeTraversableIfTemp(t testing.TB, path string) {
 // Stop stops sshd now (a staging outage), before the test ends.
 func (s *SSHD) Stop(t testing.TB) {
 	t.Helper()
-	if err := s.proc.stop(); err != nil {
+	if err := s.s.Proc.Stop(); err != nil {
 		t.Fatalf("testenv: stop sshd: %v", err)
 	}
 }

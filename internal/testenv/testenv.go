@@ -21,6 +21,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nixpeer/nixpeer/internal/launch"
 )
 
 // NixSSHUser is the system user a Nix store is served to over SSH, as
@@ -235,36 +237,10 @@ func makeTraversable(path string) error {
 // awaited and cond's last error.
 func WaitFor(t testing.TB, timeout, interval time.Duration, what string, cond func() error) {
 	t.Helper()
-	if err := waitFor(timeout, interval, cond); err != nil {
+	if err := launch.WaitFor(timeout, interval, cond); err != nil {
 		t.Fatalf("testenv: waiting for %s: %v", what, err)
-	}
-}
-
-// waitFor polls cond until it returns nil or timeout passes; a cond that
-// returns an error wrapping errStop ends the wait at once.
-func waitFor(timeout, interval time.Duration, cond func() error) error {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		err := cond()
-		if err == nil {
-			return nil
-		}
-		if errors.Is(err, errStop) {
-			return err
-		}
-		select {
-		case <-deadline.C:
-			return fmt.Errorf("not done after %v: %w", timeout, err)
-		case <-tick.C:
-		}
 	}
 }
 
 // errNotTemp says a path is not below the temporary directory.
 var errNotTemp = errors.New("not below the temporary directory")
-
-// errStop, wrapped in a condition's error, ends waitFor at once.
-var errStop = errors.New("giving up")

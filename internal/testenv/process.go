@@ -1,0 +1,20 @@
+package testenv
+
+import (
+	"testing"
+
+	"github.com/nixpeer/nixpeer/internal/launch"
+)
+
+// cleanup registers the end of p with t.Cleanup: stop it and, if the test
+// failed, log its output.
+func cleanup(t testing.TB, p *launch.Process) {
+	t.Cleanup(func() {
+		if err := p.Stop(); err != nil {
+			t.Errorf("testenv: stop %s: %v", p.Name, err)
+		}
+		if t.Failed() {
+			t.Logf("testenv: output of %s:\n%s", p, p.Logs())
+		}
+	})
+}
