@@ -16,7 +16,14 @@ fi
 if ! scripts/prepare.sh; then
   echo "demo: without root, staging's sshd and nix-daemon cannot run: the demo shows the agents exchanging their keys only" >&2
 fi
-bin=$(mktemp -d)/nixpeer
-trap 'rm -rf "$(dirname "$bin")"' EXIT
-go build -buildvcs=auto -o "$bin" ./cmd/agent
+work=$(mktemp -d)
+trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
+bin=$work/nixpeer
+# A user whose home cannot be written (nobody) builds in a cache of its own.
+if [ ! -w "${HOME:-/nonexistent}" ]; then
+  export GOCACHE=$work/cache GOPATH=$work/go
+fi
+vcs=auto # "nixpeer version" names the commit, where git may read the repository
+git rev-parse HEAD >/dev/null 2>&1 || vcs=false
+go build -buildvcs=$vcs -o "$bin" ./cmd/agent
 "$bin" demo "$@"
