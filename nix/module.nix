@@ -35,6 +35,12 @@ let
     if cfg.host == null then null
     else lib.findFirst (h: h.name == cfg.host) null (cfg.settings.hosts or [ ]);
 
+  # An IPv6 address is bracketed in host:port.
+  metricsListen =
+    if lib.hasInfix ":" cfg.metrics.listenAddress
+    then "[${cfg.metrics.listenAddress}]:${toString cfg.metrics.port}"
+    else "${cfg.metrics.listenAddress}:${toString cfg.metrics.port}";
+
   nullOr = t: description: mkOption { type = types.nullOr t; default = null; inherit description; };
 
   serveType = types.submodule {
@@ -133,6 +139,25 @@ in
       description = "Whether to open `peerPort` in the firewall.";
     };
 
+    metrics = {
+      enable = mkEnableOption "Prometheus metrics over TCP (the status socket always serves /metrics)";
+      listenAddress = mkOption {
+        type = types.str;
+        default = "127.0.0.1";
+        description = "Address the metrics listen on.";
+      };
+      port = mkOption {
+        type = types.port;
+        default = 9772;
+        description = "Port the metrics listen on.";
+      };
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Whether to open the metrics port in the firewall.";
+      };
+    };
+
     logLevel = mkOption {
       type = types.enum [ "debug" "info" "warn" "error" ];
       default = "info";
@@ -164,7 +189,9 @@ in
       protocol = cfg.serveProtocol;
     };
 
-    networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [ cfg.peerPort ];
+    networking.firewall.allowedTCPPorts =
+      lib.optionals cfg.openFirewall [ cfg.peerPort ]
+      ++ lib.optionals (cfg.metrics.enable && cfg.metrics.openFirewall) [ cfg.metrics.port ];
 
     # Members may read `nixpeer status`; only root may change anything.
     users.groups.nixpeer = { };
@@ -181,6 +208,7 @@ in
         ExecStart = lib.escapeShellArgs (
           [ "${cfg.package}/bin/nixpeer" "run" "--config" "${configFile}" "--log-level" cfg.logLevel ]
           ++ lib.optionals (cfg.host != null) [ "--host" cfg.host ]
+          ++ lib.optionals cfg.metrics.enable [ "--metrics-listen" metricsListen ]
         );
         ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
         # /root is read-only under ProtectHome; root's .ssh must exist to

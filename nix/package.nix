@@ -13,7 +13,7 @@ buildGoModule {
     fileset = lib.fileset.unions [ ../go.mod ../go.sum ../cmd ../pkg ../internal ];
   };
 
-  vendorHash = "sha256-DfwsVqeGLwA4etTh2Rp6hxLvmoa2K7N5N6dIcDt6OXY=";
+  vendorHash = "sha256-/mZSbH2KLGP3smF3CnGbAPhok6pxP6Bpx2Wjo57QZnQ=";
 
   subPackages = [ "cmd/agent" ];
   ldflags = [ "-s" "-w" "-X main.version=${version}" ];

@@ -27,8 +27,17 @@ func cmdStatus(args []string, stdout io.Writer) error {
 	var hf hostFlags
 	hf.register(fs, true)
 	asJSON := fs.Bool("json", false, "print the status as a JSON object")
+	watch := fs.Bool("watch", false, "redraw the table on every change, until interrupted")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if *watch {
+		if *asJSON {
+			return &exitError{code: 2, msg: "nixpeer status: --watch draws the table; it does not go with --json"}
+		}
+		ctx, stop := interrupted()
+		defer stop()
+		return watchStatus(ctx, api.NewClient(hf.layout().Socket), stdout)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -20,6 +22,7 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/clock"
 	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/layout"
+	"github.com/nixpeer/nixpeer/pkg/metrics"
 	"github.com/nixpeer/nixpeer/pkg/peer"
 	"github.com/nixpeer/nixpeer/pkg/peering"
 	"github.com/nixpeer/nixpeer/pkg/reconcile"
@@ -74,6 +77,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	level := fs.String("log-level", "info", "log `LEVEL`: debug, info, warn, error")
 	group := fs.String("socket-group", "nixpeer", "`GROUP` whose members may read the status (if it exists)")
 	resync := fs.Duration("resync", 5*time.Minute, "reconcile at least this often (safety net; changes are seen at once)")
+	metricsListen := fs.String("metrics-listen", "", "also serve /metrics over TCP on `ADDR` (such as 127.0.0.1:9772 or :9772); the status socket always serves it")
 	sshdCheck := fs.Duration("sshd-check-interval", reconcile.DefaultSSHDCheckInterval,
 		"on a serving host, probe its own sshd this often (0: never); its consumers withdraw it as soon as a check fails, and probe it themselves only every 10m instead of every 30s")
 	if err := parseFlags(fs, args); err != nil {
@@ -93,7 +97,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	case *sshdCheck < time.Second:
 		return &exitError{code: 2, msg: fmt.Sprintf("nixpeer run: -sshd-check-interval %v: want 0 (no check) or at least 1s; a check costs the host a login and a Nix process", *sshdCheck)}
 	}
-	opts := daemonOptions{config: *config, host: *host, group: *group, resync: *resync, sshdCheck: *sshdCheck}
+	opts := daemonOptions{config: *config, host: *host, group: *group, resync: *resync, sshdCheck: *sshdCheck, metricsListen: *metricsListen}
 	if err := runDaemon(ctx, log, hf.layout(), opts); err != nil {
 		log.Error("agent stopped", zap.Error(err))
 		return &exitError{code: 1, msg: "nixpeer run: " + err.Error()}
@@ -105,6 +109,31 @@ func cmdRun(args []string, stderr io.Writer) error {
 type daemonOptions struct {
 	config, host, group string
 	resync, sshdCheck   time.Duration
+	// metricsListen, if set, is a TCP address that serves /metrics too.
+	metricsListen string
+}
+
+// serveMetrics serves /metrics on a TCP address; the returned function
+// stops it.
+func serveMetrics(log *zap.Logger, addr string, m *metrics.Metrics) (func(), error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen for metrics on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics listener", zap.Error(err))
+		}
+	}()
+	log.Info("serving metrics", zap.String("addr", ln.Addr().String()))
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}, nil
 }
 
 func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemonOptions) error {
@@ -149,10 +178,12 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 	if l.Root != "" && l.Root != "/" {
 		nixEnv = []string{"NIX_CONF_DIR=" + l.NixConfDir}
 	}
+	var statusOf func() status.Status // the host's, once it is made
+	m := metrics.New(func() status.Status { return statusOf() })
 	host, err := reconcile.NewHost(reconcile.Config{
 		Log: log, Clock: clk, Layout: l, Store: store,
 		ConfigFile: config, HostName: hostName, Hostnames: hostnames,
-		Peers: peers, Port: port, Nix: reconcile.SystemNix(nixEnv), Prober: reconcile.SSHProber{},
+		Peers: peers, Port: port, Nix: reconcile.SystemNix(nixEnv), Prober: metrics.Prober{Inner: reconcile.SSHProber{}, M: m},
 		Trigger: notify, StoreOpened: opened, SSHDCheckInterval: opts.sshdCheck,
 	})
 	if err != nil {
@@ -164,15 +195,24 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 		cancel()
 		host.Wait()
 	}()
-	loop = reconcile.NewLoop(log, clk, host, resync)
+	statusOf = host.Status
+	loop = reconcile.NewLoop(log, clk, metrics.Reconciler{Inner: host, M: m}, resync)
 	close(loopReady)
-	backend := &backend{host: host, loop: loop, peers: peers}
+	backend := &backend{host: host, loop: loop, peers: peers, store: store}
 
 	ln, err := api.Listen(l.Socket, group)
 	if err != nil {
 		return err
 	}
 	srv := api.NewServer(log, backend, group)
+	srv.HandleRead("GET /metrics", m.Handler())
+	if opts.metricsListen != "" {
+		stopMetrics, err := serveMetrics(log, opts.metricsListen, m)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
+	}
 	go func() {
 		if err := srv.Serve(ln); err != nil {
 			log.Error("status socket", zap.Error(err))
@@ -304,6 +344,7 @@ type backend struct {
 	host  *reconcile.Host
 	loop  *reconcile.Loop
 	peers *peering.Manager
+	store *state.Store
 }
 
 func (b *backend) Status() status.Status { return b.host.Status() }
@@ -311,6 +352,18 @@ func (b *backend) Reconcile()            { b.loop.Trigger("nixpeer reconcile") }
 func (b *backend) WaitReconciled(ctx context.Context, after time.Time) status.Status {
 	return b.host.WaitReconciled(ctx, after)
 }
+func (b *backend) Events(since time.Time) ([]state.Event, error) {
+	all, err := b.store.Events(state.MaxEvents)
+	if err != nil {
+		return nil, fmt.Errorf("read the history: %w", err)
+	}
+	i := 0
+	for i < len(all) && all[i].Time.Before(since) {
+		i++
+	}
+	return all[i:], nil
+}
+
 func (b *backend) TrustReset(name string) error {
 	if err := b.peers.ResetTrust(name); err != nil {
 		return fmt.Errorf("trust reset of %q: %w", name, err)

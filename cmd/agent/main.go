@@ -2,7 +2,9 @@
 //
 //	nixpeer run --config FILE [--host NAME] [--root DIR] [--state-dir DIR] [--socket PATH] [--log-level LEVEL]
 //	nixpeer validate --config FILE [--host NAME]
-//	nixpeer status [--socket PATH] [--json]
+//	nixpeer status [--socket PATH] [--json | --watch]
+//	nixpeer events [--socket PATH] [--json] [--since DURATION]
+//	nixpeer wait [--socket PATH] [--timeout DURATION]
 //	nixpeer reconcile [--socket PATH]
 //	nixpeer facts [--root DIR] [--state-dir DIR] [--json]
 //	nixpeer trust reset [--socket PATH] PEER
@@ -30,7 +32,9 @@ const usage = `nixpeer keeps NixOS hosts sharing their Nix stores over SSH, as a
 Usage:
   nixpeer run --config FILE [--host NAME] [--root DIR] [--state-dir DIR] [--socket PATH] [--log-level LEVEL]
   nixpeer validate --config FILE [--host NAME]
-  nixpeer status [--socket PATH] [--json]
+  nixpeer status [--socket PATH] [--json | --watch]
+  nixpeer events [--socket PATH] [--json] [--since DURATION]
+  nixpeer wait [--socket PATH] [--timeout DURATION]
   nixpeer reconcile [--socket PATH]
   nixpeer facts [--root DIR] [--state-dir DIR] [--json]
   nixpeer trust reset [--socket PATH] PEER
@@ -61,6 +65,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdReconcile(args[1:], stdout)
 	case "facts":
 		err = cmdFacts(args[1:], stdout)
+	case "events":
+		err = cmdEvents(args[1:], stdout)
+	case "wait":
+		err = cmdWait(args[1:], stdout, stderr)
 	case "trust":
 		err = cmdTrust(args[1:], stdout)
 	case "demo":

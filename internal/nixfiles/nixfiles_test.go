@@ -111,6 +111,7 @@ let
     filterAttrs = f: s: builtins.listToAttrs (builtins.filter (a: f a.name a.value)
       (map (n: { name = n; value = s.${n}; }) (builtins.attrNames s)));
     mapAttrs = builtins.mapAttrs;
+    hasInfix = infix: str: builtins.length (builtins.split infix str) > 1; # infix is a plain string here
     findFirst = p: d: l: let m = builtins.filter p l; in if m == [ ] then d else builtins.head m;
     escapeShellArgs = l: builtins.concatStringsSep " " (map (a: "'" + a + "'") l);
     types = {
@@ -128,6 +129,8 @@ let
     coreutils = "/nix/store/coreutils";
     callPackage = f: args: "/nix/store/nixpeer-from-package-nix";
   };
+  # An option's default; a set of options gives the set of their defaults.
+  def = o: if o ? description then (o.default or null) else builtins.mapAttrs (_: def) o;
   resolve = v:
     if builtins.isAttrs v then
       (if v ? _if then (if v._if then resolve v._then else null) else builtins.mapAttrs (_: resolve) v)
@@ -136,7 +139,7 @@ let
   m = import module {
     inherit lib pkgs;
     config = {
-      services.nixpeer = builtins.mapAttrs (_: o: o.default or null) m.options.services.nixpeer // cfg;
+      services.nixpeer = builtins.mapAttrs (_: def) m.options.services.nixpeer // cfg;
       nix.package = "/nix/store/nix";
       systemd.package = "/nix/store/systemd";
     };
@@ -187,7 +190,7 @@ func TestModuleOptions(t *testing.T) {
 		names = append(names, k)
 	}
 	slices.Sort(names)
-	want := []string{"configFile", "enable", "host", "logLevel", "openFirewall", "package", "peerPort", "serve", "serveProtocol", "settings"}
+	want := []string{"configFile", "enable", "host", "logLevel", "metrics", "openFirewall", "package", "peerPort", "serve", "serveProtocol", "settings"}
 	if diff := cmp.Diff(want, names); diff != "" {
 		t.Fatalf("options (-want +got):\n%s", diff)
 	}
@@ -217,7 +220,9 @@ func TestModuleConfig(t *testing.T) {
 			nil, []any{float64(7722)},
 			`'/nix/store/nixpeer-from-package-nix/bin/nixpeer' 'run' '--config' '/nix/store/generated-nixpeer.json=`, true},
 		{"its own file, no firewall", `{"enable": true, "package": "/p", "configFile": "/etc/nixpeer.yaml", "openFirewall": false}`,
-			nil, nil, `'/p/bin/nixpeer' 'run' '--config' '/etc/nixpeer.yaml' '--log-level' 'info'`, false},
+			nil, []any{}, `'/p/bin/nixpeer' 'run' '--config' '/etc/nixpeer.yaml' '--log-level' 'info'`, false},
+		{"metrics over TCP", `{"enable": true, "package": "/p", "configFile": "/c", "metrics": {"enable": true, "listenAddress": "::1", "port": 9000, "openFirewall": true}}`,
+			nil, []any{float64(7722), float64(9000)}, `'/p/bin/nixpeer' 'run' '--config' '/c' '--log-level' 'info' '--metrics-listen' '[::1]:9000'`, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			conf := evalModule(t, c.cfg)["config"]

@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/nixpeer/nixpeer/pkg/state"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
 
@@ -30,6 +31,8 @@ func (f *fakeBackend) TrustReset(peer string) error {
 	}
 	return nil
 }
+
+func (f *fakeBackend) Events(since time.Time) ([]state.Event, error) { return nil, nil }
 
 func serve(t *testing.T, sock string) *fakeBackend {
 	t.Helper()

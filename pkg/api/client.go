@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nixpeer/nixpeer/pkg/state"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
 
@@ -49,6 +50,17 @@ func (c *Client) WaitReconciled(ctx context.Context, after time.Time, wait time.
 	q := url.Values{"after": {after.Format(time.RFC3339Nano)}, "wait": {wait.String()}}
 	err := c.do(ctx, http.MethodGet, "/v1/status?"+q.Encode(), &st)
 	return st, err
+}
+
+// Events fetches the history of reconciles from since on (all when zero).
+func (c *Client) Events(ctx context.Context, since time.Time) ([]state.Event, error) {
+	var evs []state.Event
+	path := "/v1/events"
+	if !since.IsZero() {
+		path += "?" + url.Values{"since": {since.Format(time.RFC3339Nano)}}.Encode()
+	}
+	err := c.do(ctx, http.MethodGet, path, &evs)
+	return evs, err
 }
 
 // Reconcile asks the daemon to reconcile now.

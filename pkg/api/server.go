@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/nixpeer/nixpeer/pkg/state"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
 
@@ -34,6 +35,9 @@ type Backend interface {
 	// TrustReset forgets what was trusted of a peer; it reports an error
 	// for an unknown peer.
 	TrustReset(peer string) error
+	// Events returns the history of reconciles that changed something,
+	// oldest first, from since on.
+	Events(since time.Time) ([]state.Event, error)
 }
 
 // Listen creates the socket at path, refusing when a live daemon already
@@ -88,6 +92,7 @@ type credKey struct{}
 
 // Server serves the API on a listener.
 type Server struct {
+	mux     *http.ServeMux
 	log     *zap.Logger
 	backend Backend
 	group   string
@@ -96,9 +101,10 @@ type Server struct {
 
 // NewServer returns a server for backend; group names who may read.
 func NewServer(log *zap.Logger, backend Backend, group string) *Server {
-	s := &Server{log: log, backend: backend, group: group}
 	mux := http.NewServeMux()
+	s := &Server{mux: mux, log: log, backend: backend, group: group}
 	mux.HandleFunc("GET /v1/status", s.read(s.status))
+	mux.HandleFunc("GET /v1/events", s.read(s.events))
 	mux.HandleFunc("POST /v1/reconcile", s.mutate(s.reconcile))
 	mux.HandleFunc("POST /v1/trust/reset", s.mutate(s.trustReset))
 	s.srv = &http.Server{
@@ -117,6 +123,12 @@ func NewServer(log *zap.Logger, backend Backend, group string) *Server {
 		},
 	}
 	return s
+}
+
+// HandleRead serves h at pattern (such as "GET /metrics") to whoever may
+// read the status. Call it before Serve.
+func (s *Server) HandleRead(pattern string, h http.Handler) {
+	s.mux.HandleFunc(pattern, s.read(h.ServeHTTP))
 }
 
 // Serve answers on ln until Shutdown.
@@ -248,6 +260,27 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), wait)
 	defer cancel()
 	writeJSON(w, http.StatusOK, s.backend.WaitReconciled(ctx, after))
+}
+
+// events answers the history, from ?since=TIME (RFC 3339) on.
+func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+	var since time.Time
+	if v := r.URL.Query().Get("since"); v != "" {
+		var err error
+		if since, err = time.Parse(time.RFC3339Nano, v); err != nil {
+			writeError(w, http.StatusBadRequest, "since: want an RFC 3339 time")
+			return
+		}
+	}
+	evs, err := s.backend.Events(since)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	if evs == nil {
+		evs = []state.Event{}
+	}
+	writeJSON(w, http.StatusOK, evs)
 }
 
 func (s *Server) reconcile(w http.ResponseWriter, _ *http.Request) {

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -214,10 +213,8 @@ func (h *Host) report(o *Observation, p *Plan, a *acted) (time.Duration, error) 
 	changed := !sameStatus(prev, next) || len(a.wrote) > 0 || o.NewDesired != nil
 	next.LastReconcile = now
 	if changed {
-		ev := state.Event{Time: now, Generation: o.Generation, Reason: next.Conditions[0].Reason, Message: next.Conditions[0].Message}
-		if len(a.wrote) > 0 {
-			ev.Message += "; wrote " + strings.Join(a.wrote, ", ")
-		}
+		ev := state.Event{Time: now, Generation: o.Generation, Reason: next.Conditions[0].Reason, Message: next.Conditions[0].Message,
+			Changes: status.Changes(prev, next), Wrote: a.wrote}
 		if err := h.cfg.Store.SaveStatus(next, ev, o.NewDesired); err != nil {
 			passErr = errors.Join(passErr, err)
 			next.Ready, next.LastError = false, err.Error()

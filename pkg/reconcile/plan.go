@@ -659,7 +659,10 @@ func (pl *planner) planSSHDCheck(r *Resource, path string) {
 		return
 	}
 	if !keysIn(o.Files[path].Content)[string(o.ClientKey.Key.Public.Marshal())] {
-		return // written by this pass: checked from the next
+		// Written by this pass: checked from the next.
+		r.Status, r.Reason = false, "CheckingSSHD"
+		r.Message += "; its own sshd is checked once its key is let in"
+		return
 	}
 	tuple := strings.Join([]string{"self", string(self.Serve.Protocol), bracket(self.Address), strconv.Itoa(self.SSHPort),
 		o.ClientKey.Key.Fingerprint(), o.HostKey.Key.Fingerprint()}, " ")
@@ -678,6 +681,8 @@ func (pl *planner) planSSHDCheck(r *Resource, path string) {
 		if !pr.Running {
 			check()
 		}
+		// Not Ready before its own sshd has been seen to serve.
+		r.Status, r.Reason = false, "CheckingSSHD"
 		r.Message += "; checking its own sshd"
 		return
 	}

@@ -58,8 +58,13 @@ type Desired struct {
 type Event struct {
 	Time       time.Time `json:"time"`
 	Generation int64     `json:"generation"`
-	Reason     string    `json:"reason"`
-	Message    string    `json:"message"`
+	// Reason and Message are the Ready condition's after the reconcile.
+	Reason  string `json:"reason"`
+	Message string `json:"message"`
+	// Changes says what changed, in words (see status.Changes).
+	Changes []string `json:"changes,omitempty"`
+	// Wrote lists the files the reconcile wrote.
+	Wrote []string `json:"wrote,omitempty"`
 }
 
 // Opened says what Open found.

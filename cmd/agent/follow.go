@@ -1,0 +1,397 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nixpeer/nixpeer/pkg/api"
+	"github.com/nixpeer/nixpeer/pkg/layout"
+	"github.com/nixpeer/nixpeer/pkg/nix"
+	"github.com/nixpeer/nixpeer/pkg/state"
+	"github.com/nixpeer/nixpeer/pkg/status"
+)
+
+// exitTimeout is the exit code of `nixpeer wait` when time ran out.
+const exitTimeout = 3
+
+// interrupted is a context that ends on SIGINT or SIGTERM.
+func interrupted() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+}
+
+// watchStatus redraws the status table each time a reconcile changes it,
+// until ctx ends: on a terminal in place, otherwise one table after the
+// other, each under a line with the time.
+func watchStatus(ctx context.Context, c *api.Client, stdout io.Writer) error {
+	tty := isTerminal(stdout)
+	var last status.Status
+	var lastKey []byte
+	for {
+		var st status.Status
+		var err error
+		if last.LastReconcile.IsZero() {
+			st, err = c.Status(ctx)
+		} else {
+			st, err = c.WaitReconciled(ctx, last.LastReconcile, 5*time.Second)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			return &exitError{code: exitNoDaemon, msg: clientError("status --watch", err)}
+		}
+		key := statusKey(st)
+		if !bytes.Equal(key, lastKey) {
+			var b bytes.Buffer
+			if tty {
+				b.WriteString("\x1b[H\x1b[2J")
+			} else if lastKey != nil {
+				fmt.Fprintf(&b, "\n--- %s\n", time.Now().UTC().Format(time.RFC3339))
+			}
+			printStatus(&b, st, time.Now())
+			if _, err := stdout.Write(b.Bytes()); err != nil {
+				return nil // the reader went away
+			}
+			lastKey = key
+		}
+		last = st
+	}
+}
+
+// statusKey is what a redraw depends on: the status but for the time of
+// its last reconcile.
+func statusKey(st status.Status) []byte {
+	st.LastReconcile = time.Time{}
+	b, _ := json.Marshal(st)
+	return b
+}
+
+// cmdEvents is `nixpeer events`: the history of reconciles that changed
+// something, oldest first.
+func cmdEvents(args []string, stdout io.Writer) error {
+	fs := newFlagSet("events")
+	var hf hostFlags
+	hf.register(fs, true)
+	asJSON := fs.Bool("json", false, "print the events as a JSON array")
+	since := fs.Duration("since", 0, "only the events of the last `DURATION` (such as 1h)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *since < 0 {
+		return &exitError{code: 2, msg: "nixpeer events: --since wants a positive duration, such as 1h"}
+	}
+	var from time.Time
+	if *since > 0 {
+		from = time.Now().Add(-*since)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	evs, err := api.NewClient(hf.layout().Socket).Events(ctx, from)
+	if err != nil {
+		return &exitError{code: 1, msg: clientError("events", err)}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(evs)
+	}
+	printEvents(stdout, evs)
+	return nil
+}
+
+// printEvents writes one line per event (when, the generation, Ready and
+// why), then what changed and what was written, indented.
+func printEvents(w io.Writer, evs []state.Event) {
+	if len(evs) == 0 {
+		fmt.Fprintln(w, "no events")
+		return
+	}
+	for _, e := range evs {
+		ready := "not Ready (" + e.Reason + ")"
+		if e.Reason == "AllReady" {
+			ready = "Ready"
+		}
+		fmt.Fprintf(w, "%s  generation %d  %s\n", e.Time.UTC().Format("2006-01-02 15:04:05.000"), e.Generation, ready)
+		if e.Reason != "AllReady" && e.Message != "" {
+			fmt.Fprintf(w, "    %s\n", e.Message)
+		}
+		for _, c := range e.Changes {
+			fmt.Fprintf(w, "    %s\n", c)
+		}
+		for _, f := range e.Wrote {
+			fmt.Fprintf(w, "    wrote %s\n", f)
+		}
+	}
+}
+
+// cmdWait is `nixpeer wait`: until the host is Ready.
+func cmdWait(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("wait")
+	var hf hostFlags
+	hf.register(fs, true)
+	timeout := fs.Duration("timeout", 10*time.Minute, "give up after `DURATION` (exit 3)")
+	var paths pathList
+	fs.Var(&paths, "path", "wait until store `PATH` is on a serving peer, signed by a key this host trusts (repeat for more)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	for _, p := range paths {
+		if !strings.HasPrefix(p, "/nix/store/") || strings.ContainsAny(p, " \t\n") || len(p) > 300 {
+			return &exitError{code: 2, msg: fmt.Sprintf("nixpeer wait: --path %q is not a store path", p)}
+		}
+	}
+	if *timeout <= 0 {
+		return &exitError{code: 2, msg: "nixpeer wait: --timeout wants a positive duration, such as 5m"}
+	}
+	ctx, stop := interrupted()
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	c := api.NewClient(hf.layout().Socket)
+	tty := isTerminal(stderr)
+	if len(paths) > 0 {
+		return waitForPaths(ctx, c, hf.layout(), paths, *timeout, tty, stderr)
+	}
+	var last status.Status
+	for {
+		var st status.Status
+		var err error
+		if last.LastReconcile.IsZero() {
+			st, err = c.Status(ctx)
+		} else {
+			st, err = c.WaitReconciled(ctx, last.LastReconcile, 5*time.Second)
+		}
+		switch {
+		case errors.Is(ctx.Err(), context.DeadlineExceeded):
+			if tty {
+				fmt.Fprintln(stderr)
+			}
+			return &exitError{code: exitTimeout, msg: fmt.Sprintf("nixpeer wait: not Ready after %v: %s", *timeout, notReady(last))}
+		case ctx.Err() != nil:
+			return &exitError{code: 1, msg: "nixpeer wait: interrupted"}
+		case errors.Is(err, api.ErrNoDaemon):
+			// Not up yet (a deploy script may start it just before).
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+			last.Conditions = []status.Condition{{Type: status.Ready, Reason: "NoDaemon", Message: err.Error()}}
+			continue
+		case err != nil:
+			return &exitError{code: 1, msg: clientError("wait", err)}
+		}
+		if st.Ready {
+			if tty {
+				fmt.Fprintln(stderr, "\r\x1b[KReady")
+			}
+			return nil
+		}
+		if tty {
+			fmt.Fprintf(stderr, "\r\x1b[Kwaiting: %s", truncate(notReady(st), 100))
+		}
+		last = st
+	}
+}
+
+// notReady says why a status is not Ready.
+func notReady(st status.Status) string {
+	if c := status.Find(st.Conditions, status.Ready); c != nil {
+		return c.Reason + ": " + c.Message
+	}
+	return "no status yet"
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}
+
+// pathList is a repeated flag.
+type pathList []string
+
+func (l *pathList) String() string     { return strings.Join(*l, " ") }
+func (l *pathList) Set(v string) error { *l = append(*l, v); return nil }
+
+// pathPoll is how often the serving peers are asked again for the paths
+// still missing.
+const pathPoll = 200 * time.Millisecond
+
+// waitForPaths waits until every path is valid on a peer this host fetches
+// from and that serves it now (state Serving), with a signature made by a
+// key in this host's live trusted-public-keys, checked against the path's
+// fingerprint: what production's Nix would accept from it.
+func waitForPaths(ctx context.Context, c *api.Client, l layout.Layout, paths []string, timeout time.Duration, tty bool, stderr io.Writer) error {
+	env := []string{"NIX_CONF_DIR=" + l.NixConfDir}
+	if l.Root != "" {
+		// Nix before 2.31 takes no port from a substituter URL: the ssh
+		// config the agent wrote has it.
+		env = append(env, "NIX_SSHOPTS=-F "+l.SSHConfig)
+	}
+	cli := &nix.CLI{Env: env}
+	var live liveConfig
+	found := map[string]string{} // path: the peer that has it
+	why := "no peer serves this host yet"
+	for {
+		missing := waitingFor(paths, found)
+		if len(missing) == 0 {
+			if tty {
+				fmt.Fprintf(stderr, "\r\x1b[K%d of %d paths on %s\n", len(paths), len(paths), peersOf(found))
+			}
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			if tty {
+				fmt.Fprintln(stderr)
+			}
+			if errors.Is(err, context.DeadlineExceeded) {
+				return &exitError{code: exitTimeout, msg: fmt.Sprintf("nixpeer wait: after %v, %d of %d paths are not on a serving peer (%s):\n  %s",
+					timeout, len(missing), len(paths), why, strings.Join(missing, "\n  "))}
+			}
+			return &exitError{code: 1, msg: "nixpeer wait: interrupted"}
+		}
+		st, err := c.Status(ctx)
+		if err != nil && ctx.Err() == nil {
+			return &exitError{code: 1, msg: clientError("wait", err)}
+		}
+		if err == nil {
+			if w, err := findPaths(ctx, cli, &live, st, missing, found); err != nil && ctx.Err() == nil {
+				why = err.Error()
+			} else if w != "" {
+				why = w
+			}
+		}
+		if tty {
+			fmt.Fprintf(stderr, "\r\x1b[K%d of %d paths on %s", len(found), len(paths), peersOf(found))
+		}
+		if len(waitingFor(paths, found)) > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(pathPoll):
+			}
+		}
+	}
+}
+
+// findPaths asks each serving peer for the missing paths and records in
+// found those it holds signed by a trusted key. It returns why paths are
+// still missing, when it can tell.
+func findPaths(ctx context.Context, cli *nix.CLI, live *liveConfig, st status.Status, missing []string, found map[string]string) (string, error) {
+	var serving []status.Peer
+	for _, p := range st.Peers {
+		if p.Role == "substituter" && p.State == status.PeerServing {
+			serving = append(serving, p)
+		}
+	}
+	if len(serving) == 0 {
+		return "no peer serves this host now", nil
+	}
+	settings, err := live.get(ctx, cli, st.LastReconcile)
+	if err != nil {
+		return "", err
+	}
+	trusted := nix.ParsePublicKeys(settings["trusted-public-keys"])
+	why := "not built on " + peersOfList(serving) + " yet"
+	for _, p := range serving {
+		url := substituterOf(settings["substituters"], p.Address)
+		if url == "" {
+			continue
+		}
+		infos, err := cli.RemotePathInfos(ctx, url, missing)
+		if err != nil {
+			return "", err
+		}
+		for path, info := range infos {
+			if _, done := found[path]; done {
+				continue
+			}
+			if info.SignedBy(trusted) != "" {
+				found[path] = p.Name
+			} else {
+				why = fmt.Sprintf("%s holds %s, but not signed by a key this host trusts", p.Name, path)
+			}
+		}
+	}
+	return why, nil
+}
+
+// liveConfig is Nix's live configuration, read again only after the agent
+// reconciled (which is when it changes it).
+type liveConfig struct {
+	at       time.Time
+	settings map[string]string
+}
+
+func (l *liveConfig) get(ctx context.Context, cli *nix.CLI, reconciled time.Time) (map[string]string, error) {
+	if l.settings != nil && l.at.Equal(reconciled) {
+		return l.settings, nil
+	}
+	settings, err := cli.ShowConfig(ctx)
+	if err != nil {
+		return nil, err
+	}
+	l.at, l.settings = reconciled, settings
+	return settings, nil
+}
+
+// substituterOf returns the live substituter URL that nixpeer wrote for
+// the peer at address, or "".
+func substituterOf(substituters, address string) string {
+	host := address
+	if strings.Contains(address, ":") {
+		host = "[" + address + "]"
+	}
+	for _, u := range strings.Fields(substituters) {
+		for _, scheme := range []string{"ssh://", "ssh-ng://"} {
+			rest, ok := strings.CutPrefix(u, scheme+"nix-ssh@"+host)
+			if ok && (rest == "" || rest[0] == '?' || rest[0] == ':') {
+				return u
+			}
+		}
+	}
+	return ""
+}
+
+func waitingFor(paths []string, found map[string]string) []string {
+	var out []string
+	for _, p := range paths {
+		if _, ok := found[p]; !ok {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func peersOf(found map[string]string) string {
+	seen := map[string]bool{}
+	var names []string
+	for _, n := range found {
+		if !seen[n] {
+			seen[n] = true
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		return "no peer yet"
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
+}
+
+func peersOfList(peers []status.Peer) string {
+	names := make([]string, len(peers))
+	for i, p := range peers {
+		names[i] = p.Name
+	}
+	return strings.Join(names, ", ")
+}

@@ -1,0 +1,95 @@
+package nix
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/nixpeer/nixpeer/pkg/command"
+)
+
+// PathInfo is what a store says of one of its paths.
+type PathInfo struct {
+	Path       string   `json:"path"`
+	NarHash    string   `json:"narHash"`
+	NarSize    uint64   `json:"narSize"`
+	References []string `json:"references"`
+	Signatures []string `json:"signatures"`
+}
+
+// SignedBy returns the name of the first key of trusted that signed the
+// path, verified against its fingerprint, or "".
+func (p PathInfo) SignedBy(trusted []PublicKey) string {
+	fp := Fingerprint(p.Path, p.NarHash, p.NarSize, p.References)
+	for _, sig := range p.Signatures {
+		for _, k := range trusted {
+			if k.Verify(fp, sig) {
+				return k.Name()
+			}
+		}
+	}
+	return ""
+}
+
+// ParsePublicKeys parses a trusted-public-keys value (keys separated by
+// white space); keys that do not parse are skipped.
+func ParsePublicKeys(value string) []PublicKey {
+	var keys []PublicKey
+	for _, f := range strings.Fields(value) {
+		if k, err := ParsePublicKey(f); err == nil {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// RemotePathInfos asks the store at storeURL which of paths it holds, and
+// returns what it says of those: one `nix-store --check-validity` for
+// all of them, then one `nix path-info` for the valid ones (asking about
+// a path it lacks would make Nix try to build it). Paths must be store
+// paths.
+func (c *CLI) RemotePathInfos(ctx context.Context, storeURL string, paths []string) (map[string]PathInfo, error) {
+	for _, p := range paths {
+		if !strings.HasPrefix(p, "/nix/store/") || strings.ContainsAny(p, " \t\n") {
+			return nil, fmt.Errorf("%q is not a store path", p)
+		}
+	}
+	res, err := command.Run(ctx, append([]string{"nix-store", "--store", storeURL, "--check-validity", "--print-invalid"}, paths...), c.Env)
+	if err != nil {
+		return nil, fmt.Errorf("ask %s which paths it holds: %w: %s", redactURL(storeURL), err, command.Tail(res.Stderr, 1024))
+	}
+	invalid := map[string]bool{}
+	for _, p := range strings.Fields(string(res.Stdout)) {
+		invalid[p] = true
+	}
+	var valid []string
+	for _, p := range paths {
+		if !invalid[p] {
+			valid = append(valid, p)
+		}
+	}
+	out := map[string]PathInfo{}
+	if len(valid) == 0 {
+		return out, nil
+	}
+	raw, err := c.run(ctx, append([]string{"--extra-experimental-features", "nix-command", "path-info", "--store", storeURL, "--json", "--sigs"}, valid...)...)
+	if err != nil {
+		return nil, fmt.Errorf("ask %s about its paths: %w", redactURL(storeURL), err)
+	}
+	var infos []PathInfo
+	if err := json.Unmarshal(raw, &infos); err != nil {
+		return nil, fmt.Errorf("parse nix path-info of %s: %w", redactURL(storeURL), err)
+	}
+	for _, i := range infos {
+		out[i.Path] = i
+	}
+	return out, nil
+}
+
+// redactURL drops the query of a store URL (keys and host keys) for
+// messages.
+func redactURL(u string) string {
+	base, _, _ := strings.Cut(u, "?")
+	return base
+}
