@@ -28,8 +28,15 @@ func cmdStatus(args []string, stdout io.Writer) error {
 	hf.register(fs, true)
 	asJSON := fs.Bool("json", false, "print the status as a JSON object")
 	watch := fs.Bool("watch", false, "redraw the table on every change, until interrupted")
+	fleet := fs.Bool("fleet", false, "every host of the desired-state file: role, Ready, generation, trust, last heard (others are asked over their peer port)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if *fleet {
+		if *watch {
+			return &exitError{code: 2, msg: "nixpeer status: --fleet does not go with --watch"}
+		}
+		return statusFleet(api.NewClient(hf.layout().Socket), stdout, *asJSON)
 	}
 	if *watch {
 		if *asJSON {
@@ -56,6 +63,30 @@ func cmdStatus(args []string, stdout io.Writer) error {
 	}
 	if !st.Ready {
 		return &exitError{code: exitNotReady}
+	}
+	return nil
+}
+
+// statusFleet prints the fleet view; exit 0 when every host says it is
+// Ready, 3 otherwise.
+func statusFleet(c *api.Client, stdout io.Writer, asJSON bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := c.Status(ctx)
+	if err != nil {
+		return &exitError{code: exitNoDaemon, msg: clientError("status --fleet", err)}
+	}
+	hosts, err := fleetView(ctx, st)
+	if err != nil {
+		return &exitError{code: 1, msg: "nixpeer status --fleet: " + err.Error()}
+	}
+	if err := printFleet(stdout, hosts, asJSON); err != nil {
+		return err
+	}
+	for _, h := range hosts {
+		if h.Ready == nil || !*h.Ready {
+			return &exitError{code: exitNotReady}
+		}
 	}
 	return nil
 }

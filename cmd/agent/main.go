@@ -2,9 +2,10 @@
 //
 //	nixpeer run --config FILE [--host NAME] [--root DIR] [--state-dir DIR] [--socket PATH] [--log-level LEVEL]
 //	nixpeer validate --config FILE [--host NAME]
-//	nixpeer status [--socket PATH] [--json | --watch]
+//	nixpeer status [--socket PATH] [--json] [--watch | --fleet]
 //	nixpeer events [--socket PATH] [--json] [--since DURATION]
-//	nixpeer wait [--socket PATH] [--timeout DURATION]
+//	nixpeer wait [--socket PATH] [--timeout DURATION] [--path STOREPATH]...
+//	nixpeer plan [--json] [--store URL] TARGET...
 //	nixpeer reconcile [--socket PATH]
 //	nixpeer facts [--root DIR] [--state-dir DIR] [--json]
 //	nixpeer trust reset [--socket PATH] PEER
@@ -32,9 +33,10 @@ const usage = `nixpeer keeps NixOS hosts sharing their Nix stores over SSH, as a
 Usage:
   nixpeer run --config FILE [--host NAME] [--root DIR] [--state-dir DIR] [--socket PATH] [--log-level LEVEL]
   nixpeer validate --config FILE [--host NAME]
-  nixpeer status [--socket PATH] [--json | --watch]
+  nixpeer status [--socket PATH] [--json] [--watch | --fleet]
   nixpeer events [--socket PATH] [--json] [--since DURATION]
-  nixpeer wait [--socket PATH] [--timeout DURATION]
+  nixpeer wait [--socket PATH] [--timeout DURATION] [--path STOREPATH]...
+  nixpeer plan [--json] [--store URL] TARGET...
   nixpeer reconcile [--socket PATH]
   nixpeer facts [--root DIR] [--state-dir DIR] [--json]
   nixpeer trust reset [--socket PATH] PEER
@@ -69,6 +71,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdEvents(args[1:], stdout)
 	case "wait":
 		err = cmdWait(args[1:], stdout, stderr)
+	case "plan":
+		err = cmdPlan(args[1:], stdout)
 	case "trust":
 		err = cmdTrust(args[1:], stdout)
 	case "demo":

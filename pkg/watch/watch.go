@@ -95,12 +95,13 @@ func dirsOf(path string) []string {
 	return dirs
 }
 
-// digest is the sha256 of the first limit+1 bytes of path, nil when it
-// cannot be read or is not a regular file.
+// digest is the sha256 of the first limit+1 bytes of path or, when it
+// cannot be read or is not a regular file, of why: a file that goes from
+// missing to a directory (or a FIFO) is a change too.
 func digest(path string, limit int64) []byte {
 	b, _, err := safefile.Read(path, limit, safefile.Options{})
 	if err != nil {
-		return nil
+		b = []byte("unreadable\x00" + err.Error())
 	}
 	h := sha256.Sum256(b)
 	return h[:]

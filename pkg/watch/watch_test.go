@@ -175,3 +175,27 @@ func TestSwapToAFIFOOrDevice(t *testing.T) {
 		})
 	}
 }
+
+// TestMissingThenDirectory: a file removed, then a directory made in its
+// place, are two changes: both unreadable, but not the same way.
+func TestMissingThenDirectory(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "desired.yaml")
+	write(t, path, "a: 1\n")
+	changes := start(t, path)
+	expectChange(t, changes, "the watch is live", func(i int) { write(t, path, fmt.Sprintf("a: %d\n", i+2)) })
+	expectChange(t, changes, "the file removed", func(i int) {
+		if i == 0 {
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	expectChange(t, changes, "a directory in its place", func(i int) {
+		if i == 0 {
+			if err := os.Mkdir(path, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}

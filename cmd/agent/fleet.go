@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/nixpeer/nixpeer/pkg/desired"
+	"github.com/nixpeer/nixpeer/pkg/peer"
+	"github.com/nixpeer/nixpeer/pkg/status"
+)
+
+// fleetHost is one host of the desired-state file as this agent sees it.
+type fleetHost struct {
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	// Role: "serves", "fetches from A, B", both, or "-".
+	Role string `json:"role"`
+	// Self marks this host.
+	Self bool `json:"self,omitempty"`
+	// Ready, Generation and ObservedGeneration are what the host's agent
+	// says now (its facts over its peer port, or this agent's status);
+	// Ready is nil when it could not be asked.
+	Ready              *bool `json:"ready,omitempty"`
+	Generation         int64 `json:"generation,omitempty"`
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Trust is how this agent trusts the host's key: pinned, tofu, refused
+	// (it peers with it), or, for a host it does not peer with: pinned
+	// (the key matches the file's hostKey), unverified (no pin to check).
+	Trust string `json:"trust"`
+	// LastHeard is "now" while this agent's watch of it is open, else
+	// when it last went down; empty for a host it does not peer with.
+	LastHeard string `json:"lastHeard,omitempty"`
+	// Error says why it could not be asked.
+	Error string `json:"error,omitempty"`
+}
+
+// fleetView builds the view of every host of the file at st.ConfigFile:
+// this host from st, every other host asked for its facts over its peer
+// port (all at once, each within the fetch timeout), checked against the
+// key this agent trusts for it, or the file's pin.
+func fleetView(ctx context.Context, st status.Status) ([]fleetHost, error) {
+	f, _, err := desired.Load(st.ConfigFile)
+	if err != nil {
+		return nil, fmt.Errorf("read the desired state %s: %w", st.ConfigFile, err)
+	}
+	peers := map[string]status.Peer{}
+	for _, p := range st.Peers {
+		peers[p.Name] = p
+	}
+	out := make([]fleetHost, len(f.Hosts))
+	var wg sync.WaitGroup
+	for i, h := range f.Hosts {
+		fh := &out[i]
+		fh.Name, fh.Address, fh.Role = h.Name, h.Address, roleOf(h)
+		if h.Name == st.Host {
+			ready := st.Ready
+			fh.Self, fh.Ready, fh.Generation, fh.ObservedGeneration, fh.Trust = true, &ready, st.Generation, st.ObservedGeneration, "self"
+			continue
+		}
+		p, peered := peers[h.Name]
+		switch {
+		case peered && p.RefusedHostKeyFingerprint != "":
+			fh.Trust = "refused " + p.RefusedHostKeyFingerprint
+		case peered && p.Trust != status.TrustNone:
+			fh.Trust = string(p.Trust)
+		case h.HostKey != "":
+			fh.Trust = "pinned"
+		default:
+			fh.Trust = "unverified"
+		}
+		if peered {
+			switch {
+			case p.Connected:
+				fh.LastHeard = "now"
+			case p.Since != nil:
+				fh.LastHeard = p.Since.UTC().Format(time.RFC3339)
+			}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			addr := net.JoinHostPort(h.Address, strconv.Itoa(h.PeerPort))
+			facts, err := peer.Fetch(ctx, addr, keyCheck(p, peered, h.HostKey))
+			if err != nil {
+				fh.Error = err.Error()
+				return
+			}
+			ready := facts.Ready
+			fh.Ready, fh.Generation, fh.ObservedGeneration = &ready, facts.Generation, facts.ObservedGeneration
+		}()
+	}
+	wg.Wait()
+	return out, nil
+}
+
+// keyCheck accepts the key this agent trusts for a peer, else the file's
+// pin, else any key (the view then says "unverified").
+func keyCheck(p status.Peer, peered bool, pin string) peer.HostKeyCheck {
+	want := ""
+	switch {
+	case peered && p.HostKeyFingerprint != "" && p.RefusedHostKeyFingerprint == "":
+		want = p.HostKeyFingerprint
+	case pin != "":
+		if k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(pin)); err == nil {
+			want = ssh.FingerprintSHA256(k)
+		}
+	}
+	return func(key ssh.PublicKey) error {
+		if got := ssh.FingerprintSHA256(key); want != "" && got != want {
+			return fmt.Errorf("it offers host key %s, not %s", got, want)
+		}
+		return nil
+	}
+}
+
+// roleOf says what a host does in the fleet.
+func roleOf(h *desired.Host) string {
+	var parts []string
+	if h.Serve != nil {
+		parts = append(parts, "serves")
+	}
+	if len(h.SubstituteFrom) > 0 {
+		parts = append(parts, "fetches from "+strings.Join(h.SubstituteFrom, ", "))
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, "; ")
+}
+
+// printFleet writes the fleet as a table.
+func printFleet(w io.Writer, hosts []fleetHost, asJSON bool) error {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(hosts)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tROLE\tADDRESS\tREADY\tGENERATION\tTRUST\tLAST HEARD")
+	for _, h := range hosts {
+		name := h.Name
+		if h.Self {
+			name += " (this host)"
+		}
+		ready, gen := "?", "?"
+		if h.Ready != nil {
+			ready = map[bool]string{true: "Ready", false: "not Ready"}[*h.Ready]
+			gen = fmt.Sprintf("%d (observed %d)", h.Generation, h.ObservedGeneration)
+		}
+		heard := h.LastHeard
+		if heard == "" {
+			heard = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, h.Role, h.Address, ready, gen, h.Trust, heard)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, h := range hosts {
+		if h.Error != "" {
+			fmt.Fprintf(w, "%s: %s\n", h.Name, h.Error)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,221 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/nixpeer/nixpeer/pkg/api"
+	"github.com/nixpeer/nixpeer/pkg/command"
+	"github.com/nixpeer/nixpeer/pkg/nix"
+	"github.com/nixpeer/nixpeer/pkg/status"
+)
+
+// exitWouldBuild is the exit code of `nixpeer plan` when this host would
+// build something itself.
+const exitWouldBuild = 4
+
+// plan is what realising the targets would do on this host.
+type plan struct {
+	// Build are the derivations this host would build itself.
+	Build []string `json:"build"`
+	// Fetch are the paths it would substitute, each with where from.
+	Fetch []fetch `json:"fetch"`
+	// Unknown are paths Nix does not know how to build or fetch.
+	Unknown []string `json:"unknown,omitempty"`
+	// Download is what Nix says of the download, such as "1.20 MiB
+	// download, 4.52 MiB unpacked".
+	Download string `json:"download,omitempty"`
+}
+
+type fetch struct {
+	Path string `json:"path"`
+	// Peer is the nixpeer peer that has it (first in priority order), or
+	// "" for another substituter.
+	Peer        string `json:"peer,omitempty"`
+	Substituter string `json:"substituter"`
+	NarSize     uint64 `json:"narSize,omitempty"`
+}
+
+// cmdPlan is `nixpeer plan TARGET...`: with this host's live Nix
+// settings, what realising the targets would fetch, from which peer, and
+// what it would build here (Nix's own dry run). Exit 0 when nothing would
+// be built here, 4 when something would.
+func cmdPlan(args []string, stdout io.Writer) error {
+	fs := newFlagSet("plan")
+	var hf hostFlags
+	hf.register(fs, true)
+	asJSON := fs.Bool("json", false, "print the plan as a JSON object")
+	store := fs.String("store", "", "plan for the Nix store at `URL` (default: this host's)")
+	if err := fs.Parse(args); err != nil {
+		return &exitError{code: 2}
+	}
+	targets := fs.Args()
+	if len(targets) == 0 {
+		return &exitError{code: 2, msg: "usage: nixpeer plan [--json] [--root DIR] [--store URL] TARGET... (store paths or .drv files)"}
+	}
+	for _, t := range targets {
+		if !strings.HasPrefix(t, "/nix/store/") || strings.ContainsAny(t, " \t\n") || len(t) > 300 {
+			return &exitError{code: 2, msg: fmt.Sprintf("nixpeer plan: %q is not a store path or a .drv", t)}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	l := hf.layout()
+	env := []string{"NIX_CONF_DIR=" + l.NixConfDir}
+	if l.Root != "" {
+		env = append(env, "NIX_SSHOPTS=-F "+l.SSHConfig)
+	}
+	cli := &nix.CLI{Env: env}
+	argv := []string{"nix-store"}
+	if *store != "" {
+		argv = append(argv, "--store", *store)
+	}
+	res, err := command.Run(ctx, append(append(argv, "--realise", "--dry-run"), targets...), env)
+	if err != nil {
+		return &exitError{code: 1, msg: fmt.Sprintf("nixpeer plan: nix-store --realise --dry-run: %v: %s", err, command.Tail(res.Stderr, 2048))}
+	}
+	p := parseDryRun(string(res.Stderr))
+	if err := p.attribute(ctx, cli, api.NewClient(l.Socket)); err != nil {
+		return &exitError{code: 1, msg: "nixpeer plan: " + err.Error()}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(p); err != nil {
+			return err
+		}
+	} else {
+		p.print(stdout)
+	}
+	switch {
+	case len(p.Unknown) > 0:
+		return &exitError{code: 1, msg: "nixpeer plan: Nix does not know how to build or fetch " + strings.Join(p.Unknown, ", ")}
+	case len(p.Build) > 0:
+		return &exitError{code: exitWouldBuild}
+	}
+	return nil
+}
+
+// parseDryRun reads what `nix-store --realise --dry-run` printed: "these
+// N derivations will be built:", "these N paths will be fetched (...):",
+// "don't know how to build these paths:", each followed by indented
+// store paths (singular forms too).
+func parseDryRun(out string) *plan {
+	p := &plan{Build: []string{}, Fetch: []fetch{}}
+	var into *[]string
+	var fetched []string
+	for _, line := range strings.Split(out, "\n") {
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case trimmed == "":
+		case strings.HasPrefix(line, " ") && strings.HasPrefix(trimmed, "/nix/store/") && !strings.ContainsAny(trimmed, " \t\r\v\f"):
+			if into != nil {
+				*into = append(*into, trimmed)
+			}
+		case strings.Contains(trimmed, "will be built"):
+			into = &p.Build
+		case strings.Contains(trimmed, "will be fetched"):
+			into = &fetched
+			if i, j := strings.Index(trimmed, "("), strings.LastIndex(trimmed, ")"); i >= 0 && j > i {
+				p.Download = trimmed[i+1 : j]
+			}
+		case strings.HasPrefix(trimmed, "don't know how to build"):
+			into = &p.Unknown
+		default:
+			into = nil
+		}
+	}
+	for _, f := range fetched {
+		p.Fetch = append(p.Fetch, fetch{Path: f})
+	}
+	return p
+}
+
+// attribute says where each fetched path would come from: the nixpeer
+// peers that serve this host are asked, in the order of the live
+// substituters (Nix's priority order), once each for all the paths still
+// unattributed; the rest is left to the other substituters.
+func (p *plan) attribute(ctx context.Context, cli *nix.CLI, c *api.Client) error {
+	if len(p.Fetch) == 0 {
+		return nil
+	}
+	live, err := cli.ShowConfig(ctx)
+	if err != nil {
+		return err
+	}
+	st, _ := c.Status(ctx) // without the agent, peers are named by address
+	rest := map[string]*fetch{}
+	for i := range p.Fetch {
+		rest[p.Fetch[i].Path] = &p.Fetch[i]
+	}
+	for _, url := range strings.Fields(live["substituters"]) {
+		if !strings.HasPrefix(url, "ssh://nix-ssh@") && !strings.HasPrefix(url, "ssh-ng://nix-ssh@") {
+			continue
+		}
+		var paths []string
+		for path := range rest {
+			paths = append(paths, path)
+		}
+		if len(paths) == 0 {
+			break
+		}
+		infos, err := cli.RemotePathInfos(ctx, url, paths)
+		if err != nil {
+			return err
+		}
+		peer := peerAt(st, url)
+		for path, info := range infos {
+			f := rest[path]
+			f.Peer, f.Substituter, f.NarSize = peer, strings.SplitN(url, "?", 2)[0], info.NarSize
+			delete(rest, path)
+		}
+	}
+	for _, f := range rest {
+		f.Substituter = "another substituter"
+	}
+	return nil
+}
+
+// peerAt names the peer whose substituter URL this is.
+func peerAt(st status.Status, url string) string {
+	for _, p := range st.Peers {
+		if p.Role == "substituter" && substituterOf(url, p.Address) != "" {
+			return p.Name
+		}
+	}
+	return ""
+}
+
+func (p *plan) print(w io.Writer) {
+	if len(p.Fetch) == 0 {
+		fmt.Fprintln(w, "Nothing to fetch.")
+	} else {
+		fmt.Fprintf(w, "Would fetch %d paths (%s):\n", len(p.Fetch), p.Download)
+		for _, f := range p.Fetch {
+			from := f.Substituter
+			if f.Peer != "" {
+				from = f.Peer + " (" + f.Substituter + ")"
+			}
+			size := ""
+			if f.NarSize > 0 {
+				size = fmt.Sprintf("  %.1f KiB", float64(f.NarSize)/1024)
+			}
+			fmt.Fprintf(w, "  %s  from %s%s\n", f.Path, from, size)
+		}
+	}
+	if len(p.Build) == 0 {
+		fmt.Fprintln(w, "Nothing would be built here.")
+	} else {
+		fmt.Fprintf(w, "Would build %d derivations here:\n", len(p.Build))
+		for _, d := range p.Build {
+			fmt.Fprintf(w, "  %s\n", d)
+		}
+	}
+	for _, u := range p.Unknown {
+		fmt.Fprintf(w, "Does not know how to build or fetch %s\n", u)
+	}
+}
