@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nixpeer/nixpeer/pkg/api"
+	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/state"
@@ -239,6 +240,7 @@ func waitForPaths(ctx context.Context, c *api.Client, l layout.Layout, paths []s
 		env = append(env, "NIX_SSHOPTS=-F "+l.SSHConfig)
 	}
 	cli := &nix.CLI{Env: env}
+	store := peerStore{cli: cli, layout: l}
 	var live liveConfig
 	found := map[string]string{} // path: the peer that has it
 	why := "no peer serves this host yet"
@@ -265,7 +267,10 @@ func waitForPaths(ctx context.Context, c *api.Client, l layout.Layout, paths []s
 			return &exitError{code: 1, msg: clientError("wait", err)}
 		}
 		if err == nil {
-			if w, err := findPaths(ctx, cli, &live, st, missing, found); err != nil && ctx.Err() == nil {
+			if store.file == nil && st.ConfigFile != "" {
+				store.file, _, _ = desired.Load(st.ConfigFile) // without it, the nix CLI asks
+			}
+			if w, err := findPaths(ctx, cli, store, &live, st, missing, found); err != nil && ctx.Err() == nil {
 				why = err.Error()
 			} else if w != "" {
 				why = w
@@ -286,7 +291,7 @@ func waitForPaths(ctx context.Context, c *api.Client, l layout.Layout, paths []s
 // findPaths asks each serving peer for the missing paths and records in
 // found those it holds signed by a trusted key. It returns why paths are
 // still missing, when it can tell.
-func findPaths(ctx context.Context, cli *nix.CLI, live *liveConfig, st status.Status, missing []string, found map[string]string) (string, error) {
+func findPaths(ctx context.Context, cli *nix.CLI, store peerStore, live *liveConfig, st status.Status, missing []string, found map[string]string) (string, error) {
 	var serving []status.Peer
 	for _, p := range st.Peers {
 		if p.Role == "substituter" && p.State == status.PeerServing {
@@ -307,7 +312,7 @@ func findPaths(ctx context.Context, cli *nix.CLI, live *liveConfig, st status.St
 		if url == "" {
 			continue
 		}
-		infos, err := cli.RemotePathInfos(ctx, url, missing)
+		infos, err := store.infos(ctx, url, missing)
 		if err != nil {
 			return "", err
 		}

@@ -10,6 +10,8 @@ import (
 
 	"github.com/nixpeer/nixpeer/pkg/api"
 	"github.com/nixpeer/nixpeer/pkg/command"
+	"github.com/nixpeer/nixpeer/pkg/desired"
+	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
@@ -79,7 +81,7 @@ func cmdPlan(args []string, stdout io.Writer) error {
 		return &exitError{code: 1, msg: fmt.Sprintf("nixpeer plan: nix-store --realise --dry-run: %v: %s", err, command.Tail(res.Stderr, 2048))}
 	}
 	p := parseDryRun(string(res.Stderr))
-	if err := p.attribute(ctx, cli, api.NewClient(l.Socket)); err != nil {
+	if err := p.attribute(ctx, cli, l, api.NewClient(l.Socket)); err != nil {
 		return &exitError{code: 1, msg: "nixpeer plan: " + err.Error()}
 	}
 	if *asJSON {
@@ -139,7 +141,7 @@ func parseDryRun(out string) *plan {
 // peers that serve this host are asked, in the order of the live
 // substituters (Nix's priority order), once each for all the paths still
 // unattributed; the rest is left to the other substituters.
-func (p *plan) attribute(ctx context.Context, cli *nix.CLI, c *api.Client) error {
+func (p *plan) attribute(ctx context.Context, cli *nix.CLI, l layout.Layout, c *api.Client) error {
 	if len(p.Fetch) == 0 {
 		return nil
 	}
@@ -148,6 +150,10 @@ func (p *plan) attribute(ctx context.Context, cli *nix.CLI, c *api.Client) error
 		return err
 	}
 	st, _ := c.Status(ctx) // without the agent, peers are named by address
+	store := peerStore{cli: cli, layout: l}
+	if st.ConfigFile != "" {
+		store.file, _, _ = desired.Load(st.ConfigFile) // without it, the nix CLI asks
+	}
 	rest := map[string]*fetch{}
 	for i := range p.Fetch {
 		rest[p.Fetch[i].Path] = &p.Fetch[i]
@@ -163,7 +169,7 @@ func (p *plan) attribute(ctx context.Context, cli *nix.CLI, c *api.Client) error
 		if len(paths) == 0 {
 			break
 		}
-		infos, err := cli.RemotePathInfos(ctx, url, paths)
+		infos, err := store.infos(ctx, url, paths)
 		if err != nil {
 			return err
 		}

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -41,6 +42,10 @@ type Target struct {
 	Timeout  time.Duration // bounds the whole probe (dial, handshake, protocol); default 10s
 	Clock    clock.Clock   // gives the start, the deadline and Elapsed; default clock.Real
 	From     net.IP        // the local address to dial from; nil lets the system choose
+
+	// after, when set, speaks on once the handshake succeeded (see
+	// QueryPathInfos).
+	after func(w io.Writer, r io.Reader) error
 }
 
 // Result describes a successful probe.
@@ -315,6 +320,9 @@ func probe(ctx context.Context, t Target, start, deadline time.Time) (Result, er
 		res, err = serveHandshake(stdin, stdout)
 	default:
 		res, err = workerHandshake(stdin, stdout)
+	}
+	if err == nil && t.after != nil {
+		err = t.after(stdin, stdout)
 	}
 	if err != nil {
 		f := settle(ctx, t.Clock, start, deadline, err)

@@ -1,0 +1,134 @@
+package probe
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/nixpeer/nixpeer/pkg/nix"
+)
+
+// cmdQueryPathInfos is the serve protocol's batched path-info query.
+const cmdQueryPathInfos = 2
+
+// maxPaths bounds the paths asked or answered in one query, and the
+// references of one path.
+const maxPaths = 1 << 16
+
+// PathInfo is what a store says of one of its paths.
+type PathInfo struct {
+	Path, Deriver         string
+	References            []string
+	DownloadSize, NarSize uint64
+	// NarHash is as the store spells it (sha256:NIX32).
+	NarHash, CA string
+	Sigs        []string
+}
+
+// QueryPathInfos connects as Probe does and asks the store, in one round
+// trip (the serve protocol's QueryPathInfos), what it holds of paths;
+// those it lacks are not in the map. It speaks the ssh protocol (nix-store
+// --serve) only.
+func QueryPathInfos(ctx context.Context, t Target, paths []string) (map[string]PathInfo, error) {
+	if t.Protocol != nix.ProtocolSSH {
+		return nil, fmt.Errorf("query path infos: protocol %s is not spoken here; only ssh", t.Protocol)
+	}
+	if len(paths) > maxPaths {
+		return nil, fmt.Errorf("query path infos: %d paths, at most %d at once", len(paths), maxPaths)
+	}
+	for _, p := range paths {
+		if !strings.HasPrefix(p, "/nix/store/") || len(p) > 1024 {
+			return nil, fmt.Errorf("query path infos: %q is not a store path", p)
+		}
+	}
+	out := map[string]PathInfo{}
+	t.after = func(w io.Writer, r io.Reader) error {
+		req := words(cmdQueryPathInfos, uint64(len(paths)))
+		for _, p := range paths {
+			req = append(req, wireString(p)...)
+		}
+		if _, err := w.Write(req); err != nil {
+			return fmt.Errorf("send QueryPathInfos: %w", err)
+		}
+		infos, err := readPathInfos(&wireReader{r: r}, len(paths))
+		for _, i := range infos {
+			out[i.Path] = i
+		}
+		return err
+	}
+	if _, err := Probe(ctx, t); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// readPathInfos reads QueryPathInfos' answer: for each path the store
+// holds, its path, deriver, references, download and NAR sizes, NAR hash,
+// content address and signatures; then an empty string. At most asked
+// paths are accepted.
+func readPathInfos(r *wireReader, asked int) ([]PathInfo, error) {
+	var infos []PathInfo
+	for {
+		path, err := r.string("path", maxString)
+		if err != nil {
+			return infos, err
+		}
+		if path == "" {
+			return infos, nil
+		}
+		if len(infos) == asked {
+			return infos, fail(WrongProtocol, "QueryPathInfos answered more paths than were asked")
+		}
+		i := PathInfo{Path: path}
+		if i.Deriver, err = r.string("deriver", maxString); err != nil {
+			return infos, err
+		}
+		if i.References, err = r.strings("references", maxPaths); err != nil {
+			return infos, err
+		}
+		if i.DownloadSize, err = r.uint64("download size"); err != nil {
+			return infos, err
+		}
+		if i.NarSize, err = r.uint64("NAR size"); err != nil {
+			return infos, err
+		}
+		if i.NarHash, err = r.string("NAR hash", maxString); err != nil {
+			return infos, err
+		}
+		if i.CA, err = r.string("content address", maxString); err != nil {
+			return infos, err
+		}
+		if i.Sigs, err = r.strings("signatures", maxFields); err != nil {
+			return infos, err
+		}
+		infos = append(infos, i)
+	}
+}
+
+// strings reads a list of at most limit strings.
+func (w *wireReader) strings(what string, limit uint64) ([]string, error) {
+	n, err := w.uint64(what + " count")
+	if err != nil {
+		return nil, err
+	}
+	if n > limit {
+		return nil, fail(WrongProtocol, "%d %s, more than %d", n, what, limit)
+	}
+	out := make([]string, 0, min(n, 1024))
+	for range n {
+		s, err := w.string(what, maxString)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// wireString encodes s in Nix's wire format.
+func wireString(s string) []byte {
+	b := words(uint64(len(s)))
+	b = append(b, s...)
+	return append(b, make([]byte, (8-len(s)%8)%8)...)
+}
