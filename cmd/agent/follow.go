@@ -37,13 +37,7 @@ func watchStatus(ctx context.Context, c *api.Client, stdout io.Writer) error {
 	var last status.Status
 	var lastKey []byte
 	for {
-		var st status.Status
-		var err error
-		if last.LastReconcile.IsZero() {
-			st, err = c.Status(ctx)
-		} else {
-			st, err = c.WaitReconciled(ctx, last.LastReconcile, 5*time.Second)
-		}
+		st, err := c.Next(ctx, last)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -164,13 +158,7 @@ func cmdWait(args []string, stdout, stderr io.Writer) error {
 	}
 	var last status.Status
 	for {
-		var st status.Status
-		var err error
-		if last.LastReconcile.IsZero() {
-			st, err = c.Status(ctx)
-		} else {
-			st, err = c.WaitReconciled(ctx, last.LastReconcile, 5*time.Second)
-		}
+		st, err := c.Next(ctx, last)
 		switch {
 		case errors.Is(ctx.Err(), context.DeadlineExceeded):
 			if tty {

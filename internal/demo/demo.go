@@ -331,13 +331,7 @@ func (d *demo) follow(ctx context.Context, a *agent, done func(status.Status) bo
 	var last status.Status
 	var lastLine string
 	for ctx.Err() == nil {
-		var st status.Status
-		var err error
-		if last.LastReconcile.IsZero() {
-			st, err = a.client.Status(ctx)
-		} else {
-			st, err = a.client.WaitReconciled(ctx, last.LastReconcile, 5*time.Second)
-		}
+		st, err := a.client.Next(ctx, last)
 		if err != nil {
 			select { // not listening yet
 			case <-ctx.Done():

@@ -63,6 +63,16 @@ func (c *Client) Events(ctx context.Context, since time.Time) ([]state.Event, er
 	return evs, err
 }
 
+// Next returns the status at once when last is the zero status, else
+// once a reconcile has finished after last's (or after 5s): what a
+// client following the agent asks next.
+func (c *Client) Next(ctx context.Context, last status.Status) (status.Status, error) {
+	if last.LastReconcile.IsZero() {
+		return c.Status(ctx)
+	}
+	return c.WaitReconciled(ctx, last.LastReconcile, 5*time.Second)
+}
+
 // Reconcile asks the daemon to reconcile now.
 func (c *Client) Reconcile(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/v1/reconcile", nil)
