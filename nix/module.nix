@@ -37,7 +37,7 @@ let
 
   # An IPv6 address is bracketed in host:port.
   metricsListen =
-    if lib.hasInfix ":" cfg.metrics.listenAddress
+    if lib.hasInfix ":" cfg.metrics.listenAddress && !(lib.hasPrefix "[" cfg.metrics.listenAddress)
     then "[${cfg.metrics.listenAddress}]:${toString cfg.metrics.port}"
     else "${cfg.metrics.listenAddress}:${toString cfg.metrics.port}";
 

@@ -68,7 +68,7 @@ func cmdStatus(args []string, stdout io.Writer) error {
 }
 
 // statusFleet prints the fleet view; exit 0 when every host says it is
-// Ready, 3 otherwise.
+// Ready over a key this agent trusts or the file pins, 3 otherwise.
 func statusFleet(c *api.Client, stdout io.Writer, asJSON bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -84,7 +84,8 @@ func statusFleet(c *api.Client, stdout io.Writer, asJSON bool) error {
 		return err
 	}
 	for _, h := range hosts {
-		if h.Ready == nil || !*h.Ready {
+		// An answer over a key nobody checked is shown, not relied on.
+		if h.Ready == nil || !*h.Ready || h.Trust == "unverified" || strings.HasPrefix(h.Trust, "refused") {
 			return &exitError{code: exitNotReady}
 		}
 	}

@@ -209,6 +209,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 	if opts.metricsListen != "" {
 		stopMetrics, err := serveMetrics(log, opts.metricsListen, m)
 		if err != nil {
+			ln.Close()
 			return err
 		}
 		defer stopMetrics()

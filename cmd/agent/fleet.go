@@ -104,12 +104,13 @@ func fleetView(ctx context.Context, st status.Status) ([]fleetHost, error) {
 }
 
 // keyCheck accepts the key this agent trusts for a peer, else the file's
-// pin, else any key (the view then says "unverified").
+// pin, else any key (the view then says "unverified", and its answer does
+// not count as Ready for the exit code).
 func keyCheck(p status.Peer, peered bool, pin string) peer.HostKeyCheck {
 	want := ""
 	switch {
-	case peered && p.HostKeyFingerprint != "" && p.RefusedHostKeyFingerprint == "":
-		want = p.HostKeyFingerprint
+	case peered && p.HostKeyFingerprint != "":
+		want = p.HostKeyFingerprint // the trusted key, also while another is refused
 	case pin != "":
 		if k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(pin)); err == nil {
 			want = ssh.FingerprintSHA256(k)

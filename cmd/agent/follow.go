@@ -140,8 +140,8 @@ func cmdWait(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	for _, p := range paths {
-		if !strings.HasPrefix(p, "/nix/store/") || strings.ContainsAny(p, " \t\n") || len(p) > 300 {
-			return &exitError{code: 2, msg: fmt.Sprintf("nixpeer wait: --path %q is not a store path", p)}
+		if !storePathRE.MatchString(p) {
+			return &exitError{code: 2, msg: fmt.Sprintf("nixpeer wait: --path %q is not a store path (/nix/store/HASH-NAME)", p)}
 		}
 	}
 	if *timeout <= 0 {
@@ -251,7 +251,10 @@ func waitForPaths(ctx context.Context, c *api.Client, l layout.Layout, paths []s
 			return &exitError{code: 1, msg: "nixpeer wait: interrupted"}
 		}
 		st, err := c.Status(ctx)
-		if err != nil && ctx.Err() == nil {
+		switch {
+		case errors.Is(err, api.ErrNoDaemon):
+			why = err.Error() // not up yet: waited for, as by plain wait
+		case err != nil && ctx.Err() == nil:
 			return &exitError{code: 1, msg: clientError("wait", err)}
 		}
 		if err == nil {
@@ -302,7 +305,8 @@ func findPaths(ctx context.Context, cli *nix.CLI, store peerStore, live *liveCon
 		}
 		infos, err := store.infos(ctx, url, missing)
 		if err != nil {
-			return "", err
+			why = err.Error() // the other peers are asked still
+			continue
 		}
 		for path, info := range infos {
 			if _, done := found[path]; done {

@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"time"
 
@@ -31,6 +34,15 @@ type plan struct {
 	// Download is what Nix says of the download, such as "1.20 MiB
 	// download, 4.52 MiB unpacked".
 	Download string `json:"download,omitempty"`
+	// Warnings say which peers could not be asked.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+func nameOr(name, other string) string {
+	if name != "" {
+		return name
+	}
+	return other
 }
 
 type fetch struct {
@@ -53,6 +65,9 @@ func cmdPlan(args []string, stdout io.Writer) error {
 	asJSON := fs.Bool("json", false, "print the plan as a JSON object")
 	store := fs.String("store", "", "plan for the Nix store at `URL` (default: this host's)")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return &exitError{code: 0}
+		}
 		return &exitError{code: 2}
 	}
 	targets := fs.Args()
@@ -60,8 +75,8 @@ func cmdPlan(args []string, stdout io.Writer) error {
 		return &exitError{code: 2, msg: "usage: nixpeer plan [--json] [--root DIR] [--store URL] TARGET... (store paths or .drv files)"}
 	}
 	for _, t := range targets {
-		if !strings.HasPrefix(t, "/nix/store/") || strings.ContainsAny(t, " \t\n") || len(t) > 300 {
-			return &exitError{code: 2, msg: fmt.Sprintf("nixpeer plan: %q is not a store path or a .drv", t)}
+		if !storePathRE.MatchString(t) {
+			return &exitError{code: 2, msg: fmt.Sprintf("nixpeer plan: %q is not a store path or a .drv (/nix/store/HASH-NAME)", t)}
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -81,6 +96,13 @@ func cmdPlan(args []string, stdout io.Writer) error {
 		return &exitError{code: 1, msg: fmt.Sprintf("nixpeer plan: nix-store --realise --dry-run: %v: %s", err, command.Tail(res.Stderr, 2048))}
 	}
 	p := parseDryRun(string(res.Stderr))
+	if len(p.Build)+len(p.Fetch)+len(p.Unknown) == 0 {
+		// Nothing to do, or words this parse does not know: nothing to
+		// do means every target's outputs are valid already.
+		if err := allValid(ctx, argv, env, targets); err != nil {
+			return &exitError{code: 1, msg: fmt.Sprintf("nixpeer plan: the dry run listed nothing, yet %v; it printed:\n%s", err, command.Tail(res.Stderr, 2048))}
+		}
+	}
 	if err := p.attribute(ctx, cli, l, api.NewClient(l.Socket)); err != nil {
 		return &exitError{code: 1, msg: "nixpeer plan: " + err.Error()}
 	}
@@ -98,6 +120,36 @@ func cmdPlan(args []string, stdout io.Writer) error {
 		return &exitError{code: 1, msg: "nixpeer plan: Nix does not know how to build or fetch " + strings.Join(p.Unknown, ", ")}
 	case len(p.Build) > 0:
 		return &exitError{code: exitWouldBuild}
+	}
+	return nil
+}
+
+// storePathRE matches a store path: /nix/store/, 32 characters of Nix's
+// base32, a dash and a name (Nix's own characters).
+var storePathRE = regexp.MustCompile(`^/nix/store/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]{1,211}$`)
+
+// allValid checks that the outputs of every target (the target itself
+// for a path that is not a .drv) are valid in the store nix-store (argv)
+// uses.
+func allValid(ctx context.Context, argv, env, targets []string) error {
+	var paths []string
+	for _, t := range targets {
+		if !strings.HasSuffix(t, ".drv") {
+			paths = append(paths, t)
+			continue
+		}
+		res, err := command.Run(ctx, append(append(argv, "--query", "--outputs"), t), env)
+		if err != nil {
+			return fmt.Errorf("the outputs of %s are not known (%v: %s)", t, err, command.Tail(res.Stderr, 512))
+		}
+		paths = append(paths, strings.Fields(string(res.Stdout))...)
+	}
+	res, err := command.Run(ctx, append(append(argv, "--check-validity", "--print-invalid"), paths...), env)
+	if err != nil {
+		return fmt.Errorf("checking them failed (%v: %s)", err, command.Tail(res.Stderr, 512))
+	}
+	if invalid := strings.Fields(string(res.Stdout)); len(invalid) > 0 {
+		return fmt.Errorf("%s is not valid here", strings.Join(invalid, ", "))
 	}
 	return nil
 }
@@ -169,13 +221,19 @@ func (p *plan) attribute(ctx context.Context, cli *nix.CLI, l layout.Layout, c *
 		if len(paths) == 0 {
 			break
 		}
+		peer := peerAt(st, url)
 		infos, err := store.infos(ctx, url, paths)
 		if err != nil {
-			return err
+			// Nix's dry run found the paths somewhere: the plan stands,
+			// without this peer's part.
+			p.Warnings = append(p.Warnings, fmt.Sprintf("could not ask %s: %v", nameOr(peer, strings.SplitN(url, "?", 2)[0]), err))
+			continue
 		}
-		peer := peerAt(st, url)
 		for path, info := range infos {
-			f := rest[path]
+			f, ok := rest[path]
+			if !ok {
+				continue // not asked, or claimed by a peer before
+			}
 			f.Peer, f.Substituter, f.NarSize = peer, strings.SplitN(url, "?", 2)[0], info.NarSize
 			delete(rest, path)
 		}
@@ -223,5 +281,8 @@ func (p *plan) print(w io.Writer) {
 	}
 	for _, u := range p.Unknown {
 		fmt.Fprintf(w, "Does not know how to build or fetch %s\n", u)
+	}
+	for _, warn := range p.Warnings {
+		fmt.Fprintf(w, "warning: %s\n", warn)
 	}
 }

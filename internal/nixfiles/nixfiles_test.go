@@ -112,6 +112,7 @@ let
       (map (n: { name = n; value = s.${n}; }) (builtins.attrNames s)));
     mapAttrs = builtins.mapAttrs;
     hasInfix = infix: str: builtins.length (builtins.split infix str) > 1; # infix is a plain string here
+    hasPrefix = pre: str: builtins.substring 0 (builtins.stringLength pre) str == pre;
     findFirst = p: d: l: let m = builtins.filter p l; in if m == [ ] then d else builtins.head m;
     escapeShellArgs = l: builtins.concatStringsSep " " (map (a: "'" + a + "'") l);
     types = {

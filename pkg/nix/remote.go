@@ -77,14 +77,42 @@ func (c *CLI) RemotePathInfos(ctx context.Context, storeURL string, paths []stri
 	if err != nil {
 		return nil, fmt.Errorf("ask %s about its paths: %w", redactURL(storeURL), err)
 	}
-	var infos []PathInfo
-	if err := json.Unmarshal(raw, &infos); err != nil {
+	infos, err := ParsePathInfoJSON(raw)
+	if err != nil {
 		return nil, fmt.Errorf("parse nix path-info of %s: %w", redactURL(storeURL), err)
 	}
+	asked := make(map[string]bool, len(valid))
+	for _, p := range valid {
+		asked[p] = true
+	}
 	for _, i := range infos {
-		out[i.Path] = i
+		if asked[i.Path] {
+			out[i.Path] = i
+		}
 	}
 	return out, nil
+}
+
+// ParsePathInfoJSON parses `nix path-info --json`: a list of objects with
+// a "path" (Nix before 2.19), or an object keyed by path whose values
+// are null for a path the store lacks (2.19 and later).
+func ParsePathInfoJSON(raw []byte) ([]PathInfo, error) {
+	var list []PathInfo
+	if err := json.Unmarshal(raw, &list); err == nil {
+		return list, nil
+	}
+	var byPath map[string]*PathInfo
+	if err := json.Unmarshal(raw, &byPath); err != nil {
+		return nil, fmt.Errorf("neither a list nor an object of path infos: %w", err)
+	}
+	for p, i := range byPath {
+		if i == nil {
+			continue
+		}
+		i.Path = p
+		list = append(list, *i)
+	}
+	return list, nil
 }
 
 // redactURL drops the query of a store URL (keys and host keys) for

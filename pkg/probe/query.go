@@ -16,6 +16,13 @@ const cmdQueryPathInfos = 2
 // references of one path.
 const maxPaths = 1 << 16
 
+// maxAnswer bounds the whole answer to one query, and maxPathLen a store
+// path in it.
+const (
+	maxAnswer  = 64 << 20
+	maxPathLen = 1024
+)
+
 // PathInfo is what a store says of one of its paths.
 type PathInfo struct {
 	Path, Deriver         string
@@ -51,7 +58,7 @@ func QueryPathInfos(ctx context.Context, t Target, paths []string) (map[string]P
 		if _, err := w.Write(req); err != nil {
 			return fmt.Errorf("send QueryPathInfos: %w", err)
 		}
-		infos, err := readPathInfos(&wireReader{r: r}, len(paths))
+		infos, err := readPathInfos(&wireReader{r: io.LimitReader(r, maxAnswer)}, paths)
 		for _, i := range infos {
 			out[i.Path] = i
 		}
@@ -65,26 +72,31 @@ func QueryPathInfos(ctx context.Context, t Target, paths []string) (map[string]P
 
 // readPathInfos reads QueryPathInfos' answer: for each path the store
 // holds, its path, deriver, references, download and NAR sizes, NAR hash,
-// content address and signatures; then an empty string. At most asked
-// paths are accepted.
-func readPathInfos(r *wireReader, asked int) ([]PathInfo, error) {
+// content address and signatures; then an empty string. Only paths that
+// were asked are accepted, each once.
+func readPathInfos(r *wireReader, asked []string) ([]PathInfo, error) {
+	want := make(map[string]bool, len(asked))
+	for _, p := range asked {
+		want[p] = true
+	}
 	var infos []PathInfo
 	for {
-		path, err := r.string("path", maxString)
+		path, err := r.string("path", maxPathLen)
 		if err != nil {
 			return infos, err
 		}
 		if path == "" {
 			return infos, nil
 		}
-		if len(infos) == asked {
-			return infos, fail(WrongProtocol, "QueryPathInfos answered more paths than were asked")
+		if !want[path] {
+			return infos, fail(WrongProtocol, "QueryPathInfos answered about %q, which was not asked (or twice)", path)
 		}
+		delete(want, path)
 		i := PathInfo{Path: path}
-		if i.Deriver, err = r.string("deriver", maxString); err != nil {
+		if i.Deriver, err = r.string("deriver", maxPathLen); err != nil {
 			return infos, err
 		}
-		if i.References, err = r.strings("references", maxPaths); err != nil {
+		if i.References, err = r.strings("references", maxPaths, maxPathLen); err != nil {
 			return infos, err
 		}
 		if i.DownloadSize, err = r.uint64("download size"); err != nil {
@@ -93,21 +105,21 @@ func readPathInfos(r *wireReader, asked int) ([]PathInfo, error) {
 		if i.NarSize, err = r.uint64("NAR size"); err != nil {
 			return infos, err
 		}
-		if i.NarHash, err = r.string("NAR hash", maxString); err != nil {
+		if i.NarHash, err = r.string("NAR hash", maxPathLen); err != nil {
 			return infos, err
 		}
 		if i.CA, err = r.string("content address", maxString); err != nil {
 			return infos, err
 		}
-		if i.Sigs, err = r.strings("signatures", maxFields); err != nil {
+		if i.Sigs, err = r.strings("signatures", maxFields, maxPathLen); err != nil {
 			return infos, err
 		}
 		infos = append(infos, i)
 	}
 }
 
-// strings reads a list of at most limit strings.
-func (w *wireReader) strings(what string, limit uint64) ([]string, error) {
+// strings reads a list of at most limit strings of at most size bytes.
+func (w *wireReader) strings(what string, limit, size uint64) ([]string, error) {
 	n, err := w.uint64(what + " count")
 	if err != nil {
 		return nil, err
@@ -117,7 +129,7 @@ func (w *wireReader) strings(what string, limit uint64) ([]string, error) {
 	}
 	out := make([]string, 0, min(n, 1024))
 	for range n {
-		s, err := w.string(what, maxString)
+		s, err := w.string(what, size)
 		if err != nil {
 			return nil, err
 		}

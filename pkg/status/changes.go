@@ -29,7 +29,8 @@ func Changes(prev, next Status) []string {
 		switch {
 		case old == nil:
 			out = append(out, fmt.Sprintf("peer %s (%s): %s, trust %s", p.Name, p.Role, p.State, p.Trust))
-		case old.State != p.State || old.Trust != p.Trust || old.HostKeyFingerprint != p.HostKeyFingerprint:
+		case old.State != p.State || old.Trust != p.Trust || old.HostKeyFingerprint != p.HostKeyFingerprint ||
+			old.RefusedHostKeyFingerprint != p.RefusedHostKeyFingerprint:
 			s := fmt.Sprintf("peer %s: %s -> %s", p.Name, old.State, p.State)
 			if old.Trust != p.Trust || old.HostKeyFingerprint != p.HostKeyFingerprint {
 				s += fmt.Sprintf(", trust %s -> %s %s", old.Trust, p.Trust, p.HostKeyFingerprint)

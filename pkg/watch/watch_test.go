@@ -52,6 +52,19 @@ func expectChange(t *testing.T, changes <-chan struct{}, what string, act func(i
 	}
 }
 
+// quiet takes the changes of writes made while the watch was being set
+// up, until none came for 300 ms: each step after it then sees its own
+// change, not one left over from before.
+func quiet(changes <-chan struct{}) {
+	for {
+		select {
+		case <-changes:
+		case <-time.After(300 * time.Millisecond):
+			return
+		}
+	}
+}
+
 func write(t *testing.T, path, s string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
@@ -160,6 +173,7 @@ func TestSwapToAFIFOOrDevice(t *testing.T) {
 	}
 	changes := start(t, path)
 	expectChange(t, changes, "the watch is live", func(i int) { write(t, filepath.Join(dir, "real.yaml"), fmt.Sprintf("a: %d\n", i+2)) })
+	quiet(changes)
 	for _, target := range []string{fifo, "real.yaml", "/dev/zero", "real.yaml"} {
 		expectChange(t, changes, "swap to "+target, func(i int) {
 			if i > 0 {
@@ -184,6 +198,7 @@ func TestMissingThenDirectory(t *testing.T) {
 	write(t, path, "a: 1\n")
 	changes := start(t, path)
 	expectChange(t, changes, "the watch is live", func(i int) { write(t, path, fmt.Sprintf("a: %d\n", i+2)) })
+	quiet(changes)
 	expectChange(t, changes, "the file removed", func(i int) {
 		if i == 0 {
 			if err := os.Remove(path); err != nil {
