@@ -30,10 +30,13 @@ let
     then cfg.configFile
     else settingsFormat.generate "nixpeer.json" ({ apiVersion = "nixpeer/v1"; } // dropNulls cfg.settings);
 
-  # This host's entry in settings, when host names it.
+  # This host's entry in settings: the one host names, or else the one
+  # whose name or address is the host name (as the agent finds itself).
+  hostName = config.networking.hostName or "";
   thisHost =
-    if cfg.host == null then null
-    else lib.findFirst (h: h.name == cfg.host) null (cfg.settings.hosts or [ ]);
+    if cfg.host != null
+    then lib.findFirst (h: h.name == cfg.host) null (cfg.settings.hosts or [ ])
+    else lib.findFirst (h: h.name == hostName || h.address == hostName) null (cfg.settings.hosts or [ ]);
 
   # An IPv6 address is bracketed in host:port.
   metricsListen =

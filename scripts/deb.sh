@@ -28,4 +28,5 @@ sed -e "s|@ARCH@|$arch|" -e "s|@VERSION@|$version|" -e "s|@BUILD@|$build|g" pack
 
 go run "github.com/goreleaser/nfpm/v2/cmd/nfpm@$nfpm_version" package \
   --config "$build/nfpm.yaml" --packager deb --target "$out/" >&2
-ls "$out"/nixpeer_"$(echo "$version" | sed 's/~/~/')"_"$arch".deb
+# nfpm spells the version as Debian does (a - of a tag may become ~).
+ls -t "$out"/nixpeer_*_"$arch".deb | head -n 1

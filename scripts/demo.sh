@@ -14,7 +14,7 @@ if ! command -v go >/dev/null 2>&1; then
   exit 1
 fi
 if ! scripts/prepare.sh; then
-  echo "demo: without root, staging's sshd and nix-daemon cannot run: the demo shows the agents exchanging their keys only" >&2
+  echo "demo: Nix, sshd or the nix-ssh user are missing (see above): the demo shows the agents exchanging their keys only" >&2
 fi
 work=$(mktemp -d)
 trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT

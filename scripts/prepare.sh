@@ -8,6 +8,9 @@ set -euo pipefail
 
 need=()
 command -v nix-store >/dev/null 2>&1 || need+=(nix-bin)
+# nix-users and nixbld (the daemon's socket group, the build users) come
+# from nix-setup-systemd, only a Recommends of nix-bin.
+getent group nix-users >/dev/null 2>&1 || need+=(nix-setup-systemd)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 for p in "$@"; do
@@ -41,7 +44,11 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-if ! id nix-ssh >/dev/null 2>&1 && getent group nix-users >/dev/null; then
+if ! getent group nix-users >/dev/null; then
+  echo "prepare: no group nix-users after installing nix-bin and nix-setup-systemd" >&2
+  exit 1
+fi
+if ! id nix-ssh >/dev/null 2>&1; then
   echo "prepare: creating the nix-ssh user" >&2
   eval "$make_user"
 fi

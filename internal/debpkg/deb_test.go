@@ -88,8 +88,19 @@ func TestDebInstallsVerifiesAndRemoves(t *testing.T) {
 		t.Fatalf("the desired-state file after dpkg -r: %v", err)
 	}
 
+	// The agent's own Nix settings name the signing key purge deletes.
+	const nixpeerConf = "/etc/nix/nixpeer.conf"
+	if _, err := os.Lstat(nixpeerConf); err == nil {
+		t.Fatalf("%s exists on this machine; this test would purge it", nixpeerConf)
+	}
+	if err := os.MkdirAll("/etc/nix", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(nixpeerConf, []byte("extra-secret-key-files = "+key+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	run("dpkg", "-P", "nixpeer")
-	for _, gone := range []string{state, "/etc/nixpeer/desired.yaml", "/lib/systemd/system/nixpeer.service"} {
+	for _, gone := range []string{state, "/etc/nixpeer/desired.yaml", "/lib/systemd/system/nixpeer.service", nixpeerConf} {
 		if _, err := os.Lstat(gone); !os.IsNotExist(err) {
 			t.Errorf("%s after dpkg -P: %v", gone, err)
 		}

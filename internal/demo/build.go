@@ -52,7 +52,9 @@ func (d *demo) buildAndFetch(ctx context.Context) error {
 	}
 	top := strings.TrimSpace(string(out))
 	d.say("$ nix-build --option substitute false -E '...'   # production builds it itself: %.1f s", builtHere.Seconds())
-	closure, err := exec.CommandContext(ctx, "nix-store", "-qR", top).Output()
+	query := exec.CommandContext(ctx, "nix-store", "-qR", top)
+	query.Env = own.Env
+	closure, err := query.Output()
 	if err != nil {
 		return fmt.Errorf("list the closure: %w%s", err, stderrOf(err))
 	}

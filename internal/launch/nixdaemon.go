@@ -89,8 +89,11 @@ func StartNixDaemon(confDir, sockDir string, restartable bool) (*NixDaemon, erro
 	cmd := exec.Command(prog)
 	if restartable {
 		d.pidFile = filepath.Join(sockDir, "pid")
-		// The loop ends with its process group.
-		cmd = exec.Command("/bin/sh", "-c", `while :; do "$0" & echo $! > "$1"; wait $!; done`, prog, d.pidFile)
+		// The loop ends with its process group. Each daemon dies with the
+		// loop (setpriv, where there is one), and a daemon that cannot
+		// start is not restarted in a tight loop.
+		cmd = exec.Command("/bin/sh", "-c", `pd=; command -v setpriv >/dev/null 2>&1 && pd="setpriv --pdeathsig KILL --"
+while :; do $pd "$0" & echo $! > "$1"; wait $!; sleep 0.2; done`, prog, d.pidFile)
 	}
 	cmd.Env = append(CleanNixEnv(os.Environ()),
 		"NIX_CONF_DIR="+confDir,
@@ -111,7 +114,7 @@ func StartNixDaemon(confDir, sockDir string, restartable bool) (*NixDaemon, erro
 	})
 	if err != nil {
 		d.Proc.Stop()
-		return nil, fmt.Errorf("wait for nix-daemon to accept on %s: %w", d.Socket, err)
+		return nil, fmt.Errorf("wait for nix-daemon to accept on %s: %w\nits output:\n%s", d.Socket, err, d.Proc.Logs())
 	}
 	return d, nil
 }

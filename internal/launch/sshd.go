@@ -1,7 +1,7 @@
 package launch
 
 import (
-	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -131,7 +131,7 @@ func (s *SSHD) start(prog string) error {
 		if ended, err := s.Proc.Exited(); ended {
 			return fmt.Errorf("sshd exited (%v): %w", err, ErrStop)
 		}
-		return sshBanner(s.Addr())
+		return sshHostKey(s.Addr(), s.HostKey)
 	})
 	if err != nil {
 		s.Proc.Stop()
@@ -140,8 +140,10 @@ func (s *SSHD) start(prog string) error {
 	return nil
 }
 
-// sshBanner connects to addr and reads the server's identification line.
-func sshBanner(addr string) error {
+// sshHostKey connects to addr and checks, with an SSH handshake, that
+// the server there shows key: that it is this sshd, not another server
+// that held the port first. The handshake stops at authentication.
+func sshHostKey(addr string, key ssh.PublicKey) error {
 	c, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
 		return err
@@ -150,14 +152,17 @@ func sshBanner(addr string) error {
 	if err := c.SetDeadline(time.Now().Add(2 * time.Second)); err != nil {
 		return err
 	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return fmt.Errorf("read banner: %w", err)
+	config := &ssh.ClientConfig{User: "launch-check", HostKeyCallback: ssh.FixedHostKey(key),
+		HostKeyAlgorithms: []string{key.Type()}}
+	conn, _, _, err := ssh.NewClientConn(c, addr, config)
+	if err == nil {
+		conn.Close()
+		return nil
 	}
-	if !strings.HasPrefix(line, "SSH-2.0-") {
-		return fmt.Errorf("not an SSH banner: %q", line)
+	if strings.Contains(err.Error(), "unable to authenticate") {
+		return nil // the host key was accepted; no login was meant
 	}
-	return nil
+	return fmt.Errorf("SSH handshake: %w", err)
 }
 
 // writeSSHDConfig writes s.ConfigPath. PerSourcePenalties (OpenSSH 9.8+)
@@ -195,13 +200,15 @@ func writeSSHDConfig(prog string, s *SSHD, cfg SSHDConfig) error {
 	if err := write(append(lines, "PerSourcePenalties no")); err != nil {
 		return err
 	}
-	if exec.Command(prog, "-t", "-f", s.ConfigPath).Run() == nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if exec.CommandContext(ctx, prog, "-t", "-f", s.ConfigPath).Run() == nil {
 		return nil
 	}
 	if err := write(lines); err != nil {
 		return err
 	}
-	if out, err := exec.Command(prog, "-t", "-f", s.ConfigPath).CombinedOutput(); err != nil {
+	if out, err := exec.CommandContext(ctx, prog, "-t", "-f", s.ConfigPath).CombinedOutput(); err != nil {
 		return fmt.Errorf("sshd -t rejects %s: %w\n%s", s.ConfigPath, err, out)
 	}
 	return nil

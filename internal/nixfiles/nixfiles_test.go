@@ -143,6 +143,7 @@ let
       services.nixpeer = builtins.mapAttrs (_: def) m.options.services.nixpeer // cfg;
       nix.package = "/nix/store/nix";
       systemd.package = "/nix/store/systemd";
+      networking.hostName = "staging";
     };
   };
 in {
@@ -215,6 +216,9 @@ func TestModuleConfig(t *testing.T) {
 		settingsValid bool
 	}{
 		{"serving host, from its entry in settings", `{"enable": true, "host": "staging", "settings": ` + fleetSettings + `}`,
+			map[string]any{"enable": true, "protocol": "ssh-ng"}, []any{float64(7800)},
+			`'/nix/store/nixpeer-from-package-nix/bin/nixpeer' 'run' '--config' '/nix/store/generated-nixpeer.json=`, true},
+		{"serving host, found by its host name", `{"enable": true, "settings": ` + fleetSettings + `}`,
 			map[string]any{"enable": true, "protocol": "ssh-ng"}, []any{float64(7800)},
 			`'/nix/store/nixpeer-from-package-nix/bin/nixpeer' 'run' '--config' '/nix/store/generated-nixpeer.json=`, true},
 		{"fetching host", `{"enable": true, "host": "production", "logLevel": "debug", "settings": ` + fleetSettings + `}`,
