@@ -1,9 +1,6 @@
 package main
 
 import (
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -27,12 +24,7 @@ func BenchmarkStartedApart(b *testing.B) {
 	within := 0
 	for i := range b.N {
 		f := prepareFleet(b, testenv.FreePort(b, "127.0.0.2"), "ssh")
-		key := filepath.Join(f.S, "etc/ssh/ssh_host_ed25519_key")
-		os.MkdirAll(filepath.Dir(key), 0o755)
-		if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key).CombinedOutput(); err != nil {
-			b.Fatalf("ssh-keygen: %v\n%s", err, out)
-		}
-		f.startSSHD(b)
+		f.startSSHDFirst(b)
 		order := "stage-first"
 		start := func(first bool) *agent {
 			if first == (i%2 == 0) {

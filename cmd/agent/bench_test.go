@@ -74,12 +74,7 @@ func BenchmarkFleetConverges(b *testing.B) {
 	var rss []float64 // MiB, of each agent once both are Ready
 	for i := 0; i < b.N; i++ {
 		f := prepareFleet(b, testenv.FreePort(b, "127.0.0.2"), "ssh")
-		key := filepath.Join(f.S, "etc/ssh/ssh_host_ed25519_key")
-		os.MkdirAll(filepath.Dir(key), 0o755)
-		if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key).CombinedOutput(); err != nil {
-			b.Fatalf("ssh-keygen: %v\n%s", err, out)
-		}
-		f.startSSHD(b)
+		f.startSSHDFirst(b)
 		start := time.Now()
 		f.stage = startAgent(b, f.S, f.config, "stage", "--log-level", "warn")
 		f.prod = startAgent(b, f.P, f.config, "prod", "--log-level", "warn")

@@ -53,9 +53,7 @@ func cmdStatus(args []string, stdout io.Writer) error {
 		return &exitError{code: exitNoDaemon, msg: clientError("status", err)}
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(st); err != nil {
+		if err := printJSON(stdout, st); err != nil {
 			return err
 		}
 	} else {
@@ -134,6 +132,13 @@ func cmdTrust(args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "trust in %s reset: its host key is checked anew at the next contact (against its pin, or trusted on first use where the file allows it); see nixpeer status\n", peer)
 	return nil
+}
+
+// printJSON writes v as indented JSON, the form of every --json.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func clientError(cmd string, err error) string {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -41,9 +40,7 @@ func cmdFacts(args []string, stdout io.Writer) error {
 	l := hf.layout()
 	facts := hostFacts{ClientKey: readKey(l.ClientKey), HostKey: readKey(l.HostKey), CacheKey: readCacheKey(l.KeysDir)}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(facts)
+		return printJSON(stdout, facts)
 	}
 	for _, k := range []struct {
 		what string

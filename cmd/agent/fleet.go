@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -142,9 +141,7 @@ func roleOf(h *desired.Host) string {
 // printFleet writes the fleet as a table.
 func printFleet(w io.Writer, hosts []fleetHost, asJSON bool) error {
 	if asJSON {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(hosts)
+		return printJSON(w, hosts)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "HOST\tROLE\tADDRESS\tREADY\tGENERATION\tTRUST\tLAST HEARD")

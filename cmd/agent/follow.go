@@ -95,9 +95,7 @@ func cmdEvents(args []string, stdout io.Writer) error {
 		return &exitError{code: 1, msg: clientError("events", err)}
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(evs)
+		return printJSON(stdout, evs)
 	}
 	printEvents(stdout, evs)
 	return nil

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/nixpeer/nixpeer/internal/testenv"
 	"github.com/nixpeer/nixpeer/pkg/state"
 	"github.com/nixpeer/nixpeer/pkg/status"
@@ -134,6 +136,22 @@ func TestWaitForAPath(t *testing.T) {
 	}
 	drv, path := instantiate("nixpeer-wait-" + nonce())
 
+	// Production's logins to staging's sshd with its client key, as sshd
+	// logs them: the wait's queries are among them.
+	pub, _, _, _, err := ssh.ParseAuthorizedKey(readFile(t, filepath.Join(f.P, "var/lib/nixpeer/keys/ssh_client_ed25519.pub")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	logins := func() int {
+		n := 0
+		for _, line := range strings.Split(f.sshd.Logs(), "\n") {
+			if strings.Contains(line, "Accepted publickey for nix-ssh") && strings.Contains(line, ssh.FingerprintSHA256(pub)) {
+				n++
+			}
+		}
+		return n
+	}
+	before := logins()
 	waitOut := &syncWriter{}
 	wait := exec.Command(binary(t), "wait", "--root", f.P, "--path", path, "--timeout", "60s")
 	wait.Stdout, wait.Stderr = waitOut, waitOut
@@ -142,10 +160,16 @@ func TestWaitForAPath(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- wait.Wait() }()
+	testenv.WaitFor(t, 20*time.Second, 10*time.Millisecond, "the wait to ask staging", func() error {
+		if logins() > before {
+			return nil
+		}
+		return fmt.Errorf("no login of production's key since the wait started")
+	})
 	select {
 	case err := <-done:
 		t.Fatalf("wait returned before staging built the path: %v\n%s", err, waitOut.String())
-	case <-time.After(time.Second): // it has asked staging at least once
+	default:
 	}
 	build := exec.Command("nix-store", "-r", drv)
 	build.Env = append(build.Environ(), f.daemon.Env()...)

@@ -119,6 +119,19 @@ func (f *fleetRun) startSSHD(t testing.TB) {
 	})
 }
 
+// startSSHDFirst gives staging an SSH host key and starts its sshd before
+// any agent runs, as on a host installed with its host key.
+func (f *fleetRun) startSSHDFirst(t testing.TB) {
+	key := filepath.Join(f.S, "etc/ssh/ssh_host_ed25519_key")
+	if err := os.MkdirAll(filepath.Dir(key), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v\n%s", err, out)
+	}
+	f.startSSHD(t)
+}
+
 // startFleet starts both agents at once, then staging's sshd, and waits
 // until both are Ready with nothing copied by hand.
 func startFleet(t testing.TB, sshPort int, protocol string, extra ...string) *fleetRun {

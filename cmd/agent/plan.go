@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -107,9 +106,7 @@ func cmdPlan(args []string, stdout io.Writer) error {
 		return &exitError{code: 1, msg: "nixpeer plan: " + err.Error()}
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(p); err != nil {
+		if err := printJSON(stdout, p); err != nil {
 			return err
 		}
 	} else {
