@@ -30,13 +30,25 @@ let
     then cfg.configFile
     else settingsFormat.generate "nixpeer.json" ({ apiVersion = "nixpeer/v1"; } // dropNulls cfg.settings);
 
-  # This host's entry in settings: the one host names, or else the one
-  # whose name or address is the host name (as the agent finds itself).
+  # The desired state as the agent will read it: settings, or configFile
+  # read at evaluation time (JSON directly; YAML through yq, an
+  # import-from-derivation) so that the defaults below follow it too.
+  desired =
+    if cfg.configFile == null then cfg.settings
+    else if lib.hasSuffix ".json" (toString cfg.configFile) then builtins.fromJSON (builtins.readFile cfg.configFile)
+    else builtins.fromJSON (builtins.readFile (pkgs.runCommand "nixpeer-desired.json" { nativeBuildInputs = [ pkgs.yq-go ]; }
+      "yq --output-format=json . ${cfg.configFile} > $out"));
+
+  # This host's entry: the one host names, or else the one whose name or
+  # address is the host name (as the agent finds itself).
   hostName = config.networking.hostName or "";
   thisHost =
     if cfg.host != null
-    then lib.findFirst (h: h.name == cfg.host) null (cfg.settings.hosts or [ ])
-    else lib.findFirst (h: h.name == hostName || h.address == hostName) null (cfg.settings.hosts or [ ]);
+    then lib.findFirst (h: h.name == cfg.host) null (desired.hosts or [ ])
+    else lib.findFirst (h: h.name == hostName || h.address == hostName) null (desired.hosts or [ ]);
+  # What this host's entry says of serving: null when it does not serve.
+  thisServe = if thisHost == null then null else thisHost.serve or null;
+  fileProtocol = if thisServe == null then null else thisServe.protocol or "ssh";
 
   # An IPv6 address is bracketed in host:port.
   metricsListen =
@@ -114,8 +126,8 @@ in
 
     serve = mkOption {
       type = types.bool;
-      default = thisHost != null && (thisHost.serve or null) != null;
-      defaultText = lib.literalExpression "whether this host's entry in settings has serve";
+      default = thisServe != null;
+      defaultText = lib.literalExpression "whether this host's entry in settings or configFile has serve";
       description = ''
         Whether this host serves its Nix store to the others over SSH
         (nix.sshServe). The agent manages the keys allowed to fetch.
@@ -124,8 +136,8 @@ in
 
     serveProtocol = mkOption {
       type = types.enum [ "ssh" "ssh-ng" ];
-      default = if thisHost != null && (thisHost.serve.protocol or null) != null then thisHost.serve.protocol else "ssh";
-      defaultText = lib.literalExpression "this host's serve.protocol in settings, or ssh";
+      default = if fileProtocol != null then fileProtocol else "ssh";
+      defaultText = lib.literalExpression "this host's serve.protocol in settings or configFile, or ssh";
       description = "nix.sshServe.protocol of a serving host.";
     };
 
@@ -174,12 +186,22 @@ in
         assertion = cfg.configFile == null || (cfg.settings.hosts or [ ]) == [ ];
         message = "services.nixpeer: set either settings or configFile, not both.";
       }
+      {
+        # sshd's ForceCommand (from nix.sshServe.protocol) wins over the
+        # agent's command=: the two ends would speak different protocols.
+        assertion = !cfg.serve || fileProtocol == null || fileProtocol == cfg.serveProtocol;
+        message = "services.nixpeer: serveProtocol is ${cfg.serveProtocol} but this host's serve.protocol in the desired state is ${toString fileProtocol}; make them agree.";
+      }
     ];
 
-    # Appended verbatim as the last line of /etc/nix/nix.conf, so that what
-    # the agent writes there is not overridden by a later setting. !include
-    # ignores a missing file (before the agent's first run).
-    nix.extraOptions = ''
+    # nixpeer status, plan, wait... on the PATH.
+    environment.systemPackages = [ cfg.package ];
+
+    # The last line of /etc/nix/nix.conf (mkAfter: after every other
+    # module's extraOptions), so that what the agent writes there is not
+    # overridden by a later setting. !include ignores a missing file
+    # (before the agent's first run).
+    nix.extraOptions = lib.mkAfter ''
       !include ${stateDir}/nix.conf
     '';
 

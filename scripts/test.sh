@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need on a fresh Debian machine
 # (real Nix and a real sshd, from Debian), then vets and runs every test with
-# the race detector. Safe to run again: installed things are left as they are.
+# the race detector, then the end-to-end tests on newer Nix (in chroots).
+# Safe to run again: installed things are left as they are.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,15 @@ fi
 go vet ./...
 go tool staticcheck ./...
 go test -race -count=1 -timeout 8m "$@" ./...
+# The Nix version matrix: the end-to-end tests again on Debian trixie's Nix
+# (2.26) and sid's (the newest Debian has), each in a chroot built once with
+# debootstrap and cached in /var/cache/nixpeer-test. After the tests above,
+# not beside them: they use the same loopback addresses.
+if [ "$(id -u)" -eq 0 ] || [ "${CI:-}" = true ]; then
+  scripts/nixmatrix.sh
+else
+  echo "test: not root: the Nix version matrix (scripts/nixmatrix.sh) is not run" >&2
+fi
 # The Debian package: built, installed, verified, removed and purged. On
 # its own, after the rest: while it is installed, its nixpeer group exists.
 if [ "$(id -u)" -eq 0 ] || [ "${CI:-}" = true ]; then

@@ -30,10 +30,16 @@ var (
 	buildErr  error
 )
 
-// binary builds nixpeer once per test process.
+// binary builds nixpeer once per test process, or takes the one that
+// NIXPEER_BIN names: the Nix version matrix runs these tests in a chroot
+// with no Go toolchain (scripts/nixmatrix.sh).
 func binary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
+		if p := os.Getenv("NIXPEER_BIN"); p != "" {
+			binPath = p
+			return
+		}
 		dir, err := os.MkdirTemp("", "nixpeer-bin-")
 		if err != nil {
 			buildErr = err
@@ -154,7 +160,7 @@ func startAgent(t testing.TB, root, config, host string, extra ...string) *agent
 	a := &agent{t: t, root: root, config: config, socket: filepath.Join(root, "run/nixpeer/agent.sock"),
 		logs: &syncWriter{}, done: make(chan error, 1)}
 	args := append([]string{"run", "--config", config, "--host", host, "--root", root, "--log-level", "debug"}, extra...)
-	a.cmd = exec.Command(binary(t), args...)
+	a.cmd = asInstalled(t, args...)
 	a.cmd.Stdout = a.logs
 	a.cmd.Stderr = a.logs
 	if err := a.cmd.Start(); err != nil {

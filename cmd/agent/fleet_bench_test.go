@@ -276,7 +276,7 @@ func startAgentNoWait(t testing.TB, root, config, host string) *agent {
 	if os.Getenv("NIXPEER_FLEET_DEBUG") == "1" {
 		level = "debug"
 	}
-	a.cmd = exec.Command(binary(t), "run", "--config", config, "--host", host, "--root", root, "--log-level", level)
+	a.cmd = asInstalled(t, "run", "--config", config, "--host", host, "--root", root, "--log-level", level)
 	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -3,8 +3,10 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -35,6 +37,30 @@ warning: something else
 	}
 	if p := parseDryRun(""); len(p.Build) != 0 || len(p.Fetch) != 0 || p.Build == nil {
 		t.Fatalf("nothing to do: %+v", p)
+	}
+}
+
+// TestParseDryRunAcrossNixVersions: the dry run as each real Nix printed it
+// (pkg/nix/testdata/nixversions/VERSION/dry-run.txt, captured by
+// capture.sh there): one derivation to build, three paths to fetch.
+func TestParseDryRunAcrossNixVersions(t *testing.T) {
+	files, _ := filepath.Glob("../../pkg/nix/testdata/nixversions/2.*/dry-run.txt")
+	if len(files) < 3 {
+		t.Fatalf("want the output of at least 3 Nix versions, found %q", files)
+	}
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := parseDryRun(string(raw))
+		var fetched []string
+		for _, x := range p.Fetch {
+			fetched = append(fetched, x.Path[len("/nix/store/")+33:])
+		}
+		if len(p.Build) != 1 || !strings.HasSuffix(p.Build[0], "-top.drv") || !slices.Equal(fetched, []string{"a", "b", "c"}) || p.Download == "" {
+			t.Errorf("%s: parsed %+v", f, p)
+		}
 	}
 }
 

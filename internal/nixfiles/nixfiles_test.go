@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -94,6 +95,55 @@ func TestVendorHashIsCurrent(t *testing.T) {
 	}
 }
 
+// TestGoDirectiveIsTheMinimum: go.mod asks for the Go that the code and
+// its dependencies need, no newer: buildGoModule does not download
+// toolchains, so a nixpkgs whose Go 1.26 is an earlier patch release than
+// the directive would refuse to build the package. The build with exactly
+// that Go (fetched through the module proxy) runs unless -short.
+func TestGoDirectiveIsTheMinimum(t *testing.T) {
+	testenv.Require(t, "go")
+	cmd := exec.Command("go", "list", "-m", "-f", "{{.Path}} {{.GoVersion}}", "all")
+	cmd.Dir = root
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list -m all: %v", err)
+	}
+	var main, need, needBy string
+	for i, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		path, v, _ := strings.Cut(line, " ")
+		if i == 0 {
+			main = v
+		} else if v != "" && gover(v) > gover(need) {
+			need, needBy = v, path
+		}
+	}
+	if gover(main) > gover(need) {
+		t.Fatalf("go.mod says go %s, but its dependencies need only %s (%s): lower it", main, need, needBy)
+	}
+	if testing.Short() {
+		return
+	}
+	build := exec.Command("go", "build", "-o", filepath.Join(t.TempDir(), "nixpeer"), "./cmd/agent")
+	build.Dir = root
+	build.Env = append(os.Environ(), "GOTOOLCHAIN=go"+main)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build with go %s: %v\n%s", main, err, out)
+	}
+}
+
+// gover makes a Go version ("1.26", "1.26.0", "1.9.3") comparable as a
+// string: each number zero-padded to 4 digits, a missing patch as 0.
+func gover(v string) string {
+	parts := strings.Split(v, ".")
+	for len(parts) < 3 {
+		parts = append(parts, "0")
+	}
+	for i, p := range parts {
+		parts[i] = fmt.Sprintf("%04s", p)
+	}
+	return strings.Join(parts, ".")
+}
+
 // stubs evaluates the NixOS module without nixpkgs: lib and pkgs are a
 // stand-in that keeps what matters (mkIf conditions, option defaults,
 // the JSON of the generated settings file); config is the option
@@ -106,6 +156,9 @@ let
     mkOption = o: o;
     mkIf = c: v: { _if = c; _then = v; };
     mkDefault = v: v;
+    mkAfter = v: v;
+    hasSuffix = suf: str: let n = builtins.stringLength str; k = builtins.stringLength suf;
+      in n >= k && builtins.substring (n - k) k str == suf;
     literalExpression = e: e;
     optionals = c: l: if c then l else [ ];
     filterAttrs = f: s: builtins.listToAttrs (builtins.filter (a: f a.name a.value)
@@ -129,6 +182,9 @@ let
     openssh = "/nix/store/openssh";
     coreutils = "/nix/store/coreutils";
     callPackage = f: args: "/nix/store/nixpeer-from-package-nix";
+    yq-go = "/nix/store/yq-go";
+    # Stands in for the YAML to JSON conversion: a file of the test's own.
+    runCommand = name: env: script: builtins.getEnv "NIXPEER_TEST_YAML_AS_JSON";
   };
   # An option's default; a set of options gives the set of their defaults.
   def = o: if o ? description then (o.default or null) else builtins.mapAttrs (_: def) o;
@@ -208,6 +264,16 @@ const fleetSettings = `{"hosts": [
   {"name": "production", "address": "production.example.com", "substituteFrom": ["staging"], "serve": null}]}`
 
 func TestModuleConfig(t *testing.T) {
+	// A configFile of the host's own, in YAML, and what yq makes of it.
+	dir := t.TempDir()
+	yamlFile, jsonFile := filepath.Join(dir, "desired.yaml"), filepath.Join(dir, "desired.json")
+	if err := os.WriteFile(yamlFile, []byte("hosts: [{name: staging, address: s, serve: {protocol: ssh-ng}}]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(jsonFile, []byte(fleetSettings), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("NIXPEER_TEST_YAML_AS_JSON", jsonFile)
 	for _, c := range []struct {
 		name, cfg     string
 		sshServe      any
@@ -224,10 +290,12 @@ func TestModuleConfig(t *testing.T) {
 		{"fetching host", `{"enable": true, "host": "production", "logLevel": "debug", "settings": ` + fleetSettings + `}`,
 			nil, []any{float64(7722)},
 			`'/nix/store/nixpeer-from-package-nix/bin/nixpeer' 'run' '--config' '/nix/store/generated-nixpeer.json=`, true},
-		{"its own file, no firewall", `{"enable": true, "package": "/p", "configFile": "/etc/nixpeer.yaml", "openFirewall": false}`,
-			nil, []any{}, `'/p/bin/nixpeer' 'run' '--config' '/etc/nixpeer.yaml' '--log-level' 'info'`, false},
-		{"metrics over TCP", `{"enable": true, "package": "/p", "configFile": "/c", "metrics": {"enable": true, "listenAddress": "::1", "port": 9000, "openFirewall": true}}`,
-			nil, []any{float64(7722), float64(9000)}, `'/p/bin/nixpeer' 'run' '--config' '/c' '--log-level' 'info' '--metrics-listen' '[::1]:9000'`, false},
+		{"its own YAML file, no firewall", `{"enable": true, "package": "/p", "configFile": "` + yamlFile + `", "openFirewall": false}`,
+			map[string]any{"enable": true, "protocol": "ssh-ng"}, []any{}, `'/p/bin/nixpeer' 'run' '--config' '` + yamlFile + `' '--log-level' 'info'`, false},
+		{"its own JSON file, not serving", `{"enable": true, "package": "/p", "host": "production", "configFile": "` + jsonFile + `"}`,
+			nil, []any{float64(7722)}, `'/p/bin/nixpeer' 'run' '--config' '` + jsonFile + `' '--log-level' 'info'`, false},
+		{"metrics over TCP", `{"enable": true, "package": "/p", "host": "production", "configFile": "` + jsonFile + `", "metrics": {"enable": true, "listenAddress": "::1", "port": 9000, "openFirewall": true}}`,
+			nil, []any{float64(7722), float64(9000)}, `'/p/bin/nixpeer' 'run' '--config' '` + jsonFile + `' '--log-level' 'info' '--host' 'production' '--metrics-listen' '[::1]:9000'`, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			conf := evalModule(t, c.cfg)["config"]
@@ -242,6 +310,14 @@ func TestModuleConfig(t *testing.T) {
 			}
 			if got := get(conf, "users", "groups", "nixpeer"); got == nil {
 				t.Error("no nixpeer group")
+			}
+			if pkgs, _ := get(conf, "environment", "systemPackages").([]any); len(pkgs) != 1 || !strings.HasPrefix(c.execStart, "'"+pkgs[0].(string)+"/bin/nixpeer'") {
+				t.Errorf("environment.systemPackages %v: nixpeer is not on the PATH", pkgs)
+			}
+			for _, a := range get(conf, "assertions").([]any) {
+				if get(a, "assertion") != true {
+					t.Errorf("assertion fails: %v", get(a, "message"))
+				}
 			}
 			svc := get(conf, "systemd", "services", "nixpeer", "serviceConfig").(map[string]any)
 			exec, _ := svc["ExecStart"].(string)
@@ -270,6 +346,22 @@ func TestModuleConfig(t *testing.T) {
 				t.Fatalf("parsed %+v", f.Hosts)
 			}
 		})
+	}
+}
+
+// TestModuleRefusesTwoProtocols: nix.sshServe's ForceCommand would win over
+// the agent's command=, so serveProtocol must be what the desired state
+// says this host serves.
+func TestModuleRefusesTwoProtocols(t *testing.T) {
+	conf := evalModule(t, `{"enable": true, "host": "staging", "serveProtocol": "ssh", "settings": `+fleetSettings+`}`)["config"]
+	var failed []string
+	for _, a := range get(conf, "assertions").([]any) {
+		if get(a, "assertion") != true {
+			failed = append(failed, get(a, "message").(string))
+		}
+	}
+	if len(failed) != 1 || !strings.Contains(failed[0], "serveProtocol is ssh but this host's serve.protocol in the desired state is ssh-ng") {
+		t.Fatalf("failed assertions %q, want the one of serveProtocol", failed)
 	}
 }
 

@@ -54,6 +54,8 @@ func debianPackage(program string) string {
 		return "systemd"
 	case "iptables":
 		return "iptables"
+	case "setpriv":
+		return "util-linux"
 	}
 	return "the Debian package that ships it"
 }

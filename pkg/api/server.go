@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/nixpeer/nixpeer/pkg/atomicfile"
 	"github.com/nixpeer/nixpeer/pkg/state"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
@@ -45,7 +46,7 @@ type Backend interface {
 // owned by group (if that group exists on the machine), else 0600: never
 // world-writable, and not even briefly so.
 func Listen(path, group string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	if err := atomicfile.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
 	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {

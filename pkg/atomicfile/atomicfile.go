@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // WriteFile replaces path with data and mode perm: a temporary file in the
@@ -124,4 +125,55 @@ func syncDir(dir string) error {
 		return fmt.Errorf("fsync directory %s: %w", dir, err)
 	}
 	return nil
+}
+
+// MkdirAll creates path and every missing parent, each with exactly mode
+// perm whatever the process's umask (the agent runs under UMask=0077, and
+// sshd reads some of its directories as another user). Directories that
+// exist keep their mode.
+func MkdirAll(path string, perm fs.FileMode) error {
+	fi, err := os.Stat(path)
+	switch {
+	case err == nil && fi.IsDir():
+		return nil
+	case err == nil:
+		return fmt.Errorf("create directory %s: %w", path, syscall.ENOTDIR)
+	case !errors.Is(err, fs.ErrNotExist):
+		return err
+	}
+	if parent := filepath.Dir(path); parent != path {
+		if err := MkdirAll(parent, perm); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(path, perm); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return MkdirAll(path, perm) // made meanwhile: it must be a directory
+		}
+		return err
+	}
+	// Not by name: a symbolic link put there meanwhile is not followed.
+	d, err := os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Chmod(perm)
+}
+
+// KeepDirMode sets the directory path to mode perm when it has another,
+// and says whether it changed it: for a directory the agent owns, whose
+// mode another program depends on (sshd reading nix-ssh's keys as nix-ssh).
+func KeepDirMode(path string, perm fs.FileMode) (bool, error) {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return false, err
+	}
+	if !fi.IsDir() {
+		return false, fmt.Errorf("%s is not a directory", path)
+	}
+	if fi.Mode().Perm() == perm {
+		return false, nil
+	}
+	return true, os.Chmod(path, perm)
 }

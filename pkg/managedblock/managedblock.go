@@ -134,7 +134,7 @@ func Update(path, kind string, render func(existing []byte) ([]byte, error)) (ch
 		if len(out) == 0 {
 			return false, nil
 		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		if err := atomicfile.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			return false, fmt.Errorf("create directory for %s %s: %w", kind, path, err)
 		}
 	}

@@ -157,15 +157,6 @@ func TestSecretKeyNeverFormatted(t *testing.T) {
 	}
 }
 
-// pathInfo is one entry of `nix path-info --json --sigs`.
-type pathInfo struct {
-	Path       string   `json:"path"`
-	NarHash    string   `json:"narHash"`
-	NarSize    uint64   `json:"narSize"`
-	References []string `json:"references"`
-	Signatures []string `json:"signatures"`
-}
-
 // storeWithPath makes a store of the test's own under a temporary directory
 // and adds a path with two references to it; it returns the store
 // directory and the path.
@@ -183,19 +174,19 @@ func storeWithPath(t *testing.T, env []string) (string, string) {
 
 // signAndRead signs path with keyFile through real Nix and reads back its
 // path info.
-func signAndRead(t *testing.T, env []string, store, keyFile, path string) pathInfo {
+func signAndRead(t *testing.T, env []string, store, keyFile, path string) PathInfo {
 	t.Helper()
 	runProgram(t, env, "nix", "store", "sign", "--extra-experimental-features", "nix-command", "--store", store, "--key-file", keyFile, path)
 	out := runProgram(t, env, "nix", "path-info", "--extra-experimental-features", "nix-command", "--store", store, "--json", "--sigs", path)
-	var infos []pathInfo
-	if err := json.Unmarshal(out, &infos); err != nil || len(infos) != 1 {
+	infos, err := ParsePathInfoJSON(out) // both shapes: a list before 2.19, an object after
+	if err != nil || len(infos) != 1 {
 		t.Fatalf("nix path-info printed %q: %v", out, err)
 	}
 	return infos[0]
 }
 
 // signatureBy returns the signature named name.
-func signatureBy(t *testing.T, info pathInfo, name string) string {
+func signatureBy(t *testing.T, info PathInfo, name string) string {
 	t.Helper()
 	for _, s := range info.Signatures {
 		if strings.HasPrefix(s, name+":") {

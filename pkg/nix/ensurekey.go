@@ -74,7 +74,7 @@ func EnsureCacheKey(dir, name string) (PublicKey, Result, error) {
 
 // ensurePrivateDir creates dir with mode 0700, or sets an existing one to it.
 func ensurePrivateDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := atomicfile.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create key directory: %w", err)
 	}
 	st, err := os.Stat(dir)

@@ -24,17 +24,20 @@ type CLI struct {
 	show []string
 }
 
-// showCommands print the configuration: `nix show-config` (every Nix
-// since 2.4; an alias from 2.20 on) and `nix config show` (2.20 and later).
-var showCommands = [][]string{{"show-config"}, {"config", "show"}}
+// showCommands print the configuration, in the order tried: `nix config
+// show` (2.20 and later) and `nix show-config` (2.4 to 2.19; from 2.20 on a
+// deprecated alias that warns on standard error).
+var showCommands = [][]string{{"config", "show"}, {"show-config"}}
 
 // ShowConfig returns the configuration Nix itself sees: every setting name
 // with its effective value as nix.conf would spell it (lists joined by one
 // space, booleans true or false).
 //
-// It runs `nix show-config --json` with the nix-command experimental
-// feature turned on, or `nix config show --json` where that fails, and
-// remembers which one worked: one spawn per call.
+// It runs `nix config show --json` with the nix-command experimental
+// feature turned on, or `nix show-config --json` where that fails (Nix
+// before 2.20), and remembers which one worked: one spawn per call after
+// the first. What Nix says on standard error (a warning) is neither an
+// error nor output.
 func (c *CLI) ShowConfig(ctx context.Context) (map[string]string, error) {
 	c.mu.Lock()
 	cmds := showCommands

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -175,6 +176,14 @@ func writeWanted(f fileWant, obs FileObs) (bool, error) {
 	if obs.Err != nil {
 		return false, obs.Err
 	}
+	dirFixed := false
+	if f.ownDir && f.dirMode != 0 {
+		fixed, err := atomicfile.KeepDirMode(filepath.Dir(f.path), f.dirMode)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return false, fmt.Errorf("directory of %s: %w", f.path, err)
+		}
+		dirFixed = fixed
+	}
 	mode := f.mode
 	if mode == 0 {
 		mode = 0o644
@@ -183,10 +192,10 @@ func writeWanted(f fileWant, obs FileObs) (bool, error) {
 		}
 	}
 	if obs.Exists && bytes.Equal(obs.Content, f.content) && obs.Mode == mode {
-		return false, nil
+		return dirFixed, nil
 	}
 	if !obs.Exists && len(f.content) == 0 {
-		return false, nil
+		return dirFixed, nil
 	}
 	if now := readObserved(f.path); now.Err != nil || now.Exists != obs.Exists || !bytes.Equal(now.Content, obs.Content) {
 		return false, fmt.Errorf("%s %w", f.path, errChangedMeanwhile)
@@ -195,7 +204,7 @@ func writeWanted(f fileWant, obs FileObs) (bool, error) {
 	if dirMode == 0 {
 		dirMode = 0o755
 	}
-	if err := os.MkdirAll(filepath.Dir(f.path), dirMode); err != nil {
+	if err := atomicfile.MkdirAll(filepath.Dir(f.path), dirMode); err != nil {
 		return false, fmt.Errorf("create directory of %s: %w", f.path, err)
 	}
 	if err := atomicfile.WriteFile(f.path, f.content, mode); err != nil {

@@ -170,12 +170,15 @@ type dirWant struct {
 
 // fileWant is the content a managed file must have. A zero mode keeps the
 // mode of an existing file (a file people share keeps theirs) and gives a
-// new one 0644.
+// new one 0644. Missing directories above it are made with dirMode (0755
+// when zero), whatever the umask; with ownDir its directory is the agent's
+// own and is kept at dirMode even when it exists.
 type fileWant struct {
 	path    string
 	content []byte
 	mode    fs.FileMode
 	dirMode fs.FileMode
+	ownDir  bool
 }
 
 type record struct {
@@ -597,7 +600,7 @@ func (pl *planner) planServe() {
 	if self.Serve == nil {
 		if path != "" && o.Files[path].Exists {
 			content, _ := nix.RenderAuthorizedKeys(nix.ProtocolSSH, nil)
-			pl.p.Authorized = pl.add(&Resource{Files: []fileWant{{path: path, content: content}}, Status: true})
+			pl.p.Authorized = pl.add(&Resource{Files: []fileWant{authorizedKeysFile(path, content)}, Status: true})
 		}
 		return
 	}
@@ -630,7 +633,7 @@ func (pl *planner) planServe() {
 			r.Reason, r.Message, r.Failed = "RenderFailed", err.Error(), true
 			return
 		}
-		r.Files = []fileWant{{path: path, content: content}}
+		r.Files = []fileWant{authorizedKeysFile(path, content)}
 		pl.p.Authorized = r
 	}
 	pl.add(r)
@@ -736,6 +739,13 @@ func authorizedKeysPath(l layout.Layout, platform desired.Platform) string {
 		return filepath.Join(l.StateAuthorizedKeysDir, nixSSHUser)
 	}
 	return ""
+}
+
+// authorizedKeysFile is nix-ssh's authorized keys file, which sshd reads
+// as nix-ssh: the file 0644 in a directory of the agent's that is 0755,
+// whatever the agent's umask.
+func authorizedKeysFile(path string, content []byte) fileWant {
+	return fileWant{path: path, content: content, mode: 0o644, dirMode: 0o755, ownDir: true}
 }
 
 // sshdAuthorizedKeysPath is the file sshd reads for nix-ssh's logins: the

@@ -347,7 +347,7 @@ func create(what, path, comment string, dirPerm fs.FileMode) (Key, error) {
 	if err != nil {
 		return Key{}, fmt.Errorf("encode %s %s: %w", what, path, err)
 	}
-	if err := os.MkdirAll(filepath.Dir(path), dirPerm); err != nil {
+	if err := atomicfile.MkdirAll(filepath.Dir(path), dirPerm); err != nil {
 		return Key{}, fmt.Errorf("create directory for %s %s: %w", what, path, err)
 	}
 	if err := atomicfile.CreateExclusive(path, encodePEM(block), privatePerm); err != nil {

@@ -19,6 +19,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
+	"github.com/nixpeer/nixpeer/pkg/atomicfile"
 	"github.com/nixpeer/nixpeer/pkg/safefile"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
@@ -85,7 +86,7 @@ type Opened struct {
 // moved aside as path.damaged-TIME and a new one is started, so that a
 // damaged file is never a crash loop. Opened says what happened.
 func Open(path string, timeout time.Duration) (*Store, Opened, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	if err := atomicfile.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, Opened{}, fmt.Errorf("create state directory: %w", err)
 	}
 	var opened Opened
