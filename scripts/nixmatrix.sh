@@ -4,13 +4,18 @@
 # chroot (scripts/nixroot.sh; built once, cached). The Go test binary and
 # nixpeer are built static here and copied in with the test data they read.
 #
-#   scripts/nixmatrix.sh [SUITE...]      default: trixie sid
+#   scripts/nixmatrix.sh [SUITE...]          default: trixie sid
+#   scripts/nixmatrix.sh --bench [SUITE...]  the README's figures per Nix
+#       version instead: BenchmarkFleetConverges (3 runs of 10) and the
+#       demo's build and fetch of a closure of 100 paths (2 runs)
 #
 # NIXMATRIX_RUN overrides the tests run (a go test -run pattern). Every
 # failure is named with its Nix version and suite. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+bench=false
+if [ "${1:-}" = --bench ]; then bench=true; shift; fi
 suites=("$@")
 [ ${#suites[@]} -gt 0 ] || suites=(trixie sid)
 
@@ -40,6 +45,10 @@ for suite in "${suites[@]}"; do
   # pkg/nix whole: its tests of real Nix reading back what nixpeer writes.
   cmd="cd /opt/nixpeer-test/pkg/nix && ../../bin/nix.test -test.v -test.count=1"
   cmd="$cmd && cd ../../cmd/agent && ../../bin/agent.test -test.v -test.count=1 -test.timeout=6m -test.run '$run'"
+  if $bench; then
+    cmd="cd /opt/nixpeer-test/cmd/agent && ../../bin/agent.test -test.run '^\$' -test.bench FleetConverges -test.benchtime 10x -test.count 3"
+    cmd="$cmd && for i in 1 2; do ../../bin/nixpeer demo | grep -E 'Both agents Ready|fetching took'; done"
+  fi
   if scripts/nixroot.sh run "$suite" env CI="${CI:-}" NIXPEER_BIN=/opt/nixpeer-test/bin/nixpeer \
       /bin/sh -c "$cmd" 2>&1 | grep -v -E '^=== (RUN|PAUSE|CONT|NAME)' | sed "s/^/[nix $version] /"; then
     echo "=== Nix $version (Debian $suite): ok"

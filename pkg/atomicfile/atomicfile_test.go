@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -107,5 +108,38 @@ func TestCreateExclusiveNeverReplaces(t *testing.T) {
 func TestCreateExclusiveFailsInMissingDirectory(t *testing.T) {
 	if err := CreateExclusive(filepath.Join(t.TempDir(), "no", "f"), nil, 0o600); err == nil {
 		t.Fatal("create in a missing directory succeeded")
+	}
+}
+
+func TestMkdirAllIgnoresTheUmask(t *testing.T) {
+	old := syscall.Umask(0o077)
+	defer syscall.Umask(old)
+	base := t.TempDir()
+	if err := os.Mkdir(filepath.Join(base, "kept"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := MkdirAll(filepath.Join(base, "kept/a/b"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for dir, want := range map[string]os.FileMode{"kept": 0o700, "kept/a": 0o755, "kept/a/b": 0o755} {
+		fi, err := os.Stat(filepath.Join(base, dir))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s is %04o, want %04o", dir, fi.Mode().Perm(), want)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(base, "file"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := MkdirAll(filepath.Join(base, "file/x"), 0o755); err == nil {
+		t.Error("MkdirAll below a regular file succeeded")
+	}
+	if changed, err := KeepDirMode(filepath.Join(base, "kept"), 0o755); err != nil || !changed {
+		t.Errorf("KeepDirMode: changed %v, %v", changed, err)
+	}
+	if changed, err := KeepDirMode(filepath.Join(base, "kept"), 0o755); err != nil || changed {
+		t.Errorf("KeepDirMode again: changed %v, %v", changed, err)
 	}
 }
