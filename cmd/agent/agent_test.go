@@ -452,9 +452,13 @@ func TestMutatingCallsAreRootOnly(t *testing.T) {
 	if code, out := asNobody("status", "--socket", a.socket, "--json"); code != 0 {
 		t.Fatalf("status as a group member: exit %d, %s", code, out)
 	}
-	code, out := asNobody("reconcile", "--socket", a.socket)
-	if code != 1 || !strings.Contains(out, "only root may") {
-		t.Fatalf("reconcile as nobody: exit %d, %q; want exit 1 and a refusal", code, out)
+	// Nor may it have the daemon log in to its peers.
+	path := "/nix/store/00000000000000000000000000000000-x"
+	for _, args := range [][]string{{"reconcile"}, {"plan", path}, {"wait", "--path", path, "--timeout", "10s"}} {
+		code, out := asNobody(append([]string{args[0], "--socket", a.socket}, args[1:]...)...)
+		if code != 1 || !strings.Contains(out, "only root may") {
+			t.Fatalf("%s as nobody: exit %d, %q; want exit 1 and a refusal", args[0], code, out)
+		}
 	}
 	st, err := os.Stat(a.socket)
 	if err != nil || st.Mode().Perm()&0o002 != 0 {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/metrics"
+	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/peer"
 	"github.com/nixpeer/nixpeer/pkg/peering"
 	"github.com/nixpeer/nixpeer/pkg/reconcile"
@@ -198,7 +200,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 	statusOf = host.Status
 	loop = reconcile.NewLoop(log, clk, metrics.Reconciler{Inner: host, M: m}, resync)
 	close(loopReady)
-	backend := &backend{host: host, loop: loop, peers: peers, store: store}
+	backend := &backend{host: host, loop: loop, peers: peers, store: store, layout: l}
 
 	ln, err := api.Listen(l.Socket, group)
 	if err != nil {
@@ -342,10 +344,46 @@ const (
 
 // backend is what the socket exposes of the daemon.
 type backend struct {
-	host  *reconcile.Host
-	loop  *reconcile.Loop
-	peers *peering.Manager
-	store *state.Store
+	host   *reconcile.Host
+	loop   *reconcile.Loop
+	peers  *peering.Manager
+	store  *state.Store
+	layout layout.Layout
+
+	mu   sync.Mutex // held by Paths
+	live liveConfig
+}
+
+func (b *backend) Plan(ctx context.Context, req api.PlanRequest) (any, error) {
+	return makePlan(ctx, b.layout, b.host.Status(), req)
+}
+
+// Paths asks each serving peer for the paths of req and answers those it
+// holds signed by a key this host trusts.
+func (b *backend) Paths(ctx context.Context, req api.PathsRequest) (api.PathsAnswer, error) {
+	if len(req.Paths) == 0 || len(req.Paths) > maxQueryPaths {
+		return api.PathsAnswer{}, fmt.Errorf("%d paths: want 1 to %d", len(req.Paths), maxQueryPaths)
+	}
+	for _, p := range req.Paths {
+		if !storePathRE.MatchString(p) {
+			return api.PathsAnswer{}, fmt.Errorf("%q is not a store path (/nix/store/HASH-NAME)", p)
+		}
+	}
+	st := b.host.Status()
+	cli := &nix.CLI{Env: nixCLIEnv(b.layout)}
+	store := peerStore{cli: cli, layout: b.layout}
+	if st.ConfigFile != "" {
+		store.file, _, _ = desired.Load(st.ConfigFile) // without it, the nix CLI asks
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	a := api.PathsAnswer{Found: map[string]string{}}
+	why, err := findPaths(ctx, cli, store, &b.live, st, req.Paths, a.Found)
+	if err != nil {
+		return api.PathsAnswer{}, err
+	}
+	a.Why = why
+	return a, nil
 }
 
 func (b *backend) Status() status.Status { return b.host.Status() }

@@ -2,11 +2,13 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os/signal"
 	"slices"
 	"strings"
@@ -14,8 +16,6 @@ import (
 	"time"
 
 	"github.com/nixpeer/nixpeer/pkg/api"
-	"github.com/nixpeer/nixpeer/pkg/desired"
-	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/state"
 	"github.com/nixpeer/nixpeer/pkg/status"
@@ -152,7 +152,7 @@ func cmdWait(args []string, stdout, stderr io.Writer) error {
 	c := api.NewClient(hf.layout().Socket)
 	tty := isTerminal(stderr)
 	if len(paths) > 0 {
-		return waitForPaths(ctx, c, hf.layout(), paths, *timeout, tty, stderr)
+		return waitForPaths(ctx, c, paths, *timeout, tty, stderr)
 	}
 	var last status.Status
 	for {
@@ -217,17 +217,9 @@ const pathPoll = 200 * time.Millisecond
 // waitForPaths waits until every path is valid on a peer this host fetches
 // from and that serves it now (state Serving), with a signature made by a
 // key in this host's live trusted-public-keys, checked against the path's
-// fingerprint: what production's Nix would accept from it.
-func waitForPaths(ctx context.Context, c *api.Client, l layout.Layout, paths []string, timeout time.Duration, tty bool, stderr io.Writer) error {
-	env := []string{"NIX_CONF_DIR=" + l.NixConfDir}
-	if l.Root != "" {
-		// Nix before 2.31 takes no port from a substituter URL: the ssh
-		// config the agent wrote has it.
-		env = append(env, "NIX_SSHOPTS=-F "+l.SSHConfig)
-	}
-	cli := &nix.CLI{Env: env}
-	store := peerStore{cli: cli, layout: l}
-	var live liveConfig
+// fingerprint: what production's Nix would accept from it. The daemon
+// asks its peers (Paths), every pathPoll, for the paths still missing.
+func waitForPaths(ctx context.Context, c *api.Client, paths []string, timeout time.Duration, tty bool, stderr io.Writer) error {
 	found := map[string]string{} // path: the peer that has it
 	why := "no peer serves this host yet"
 	for {
@@ -248,22 +240,15 @@ func waitForPaths(ctx context.Context, c *api.Client, l layout.Layout, paths []s
 			}
 			return &exitError{code: 1, msg: "nixpeer wait: interrupted"}
 		}
-		st, err := c.Status(ctx)
+		a, err := c.Paths(ctx, api.PathsRequest{Paths: missing})
 		switch {
 		case errors.Is(err, api.ErrNoDaemon):
 			why = err.Error() // not up yet: waited for, as by plain wait
 		case err != nil && ctx.Err() == nil:
 			return &exitError{code: 1, msg: clientError("wait", err)}
-		}
-		if err == nil {
-			if store.file == nil && st.ConfigFile != "" {
-				store.file, _, _ = desired.Load(st.ConfigFile) // without it, the nix CLI asks
-			}
-			if w, err := findPaths(ctx, cli, store, &live, st, missing, found); err != nil && ctx.Err() == nil {
-				why = err.Error()
-			} else if w != "" {
-				why = w
-			}
+		case err == nil:
+			maps.Copy(found, a.Found)
+			why = cmp.Or(a.Why, why)
 		}
 		if tty {
 			fmt.Fprintf(stderr, "\r\x1b[K%d of %d paths on %s", len(found), len(paths), peersOf(found))

@@ -153,7 +153,7 @@ func TestWaitForAPath(t *testing.T) {
 	}
 	before := logins()
 	waitOut := &syncWriter{}
-	wait := exec.Command(binary(t), "wait", "--root", f.P, "--path", path, "--timeout", "60s")
+	wait := exec.Command(binary(t), "wait", "--socket", f.prod.socket, "--path", path, "--timeout", "60s")
 	wait.Stdout, wait.Stderr = waitOut, waitOut
 	if err := wait.Start(); err != nil {
 		t.Fatal(err)
@@ -189,7 +189,7 @@ func TestWaitForAPath(t *testing.T) {
 	}
 
 	_, never := instantiate("nixpeer-never-" + nonce())
-	code, out, errText := runCLI(t, "wait", "--root", f.P, "--path", never, "--timeout", "2s")
+	code, out, errText := runCLI(t, "wait", "--socket", f.prod.socket, "--path", never, "--timeout", "2s")
 	if code != exitTimeout || !strings.Contains(errText, never) || !strings.Contains(errText, "1 of 1 paths are not on a serving peer") {
 		t.Fatalf("wait for a path never built: exit %d, want 3 naming it\n%s%s", code, out, errText)
 	}

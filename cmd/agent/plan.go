@@ -80,29 +80,11 @@ func cmdPlan(args []string, stdout io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	l := hf.layout()
-	env := []string{"NIX_CONF_DIR=" + l.NixConfDir}
-	if l.Root != "" {
-		env = append(env, "NIX_SSHOPTS=-F "+l.SSHConfig)
-	}
-	cli := &nix.CLI{Env: env}
-	argv := []string{"nix-store"}
-	if *store != "" {
-		argv = append(argv, "--store", *store)
-	}
-	res, err := command.Run(ctx, append(append(argv, "--realise", "--dry-run"), targets...), env)
-	if err != nil {
-		return &exitError{code: 1, msg: fmt.Sprintf("nixpeer plan: nix-store --realise --dry-run: %v: %s", err, command.Tail(res.Stderr, 2048))}
-	}
-	p := parseDryRun(string(res.Stderr))
-	if len(p.Build)+len(p.Fetch)+len(p.Unknown) == 0 {
-		// Nothing to do, or words this parse does not know: nothing to
-		// do means every target's outputs are valid already.
-		if err := allValid(ctx, argv, env, targets); err != nil {
-			return &exitError{code: 1, msg: fmt.Sprintf("nixpeer plan: the dry run listed nothing, yet %v; it printed:\n%s", err, command.Tail(res.Stderr, 2048))}
+	var p plan
+	if err := api.NewClient(hf.layout().Socket).Plan(ctx, api.PlanRequest{Targets: targets, Store: *store}, &p); err != nil {
+		if errors.Is(err, api.ErrNoDaemon) {
+			return &exitError{code: 1, msg: clientError("plan", err)}
 		}
-	}
-	if err := p.attribute(ctx, cli, l, api.NewClient(l.Socket)); err != nil {
 		return &exitError{code: 1, msg: "nixpeer plan: " + err.Error()}
 	}
 	if *asJSON {
@@ -119,6 +101,68 @@ func cmdPlan(args []string, stdout io.Writer) error {
 		return &exitError{code: exitWouldBuild}
 	}
 	return nil
+}
+
+// makePlan is the daemon's answer to `nixpeer plan`: Nix's dry run with
+// this host's live settings (l's), each fetched path attributed to the
+// peer of st that has it.
+func makePlan(ctx context.Context, l layout.Layout, st status.Status, req api.PlanRequest) (*plan, error) {
+	if len(req.Targets) == 0 || len(req.Targets) > maxQueryPaths {
+		return nil, fmt.Errorf("%d targets: want 1 to %d", len(req.Targets), maxQueryPaths)
+	}
+	for _, t := range req.Targets {
+		if !storePathRE.MatchString(t) {
+			return nil, fmt.Errorf("%q is not a store path or a .drv (/nix/store/HASH-NAME)", t)
+		}
+	}
+	if err := checkStoreURL(req.Store); err != nil {
+		return nil, err
+	}
+	env := nixCLIEnv(l)
+	argv := []string{"nix-store"}
+	if req.Store != "" {
+		argv = append(argv, "--store", req.Store)
+	}
+	res, err := command.Run(ctx, append(append(argv, "--realise", "--dry-run"), req.Targets...), env)
+	if err != nil {
+		return nil, fmt.Errorf("nix-store --realise --dry-run: %v: %s", err, command.Tail(res.Stderr, 2048))
+	}
+	p := parseDryRun(string(res.Stderr))
+	if len(p.Build)+len(p.Fetch)+len(p.Unknown) == 0 {
+		// Nothing to do, or words this parse does not know: nothing to
+		// do means every target's outputs are valid already.
+		if err := allValid(ctx, argv, env, req.Targets); err != nil {
+			return nil, fmt.Errorf("the dry run listed nothing, yet %v; it printed:\n%s", err, command.Tail(res.Stderr, 2048))
+		}
+	}
+	if err := p.attribute(ctx, &nix.CLI{Env: env}, l, st); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// maxQueryPaths bounds the paths of one plan or wait --path.
+const maxQueryPaths = 10000
+
+// checkStoreURL checks plan's --store: a store URL or path for nix-store,
+// never an option.
+func checkStoreURL(u string) error {
+	if len(u) > 4096 || strings.HasPrefix(u, "-") || strings.ContainsFunc(u, func(r rune) bool { return r < 0x21 || r == 0x7f }) {
+		return fmt.Errorf("store %q is not a store URL", u)
+	}
+	return nil
+}
+
+// nixCLIEnv is the environment of the nix programs the daemon runs for
+// the operator's commands: this host's settings, and under --root the ssh
+// config the agent wrote (Nix before 2.31 takes no port from a
+// substituter URL).
+func nixCLIEnv(l layout.Layout) []string {
+	env := []string{"NIX_CONF_DIR=" + l.NixConfDir}
+	if l.Root != "" {
+		env = append(env, "NIX_SSHOPTS=-F "+l.SSHConfig)
+	}
+	return env
 }
 
 // storePathRE matches a store path: /nix/store/, 32 characters of Nix's
@@ -190,7 +234,7 @@ func parseDryRun(out string) *plan {
 // peers that serve this host are asked, in the order of the live
 // substituters (Nix's priority order), once each for all the paths still
 // unattributed; the rest is left to the other substituters.
-func (p *plan) attribute(ctx context.Context, cli *nix.CLI, l layout.Layout, c *api.Client) error {
+func (p *plan) attribute(ctx context.Context, cli *nix.CLI, l layout.Layout, st status.Status) error {
 	if len(p.Fetch) == 0 {
 		return nil
 	}
@@ -198,7 +242,6 @@ func (p *plan) attribute(ctx context.Context, cli *nix.CLI, l layout.Layout, c *
 	if err != nil {
 		return err
 	}
-	st, _ := c.Status(ctx) // without the agent, peers are named by address
 	store := peerStore{cli: cli, layout: l}
 	if st.ConfigFile != "" {
 		store.file, _, _ = desired.Load(st.ConfigFile) // without it, the nix CLI asks

@@ -86,7 +86,7 @@ func TestPlan(t *testing.T) {
 
 	// Production's own store lacks the closure; staging has it.
 	store := filepath.Join(t.TempDir(), "prod-store")
-	code, out, errText := runCLI(t, "plan", "--root", f.P, "--socket", f.prod.socket, "--store", store, "--json", top)
+	code, out, errText := runCLI(t, "plan", "--socket", f.prod.socket, "--store", store, "--json", top)
 	var p plan
 	if err := json.Unmarshal([]byte(out), &p); code != 0 || err != nil {
 		t.Fatalf("plan of a closure staging built: exit %d, %v\n%s%s", code, err, out, errText)
@@ -99,7 +99,7 @@ func TestPlan(t *testing.T) {
 			t.Fatalf("%s would come from %q (%s), want stage:\n%s", fe.Path, fe.Peer, fe.Substituter, out)
 		}
 	}
-	code, text, _ := runCLI(t, "plan", "--root", f.P, "--socket", f.prod.socket, "--store", store, top)
+	code, text, _ := runCLI(t, "plan", "--socket", f.prod.socket, "--store", store, top)
 	if code != 0 || !strings.Contains(text, "Would fetch 5 paths") || !strings.Contains(text, "from stage (ssh://nix-ssh@127.0.0.2)") || !strings.Contains(text, "Nothing would be built here.") {
 		t.Fatalf("plan as text: exit %d\n%s", code, text)
 	}
@@ -112,7 +112,7 @@ func TestPlan(t *testing.T) {
 		t.Fatalf("nix-instantiate: %v", err)
 	}
 	drv := strings.TrimSpace(string(raw))
-	code, text, errText = runCLI(t, "plan", "--root", f.P, "--socket", f.prod.socket, drv)
+	code, text, errText = runCLI(t, "plan", "--socket", f.prod.socket, drv)
 	if code != exitWouldBuild || !strings.Contains(text, "Would build 1 derivations here:\n  "+drv) {
 		t.Fatalf("plan of a derivation nobody built: exit %d, want 4\n%s%s", code, text, errText)
 	}

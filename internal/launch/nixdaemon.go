@@ -47,12 +47,17 @@ func (d *NixDaemon) Env() []string {
 
 // RestartCommand is the argv that makes a restartable daemon start anew
 // and read nix.conf again, as systemctl restart nix-daemon would on a
-// host; nil for a daemon that is not restartable.
+// host; nil for a daemon that is not restartable. Like systemctl, it
+// returns once the new daemon is up: once its socket is a new one (the
+// daemon unlinks the old socket and binds its own as it starts; the new
+// one has another modification time, not always another inode), or after
+// 10 s.
 func (d *NixDaemon) RestartCommand() []string {
 	if d.pidFile == "" {
 		return nil
 	}
-	return []string{"/bin/sh", "-c", "kill $(cat " + d.pidFile + ")"}
+	return []string{"/bin/sh", "-c", `old=$(stat -c %y "$1" 2>/dev/null); kill $(cat "$0") || exit; i=0; while [ $i -lt 1000 ]; do n=$(stat -c %y "$1" 2>/dev/null); [ -n "$n" ] && [ "$n" != "$old" ] && exit 0; sleep 0.01; i=$((i+1)); done`,
+		d.pidFile, d.Socket}
 }
 
 // WriteNixConf writes dir/nix.conf for a machine without internet: no

@@ -34,6 +34,17 @@ func (f *fakeBackend) TrustReset(peer string) error {
 
 func (f *fakeBackend) Events(since time.Time) ([]state.Event, error) { return nil, nil }
 
+func (f *fakeBackend) Plan(ctx context.Context, req PlanRequest) (any, error) {
+	if req.Store == "broken" {
+		return nil, errors.New("nix-store --realise --dry-run: exit status 1")
+	}
+	return map[string]any{"build": req.Targets}, nil
+}
+
+func (f *fakeBackend) Paths(ctx context.Context, req PathsRequest) (PathsAnswer, error) {
+	return PathsAnswer{Found: map[string]string{req.Paths[0]: "stage"}, Why: "not built yet"}, nil
+}
+
 func serve(t *testing.T, sock string) *fakeBackend {
 	t.Helper()
 	ln, err := Listen(sock, "")
@@ -75,6 +86,29 @@ func TestStatusAndReconcileAsRoot(t *testing.T) {
 	}
 	if err := c.TrustReset(context.Background(), "nope"); err == nil || !strings.Contains(err.Error(), "unknown peer nope") {
 		t.Fatalf("TrustReset(nope) = %v, want the backend's refusal", err)
+	}
+	var p struct{ Build []string }
+	if err := c.Plan(context.Background(), PlanRequest{Targets: []string{"/nix/store/x"}}, &p); err != nil || len(p.Build) != 1 {
+		t.Fatalf("Plan = %+v, %v", p, err)
+	}
+	if err := c.Plan(context.Background(), PlanRequest{Store: "broken"}, &p); err == nil || err.Error() != "nix-store --realise --dry-run: exit status 1" {
+		t.Fatalf("Plan of a failing dry run = %v, want the backend's error as it is", err)
+	}
+	a, err := c.Paths(context.Background(), PathsRequest{Paths: []string{"/nix/store/y"}})
+	if err != nil || a.Found["/nix/store/y"] != "stage" || a.Why != "not built yet" {
+		t.Fatalf("Paths = %+v, %v", a, err)
+	}
+	// A body that is not exactly a request is refused.
+	for _, body := range []string{`{"paths": ["/nix/store/y"], "more": 1}`, `{"paths": []} {}`, `[`} {
+		req, _ := http.NewRequest(http.MethodPost, "http://nixpeer/v1/paths", strings.NewReader(body))
+		resp, err := c.http.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("body %s: %s, want 400", body, resp.Status)
+		}
 	}
 }
 

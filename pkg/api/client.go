@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -88,7 +89,28 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 	if err != nil {
 		return err
 	}
-	resp, err := c.http.Do(req)
+	return c.send(c.http, req, out)
+}
+
+// call posts in as JSON to path and decodes the answer into out; only ctx
+// bounds it (the daemon may run Nix and ask peers).
+func (c *Client) call(ctx context.Context, path string, in, out any) error {
+	body, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://nixpeer"+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	long := *c.http
+	long.Timeout = 0
+	return c.send(&long, req, out)
+}
+
+func (c *Client) send(hc *http.Client, req *http.Request, out any) error {
+	resp, err := hc.Do(req)
 	if err != nil {
 		var op *net.OpError
 		if errors.As(err, &op) && op.Op == "dial" {
@@ -106,7 +128,11 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 	}
 	if resp.StatusCode >= 300 {
 		var e errorBody
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		switch {
+		case json.Unmarshal(body, &e) != nil || e.Error == "":
+		case resp.StatusCode == http.StatusUnprocessableEntity:
+			return errors.New(e.Error) // the call was taken, and failed
+		default:
 			return fmt.Errorf("daemon refused: %s", e.Error)
 		}
 		return fmt.Errorf("daemon answered %s", resp.Status)
@@ -117,4 +143,39 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 		}
 	}
 	return nil
+}
+
+// PlanRequest asks what realising Targets (store paths or .drv files)
+// would do on the daemon's host: `nixpeer plan`.
+type PlanRequest struct {
+	Targets []string `json:"targets"`
+	// Store is the Nix store to plan for; "" for the host's own.
+	Store string `json:"store,omitempty"`
+}
+
+// PathsRequest asks which serving peer of the daemon's host holds each of
+// Paths, signed by a key the host trusts: `nixpeer wait --path`.
+type PathsRequest struct {
+	Paths []string `json:"paths"`
+}
+
+// PathsAnswer says which peer holds each path found (by path), and why
+// the others are not found yet, when the daemon can tell.
+type PathsAnswer struct {
+	Found map[string]string `json:"found"`
+	Why   string            `json:"why,omitempty"`
+}
+
+// Plan asks the daemon for the plan of req and decodes it into out. The
+// daemon runs Nix's dry run with its own settings and asks its peers:
+// it may take minutes, bounded by ctx.
+func (c *Client) Plan(ctx context.Context, req PlanRequest, out any) error {
+	return c.call(ctx, "/v1/plan", req, out)
+}
+
+// Paths asks the daemon which of req's paths its serving peers hold.
+func (c *Client) Paths(ctx context.Context, req PathsRequest) (PathsAnswer, error) {
+	var a PathsAnswer
+	err := c.call(ctx, "/v1/paths", req, &a)
+	return a, err
 }

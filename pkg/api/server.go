@@ -39,6 +39,10 @@ type Backend interface {
 	// Events returns the history of reconciles that changed something,
 	// oldest first, from since on.
 	Events(since time.Time) ([]state.Event, error)
+	// Plan answers `nixpeer plan` with a value sent as JSON.
+	Plan(ctx context.Context, req PlanRequest) (any, error)
+	// Paths answers `nixpeer wait --path`.
+	Paths(ctx context.Context, req PathsRequest) (PathsAnswer, error)
 }
 
 // Listen creates the socket at path, refusing when a live daemon already
@@ -108,6 +112,9 @@ func NewServer(log *zap.Logger, backend Backend, group string) *Server {
 	mux.HandleFunc("GET /v1/events", s.read(s.events))
 	mux.HandleFunc("POST /v1/reconcile", s.mutate(s.reconcile))
 	mux.HandleFunc("POST /v1/trust/reset", s.mutate(s.trustReset))
+	// Root only: the daemon logs in to its peers with the host's key.
+	mux.HandleFunc("POST /v1/plan", s.mutate(s.plan))
+	mux.HandleFunc("POST /v1/paths", s.mutate(s.paths))
 	s.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -296,6 +303,51 @@ func (s *Server) trustReset(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"result": "trust in " + peer + " reset; it is trusted again on next contact"})
+}
+
+// maxRequest bounds the JSON body of a call.
+const maxRequest = 1 << 20
+
+// decode reads a call's JSON body into v, strictly: nothing unknown,
+// nothing after it, at most maxRequest bytes.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequest))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeError(w, http.StatusBadRequest, "bad request body: "+err.Error())
+		return false
+	}
+	if dec.More() {
+		writeError(w, http.StatusBadRequest, "bad request body: more than one JSON value")
+		return false
+	}
+	return true
+}
+
+func (s *Server) plan(w http.ResponseWriter, r *http.Request) {
+	var req PlanRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	p, err := s.backend.Plan(r.Context(), req)
+	if err != nil {
+		writeError(w, http.StatusUnprocessableEntity, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, p)
+}
+
+func (s *Server) paths(w http.ResponseWriter, r *http.Request) {
+	var req PathsRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	a, err := s.backend.Paths(r.Context(), req)
+	if err != nil {
+		writeError(w, http.StatusUnprocessableEntity, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, a)
 }
 
 // errorBody is the JSON body of every refusal.

@@ -91,6 +91,9 @@ func fetch(ctx context.Context, addr string, check HostKeyCheck) (Facts, error) 
 	return DecodeFacts(line)
 }
 
+// errConnect marks a failure to connect at all (no TCP connection).
+var errConnect = errors.New("connect")
+
 // dial connects to addr and does the SSH handshake, accepting only an
 // ed25519 host key that check accepts. timeout bounds the connect and the
 // handshake each; the handshake's deadline is from clk.
@@ -104,7 +107,7 @@ func dial(ctx context.Context, clk clock.Clock, addr string, local net.IP, ident
 	}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("connect: %w", err)
+		return nil, fmt.Errorf("%w: %w", errConnect, err)
 	}
 	if err := c.SetDeadline(clk.Now().Add(timeout)); err != nil {
 		c.Close()

@@ -212,6 +212,36 @@ func TestWatchPeerUpLater(t *testing.T) {
 	}
 }
 
+// TestWatchSeesThePeerComeBack: while nothing listens at the peer's
+// address, its port is tried every Light, so the watch is back as soon as
+// the peer is, although the backoff has reached an hour.
+func TestWatchSeesThePeerComeBack(t *testing.T) {
+	ln := listen(t, "127.0.0.4:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	key := newSigner(t)
+	opts := WatchOptions{Backoff: Backoff{Base: time.Hour, Cap: time.Hour}, Light: 20 * time.Millisecond}
+	w := startWatch(t, addr, pin(key.PublicKey()), opts)
+	checkErr(t, "Watch", recv(t, w.errs, "connect error"), addr, "connection refused")
+
+	s := startServer(t, addr, key, ServerOptions{})
+	want := validFacts(t, key.PublicKey())
+	s.publish(want)
+	if diff := cmp.Diff(recv(t, w.facts, "document"), want); diff != "" {
+		t.Errorf("mismatch (-got +want):\n%s", diff)
+	}
+
+	// Not when the peer answers but the watch fails further on (here: its
+	// host key is not the one pinned): the backoff holds.
+	other := startWatch(t, addr, pin(newSigner(t).PublicKey()), opts)
+	checkErr(t, "Watch", recv(t, other.errs, "host key error"), addr, "host key")
+	select {
+	case err := <-other.errs:
+		t.Fatalf("a second attempt within the hour's backoff: %v", err)
+	case <-time.After(10 * opts.Light):
+	}
+}
+
 func TestWatchReconnectsAfterRestart(t *testing.T) {
 	key := newSigner(t)
 	s1 := startServer(t, "127.0.0.4:0", key, ServerOptions{})

@@ -41,6 +41,12 @@ type WatchOptions struct {
 	// next one at once, the run of failures forgotten: the peer showed
 	// that it is back (it connected to this host).
 	Wake <-chan struct{}
+	// Light is how often, while the peer cannot be connected to at all
+	// (its host dark, or nothing listening), a bare TCP connect tries it
+	// between attempts (DefaultLight; negative: never): the first one
+	// that connects ends the wait, so a peer that comes back is watched
+	// again within about Light, whatever the backoff had reached.
+	Light time.Duration
 	// Conn, when set, is given the connection of each watch once its
 	// session runs, and nil when it ends: turns (see Turn) are asked for
 	// on it.
@@ -53,6 +59,9 @@ func (o WatchOptions) withDefaults() WatchOptions {
 	}
 	if o.DialTimeout <= 0 {
 		o.DialTimeout = DefaultDialTimeout
+	}
+	if o.Light == 0 {
+		o.Light = DefaultLight
 	}
 	o.Backoff = o.Backoff.withDefaults()
 	if o.Rand == nil {
@@ -102,16 +111,59 @@ func Watch(ctx context.Context, addr string, check HostKeyCheck, opts WatchOptio
 		}
 		failures++
 		t := clock.NewTimer(opts.Clock, opts.Backoff.Delay(failures, opts.Rand()))
+		lctx, stopLight := context.WithCancel(ctx)
+		var lit <-chan struct{}
+		if errors.Is(err, errConnect) && opts.Light > 0 {
+			lit = light(lctx, addr, opts)
+		}
 		select {
 		case <-ctx.Done():
-			t.Stop()
-			return
 		case <-t.C:
+		case <-lit:
+			// Its port accepts again: watched at once, the run of
+			// failures kept (it may still fail further on).
 		case <-opts.Wake:
-			t.Stop()
 			failures = 0
 		}
+		t.Stop()
+		stopLight()
+		if ctx.Err() != nil {
+			return
+		}
 	}
+}
+
+// DefaultLight is WatchOptions.Light's default.
+const DefaultLight = 500 * time.Millisecond
+
+// light starts a TCP connect to addr every opts.Light, each bounded by
+// opts.Light, until one connects (the returned channel is closed) or ctx
+// ends. It sends nothing: the connection is closed at once.
+func light(ctx context.Context, addr string, opts WatchOptions) <-chan struct{} {
+	lit := make(chan struct{})
+	go func() {
+		d := net.Dialer{Timeout: opts.Light}
+		if opts.LocalIP != nil {
+			d.LocalAddr = &net.TCPAddr{IP: opts.LocalIP}
+		}
+		next := opts.Clock.Now().Add(opts.Light)
+		for {
+			t := clock.NewTimer(opts.Clock, max(next.Sub(opts.Clock.Now()), 0))
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			next = opts.Clock.Now().Add(opts.Light)
+			if c, err := d.DialContext(ctx, "tcp", addr); err == nil {
+				c.Close()
+				close(lit)
+				return
+			}
+		}
+	}()
+	return lit
 }
 
 // watchOnce runs one connection's watch. It always ends with an error,

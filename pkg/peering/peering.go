@@ -528,9 +528,8 @@ func (m *Manager) check(ctx context.Context, log *zap.Logger, w *watched, offere
 // facts say they are the peer's: the name and address the file gives it,
 // and the key among its host keys.
 func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f peer.Facts) error {
-	t := w.target
 	m.mu.Lock()
-	key := w.connKey
+	t, key := w.target, w.connKey // Sync updates the target under the lock
 	m.mu.Unlock()
 	switch {
 	case f.Name != t.Name || f.Address != t.Address:

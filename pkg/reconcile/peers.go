@@ -267,7 +267,9 @@ type decision struct {
 // that refuses or closes the connection is probed: its sshd may serve
 // still. A probe counts only if it started after the connection last came
 // up or went down, and after its agent last said that its own sshd serves
-// again; until there is one, the settings stay as they are on disk. A
+// again; a probe that failed counts only if it started after the peer's
+// facts last changed. Until there is one, the settings stay as they are
+// on disk. A
 // peer in use is probed again every ConnectedReprobe while its agent
 // answers (its sshd may stop on its own), every CheckedReprobe when its
 // agent checks its own sshd and says what it found (it is withdrawn as
@@ -278,7 +280,10 @@ type decision struct {
 // after a hold-down.
 func decide(in peerInput) decision {
 	st, pr := in.State, in.Probe
-	fresh := pr.done(in.Tuple) && !pr.Started.Before(st.Since) && !pr.Started.Before(st.Recovered)
+	// A failed probe is stale, too, once the peer told something new (it
+	// let this host in, its own check passed): tried again at once.
+	fresh := pr.done(in.Tuple) && !pr.Started.Before(st.Since) && !pr.Started.Before(st.Recovered) &&
+		(pr.Err == "" || !pr.Started.Before(st.FactsAt))
 	served := in.Verified
 	check := ownCheck(st)
 	reprobe := ConnectedReprobe

@@ -491,6 +491,20 @@ func TestDecide(t *testing.T) {
 		{name: "its sshd never served",
 			in:  peerInput{State: connected, Probe: failed(t0.Add(-time.Second))},
 			use: false, state: status.PeerProbeFailed, ready: false, probe: true},
+		{name: "failed before the peer told something new: probed again at once",
+			in: peerInput{State: func() peering.State {
+				st := connected
+				st.FactsAt = t0.Add(-100 * time.Millisecond)
+				return st
+			}(), Probe: failed(t0.Add(-150 * time.Millisecond))},
+			use: false, state: status.PeerProbing, ready: false, probe: true},
+		{name: "passed before the peer told something new: stands",
+			in: peerInput{State: func() peering.State {
+				st := connected
+				st.FactsAt = t0.Add(-100 * time.Millisecond)
+				return st
+			}(), Probe: ok(t0.Add(-150 * time.Millisecond)), InUse: true, Verified: true},
+			use: true, state: status.PeerServing, ready: true, requeue: ConnectedReprobe - 150*time.Millisecond},
 		{name: "back after it served: probing keeps the host Ready",
 			in:  peerInput{State: peering.State{Connected: true, Since: t0.Add(-time.Second)}, Probe: ok(t0.Add(-time.Minute)), Verified: true},
 			use: false, state: status.PeerProbing, ready: true, probe: true},
