@@ -100,7 +100,7 @@ in
         freeformType = settingsFormat.type;
         options = {
           apiVersion = mkOption { type = types.enum [ "nixpeer/v1" ]; default = "nixpeer/v1"; description = "The version of the desired-state format."; };
-          trust = nullOr (types.enum [ "tofu" "pinned" ]) "How peers' host keys are trusted (default tofu).";
+          trust = nullOr (types.enum [ "approve" "tofu" "pinned" ]) "How peers' host keys are trusted: approve (the default: a key not pinned waits for nixpeer trust approve), pinned, or tofu (first use).";
           hosts = mkOption { type = types.listOf hostType; default = [ ]; description = "The hosts of the fleet: the same list on every host."; };
         };
       };

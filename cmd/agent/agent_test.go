@@ -83,6 +83,7 @@ func fleet(stagePeerPort int, stageHostKey string) string {
 		cacheKey = "publicKey: " + testCacheKey
 	}
 	return fmt.Sprintf(`apiVersion: nixpeer/v1
+trust: tofu
 hosts:
   - name: stage
     address: 127.0.0.2
@@ -348,8 +349,8 @@ func TestBrokenFileKeepsLastGoodState(t *testing.T) {
 		return c != nil && c.Status == status.False
 	})
 	c := status.Find(st.Conditions, status.DesiredStateValid)
-	if !strings.Contains(c.Message, config+":5:15:") {
-		t.Fatalf("condition message %q does not name %s:5:15", c.Message, config)
+	if !strings.Contains(c.Message, config+":6:15:") {
+		t.Fatalf("condition message %q does not name %s:6:15", c.Message, config)
 	}
 	if st.Ready || st.Generation != 1 || st.ObservedGeneration != 1 {
 		t.Fatalf("broken file: ready %v generation %d/%d, want not ready, last good generation 1 kept", st.Ready, st.Generation, st.ObservedGeneration)

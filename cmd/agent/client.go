@@ -108,29 +108,108 @@ func cmdReconcile(args []string, stdout io.Writer) error {
 
 // cmdTrust is `nixpeer trust reset PEER`: forget the host key trusted on
 // first use for PEER, so that the next contact trusts the key it offers.
+const trustUsage = `usage: nixpeer trust pending [--socket PATH] [--json | --yaml]
+       nixpeer trust approve [--socket PATH] PEER SHA256:FINGERPRINT
+       nixpeer trust reset [--socket PATH] PEER`
+
+// cmdTrust is `nixpeer trust pending|approve|reset`.
 func cmdTrust(args []string, stdout io.Writer) error {
-	if len(args) == 0 || args[0] != "reset" {
-		return &exitError{code: 2, msg: "usage: nixpeer trust reset [--socket PATH] [--root DIR] PEER"}
+	if len(args) == 0 {
+		return &exitError{code: 2, msg: trustUsage}
 	}
-	fs := newFlagSet("trust reset")
+	fs := newFlagSet("trust " + args[0])
 	var hf hostFlags
 	hf.register(fs, true)
+	var asJSON, asYAML *bool
+	nargs := map[string]int{"pending": 0, "approve": 2, "reset": 1}
+	n, ok := nargs[args[0]]
+	if !ok {
+		return &exitError{code: 2, msg: trustUsage}
+	}
+	if args[0] == "pending" {
+		asJSON = fs.Bool("json", false, "print the keys awaiting approval as JSON")
+		asYAML = fs.Bool("yaml", false, "print them as hostKey pins for the desired-state file")
+	}
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return &exitError{code: 0}
 		}
 		return &exitError{code: 2}
 	}
-	if fs.NArg() != 1 {
-		return &exitError{code: 2, msg: "usage: nixpeer trust reset [--socket PATH] [--root DIR] PEER"}
+	if fs.NArg() != n {
+		return &exitError{code: 2, msg: trustUsage}
 	}
-	peer := fs.Arg(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := api.NewClient(hf.layout().Socket).TrustReset(ctx, peer); err != nil {
-		return &exitError{code: 1, msg: clientError("trust reset", err)}
+	c := api.NewClient(hf.layout().Socket)
+	switch args[0] {
+	case "pending":
+		st, err := c.Status(ctx)
+		if err != nil {
+			return &exitError{code: 1, msg: clientError("trust pending", err)}
+		}
+		return printPending(stdout, pendingPeers(st), *asJSON, *asYAML)
+	case "approve":
+		peer, fp := fs.Arg(0), fs.Arg(1)
+		if !strings.HasPrefix(fp, "SHA256:") {
+			return &exitError{code: 2, msg: "nixpeer trust approve: the fingerprint is SHA256:..., as nixpeer trust pending and nixpeer facts print it"}
+		}
+		if err := c.TrustApprove(ctx, peer, fp); err != nil {
+			return &exitError{code: 1, msg: clientError("trust approve", err)}
+		}
+		fmt.Fprintf(stdout, "host key %s of %s approved on this host; see nixpeer status\n", fp, peer)
+	case "reset":
+		peer := fs.Arg(0)
+		if err := c.TrustReset(ctx, peer); err != nil {
+			return &exitError{code: 1, msg: clientError("trust reset", err)}
+		}
+		fmt.Fprintf(stdout, "trust in %s reset: its host key is checked anew at the next contact (against its pin, trusted on first use with trust: tofu, else awaiting approval); see nixpeer status\n", peer)
 	}
-	fmt.Fprintf(stdout, "trust in %s reset: its host key is checked anew at the next contact (against its pin, or trusted on first use where the file allows it); see nixpeer status\n", peer)
+	return nil
+}
+
+// pendingKey is a peer's host key awaiting approval.
+type pendingKey struct {
+	Peer        string `json:"peer"`
+	Address     string `json:"address"`
+	Role        string `json:"role"`
+	Fingerprint string `json:"fingerprint"`
+	HostKey     string `json:"hostKey"`
+}
+
+func pendingPeers(st status.Status) []pendingKey {
+	out := []pendingKey{}
+	for _, p := range st.Peers {
+		if p.PendingHostKey != "" {
+			out = append(out, pendingKey{Peer: p.Name, Address: p.Address, Role: p.Role, Fingerprint: p.RefusedHostKeyFingerprint, HostKey: p.PendingHostKey})
+		}
+	}
+	return out
+}
+
+// printPending prints the keys awaiting approval: a table, JSON, or the
+// hostKey lines to put in the desired-state file (reviewed once, trusted
+// on every host).
+func printPending(w io.Writer, keys []pendingKey, asJSON, asYAML bool) error {
+	switch {
+	case asJSON:
+		return printJSON(w, keys)
+	case asYAML:
+		for _, k := range keys {
+			fmt.Fprintf(w, "# %s (%s, %s): compare %s with what \"nixpeer facts\" prints on %s\n", k.Peer, k.Address, k.Role, k.Fingerprint, k.Peer)
+			fmt.Fprintf(w, "- name: %s\n  hostKey: %s\n", k.Peer, k.HostKey)
+		}
+	case len(keys) == 0:
+		fmt.Fprintln(w, "no host key awaits approval")
+	default:
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "PEER\tADDRESS\tROLE\tHOST KEY")
+		for _, k := range keys {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", k.Peer, k.Address, k.Role, k.Fingerprint)
+		}
+		tw.Flush()
+		fmt.Fprintln(w, "compare each with what \"nixpeer facts\" prints on that host, then: nixpeer trust approve PEER SHA256:...")
+	}
 	return nil
 }
 

@@ -403,6 +403,13 @@ func (b *backend) Events(since time.Time) ([]state.Event, error) {
 	return all[i:], nil
 }
 
+func (b *backend) TrustApprove(name, fp string) error {
+	if err := b.peers.Approve(name, fp); err != nil {
+		return fmt.Errorf("trust approve of %q: %w", name, err)
+	}
+	return nil
+}
+
 func (b *backend) TrustReset(name string) error {
 	if err := b.peers.ResetTrust(name); err != nil {
 		return fmt.Errorf("trust reset of %q: %w", name, err)

@@ -57,7 +57,7 @@ func consumerAddr(i int) string { return fmt.Sprintf("127.0.%d.%d", 1+i/250, 1+i
 
 func fleetYAML(sshPort, n int, extra string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "apiVersion: nixpeer/v1\nhosts:\n  - name: stage\n    address: 127.0.0.2\n    peerPort: %d\n    sshPort: %d\n    platform: nix\n    apply: [\"true\"]\n    serve: {}\n",
+	fmt.Fprintf(&b, "apiVersion: nixpeer/v1\ntrust: tofu\nhosts:\n  - name: stage\n    address: 127.0.0.2\n    peerPort: %d\n    sshPort: %d\n    platform: nix\n    apply: [\"true\"]\n    serve: {}\n",
 		peerPortOf("127.0.0.2"), sshPort)
 	for i := range n {
 		fmt.Fprintf(&b, "  - name: prod-%d\n    address: %s\n    platform: nix\n    apply: [\"true\"]\n    substituteFrom: [stage]\n", i, consumerAddr(i))

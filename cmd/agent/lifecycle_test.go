@@ -26,6 +26,7 @@ import (
 // second one that fetches from it.
 func hostYAML(peerPort int, serve, apply string, withProd bool) string {
 	s := fmt.Sprintf(`apiVersion: nixpeer/v1
+trust: tofu
 hosts:
   - name: stage
     address: 127.0.0.2

@@ -39,6 +39,8 @@ Usage:
   nixpeer plan [--json] [--store URL] TARGET...
   nixpeer reconcile [--socket PATH]
   nixpeer facts [--root DIR] [--state-dir DIR] [--json]
+  nixpeer trust pending [--socket PATH] [--json | --yaml]
+  nixpeer trust approve [--socket PATH] PEER SHA256:FINGERPRINT
   nixpeer trust reset [--socket PATH] PEER
   nixpeer demo [--keep]
   nixpeer version

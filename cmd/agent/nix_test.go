@@ -44,6 +44,7 @@ func peeringFleet(sshPort int, protocol string, stageApply []string) string {
 func peeringFleetAt(stageAddr, prodAddr string, sshPort int, protocol string, stageApply []string) string {
 	apply, _ := json.Marshal(stageApply)
 	return fmt.Sprintf(`apiVersion: nixpeer/v1
+trust: tofu
 hosts:
   - name: stage
     address: %s
@@ -259,6 +260,7 @@ func TestNixOSPlatformNeedsTheModuleOnce(t *testing.T) {
 	cacheKey := "stage.example.com:bhoMZTXP8eQ17q4jPSiyxegQyCIMw8URAxjtMvuNNdU="
 	config := filepath.Join(t.TempDir(), "desired.yaml")
 	os.WriteFile(config, []byte(fmt.Sprintf(`apiVersion: nixpeer/v1
+trust: tofu
 hosts:
   - name: stage
     address: 127.0.0.2
@@ -316,6 +318,7 @@ func TestNixOSModulePlatformWritesAModuleAndWaitsForTheDeploy(t *testing.T) {
 	hostKey := hostKeyLine(t)
 	config := filepath.Join(t.TempDir(), "desired.yaml")
 	os.WriteFile(config, []byte(fmt.Sprintf(`apiVersion: nixpeer/v1
+trust: tofu
 hosts:
   - name: stage
     address: 127.0.0.2

@@ -208,6 +208,7 @@ func TestConsumerRemovedLosesAccess(t *testing.T) {
 		t.Fatalf("staging's authorized keys, want exactly production's %s:\n%s", prodKey, got)
 	}
 	renameSave(t, f.config, fmt.Sprintf(`apiVersion: nixpeer/v1
+trust: tofu
 hosts:
   - name: stage
     address: 127.0.0.2
@@ -305,7 +306,7 @@ func fakePeerPort(t *testing.T, addr string, answer []byte) {
 }
 
 // fakePeerPortWith is fakePeerPort with the host key signer.
-func fakePeerPortWith(t *testing.T, addr string, signer ssh.Signer, answer []byte) {
+func fakePeerPortWith(t *testing.T, addr string, signer ssh.Signer, answer []byte) (stop func()) {
 	config := &ssh.ServerConfig{NoClientAuth: true}
 	config.AddHostKey(signer)
 	ln, err := net.Listen("tcp", addr)
@@ -343,6 +344,7 @@ func fakePeerPortWith(t *testing.T, addr string, signer ssh.Signer, answer []byt
 			}()
 		}
 	}()
+	return func() { ln.Close() }
 }
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }

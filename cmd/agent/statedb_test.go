@@ -22,8 +22,9 @@ import (
 )
 
 // impostor answers at addr as the peer name at address would, with a host
-// key of its own, listed in its facts: what trust on first use accepts.
-func impostor(t *testing.T, addr, name, address string) string {
+// key of its own, listed in its facts: what trust on first use accepts. It
+// returns the key's fingerprint and a function that stops it.
+func impostor(t *testing.T, addr, name, address string) (string, func()) {
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	signer, err := ssh.NewSignerFromKey(priv)
 	if err != nil {
@@ -35,8 +36,8 @@ func impostor(t *testing.T, addr, name, address string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fakePeerPortWith(t, addr, signer, append(doc, '\n'))
-	return ssh.FingerprintSHA256(signer.PublicKey())
+	stop := fakePeerPortWith(t, addr, signer, append(doc, '\n'))
+	return ssh.FingerprintSHA256(signer.PublicKey()), stop
 }
 
 // stateDB is production's state.db.
@@ -56,7 +57,7 @@ func TestEmptiedStateDBStillRefusesAnImpostor(t *testing.T) {
 	if err := os.Truncate(f.stateDB(), 0); err != nil {
 		t.Fatal(err)
 	}
-	fake := impostor(t, fmt.Sprintf("127.0.0.2:%d", peerPortOf("127.0.0.2")), "stage", "127.0.0.2")
+	fake, _ := impostor(t, fmt.Sprintf("127.0.0.2:%d", peerPortOf("127.0.0.2")), "stage", "127.0.0.2")
 
 	f.prod = startAgent(t, f.P, f.config, "prod")
 	st := peerState(f.prod, "the impostor refused", inState(status.PeerHostKeyRefused))
@@ -125,5 +126,42 @@ func TestDamagedStateDBIsRecovered(t *testing.T) {
 				os.Remove(m) // the next damage makes a new one
 			}
 		})
+	}
+}
+
+// TestEmptiedStateDBOnStagingKeepsItsConsumers: staging lets production in;
+// its state.db is emptied and an impostor answers at production's address.
+// The host key nix-ssh's authorized keys remember for production is still
+// trusted: the impostor is refused with HostKeyChanged, even under trust:
+// tofu, and production's key stays let in.
+func TestEmptiedStateDBOnStagingKeepsItsConsumers(t *testing.T) {
+	f := twoAgents(t, writeConfig(t, peeringFleet(testenv.FreePort(t, "127.0.0.2"), "ssh", []string{"true"})))
+	genuine := facts(t, f.P).HostKey.Fingerprint
+	authorized := filepath.Join(f.S, "etc/ssh/authorized_keys.d/nix-ssh")
+	before := readFile(t, authorized)
+	if !bytes.Contains(before, []byte("nixpeer:prod:")) {
+		t.Fatalf("nix-ssh's authorized keys do not remember production's host key:\n%s", before)
+	}
+	f.stage.stop()
+	f.prod.stop()
+	if err := os.Truncate(filepath.Join(f.S, "var/lib/nixpeer/state.db"), 0); err != nil {
+		t.Fatal(err)
+	}
+	fake, _ := impostor(t, fmt.Sprintf("127.0.0.3:%d", peerPortOf("127.0.0.3")), "prod", "127.0.0.3")
+	f.stage = startAgent(t, f.S, f.config, "stage", noSSHDCheck)
+	st := f.stage.waitFor("the impostor refused", func(s status.Status) bool {
+		for _, p := range s.Peers {
+			if p.Name == "prod" && p.State == status.PeerHostKeyRefused {
+				return true
+			}
+		}
+		return false
+	})
+	p := st.Peers[0]
+	if p.Reason != "HostKeyChanged" || p.RefusedHostKeyFingerprint != fake || p.HostKeyFingerprint != genuine {
+		t.Fatalf("peer %+v; want HostKeyChanged, %s refused, %s trusted", p, fake, genuine)
+	}
+	if got := readFile(t, authorized); !bytes.Equal(got, before) {
+		t.Fatalf("nix-ssh's authorized keys changed:\n%s\nwant\n%s", got, before)
 	}
 }

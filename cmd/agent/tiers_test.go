@@ -45,7 +45,7 @@ func TestThreeTiers(t *testing.T) {
 			h.daemon, h.apply = testenv.StartRestartableNixDaemon(t, filepath.Join(h.root, "etc/nix"))
 		}
 	}
-	yaml := "apiVersion: nixpeer/v1\nhosts:\n"
+	yaml := "apiVersion: nixpeer/v1\ntrust: tofu\nhosts:\n"
 	for _, h := range tiers {
 		yaml += fmt.Sprintf("  - name: %s\n    address: %s\n    peerPort: %d\n    platform: nix\n    apply: %s\n",
 			h.name, h.addr, peerPortOf(h.addr), applyYAML(h.apply))

@@ -138,6 +138,7 @@ func (d *demo) run(ctx context.Context) error {
 	}
 	config := filepath.Join(d.dir, "desired.yaml")
 	desired := fmt.Sprintf(`apiVersion: nixpeer/v1
+trust: tofu
 hosts:
   - name: stage
     address: %s

@@ -34,6 +34,13 @@ func (f *fakeBackend) TrustReset(peer string) error {
 
 func (f *fakeBackend) Events(since time.Time) ([]state.Event, error) { return nil, nil }
 
+func (f *fakeBackend) TrustApprove(peer, fp string) error {
+	if peer != "stage" || fp != "SHA256:x" {
+		return errors.New("nothing awaits approval")
+	}
+	return nil
+}
+
 func (f *fakeBackend) Plan(ctx context.Context, req PlanRequest) (any, error) {
 	if req.Store == "broken" {
 		return nil, errors.New("nix-store --realise --dry-run: exit status 1")
@@ -86,6 +93,12 @@ func TestStatusAndReconcileAsRoot(t *testing.T) {
 	}
 	if err := c.TrustReset(context.Background(), "nope"); err == nil || !strings.Contains(err.Error(), "unknown peer nope") {
 		t.Fatalf("TrustReset(nope) = %v, want the backend's refusal", err)
+	}
+	if err := c.TrustApprove(context.Background(), "stage", "SHA256:x"); err != nil {
+		t.Fatalf("TrustApprove: %v", err)
+	}
+	if err := c.TrustApprove(context.Background(), "stage", "SHA256:y"); err == nil || !strings.Contains(err.Error(), "nothing awaits approval") {
+		t.Fatalf("TrustApprove of another key = %v, want the backend's refusal", err)
 	}
 	var p struct{ Build []string }
 	if err := c.Plan(context.Background(), PlanRequest{Targets: []string{"/nix/store/x"}}, &p); err != nil || len(p.Build) != 1 {

@@ -79,6 +79,12 @@ func (c *Client) Reconcile(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/v1/reconcile", nil)
 }
 
+// TrustApprove asks the daemon to trust the host key with fingerprint fp
+// that peer offers and that awaits approval.
+func (c *Client) TrustApprove(ctx context.Context, peer, fp string) error {
+	return c.do(ctx, http.MethodPost, "/v1/trust/approve?"+url.Values{"peer": {peer}, "fingerprint": {fp}}.Encode(), nil)
+}
+
 // TrustReset asks the daemon to forget what it trusted of peer.
 func (c *Client) TrustReset(ctx context.Context, peer string) error {
 	return c.do(ctx, http.MethodPost, "/v1/trust/reset?peer="+url.QueryEscape(peer), nil)

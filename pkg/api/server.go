@@ -36,6 +36,9 @@ type Backend interface {
 	// TrustReset forgets what was trusted of a peer; it reports an error
 	// for an unknown peer.
 	TrustReset(peer string) error
+	// TrustApprove trusts the host key with fingerprint fp that peer
+	// offers and that awaits approval.
+	TrustApprove(peer, fp string) error
 	// Events returns the history of reconciles that changed something,
 	// oldest first, from since on.
 	Events(since time.Time) ([]state.Event, error)
@@ -112,6 +115,7 @@ func NewServer(log *zap.Logger, backend Backend, group string) *Server {
 	mux.HandleFunc("GET /v1/events", s.read(s.events))
 	mux.HandleFunc("POST /v1/reconcile", s.mutate(s.reconcile))
 	mux.HandleFunc("POST /v1/trust/reset", s.mutate(s.trustReset))
+	mux.HandleFunc("POST /v1/trust/approve", s.mutate(s.trustApprove))
 	// Root only: the daemon logs in to its peers with the host's key.
 	mux.HandleFunc("POST /v1/plan", s.mutate(s.plan))
 	mux.HandleFunc("POST /v1/paths", s.mutate(s.paths))
@@ -348,6 +352,16 @@ func (s *Server) paths(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, a)
+}
+
+func (s *Server) trustApprove(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	peer, fp := q.Get("peer"), q.Get("fingerprint")
+	if err := s.backend.TrustApprove(peer, fp); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"result": "host key " + fp + " of " + peer + " approved"})
 }
 
 // errorBody is the JSON body of every refusal.

@@ -28,7 +28,7 @@ type fieldHelp struct {
 
 var help = map[string]fieldHelp{
 	"apiVersion":      {true, "the string " + APIVersion, "apiVersion: " + APIVersion},
-	"trust":           {true, "tofu or pinned", "trust: tofu"},
+	"trust":           {true, "approve, tofu or pinned", "trust: approve"},
 	"hosts":           {false, "a list of host mappings", "hosts: followed by lines like \"  - name: web1\""},
 	"name":            {true, "a host name (a lowercase DNS label)", "name: web1"},
 	"address":         {true, "a DNS host name or an IP address", "address: web1.example.com"},
@@ -75,7 +75,7 @@ func decodeFile(el *errorList, root ast.Node) (*File, []*hostInfo) {
 	if !ok {
 		return nil, nil
 	}
-	f := &File{APIVersion: APIVersion, Trust: TrustTOFU}
+	f := &File{APIVersion: APIVersion, Trust: TrustApprove}
 	if fd, ok := fs.get("apiVersion"); ok {
 		if v, ok := str(el, fd); ok && v != APIVersion {
 			el.add(posOf(fd.value), "apiVersion %s is not supported; this nixpeer reads \"apiVersion: %s\"", quoteShort(v), APIVersion)
@@ -84,7 +84,7 @@ func decodeFile(el *errorList, root ast.Node) (*File, []*hostInfo) {
 		el.add(fs.pos, "the file has no apiVersion; add \"apiVersion: %s\" as its first line", APIVersion)
 	}
 	if fd, ok := fs.get("trust"); ok {
-		if v, ok := enum(el, fd, []string{string(TrustTOFU), string(TrustPinned)}); ok {
+		if v, ok := enum(el, fd, []string{string(TrustApprove), string(TrustTOFU), string(TrustPinned)}); ok {
 			f.Trust = Trust(v)
 		}
 	}

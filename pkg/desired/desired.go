@@ -32,7 +32,13 @@ const APIVersion = "nixpeer/v1"
 type Trust string
 
 const (
-	// TrustTOFU trusts a peer's host key on first use (the default).
+	// TrustApprove (the default) trusts a peer's host key that is pinned
+	// in the file, or that an operator approved on this host (`nixpeer
+	// trust approve`); any other key awaits approval and nothing is
+	// written for the peer meanwhile.
+	TrustApprove Trust = "approve"
+	// TrustTOFU trusts a peer's host key on first use: whoever answers
+	// first at the peer's address. Only when written explicitly.
 	TrustTOFU Trust = "tofu"
 	// TrustPinned requires a hostKey for every host that serves a peer
 	// or substitutes from one.

@@ -14,7 +14,7 @@ import (
 )
 
 const tutorial = `apiVersion: nixpeer/v1
-trust: tofu            # optional
+trust: approve         # optional
 hosts:
   - name: yourapp-stage
     address: stage.yourapp.com   # how peers reach it
@@ -39,7 +39,7 @@ func TestParseDefaults(t *testing.T) {
 	want := &File{
 		Filename:   "test.yaml",
 		APIVersion: APIVersion,
-		Trust:      TrustTOFU,
+		Trust:      TrustApprove,
 		Hosts: []*Host{
 			{
 				Name: "yourapp-stage", Address: "stage.yourapp.com",
@@ -250,7 +250,7 @@ apiVersion: nixpeer/v1
 `,
 		"flow style": `{apiVersion: nixpeer/v1, hosts: [{name: yourapp-stage, address: stage.yourapp.com, serve: {}}, {name: yourapp, address: yourapp.com, substituteFrom: [yourapp-stage]}]}`,
 		"defaults written out": `apiVersion: "nixpeer/v1"
-trust: tofu
+trust: approve
 hosts:
   - name: yourapp-stage
     address: stage.yourapp.com
@@ -263,7 +263,7 @@ hosts:
     address: yourapp.com
     substituteFrom: [yourapp-stage]
 `,
-		"no trust line, CRLF": strings.ReplaceAll(strings.Replace(tutorial, "trust: tofu            # optional\n", "", 1), "\n", "\r\n"),
+		"no trust line, CRLF": strings.ReplaceAll(strings.Replace(tutorial, "trust: approve         # optional\n", "", 1), "\n", "\r\n"),
 	}
 	for name, in := range same {
 		if got := mustParse(t, in).Hash(); got != base {
@@ -284,7 +284,8 @@ hosts:
 		"    serve: {}", "    hostKey: "+keyA+"\n    serve: {}", 1),
 		"    address: yourapp.com\n", "    address: yourapp.com\n    hostKey: "+keyB+"\n", 1)
 	different["host keys"] = keys
-	different["trust"] = strings.Replace(keys, "trust: tofu", "trust: pinned", 1)
+	different["trust"] = strings.Replace(keys, "trust: approve", "trust: pinned", 1)
+	different["trust tofu"] = strings.Replace(tutorial, "trust: approve", "trust: tofu", 1)
 	seen := map[string]string{base: "base"}
 	for name, in := range different {
 		got := mustParse(t, in).Hash()

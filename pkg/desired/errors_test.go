@@ -108,13 +108,13 @@ func TestParseErrors(t *testing.T) {
 		{"file not a mapping", y("- a"),
 			[]want{w("1:1", "the file must be a mapping", "not a list", "apiVersion: nixpeer/v1")}},
 		{"trust as bool", y("apiVersion: nixpeer/v1", "trust: true", "hosts: [{name: a, address: a.example.com}]"),
-			[]want{w("2:8", "trust must be tofu or pinned", `not the boolean "true"`)}},
+			[]want{w("2:8", "trust must be approve, tofu or pinned", `not the boolean "true"`)}},
 
 		// Values outside their allowed set or range.
 		{"platform typo", with("    platform: nixo"),
 			[]want{w("8:15", `platform "nixo" is not one of nixos, nixos-module, nix`, `did you mean "nixos"`)}},
 		{"trust typo", y("apiVersion: nixpeer/v1", "trust: pinnd", "hosts: [{name: a, address: a.example.com}]"),
-			[]want{w("2:8", `trust "pinnd" is not one of tofu, pinned`, `did you mean "pinned"`)}},
+			[]want{w("2:8", `trust "pinnd" is not one of approve, tofu, pinned`, `did you mean "pinned"`)}},
 		{"protocol typo", y("apiVersion: nixpeer/v1", "hosts:", "  - name: a", "    address: a.example.com", "    serve: {protocol: ssh-ngg}"),
 			[]want{w("5:23", `protocol "ssh-ngg" is not one of ssh, ssh-ng`)}},
 		{"peerPort too big", with("    peerPort: 70000"),

@@ -152,7 +152,7 @@ func checkFile(t *testing.T, f *File) {
 			}
 		}
 	}
-	if f.APIVersion != APIVersion || (f.Trust != TrustTOFU && f.Trust != TrustPinned) || len(f.Hosts) == 0 {
+	if f.APIVersion != APIVersion || (f.Trust != TrustApprove && f.Trust != TrustTOFU && f.Trust != TrustPinned) || len(f.Hosts) == 0 {
 		t.Fatalf("bad file header %q %q %d hosts", f.APIVersion, f.Trust, len(f.Hosts))
 	}
 	names := map[string]*Host{}

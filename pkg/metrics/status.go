@@ -26,7 +26,9 @@ var (
 	descConnected = prometheus.NewDesc("nixpeer_peer_connected",
 		"1 while a watch of the peer's agent is open.", []string{"peer", "role"}, nil)
 	descTrust = prometheus.NewDesc("nixpeer_peer_trust",
-		"1 for how the peer's host key is trusted (pinned, tofu, none) and whether a key is refused.", []string{"peer", "trust", "refused"}, nil)
+		"1 for how the peer's host key is trusted (pinned, approved, tofu, none) and whether a key is refused.", []string{"peer", "trust", "refused"}, nil)
+	descPending = prometheus.NewDesc("nixpeer_peer_host_key_pending",
+		"1 while the peer offers a host key that awaits an operator's approval (nixpeer trust pending).", []string{"peer", "fingerprint"}, nil)
 	descLastHeard = prometheus.NewDesc("nixpeer_peer_last_heard_timestamp_seconds",
 		"When the peer's agent was last heard from: now while its watch is open, else when its connection went down.", []string{"peer", "role"}, nil)
 )
@@ -38,7 +40,7 @@ type statusCollector struct {
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReady, descCondition, descGeneration, descObserved, descLastReconcile,
-		descPeerState, descSubstituter, descConnected, descTrust, descLastHeard} {
+		descPeerState, descSubstituter, descConnected, descTrust, descPending, descLastHeard} {
 		ch <- d
 	}
 }
@@ -65,6 +67,9 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(descConnected, b2f(p.Connected), p.Name, p.Role)
 		gauge(descTrust, 1, p.Name, string(p.Trust), map[bool]string{true: "true", false: "false"}[p.RefusedHostKeyFingerprint != ""])
+		if p.PendingHostKey != "" {
+			gauge(descPending, 1, p.Name, p.RefusedHostKeyFingerprint)
+		}
 		switch {
 		case p.Connected:
 			gauge(descLastHeard, float64(now.UnixNano())/1e9, p.Name, p.Role)

@@ -1,12 +1,22 @@
 package nix
 
 import (
+	"bytes"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/crypto/ssh"
 )
+
+// plain are keys let in with no consumer named.
+func plain(keys ...ssh.PublicKey) []AuthorizedKey {
+	out := make([]AuthorizedKey, len(keys))
+	for i, k := range keys {
+		out[i] = AuthorizedKey{Key: k}
+	}
+	return out
+}
 
 func TestRenderAuthorizedKeys(t *testing.T) {
 	a, b := testSSHKey(t, 1), testSSHKey(t, 2)
@@ -29,7 +39,7 @@ func TestRenderAuthorizedKeys(t *testing.T) {
 			authorizedKeysHeader + `command="nix-daemon --stdio",restrict ` + la + "\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := RenderAuthorizedKeys(Protocol(tc.protocol), tc.keys)
+			got, err := RenderAuthorizedKeys(Protocol(tc.protocol), plain(tc.keys...))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -57,8 +67,30 @@ func TestRenderAuthorizedKeys(t *testing.T) {
 		{"ecdsa key", "ssh", []ssh.PublicKey{a, testECDSAKey(t)}},
 		{"nil key", "ssh", []ssh.PublicKey{nil}},
 	} {
-		if got, err := RenderAuthorizedKeys(Protocol(tc.protocol), tc.keys); err == nil {
+		if got, err := RenderAuthorizedKeys(Protocol(tc.protocol), plain(tc.keys...)); err == nil {
 			t.Errorf("%s: RenderAuthorizedKeys accepted it:\n%s", tc.name, got)
 		}
+	}
+}
+
+// TestRememberedConsumers: the consumers' host keys written as comments are
+// read back, by name; a line of another shape names nobody.
+func TestRememberedConsumers(t *testing.T) {
+	client, prodHost, otherHost := testSSHKey(t, 1), testSSHKey(t, 2), testSSHKey(t, 3)
+	content, err := RenderAuthorizedKeys(ProtocolSSH, []AuthorizedKey{
+		{Key: client, Host: "prod", HostKey: prodHost}, {Key: testSSHKey(t, 4)}, {Key: testSSHKey(t, 5), Host: "web-1", HostKey: otherHost}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := RememberedConsumers(append(content, "ssh-ed25519 AAAA nixpeer:evil:zz\n"...))
+	if len(got) != 2 || !bytes.Equal(got["prod"].HostKey.Marshal(), prodHost.Marshal()) || !bytes.Equal(got["prod"].Key.Marshal(), client.Marshal()) ||
+		!bytes.Equal(got["web-1"].HostKey.Marshal(), otherHost.Marshal()) {
+		t.Fatalf("RememberedConsumers = %v", got)
+	}
+	if _, err := RenderAuthorizedKeys(ProtocolSSH, []AuthorizedKey{{Key: client, Host: "Bad Name", HostKey: prodHost}}); err == nil {
+		t.Error("a host name that is not a label was written")
+	}
+	if _, err := RenderAuthorizedKeys(ProtocolSSH, []AuthorizedKey{{Key: client, Host: "prod", HostKey: testECDSAKey(t)}}); err == nil {
+		t.Error("an ECDSA host key was written")
 	}
 }

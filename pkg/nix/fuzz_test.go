@@ -263,16 +263,21 @@ func FuzzSubstituterURL(f *testing.F) {
 // restricted key line with the protocol's forced command, one per key.
 func FuzzRenderAuthorizedKeys(f *testing.F) {
 	key := fuzzEd25519(f)
-	f.Add("ssh", key.Marshal())
-	f.Add("ssh-ng", key.Marshal())
-	f.Add("ssh\n", []byte("x"))
-	line := regexp.MustCompile(`^command="(nix-store --serve|nix-daemon --stdio)",restrict ssh-ed25519 [A-Za-z0-9+/]{68}$`)
-	f.Fuzz(func(t *testing.T, protocol string, wire []byte) {
+	f.Add("ssh", key.Marshal(), "")
+	f.Add("ssh-ng", key.Marshal(), "")
+	f.Add("ssh\n", []byte("x"), "")
+	f.Add("ssh", key.Marshal(), "prod")
+	line := regexp.MustCompile(`^command="(nix-store --serve|nix-daemon --stdio)",restrict ssh-ed25519 [A-Za-z0-9+/]{68}( nixpeer:[a-z0-9-]{1,63}:[A-Za-z0-9+/]{68})?$`)
+	f.Fuzz(func(t *testing.T, protocol string, wire []byte, host string) {
 		k, err := ssh.ParsePublicKey(wire)
 		if err != nil {
 			return
 		}
-		out, err := RenderAuthorizedKeys(Protocol(protocol), []ssh.PublicKey{k, k})
+		e := AuthorizedKey{Key: k}
+		if host != "" {
+			e.Host, e.HostKey = host, k
+		}
+		out, err := RenderAuthorizedKeys(Protocol(protocol), []AuthorizedKey{e, e})
 		if err != nil {
 			return
 		}
@@ -285,6 +290,9 @@ func FuzzRenderAuthorizedKeys(f *testing.F) {
 				t.Fatalf("RenderAuthorizedKeys(%q) wrote %q", protocol, l)
 			}
 			keys++
+		}
+		if got := RememberedConsumers(out); host != "" && (len(got) != 1 || !bytes.Equal(got[host].HostKey.Marshal(), k.Marshal())) {
+			t.Fatalf("RememberedConsumers of %q = %v", out, got)
 		}
 		if keys != 1 {
 			t.Fatalf("RenderAuthorizedKeys of one key twice wrote %d key lines:\n%s", keys, out)

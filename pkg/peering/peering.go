@@ -8,6 +8,7 @@ package peering
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -40,6 +41,9 @@ const (
 	// RefusedUnreadable: what was trusted of the peer cannot be read, so
 	// it is not trusted on first use again.
 	RefusedUnreadable = "TrustUnreadable"
+	// RefusedNotApproved: trust: approve, and nobody vouched for the key
+	// the peer offers (no pin, no approval, nothing remembered).
+	RefusedNotApproved = "HostKeyNotApproved"
 )
 
 // Target is a peer to watch.
@@ -54,6 +58,10 @@ type Target struct {
 	Pin ssh.PublicKey
 	// PinsRequired is trust: pinned: never trust a key on first use.
 	PinsRequired bool
+	// Approve is trust: approve: a key not pinned, remembered or stored
+	// awaits an operator's approval (Approve) instead of being trusted on
+	// first use.
+	Approve bool
 	// From is the address to dial the peer from (this host's own, when
 	// it is a local IP literal), or nil for the system's choice.
 	From net.IP
@@ -74,7 +82,7 @@ type Target struct {
 // up without a new connection.
 func (t Target) same(o Target) bool {
 	return t.Name == o.Name && t.Address == o.Address && t.Addr == o.Addr && t.Self == o.Self &&
-		t.PinsRequired == o.PinsRequired && sameKey(t.Pin, o.Pin) && t.From.Equal(o.From)
+		t.PinsRequired == o.PinsRequired && t.Approve == o.Approve && sameKey(t.Pin, o.Pin) && t.From.Equal(o.From)
 }
 
 // Refusal says why a peer's host key was refused.
@@ -83,6 +91,9 @@ type Refusal struct {
 	Offered string    `json:"offered"`           // fingerprint of the key the peer offered
 	Trusted string    `json:"trusted,omitempty"` // fingerprint of the key trusted or pinned
 	At      time.Time `json:"at"`
+	// Key is the offered key ("ssh-ed25519 BASE64") when it awaits
+	// approval (RefusedNotApproved).
+	Key string `json:"key,omitempty"`
 }
 
 // State is what the host knows of one peer.
@@ -162,6 +173,8 @@ type watched struct {
 	// unusable says why what the store has of the peer cannot be read;
 	// the peer is then not trusted on first use again.
 	unusable string
+	// pending is the key the peer offered that awaits approval.
+	pending ssh.PublicKey
 	// Facts that matter (see relevant) are stored and told at most
 	// FlushBurst times per FlushWindow: flushes are when they last were,
 	// dirty says they changed since, flush is the timer of a flush to
@@ -365,6 +378,44 @@ func (m *Manager) ResetTrust(name string) error {
 	return err
 }
 
+// Approve trusts the host key with fingerprint fp of peer name, which
+// must be the key the peer offers now awaiting approval: it is stored as
+// approved, and the watch connects again at once.
+func (m *Manager) Approve(name, fp string) error {
+	m.mu.Lock()
+	w, ok := m.peers[name]
+	switch {
+	case !ok:
+		m.mu.Unlock()
+		return fmt.Errorf("no peer %q is watched by this host", name)
+	case w.st.HostKey != nil:
+		m.mu.Unlock()
+		return fmt.Errorf("%s's host key %s is trusted already (%s); to trust another, pin it as hostKey or run \"nixpeer trust reset %s\" first", name, fingerprint(w.st.HostKey), w.st.Trust, name)
+	case w.pending == nil:
+		m.mu.Unlock()
+		return fmt.Errorf("no host key of %s awaits approval: it has not offered one yet (see nixpeer status)", name)
+	case fingerprint(w.pending) != fp:
+		m.mu.Unlock()
+		return fmt.Errorf("%s offers host key %s, not %s: nothing approved", name, fingerprint(w.pending), fp)
+	}
+	st := &w.st
+	st.Trust, st.HostKey, st.Refused, w.trustedAt = status.TrustApproved, w.pending, nil, m.clock.Now()
+	if err := m.storeLocked(w); err != nil {
+		st.Trust, st.HostKey, w.trustedAt = status.TrustNone, nil, time.Time{}
+		m.mu.Unlock()
+		return fmt.Errorf("remember the approved host key of %s: %w", name, err)
+	}
+	m.log.Warn("peer host key approved by an operator", zap.String("peer", name), zap.String("fingerprint", fp))
+	w.pending = nil
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+	m.mu.Unlock()
+	m.notify("host key of " + name + " approved")
+	return nil
+}
+
 // startLocked (re)starts the watch of t, beginning from what the store
 // has of it.
 func (m *Manager) startLocked(t Target) error {
@@ -428,7 +479,7 @@ func (m *Manager) loadLocked(w *watched) {
 		w.st.Trust, w.st.HostKey = status.TrustPinned, t.Pin
 	case t.PinsRequired:
 	case recKey != nil:
-		w.st.Trust, w.st.HostKey = status.TrustTOFU, recKey
+		w.st.Trust, w.st.HostKey = cmp.Or(rec.Trust, status.TrustTOFU), recKey
 	case remembered != nil && w.unusable == "":
 		w.st.Trust, w.st.HostKey, w.st.Rebuilt = status.TrustTOFU, remembered, true
 		recKey, rec.TrustedAt = remembered, m.clock.Now()
@@ -491,6 +542,9 @@ func (m *Manager) check(ctx context.Context, log *zap.Logger, w *watched, offere
 	t, st := w.target, &w.st
 	refuse := func(reason, msg string, trusted ssh.PublicKey) error {
 		r := &Refusal{Reason: reason, Offered: fingerprint(offered), Trusted: fingerprint(trusted), At: m.clock.Now()}
+		if reason == RefusedNotApproved {
+			r.Key, w.pending = keyLine(offered), offered
+		}
 		changed := st.Refused == nil || st.Refused.Reason != r.Reason || st.Refused.Offered != r.Offered
 		if !changed {
 			r.At = st.Refused.At
@@ -517,6 +571,9 @@ func (m *Manager) check(ctx context.Context, log *zap.Logger, w *watched, offere
 		return refuse(RefusedNotPinned, fmt.Sprintf("trust: pinned, and %s has no hostKey", t.Name), nil)
 	case st.HostKey == nil && w.unusable != "":
 		return refuse(RefusedUnreadable, fmt.Sprintf("what was trusted of %s cannot be read (%s); pin its hostKey or run \"nixpeer trust reset %s\"", t.Name, w.unusable, t.Name), nil)
+	case st.HostKey == nil && t.Approve:
+		return refuse(RefusedNotApproved, fmt.Sprintf("nobody vouched for the host key %s that %s offers: compare it with what \"nixpeer facts\" prints on %s, then run \"nixpeer trust approve %s %s\", or pin it as hostKey",
+			fingerprint(offered), t.Name, t.Name, t.Name, fingerprint(offered)), nil)
 	}
 	w.connKey = offered
 	m.mu.Unlock()

@@ -333,11 +333,20 @@ func checkDir(dir string) error {
 	return nil
 }
 
-// remembered are the host keys that this host's managed files pin for the
-// peers it fetches from, by name: the known_hosts block first, then the
-// substituter URL in the Nix settings.
+// remembered are the host keys that this host's managed files pin for its
+// peers, by name: for those it fetches from, the known_hosts block first,
+// then the substituter URL in the Nix settings; for its consumers, the
+// comments of nix-ssh's authorized keys.
 func remembered(o *Observation) map[string]ssh.PublicKey {
 	out := map[string]ssh.PublicKey{}
+	if path := authorizedKeysPath(o.Layout, o.Self.Platform); path != "" && o.Self.Serve != nil {
+		consumers := nix.RememberedConsumers(o.Files[path].Content)
+		for _, c := range o.File.Consumers(o.Self.Name) {
+			if k, ok := consumers[c.Name]; ok {
+				out[c.Name] = k.HostKey
+			}
+		}
+	}
 	entries, _ := knownhosts.Managed(o.Files[o.Layout.KnownHosts].Content)
 	urls := nix.PinnedHostKeys(o.Files[daemonFile(o.Layout, o.Self)].Content)
 	for _, name := range o.Self.SubstituteFrom {

@@ -98,7 +98,11 @@ func (pl *planner) peerStatus(h *desired.Host, role string) status.Peer {
 		t := st.Since
 		ps.Since = &t
 	}
-	if r := st.Refused; r != nil {
+	if r := st.Refused; r != nil && r.Reason == peering.RefusedNotApproved {
+		ps.State, ps.Reason, ps.RefusedHostKeyFingerprint, ps.PendingHostKey = status.PeerHostKeyRefused, r.Reason, r.Offered, r.Key
+		ps.Message = fmt.Sprintf("%s: the peer offers host key %s, which nobody vouched for; nothing is written for %s until you compare it with what \"nixpeer facts\" prints on %s and run \"nixpeer trust approve %s %s\", or pin it as hostKey",
+			r.Reason, r.Offered, h.Name, h.Name, h.Name, r.Offered)
+	} else if r != nil {
 		ps.State, ps.Reason, ps.RefusedHostKeyFingerprint = status.PeerHostKeyRefused, r.Reason, r.Offered
 		ps.Message = fmt.Sprintf("%s: the peer offers host key %s", r.Reason, r.Offered)
 		if r.Trusted != "" {

@@ -428,7 +428,7 @@ func watchTargets(file *desired.File, self *desired.Host, remembered map[string]
 	add := func(h *desired.Host) {
 		pins, _ := pinnedKeys(h) // validated with the file
 		targets = append(targets, peering.Target{Name: h.Name, Address: h.Address, Pin: pins.HostKey,
-			PinsRequired: file.Trust == desired.TrustPinned, Addr: peerAddr(h), Remembered: remembered[h.Name], From: from, Self: self.Name})
+			PinsRequired: file.Trust == desired.TrustPinned, Approve: file.Trust == desired.TrustApprove, Addr: peerAddr(h), Remembered: remembered[h.Name], From: from, Self: self.Name})
 	}
 	seen := map[string]bool{}
 	for _, name := range self.SubstituteFrom {
@@ -605,20 +605,30 @@ func (pl *planner) planServe() {
 		return
 	}
 	r := &Resource{Type: status.ServeReady}
-	var keys []ssh.PublicKey
+	var keys []nix.AuthorizedKey
 	var served, waiting []string
+	var remembered map[string]nix.AuthorizedKey
+	if path != "" {
+		remembered = nix.RememberedConsumers(o.Files[path].Content)
+	}
 	for _, c := range pl.file.Consumers(self.Name) {
-		k := pl.keys[c.Name].ClientKey
-		if k == nil {
+		k := pl.keys[c.Name]
+		if r, ok := remembered[c.Name]; ok && k.ClientKey == nil && k.HostKey != nil && bytes.Equal(r.HostKey.Marshal(), k.HostKey.Marshal()) {
+			// Its agent has told nothing since state.db was lost: the
+			// client key let in with the host key trusted for it stays.
+			k.ClientKey = r.Key
+		}
+		if k.ClientKey == nil || k.HostKey == nil {
 			waiting = append(waiting, c.Name)
 			continue
 		}
-		keys = append(keys, k)
+		// With the host key trusted for it: remembered outside state.db.
+		keys = append(keys, nix.AuthorizedKey{Key: k.ClientKey, Host: c.Name, HostKey: k.HostKey})
 		served = append(served, c.Name)
-		pl.p.Consumers = append(pl.p.Consumers, consumerKey{host: c.Name, key: k})
+		pl.p.Consumers = append(pl.p.Consumers, consumerKey{host: c.Name, key: k.ClientKey})
 	}
 	if path != "" && o.SSHDCheckInterval >= 0 && o.ClientKey.Usable() {
-		keys = append(keys, o.ClientKey.Key.Public) // for its own check
+		keys = append(keys, nix.AuthorizedKey{Key: o.ClientKey.Key.Public}) // for its own check
 	}
 	if path != "" {
 		obs := o.Files[path]

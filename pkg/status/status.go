@@ -76,9 +76,10 @@ type Trust string
 
 // Trust of a peer's host key.
 const (
-	TrustPinned Trust = "pinned" // hostKey in the desired-state file
-	TrustTOFU   Trust = "tofu"   // trusted on first use, remembered
-	TrustNone   Trust = "none"   // not trusted yet
+	TrustPinned   Trust = "pinned"   // hostKey in the desired-state file
+	TrustTOFU     Trust = "tofu"     // trusted on first use, remembered
+	TrustApproved Trust = "approved" // approved by an operator on this host, remembered
+	TrustNone     Trust = "none"     // not trusted yet
 )
 
 // Peer roles.
@@ -109,8 +110,12 @@ type Peer struct {
 	HostKeyFingerprint string `json:"hostKeyFingerprint,omitempty"`
 	// RefusedHostKeyFingerprint is the host key the peer offers while it
 	// is refused (Reason says why: HostKeyChanged, HostKeyMismatch,
-	// HostKeyNotPinned); HostKeyFingerprint is then the trusted one.
+	// HostKeyNotPinned, HostKeyNotApproved); HostKeyFingerprint is then
+	// the trusted one, if any.
 	RefusedHostKeyFingerprint string `json:"refusedHostKeyFingerprint,omitempty"`
+	// PendingHostKey is the key ("ssh-ed25519 BASE64") that awaits an
+	// operator's approval (Reason HostKeyNotApproved).
+	PendingHostKey string `json:"pendingHostKey,omitempty"`
 	Reason                    string `json:"reason,omitempty"`
 	// State is where peering with it stands (see PeerState).
 	State   PeerState `json:"state"`

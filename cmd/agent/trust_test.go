@@ -1,0 +1,119 @@
+package main
+
+// trust: approve, the default: a host key nobody vouched for is pending,
+// and nothing is written for its peer until an operator approves it.
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nixpeer/nixpeer/internal/testenv"
+	"github.com/nixpeer/nixpeer/pkg/status"
+)
+
+// TestImpostorFirstAwaitsApproval: before staging's agent is up, an
+// impostor answers at its address, copying its name and address, with a
+// host key of its own. Production, under the default trust, writes
+// nothing for it and shows its key pending; approving another key is
+// refused. Once the real staging is up, its key is pending in turn, and
+// staging shows production's: approved on both hosts, they peer.
+func TestImpostorFirstAwaitsApproval(t *testing.T) {
+	testenv.RequireRoot(t) // trust approve is root only
+	testenv.Require(t, "nix")
+	config := writeConfig(t, strings.Replace(peeringFleet(testenv.FreePort(t, "127.0.0.2"), "ssh", []string{"true"}), "trust: tofu\n", "", 1))
+	f := &fleetRun{config: config, S: t.TempDir(), P: t.TempDir()}
+	for _, root := range []string{f.S, f.P} {
+		os.MkdirAll(filepath.Join(root, "etc/nix"), 0o755)
+		testenv.WriteNixConf(t, filepath.Join(root, "etc/nix"))
+	}
+	fake, stopFake := impostor(t, fmt.Sprintf("127.0.0.2:%d", peerPortOf("127.0.0.2")), "stage", "127.0.0.2")
+	f.prod = startAgent(t, f.P, f.config, "prod")
+	pending := func(a *agent, peer, fp string) status.Status {
+		return a.waitFor(peer+"'s key "+fp+" pending", func(s status.Status) bool {
+			for _, p := range s.Peers {
+				if p.Name == peer && p.Reason == "HostKeyNotApproved" && p.RefusedHostKeyFingerprint == fp &&
+					strings.HasPrefix(p.PendingHostKey, "ssh-ed25519 ") && p.State == status.PeerHostKeyRefused {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	st := pending(f.prod, "stage", fake)
+	if st.Ready {
+		t.Fatal("production is Ready with a host key pending")
+	}
+	if c := condition(t, st, status.PeersTrusted); c.Status != status.False || !strings.Contains(c.Message, "nixpeer trust approve stage "+fake) {
+		t.Fatalf("PeersTrusted %+v; want False, naming the command with the fingerprint", c)
+	}
+	kh, conf := filepath.Join(f.P, "root/.ssh/known_hosts"), filepath.Join(f.P, "etc/nix/nixpeer.conf")
+	noStage := func(when string) {
+		t.Helper()
+		if got, _ := os.ReadFile(kh); bytes.Contains(got, []byte("127.0.0.2")) {
+			t.Fatalf("%s: known_hosts has an entry for staging's address:\n%s", when, got)
+		}
+		if got, _ := os.ReadFile(conf); bytes.Contains(got, []byte("ssh://")) || bytes.Contains(got, []byte("127.0.0.2:")) {
+			t.Fatalf("%s: the Nix settings name staging:\n%s", when, got)
+		}
+	}
+	noStage("the impostor pending")
+
+	code, out, _ := runCLI(t, "trust", "pending", "--socket", f.prod.socket)
+	if code != 0 || !strings.Contains(out, "stage") || !strings.Contains(out, fake) {
+		t.Fatalf("trust pending: exit %d\n%s", code, out)
+	}
+	code, out, _ = runCLI(t, "trust", "pending", "--socket", f.prod.socket, "--yaml")
+	if code != 0 || !strings.Contains(out, "- name: stage\n  hostKey: ssh-ed25519 ") {
+		t.Fatalf("trust pending --yaml: exit %d\n%s", code, out)
+	}
+	genuineKey := "SHA256:" + strings.Repeat("A", 43)
+	code, _, errText := runCLI(t, "trust", "approve", "--socket", f.prod.socket, "stage", genuineKey)
+	if code != 1 || !strings.Contains(errText, "offers host key "+fake) {
+		t.Fatalf("approving a key the peer does not offer: exit %d, %s", code, errText)
+	}
+	noStage("a wrong approval")
+
+	// The real staging comes up where the impostor was.
+	stopFake()
+	f.stage = startAgent(t, f.S, f.config, "stage", noSSHDCheck)
+	var stageFP, prodFP string
+	testenv.WaitFor(t, 20*time.Second, 5*time.Millisecond, "both hosts' keys", func() error {
+		stageFP, prodFP = facts(t, f.S).HostKey.Fingerprint, facts(t, f.P).HostKey.Fingerprint
+		if stageFP == "" || prodFP == "" {
+			return fmt.Errorf("host keys %q %q", stageFP, prodFP)
+		}
+		return nil
+	})
+	pending(f.prod, "stage", stageFP)
+	pending(f.stage, "prod", prodFP)
+	noStage("staging pending")
+	for _, a := range []struct {
+		agent *agent
+		peer  string
+		fp    string
+	}{{f.prod, "stage", stageFP}, {f.stage, "prod", prodFP}} {
+		if code, out, errText := runCLI(t, "trust", "approve", "--socket", a.agent.socket, a.peer, a.fp); code != 0 {
+			t.Fatalf("trust approve %s: exit %d\n%s%s", a.peer, code, out, errText)
+		}
+	}
+	// Staging lets production in; production probes its sshd (there is
+	// none here: that it gets that far is the point).
+	st = peerState(f.prod, "production authorized by staging", inState(status.PeerProbeFailed))
+	if p := st.Peers[0]; p.Trust != status.TrustApproved || p.HostKeyFingerprint != stageFP {
+		t.Fatalf("peer %+v; want stage approved with %s", p, stageFP)
+	}
+	if got := readFile(t, kh); !bytes.Contains(got, []byte("127.0.0.2")) {
+		t.Fatalf("known_hosts lacks staging once approved:\n%s", got)
+	}
+	// The approval outlives a restart.
+	f.prod.stop()
+	f.prod = startAgent(t, f.P, f.config, "prod")
+	peerState(f.prod, "staging still approved after a restart", func(p status.Peer) bool {
+		return p.Trust == status.TrustApproved && p.State == status.PeerProbeFailed
+	})
+}
