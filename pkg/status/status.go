@@ -116,7 +116,7 @@ type Peer struct {
 	// PendingHostKey is the key ("ssh-ed25519 BASE64") that awaits an
 	// operator's approval (Reason HostKeyNotApproved).
 	PendingHostKey string `json:"pendingHostKey,omitempty"`
-	Reason                    string `json:"reason,omitempty"`
+	Reason         string `json:"reason,omitempty"`
 	// State is where peering with it stands (see PeerState).
 	State   PeerState `json:"state"`
 	Message string    `json:"message,omitempty"`
