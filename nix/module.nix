@@ -205,9 +205,16 @@ in
       !include ${stateDir}/nix.conf
     '';
 
-    # sshd reads the keys of nix-ssh (and only those the agent writes) here
-    # too, next to /etc/ssh/authorized_keys.d/%u.
-    services.openssh.authorizedKeysFiles = [ "${stateDir}/authorized_keys.d/%u" ];
+    # sshd reads the keys of nix-ssh, and of nix-ssh alone (a file named
+    # root there would otherwise be a root login), from the agent's file
+    # too, next to NixOS's /etc/ssh/authorized_keys.d/%u; and nix-ssh may
+    # forward nothing (nix.sshServe leaves stream-local forwarding on,
+    # which would hand a client the daemon's socket).
+    services.openssh.extraConfig = lib.mkAfter ''
+      Match User nix-ssh
+          AuthorizedKeysFile /etc/ssh/authorized_keys.d/%u ${stateDir}/authorized_keys.d/%u
+          DisableForwarding yes
+    '';
 
     nix.sshServe = mkIf cfg.serve {
       enable = true;

@@ -13,7 +13,7 @@ buildGoModule {
     fileset = lib.fileset.unions [ ../go.mod ../go.sum ../cmd ../pkg ../internal ];
   };
 
-  vendorHash = "sha256-/mZSbH2KLGP3smF3CnGbAPhok6pxP6Bpx2Wjo57QZnQ=";
+  vendorHash = "sha256-P70vSvQsF4m/TtapmCBGcrFs/t0eT4v2HhO44dILZqI=";
 
   subPackages = [ "cmd/agent" ];
   ldflags = [ "-s" "-w" "-X main.version=${version}" ];

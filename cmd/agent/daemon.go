@@ -18,6 +18,7 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/net/netutil"
 
 	"github.com/nixpeer/nixpeer/pkg/api"
 	"github.com/nixpeer/nixpeer/pkg/clock"
@@ -117,14 +118,20 @@ type daemonOptions struct {
 
 // serveMetrics serves /metrics on a TCP address; the returned function
 // stops it.
+// maxMetricsConns bounds the connections of --metrics-listen at once.
+const maxMetricsConns = 16
+
 func serveMetrics(log *zap.Logger, addr string, m *metrics.Metrics) (func(), error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen for metrics on %s: %w", addr, err)
 	}
+	// Open to whoever reaches addr: bounded in connections and in time.
+	ln = netutil.LimitListener(ln, maxMetricsConns)
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 5 * time.Second,
+		WriteTimeout: 10 * time.Second, IdleTimeout: 30 * time.Second, MaxHeaderBytes: 8 << 10}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics listener", zap.Error(err))

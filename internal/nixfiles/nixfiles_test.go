@@ -308,6 +308,13 @@ func TestModuleConfig(t *testing.T) {
 			if got := get(conf, "nix", "extraOptions"); got != "!include /var/lib/nixpeer/nix.conf\n" {
 				t.Errorf("nix.extraOptions %q", got)
 			}
+			if got, _ := get(conf, "services", "openssh", "extraConfig").(string); !strings.HasPrefix(got, "Match User nix-ssh\n") ||
+				!strings.Contains(got, "AuthorizedKeysFile /etc/ssh/authorized_keys.d/%u /var/lib/nixpeer/authorized_keys.d/%u\n") || !strings.Contains(got, "DisableForwarding yes\n") {
+				t.Errorf("services.openssh.extraConfig %q: want nix-ssh's keys and no forwarding in a Match block of its own", got)
+			}
+			if get(conf, "services", "openssh", "authorizedKeysFiles") != nil {
+				t.Error("services.openssh.authorizedKeysFiles is set: for every user")
+			}
 			if got := get(conf, "users", "groups", "nixpeer"); got == nil {
 				t.Error("no nixpeer group")
 			}

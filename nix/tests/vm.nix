@@ -25,8 +25,17 @@ pkgs.testers.runNixOSTest {
   nodes.production = node "production";
   testScript = ''
     start_all()
+    import json
     staging.wait_for_unit("nixpeer.service")
     production.wait_for_unit("nixpeer.service")
+
+    # trust: approve (the default): each host approves the other's host
+    # key, compared with what `nixpeer facts` prints on that host.
+    def host_key(node):
+        return json.loads(node.succeed("nixpeer facts --json"))["hostKey"]["fingerprint"]
+    production.wait_until_succeeds(f"nixpeer trust approve staging {host_key(staging)}", timeout=120)
+    staging.wait_until_succeeds(f"nixpeer trust approve production {host_key(production)}", timeout=120)
+
     staging.wait_until_succeeds("nixpeer status", timeout=120)
     production.wait_until_succeeds("nixpeer status", timeout=120)
 

@@ -78,6 +78,7 @@ func TestStatusAndReconcileAsRoot(t *testing.T) {
 	if st.Mode().Perm() != 0o600 {
 		t.Fatalf("socket mode %v, want 0600 when no group exists", st.Mode().Perm())
 	}
+
 	c := NewClient(sock)
 	got, err := c.Status(context.Background())
 	if err != nil || got.Host != "stage" || !got.Ready {
@@ -122,6 +123,29 @@ func TestStatusAndReconcileAsRoot(t *testing.T) {
 		if resp.StatusCode != http.StatusBadRequest {
 			t.Errorf("body %s: %s, want 400", body, resp.Status)
 		}
+	}
+}
+
+// TestSocketDirectoryMustBePrivate: the socket is chown-ed and chmod-ed by
+// its path, so a directory another user may write to (who could swap the
+// socket for a symbolic link meanwhile) is refused, as is a link.
+func TestSocketDirectoryMustBePrivate(t *testing.T) {
+	open := filepath.Join(t.TempDir(), "open")
+	if err := os.Mkdir(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Listen(filepath.Join(open, "agent.sock"), ""); err == nil || !strings.Contains(err.Error(), "writable by group or others") {
+		t.Fatalf("Listen in a 0777 directory = %v, want a refusal", err)
+	}
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(t.TempDir(), link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Listen(filepath.Join(link, "agent.sock"), ""); err == nil || !strings.Contains(err.Error(), "not a directory") {
+		t.Fatalf("Listen in a symbolic link = %v, want a refusal", err)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -51,10 +52,17 @@ type Backend interface {
 // Listen creates the socket at path, refusing when a live daemon already
 // answers there and removing a stale one otherwise. The socket is 0660 and
 // owned by group (if that group exists on the machine), else 0600: never
-// world-writable, and not even briefly so.
+// world-writable, and not even briefly so. Its directory must be this
+// process's user's and writable by nobody else: the socket is chown-ed
+// and chmod-ed by its path, which another user could otherwise swap for a
+// symbolic link to any file in between.
 func Listen(path, group string) (net.Listener, error) {
-	if err := atomicfile.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	dir := filepath.Dir(path)
+	if err := atomicfile.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if err := privateDir(dir); err != nil {
+		return nil, err
 	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
@@ -71,7 +79,7 @@ func Listen(path, group string) (net.Listener, error) {
 	}
 	mode := os.FileMode(0o600)
 	if gid, ok := lookupGroup(group); ok {
-		if err := os.Chown(path, 0, gid); err != nil {
+		if err := os.Lchown(path, 0, gid); err != nil {
 			ln.Close()
 			return nil, fmt.Errorf("give socket %s to group %s: %w", path, group, err)
 		}
@@ -82,6 +90,25 @@ func Listen(path, group string) (net.Listener, error) {
 		return nil, fmt.Errorf("chmod socket %s: %w", path, err)
 	}
 	return ln, nil
+}
+
+// privateDir checks that dir is a directory of this process's user that
+// no other user may write to.
+func privateDir(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return fmt.Errorf("socket directory %s is not a directory (a symbolic link?); refusing it", dir)
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("socket directory %s is writable by group or others (%04o); refusing it: make it 0755", dir, fi.Mode().Perm())
+	case ok && int(st.Uid) != os.Geteuid():
+		return fmt.Errorf("socket directory %s belongs to uid %d, not to this agent's user %d; refusing it", dir, st.Uid, os.Geteuid())
+	}
+	return nil
 }
 
 func lookupGroup(name string) (int, bool) {

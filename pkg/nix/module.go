@@ -169,6 +169,11 @@ func writeKnownHost(b *strings.Builder, h KnownHost) error {
 }
 
 // keyLines validates ssh keys and returns their sorted, distinct lines.
+//
+// Each line starts with "restrict": nix.sshServe's Match block leaves
+// stream-local forwarding on, which would hand a client the daemon's
+// socket; restrict turns every forwarding, the TTY and rc files off (the
+// forced command is sshServe's ForceCommand).
 func keyLines(keys []ssh.PublicKey) ([]string, error) {
 	lines := make([]string, 0, len(keys))
 	for i, k := range keys {
@@ -176,7 +181,7 @@ func keyLines(keys []ssh.PublicKey) ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("key %d: %w", i, err)
 		}
-		lines = append(lines, line)
+		lines = append(lines, "restrict "+line)
 	}
 	return sortedUnique(lines), nil
 }

@@ -61,7 +61,7 @@ func TestRenderModuleEvaluatesInNix(t *testing.T) {
 			"nix": map[string]any{
 				"sshServe": map[string]any{
 					"enable":   true,
-					"keys":     sorted(testSSHKeyLine(b), testSSHKeyLine(a)),
+					"keys":     sorted("restrict "+testSSHKeyLine(b), "restrict "+testSSHKeyLine(a)),
 					"protocol": "ssh",
 				},
 				"settings": map[string]any{"secret-key-files": []any{"/var/lib/nixpeer/keys/cache-priv-key.pem"}},

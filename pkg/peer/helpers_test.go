@@ -61,6 +61,17 @@ func pin(want ssh.PublicKey) HostKeyCheck {
 
 // validFacts returns a valid document of a serving host whose host key is
 // host.
+// stranger is f as an anonymous client gets it: none of the consumers the
+// host lets in.
+func stranger(f Facts) Facts {
+	if f.Serve != nil {
+		s := *f.Serve
+		s.Authorized = nil
+		f.Serve = &s
+	}
+	return f
+}
+
 func validFacts(t *testing.T, host ssh.PublicKey) Facts {
 	t.Helper()
 	client := newSigner(t).PublicKey()
@@ -137,7 +148,7 @@ func startServer(t *testing.T, addr string, key ssh.Signer, opts ServerOptions) 
 func (s *testServer) publish(f Facts) {
 	s.t.Helper()
 	s.Publish(f)
-	if doc := s.current(); bytes.Contains(doc, []byte("PRIVATE KEY")) {
+	if doc := s.current(nil); bytes.Contains(doc, []byte("PRIVATE KEY")) {
 		s.t.Fatalf("published document holds a private key: %s", doc)
 	}
 }

@@ -1,11 +1,12 @@
 package peer
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"reflect"
 	"runtime"
 	"sync"
 	"time"
@@ -138,9 +139,14 @@ type Server struct {
 	opts   ServerOptions
 	config *ssh.ServerConfig
 
-	mu       sync.Mutex
-	doc      []byte // the current document and its newline; nil before Publish
-	watchers map[*slot]struct{}
+	// publishing serializes Publish and the first document of a watch, so
+	// that no watcher gets an older document after a newer one.
+	publishing sync.Mutex
+	mu         sync.Mutex
+	facts      *Facts // the current document; nil before Publish
+	// watchers are the open watches, each with the key its client
+	// authenticated with (nil: anonymous).
+	watchers map[*slot]ssh.PublicKey
 	// Open connections: not authenticated yet, anonymous, of known peers;
 	// by remote address for the first two.
 	handshakes, anonymous, peers  int
@@ -167,12 +173,8 @@ func (s *Server) knownNow(sconn *ssh.ServerConn) bool {
 	if sconn.Permissions.Extensions[permPeer] != "" {
 		return true
 	}
-	raw, ok := sconn.Permissions.Extensions[permKey]
-	if !ok || s.opts.Known == nil {
-		return false
-	}
-	key, err := ssh.ParsePublicKey([]byte(raw))
-	if err != nil {
+	key := clientKey(sconn)
+	if key == nil || s.opts.Known == nil {
 		return false
 	}
 	_, known := s.opts.Known(key)
@@ -218,7 +220,7 @@ func NewServer(log *zap.Logger, hostKey ssh.Signer, opts ServerOptions) *Server 
 		log:            log,
 		opts:           opts,
 		config:         config,
-		watchers:       map[*slot]struct{}{},
+		watchers:       map[*slot]ssh.PublicKey{},
 		handshakesByIP: map[string]int{},
 		anonymousByIP:  map[string]int{},
 		turns:          make(chan struct{}, opts.Turns),
@@ -230,46 +232,105 @@ func NewServer(log *zap.Logger, hostKey ssh.Signer, opts ServerOptions) *Server 
 // for a watcher. A document that Validate refuses is logged and dropped:
 // the server keeps giving the previous one, so a peer never gets a
 // document it would have to reject.
+//
+// The consumers f's host lets in are told to known peers only: to an
+// anonymous client, who fetches from this host, and with which key, is
+// none of its business.
 func (s *Server) Publish(f Facts) {
-	doc, err := encodeFacts(f)
-	if err != nil {
+	if _, err := encodeFacts(f); err != nil {
 		s.log.Error("refusing to publish invalid facts; the peer port keeps the previous document", zap.Error(err))
 		return
 	}
+	s.publishing.Lock()
+	defer s.publishing.Unlock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if bytes.Equal(doc, s.doc) {
+	if s.facts != nil && reflect.DeepEqual(*s.facts, f) {
+		s.mu.Unlock()
 		return
 	}
-	s.doc = doc
-	for w := range s.watchers {
-		w.set(doc)
+	s.facts = &f
+	watchers := maps.Clone(s.watchers)
+	s.mu.Unlock()
+	views := map[string][]byte{}
+	for w, key := range watchers {
+		w.set(s.view(f, key, views))
 	}
-	s.log.Debug("published facts", zap.Int64("generation", f.Generation), zap.Bool("ready", f.Ready), zap.Int("watchers", len(s.watchers)))
+	s.log.Debug("published facts", zap.Int64("generation", f.Generation), zap.Bool("ready", f.Ready), zap.Int("watchers", len(watchers)))
 }
 
-// current returns the current document, nil before the first Publish.
-func (s *Server) current() []byte {
+// view is the document f as the client with key (nil: anonymous) sees it,
+// memoized in views by whether it is a known peer ("known") or not.
+func (s *Server) view(f Facts, key ssh.PublicKey, views map[string][]byte) []byte {
+	who := "anonymous"
+	if key != nil && s.opts.Known != nil {
+		if _, known := s.opts.Known(key); known {
+			who = "known"
+		}
+	}
+	if doc, ok := views[who]; ok {
+		return doc
+	}
+	if f.Serve != nil && who == "anonymous" {
+		serve := *f.Serve
+		serve.Authorized = nil
+		f.Serve = &serve
+	}
+	doc, err := encodeFacts(f) // valid: Publish checked the whole
+	if err != nil {
+		s.log.Error("encode facts for a peer", zap.Error(err))
+	}
+	views[who] = doc
+	return doc
+}
+
+// current returns the current document as the client with key sees it,
+// nil before the first Publish.
+func (s *Server) current(key ssh.PublicKey) []byte {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.doc
+	f := s.facts
+	s.mu.Unlock()
+	if f == nil {
+		return nil
+	}
+	return s.view(*f, key, map[string][]byte{})
 }
 
-// watch registers a watcher whose slot already holds the current
-// document, if any, and returns it with the function that unregisters it.
-func (s *Server) watch() (*slot, func()) {
+// watch registers a watcher of the client with key (nil: anonymous) whose
+// slot already holds the current document, if any, and returns it with
+// the function that unregisters it.
+func (s *Server) watch(key ssh.PublicKey) (*slot, func()) {
 	w := newSlot()
+	s.publishing.Lock()
+	defer s.publishing.Unlock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.doc != nil {
-		w.set(s.doc)
+	s.watchers[w] = key
+	f := s.facts
+	s.mu.Unlock()
+	if f != nil {
+		w.set(s.view(*f, key, map[string][]byte{}))
 	}
-	s.watchers[w] = struct{}{}
 	return w, func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		delete(s.watchers, w)
 	}
+}
+
+// clientKey is the key the client of sconn authenticated with, nil for
+// an anonymous one.
+func clientKey(sconn *ssh.ServerConn) ssh.PublicKey {
+	if sconn.Permissions == nil {
+		return nil
+	}
+	raw, ok := sconn.Permissions.Extensions[permKey]
+	if !ok {
+		return nil
+	}
+	key, err := ssh.ParsePublicKey([]byte(raw))
+	if err != nil {
+		return nil
+	}
+	return key
 }
 
 // Serve accepts connections on ln until ctx ends, then closes ln and every

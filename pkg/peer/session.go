@@ -70,9 +70,9 @@ func (s *Server) serveSession(ctx context.Context, log *zap.Logger, sconn *ssh.S
 			w := stallGuard{ch: ch, conn: sconn, clock: s.opts.Clock, timeout: s.opts.IdleTimeout}
 			switch cmd {
 			case cmdFacts:
-				s.runFacts(log, ch, w)
+				s.runFacts(log, ch, w, clientKey(sconn))
 			case cmdWatch:
-				s.runWatch(ctx, log, w, gone)
+				s.runWatch(ctx, log, w, gone, clientKey(sconn))
 			case cmdTurn:
 				s.runTurn(ctx, log, w, gone)
 			}
@@ -109,9 +109,9 @@ func execCommand(req *ssh.Request) (string, bool) {
 
 // runFacts writes the current document and exits 0, or exits 1 with a
 // message on stderr before the first Publish.
-func (s *Server) runFacts(log *zap.Logger, ch ssh.Channel, w stallGuard) {
+func (s *Server) runFacts(log *zap.Logger, ch ssh.Channel, w stallGuard, key ssh.PublicKey) {
 	status := uint32(0)
-	if doc := s.current(); doc != nil {
+	if doc := s.current(key); doc != nil {
 		if err := w.write(doc); err != nil {
 			log.Debug("write facts to peer", zap.Error(err))
 			return
@@ -128,8 +128,8 @@ func (s *Server) runFacts(log *zap.Logger, ch ssh.Channel, w stallGuard) {
 
 // runWatch writes the current document, each new one and keepalives
 // until the session is gone or ctx ends.
-func (s *Server) runWatch(ctx context.Context, log *zap.Logger, w stallGuard, gone <-chan struct{}) {
-	slot, unwatch := s.watch()
+func (s *Server) runWatch(ctx context.Context, log *zap.Logger, w stallGuard, gone <-chan struct{}, key ssh.PublicKey) {
+	slot, unwatch := s.watch(key)
 	defer unwatch()
 	tick := clock.NewTicker(s.opts.Clock, s.opts.Keepalive)
 	defer tick.Stop()

@@ -184,8 +184,10 @@ type watched struct {
 	flush   clock.Timer
 	// wake ends the watch's wait between attempts (see Poke).
 	wake chan struct{}
-	// client is the connection of the watch while it runs, nil between.
-	client *ssh.Client
+	// client is the connection of the watch while it runs, nil between;
+	// connIdentity is the key it authenticated with.
+	client       *ssh.Client
+	connIdentity ssh.Signer
 }
 
 // What a peer tells is stored and triggers a reconcile at once, up to
@@ -290,18 +292,34 @@ func (m *Manager) Get(name string) (State, bool) {
 }
 
 // SetIdentity makes signer (this host's host key) the key the watches
-// authenticate with from their next connection on: a peer that knows it
-// gives them room of their own.
+// authenticate with: a peer that knows it gives them room of their own and
+// tells them whom it lets in. A watch that connected with another key, or
+// none, connects again with this one.
 func (m *Manager) SetIdentity(signer ssh.Signer) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if sameSigner(m.identity, signer) {
+		return
+	}
 	m.identity = signer
+	for _, w := range m.peers {
+		if w.client != nil {
+			w.client.Close() // the watch connects again at once
+			select {
+			case w.wake <- struct{}{}:
+			default:
+			}
+		}
+	}
 }
 
-func (m *Manager) currentIdentity() ssh.Signer {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.identity
+// sameSigner reports whether a and b sign with the same key (or are both
+// nil).
+func sameSigner(a, b ssh.Signer) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	return sameKey(a.PublicKey(), b.PublicKey())
 }
 
 // ErrNoConnection is returned by Turn while no watch of the peer runs.
@@ -517,11 +535,20 @@ func (m *Manager) run(ctx context.Context, w *watched) {
 	onFacts := func(f peer.Facts) error { return m.accept(ctx, log, w, f) }
 	onError := func(err error) { m.failed(ctx, log, w, err) }
 	opts := m.opts
-	opts.LocalIP, opts.Wake, opts.Identity = w.target.From, w.wake, m.currentIdentity
+	opts.LocalIP, opts.Wake = w.target.From, w.wake
+	opts.Identity = func() ssh.Signer {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		w.connIdentity = m.identity
+		return m.identity
+	}
 	opts.Conn = func(c *ssh.Client) {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		w.client = c
+		if c != nil && !sameSigner(w.connIdentity, m.identity) {
+			c.Close() // the identity changed while it connected: again, with it
+		}
 	}
 	peer.Watch(ctx, w.target.Addr, check, opts, onFacts, onError)
 }

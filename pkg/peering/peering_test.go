@@ -1,6 +1,7 @@
 package peering
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -202,8 +203,15 @@ func TestImpostorIsNotTrustedOnFirstUse(t *testing.T) {
 // others are dropped, and their coming and going triggers no reconcile
 // and no write.
 func TestOtherConsumersCostNothing(t *testing.T) {
-	ctx, cancel, store, listen, port := fixture(t)
+	ctx, cancel, store, listen, _ := fixture(t)
 	defer cancel()
+	// This host is a known peer of stage's port: it is told whom stage
+	// lets in (an anonymous client is not).
+	prodKey := newSigner(t)
+	port := NewPort(ctx, zaptest.NewLogger(t), peer.ServerOptions{Known: func(k ssh.PublicKey) (string, bool) {
+		return "prod-1", bytes.Equal(k.Marshal(), prodKey.PublicKey().Marshal())
+	}}, func(string) {})
+	t.Cleanup(port.Close)
 	key := newSigner(t)
 	if err := port.Ensure(listen, key); err != nil {
 		t.Fatal(err)
@@ -224,6 +232,7 @@ func TestOtherConsumersCostNothing(t *testing.T) {
 	notified := 0
 	m := New(ctx, zaptest.NewLogger(t), clock.Real{}, store, peer.WatchOptions{Backoff: peer.Backoff{Base: 10 * time.Millisecond, Cap: 50 * time.Millisecond}},
 		func(string) { mu.Lock(); notified++; mu.Unlock() })
+	m.SetIdentity(prodKey)
 	m.Sync([]Target{{Name: "stage", Address: addr, Addr: listen, Self: "prod-1"}})
 	wait := func(what string, cond func(State) bool) State {
 		t.Helper()

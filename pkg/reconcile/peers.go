@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -174,7 +175,7 @@ func (pl *planner) substituter(h *desired.Host) verdict {
 	case k.HostKey == nil:
 		return wait(status.PeerWaitingForFacts, withLastError(st, "its SSH host key is not known yet"))
 	case k.CacheKey == "":
-		return wait(status.PeerWaitingForFacts, withLastError(st, "its binary-cache public key is not known yet"))
+		return wait(status.PeerWaitingForFacts, withLastError(st, cmp.Or(k.CacheKeyRefused, "its binary-cache public key is not known yet")))
 	case st.Facts == nil:
 		return wait(status.PeerWaitingForFacts, withLastError(st, "its agent has not told whether it authorizes this host"))
 	case !o.ClientKey.Usable():

@@ -250,6 +250,9 @@ type peerKeys struct {
 	HostKey   ssh.PublicKey
 	ClientKey ssh.PublicKey
 	CacheKey  string // NAME:BASE64
+	// CacheKeyRefused says why the cache key a peer published is not
+	// taken: its name is not the host's keyName.
+	CacheKeyRefused string
 }
 
 // plan derives what a pass does from what it observed. It does no I/O.
@@ -335,8 +338,14 @@ func (pl *planner) learnKeys() error {
 			if k.ClientKey == nil && f.ClientKey != "" {
 				k.ClientKey, _ = sshkeys.ParsePublicLine(f.ClientKey) // validated with the facts
 			}
-			if k.CacheKey == "" && f.Serve != nil {
-				k.CacheKey = f.Serve.CacheKey
+			if k.CacheKey == "" && f.Serve != nil && h.Serve != nil {
+				// Nix keeps one trusted key per name: a peer publishing a
+				// key under another host's name would stand in for it.
+				if name, _, _ := strings.Cut(f.Serve.CacheKey, ":"); name == h.Serve.KeyName {
+					k.CacheKey = f.Serve.CacheKey
+				} else {
+					k.CacheKeyRefused = fmt.Sprintf("it publishes a binary-cache key named %q, not its keyName %q; the key is not trusted", name, h.Serve.KeyName)
+				}
 			}
 		}
 		pl.keys[h.Name] = k

@@ -268,7 +268,7 @@ func TestPlanKeyNameChangedKeepsSigning(t *testing.T) {
 	o.CacheKey = CacheKeyObs{CacheKeyState: nix.CacheKeyState{Name: old.Name(), Public: old}}
 	// other served, and went dark.
 	o.Peers["other"] = peering.State{Name: "other", Trust: status.TrustTOFU, HostKey: w.stage.Public, Since: t0.Add(-time.Second), NoAnswer: true,
-		Facts: &peer.Facts{Name: "other", Address: "127.0.0.4", Serve: &peer.ServeFacts{Protocol: "ssh", CacheKey: w.stageCK.String(),
+		Facts: &peer.Facts{Name: "other", Address: "127.0.0.4", Serve: &peer.ServeFacts{Protocol: "ssh", CacheKey: newCacheKey(t, "127.0.0.4").String(),
 			Authorized: []peer.AuthorizedFact{{Host: "stage", Fingerprint: w.client.Fingerprint(), Applied: true}}}}}
 	pl := &planner{o: o, self: o.Self, file: o.File}
 	tuple, url := pl.tuple(o.File.Host("other"), peerKeys{HostKey: w.stage.Public})
@@ -286,6 +286,31 @@ func TestPlanKeyNameChangedKeepsSigning(t *testing.T) {
 	}
 	if bytes.Contains(conf, []byte(url)) || len(p.Trips) != 1 {
 		t.Fatalf("a dark peer stays a substituter (trips %v):\n%s", p.Trips, conf)
+	}
+}
+
+// TestPlanRefusesACacheKeyUnderAnotherName: Nix keeps one trusted key per
+// name, so a serving peer publishing a key named after another host (here
+// prod's own name for its key) is not trusted: nothing reaches the Nix
+// settings, and the peer's message says why.
+func TestPlanRefusesACacheKeyUnderAnotherName(t *testing.T) {
+	w := newWorld(t)
+	o := w.obs(fleetYAML, "prod")
+	w.stageServes(o)
+	w.probed(o, nil, "")
+	st := o.Peers["stage"]
+	f := *st.Facts
+	s := *f.Serve
+	s.CacheKey = newCacheKey(t, "cache.nixos.org-1").String()
+	f.Serve, st.Facts = &s, &f
+	o.Peers["stage"] = st
+	p := plan(o)
+	ps := peerOf(p, "stage")
+	if ps.State != status.PeerWaitingForFacts || !strings.Contains(ps.Message, `named "cache.nixos.org-1", not its keyName "127.0.0.2"`) {
+		t.Fatalf("peer %+v; want it waiting, the names said", ps)
+	}
+	if conf := file(resource(p, status.NixSettingsApplied), w.l.NixpeerConf); bytes.Contains(conf, []byte("cache.nixos.org-1")) || bytes.Contains(conf, []byte("ssh://")) {
+		t.Fatalf("the Nix settings take the key:\n%s", conf)
 	}
 }
 
