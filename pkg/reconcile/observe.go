@@ -169,9 +169,18 @@ func (h *Host) observe() *Observation {
 
 	// The watches follow the desired state before they are read: a
 	// peer's pin that left the file is not trusted in this pass. The host
-	// keys this host's own files pin are trust records too.
-	if err := h.cfg.Peers.Sync(watchTargets(o.File, self, remembered(o))); err != nil {
-		o.WatchErr = err
+	// keys this host's own files pin are trust records too. They
+	// authenticate with this host's key from their first connection on
+	// (a peer tells its known peers whom it lets in): while the key is
+	// still to be made (this pass makes it, the next one starts them),
+	// they do not start.
+	if o.HostKey.Usable() {
+		h.cfg.Peers.SetIdentity(o.HostKey.Key.Signer)
+	}
+	if !o.HostKey.State.Missing || o.HostKey.Err != nil {
+		if err := h.cfg.Peers.Sync(watchTargets(o.File, self, remembered(o))); err != nil {
+			o.WatchErr = err
+		}
 	}
 	o.Peers = map[string]peering.State{}
 	o.Probes = map[string]jobState{}
