@@ -53,3 +53,10 @@ if ! id nix-ssh >/dev/null 2>&1; then
   eval "$make_user"
 fi
 mkdir -p /var/empty
+# /tmp without its sticky bit lets any user rename what others keep there;
+# nixpeer refuses to write below such a directory, and the tests keep
+# their roots in /tmp.
+if [ -z "$(find /tmp -maxdepth 0 -perm -1000)" ] && [ -n "$(find /tmp -maxdepth 0 -perm -0002)" ]; then
+  echo "prepare: /tmp is world-writable without the sticky bit; setting it (chmod +t /tmp)" >&2
+  chmod +t /tmp
+fi

@@ -179,7 +179,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 		cancel()
 		peers.Wait()
 	}()
-	port := peering.NewPort(ctx, log.Named("peerport"), peer.ServerOptions{Clock: clk, OnConnect: peers.Poke, Known: peers.Known}, notify)
+	port := peering.NewPort(ctx, log.Named("peerport"), peer.ServerOptions{Clock: clk, OnConnect: peers.Poke, Known: peers.Known, Reserved: peers.Reserved}, notify)
 	defer port.Close()
 
 	hostnames := machineHostnames()

@@ -99,8 +99,8 @@ func TestHostileDesiredStateFile(t *testing.T) {
 }
 
 // TestManagedDirectorySymlinksAreRefused: a directory the agent writes
-// into that points elsewhere is refused, named, and nothing is written
-// where it points; a key directory made 0755 is put back to 0700 on a
+// into that points elsewhere, or one above it, is refused, named, and
+// nothing is written where it points; a key directory made 0755 is put back to 0700 on a
 // host that only fetches.
 func TestManagedDirectorySymlinksAreRefused(t *testing.T) {
 	key := hostKeyLine(t)
@@ -110,6 +110,9 @@ func TestManagedDirectorySymlinksAreRefused(t *testing.T) {
 		{"root/.ssh", "prod", status.KnownHostsReady},
 		{"var/lib/nixpeer/keys", "prod", status.KeysReady},
 		{"etc/ssh/authorized_keys.d", "stage", status.ServeReady},
+		// A link above the managed directory ("etc -> /etc" under --root).
+		{"root", "prod", status.KnownHostsReady},
+		{"etc/ssh", "stage", status.ServeReady},
 	} {
 		t.Run(strings.ReplaceAll(c.dir, "/", "_"), func(t *testing.T) {
 			root, config := newRoot(t, fleet(testenv.FreePort(t, "127.0.0.2"), key))

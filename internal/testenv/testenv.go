@@ -14,6 +14,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"os/user"
@@ -221,11 +222,12 @@ func makeTraversable(path string) error {
 		if err != nil {
 			return err
 		}
-		want := fi.Mode().Perm() | 0o044
+		keep := fi.Mode() & (fs.ModePerm | fs.ModeSticky | fs.ModeSetgid | fs.ModeSetuid)
+		want := keep | 0o044
 		if fi.IsDir() {
 			want |= 0o011
 		}
-		if want != fi.Mode().Perm() {
+		if want != keep {
 			if err := os.Chmod(p, want); err != nil {
 				return err
 			}

@@ -14,26 +14,26 @@ import (
 
 // serveConn runs one connection: the handshake, then its channels, until
 // the client leaves, it idles out or ctx ends.
-func (s *Server) serveConn(ctx context.Context, c net.Conn, ip string) {
+func (s *Server) serveConn(ctx context.Context, c net.Conn, src source) {
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	log := s.log.With(zap.Stringer("remote", c.RemoteAddr()))
 
 	if err := c.SetDeadline(s.opts.Clock.Now().Add(s.opts.HandshakeTimeout)); err != nil {
-		s.abandon(ip)
+		s.abandon(src)
 		log.Debug("peer connection: set handshake deadline", zap.Error(err))
 		return
 	}
 	sconn, chans, reqs, err := ssh.NewServerConn(c, s.config)
 	if err != nil {
-		s.abandon(ip)
+		s.abandon(src)
 		log.Debug("peer handshake failed", zap.Error(err))
 		return
 	}
 	defer sconn.Close()
 	peerName := sconn.Permissions.Extensions[permPeer]
-	release, why := s.admit(ip, peerName)
+	release, why := s.admit(src, peerName)
 	if why != "" {
 		log.Debug("refused peer connection", zap.String("peer", peerName), zap.String("why", why))
 		return

@@ -22,11 +22,12 @@ const (
 	DefaultMaxConns           = 64
 	DefaultMaxConnsPerIP      = 8
 	DefaultMaxPeers           = 4096
+	DefaultMaxConnsPerPeer    = 4
 	DefaultMaxHandshakes      = 128
 	DefaultMaxHandshakesPerIP = 32
 	DefaultAnonymousLifetime  = time.Minute
 	DefaultMaxChannels        = 4
-	DefaultHandshakeTimeout   = 10 * time.Second
+	DefaultHandshakeTimeout   = 5 * time.Second
 	DefaultIdleTimeout        = 60 * time.Second
 	DefaultKeepalive          = 2 * time.Second
 	DefaultTurnHold           = 30 * time.Second
@@ -46,7 +47,10 @@ var DefaultTurns = max(4, 2*runtime.NumCPU())
 // those of its address, and is closed after AnonymousLifetime, so that no
 // number of strangers can keep a known peer out. Before it authenticates,
 // every connection takes one of MaxHandshakes (MaxHandshakesPerIP from one
-// address) for at most HandshakeTimeout.
+// address) for at most HandshakeTimeout; a connection from an address of a
+// host this one peers with (Reserved) takes one of a pool of MaxHandshakes
+// of its own, which no number of strangers can fill. "One address" is an
+// IPv4 address, or an IPv6 /64: one host may hold a whole /64.
 type ServerOptions struct {
 	// MaxConns bounds the concurrent anonymous connections; one more is
 	// closed at once.
@@ -54,8 +58,10 @@ type ServerOptions struct {
 	// MaxConnsPerIP bounds the concurrent anonymous connections from one
 	// address, so that one client cannot take every slot.
 	MaxConnsPerIP int
-	// MaxPeers bounds the concurrent connections of known peers.
-	MaxPeers int
+	// MaxPeers bounds the concurrent connections of known peers, and
+	// MaxConnsPerPeer those of one of them (a peer needs one: its watch).
+	MaxPeers        int
+	MaxConnsPerPeer int
 	// MaxHandshakes and MaxHandshakesPerIP bound the connections not
 	// authenticated yet.
 	MaxHandshakes      int
@@ -88,6 +94,9 @@ type ServerOptions struct {
 	// OnConnect, when set, is told the address of every connection the
 	// port takes (before its handshake): a peer that connects is back.
 	OnConnect func(remote net.IP)
+	// Reserved tells whether an address is one of a host this one peers
+	// with: its handshakes have room of their own. nil reserves nothing.
+	Reserved func(remote net.IP) bool
 }
 
 func (o ServerOptions) withDefaults() ServerOptions {
@@ -99,6 +108,9 @@ func (o ServerOptions) withDefaults() ServerOptions {
 	}
 	if o.MaxPeers <= 0 {
 		o.MaxPeers = DefaultMaxPeers
+	}
+	if o.MaxConnsPerPeer <= 0 {
+		o.MaxConnsPerPeer = DefaultMaxConnsPerPeer
 	}
 	if o.MaxHandshakes <= 0 {
 		o.MaxHandshakes = DefaultMaxHandshakes
@@ -149,8 +161,12 @@ type Server struct {
 	watchers map[*slot]ssh.PublicKey
 	// Open connections: not authenticated yet, anonymous, of known peers;
 	// by remote address for the first two.
-	handshakes, anonymous, peers  int
+	handshakes, reservedHandshakes, anonymous, peers int
+	// By source (see sourceOf).
 	handshakesByIP, anonymousByIP map[string]int
+	// By known peer: its connections, and whether it holds a turn.
+	peerConns map[string]int
+	turnHeld  map[string]bool
 	// turns holds a token for each turn given (see ServerOptions.Turns).
 	turns chan struct{}
 }
@@ -223,6 +239,8 @@ func NewServer(log *zap.Logger, hostKey ssh.Signer, opts ServerOptions) *Server 
 		watchers:       map[*slot]ssh.PublicKey{},
 		handshakesByIP: map[string]int{},
 		anonymousByIP:  map[string]int{},
+		peerConns:      map[string]int{},
+		turnHeld:       map[string]bool{},
 		turns:          make(chan struct{}, opts.Turns),
 	}
 }
@@ -316,6 +334,19 @@ func (s *Server) watch(key ssh.PublicKey) (*slot, func()) {
 	}
 }
 
+// peerOf is the known peer the client of sconn is: as it connected, or by
+// its key now; "" for none.
+func (s *Server) peerOf(sconn *ssh.ServerConn) string {
+	if sconn.Permissions != nil && sconn.Permissions.Extensions[permPeer] != "" {
+		return sconn.Permissions.Extensions[permPeer]
+	}
+	if key := clientKey(sconn); key != nil && s.opts.Known != nil {
+		name, _ := s.opts.Known(key)
+		return name
+	}
+	return ""
+}
+
 // clientKey is the key the client of sconn authenticated with, nil for
 // an anonymous one.
 func clientKey(sconn *ssh.ServerConn) ssh.PublicKey {
@@ -376,9 +407,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		delay = 0
-		ip := remoteIP(c)
-		if why := s.takeHandshake(ip); why != "" {
-			s.log.Debug("refused peer connection", zap.String("remote", ip), zap.String("why", why))
+		src := s.sourceOf(c)
+		if why := s.takeHandshake(src); why != "" {
+			s.log.Debug("refused peer connection", zap.Stringer("remote", c.RemoteAddr()), zap.String("why", why))
 			c.Close()
 			continue
 		}
@@ -390,47 +421,92 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.serveConn(ctx, c, ip)
+			s.serveConn(ctx, c, src)
 		}()
 	}
 }
 
-// takeHandshake counts a connection from ip that is not authenticated
+// source is where a connection comes from as the limits count it: key is
+// its address, or for IPv6 its /64; reserved marks an address of a host
+// this one peers with.
+type source struct {
+	key      string
+	reserved bool
+}
+
+func (s *Server) sourceOf(c net.Conn) source {
+	a, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		return source{key: c.RemoteAddr().String()}
+	}
+	src := source{key: a.IP.String()}
+	if a.IP.To4() == nil && len(a.IP) == net.IPv6len {
+		src.key = a.IP.Mask(net.CIDRMask(64, 128)).String() + "/64"
+	}
+	if s.opts.Reserved != nil {
+		src.reserved = s.opts.Reserved(a.IP)
+	}
+	return src
+}
+
+// pool is the count of handshakes under way that src takes from.
+func (s *Server) pool(src source) *int {
+	if src.reserved {
+		return &s.reservedHandshakes
+	}
+	return &s.handshakes
+}
+
+// takeHandshake counts a connection from src that is not authenticated
 // yet; it says why not when there is no room for it.
-func (s *Server) takeHandshake(ip string) string {
+func (s *Server) takeHandshake(src source) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	pool := s.pool(src)
 	switch {
-	case s.handshakes >= s.opts.MaxHandshakes:
-		return fmt.Sprintf("%d handshakes under way", s.handshakes)
-	case s.handshakesByIP[ip] >= s.opts.MaxHandshakesPerIP:
-		return fmt.Sprintf("%d handshakes under way from its address", s.handshakesByIP[ip])
+	case *pool >= s.opts.MaxHandshakes:
+		return fmt.Sprintf("%d handshakes under way", *pool)
+	case s.handshakesByIP[src.key] >= s.opts.MaxHandshakesPerIP:
+		return fmt.Sprintf("%d handshakes under way from its address", s.handshakesByIP[src.key])
 	}
-	s.handshakes++
-	s.handshakesByIP[ip]++
+	*pool++
+	s.handshakesByIP[src.key]++
 	return ""
+}
+
+// endHandshake gives back the handshake slot of src; under s.mu.
+func (s *Server) endHandshake(src source) {
+	*s.pool(src)--
+	if s.handshakesByIP[src.key]--; s.handshakesByIP[src.key] <= 0 {
+		delete(s.handshakesByIP, src.key)
+	}
 }
 
 // admit turns a connection from ip that authenticated (as peer, or
 // anonymous when peer is "") from a handshake into a slot of its pool; it
 // says why not when there is no room for it. The returned function gives
 // the slot back.
-func (s *Server) admit(ip, peer string) (func(), string) {
+func (s *Server) admit(src source, peer string) (func(), string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.handshakes--
-	if s.handshakesByIP[ip]--; s.handshakesByIP[ip] <= 0 {
-		delete(s.handshakesByIP, ip)
-	}
+	s.endHandshake(src)
+	ip := src.key
 	if peer != "" {
-		if s.peers >= s.opts.MaxPeers {
+		switch {
+		case s.peers >= s.opts.MaxPeers:
 			return nil, fmt.Sprintf("%d peers connected", s.peers)
+		case s.peerConns[peer] >= s.opts.MaxConnsPerPeer:
+			return nil, fmt.Sprintf("%d connections of peer %s open", s.peerConns[peer], peer)
 		}
 		s.peers++
+		s.peerConns[peer]++
 		return func() {
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			s.peers--
+			if s.peerConns[peer]--; s.peerConns[peer] <= 0 {
+				delete(s.peerConns, peer)
+			}
 		}, ""
 	}
 	switch {
@@ -453,18 +529,8 @@ func (s *Server) admit(ip, peer string) (func(), string) {
 
 // abandon gives back the handshake slot of a connection that did not
 // authenticate.
-func (s *Server) abandon(ip string) {
+func (s *Server) abandon(src source) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.handshakes--
-	if s.handshakesByIP[ip]--; s.handshakesByIP[ip] <= 0 {
-		delete(s.handshakesByIP, ip)
-	}
-}
-
-func remoteIP(c net.Conn) string {
-	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		return a.IP.String()
-	}
-	return c.RemoteAddr().String()
+	s.endHandshake(src)
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/nixpeer/nixpeer/pkg/clock"
@@ -695,5 +696,107 @@ func TestAuthorizedOnlyToKnownPeers(t *testing.T) {
 	w := startWatch(t, s.addr, pin(key.PublicKey()), WatchOptions{Identity: func() ssh.Signer { return peerKey }})
 	if diff := cmp.Diff(recv(t, w.facts, "document"), want); diff != "" {
 		t.Errorf("a known peer's document (-got +want):\n%s", diff)
+	}
+}
+
+// TestStrangersCannotFillThePeersHandshakes: connections that never
+// authenticate, from addresses of no peer, fill every handshake slot of
+// strangers; a peer at an address the host peers with still gets in, on
+// room of its own, while another stranger does not.
+func TestStrangersCannotFillThePeersHandshakes(t *testing.T) {
+	key := newSigner(t)
+	peerIP := net.ParseIP("127.0.0.7")
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{MaxHandshakes: 4, MaxHandshakesPerIP: 2,
+		Reserved: func(ip net.IP) bool { return ip.Equal(peerIP) }})
+	s.publish(validFacts(t, key.PublicKey()))
+	dialFrom := func(from string) net.Conn {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: wait}
+		c, err := d.Dial("tcp", s.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	for _, from := range []string{"127.0.0.50", "127.0.0.50", "127.0.0.51", "127.0.0.51"} {
+		dialFrom(from) // says nothing: holds a handshake slot
+	}
+	// Until the server has counted them, a stranger's connection may still
+	// get its SSH banner; once they are, it is closed at once.
+	refused := func() bool {
+		c := dialFrom("127.0.0.52")
+		c.SetReadDeadline(time.Now().Add(wait))
+		_, err := c.Read(make([]byte, 1))
+		return errors.Is(err, io.EOF)
+	}
+	deadline := time.Now().Add(wait)
+	for !refused() {
+		if time.Now().After(deadline) {
+			t.Fatal("a stranger still gets in with every handshake slot held")
+		}
+	}
+	w := startWatch(t, s.addr, pin(key.PublicKey()), WatchOptions{LocalIP: peerIP})
+	recv(t, w.facts, "the facts, for a peer at a reserved address")
+}
+
+func TestSourceOf(t *testing.T) {
+	s := NewServer(zaptest.NewLogger(t), newSigner(t), ServerOptions{Reserved: func(ip net.IP) bool { return ip.Equal(net.ParseIP("2001:db8::7")) }})
+	conn := func(ip string) net.Conn { return fakeConn{remote: &net.TCPAddr{IP: net.ParseIP(ip), Port: 1}} }
+	for _, c := range []struct {
+		ip, key  string
+		reserved bool
+	}{
+		{"127.0.0.9", "127.0.0.9", false},
+		{"2001:db8::1", "2001:db8::/64", false},
+		{"2001:db8::ffff:1234", "2001:db8::/64", false},
+		{"2001:db8:0:1::1", "2001:db8:0:1::/64", false},
+		{"2001:db8::7", "2001:db8::/64", true},
+		{"::ffff:10.0.0.1", "10.0.0.1", false},
+	} {
+		if got := s.sourceOf(conn(c.ip)); got.key != c.key || got.reserved != c.reserved {
+			t.Errorf("sourceOf(%s) = %+v, want %s, reserved %v", c.ip, got, c.key, c.reserved)
+		}
+	}
+}
+
+// fakeConn is a connection from remote.
+type fakeConn struct {
+	net.Conn
+	remote net.Addr
+}
+
+func (c fakeConn) RemoteAddr() net.Addr { return c.remote }
+
+// TestOnePeerCannotTakeEveryPeerSlot: a known peer has MaxConnsPerPeer
+// connections at most; another known peer still gets in.
+func TestOnePeerCannotTakeEveryPeerSlot(t *testing.T) {
+	key, greedy, other := newSigner(t), newSigner(t), newSigner(t)
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{MaxConnsPerPeer: 2, Known: func(k ssh.PublicKey) (string, bool) {
+		return map[bool]string{true: "greedy", false: "other"}[bytes.Equal(k.Marshal(), greedy.PublicKey().Marshal())], true
+	}})
+	s.publish(validFacts(t, key.PublicKey()))
+	session := func(id ssh.Signer) error {
+		c, err := dial(context.Background(), clock.Real{}, s.addr, nil, id, pin(key.PublicKey()), wait)
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { c.Close() })
+		sess, err := c.NewSession()
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { sess.Close() })
+		return nil
+	}
+	for i := range 2 {
+		if err := session(greedy); err != nil {
+			t.Fatalf("connection %d of a known peer: %v", i+1, err)
+		}
+	}
+	if err := session(greedy); err == nil {
+		t.Fatal("a known peer got a third connection with MaxConnsPerPeer 2")
+	}
+	if err := session(other); err != nil {
+		t.Fatalf("another known peer: %v", err)
 	}
 }

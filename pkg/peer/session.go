@@ -74,7 +74,7 @@ func (s *Server) serveSession(ctx context.Context, log *zap.Logger, sconn *ssh.S
 			case cmdWatch:
 				s.runWatch(ctx, log, w, gone, clientKey(sconn))
 			case cmdTurn:
-				s.runTurn(ctx, log, w, gone)
+				s.runTurn(ctx, log, w, gone, s.peerOf(sconn))
 			}
 			ch.Close()
 			// A client that never acknowledges the close would keep the
@@ -154,8 +154,22 @@ func (s *Server) runWatch(ctx context.Context, log *zap.Logger, w stallGuard, go
 }
 
 // runTurn waits for a free turn, says so, and holds it until the session
-// is gone, ctx ends or TurnHold passed.
-func (s *Server) runTurn(ctx context.Context, log *zap.Logger, w stallGuard, gone <-chan struct{}) {
+// is gone, ctx ends or TurnHold passed. A peer holds one turn at a time:
+// it asks for another while it holds one, and gets none.
+func (s *Server) runTurn(ctx context.Context, log *zap.Logger, w stallGuard, gone <-chan struct{}, peer string) {
+	s.mu.Lock()
+	held := s.turnHeld[peer]
+	s.turnHeld[peer] = true
+	s.mu.Unlock()
+	if held {
+		log.Debug("peer asked for a second turn; refused", zap.String("peer", peer))
+		return
+	}
+	defer func() {
+		s.mu.Lock()
+		delete(s.turnHeld, peer)
+		s.mu.Unlock()
+	}()
 	select {
 	case s.turns <- struct{}{}:
 	case <-gone:

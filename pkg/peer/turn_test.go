@@ -3,6 +3,7 @@ package peer
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -23,9 +24,9 @@ func TestTurns(t *testing.T) {
 		known = append(known, newSigner(t))
 	}
 	isKnown := func(k ssh.PublicKey) (string, bool) {
-		for _, s := range known {
+		for i, s := range known {
 			if bytes.Equal(s.PublicKey().Marshal(), k.Marshal()) {
-				return "consumer", true
+				return fmt.Sprintf("consumer-%d", i), true
 			}
 		}
 		return "", false
@@ -48,6 +49,11 @@ func TestTurns(t *testing.T) {
 			t.Fatalf("known peer %d got no turn: %v", i, err)
 		}
 		ends = append(ends, end)
+	}
+
+	// A peer holding a turn gets no second one, on another connection.
+	if _, err := Turn(context.Background(), dialAs(known[0])); err == nil {
+		t.Fatal("a peer holding a turn got a second one")
 	}
 
 	// A third waits: no turn while two are held.
@@ -80,7 +86,9 @@ func TestTurns(t *testing.T) {
 // TurnHold, and the next peer gets it.
 func TestTurnHold(t *testing.T) {
 	key, a, b := newSigner(t), newSigner(t), newSigner(t)
-	isKnown := func(ssh.PublicKey) (string, bool) { return "consumer", true }
+	isKnown := func(k ssh.PublicKey) (string, bool) {
+		return map[bool]string{true: "consumer-a", false: "consumer-b"}[bytes.Equal(k.Marshal(), a.PublicKey().Marshal())], true
+	}
 	s := startServer(t, "127.0.0.2:0", key, ServerOptions{Known: isKnown, Turns: 1, TurnHold: 100 * time.Millisecond})
 	s.publish(validFacts(t, key.PublicKey()))
 	ca, err := dial(context.Background(), clock.Real{}, s.addr, nil, a, pin(key.PublicKey()), wait)

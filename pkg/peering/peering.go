@@ -354,6 +354,20 @@ func (m *Manager) Known(key ssh.PublicKey) (string, bool) {
 	return "", false
 }
 
+// Reserved reports whether ip is the address of a watched peer (one
+// written as an IP literal in the desired state): the peer port keeps room
+// for its handshakes that strangers cannot take.
+func (m *Manager) Reserved(ip net.IP) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, w := range m.peers {
+		if peerIP := net.ParseIP(w.target.Address); peerIP != nil && peerIP.Equal(ip) {
+			return true
+		}
+	}
+	return false
+}
+
 // Poke tells that a connection came in from ip: a watch of a peer at that
 // address that waits to try again tries at once.
 func (m *Manager) Poke(ip net.IP) {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -324,13 +325,13 @@ func inspectKey(what, path string) KeyObs {
 
 // checkDir refuses a directory the agent writes into that is a symbolic
 // link (it would write where the link points: known_hosts, nix-ssh's keys
-// or a private key out of place) or not a directory. A missing one is
-// fine: it is created.
+// or a private key out of place) or not a directory, and one below a
+// directory that another user could change (see checkAncestors). A
+// missing one is fine: it is created.
 func checkDir(dir string) error {
 	st, err := os.Lstat(dir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return nil
 	case err != nil:
 		return err
 	case st.Mode()&fs.ModeSymlink != 0:
@@ -339,7 +340,39 @@ func checkDir(dir string) error {
 	case !st.IsDir():
 		return fmt.Errorf("%s is %s, not a directory", dir, safefile.Kind(st.Mode()))
 	}
-	return nil
+	return checkAncestors(dir)
+}
+
+// checkAncestors refuses a path with a directory above it that another
+// user could change: a symbolic link, or a directory that is neither
+// root's nor this agent's user's, or that group or others may write to
+// (but for a sticky one such as /tmp, where nobody may replace what is not
+// theirs). Otherwise a prepared "etc -> /etc" under --root, say, would
+// have root write the real /etc/nix/nix.conf.
+func checkAncestors(path string) error {
+	for p := filepath.Dir(filepath.Clean(path)); ; p = filepath.Dir(p) {
+		st, err := os.Lstat(p)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			return err
+		case st.Mode()&fs.ModeSymlink != 0:
+			target, _ := os.Readlink(p)
+			return fmt.Errorf("%s, above %s, is a symbolic link (to %s); nixpeer does not write below a link: make it a real directory", p, path, target)
+		case !st.IsDir():
+			return fmt.Errorf("%s, above %s, is %s, not a directory", p, path, safefile.Kind(st.Mode()))
+		default:
+			if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Uid != 0 && int(sys.Uid) != os.Geteuid() {
+				return fmt.Errorf("%s, above %s, belongs to uid %d: another user could change what nixpeer writes; make it root's", p, path, sys.Uid)
+			}
+			if st.Mode().Perm()&0o022 != 0 && st.Mode()&fs.ModeSticky == 0 {
+				return fmt.Errorf("%s, above %s, is writable by group or others (%04o); make it 0755", p, path, st.Mode().Perm())
+			}
+		}
+		if p == filepath.Dir(p) {
+			return nil
+		}
+	}
 }
 
 // remembered are the host keys that this host's managed files pin for its
