@@ -144,8 +144,8 @@ func NewServer(log *zap.Logger, backend Backend, group string) *Server {
 	mux.HandleFunc("POST /v1/trust/reset", s.mutate(s.trustReset))
 	mux.HandleFunc("POST /v1/trust/approve", s.mutate(s.trustApprove))
 	// Root only: the daemon logs in to its peers with the host's key.
-	mux.HandleFunc("POST /v1/plan", s.mutate(s.plan))
-	mux.HandleFunc("POST /v1/paths", s.mutate(s.paths))
+	mux.HandleFunc("POST /v1/plan", s.mutate(call(backend.Plan)))
+	mux.HandleFunc("POST /v1/paths", s.mutate(call(backend.Paths)))
 	s.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -355,30 +355,21 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	return true
 }
 
-func (s *Server) plan(w http.ResponseWriter, r *http.Request) {
-	var req PlanRequest
-	if !decode(w, r, &req) {
-		return
+// call answers a POST of a Req in JSON with what f makes of it; a failure
+// of f is the daemon's answer too (422), not a refusal.
+func call[Req, Resp any](f func(context.Context, Req) (Resp, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req Req
+		if !decode(w, r, &req) {
+			return
+		}
+		resp, err := f(r.Context(), req)
+		if err != nil {
+			writeError(w, http.StatusUnprocessableEntity, err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, resp)
 	}
-	p, err := s.backend.Plan(r.Context(), req)
-	if err != nil {
-		writeError(w, http.StatusUnprocessableEntity, err.Error())
-		return
-	}
-	writeJSON(w, http.StatusOK, p)
-}
-
-func (s *Server) paths(w http.ResponseWriter, r *http.Request) {
-	var req PathsRequest
-	if !decode(w, r, &req) {
-		return
-	}
-	a, err := s.backend.Paths(r.Context(), req)
-	if err != nil {
-		writeError(w, http.StatusUnprocessableEntity, err.Error())
-		return
-	}
-	writeJSON(w, http.StatusOK, a)
 }
 
 func (s *Server) trustApprove(w http.ResponseWriter, r *http.Request) {
