@@ -329,7 +329,7 @@ func TestWatchReconnectSchedule(t *testing.T) {
 	check := pin(newSigner(t).PublicKey())
 	synctest.Test(t, func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
-		opts := WatchOptions{Backoff: Backoff{Base: time.Second, Cap: 4 * time.Second}, Rand: func() float64 { return 0 }}
+		opts := WatchOptions{Backoff: Backoff{Base: time.Second, Cap: 4 * time.Second}, Rand: func() float64 { return 0 }, Light: -1}
 		start := time.Now()
 		var at []time.Duration
 		done := make(chan struct{})

@@ -33,7 +33,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, src source) {
 	}
 	defer sconn.Close()
 	peerName := sconn.Permissions.Extensions[permPeer]
-	release, why := s.admit(src, peerName)
+	release, why := s.admit(src, peerName, sconn)
 	if why != "" {
 		log.Debug("refused peer connection", zap.String("peer", peerName), zap.String("why", why))
 		return

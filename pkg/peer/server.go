@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"reflect"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -164,9 +166,10 @@ type Server struct {
 	handshakes, reservedHandshakes, anonymous, peers int
 	// By source (see sourceOf).
 	handshakesByIP, anonymousByIP map[string]int
-	// By known peer: its connections, and whether it holds a turn.
-	peerConns map[string]int
-	turnHeld  map[string]bool
+	// By known peer: its connections, oldest first, and what ends the
+	// turn it asked for or holds.
+	peerConns map[string][]io.Closer
+	turnHeld  map[string]*context.CancelFunc
 	// turns holds a token for each turn given (see ServerOptions.Turns).
 	turns chan struct{}
 }
@@ -239,8 +242,8 @@ func NewServer(log *zap.Logger, hostKey ssh.Signer, opts ServerOptions) *Server 
 		watchers:       map[*slot]ssh.PublicKey{},
 		handshakesByIP: map[string]int{},
 		anonymousByIP:  map[string]int{},
-		peerConns:      map[string]int{},
-		turnHeld:       map[string]bool{},
+		peerConns:      map[string][]io.Closer{},
+		turnHeld:       map[string]*context.CancelFunc{},
 		turns:          make(chan struct{}, opts.Turns),
 	}
 }
@@ -484,27 +487,32 @@ func (s *Server) endHandshake(src source) {
 
 // admit turns a connection from ip that authenticated (as peer, or
 // anonymous when peer is "") from a handshake into a slot of its pool; it
-// says why not when there is no room for it. The returned function gives
-// the slot back.
-func (s *Server) admit(src source, peer string) (func(), string) {
+// says why not when there is no room for it. A known peer at its
+// MaxConnsPerPeer has its oldest connection closed (dead, perhaps, without
+// this host knowing) to make room. The returned function gives the slot
+// back.
+func (s *Server) admit(src source, peer string, conn io.Closer) (func(), string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.endHandshake(src)
 	ip := src.key
 	if peer != "" {
-		switch {
-		case s.peers >= s.opts.MaxPeers:
+		if s.peers >= s.opts.MaxPeers {
 			return nil, fmt.Sprintf("%d peers connected", s.peers)
-		case s.peerConns[peer] >= s.opts.MaxConnsPerPeer:
-			return nil, fmt.Sprintf("%d connections of peer %s open", s.peerConns[peer], peer)
+		}
+		if conns := s.peerConns[peer]; len(conns) >= s.opts.MaxConnsPerPeer {
+			conns[0].Close() // its release takes it out of the list
+			s.peerConns[peer] = conns[1:]
 		}
 		s.peers++
-		s.peerConns[peer]++
+		s.peerConns[peer] = append(s.peerConns[peer], conn)
 		return func() {
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			s.peers--
-			if s.peerConns[peer]--; s.peerConns[peer] <= 0 {
+			if conns := slices.DeleteFunc(s.peerConns[peer], func(c io.Closer) bool { return c == conn }); len(conns) > 0 {
+				s.peerConns[peer] = conns
+			} else {
 				delete(s.peerConns, peer)
 			}
 		}, ""

@@ -155,19 +155,24 @@ func (s *Server) runWatch(ctx context.Context, log *zap.Logger, w stallGuard, go
 
 // runTurn waits for a free turn, says so, and holds it until the session
 // is gone, ctx ends or TurnHold passed. A peer holds one turn at a time:
-// it asks for another while it holds one, and gets none.
+// when it asks again (over a new connection, the old one perhaps dead
+// without this host knowing), its earlier request or turn ends.
 func (s *Server) runTurn(ctx context.Context, log *zap.Logger, w stallGuard, gone <-chan struct{}, peer string) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	mine := &cancel
 	s.mu.Lock()
-	held := s.turnHeld[peer]
-	s.turnHeld[peer] = true
-	s.mu.Unlock()
-	if held {
-		log.Debug("peer asked for a second turn; refused", zap.String("peer", peer))
-		return
+	if end := s.turnHeld[peer]; end != nil {
+		(*end)()
+		log.Debug("peer asked for another turn; its earlier one ended", zap.String("peer", peer))
 	}
+	s.turnHeld[peer] = mine
+	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
-		delete(s.turnHeld, peer)
+		if s.turnHeld[peer] == mine {
+			delete(s.turnHeld, peer)
+		}
 		s.mu.Unlock()
 	}()
 	select {

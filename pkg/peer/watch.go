@@ -43,9 +43,9 @@ type WatchOptions struct {
 	Wake <-chan struct{}
 	// Light is how often, while the peer cannot be connected to at all
 	// (its host dark, or nothing listening), a bare TCP connect tries it
-	// between attempts (DefaultLight; negative: never): the first one
-	// that connects ends the wait, so a peer that comes back is watched
-	// again within about Light, whatever the backoff had reached.
+	// (DefaultLight; negative: never, and the watch backs off instead):
+	// the first one that connects starts the next attempt, so a peer that
+	// comes back is watched again within about Light.
 	Light time.Duration
 	// Conn, when set, is given the connection of each watch once its
 	// session runs, and nil when it ends: turns (see Turn) are asked for
@@ -113,12 +113,16 @@ func Watch(ctx context.Context, addr string, check HostKeyCheck, opts WatchOptio
 		t := clock.NewTimer(opts.Clock, opts.Backoff.Delay(failures, opts.Rand()))
 		lctx, stopLight := context.WithCancel(ctx)
 		var lit <-chan struct{}
-		if errors.Is(err, errConnect) && opts.Light > 0 {
-			lit = light(lctx, addr, opts)
+		backoff := t.C
+		if (errors.Is(err, errConnect) || errors.Is(err, ErrNoAnswer)) && opts.Light > 0 {
+			// Nothing answers: the next attempt is when its port accepts
+			// a connection, not a backed-off dial that would hang the dial
+			// timeout on a dark host while it comes back.
+			lit, backoff = light(lctx, addr, opts), nil
 		}
 		select {
 		case <-ctx.Done():
-		case <-t.C:
+		case <-backoff:
 		case <-lit:
 			// Its port accepts again: watched at once, the run of
 			// failures kept (it may still fail further on).
