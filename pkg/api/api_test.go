@@ -140,6 +140,15 @@ func TestSocketDirectoryMustBePrivate(t *testing.T) {
 	if _, err := Listen(filepath.Join(open, "agent.sock"), ""); err == nil || !strings.Contains(err.Error(), "writable by group or others") {
 		t.Fatalf("Listen in a 0777 directory = %v, want a refusal", err)
 	}
+	// Sticky, as /tmp: nobody else may replace the socket there.
+	if err := os.Chmod(open, 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := Listen(filepath.Join(open, "agent.sock"), "")
+	if err != nil {
+		t.Fatalf("Listen in a sticky directory: %v", err)
+	}
+	ln.Close()
 	link := filepath.Join(t.TempDir(), "link")
 	if err := os.Symlink(t.TempDir(), link); err != nil {
 		t.Fatal(err)

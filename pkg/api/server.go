@@ -53,9 +53,9 @@ type Backend interface {
 // answers there and removing a stale one otherwise. The socket is 0660 and
 // owned by group (if that group exists on the machine), else 0600: never
 // world-writable, and not even briefly so. Its directory must be this
-// process's user's and writable by nobody else: the socket is chown-ed
-// and chmod-ed by its path, which another user could otherwise swap for a
-// symbolic link to any file in between.
+// process's user's and writable by nobody else, or sticky: the socket is
+// chown-ed and chmod-ed by its path, which another user could otherwise
+// swap for a symbolic link to any file in between.
 func Listen(path, group string) (net.Listener, error) {
 	dir := filepath.Dir(path)
 	if err := atomicfile.MkdirAll(dir, 0o755); err != nil {
@@ -93,7 +93,7 @@ func Listen(path, group string) (net.Listener, error) {
 }
 
 // privateDir checks that dir is a directory of this process's user that
-// no other user may write to.
+// no other user may write to, or a sticky one.
 func privateDir(dir string) error {
 	fi, err := os.Lstat(dir)
 	if err != nil {
@@ -103,7 +103,8 @@ func privateDir(dir string) error {
 	switch {
 	case !fi.IsDir():
 		return fmt.Errorf("socket directory %s is not a directory (a symbolic link?); refusing it", dir)
-	case fi.Mode().Perm()&0o022 != 0:
+	case fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0:
+		// In a sticky directory (/tmp) nobody else may replace root's socket.
 		return fmt.Errorf("socket directory %s is writable by group or others (%04o); refusing it: make it 0755", dir, fi.Mode().Perm())
 	case ok && int(st.Uid) != os.Geteuid():
 		return fmt.Errorf("socket directory %s belongs to uid %d, not to this agent's user %d; refusing it", dir, st.Uid, os.Geteuid())
