@@ -130,7 +130,11 @@ func (pl *planner) planTrust() {
 				r.Reason = ps.Reason
 			}
 		case ps.Trust != status.TrustNone:
-			trusted = append(trusted, ps.Name+" ("+string(ps.Trust)+")")
+			how := string(ps.Trust)
+			if ps.Trust == status.TrustTOFU {
+				how = "tofu: trusted on first use, vouched for by nobody; pin it or use trust: approve"
+			}
+			trusted = append(trusted, ps.Name+" ("+how+")")
 		}
 	}
 	var rebuilt []string

@@ -324,6 +324,10 @@ func TestPlanSubstituterFollowsItsPeer(t *testing.T) {
 		if ps := peerOf(p, "stage"); ps.State != status.PeerServing {
 			t.Fatalf("peer %+v, want Serving", ps)
 		}
+		// Trusted on first use, which the file asked for: said so.
+		if r := wantCondition(t, p, status.PeersTrusted, true, "Trusted"); !strings.Contains(r.Message, "stage (tofu: trusted on first use, vouched for by nobody") {
+			t.Errorf("PeersTrusted %q does not say that nobody vouched for stage's key", r.Message)
+		}
 		conf := file(resource(p, status.NixSettingsApplied), w.l.NixpeerConf)
 		if !bytes.Contains(conf, []byte("ssh://nix-ssh@127.0.0.2?")) || !bytes.Contains(conf, []byte(w.stageCK.String())) {
 			t.Fatalf("nixpeer.conf lacks staging:\n%s", conf)
