@@ -305,10 +305,7 @@ func (m *Manager) SetIdentity(signer ssh.Signer) {
 	for _, w := range m.peers {
 		if w.client != nil {
 			w.client.Close() // the watch connects again at once
-			select {
-			case w.wake <- struct{}{}:
-			default:
-			}
+			w.poke()
 		}
 	}
 }
@@ -361,7 +358,7 @@ func (m *Manager) Reserved(ip net.IP) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, w := range m.peers {
-		if peerIP := net.ParseIP(w.target.Address); peerIP != nil && peerIP.Equal(ip) {
+		if w.at(ip) {
 			return true
 		}
 	}
@@ -374,12 +371,23 @@ func (m *Manager) Poke(ip net.IP) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, w := range m.peers {
-		if peerIP := net.ParseIP(w.target.Address); peerIP != nil && peerIP.Equal(ip) {
-			select {
-			case w.wake <- struct{}{}:
-			default:
-			}
+		if w.at(ip) {
+			w.poke()
 		}
+	}
+}
+
+// at reports whether w's peer is at ip (its address an IP literal).
+func (w *watched) at(ip net.IP) bool {
+	peerIP := net.ParseIP(w.target.Address)
+	return peerIP != nil && peerIP.Equal(ip)
+}
+
+// poke ends the wait of w's watch between attempts, if it waits.
+func (w *watched) poke() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -439,10 +447,7 @@ func (m *Manager) Approve(name, fp string) error {
 	}
 	m.log.Warn("peer host key approved by an operator", zap.String("peer", name), zap.String("fingerprint", fp))
 	w.pending = nil
-	select {
-	case w.wake <- struct{}{}:
-	default:
-	}
+	w.poke()
 	m.mu.Unlock()
 	m.notify("host key of " + name + " approved")
 	return nil

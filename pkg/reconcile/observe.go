@@ -61,6 +61,9 @@ type Observation struct {
 
 	// Files holds every file a pass may write or read, by path.
 	Files map[string]FileObs
+	// Consumers are the consumers nix-ssh's authorized keys (the agent's
+	// own file) let in, by name, with the host keys trusted for them.
+	Consumers map[string]nix.AuthorizedKey
 
 	// Peers is what peering knows of each host in File, by name.
 	Peers map[string]peering.State
@@ -166,6 +169,9 @@ func (h *Host) observe() *Observation {
 	o.Files = map[string]FileObs{}
 	for _, p := range observedPaths(l, self) {
 		o.Files[p] = readObserved(p)
+	}
+	if path := authorizedKeysPath(l, self.Platform); path != "" {
+		o.Consumers = nix.RememberedConsumers(o.Files[path].Content)
 	}
 
 	// The watches follow the desired state before they are read: a
@@ -381,10 +387,9 @@ func checkAncestors(path string) error {
 // comments of nix-ssh's authorized keys.
 func remembered(o *Observation) map[string]ssh.PublicKey {
 	out := map[string]ssh.PublicKey{}
-	if path := authorizedKeysPath(o.Layout, o.Self.Platform); path != "" && o.Self.Serve != nil {
-		consumers := nix.RememberedConsumers(o.Files[path].Content)
+	if o.Self.Serve != nil {
 		for _, c := range o.File.Consumers(o.Self.Name) {
-			if k, ok := consumers[c.Name]; ok {
+			if k, ok := o.Consumers[c.Name]; ok {
 				out[c.Name] = k.HostKey
 			}
 		}

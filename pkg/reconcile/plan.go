@@ -616,13 +616,9 @@ func (pl *planner) planServe() {
 	r := &Resource{Type: status.ServeReady}
 	var keys []nix.AuthorizedKey
 	var served, waiting []string
-	var remembered map[string]nix.AuthorizedKey
-	if path != "" {
-		remembered = nix.RememberedConsumers(o.Files[path].Content)
-	}
 	for _, c := range pl.file.Consumers(self.Name) {
 		k := pl.keys[c.Name]
-		if r, ok := remembered[c.Name]; ok && k.ClientKey == nil && k.HostKey != nil && bytes.Equal(r.HostKey.Marshal(), k.HostKey.Marshal()) {
+		if r, ok := o.Consumers[c.Name]; ok && k.ClientKey == nil && k.HostKey != nil && bytes.Equal(r.HostKey.Marshal(), k.HostKey.Marshal()) {
 			// Its agent has told nothing since state.db was lost: the
 			// client key let in with the host key trusted for it stays.
 			k.ClientKey = r.Key
