@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -234,8 +235,8 @@ func printStatus(w io.Writer, st status.Status, now time.Time) {
 	if !st.Ready {
 		ready = "NOT READY"
 	}
-	fmt.Fprintf(w, "Host:        %s  (%s)\n", orDash(st.Host), ready)
-	fmt.Fprintf(w, "Config:      %s\n", orDash(st.ConfigFile))
+	fmt.Fprintf(w, "Host:        %s  (%s)\n", cmp.Or(st.Host, "-"), ready)
+	fmt.Fprintf(w, "Config:      %s\n", cmp.Or(st.ConfigFile, "-"))
 	fmt.Fprintf(w, "Generation:  %d (observed %d)\n", st.Generation, st.ObservedGeneration)
 	if !st.LastReconcile.IsZero() {
 		fmt.Fprintf(w, "Reconciled:  %s ago\n", age(now, st.LastReconcile))
@@ -263,13 +264,6 @@ func printStatus(w io.Writer, st status.Status, now time.Time) {
 	if st.LastError != "" {
 		fmt.Fprintf(w, "\nLast error:  %s\n", st.LastError)
 	}
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }
 
 func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nixpeer/nixpeer/pkg/api"
+	"github.com/nixpeer/nixpeer/pkg/hostname"
 	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/state"
 	"github.com/nixpeer/nixpeer/pkg/status"
@@ -327,10 +328,7 @@ func (l *liveConfig) get(ctx context.Context, cli *nix.CLI, reconciled time.Time
 // substituterOf returns the live substituter URL that nixpeer wrote for
 // the peer at address, or "".
 func substituterOf(substituters, address string) string {
-	host := address
-	if strings.Contains(address, ":") {
-		host = "[" + address + "]"
-	}
+	host := hostname.Bracket(address)
 	for _, u := range strings.Fields(substituters) {
 		for _, scheme := range []string{"ssh://", "ssh-ng://"} {
 			rest, ok := strings.CutPrefix(u, scheme+"nix-ssh@"+host)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -35,13 +36,6 @@ type plan struct {
 	Download string `json:"download,omitempty"`
 	// Warnings say which peers could not be asked.
 	Warnings []string `json:"warnings,omitempty"`
-}
-
-func nameOr(name, other string) string {
-	if name != "" {
-		return name
-	}
-	return other
 }
 
 type fetch struct {
@@ -266,7 +260,7 @@ func (p *plan) attribute(ctx context.Context, cli *nix.CLI, l layout.Layout, st 
 		if err != nil {
 			// Nix's dry run found the paths somewhere: the plan stands,
 			// without this peer's part.
-			p.Warnings = append(p.Warnings, fmt.Sprintf("could not ask %s: %v", nameOr(peer, strings.SplitN(url, "?", 2)[0]), err))
+			p.Warnings = append(p.Warnings, fmt.Sprintf("could not ask %s: %v", cmp.Or(peer, strings.SplitN(url, "?", 2)[0]), err))
 			continue
 		}
 		for path, info := range infos {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -60,7 +61,7 @@ func describeHost(w io.Writer, f *desired.File, h *desired.Host) {
 			consumers = append(consumers, c.Name)
 		}
 		fmt.Fprintf(w, "  serves: its Nix store over %s (ssh port %d) to %s, signed with binary-cache key %q\n",
-			h.Serve.Protocol, h.SSHPort, listOrNone(consumers), h.Serve.KeyName)
+			h.Serve.Protocol, h.SSHPort, cmp.Or(strings.Join(consumers, ", "), "no host yet"), h.Serve.KeyName)
 	}
 	for _, name := range h.SubstituteFrom {
 		p := f.Host(name)
@@ -78,11 +79,4 @@ func describeHost(w io.Writer, f *desired.File, h *desired.Host) {
 		fmt.Fprintf(w, "  apply after a settings change: %s\n", apply)
 	}
 	fmt.Fprintf(w, "  listens for peers on port %d\n", h.PeerPort)
-}
-
-func listOrNone(s []string) string {
-	if len(s) == 0 {
-		return "no host yet"
-	}
-	return strings.Join(s, ", ")
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/nixpeer/nixpeer/internal/msg"
 	"github.com/nixpeer/nixpeer/pkg/hostname"
 )
 
@@ -20,7 +21,7 @@ func checkHosts(el *errorList, f *File, infos []*hostInfo) {
 			continue
 		}
 		if first, dup := byName[hi.rawName]; dup {
-			el.add(hi.namePos, "duplicate host name %s (first used at %s); give every host its own name", quoteShort(hi.rawName), infos[first].namePos)
+			el.add(hi.namePos, "duplicate host name %s (first used at %s); give every host its own name", msg.Quote(hi.rawName), infos[first].namePos)
 			continue
 		}
 		byName[hi.rawName] = i
@@ -104,7 +105,7 @@ func shortList(items []string, n int) string {
 // label names a host in messages.
 func (hi *hostInfo) label() string {
 	if hi.rawName != "" {
-		return fmt.Sprintf("host %s", quoteShort(hi.rawName))
+		return fmt.Sprintf("host %s", msg.Quote(hi.rawName))
 	}
 	return "the host"
 }

@@ -3,11 +3,13 @@ package desired
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/goccy/go-yaml/ast"
 
+	"github.com/nixpeer/nixpeer/internal/msg"
 	"github.com/nixpeer/nixpeer/pkg/nix"
 )
 
@@ -78,7 +80,7 @@ func decodeFile(el *errorList, root ast.Node) (*File, []*hostInfo) {
 	f := &File{APIVersion: APIVersion, Trust: TrustApprove}
 	if fd, ok := fs.get("apiVersion"); ok {
 		if v, ok := str(el, fd); ok && v != APIVersion {
-			el.add(posOf(fd.value), "apiVersion %s is not supported; this nixpeer reads \"apiVersion: %s\"", quoteShort(v), APIVersion)
+			el.add(posOf(fd.value), "apiVersion %s is not supported; this nixpeer reads \"apiVersion: %s\"", msg.Quote(v), APIVersion)
 		}
 	} else {
 		el.add(fs.pos, "the file has no apiVersion; add \"apiVersion: %s\" as its first line", APIVersion)
@@ -126,7 +128,7 @@ func decodeHost(el *errorList, n ast.Node) *hostInfo {
 		if v, ok := str(el, fd); ok {
 			hi.rawName = v
 			if r := checkName(v); r != "" {
-				el.add(hi.namePos, "host name %s %s; use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit, for example \"web1\" or \"yourapp-stage\"", quoteShort(v), r)
+				el.add(hi.namePos, "host name %s %s; use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit, for example \"web1\" or \"yourapp-stage\"", msg.Quote(v), r)
 			} else {
 				h.Name, hi.nameOK = v, true
 			}
@@ -143,7 +145,7 @@ func decodeHost(el *errorList, n ast.Node) *hostInfo {
 		hi.addrPos = posOf(fd.value)
 		if v, ok := str(el, fd); ok {
 			if r := checkAddress(v); r != "" {
-				el.add(hi.addrPos, "address %s %s; use a DNS host name (stage.example.com), an IPv4 address (192.0.2.10) or an IPv6 address without brackets or port (2001:db8::10)", quoteShort(v), r)
+				el.add(hi.addrPos, "address %s %s; use a DNS host name (stage.example.com), an IPv4 address (192.0.2.10) or an IPv6 address without brackets or port (2001:db8::10)", msg.Quote(v), r)
 			} else {
 				h.Address, hi.addrOK = v, true
 			}
@@ -199,7 +201,7 @@ func decodeHost(el *errorList, n ast.Node) *hostInfo {
 		if v, ok := str(el, fd); ok {
 			switch r := checkAbsPath(v); {
 			case r != "":
-				el.add(posOf(fd.value), "nixosModuleFile %s %s; use an absolute path of letters, digits and . _ + - /, for example %s", quoteShort(v), r, DefaultNixOSModuleFile)
+				el.add(posOf(fd.value), "nixosModuleFile %s %s; use an absolute path of letters, digits and . _ + - /, for example %s", msg.Quote(v), r, DefaultNixOSModuleFile)
 			case platformOK && h.Platform != PlatformNixOSModule:
 				el.add(fd.keyPos, "nixosModuleFile is only used with \"platform: nixos-module\", but %s has platform %s; set platform: nixos-module or remove nixosModuleFile", who, h.Platform)
 			default:
@@ -215,7 +217,7 @@ func decodeHost(el *errorList, n ast.Node) *hostInfo {
 		for _, it := range stringList(el, fd) {
 			hi.subs = append(hi.subs, ref{name: it.s, pos: it.pos})
 			if r := checkName(it.s); r != "" {
-				el.add(it.pos, "substituteFrom entry %s %s; list host names from this file, for example [stage]", quoteShort(it.s), r)
+				el.add(it.pos, "substituteFrom entry %s %s; list host names from this file, for example [stage]", msg.Quote(it.s), r)
 				continue
 			}
 			h.SubstituteFrom = append(h.SubstituteFrom, it.s)
@@ -233,7 +235,7 @@ func decodeApply(el *errorList, fd field) []string {
 			if i == 0 {
 				what = "command"
 			}
-			el.add(it.pos, "apply %s %s %s; apply is a command and its arguments, one per list element, for example [systemctl, restart, nix-daemon.service], or [] to only write files", what, quoteShort(it.s), r)
+			el.add(it.pos, "apply %s %s %s; apply is a command and its arguments, one per list element, for example [systemctl, restart, nix-daemon.service], or [] to only write files", what, msg.Quote(it.s), r)
 			continue
 		}
 		out = append(out, it.s)
@@ -265,7 +267,7 @@ func decodeServe(el *errorList, fd field, hi *hostInfo) {
 		hi.keyNamePos = posOf(f.value)
 		if v, ok := str(el, f); ok {
 			if r := checkKeyName(v); r != "" {
-				el.add(hi.keyNamePos, "keyName %s %s; use letters, digits, '.', '_' and '-', starting with a letter or digit, at most %d characters, for example cache.example.com", quoteShort(v), r, maxKeyNameLen)
+				el.add(hi.keyNamePos, "keyName %s %s; use letters, digits, '.', '_' and '-', starting with a letter or digit, at most %d characters, for example cache.example.com", msg.Quote(v), r, maxKeyNameLen)
 			} else {
 				s.KeyName = v
 			}
@@ -274,7 +276,7 @@ func decodeServe(el *errorList, fd field, hi *hostInfo) {
 	if f, ok := fs.get("publicKey"); ok {
 		if v, ok := str(el, f); ok {
 			if k, err := nix.ParsePublicKey(v); err != nil {
-				el.add(posOf(f.value), "publicKey %s is not a binary-cache public key (%v); give the NAME:BASE64 line that \"nixpeer facts\" prints on the serving host", quoteShort(v), err)
+				el.add(posOf(f.value), "publicKey %s is not a binary-cache public key (%v); give the NAME:BASE64 line that \"nixpeer facts\" prints on the serving host", msg.Quote(v), err)
 			} else if s.KeyName != "" && k.Name() != s.KeyName {
 				el.add(posOf(f.value), "publicKey is named %q but keyName is %q; they must match", k.Name(), s.KeyName)
 			} else {
@@ -285,7 +287,7 @@ func decodeServe(el *errorList, fd field, hi *hostInfo) {
 	if f, ok := fs.get("signClosure"); ok {
 		if v, ok := str(el, f); ok {
 			if r := checkAbsPath(v); r != "" {
-				el.add(posOf(f.value), "signClosure %s %s; use an absolute path of letters, digits and . _ + - /, for example %s", quoteShort(v), r, DefaultSignClosure)
+				el.add(posOf(f.value), "signClosure %s %s; use an absolute path of letters, digits and . _ + - /, for example %s", msg.Quote(v), r, DefaultSignClosure)
 			} else {
 				s.SignClosure = v
 			}
@@ -325,14 +327,14 @@ func enum(el *errorList, fd field, allowed []string) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	if contains(allowed, v) {
+	if slices.Contains(allowed, v) {
 		return v, true
 	}
 	hint := ""
 	if s := suggest(v, allowed); s != "" {
 		hint = fmt.Sprintf(" (did you mean %q?)", s)
 	}
-	el.add(posOf(fd.value), "%s %s is not one of %s%s; for example %s", fd.key, quoteShort(v), strings.Join(allowed, ", "), hint, help[fd.key].example)
+	el.add(posOf(fd.value), "%s %s is not one of %s%s; for example %s", fd.key, msg.Quote(v), strings.Join(allowed, ", "), hint, help[fd.key].example)
 	return "", false
 }
 
@@ -347,16 +349,16 @@ func port(el *errorList, fd field) (int, bool) {
 	}
 	text := n.Token.Value
 	if !decimalRE.MatchString(text) {
-		el.add(posOf(n), "%s %s must be written in decimal; for example %s", fd.key, quoteShort(text), help[fd.key].example)
+		el.add(posOf(n), "%s %s must be written in decimal; for example %s", fd.key, msg.Quote(text), help[fd.key].example)
 		return 0, false
 	}
 	v, err := strconv.Atoi(strings.TrimPrefix(text, "+"))
 	if err != nil || v < 1 || v > 65535 {
-		el.add(posOf(n), "%s %s is out of range; use a port number 1-65535, for example %s", fd.key, quoteShort(text), help[fd.key].example)
+		el.add(posOf(n), "%s %s is out of range; use a port number 1-65535, for example %s", fd.key, msg.Quote(text), help[fd.key].example)
 		return 0, false
 	}
 	if len(strings.TrimPrefix(text, "+")) > 1 && strings.TrimPrefix(text, "+")[0] == '0' {
-		el.add(posOf(n), "%s %s has a leading zero; write %s: %d", fd.key, quoteShort(text), fd.key, v)
+		el.add(posOf(n), "%s %s has a leading zero; write %s: %d", fd.key, msg.Quote(text), fd.key, v)
 		return 0, false
 	}
 	return v, true

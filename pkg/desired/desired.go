@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"io/fs"
 	"slices"
-	"sort"
 	"strings"
 
 	"github.com/nixpeer/nixpeer/pkg/nix"
@@ -81,7 +80,7 @@ func DefaultApply(p Platform) []string {
 // File is a parsed and validated desired-state file, defaults filled in.
 type File struct {
 	// Filename is the name the file was parsed under, for messages.
-	Filename   string
+	Filename   string `json:"-"`
 	APIVersion string
 	Trust      Trust
 	// Hosts are in file order.
@@ -109,17 +108,17 @@ type Host struct {
 	// Apply is the command (argv) run after the agent changes Nix
 	// settings; empty means write files only. When the file gives none,
 	// it is DefaultApply(Platform) and ApplySet is false.
-	Apply    []string
-	ApplySet bool
+	Apply    []string `json:",omitempty"`
+	ApplySet bool     `json:"-"`
 	// NixOSModuleFile is where a nixos-module host's module is written.
 	NixOSModuleFile string
 	// Serve is non-nil when the host shares its Nix store over SSH.
 	Serve *Serve
 	// SubstituteFrom names the hosts this host substitutes from, in
 	// file order; each of them serves.
-	SubstituteFrom []string
+	SubstituteFrom []string `json:",omitempty"`
 	// Pos is where the host's entry starts in the file.
-	Pos Pos
+	Pos Pos `json:"-"`
 }
 
 // Serve is how a host shares its Nix store.
@@ -134,7 +133,7 @@ type Serve struct {
 	// SignClosure is the closure signed once after the key is created.
 	SignClosure string
 	// Pos is where the serve mapping starts in the file.
-	Pos Pos
+	Pos Pos `json:"-"`
 }
 
 // Parse parses and validates a desired-state file. filename is used only
@@ -285,63 +284,25 @@ func (f *File) hostList() string {
 	return shortList(parts, 50)
 }
 
-// canonical is the meaning of a File, as hashed by Hash: defaults filled,
-// positions and ApplySet left out, hosts ordered by name.
-type canonical struct {
-	Version    string          `json:"v"`
-	APIVersion string          `json:"apiVersion"`
-	Trust      Trust           `json:"trust"`
-	Hosts      []canonicalHost `json:"hosts"`
-}
-
-type canonicalHost struct {
-	Name            string          `json:"name"`
-	Address         string          `json:"address"`
-	PeerPort        int             `json:"peerPort"`
-	SSHPort         int             `json:"sshPort"`
-	HostKey         string          `json:"hostKey"`
-	ClientKey       string          `json:"clientKey,omitempty"`
-	Platform        Platform        `json:"platform"`
-	Apply           []string        `json:"apply"`
-	NixOSModuleFile string          `json:"nixosModuleFile"`
-	Serve           *canonicalServe `json:"serve"`
-	SubstituteFrom  []string        `json:"substituteFrom"`
-}
-
-type canonicalServe struct {
-	Protocol    nix.Protocol `json:"protocol"`
-	KeyName     string       `json:"keyName"`
-	PublicKey   string       `json:"publicKey,omitempty"`
-	SignClosure string       `json:"signClosure"`
-}
+// hashVersion starts what Hash hashes; a change to the encoding changes it.
+const hashVersion = "nixpeer-desired-hash/2\n"
 
 // Hash returns the hex SHA-256 of a canonical encoding of the file's
-// meaning: defaults filled in; comments, layout, key order and host order
-// ignored (substituteFrom and apply keep their order, which matters). Two
-// files that mean the same thing have the same hash.
+// meaning: the decoded File itself as JSON (every field but the ones
+// tagged "-": the file name, positions, whether apply was written),
+// defaults filled in, hosts ordered by name. Comments, layout, key order
+// and host order are ignored; substituteFrom and apply keep their order,
+// which matters. Two files that mean the same thing have the same hash,
+// and a field added to File, Host or Serve is in it without more code.
 func (f *File) Hash() string {
-	c := canonical{Version: "nixpeer-desired-hash/1", APIVersion: f.APIVersion, Trust: f.Trust, Hosts: []canonicalHost{}}
-	for _, h := range f.Hosts {
-		ch := canonicalHost{
-			Name: h.Name, Address: h.Address, PeerPort: h.PeerPort, SSHPort: h.SSHPort,
-			HostKey: h.HostKey, ClientKey: h.ClientKey, Platform: h.Platform, Apply: nonNil(h.Apply),
-			NixOSModuleFile: h.NixOSModuleFile, SubstituteFrom: nonNil(h.SubstituteFrom),
-		}
-		if h.Serve != nil {
-			ch.Serve = &canonicalServe{Protocol: h.Serve.Protocol, KeyName: h.Serve.KeyName, PublicKey: h.Serve.PublicKey, SignClosure: h.Serve.SignClosure}
-		}
-		c.Hosts = append(c.Hosts, ch)
+	c := *f
+	c.Hosts = slices.Clone(f.Hosts)
+	slices.SortStableFunc(c.Hosts, func(a, b *Host) int { return strings.Compare(a.Name, b.Name) })
+	b, err := json.Marshal(&c)
+	if err != nil {
+		// Only strings, ints, bools and slices of them: cannot happen.
+		panic("desired: hash: " + err.Error())
 	}
-	sort.SliceStable(c.Hosts, func(i, j int) bool { return c.Hosts[i].Name < c.Hosts[j].Name })
-	// Only strings, ints and slices of them: Marshal cannot fail.
-	b, _ := json.Marshal(c)
-	sum := sha256.Sum256(b)
+	sum := sha256.Sum256(append([]byte(hashVersion), b...))
 	return hex.EncodeToString(sum[:])
-}
-
-func nonNil(s []string) []string {
-	if s == nil {
-		return []string{}
-	}
-	return s
 }

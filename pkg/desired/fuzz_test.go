@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -82,7 +83,7 @@ func renderSlot(slot, val string) string {
 // slotDoc returns slotTemplate with v as the value that choice picks,
 // written raw or, when choice's high bit is set, quoted.
 func slotDoc(choice byte, v string) string {
-	slots := sortedKeys(slotDefaults())
+	slots := slices.Sorted(maps.Keys(slotDefaults()))
 	slot := slots[int(choice&0x7f)%len(slots)]
 	if choice&0x80 != 0 {
 		quoted, _ := json.Marshal(v)

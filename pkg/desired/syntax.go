@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixpeer/nixpeer/internal/msg"
 	"github.com/nixpeer/nixpeer/pkg/hostname"
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 )
@@ -30,38 +31,6 @@ const (
 	maxPathLen     = 4096
 	maxApplyArgLen = 4096
 )
-
-// ValidateName reports whether s is a well-formed host name: a lowercase
-// DNS label of 1 to 63 letters, digits and '-', not starting or ending
-// with '-' (hostname.CheckLabel).
-func ValidateName(s string) error {
-	if r := checkName(s); r != "" {
-		return fmt.Errorf("host name %s %s", quoteShort(s), r)
-	}
-	return nil
-}
-
-// ValidateAddress reports whether s is a well-formed address: a DNS host
-// name, an IPv4 address, or an IPv6 address without brackets, zone or port
-// (hostname.Check).
-func ValidateAddress(s string) error {
-	if r := checkAddress(s); r != "" {
-		return fmt.Errorf("address %s %s", quoteShort(s), r)
-	}
-	return nil
-}
-
-// NormalizeHostKey checks that s is an ed25519 SSH public key line as
-// sshkeys.ParsePublicLine accepts it ("ssh-ed25519 BASE64", optionally
-// followed by a comment of [A-Za-z0-9@._+-], single spaces) and returns it
-// as "ssh-ed25519 BASE64".
-func NormalizeHostKey(s string) (string, error) {
-	k, r := normalizeHostKey(s)
-	if r != "" {
-		return "", fmt.Errorf("host key %s", r)
-	}
-	return k, nil
-}
 
 func checkName(s string) string {
 	return reason(hostname.CheckLabel(s))
@@ -95,19 +64,6 @@ func reason(err error) string {
 	return err.Error()
 }
 
-// firstBad describes the first rune of s that is not in allowed.
-func firstBad(s, allowed string) string {
-	for _, r := range s {
-		if !strings.ContainsRune(allowed, r) {
-			if r == ' ' {
-				return "a space"
-			}
-			return fmt.Sprintf("%q", r)
-		}
-	}
-	return "a character that is not allowed"
-}
-
 // normalizeHostKey returns "ssh-ed25519 BASE64" for a valid key line (see
 // sshkeys.ParsePublicLine), or the reason it is not valid.
 func normalizeHostKey(s string) (string, string) {
@@ -116,7 +72,7 @@ func normalizeHostKey(s string) (string, string) {
 		return sshkeys.Key{Public: pub}.AuthorizedLine(), ""
 	}
 	if f := strings.Fields(s); len(f) >= 2 && f[1] == ssh.KeyAlgoED25519 {
-		return "", fmt.Sprintf("starts with %s (ssh-keyscan prints a host name first); remove it so the line starts with ssh-ed25519", quoteShort(f[0]))
+		return "", fmt.Sprintf("starts with %s (ssh-keyscan prints a host name first); remove it so the line starts with ssh-ed25519", msg.Quote(f[0]))
 	}
 	return "", reason(err)
 }
@@ -131,7 +87,7 @@ func checkKeyName(s string) string {
 		if !strings.ContainsAny(s[:1], "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") {
 			return "must start with a letter or digit"
 		}
-		return fmt.Sprintf("contains %s", firstBad(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"))
+		return fmt.Sprintf("contains %s", msg.FirstBad(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"))
 	}
 	return ""
 }
@@ -147,11 +103,11 @@ func checkAbsPath(s string) string {
 	case s[0] != '/':
 		return "is not absolute; it must start with '/'"
 	case !safePath.MatchString(s):
-		return fmt.Sprintf("contains %s", firstBad(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+/-"))
+		return fmt.Sprintf("contains %s", msg.FirstBad(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+/-"))
 	case s == "/":
 		return "is the root directory"
 	case path.Clean(s) != s:
-		return fmt.Sprintf("is not clean (no \"//\", \"/./\", \"/../\" or trailing '/'); write %s", quoteShort(path.Clean(s)))
+		return fmt.Sprintf("is not clean (no \"//\", \"/./\", \"/../\" or trailing '/'); write %s", msg.Quote(path.Clean(s)))
 	}
 	return ""
 }

@@ -3,7 +3,7 @@ package desired
 import (
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -12,6 +12,7 @@ import (
 	"github.com/goccy/go-yaml/lexer"
 	"github.com/goccy/go-yaml/parser"
 	"github.com/goccy/go-yaml/token"
+	"github.com/nixpeer/nixpeer/internal/msg"
 )
 
 // MaxSize is the largest desired-state file Parse accepts, in bytes.
@@ -291,15 +292,15 @@ func mapping(el *errorList, n ast.Node, what, example string, allowed []string) 
 		}
 		k := ks.Value
 		if prev, dup := fs.fields[k]; dup {
-			el.add(kp, "duplicate field %s in %s (first set at %s); keep only one", quoteShort(k), what, prev.keyPos)
+			el.add(kp, "duplicate field %s in %s (first set at %s); keep only one", msg.Quote(k), what, prev.keyPos)
 			continue
 		}
-		if !contains(allowed, k) {
+		if !slices.Contains(allowed, k) {
 			hint := ""
 			if s := suggest(k, allowed); s != "" {
 				hint = fmt.Sprintf(" (did you mean %q?)", s)
 			}
-			el.add(kp, "unknown field %s in %s%s; allowed fields: %s", quoteShort(k), what, hint, strings.Join(allowed, ", "))
+			el.add(kp, "unknown field %s in %s%s; allowed fields: %s", msg.Quote(k), what, hint, strings.Join(allowed, ", "))
 			continue
 		}
 		fs.fields[k] = field{key: k, keyPos: kp, value: mv.Value}
@@ -312,9 +313,9 @@ func keyText(n ast.Node) string {
 		return `""`
 	}
 	if tk := n.GetToken(); tk != nil {
-		return quoteShort(tk.Value)
+		return msg.Quote(tk.Value)
 	}
-	return quoteShort(n.String())
+	return msg.Quote(n.String())
 }
 
 // describe names the YAML kind of a node for "must be X, not Y" messages.
@@ -330,7 +331,7 @@ func describe(n ast.Node) string {
 		if n == nil {
 			return "a string"
 		}
-		return fmt.Sprintf("the string %s", quoteShort(n.Value))
+		return fmt.Sprintf("the string %s", msg.Quote(n.Value))
 	case *ast.LiteralNode:
 		return "a multi-line block string (| or >)"
 	case *ast.IntegerNode:
@@ -345,31 +346,9 @@ func describe(n ast.Node) string {
 
 func tokenText(n ast.Node) string {
 	if tk := n.GetToken(); tk != nil {
-		return quoteShort(tk.Value)
+		return msg.Quote(tk.Value)
 	}
 	return "?"
-}
-
-// quoteShort quotes s, shortened so one message stays one readable line.
-func quoteShort(s string) string {
-	const limit = 60
-	if len(s) > limit {
-		cut := limit
-		for cut > 0 && !utf8.RuneStart(s[cut]) {
-			cut--
-		}
-		return fmt.Sprintf("%q...", s[:cut])
-	}
-	return fmt.Sprintf("%q", s)
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // suggest returns the entry of list closest to s when it is close enough to
@@ -407,14 +386,4 @@ func editDistance(a, b string) int {
 		}
 	}
 	return row[len(b)]
-}
-
-// sortedKeys returns the keys of m in order.
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -20,6 +20,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/nixpeer/nixpeer/internal/msg"
 )
 
 // Limits of DNS (RFC 1035): a name and one of its labels.
@@ -57,7 +59,7 @@ type Error struct {
 	kind error
 }
 
-func (e *Error) Error() string { return "host " + quote(e.Value) + " " + e.Reason }
+func (e *Error) Error() string { return "host " + msg.Quote(e.Value) + " " + e.Reason }
 
 // Unwrap returns ErrPort or ErrBrackets when the reason is one of those.
 func (e *Error) Unwrap() error { return e.kind }
@@ -108,7 +110,7 @@ func Check(s string) (Kind, error) {
 		case l[0] == '-' || l[len(l)-1] == '-':
 			return bad(fmt.Sprintf("has a label %q that starts or ends with '-'", l), nil)
 		}
-		if c := firstBad(l, alnum+"-"); c != "" {
+		if c := msg.FirstBad(l, alnum+"-"); c != "" {
 			return bad("contains "+c, nil)
 		}
 	}
@@ -150,7 +152,7 @@ func CheckLabel(s string) error {
 	case s[0] == '-' || s[len(s)-1] == '-':
 		return bad("starts or ends with '-'")
 	}
-	if c := firstBad(s, lower+digits+"-"); c != "" {
+	if c := msg.FirstBad(s, lower+digits+"-"); c != "" {
 		return bad("contains " + c)
 	}
 	return nil
@@ -169,19 +171,37 @@ func ParseWithPort(s string) (host string, port int, err error) {
 	}
 	end := strings.Index(s, "]:")
 	if end < 0 {
-		return "", 0, fmt.Errorf("host %s is neither HOST nor [HOST]:PORT", quote(s))
+		return "", 0, fmt.Errorf("host %s is neither HOST nor [HOST]:PORT", msg.Quote(s))
 	}
 	host, p := s[1:end], s[end+2:]
 	if _, err := Check(host); err != nil {
-		return "", 0, fmt.Errorf("host %s: %w", quote(s), err)
+		return "", 0, fmt.Errorf("host %s: %w", msg.Quote(s), err)
 	}
 	if p == "" || len(p) > 5 || p[0] == '0' || !allDigits(p) {
-		return "", 0, fmt.Errorf("host %s: port %s is not a number from 1 to 65535", quote(s), quote(p))
+		return "", 0, fmt.Errorf("host %s: port %s is not a number from 1 to 65535", msg.Quote(s), msg.Quote(p))
 	}
 	if port, _ = strconv.Atoi(p); port > 65535 {
-		return "", 0, fmt.Errorf("host %s: port %d is not a number from 1 to 65535", quote(s), port)
+		return "", 0, fmt.Errorf("host %s: port %d is not a number from 1 to 65535", msg.Quote(s), port)
 	}
 	return host, port, nil
+}
+
+// WithPort writes host in ssh's notation, as ParseWithPort reads it: HOST
+// for port 22, else [HOST]:PORT.
+func WithPort(host string, port int) string {
+	if port == 22 {
+		return host
+	}
+	return "[" + host + "]:" + strconv.Itoa(port)
+}
+
+// Bracket writes host as the host part of a URL: an IPv6 address (any
+// value with a ':') in brackets, anything else as it is.
+func Bracket(host string) string {
+	if strings.Contains(host, ":") {
+		return "[" + host + "]"
+	}
+	return host
 }
 
 const (
@@ -190,29 +210,6 @@ const (
 	alnum  = lower + "ABCDEFGHIJKLMNOPQRSTUVWXYZ" + digits
 )
 
-// firstBad describes the first rune of s that is not in allowed, or
-// returns "" when there is none.
-func firstBad(s, allowed string) string {
-	for _, r := range s {
-		if !strings.ContainsRune(allowed, r) {
-			if r == ' ' {
-				return "a space"
-			}
-			return fmt.Sprintf("%q", r)
-		}
-	}
-	return ""
-}
-
 func allDigits(s string) bool {
 	return s != "" && strings.Trim(s, digits) == ""
-}
-
-// quote quotes s for a message, cut short when it is long.
-func quote(s string) string {
-	const limit = 100
-	if len(s) > limit {
-		return fmt.Sprintf("%q... (%d bytes)", s[:limit], len(s))
-	}
-	return strconv.Quote(s)
 }

@@ -244,3 +244,22 @@ func checkSafe(t *testing.T, s string) {
 		t.Fatalf("accepted %q, which is empty, long, starts with '-' or holds a character that needs quoting", s)
 	}
 }
+
+func TestWithPortRoundTrips(t *testing.T) {
+	for _, c := range []struct {
+		host string
+		port int
+		want string
+	}{{"a.example", 22, "a.example"}, {"127.0.0.2", 2222, "[127.0.0.2]:2222"}, {"::1", 2200, "[::1]:2200"}} {
+		got := WithPort(c.host, c.port)
+		if got != c.want {
+			t.Errorf("WithPort(%q, %d) = %q, want %q", c.host, c.port, got, c.want)
+		}
+		if h, p, err := ParseWithPort(got); err != nil || h != c.host || p != c.port {
+			t.Errorf("ParseWithPort(%q) = %q, %d, %v", got, h, p, err)
+		}
+	}
+	if Bracket("::1") != "[::1]" || Bracket("10.0.0.1") != "10.0.0.1" {
+		t.Error("Bracket")
+	}
+}

@@ -18,7 +18,6 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
@@ -52,10 +51,7 @@ type Entry struct {
 
 // hostField is the first column of the entry's known_hosts line.
 func (e Entry) hostField() string {
-	if e.Port == 22 {
-		return e.Host
-	}
-	return "[" + e.Host + "]:" + strconv.Itoa(e.Port)
+	return hostname.WithPort(e.Host, e.Port)
 }
 
 // line is the entry's known_hosts line, without a newline. The entry must
@@ -104,18 +100,6 @@ func Managed(existing []byte) ([]Entry, error) {
 		entries = append(entries, e)
 	}
 	return sortUnique(entries), nil
-}
-
-// Update sets the managed block of the known_hosts file at path to entries
-// and reports whether it wrote anything. A missing file counts as empty and
-// is created with mode 0644 (its parent directory with mode 0700 if
-// missing); an existing file keeps its mode. Nothing is written when the
-// content is already right, or on any error. A path that is a symlink or
-// not a regular file is refused rather than replaced.
-func Update(path string, entries []Entry) (changed bool, err error) {
-	return managedblock.Update(path, "known_hosts", func(existing []byte) ([]byte, error) {
-		return Render(existing, entries)
-	})
 }
 
 // parseLine reads one line of the managed block: "HOSTFIELD ssh-ed25519

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	crand "crypto/rand"
-	"errors"
-	"github.com/nixpeer/nixpeer/internal/testenv"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -13,7 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/nixpeer/nixpeer/internal/testenv"
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/crypto/ssh"
@@ -291,83 +290,6 @@ func TestManaged(t *testing.T) {
 	}
 }
 
-func TestUpdate(t *testing.T) {
-	k := testKeys(t)
-	entries := []Entry{{Host: "127.0.0.2", Port: 22, Key: k[0]}}
-	dir := filepath.Join(t.TempDir(), "root", ".ssh")
-	path := filepath.Join(dir, "known_hosts")
-
-	changed, err := Update(path, nil)
-	if err != nil || changed {
-		t.Fatalf("Update(missing, nil) = %v, %v; want false, nil", changed, err)
-	}
-	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("Update with no entries created %s (stat err %v)", dir, err)
-	}
-
-	changed, err = Update(path, entries)
-	if err != nil || !changed {
-		t.Fatalf("Update(missing) = %v, %v; want true, nil", changed, err)
-	}
-	assertMode(t, dir, 0o700)
-	assertMode(t, path, 0o644)
-
-	old := time.Unix(1_000_000, 0)
-	if err := os.Chtimes(path, old, old); err != nil {
-		t.Fatal(err)
-	}
-	changed, err = Update(path, entries)
-	if err != nil || changed {
-		t.Fatalf("second Update = %v, %v; want false, nil", changed, err)
-	}
-	if st, _ := os.Stat(path); !st.ModTime().Equal(old) {
-		t.Errorf("a no-op Update touched the file")
-	}
-
-	// A file with its own mode and content keeps both.
-	user := "# mine\r\nhost.example " + text(k[2]) + "\nno newline"
-	if err := os.WriteFile(path, []byte(user), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if changed, err := Update(path, entries); err != nil || !changed {
-		t.Fatalf("Update(user file) = %v, %v", changed, err)
-	}
-	assertMode(t, path, 0o600)
-	if changed, err := Update(path, nil); err != nil || !changed {
-		t.Fatalf("Update(user file, nil) = %v, %v", changed, err)
-	}
-	if got, _ := os.ReadFile(path); string(got) != user {
-		t.Errorf("adding then removing the block changed the file:\n%q\nwant\n%q", got, user)
-	}
-
-	// A malformed file is an error and is left alone.
-	bad := "x\n" + beginLine + "\n"
-	if err := os.WriteFile(path, []byte(bad), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := Update(path, entries); err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "line 2") {
-		t.Errorf("Update(malformed) error = %v, want one naming the path and line 2", err)
-	}
-	if got, _ := os.ReadFile(path); string(got) != bad {
-		t.Errorf("Update wrote a malformed file: %q", got)
-	}
-
-	// A symlink is not replaced by a regular file.
-	link := filepath.Join(dir, "link")
-	if err := os.Symlink(path, link); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := Update(link, entries); err == nil || !strings.Contains(err.Error(), "not a regular file") {
-		t.Errorf("Update(symlink) error = %v, want a refusal", err)
-	}
-	if st, err := os.Lstat(link); err != nil || st.Mode()&fs.ModeSymlink == 0 {
-		t.Errorf("symlink was replaced: %v %v", st, err)
-	}
-}
-
 func assertMode(t *testing.T, path string, want fs.FileMode) {
 	t.Helper()
 	st, err := os.Stat(path)
@@ -528,7 +450,7 @@ func TestSSHKeygenFindsManagedEntries(t *testing.T) {
 		{Host: "::1", Port: 2222, Key: k[3]},
 		{Host: "2001:db8::5", Port: 22, Key: k[4]},
 	}
-	if _, err := Update(path, entries); err != nil {
+	if err := renderTo(path, entries); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []struct {
@@ -577,4 +499,18 @@ func FuzzManaged(f *testing.F) {
 			t.Fatalf("rendered block %q reads back as %v, %v; want %v", out, again, err, entries)
 		}
 	})
+}
+
+// renderTo renders the managed block into the file at path, as the agent's
+// act step does with what Render returns.
+func renderTo(path string, v []Entry) error {
+	existing, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	out, err := Render(existing, v)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, out, 0o644)
 }

@@ -18,14 +18,9 @@ package managedblock
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io/fs"
-	"os"
-	"path/filepath"
 	"strings"
-
-	"github.com/nixpeer/nixpeer/pkg/atomicfile"
 )
 
 const (
@@ -104,65 +99,11 @@ func Lines(existing []byte) ([]Line, error) {
 	}
 	var out []Line
 	n := b.beginLine
-	for _, l := range splitLines(existing[b.bodyStart:b.bodyEnd]) {
+	for l := range bytes.Lines(existing[b.bodyStart:b.bodyEnd]) {
 		n++
 		out = append(out, Line{Number: n, Text: string(bytes.TrimRight(l, "\r\n"))})
 	}
 	return out, nil
-}
-
-// Update reads the file at path, passes its content to render (typically
-// a closure around a Render of the caller's lines) and writes the result
-// back atomically, reporting whether it wrote anything. kind names the file
-// in errors, as in "update known_hosts /root/.ssh/known_hosts: ...".
-//
-// A missing file counts as empty; it is created with mode 0644 (its parent
-// directory with mode 0700 if missing), unless render returns nothing for
-// it. An existing file keeps its mode. Nothing is written when the content
-// is already right, or on any error. A path that is a symlink or not a
-// regular file is refused rather than replaced.
-func Update(path, kind string, render func(existing []byte) ([]byte, error)) (changed bool, err error) {
-	existing, perm, exists, err := readFile(path, kind)
-	if err != nil {
-		return false, err
-	}
-	out, err := render(existing)
-	if err != nil {
-		return false, fmt.Errorf("update %s %s: %w", kind, path, err)
-	}
-	if !exists {
-		if len(out) == 0 {
-			return false, nil
-		}
-		if err := atomicfile.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return false, fmt.Errorf("create directory for %s %s: %w", kind, path, err)
-		}
-	}
-	changed, err = atomicfile.WriteIfChanged(path, out, perm)
-	if err != nil {
-		return false, fmt.Errorf("update %s %s: %w", kind, path, err)
-	}
-	return changed, nil
-}
-
-// readFile returns the content and mode of the regular file at path, or
-// no content, mode newFilePerm and exists false when there is no file.
-func readFile(path, kind string) (data []byte, perm fs.FileMode, exists bool, err error) {
-	st, err := os.Lstat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, newFilePerm, false, nil
-	}
-	if err != nil {
-		return nil, 0, false, fmt.Errorf("stat %s %s: %w", kind, path, err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, 0, false, fmt.Errorf("%s %s is not a regular file (%v); refusing to replace it", kind, path, st.Mode().Type())
-	}
-	data, err = os.ReadFile(path)
-	if err != nil {
-		return nil, 0, false, fmt.Errorf("read %s %s: %w", kind, path, err)
-	}
-	return data, st.Mode().Perm(), true, nil
 }
 
 // block locates the managed block in a file. Offsets are byte offsets;
@@ -179,7 +120,7 @@ func find(data []byte) (block, error) {
 	var b block
 	inBlock := false
 	lineNo, off := 0, 0
-	for _, l := range splitLines(data) {
+	for l := range bytes.Lines(data) {
 		lineNo++
 		lineStart := off
 		off += len(l)
@@ -225,19 +166,4 @@ func markerKind(line []byte) marker {
 		return markEnd
 	}
 	return markNone
-}
-
-// splitLines splits data after each '\n'; the last line may lack one.
-func splitLines(data []byte) [][]byte {
-	var lines [][]byte
-	for len(data) > 0 {
-		i := bytes.IndexByte(data, '\n')
-		if i < 0 {
-			lines = append(lines, data)
-			break
-		}
-		lines = append(lines, data[:i+1])
-		data = data[i+1:]
-	}
-	return lines
 }

@@ -2,13 +2,10 @@ package managedblock
 
 import (
 	"bytes"
-	"errors"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -129,89 +126,6 @@ func TestLines(t *testing.T) {
 		if got, err := Lines([]byte(in)); got != nil || err != nil {
 			t.Errorf("Lines(%q) = %v, %v; want nil, nil", in, got, err)
 		}
-	}
-}
-
-func TestUpdate(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "root", ".ssh")
-	path := filepath.Join(dir, "thing")
-	set := func(lines ...string) func([]byte) ([]byte, error) {
-		return func(existing []byte) ([]byte, error) { return Render(existing, lines) }
-	}
-
-	changed, err := Update(path, "thing", set())
-	if err != nil || changed {
-		t.Fatalf("Update(missing, nothing) = %v, %v; want false, nil", changed, err)
-	}
-	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("Update with nothing to write created %s (stat err %v)", dir, err)
-	}
-
-	changed, err = Update(path, "thing", set("a"))
-	if err != nil || !changed {
-		t.Fatalf("Update(missing) = %v, %v; want true, nil", changed, err)
-	}
-	assertMode(t, dir, 0o700)
-	assertMode(t, path, 0o644)
-	if got, _ := os.ReadFile(path); string(got) != wrap("a") {
-		t.Errorf("file = %q, want %q", got, wrap("a"))
-	}
-
-	old := time.Unix(1_000_000, 0)
-	if err := os.Chtimes(path, old, old); err != nil {
-		t.Fatal(err)
-	}
-	if changed, err := Update(path, "thing", set("a")); err != nil || changed {
-		t.Fatalf("second Update = %v, %v; want false, nil", changed, err)
-	}
-	if st, _ := os.Stat(path); !st.ModTime().Equal(old) {
-		t.Errorf("a no-op Update touched the file")
-	}
-
-	// A file with its own mode and content keeps both.
-	user := "# mine\r\nx\nno newline"
-	if err := os.WriteFile(path, []byte(user), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if changed, err := Update(path, "thing", set("a")); err != nil || !changed {
-		t.Fatalf("Update(user file) = %v, %v", changed, err)
-	}
-	assertMode(t, path, 0o600)
-	if changed, err := Update(path, "thing", set()); err != nil || !changed {
-		t.Fatalf("Update(user file, nothing) = %v, %v", changed, err)
-	}
-	if got, _ := os.ReadFile(path); string(got) != user {
-		t.Errorf("adding then removing the block changed the file:\n%q\nwant\n%q", got, user)
-	}
-
-	// An error from render names the kind, path and cause, and writes nothing.
-	bad := "x\n" + BeginLine + "\n"
-	if err := os.WriteFile(path, []byte(bad), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	_, err = Update(path, "thing", set("a"))
-	if err == nil || !strings.Contains(err.Error(), "update thing "+path+": line 2") {
-		t.Errorf("Update(malformed) error = %v, want one naming the kind, path and line 2", err)
-	}
-	if got, _ := os.ReadFile(path); string(got) != bad {
-		t.Errorf("Update wrote a malformed file: %q", got)
-	}
-
-	// A symlink or a directory is not replaced by a regular file.
-	link := filepath.Join(dir, "link")
-	if err := os.Symlink(path, link); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range []string{link, dir} {
-		if _, err := Update(p, "thing", set("a")); err == nil || !strings.Contains(err.Error(), "thing "+p+" is not a regular file") {
-			t.Errorf("Update(%s) error = %v, want a refusal", p, err)
-		}
-	}
-	if st, err := os.Lstat(link); err != nil || st.Mode()&fs.ModeSymlink == 0 {
-		t.Errorf("symlink was replaced: %v %v", st, err)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -61,13 +62,13 @@ func FuzzEnsureInclude(f *testing.F) {
 			return tl == want || tl == includeMovedComment
 		}
 		var inLines, outLines [][]byte
-		for _, l := range splitLines(existing) {
+		for l := range bytes.Lines(existing) {
 			if !ours(l) {
 				inLines = append(inLines, l)
 			}
 		}
 		includes, last := 0, -1
-		for i, l := range splitLines(out) {
+		for i, l := range slices.Collect(bytes.Lines(out)) {
 			if string(bytes.Trim(l, nixBlanks)) == want {
 				includes++
 			}
@@ -81,7 +82,7 @@ func FuzzEnsureInclude(f *testing.F) {
 		if includes != 1 {
 			t.Fatalf("%d copies of the include in %q", includes, out)
 		}
-		if last < 0 || string(bytes.Trim(splitLines(out)[last], nixBlanks)) != want {
+		if last < 0 || string(bytes.Trim(slices.Collect(bytes.Lines(out))[last], nixBlanks)) != want {
 			t.Fatalf("the include is not the last setting line of %q", out)
 		}
 		if len(inLines) != len(outLines) {

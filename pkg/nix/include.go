@@ -2,6 +2,7 @@ package nix
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 )
 
@@ -37,7 +38,7 @@ func EnsureInclude(existing []byte, includeLine string) ([]byte, bool) {
 	if strings.ContainsAny(includeLine, "\r\n") || !isSettingLine([]byte(includeLine)) {
 		return existing, false
 	}
-	lines := splitLines(existing)
+	lines := slices.Collect(bytes.Lines(existing))
 	eol := "\n"
 	if i := bytes.LastIndexByte(existing, '\n'); i > 0 && existing[i-1] == '\r' {
 		eol = "\r\n"
@@ -82,22 +83,6 @@ func EnsureInclude(existing []byte, includeLine string) ([]byte, bool) {
 		return existing, false
 	}
 	return out.Bytes(), true
-}
-
-// splitLines splits b after each '\n', keeping the terminators; a last line
-// without one is kept as it is.
-func splitLines(b []byte) [][]byte {
-	var lines [][]byte
-	for len(b) > 0 {
-		i := bytes.IndexByte(b, '\n')
-		if i < 0 {
-			lines = append(lines, b)
-			break
-		}
-		lines = append(lines, b[:i+1])
-		b = b[i+1:]
-	}
-	return lines
 }
 
 // isSettingLine reports whether a nix.conf line does something: Nix drops

@@ -40,7 +40,7 @@ func SubstituterURL(protocol Protocol, address string, sshPort int, clientKeyPat
 	if _, err := validateProtocol(protocol); err != nil {
 		return "", fmt.Errorf("substituter URL: %w", err)
 	}
-	kind, err := hostname.Check(address)
+	_, err := hostname.Check(address)
 	if err != nil {
 		return "", fmt.Errorf("substituter URL: %w", err)
 	}
@@ -54,11 +54,7 @@ func SubstituterURL(protocol Protocol, address string, sshPort int, clientKeyPat
 	if err != nil {
 		return "", fmt.Errorf("substituter URL for %s: host key: %w", address, err)
 	}
-	host := address
-	if kind == hostname.IPv6 {
-		host = "[" + address + "]"
-	}
-	u := string(protocol) + "://" + sshServeUser + "@" + host +
+	u := string(protocol) + "://" + sshServeUser + "@" + hostname.Bracket(address) +
 		"?" + paramSSHKey + "=" + queryEscape(clientKeyPath) +
 		"&" + paramHostKey + "=" + queryEscape(base64.StdEncoding.EncodeToString([]byte(line)))
 	if priority < 0 || priority > 1000 {

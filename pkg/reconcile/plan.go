@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/nixpeer/nixpeer/pkg/desired"
+	"github.com/nixpeer/nixpeer/pkg/hostname"
 	"github.com/nixpeer/nixpeer/pkg/knownhosts"
 	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/nix"
@@ -463,14 +465,7 @@ func localIP(address string) net.IP {
 }
 
 func peerAddr(h *desired.Host) string {
-	return fmt.Sprintf("%s:%d", bracket(h.Address), h.PeerPort)
-}
-
-func bracket(addr string) string {
-	if strings.Contains(addr, ":") {
-		return "[" + addr + "]"
-	}
-	return addr
+	return net.JoinHostPort(h.Address, strconv.Itoa(h.PeerPort))
 }
 
 // planKnownHosts keeps the managed blocks of root's known_hosts (the
@@ -657,7 +652,7 @@ func (pl *planner) planServe() {
 		return
 	}
 	r.Status, r.Reason = true, "Serving"
-	r.Message = "serves " + listOrNobody(served) + " over " + string(self.Serve.Protocol)
+	r.Message = "serves " + cmp.Or(strings.Join(served, ", "), "nobody yet") + " over " + string(self.Serve.Protocol)
 	if len(waiting) > 0 {
 		r.Message += "; waiting for the client key of " + strings.Join(waiting, ", ")
 	}
@@ -682,7 +677,7 @@ func (pl *planner) planSSHDCheck(r *Resource, path string) {
 		r.Message += "; its own sshd is checked once its key is let in"
 		return
 	}
-	tuple := strings.Join([]string{"self", string(self.Serve.Protocol), bracket(self.Address), strconv.Itoa(self.SSHPort),
+	tuple := strings.Join([]string{"self", string(self.Serve.Protocol), hostname.Bracket(self.Address), strconv.Itoa(self.SSHPort),
 		o.ClientKey.Key.Fingerprint(), o.HostKey.Key.Fingerprint()}, " ")
 	pr := o.Probes[self.Name]
 	check := func() {
@@ -802,7 +797,7 @@ func (pl *planner) planNixSettings() {
 		h, k := pl.file.Host(name), pl.keys[name]
 		s.Substituters = append(s.Substituters, v.url)
 		s.TrustedPublicKeys = append(s.TrustedPublicKeys, k.CacheKey)
-		m.KnownHosts = append(m.KnownHosts, nix.KnownHost{Name: name, HostNames: []string{knownHostName(h)}, PublicKey: k.HostKey})
+		m.KnownHosts = append(m.KnownHosts, nix.KnownHost{Name: name, HostNames: []string{hostname.WithPort(h.Address, h.SSHPort)}, PublicKey: k.HostKey})
 	}
 	if len(s.Substituters) > 0 {
 		r.Needs = append(r.Needs, status.KnownHostsReady)
@@ -966,7 +961,7 @@ func (pl *planner) planSubstitutersReady() {
 		return
 	}
 	r.Status, r.Reason = true, "Configured"
-	r.Message = "substitutes from " + listOrNobody(using) + ", with fallback to building locally"
+	r.Message = "substitutes from " + cmp.Or(strings.Join(using, ", "), "nobody yet") + ", with fallback to building locally"
 	if len(dark) > 0 {
 		r.Reason = "PeerUnreachable"
 		r.Message += "; unreachable, substituter withdrawn: " + strings.Join(dark, ", ")
@@ -988,20 +983,6 @@ func (pl *planner) planVerified() {
 	if !maps.Equal(next, pl.o.Verified) || pl.o.VerifiedUnreadable {
 		pl.add(&Resource{Status: true, Records: []record{{recVerified, next}}})
 	}
-}
-
-func knownHostName(h *desired.Host) string {
-	if h.SSHPort == 22 {
-		return h.Address
-	}
-	return fmt.Sprintf("[%s]:%d", h.Address, h.SSHPort)
-}
-
-func listOrNobody(names []string) string {
-	if len(names) == 0 {
-		return "nobody yet"
-	}
-	return strings.Join(names, ", ")
 }
 
 // facts is what this host tells its peers, from a finished pass.

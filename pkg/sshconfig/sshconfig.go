@@ -97,18 +97,6 @@ func Render(existing []byte, peers []Peer) ([]byte, error) {
 	return managedblock.Render(existing, lines)
 }
 
-// Update sets the managed block of the ssh client config at path to peers
-// and reports whether it wrote anything. A missing file counts as empty and
-// is created with mode 0644 (its parent directory with mode 0700 if
-// missing); an existing file keeps its mode. Nothing is written when the
-// content is already right, or on any error. A path that is a symlink or
-// not a regular file is refused rather than replaced.
-func Update(path string, peers []Peer) (changed bool, err error) {
-	return managedblock.Update(path, "ssh config", func(existing []byte) ([]byte, error) {
-		return Render(existing, peers)
-	})
-}
-
 // normalize validates peers and returns them sorted by address, without
 // duplicates.
 func normalize(peers []Peer) ([]peer, error) {

@@ -2,9 +2,7 @@ package sshconfig
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
-	"github.com/nixpeer/nixpeer/internal/testenv"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -13,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nixpeer/nixpeer/internal/testenv"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -216,64 +216,6 @@ func TestRenderMalformedBlock(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-func TestUpdate(t *testing.T) {
-	peers := []Peer{{Address: "127.0.0.2", Port: 2222, ConnectTimeout: 5 * time.Second}}
-	dir := filepath.Join(t.TempDir(), "root", ".ssh")
-	path := filepath.Join(dir, "config")
-
-	if changed, err := Update(path, nil); err != nil || changed {
-		t.Fatalf("Update(missing, nil) = %v, %v; want false, nil", changed, err)
-	}
-	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("Update with no peers created %s (stat err %v)", dir, err)
-	}
-	if changed, err := Update(path, peers); err != nil || !changed {
-		t.Fatalf("Update(missing) = %v, %v; want true, nil", changed, err)
-	}
-	assertMode(t, dir, 0o700)
-	assertMode(t, path, 0o644)
-	if changed, err := Update(path, peers); err != nil || changed {
-		t.Fatalf("second Update = %v, %v; want false, nil", changed, err)
-	}
-
-	user := "ServerAliveInterval 30\r\nHost x\n  User y"
-	if err := os.WriteFile(path, []byte(user), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if changed, err := Update(path, peers); err != nil || !changed {
-		t.Fatalf("Update(user file) = %v, %v", changed, err)
-	}
-	assertMode(t, path, 0o600)
-	if changed, err := Update(path, nil); err != nil || !changed {
-		t.Fatalf("Update(user file, nil) = %v, %v", changed, err)
-	}
-	if got, _ := os.ReadFile(path); string(got) != user {
-		t.Errorf("adding then removing the block changed the file:\n%q\nwant\n%q", got, user)
-	}
-
-	bad := []Peer{{Address: "a b", Port: 22}}
-	if _, err := Update(path, bad); err == nil || !strings.Contains(err.Error(), "update ssh config "+path+": ssh config peer 0") {
-		t.Errorf("Update(bad peer) error = %v, want one naming the path and the peer", err)
-	}
-	if got, _ := os.ReadFile(path); string(got) != user {
-		t.Errorf("Update(bad peer) wrote the file: %q", got)
-	}
-
-	link := filepath.Join(dir, "link")
-	if err := os.Symlink(path, link); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := Update(link, peers); err == nil || !strings.Contains(err.Error(), "not a regular file") {
-		t.Errorf("Update(symlink) error = %v, want a refusal", err)
-	}
-	if st, err := os.Lstat(link); err != nil || st.Mode()&fs.ModeSymlink == 0 {
-		t.Errorf("symlink was replaced: %v %v", st, err)
 	}
 }
 
@@ -551,7 +493,7 @@ func TestSSHReadsBlock(t *testing.T) {
 		{Address: "Stage.EXAMPLE.com", Port: 22, ConnectTimeout: 1500 * time.Millisecond},
 		{Address: "::1", Port: 2200},
 	}
-	if _, err := Update(path, peers); err != nil {
+	if err := renderTo(path, peers); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []struct {
@@ -588,10 +530,24 @@ func TestSSHReadsBlock(t *testing.T) {
 		t.Errorf("ssh -G 127.0.0.3: port %q, want 22", got)
 	}
 
-	if _, err := Update(path, nil); err != nil {
+	if err := renderTo(path, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := os.ReadFile(path); string(got) != user {
 		t.Errorf("removing the block did not give the user's file back:\n%q", got)
 	}
+}
+
+// renderTo renders the managed block into the file at path, as the agent's
+// act step does with what Render returns.
+func renderTo(path string, v []Peer) error {
+	existing, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	out, err := Render(existing, v)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, out, 0o644)
 }

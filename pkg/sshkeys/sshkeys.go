@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixpeer/nixpeer/internal/msg"
 	"github.com/nixpeer/nixpeer/pkg/atomicfile"
 	"github.com/nixpeer/nixpeer/pkg/safefile"
 )
@@ -219,7 +220,7 @@ func ParsePublicLine(s string) (ssh.PublicKey, error) {
 	case b64 == "":
 		return nil, lineError("has two spaces in a row; %s", form)
 	case typ != ssh.KeyAlgoED25519:
-		return nil, lineError("has key type %s; want ssh-ed25519", quoteShort(typ))
+		return nil, lineError("has key type %s; want ssh-ed25519", msg.Quote(typ))
 	}
 	raw, err := base64.StdEncoding.Strict().DecodeString(b64)
 	if err != nil || base64.StdEncoding.EncodeToString(raw) != b64 {
@@ -230,7 +231,7 @@ func ParsePublicLine(s string) (ssh.PublicKey, error) {
 	case err != nil:
 		return nil, lineError("does not decode to an ed25519 key (%v)", err)
 	case pub.Type() != ssh.KeyAlgoED25519:
-		return nil, lineError("holds a %s key although it says ssh-ed25519", quoteShort(pub.Type()))
+		return nil, lineError("holds a %s key although it says ssh-ed25519", msg.Quote(pub.Type()))
 	case !bytes.Equal(pub.Marshal(), raw):
 		return nil, lineError("is not in canonical form")
 	case !hasComment:
@@ -271,13 +272,6 @@ func AuthorizedLineOf(k ssh.PublicKey) (string, error) {
 		return "", err
 	}
 	return line, nil
-}
-
-func quoteShort(s string) string {
-	if len(s) > 40 {
-		s = s[:40] + "..."
-	}
-	return fmt.Sprintf("%q", s)
 }
 
 func validComment(c string) bool {
@@ -443,7 +437,7 @@ func parsePrivate(data []byte) (Key, error) {
 	case len(bytes.TrimSpace(rest)) != 0:
 		return Key{}, errors.New("the file has data after the key's END line")
 	case block.Type != pemType:
-		return Key{}, fmt.Errorf("the file holds a PEM %s block; want an ed25519 key in OpenSSH format (%s)", quoteShort(block.Type), pemType)
+		return Key{}, fmt.Errorf("the file holds a PEM %s block; want an ed25519 key in OpenSSH format (%s)", msg.Quote(block.Type), pemType)
 	}
 	raw, err := ssh.ParseRawPrivateKey(data)
 	var missing *ssh.PassphraseMissingError
@@ -492,7 +486,7 @@ func parsePubFile(data []byte) (ssh.PublicKey, error) {
 	case len(bytes.TrimSpace(rest)) != 0:
 		return nil, errors.New("parse: more than one line")
 	case pub.Type() != ssh.KeyAlgoED25519:
-		return nil, fmt.Errorf("the key is %s; want ssh-ed25519", quoteShort(pub.Type()))
+		return nil, fmt.Errorf("the key is %s; want ssh-ed25519", msg.Quote(pub.Type()))
 	}
 	return pub, nil
 }

@@ -11,7 +11,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"github.com/nixpeer/nixpeer/internal/testenv"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -19,6 +18,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nixpeer/nixpeer/internal/testenv"
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/crypto/ssh"
