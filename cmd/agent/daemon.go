@@ -21,7 +21,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/nixpeer/nixpeer/pkg/api"
-	"github.com/nixpeer/nixpeer/pkg/clock"
+	"github.com/nixpeer/nixpeer/pkg/backoff"
 	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/metrics"
@@ -172,14 +172,13 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 		<-loopReady
 		loop.Trigger(reason)
 	}
-	clk := clock.Real{}
-	peers := peering.New(ctx, log.Named("peering"), clk, store,
-		peer.WatchOptions{Clock: clk, Backoff: peer.Backoff{Base: peerReconnectBase, Cap: peerReconnectCap}}, notify)
+	peers := peering.New(ctx, log.Named("peering"), store,
+		peer.WatchOptions{Backoff: backoff.Policy{Base: peerReconnectBase, Cap: peerReconnectCap}}, notify)
 	defer func() {
 		cancel()
 		peers.Wait()
 	}()
-	port := peering.NewPort(ctx, log.Named("peerport"), peer.ServerOptions{Clock: clk, OnConnect: peers.Poke, Known: peers.Known, Reserved: peers.Reserved}, notify)
+	port := peering.NewPort(ctx, log.Named("peerport"), peer.ServerOptions{OnConnect: peers.Poke, Known: peers.Known, Reserved: peers.Reserved}, notify)
 	defer port.Close()
 
 	hostnames := machineHostnames()
@@ -190,7 +189,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 	var statusOf func() status.Status // the host's, once it is made
 	m := metrics.New(func() status.Status { return statusOf() })
 	host, err := reconcile.NewHost(reconcile.Config{
-		Log: log, Clock: clk, Layout: l, Store: store,
+		Log: log, Layout: l, Store: store,
 		ConfigFile: config, HostName: hostName, Hostnames: hostnames,
 		Peers: peers, Port: port, Nix: reconcile.SystemNix(nixEnv), Prober: metrics.Prober{Inner: reconcile.SSHProber{}, M: m},
 		Trigger: notify, StoreOpened: opened, SSHDCheckInterval: opts.sshdCheck,
@@ -205,7 +204,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 		host.Wait()
 	}()
 	statusOf = host.Status
-	loop = reconcile.NewLoop(log, clk, metrics.Reconciler{Inner: host, M: m}, resync)
+	loop = reconcile.NewLoop(log, metrics.Reconciler{Inner: host, M: m}, resync)
 	close(loopReady)
 	backend := &backend{host: host, loop: loop, peers: peers, store: store, layout: l}
 
@@ -271,7 +270,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 	case <-ctx.Done():
 	}
 	if interval, err := daemon.SdWatchdogEnabled(false); err == nil && interval > 0 {
-		go watchdog(ctx, clk, loop, interval)
+		go watchdog(ctx, loop, interval)
 	}
 	<-ctx.Done()
 	daemon.SdNotify(false, daemon.SdNotifyStopping)
@@ -284,8 +283,8 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 // watchdog pings systemd at half the interval while the loop makes progress:
 // a worker stuck longer than the interval stops the pings, and systemd
 // restarts the agent.
-func watchdog(ctx context.Context, clk clock.Clock, loop *reconcile.Loop, interval time.Duration) {
-	t := clock.NewTicker(clk, interval/2)
+func watchdog(ctx context.Context, loop *reconcile.Loop, interval time.Duration) {
+	t := time.NewTicker(interval / 2)
 	defer t.Stop()
 	for {
 		select {

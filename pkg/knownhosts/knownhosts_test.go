@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	crand "crypto/rand"
-	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -287,17 +286,6 @@ func TestManaged(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "line 3") {
 			t.Errorf("Managed(block holding %q) error = %v, want one naming line 3", bad, err)
 		}
-	}
-}
-
-func assertMode(t *testing.T, path string, want fs.FileMode) {
-	t.Helper()
-	st, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Mode().Perm() != want {
-		t.Errorf("%s mode = %v, want %v", path, st.Mode().Perm(), want)
 	}
 }
 

@@ -19,7 +19,6 @@ package managedblock
 import (
 	"bytes"
 	"fmt"
-	"io/fs"
 	"strings"
 )
 
@@ -34,9 +33,6 @@ const (
 	// still recognised rather than silently left behind as a stale block.
 	beginPrefix = "# BEGIN nixpeer managed block"
 	endPrefix   = "# END nixpeer managed block"
-
-	// newFilePerm is the mode of a file Update creates.
-	newFilePerm fs.FileMode = 0o644
 )
 
 // Render returns existing with the managed block set to hold lines, each

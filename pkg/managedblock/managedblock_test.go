@@ -2,8 +2,6 @@ package managedblock
 
 import (
 	"bytes"
-	"io/fs"
-	"os"
 	"strings"
 	"testing"
 
@@ -126,16 +124,5 @@ func TestLines(t *testing.T) {
 		if got, err := Lines([]byte(in)); got != nil || err != nil {
 			t.Errorf("Lines(%q) = %v, %v; want nil, nil", in, got, err)
 		}
-	}
-}
-
-func assertMode(t *testing.T, path string, want fs.FileMode) {
-	t.Helper()
-	st, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Mode().Perm() != want {
-		t.Errorf("%s mode = %v, want %v", path, st.Mode().Perm(), want)
 	}
 }

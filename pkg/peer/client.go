@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
-
-	"github.com/nixpeer/nixpeer/pkg/clock"
 )
 
 // Defaults of the client.
@@ -67,7 +65,7 @@ func Fetch(ctx context.Context, addr string, check HostKeyCheck) (Facts, error) 
 }
 
 func fetch(ctx context.Context, addr string, check HostKeyCheck) (Facts, error) {
-	client, err := dial(ctx, clock.Real{}, addr, nil, nil, check, DefaultDialTimeout)
+	client, err := dial(ctx, addr, nil, nil, check, DefaultDialTimeout)
 	if err != nil {
 		return Facts{}, err
 	}
@@ -97,7 +95,7 @@ var errConnect = errors.New("connect")
 // dial connects to addr and does the SSH handshake, accepting only an
 // ed25519 host key that check accepts. timeout bounds the connect and the
 // handshake each; the handshake's deadline is from clk.
-func dial(ctx context.Context, clk clock.Clock, addr string, local net.IP, identity ssh.Signer, check HostKeyCheck, timeout time.Duration) (*ssh.Client, error) {
+func dial(ctx context.Context, addr string, local net.IP, identity ssh.Signer, check HostKeyCheck, timeout time.Duration) (*ssh.Client, error) {
 	if check == nil {
 		return nil, errors.New("no host key check given")
 	}
@@ -109,7 +107,7 @@ func dial(ctx context.Context, clk clock.Clock, addr string, local net.IP, ident
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errConnect, err)
 	}
-	if err := c.SetDeadline(clk.Now().Add(timeout)); err != nil {
+	if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("connect: %w", err)
 	}

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/nixpeer/nixpeer/internal/testenv"
+	"github.com/nixpeer/nixpeer/pkg/backoff"
 )
 
 func TestWrongHostKeyRefused(t *testing.T) {
@@ -220,7 +221,7 @@ func TestWatchSeesThePeerComeBack(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	key := newSigner(t)
-	opts := WatchOptions{Backoff: Backoff{Base: time.Hour, Cap: time.Hour}, Light: 20 * time.Millisecond}
+	opts := WatchOptions{Backoff: backoff.Policy{Base: time.Hour, Cap: time.Hour}, Light: 20 * time.Millisecond}
 	w := startWatch(t, addr, pin(key.PublicKey()), opts)
 	checkErr(t, "Watch", recv(t, w.errs, "connect error"), addr, "connection refused")
 
@@ -329,7 +330,7 @@ func TestWatchReconnectSchedule(t *testing.T) {
 	check := pin(newSigner(t).PublicKey())
 	synctest.Test(t, func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
-		opts := WatchOptions{Backoff: Backoff{Base: time.Second, Cap: 4 * time.Second}, Rand: func() float64 { return 0 }, Light: -1}
+		opts := WatchOptions{Backoff: backoff.Policy{Base: time.Second, Cap: 4 * time.Second}, Rand: func() float64 { return 0 }, Light: -1}
 		start := time.Now()
 		var at []time.Duration
 		done := make(chan struct{})

@@ -8,8 +8,6 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/crypto/ssh"
-
-	"github.com/nixpeer/nixpeer/pkg/clock"
 )
 
 // serveConn runs one connection: the handshake, then its channels, until
@@ -20,7 +18,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, src source) {
 	defer stop()
 	log := s.log.With(zap.Stringer("remote", c.RemoteAddr()))
 
-	if err := c.SetDeadline(s.opts.Clock.Now().Add(s.opts.HandshakeTimeout)); err != nil {
+	if err := c.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout)); err != nil {
 		s.abandon(src)
 		log.Debug("peer connection: set handshake deadline", zap.Error(err))
 		return
@@ -45,13 +43,13 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, src source) {
 	}
 	if peerName == "" {
 		// Anonymous: it comes back, known by then, on a new connection.
-		t := s.opts.Clock.AfterFunc(s.opts.AnonymousLifetime, func() { sconn.Close() })
+		t := time.AfterFunc(s.opts.AnonymousLifetime, func() { sconn.Close() })
 		defer t.Stop()
 	}
 	log.Debug("peer connected", zap.String("peer", peerName), zap.String("clientVersion", string(sconn.ClientVersion())))
 
 	go refuseGlobal(log, reqs)
-	cs := &connState{sconn: sconn, clock: s.opts.Clock, idleTimeout: s.opts.IdleTimeout, log: log}
+	cs := &connState{sconn: sconn, idleTimeout: s.opts.IdleTimeout, log: log}
 	cs.startIdle()
 	var wg sync.WaitGroup
 	for nc := range chans {
@@ -91,14 +89,13 @@ func refuseGlobal(log *zap.Logger, reqs <-chan *ssh.Request) {
 // connection after it had none for idleTimeout.
 type connState struct {
 	sconn       *ssh.ServerConn
-	clock       clock.Clock
 	idleTimeout time.Duration
 	log         *zap.Logger
 
 	mu     sync.Mutex
 	open   int
 	gen    int // counts idle periods, so a late timer of an old one does nothing
-	idle   clock.Timer
+	idle   *time.Timer
 	closed bool
 }
 
@@ -112,7 +109,7 @@ func (c *connState) startIdle() {
 func (c *connState) startIdleLocked() {
 	c.gen++
 	gen := c.gen
-	c.idle = c.clock.AfterFunc(c.idleTimeout, func() { c.expire(gen) })
+	c.idle = time.AfterFunc(c.idleTimeout, func() { c.expire(gen) })
 }
 
 // stopIdle ends idle tracking once the connection is over.

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixpeer/nixpeer/pkg/backoff"
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/crypto/ssh"
 )
@@ -247,7 +248,7 @@ func startWatch(t *testing.T, addr string, check HostKeyCheck, opts WatchOptions
 }
 
 // fastWatch reconnects quickly, for tests.
-var fastWatch = WatchOptions{Backoff: Backoff{Base: 10 * time.Millisecond, Cap: 50 * time.Millisecond}}
+var fastWatch = WatchOptions{Backoff: backoff.Policy{Base: 10 * time.Millisecond, Cap: 50 * time.Millisecond}}
 
 // fakePeer is an SSH server on addr that runs handle for every exec
 // request, for peers that misbehave.

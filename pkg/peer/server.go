@@ -13,10 +13,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nixpeer/nixpeer/pkg/backoff"
 	"go.uber.org/zap"
 	"golang.org/x/crypto/ssh"
-
-	"github.com/nixpeer/nixpeer/pkg/clock"
 )
 
 // Defaults of ServerOptions.
@@ -84,9 +83,6 @@ type ServerOptions struct {
 	IdleTimeout time.Duration
 	// Keepalive is how often a watch gets the keepalive line "{}".
 	Keepalive time.Duration
-	// Clock times the handshake, the idle and stall timeouts, the
-	// keepalives and the retries of a failing accept; default clock.Real.
-	Clock clock.Clock
 	// Turns bounds the known peers probing this host's sshd at once
 	// (DefaultTurns): a peer asks for a turn before it probes, so that a
 	// hundred consumers starting together do not storm sshd.
@@ -140,9 +136,6 @@ func (o ServerOptions) withDefaults() ServerOptions {
 	}
 	if o.TurnHold <= 0 {
 		o.TurnHold = DefaultTurnHold
-	}
-	if o.Clock == nil {
-		o.Clock = clock.Real{}
 	}
 	return o
 }
@@ -367,6 +360,10 @@ func clientKey(sconn *ssh.ServerConn) ssh.PublicKey {
 	return key
 }
 
+// acceptRetry is the wait after a failing accept (out of file
+// descriptors and the like), as net/http waits.
+var acceptRetry = backoff.Policy{Base: 5 * time.Millisecond, Cap: time.Second}
+
 // Serve accepts connections on ln until ctx ends, then closes ln and every
 // connection and returns nil once they are all done. It returns an error
 // only when ln fails for another reason. Serve may run on several
@@ -387,7 +384,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer wg.Wait()
 	defer cancel() // runs before wg.Wait: ends every connection
 
-	var delay time.Duration
+	failures := 0
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -398,9 +395,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 				return fmt.Errorf("accept on peer port %s: %w", ln.Addr(), err)
 			}
 			// Out of file descriptors and the like: wait, as net/http does.
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			failures++
+			delay := acceptRetry.Delay(failures)
 			s.log.Warn("accept on peer port failed; retrying", zap.Error(err), zap.Duration("in", delay))
-			t := clock.NewTimer(s.opts.Clock, delay)
+			t := time.NewTimer(delay)
 			select {
 			case <-t.C:
 			case <-ctx.Done():
@@ -409,7 +407,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			continue
 		}
-		delay = 0
+		failures = 0
 		src := s.sourceOf(c)
 		if why := s.takeHandshake(src); why != "" {
 			s.log.Debug("refused peer connection", zap.Stringer("remote", c.RemoteAddr()), zap.String("why", why))

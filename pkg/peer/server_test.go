@@ -17,8 +17,6 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/crypto/ssh"
-
-	"github.com/nixpeer/nixpeer/pkg/clock"
 )
 
 func decodeLine(t *testing.T, line string) Facts {
@@ -448,7 +446,7 @@ func TestKnownPeersHaveRoomOfTheirOwn(t *testing.T) {
 	s := startServer(t, "127.0.0.2:0", key, ServerOptions{MaxConns: 2, MaxConnsPerIP: 2, Known: isKnown, AnonymousLifetime: 300 * time.Millisecond})
 	s.publish(validFacts(t, key.PublicKey()))
 	dialAs := func(id ssh.Signer) (*ssh.Client, error) {
-		return dial(context.Background(), clock.Real{}, s.addr, net.ParseIP("127.0.0.1"), id, pin(key.PublicKey()), wait)
+		return dial(context.Background(), s.addr, net.ParseIP("127.0.0.1"), id, pin(key.PublicKey()), wait)
 	}
 	var anonymous []*ssh.Client
 	for range 2 {
@@ -625,7 +623,7 @@ func (c closingConn) Close() error {
 func TestStallGuard(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		closed := make(chan struct{})
-		g := stallGuard{ch: fakeChannel{unblock: closed}, conn: closingConn{closed: closed}, clock: clock.Real{}, timeout: DefaultIdleTimeout}
+		g := stallGuard{ch: fakeChannel{unblock: closed}, conn: closingConn{closed: closed}, timeout: DefaultIdleTimeout}
 		start := time.Now()
 		if err := g.write(keepaliveLine); err == nil {
 			t.Fatal("a stuck write succeeded")
@@ -636,7 +634,7 @@ func TestStallGuard(t *testing.T) {
 	})
 	synctest.Test(t, func(t *testing.T) {
 		closed := make(chan struct{})
-		g := stallGuard{ch: fakeChannel{}, conn: closingConn{closed: closed}, clock: clock.Real{}, timeout: DefaultIdleTimeout}
+		g := stallGuard{ch: fakeChannel{}, conn: closingConn{closed: closed}, timeout: DefaultIdleTimeout}
 		if err := g.write(keepaliveLine); err != nil {
 			t.Fatal(err)
 		}
@@ -777,7 +775,7 @@ func TestOnePeerCannotTakeEveryPeerSlot(t *testing.T) {
 	}})
 	s.publish(validFacts(t, key.PublicKey()))
 	connect := func(id ssh.Signer) *ssh.Client {
-		c, err := dial(context.Background(), clock.Real{}, s.addr, nil, id, pin(key.PublicKey()), wait)
+		c, err := dial(context.Background(), s.addr, nil, id, pin(key.PublicKey()), wait)
 		if err != nil {
 			t.Fatal(err)
 		}

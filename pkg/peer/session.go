@@ -7,8 +7,6 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/crypto/ssh"
-
-	"github.com/nixpeer/nixpeer/pkg/clock"
 )
 
 // The commands a session may exec.
@@ -43,7 +41,7 @@ func (s *Server) serveSession(ctx context.Context, log *zap.Logger, sconn *ssh.S
 	// A session that does not ask for its command in time ends its
 	// connection: closing only the channel would leave it to the client
 	// to acknowledge, and the connection would never idle out.
-	noExec := s.opts.Clock.AfterFunc(s.opts.HandshakeTimeout, func() {
+	noExec := time.AfterFunc(s.opts.HandshakeTimeout, func() {
 		log.Debug("peer session asked for no command in time; closing the connection")
 		sconn.Close()
 	})
@@ -67,7 +65,7 @@ func (s *Server) serveSession(ctx context.Context, log *zap.Logger, sconn *ssh.S
 		ran = make(chan struct{})
 		go func() {
 			defer close(ran)
-			w := stallGuard{ch: ch, conn: sconn, clock: s.opts.Clock, timeout: s.opts.IdleTimeout}
+			w := stallGuard{ch: ch, conn: sconn, timeout: s.opts.IdleTimeout}
 			switch cmd {
 			case cmdFacts:
 				s.runFacts(log, ch, w, clientKey(sconn))
@@ -79,7 +77,7 @@ func (s *Server) serveSession(ctx context.Context, log *zap.Logger, sconn *ssh.S
 			ch.Close()
 			// A client that never acknowledges the close would keep the
 			// session counted, and the connection from idling out.
-			t := clock.NewTimer(s.opts.Clock, s.opts.HandshakeTimeout)
+			t := time.NewTimer(s.opts.HandshakeTimeout)
 			defer t.Stop()
 			select {
 			case <-gone:
@@ -131,7 +129,7 @@ func (s *Server) runFacts(log *zap.Logger, ch ssh.Channel, w stallGuard, key ssh
 func (s *Server) runWatch(ctx context.Context, log *zap.Logger, w stallGuard, gone <-chan struct{}, key ssh.PublicKey) {
 	slot, unwatch := s.watch(key)
 	defer unwatch()
-	tick := clock.NewTicker(s.opts.Clock, s.opts.Keepalive)
+	tick := time.NewTicker(s.opts.Keepalive)
 	defer tick.Stop()
 	for {
 		line := keepaliveLine
@@ -187,7 +185,7 @@ func (s *Server) runTurn(ctx context.Context, log *zap.Logger, w stallGuard, gon
 		log.Debug("write to peer turn", zap.Error(err))
 		return
 	}
-	hold := clock.NewTimer(s.opts.Clock, s.opts.TurnHold)
+	hold := time.NewTimer(s.opts.TurnHold)
 	defer hold.Stop()
 	select {
 	case <-gone:
@@ -203,12 +201,11 @@ func (s *Server) runTurn(ctx context.Context, log *zap.Logger, w stallGuard, gon
 type stallGuard struct {
 	ch      ssh.Channel
 	conn    ssh.Conn
-	clock   clock.Clock
 	timeout time.Duration
 }
 
 func (g stallGuard) write(b []byte) error {
-	t := g.clock.AfterFunc(g.timeout, func() { g.conn.Close() })
+	t := time.AfterFunc(g.timeout, func() { g.conn.Close() })
 	defer t.Stop()
 	_, err := g.ch.Write(b)
 	return err

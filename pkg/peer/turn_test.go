@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
-
-	"github.com/nixpeer/nixpeer/pkg/clock"
 )
 
 // TestTurns: known peers get at most Turns turns at once; one more waits
@@ -35,7 +33,7 @@ func TestTurns(t *testing.T) {
 	s.publish(validFacts(t, key.PublicKey()))
 	dialAs := func(id ssh.Signer) *ssh.Client {
 		t.Helper()
-		c, err := dial(context.Background(), clock.Real{}, s.addr, net.ParseIP("127.0.0.1"), id, pin(key.PublicKey()), wait)
+		c, err := dial(context.Background(), s.addr, net.ParseIP("127.0.0.1"), id, pin(key.PublicKey()), wait)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -94,7 +92,7 @@ func TestTurnHold(t *testing.T) {
 	}
 	s := startServer(t, "127.0.0.2:0", key, ServerOptions{Known: isKnown, Turns: 1, TurnHold: 100 * time.Millisecond})
 	s.publish(validFacts(t, key.PublicKey()))
-	ca, err := dial(context.Background(), clock.Real{}, s.addr, nil, a, pin(key.PublicKey()), wait)
+	ca, err := dial(context.Background(), s.addr, nil, a, pin(key.PublicKey()), wait)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +100,7 @@ func TestTurnHold(t *testing.T) {
 	if _, err := Turn(context.Background(), ca); err != nil { // never ended
 		t.Fatal(err)
 	}
-	cb, err := dial(context.Background(), clock.Real{}, s.addr, nil, b, pin(key.PublicKey()), wait)
+	cb, err := dial(context.Background(), s.addr, nil, b, pin(key.PublicKey()), wait)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +125,7 @@ func TestTurnForAPeerKnownSinceItConnected(t *testing.T) {
 	}
 	s := startServer(t, "127.0.0.2:0", key, ServerOptions{Known: isKnown})
 	s.publish(validFacts(t, key.PublicKey()))
-	c, err := dial(context.Background(), clock.Real{}, s.addr, nil, late, pin(key.PublicKey()), wait)
+	c, err := dial(context.Background(), s.addr, nil, late, pin(key.PublicKey()), wait)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,8 +10,15 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nixpeer/nixpeer/pkg/clock"
+	"github.com/nixpeer/nixpeer/pkg/backoff"
 	"golang.org/x/crypto/ssh"
+)
+
+// Defaults of WatchOptions' reconnect policy.
+const (
+	DefaultBackoffBase = 200 * time.Millisecond
+	DefaultBackoffCap  = 30 * time.Second
+	DefaultResetAfter  = 30 * time.Second
 )
 
 // WatchOptions tune Watch. Zero fields take the defaults.
@@ -22,14 +29,16 @@ type WatchOptions struct {
 	// DialTimeout bounds the TCP connect, and then the SSH handshake
 	// (DefaultDialTimeout).
 	DialTimeout time.Duration
-	// Backoff is the reconnect policy.
-	Backoff Backoff
+	// Backoff is the reconnect policy, jittered (DefaultBackoffBase,
+	// DefaultBackoffCap).
+	Backoff backoff.Policy
+	// ResetAfter: a connection that lived this long ends the run of
+	// failures, as does one that delivered a document
+	// (DefaultResetAfter).
+	ResetAfter time.Duration
 	// Rand returns a number in [0, 1) for the jitter; default
 	// math/rand/v2.Float64.
 	Rand func() float64
-	// Clock times the reconnects, the silence deadline and the handshake
-	// deadline; default clock.Real.
-	Clock clock.Clock
 	// LocalIP, when set, is the address the watch dials from: the host's
 	// own, so that the peer sees who connects.
 	LocalIP net.IP
@@ -63,12 +72,17 @@ func (o WatchOptions) withDefaults() WatchOptions {
 	if o.Light == 0 {
 		o.Light = DefaultLight
 	}
-	o.Backoff = o.Backoff.withDefaults()
+	if o.Backoff.Base <= 0 {
+		o.Backoff.Base = DefaultBackoffBase
+	}
+	if o.Backoff.Cap <= 0 {
+		o.Backoff.Cap = DefaultBackoffCap
+	}
+	if o.ResetAfter <= 0 {
+		o.ResetAfter = DefaultResetAfter
+	}
 	if o.Rand == nil {
 		o.Rand = rand.Float64
-	}
-	if o.Clock == nil {
-		o.Clock = clock.Real{}
 	}
 	return o
 }
@@ -100,17 +114,17 @@ func Watch(ctx context.Context, addr string, check HostKeyCheck, opts WatchOptio
 	opts = opts.withDefaults()
 	failures := 0
 	for {
-		began := opts.Clock.Now()
+		began := time.Now()
 		delivered, err := watchOnce(ctx, addr, check, opts, onFacts)
 		if ctx.Err() != nil {
 			return
 		}
 		onError(fmt.Errorf("peer %s: watch facts: %w", addr, err))
-		if opts.Backoff.Resets(clock.Since(opts.Clock, began), delivered) {
+		if delivered || time.Since(began) >= opts.ResetAfter {
 			failures = 0
 		}
 		failures++
-		t := clock.NewTimer(opts.Clock, opts.Backoff.Delay(failures, opts.Rand()))
+		t := time.NewTimer(opts.Backoff.Jittered(failures, opts.Rand()))
 		lctx, stopLight := context.WithCancel(ctx)
 		var lit <-chan struct{}
 		backoff := t.C
@@ -150,16 +164,16 @@ func light(ctx context.Context, addr string, opts WatchOptions) <-chan struct{} 
 		if opts.LocalIP != nil {
 			d.LocalAddr = &net.TCPAddr{IP: opts.LocalIP}
 		}
-		next := opts.Clock.Now().Add(opts.Light)
+		next := time.Now().Add(opts.Light)
 		for {
-			t := clock.NewTimer(opts.Clock, max(next.Sub(opts.Clock.Now()), 0))
+			t := time.NewTimer(max(time.Until(next), 0))
 			select {
 			case <-ctx.Done():
 				t.Stop()
 				return
 			case <-t.C:
 			}
-			next = opts.Clock.Now().Add(opts.Light)
+			next = time.Now().Add(opts.Light)
 			if c, err := d.DialContext(ctx, "tcp", addr); err == nil {
 				c.Close()
 				close(lit)
@@ -177,7 +191,7 @@ func watchOnce(ctx context.Context, addr string, check HostKeyCheck, opts WatchO
 	if opts.Identity != nil {
 		identity = opts.Identity()
 	}
-	client, err := dial(ctx, opts.Clock, addr, opts.LocalIP, identity, check, opts.DialTimeout)
+	client, err := dial(ctx, addr, opts.LocalIP, identity, check, opts.DialTimeout)
 	if err != nil {
 		return false, err
 	}
@@ -191,7 +205,7 @@ func watchOnce(ctx context.Context, addr string, check HostKeyCheck, opts WatchO
 		silent.Store(true)
 		client.Close()
 	}
-	timer := opts.Clock.AfterFunc(silence, quiet)
+	timer := time.AfterFunc(silence, quiet)
 	defer func() { timer.Stop() }()
 
 	_, lines, stderr, err := start(client, cmdWatch)
@@ -215,7 +229,7 @@ func watchOnce(ctx context.Context, addr string, check HostKeyCheck, opts WatchO
 			return delivered, err
 		}
 		timer.Stop()
-		timer = opts.Clock.AfterFunc(silence, quiet)
+		timer = time.AfterFunc(silence, quiet)
 		if isKeepalive(line) {
 			continue
 		}

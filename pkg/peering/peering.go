@@ -23,7 +23,6 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/nixpeer/nixpeer/pkg/clock"
 	"github.com/nixpeer/nixpeer/pkg/peer"
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 	"github.com/nixpeer/nixpeer/pkg/state"
@@ -142,7 +141,6 @@ type record struct {
 type Manager struct {
 	ctx    context.Context
 	log    *zap.Logger
-	clock  clock.Clock
 	store  *state.Store
 	opts   peer.WatchOptions
 	notify func(reason string)
@@ -181,7 +179,7 @@ type watched struct {
 	// come.
 	flushes []time.Time
 	dirty   bool
-	flush   clock.Timer
+	flush   *time.Timer
 	// wake ends the watch's wait between attempts (see Poke).
 	wake chan struct{}
 	// client is the connection of the watch while it runs, nil between;
@@ -234,11 +232,8 @@ func recovered(before *peer.Facts, f peer.Facts) bool {
 
 // New returns a manager whose watches live until ctx ends. notify is
 // called, without locks held, whenever what is known of a peer changes.
-func New(ctx context.Context, log *zap.Logger, c clock.Clock, store *state.Store, opts peer.WatchOptions, notify func(string)) *Manager {
-	if opts.Clock == nil {
-		opts.Clock = c // the watches run on the manager's clock
-	}
-	return &Manager{ctx: ctx, log: log, clock: c, store: store, opts: opts, notify: notify, peers: map[string]*watched{}, reset: map[string]bool{}}
+func New(ctx context.Context, log *zap.Logger, store *state.Store, opts peer.WatchOptions, notify func(string)) *Manager {
+	return &Manager{ctx: ctx, log: log, store: store, opts: opts, notify: notify, peers: map[string]*watched{}, reset: map[string]bool{}}
 }
 
 // Wait returns once every watch has ended; call it after ctx ended. No
@@ -439,7 +434,7 @@ func (m *Manager) Approve(name, fp string) error {
 		return fmt.Errorf("%s offers host key %s, not %s: nothing approved", name, fingerprint(w.pending), fp)
 	}
 	st := &w.st
-	st.Trust, st.HostKey, st.Refused, w.trustedAt = status.TrustApproved, w.pending, nil, m.clock.Now()
+	st.Trust, st.HostKey, st.Refused, w.trustedAt = status.TrustApproved, w.pending, nil, time.Now()
 	if err := m.storeLocked(w); err != nil {
 		st.Trust, st.HostKey, w.trustedAt = status.TrustNone, nil, time.Time{}
 		m.mu.Unlock()
@@ -519,7 +514,7 @@ func (m *Manager) loadLocked(w *watched) {
 		w.st.Trust, w.st.HostKey = cmp.Or(rec.Trust, status.TrustTOFU), recKey
 	case remembered != nil && w.unusable == "":
 		w.st.Trust, w.st.HostKey, w.st.Rebuilt = status.TrustTOFU, remembered, true
-		recKey, rec.TrustedAt = remembered, m.clock.Now()
+		recKey, rec.TrustedAt = remembered, time.Now()
 		m.log.Warn("the store had no record of a peer; its host key is trusted again from this host's managed files",
 			zap.String("peer", t.Name), zap.String("hostKey", fingerprint(remembered)))
 		if err := m.store.PutPeer(t.Name, record{HostKey: keyLine(remembered), Trust: status.TrustTOFU, TrustedAt: rec.TrustedAt}); err != nil {
@@ -587,7 +582,7 @@ func (m *Manager) check(ctx context.Context, log *zap.Logger, w *watched, offere
 	}
 	t, st := w.target, &w.st
 	refuse := func(reason, msg string, trusted ssh.PublicKey) error {
-		r := &Refusal{Reason: reason, Offered: fingerprint(offered), Trusted: fingerprint(trusted), At: m.clock.Now()}
+		r := &Refusal{Reason: reason, Offered: fingerprint(offered), Trusted: fingerprint(trusted), At: time.Now()}
 		if reason == RefusedNotApproved {
 			r.Key, w.pending = keyLine(offered), offered
 		}
@@ -646,7 +641,7 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 		return nil
 	}
 	st := &w.st
-	now := m.clock.Now()
+	now := time.Now()
 	firstUse := st.HostKey == nil
 	if firstUse {
 		st.Trust, st.HostKey = status.TrustTOFU, key
@@ -713,14 +708,14 @@ func (m *Manager) flushLocked(log *zap.Logger, w *watched) bool {
 	if !w.dirty {
 		return false
 	}
-	now := m.clock.Now()
+	now := time.Now()
 	if len(w.flushes) > FlushBurst {
 		w.flushes = w.flushes[len(w.flushes)-FlushBurst:]
 	}
 	if len(w.flushes) == FlushBurst && now.Sub(w.flushes[0]) < FlushWindow {
 		wait := FlushWindow - now.Sub(w.flushes[0])
 		if w.flush == nil {
-			w.flush = m.clock.AfterFunc(wait, func() {
+			w.flush = time.AfterFunc(wait, func() {
 				m.mu.Lock()
 				w.flush = nil
 				notify := m.peers[w.target.Name] == w && m.flushLocked(log, w)
@@ -756,7 +751,7 @@ func (m *Manager) failed(ctx context.Context, log *zap.Logger, w *watched, err e
 	noAnswer := peer.NoAnswer(err)
 	changed := st.Connected || st.LastError != msg || st.NoAnswer != noAnswer || st.Since.IsZero()
 	if st.Connected || st.Since.IsZero() {
-		st.Since = m.clock.Now()
+		st.Since = time.Now()
 	}
 	st.Connected, st.NoAnswer, st.LastError = false, noAnswer, msg
 	m.mu.Unlock()

@@ -15,7 +15,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/nixpeer/nixpeer/pkg/clock"
+	"github.com/nixpeer/nixpeer/pkg/backoff"
 	"github.com/nixpeer/nixpeer/pkg/peer"
 	"github.com/nixpeer/nixpeer/pkg/state"
 	"github.com/nixpeer/nixpeer/pkg/status"
@@ -74,7 +74,7 @@ func freeAddr(t *testing.T) string {
 // deadline, until what it knows of "stage" satisfies cond.
 func manager(t *testing.T, ctx context.Context, store *state.Store) (*Manager, func(string, func(State) bool) State) {
 	changed := make(chan struct{}, 1)
-	m := New(ctx, zaptest.NewLogger(t), clock.Real{}, store, peer.WatchOptions{Backoff: peer.Backoff{Base: 10 * time.Millisecond, Cap: 50 * time.Millisecond}},
+	m := New(ctx, zaptest.NewLogger(t), store, peer.WatchOptions{Backoff: backoff.Policy{Base: 10 * time.Millisecond, Cap: 50 * time.Millisecond}},
 		func(string) {
 			select {
 			case changed <- struct{}{}:
@@ -230,7 +230,7 @@ func TestOtherConsumersCostNothing(t *testing.T) {
 
 	var mu sync.Mutex
 	notified := 0
-	m := New(ctx, zaptest.NewLogger(t), clock.Real{}, store, peer.WatchOptions{Backoff: peer.Backoff{Base: 10 * time.Millisecond, Cap: 50 * time.Millisecond}},
+	m := New(ctx, zaptest.NewLogger(t), store, peer.WatchOptions{Backoff: backoff.Policy{Base: 10 * time.Millisecond, Cap: 50 * time.Millisecond}},
 		func(string) { mu.Lock(); notified++; mu.Unlock() })
 	m.SetIdentity(prodKey)
 	m.Sync([]Target{{Name: "stage", Address: addr, Addr: listen, Self: "prod-1"}})

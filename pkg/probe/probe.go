@@ -20,7 +20,6 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/nixpeer/nixpeer/pkg/clock"
 	"github.com/nixpeer/nixpeer/pkg/nix"
 )
 
@@ -40,7 +39,6 @@ type Target struct {
 	Signer   ssh.Signer    // our client key: required
 	HostKey  ssh.PublicKey // the pinned host key: required, compared exactly
 	Timeout  time.Duration // bounds the whole probe (dial, handshake, protocol); default 10s
-	Clock    clock.Clock   // gives the start, the deadline and Elapsed; default clock.Real
 	From     net.IP        // the local address to dial from; nil lets the system choose
 
 	// after, when set, speaks on once the handshake succeeded (see
@@ -161,9 +159,6 @@ func (t Target) withDefaults() Target {
 	if t.Timeout <= 0 {
 		t.Timeout = DefaultTimeout
 	}
-	if t.Clock == nil {
-		t.Clock = clock.Real{}
-	}
 	return t
 }
 
@@ -200,7 +195,7 @@ func (t Target) validate() error {
 // and ctx. A failure is an *Error whose Reason says what went wrong.
 func Probe(ctx context.Context, t Target) (Result, error) {
 	t = t.withDefaults()
-	start := t.Clock.Now()
+	start := time.Now()
 	peer := t.User + "@" + t.addr()
 	if err := t.validate(); err != nil {
 		return Result{}, &Error{Reason: InvalidTarget, Peer: peer, Err: err}
@@ -211,10 +206,10 @@ func Probe(ctx context.Context, t Target) (Result, error) {
 
 	res, err := probe(ctx, t, start, deadline)
 	if err == nil {
-		res.Elapsed = clock.Since(t.Clock, start)
+		res.Elapsed = time.Since(start)
 		return res, nil
 	}
-	f := settle(ctx, t.Clock, start, deadline, err)
+	f := settle(ctx, start, deadline, err)
 	return Result{}, &Error{Reason: f.reason, Peer: peer, Err: f.err}
 }
 
@@ -223,7 +218,7 @@ func Probe(ctx context.Context, t Target) (Result, error) {
 // was done or the deadline passed broke because we gave up (closed the
 // connection), so it is a Timeout or Canceled; a host key or auth verdict
 // stands. Settling a settled failure returns it unchanged.
-func settle(ctx context.Context, clk clock.Clock, start, deadline time.Time, err error) *failure {
+func settle(ctx context.Context, start, deadline time.Time, err error) *failure {
 	var f *failure
 	if !errors.As(err, &f) {
 		f = &failure{reason: WrongProtocol, err: err}
@@ -234,7 +229,7 @@ func settle(ctx context.Context, clk clock.Clock, start, deadline time.Time, err
 	if f.reason == HostKeyMismatch || f.reason == Unauthorized {
 		return f
 	}
-	now := clk.Now()
+	now := time.Now()
 	elapsed := now.Sub(start).Round(time.Millisecond)
 	switch {
 	case errors.Is(ctx.Err(), context.Canceled):
@@ -325,11 +320,11 @@ func probe(ctx context.Context, t Target, start, deadline time.Time) (Result, er
 		err = t.after(stdin, stdout)
 	}
 	if err != nil {
-		f := settle(ctx, t.Clock, start, deadline, err)
+		f := settle(ctx, start, deadline, err)
 		if f.reason == WrongProtocol {
 			// The remote side's stderr may say why ("command not found",
 			// "protocol mismatch"): give it a moment to arrive.
-			waitBounded(t.Clock, session, deadline, 300*time.Millisecond)
+			waitBounded(session, deadline, 300*time.Millisecond)
 			if s := stderr.String(); s != "" {
 				f.err = fmt.Errorf("%w; remote stderr: %q", f.err, s)
 			}
@@ -351,17 +346,17 @@ func dialFailure(err error) error {
 
 // waitBounded waits for the remote command to end, at most limit and never
 // past deadline, on clk.
-func waitBounded(clk clock.Clock, session *ssh.Session, deadline time.Time, limit time.Duration) {
+func waitBounded(session *ssh.Session, deadline time.Time, limit time.Duration) {
 	done := make(chan struct{})
 	go func() {
 		session.Wait()
 		close(done)
 	}()
-	limit = min(limit, deadline.Sub(clk.Now()))
+	limit = min(limit, time.Until(deadline))
 	if limit <= 0 {
 		return
 	}
-	timer := clock.NewTimer(clk, limit)
+	timer := time.NewTimer(limit)
 	defer timer.Stop()
 	select {
 	case <-done:

@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-
-	"github.com/nixpeer/nixpeer/pkg/clock"
 )
 
 // str encodes a string in Nix's wire format.
@@ -243,7 +241,7 @@ func TestSettle(t *testing.T) {
 		{"settled stands", expired, start, &failure{reason: WrongProtocol, err: plain, settled: true}, WrongProtocol},
 		{"refused", live, later, &failure{reason: Refused, err: plain}, Refused},
 	} {
-		f := settle(tc.ctx, clock.Real{}, start, tc.deadline, tc.err)
+		f := settle(tc.ctx, start, tc.deadline, tc.err)
 		if f.reason != tc.want || !f.settled {
 			t.Errorf("%s: settle = %v (settled %v), want %v", tc.name, f.reason, f.settled, tc.want)
 		}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -219,10 +220,10 @@ func (h *Host) applyJob(req *applyRequest) func(context.Context) jobResult {
 	return func(ctx context.Context) jobResult {
 		if len(req.argv) > 0 {
 			actx, cancel := context.WithTimeout(ctx, ApplyTimeout)
-			start := h.cfg.Clock.Now()
+			start := time.Now()
 			out, err := h.cfg.Nix.Apply(actx, req.argv)
 			cancel()
-			h.log.Info("ran apply", zap.Strings("command", req.argv), zap.Duration("took", h.cfg.Clock.Now().Sub(start)),
+			h.log.Info("ran apply", zap.Strings("command", req.argv), zap.Duration("took", time.Since(start)),
 				zap.Error(err), zap.String("output", out))
 			if err != nil {
 				return jobResult{Reason: "ApplyFailed", Err: err, Output: out}
@@ -254,12 +255,12 @@ func (h *Host) signJob(req *signRequest) func(context.Context) jobResult {
 	return func(ctx context.Context) jobResult {
 		sctx, cancel := context.WithTimeout(ctx, SignTimeout)
 		defer cancel()
-		start := h.cfg.Clock.Now()
+		start := time.Now()
 		if err := h.cfg.Nix.SignClosure(sctx, req.keyFile, req.target); err != nil {
 			return jobResult{Reason: "SigningFailed", Err: err}
 		}
 		h.log.Info("signed the system closure with the binary-cache key", zap.String("path", req.target),
-			zap.Duration("took", h.cfg.Clock.Now().Sub(start)))
+			zap.Duration("took", time.Since(start)))
 		return jobResult{}
 	}
 }
@@ -267,7 +268,6 @@ func (h *Host) signJob(req *signRequest) func(context.Context) jobResult {
 // probeJob checks that a peer serves its store to this host's client key.
 func (h *Host) probeJob(req probeRequest) func(context.Context) jobResult {
 	target := req.target
-	target.Clock = h.cfg.Clock
 	return func(ctx context.Context) jobResult {
 		// A serving host's agent lets its consumers probe a few at a
 		// time; without its agent (or a turn in TurnWait), probe anyway.

@@ -16,7 +16,6 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/nixpeer/nixpeer/pkg/clock"
 	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/nix"
@@ -27,7 +26,6 @@ import (
 // Config is what a Host reconciler is given.
 type Config struct {
 	Log    *zap.Logger
-	Clock  clock.Clock
 	Layout layout.Layout
 	Store  *state.Store
 	// ConfigFile is the desired-state file.
@@ -73,7 +71,7 @@ type Host struct {
 // write anew.
 func NewHost(cfg Config) (*Host, error) {
 	h := &Host{cfg: cfg, log: cfg.Log, updated: make(chan struct{})}
-	h.jobs = newJobs(cfg.Clock, func(reason string) { cfg.Trigger(reason) })
+	h.jobs = newJobs(func(reason string) { cfg.Trigger(reason) })
 	if st, ok, err := cfg.Store.LoadStatus(); err != nil {
 		h.log.Warn("the last status in the state store is unreadable; starting without it", zap.Error(err))
 	} else if ok {

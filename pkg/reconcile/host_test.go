@@ -14,7 +14,6 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/nixpeer/nixpeer/pkg/clock"
 	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/peer"
 	"github.com/nixpeer/nixpeer/pkg/peering"
@@ -160,7 +159,7 @@ func newHarnessChecking(t *testing.T, yaml string, checkEvery time.Duration) *ha
 
 func (h *harness) start(config string) {
 	var err error
-	h.host, err = NewHost(Config{Log: zap.NewNop(), Clock: clock.Real{}, Layout: h.l, Store: h.store,
+	h.host, err = NewHost(Config{Log: zap.NewNop(), Layout: h.l, Store: h.store,
 		ConfigFile: config, HostName: "stage", Peers: fakePeers{}, Port: h.port, Nix: h.nix, Prober: h.sshd,
 		SSHDCheckInterval: h.checkEvery, Trigger: func(reason string) { h.ended <- reason }})
 	if err != nil {
@@ -290,7 +289,7 @@ func TestFailingApplyIsNotReady(t *testing.T) {
 	// The loop retries it after its delay.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	loop := NewLoop(zap.NewNop(), clock.Real{}, h.host, time.Hour)
+	loop := NewLoop(zap.NewNop(), h.host, time.Hour)
 	go func() {
 		for range h.ended {
 			loop.Trigger("job ended")
@@ -354,7 +353,7 @@ func BenchmarkNoOpPass(b *testing.B) {
 	defer store.Close()
 	nx := &fakeNix{conf: l.NixpeerConf}
 	ended := make(chan string, 16)
-	host, err := NewHost(Config{Log: zap.NewNop(), Clock: clock.Real{}, Layout: l, Store: store,
+	host, err := NewHost(Config{Log: zap.NewNop(), Layout: l, Store: store,
 		ConfigFile: config, HostName: "stage", Peers: fakePeers{}, Port: &fakePort{}, Nix: nx, Prober: &fakeSSHD{},
 		Trigger: func(reason string) { ended <- reason }})
 	if err != nil {

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nixpeer/nixpeer/pkg/clock"
+	"github.com/nixpeer/nixpeer/pkg/backoff"
 )
 
 // Long work (applying the Nix settings, signing a closure, probing a peer)
@@ -57,7 +57,6 @@ func (s jobState) done(key string) bool { return s.Key == key && !s.Ended.IsZero
 func (s jobState) failed(key string) bool { return s.done(key) && s.Err != "" }
 
 type jobs struct {
-	clock  clock.Clock
 	notify func(reason string)
 
 	mu    sync.Mutex
@@ -65,8 +64,8 @@ type jobs struct {
 	wg    sync.WaitGroup
 }
 
-func newJobs(c clock.Clock, notify func(string)) *jobs {
-	return &jobs{clock: c, notify: notify, slots: map[string]jobState{}}
+func newJobs(notify func(string)) *jobs {
+	return &jobs{notify: notify, slots: map[string]jobState{}}
 }
 
 // get returns the state of slot.
@@ -87,7 +86,7 @@ func (j *jobs) start(ctx context.Context, slot, key string, fn func(context.Cont
 		j.mu.Unlock()
 		return false
 	}
-	started := j.clock.Now()
+	started := time.Now()
 	s.Running, s.RunningKey, s.RunningSince = true, key, started
 	j.slots[slot] = s
 	j.wg.Add(1)
@@ -101,7 +100,7 @@ func (j *jobs) start(ctx context.Context, slot, key string, fn func(context.Cont
 			s.Failures, s.Passed = 0, time.Time{}
 		}
 		s.Running, s.RunningKey = false, ""
-		s.Key, s.Started, s.Ended = key, started, j.clock.Now()
+		s.Key, s.Started, s.Ended = key, started, time.Now()
 		s.Reason, s.Output, s.Missing, s.Err = res.Reason, res.Output, res.Missing, ""
 		if res.Err != nil {
 			s.Err = res.Err.Error()
@@ -150,12 +149,6 @@ func scaled(d time.Duration, f float64) time.Duration {
 	return time.Duration(float64(d) * f)
 }
 
-// retryDelay is how long after its end a failed job is retried: 1 s
+// jobRetry is how long after its end a failed job is retried: 1 s
 // doubling with each failure in a row, at most 2 minutes.
-func retryDelay(failures int) time.Duration {
-	d := time.Second
-	for i := 1; i < failures && d < 2*time.Minute; i++ {
-		d *= 2
-	}
-	return min(d, 2*time.Minute)
-}
+var jobRetry = backoff.Policy{Base: time.Second, Cap: 2 * time.Minute}

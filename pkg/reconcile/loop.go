@@ -7,15 +7,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nixpeer/nixpeer/pkg/backoff"
 	"go.uber.org/zap"
-
-	"github.com/nixpeer/nixpeer/pkg/clock"
-	"github.com/nixpeer/nixpeer/pkg/workqueue"
 )
-
-// hostKey is the queue key of the whole-host reconcile: every trigger
-// enqueues it, so bursts of triggers collapse into one pass.
-const hostKey = "host"
 
 // Reconciler brings the host to its desired state once. It returns when
 // the next pass is due without an event (0: at the resync).
@@ -23,37 +17,37 @@ type Reconciler interface {
 	Reconcile(ctx context.Context) (time.Duration, error)
 }
 
-// Loop runs a Reconciler from a work queue.
+// Loop runs a Reconciler whenever it is triggered, when the pass before
+// asked to run again, and at the resync. Triggers that come while a pass
+// runs collapse into one more pass right after it.
 type Loop struct {
-	log    *zap.Logger
-	clock  clock.Clock
-	rec    Reconciler
-	queue  *workqueue.Queue
-	resync time.Duration
+	log     *zap.Logger
+	rec     Reconciler
+	trigger chan struct{} // holds at most one pending trigger
+	jitter  func() float64
+	resync  time.Duration
 
 	busySince atomic.Int64 // unix nanoseconds; 0 while idle
 	firstOnce sync.Once
 	first     chan struct{}
 }
 
-// Backoff bounds of failed reconciles: each retry waits a random time in
-// [d/2, d) for d = BackoffBase·2^n, at most BackoffMax.
-const (
-	BackoffBase = 100 * time.Millisecond
-	BackoffMax  = 2 * time.Minute
-)
+// Retry is the wait after failed passes, jittered so that hosts that
+// failed together do not retry together.
+var Retry = backoff.Policy{Base: 100 * time.Millisecond, Cap: 2 * time.Minute}
 
 // NewLoop returns a loop that resyncs every resync.
-func NewLoop(log *zap.Logger, c clock.Clock, rec Reconciler, resync time.Duration) *Loop {
-	q := workqueue.New(c, BackoffBase, BackoffMax)
-	q.Jitter = rand.Float64
-	return &Loop{log: log, clock: c, rec: rec, resync: resync, queue: q, first: make(chan struct{})}
+func NewLoop(log *zap.Logger, rec Reconciler, resync time.Duration) *Loop {
+	return &Loop{log: log, rec: rec, resync: resync, trigger: make(chan struct{}, 1), jitter: rand.Float64, first: make(chan struct{})}
 }
 
 // Trigger asks for a reconcile; it never blocks.
 func (l *Loop) Trigger(reason string) {
 	l.log.Debug("reconcile triggered", zap.String("reason", reason))
-	l.queue.Add(hostKey)
+	select {
+	case l.trigger <- struct{}{}:
+	default: // one is pending already
+	}
 }
 
 // FirstDone is closed once the first reconcile has run, whatever its result.
@@ -64,43 +58,41 @@ func (l *Loop) FirstDone() <-chan struct{} { return l.first }
 // (apply, signing, probes) runs beside the loop, so a pass is short.
 func (l *Loop) Healthy(maxBusy time.Duration) bool {
 	since := l.busySince.Load()
-	return since == 0 || l.clock.Now().Sub(time.Unix(0, since)) < maxBusy
+	return since == 0 || time.Since(time.Unix(0, since)) < maxBusy
 }
 
-// Run processes the queue until ctx ends. It triggers the first reconcile.
+// Run runs passes until ctx ends, the first one at once.
 func (l *Loop) Run(ctx context.Context) {
-	go func() {
-		<-ctx.Done()
-		l.queue.ShutDown()
-	}()
-	l.Trigger("start")
+	next := time.NewTimer(0)
+	defer next.Stop()
+	failures := 0
 	for {
-		key, ok := l.queue.Get()
-		if !ok {
+		select {
+		case <-ctx.Done():
 			return
+		case <-l.trigger:
+		case <-next.C:
 		}
-		l.busySince.Store(l.clock.Now().UnixNano())
-		next, err := l.rec.Reconcile(ctx)
+		l.busySince.Store(time.Now().UnixNano())
+		due, err := l.rec.Reconcile(ctx)
 		l.busySince.Store(0)
 		l.firstOnce.Do(func() { close(l.first) })
-		switch {
-		case err != nil && ctx.Err() == nil:
-			wait := l.queue.AddRateLimited(key)
-			if next > 0 && next < wait {
-				// Work that is due sooner (a probe, a hold-down's end)
-				// is not held up by an unrelated failure.
-				l.queue.AddAfter(key, next)
-				wait = next
-			}
-			l.log.Warn("reconcile failed; will retry", zap.Error(err), zap.Duration("retryIn", wait),
-				zap.Int("failures", l.queue.Failures(key)))
-		default:
-			l.queue.Forget(key)
-			if next <= 0 || next > l.resync {
-				next = l.resync
-			}
-			l.queue.AddAfter(key, next)
+		if ctx.Err() != nil {
+			return
 		}
-		l.queue.Done(key)
+		wait := l.resync
+		if due > 0 && due < wait {
+			wait = due
+		}
+		if err != nil {
+			failures++
+			// Work that is due sooner (a probe, a hold-down's end) is not
+			// held up by an unrelated failure.
+			wait = min(wait, Retry.Jittered(failures, l.jitter()))
+			l.log.Warn("reconcile failed; will retry", zap.Error(err), zap.Duration("retryIn", wait), zap.Int("failures", failures))
+		} else {
+			failures = 0
+		}
+		next.Reset(wait)
 	}
 }

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-
-	"github.com/nixpeer/nixpeer/pkg/clock"
 )
 
 // scripted fails its first failures calls and records when each call ran.
@@ -45,8 +43,8 @@ func TestFailuresBackOffExponentiallyThenResync(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		rec := &scripted{failures: 4}
 		ctx, cancel := context.WithCancel(context.Background())
-		l := NewLoop(zap.NewNop(), clock.Real{}, rec, time.Hour)
-		l.queue.Jitter = func() float64 { return 1 } // the top of each range: exact times
+		l := NewLoop(zap.NewNop(), rec, time.Hour)
+		l.jitter = func() float64 { return 0 } // the bottom of each range: exact times
 		start := time.Now()
 		go l.Run(ctx)
 		time.Sleep(10 * time.Minute) // fake time: the bubble advances it at once
@@ -54,9 +52,10 @@ func TestFailuresBackOffExponentiallyThenResync(t *testing.T) {
 		cancel()
 		synctest.Wait()
 
-		// start; retries after 100ms, 200ms, 400ms, 800ms; then success and
-		// no more calls within the hour of resync.
-		want := []time.Duration{0, 100 * time.Millisecond, 300 * time.Millisecond, 700 * time.Millisecond, 1500 * time.Millisecond}
+		// start; retries after 50ms, 100ms, 200ms, 400ms (the bottom of
+		// [d/2, d) for d = 100ms·2^n); then success and no more calls
+		// within the hour of resync.
+		want := []time.Duration{0, 50 * time.Millisecond, 150 * time.Millisecond, 350 * time.Millisecond, 750 * time.Millisecond}
 		if rec.count() != len(want) {
 			t.Fatalf("%d calls, want %d", rec.count(), len(want))
 		}
@@ -73,7 +72,7 @@ func TestResyncTimerIsTheSafetyNet(t *testing.T) {
 		rec := &scripted{}
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		l := NewLoop(zap.NewNop(), clock.Real{}, rec, time.Minute)
+		l := NewLoop(zap.NewNop(), rec, time.Minute)
 		go l.Run(ctx)
 		time.Sleep(3*time.Minute + time.Second)
 		synctest.Wait()
@@ -88,7 +87,7 @@ func TestTriggersDuringAReconcileCollapseIntoOne(t *testing.T) {
 		rec := &scripted{block: make(chan struct{})}
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		l := NewLoop(zap.NewNop(), clock.Real{}, rec, time.Hour)
+		l := NewLoop(zap.NewNop(), rec, time.Hour)
 		go l.Run(ctx)
 		synctest.Wait() // the first reconcile is running (blocked)
 		if !l.Healthy(time.Minute) {
@@ -127,7 +126,7 @@ func TestRequeueComesBeforeTheResync(t *testing.T) {
 		rec := &scripted{requeue: 10 * time.Second}
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		l := NewLoop(zap.NewNop(), clock.Real{}, rec, time.Hour)
+		l := NewLoop(zap.NewNop(), rec, time.Hour)
 		go l.Run(ctx)
 		time.Sleep(35 * time.Second)
 		synctest.Wait()

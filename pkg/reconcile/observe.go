@@ -140,7 +140,7 @@ type FileObs struct {
 // observe reads everything the pass needs, and writes nothing.
 func (h *Host) observe() *Observation {
 	l := h.cfg.Layout
-	o := &Observation{Now: h.cfg.Clock.Now(), Layout: l, StoreOpened: h.cfg.StoreOpened}
+	o := &Observation{Now: time.Now(), Layout: l, StoreOpened: h.cfg.StoreOpened}
 	h.observeDesired(o)
 	o.File, o.Generation = h.desired, h.generation
 	if o.File == nil {

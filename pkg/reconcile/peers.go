@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixpeer/nixpeer/pkg/backoff"
 	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/nix"
@@ -320,16 +321,16 @@ func decide(in peerInput) decision {
 		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(scaled(ProbeRefresh, in.Spread)))
 	case fresh && !served:
 		d.verdict = verdict{State: status.PeerProbeFailed, Message: probeFailure(pr, in.Spread)}
-		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(scaled(retryDelay(pr.Failures), in.Spread)))
+		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(scaled(jobRetry.Delay(pr.Failures), in.Spread)))
 	case fresh && st.Connected:
 		d.verdict = verdict{State: status.PeerProbeFailed, Ready: true,
 			Message: "its agent answers, but its sshd no longer serves this host: " + probeFailure(pr, in.Spread) + "; its substituter is withdrawn and builds go on locally"}
-		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(scaled(retryDelay(pr.Failures), in.Spread)))
+		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(scaled(jobRetry.Delay(pr.Failures), in.Spread)))
 	case fresh:
 		d.verdict = verdict{State: status.PeerUnreachable, Ready: true,
 			Message: fmt.Sprintf("its agent is unreachable%s (%s) and its sshd does not serve: %s; its substituter is withdrawn and builds go on locally",
 				since(st.Since), st.LastError, probeFailure(pr, in.Spread))}
-		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(scaled(retryDelay(pr.Failures), in.Spread)))
+		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(scaled(jobRetry.Delay(pr.Failures), in.Spread)))
 	default:
 		// Not probed since the connection last changed: probe, and keep
 		// the settings as they are meanwhile.
@@ -360,7 +361,7 @@ func ownCheck(st peering.State) *peer.ServeCheck {
 
 // probeFailure says why the last probe failed and when the next one is.
 func probeFailure(pr jobState, spread float64) string {
-	return fmt.Sprintf("%s (probed again from %s)", pr.Err, pr.Ended.Add(scaled(retryDelay(pr.Failures), spread)).UTC().Format(time.RFC3339))
+	return fmt.Sprintf("%s (probed again from %s)", pr.Err, pr.Ended.Add(scaled(jobRetry.Delay(pr.Failures), spread)).UTC().Format(time.RFC3339))
 }
 
 // due reports whether t has come, or else how long until it does.
@@ -378,11 +379,8 @@ func holdDown(trips []time.Time, now time.Time) (time.Time, int) {
 	if len(recent) < FlapTrips {
 		return time.Time{}, len(recent)
 	}
-	hold := FlapHold
-	for i := FlapTrips; i < len(recent) && hold < FlapHoldMax; i++ {
-		hold *= 2
-	}
-	return recent[len(recent)-1].Add(min(hold, FlapHoldMax)), len(recent)
+	hold := backoff.Policy{Base: FlapHold, Cap: FlapHoldMax}.Delay(len(recent) - FlapTrips + 1)
+	return recent[len(recent)-1].Add(hold), len(recent)
 }
 
 // recentTrips are the trips within FlapWindow of now.

@@ -584,7 +584,7 @@ func (pl *planner) planCacheKey() {
 	case s.failed(key):
 		r.Status, r.Reason, r.Failed = false, "SigningFailed", true
 		r.Message = fmt.Sprintf("%s; sign the closure of %s: %s", msg, closure, s.Err)
-		if due := s.Ended.Add(scaled(retryDelay(s.Failures), spread(pl.self.Name))); o.Now.Before(due) {
+		if due := s.Ended.Add(scaled(jobRetry.Delay(s.Failures), spread(pl.self.Name))); o.Now.Before(due) {
 			pl.requeue(due.Sub(o.Now))
 			return
 		}
@@ -701,7 +701,7 @@ func (pl *planner) planSSHDCheck(r *Resource, path string) {
 	}
 	every := o.SSHDCheckInterval
 	if pr.Err != "" {
-		every = min(every, retryDelay(pr.Failures))
+		every = min(every, jobRetry.Delay(pr.Failures))
 	}
 	next := pr.Ended.Add(scaled(every, spread(self.Name+" sshd")))
 	if now, after := due(o.Now, next); now {
@@ -865,7 +865,7 @@ func (pl *planner) planNixSettings() {
 		}
 	case a.failed(key):
 		r.Reason, r.Message, r.Failed = a.Reason, a.Err, true
-		if due := a.Ended.Add(scaled(retryDelay(a.Failures), spread(self.Name))); o.Now.Before(due) {
+		if due := a.Ended.Add(scaled(jobRetry.Delay(a.Failures), spread(self.Name))); o.Now.Before(due) {
 			pl.requeue(due.Sub(o.Now))
 			return
 		}

@@ -3,7 +3,6 @@ package sshconfig
 import (
 	"bytes"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -216,17 +215,6 @@ func TestRenderMalformedBlock(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-func assertMode(t *testing.T, path string, want fs.FileMode) {
-	t.Helper()
-	st, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Mode().Perm() != want {
-		t.Errorf("%s mode = %v, want %v", path, st.Mode().Perm(), want)
 	}
 }
 
