@@ -304,6 +304,7 @@ func newRoot(t *testing.T, content string) (root, config string) {
 }
 
 func TestRenameSaveIsReconciled(t *testing.T) {
+	testenv.RequireRoot(t) // it asks the daemon to reconcile
 	port := testenv.FreePort(t, "127.0.0.2")
 	root, config := newRoot(t, fleet(port, ""))
 	a := startAgent(t, root, config, "stage", noSSHDCheck)
@@ -507,6 +508,7 @@ func TestStatusJSONAndTable(t *testing.T) {
 }
 
 func TestNoOpReconcileWritesNothing(t *testing.T) {
+	testenv.RequireRoot(t) // it asks the daemon to reconcile
 	root, config := newRoot(t, fleet(testenv.FreePort(t, "127.0.0.2"), hostKeyLine(t)))
 	a := startAgent(t, root, config, "prod")
 	// Settled: reconciled, the settings verified, and the watch of stage

@@ -103,6 +103,7 @@ func TestHostileDesiredStateFile(t *testing.T) {
 // nothing is written where it points; a key directory made 0755 is put back to 0700 on a
 // host that only fetches.
 func TestManagedDirectorySymlinksAreRefused(t *testing.T) {
+	testenv.RequireRoot(t) // it asks the daemon to reconcile
 	key := hostKeyLine(t)
 	for _, c := range []struct {
 		dir, host, condition string
@@ -214,6 +215,9 @@ func TestFactsFloodIsCoalesced(t *testing.T) {
 	})
 	a.stop()
 	passes := strings.Count(a.logs.String(), `"msg":"reconciled"`)
+	if passes == 0 {
+		t.Fatal("no \"reconciled\" line in the log, although the agent wrote its files: was the message reworded?")
+	}
 	if passes > 40 {
 		t.Fatalf("%d reconciles that changed something for one flood of 20,000 documents; want a handful", passes)
 	}

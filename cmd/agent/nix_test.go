@@ -371,6 +371,9 @@ func assertNoOpReconcile(t *testing.T, a *agent) {
 		}
 	}
 	applies := strings.Count(a.logs.String(), `"msg":"ran apply"`)
+	if applies == 0 {
+		t.Fatal(`no "ran apply" line in the log, although Ready needed an apply: was the message reworded?`)
+	}
 	if err := a.client.Reconcile(t.Context()); err != nil {
 		t.Fatal(err)
 	}

@@ -61,6 +61,16 @@ func debianPackage(program string) string {
 	return "the Debian package that ships it"
 }
 
+// integration skips a test that needs root or real programs under
+// "go test -short", the unit tests alone: asked for, so never a failure,
+// CI=true or not. The test command runs without -short.
+func integration(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("testenv: an integration test (real programs or root): not run with -short")
+	}
+}
+
 // unavailable skips the test, or fails it when CI=true, with msg.
 func unavailable(t testing.TB, format string, args ...any) {
 	t.Helper()
@@ -92,6 +102,7 @@ func LookPath(program string) (string, error) {
 // Debian package.
 func Require(t testing.TB, programs ...string) {
 	t.Helper()
+	integration(t)
 	for _, prog := range programs {
 		if _, err := LookPath(prog); err != nil {
 			pkg := debianPackage(prog)
@@ -105,6 +116,7 @@ func Require(t testing.TB, programs ...string) {
 // nix-daemon that owns /nix/store). Otherwise it skips, or fails when CI=true.
 func RequireRoot(t testing.TB) {
 	t.Helper()
+	integration(t)
 	if os.Geteuid() != 0 {
 		unavailable(t, "this test must run as root (it starts sshd and nix-daemon); euid is %d", os.Geteuid())
 	}
@@ -116,6 +128,7 @@ func RequireRoot(t testing.TB) {
 // the user (CreateNixSSHUserCommand).
 func RequireNixSSHUser(t testing.TB) {
 	t.Helper()
+	integration(t)
 	if err := checkNixSSHUser(); err != nil {
 		unavailable(t, "%v", err)
 	}

@@ -7,21 +7,15 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/nixpeer/nixpeer/internal/testenv"
 )
 
-// requireNix skips the test when one of the Nix programs is missing, or
-// fails it when CI=true, where a missing program is a broken CI image.
+// requireNix: the test runs real Nix (testenv.Require: skipped under
+// -short, a failure with CI=true when missing).
 func requireNix(t testing.TB, programs ...string) {
 	t.Helper()
-	for _, p := range programs {
-		if _, err := exec.LookPath(p); err != nil {
-			msg := p + " is not installed (" + err.Error() + "); this test runs real Nix: apt-get install -y nix-bin"
-			if os.Getenv("CI") == "true" {
-				t.Fatal(msg)
-			}
-			t.Skip(msg)
-		}
-	}
+	testenv.Require(t, programs...)
 }
 
 // nixEnv returns environment entries that make Nix read only a nix.conf of

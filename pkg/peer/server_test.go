@@ -509,10 +509,20 @@ func TestSessionWithoutCommandClosed(t *testing.T) {
 	recv(t, ended, "the server to close a session that asks for nothing")
 }
 
+// TestHandshakeTimeout: a connection that sends nothing is closed by the
+// handshake timeout: not before it (then something else closed it), and
+// not long after (recv's deadline).
 func TestHandshakeTimeout(t *testing.T) {
 	key := newSigner(t)
-	s := startServer(t, "127.0.0.2:0", key, ServerOptions{HandshakeTimeout: 20 * time.Millisecond})
+	const timeout = 200 * time.Millisecond
+	s := startServer(t, "127.0.0.2:0", key, ServerOptions{HandshakeTimeout: timeout})
 	conn := dialRaw(t, s.addr)
+	start := time.Now()
+	defer func() {
+		if took := time.Since(start); took < timeout {
+			t.Errorf("closed after %v, before the handshake timeout of %v", took, timeout)
+		}
+	}()
 	ended := make(chan error, 1)
 	go func() {
 		_, err := conn.Read(make([]byte, 4096)) // the server's version line

@@ -116,7 +116,13 @@ func (h *Host) actOn(ctx context.Context, o *Observation, r *Resource, a *acted)
 		a.again = a.again || created
 	}
 	for _, f := range r.Files {
-		wrote, err := writeWanted(f, o.Files[f.path])
+		obs, observed := o.Files[f.path]
+		if !observed {
+			// A bug: without this, every pass would find the file
+			// "changed meanwhile" and run again at once, forever.
+			return fmt.Errorf("the plan writes %s, which this pass did not observe (add it to observedPaths)", f.path)
+		}
+		wrote, err := writeWanted(f, obs)
 		if err != nil {
 			return err
 		}

@@ -198,7 +198,10 @@ func (h *harness) settle() (status.Status, error) {
 	return prev, nil
 }
 
-func TestHostPassWithFakes(t *testing.T) {
+// readyHarness is a harness for stageYAML that has settled Ready after
+// exactly one apply.
+func readyHarness(t *testing.T) *harness {
+	t.Helper()
 	h := newHarness(t, stageYAML)
 	st, err := h.settle()
 	if err != nil || !st.Ready {
@@ -207,11 +210,21 @@ func TestHostPassWithFakes(t *testing.T) {
 	if h.nix.applies != 1 {
 		t.Fatalf("%d applies for one change, want 1", h.nix.applies)
 	}
-	if f := h.port.last(); !f.Ready || f.Serve == nil {
-		t.Fatalf("facts %+v: want Ready, serving", f)
-	}
+	return h
+}
+
+// TestHostPassWithFakes: each subtest starts from its own host, settled
+// Ready, so that none depends on what another did.
+func TestHostPassWithFakes(t *testing.T) {
+	t.Run("serves once Ready", func(t *testing.T) {
+		h := readyHarness(t)
+		if f := h.port.last(); !f.Ready || f.Serve == nil {
+			t.Fatalf("facts %+v: want Ready, serving", f)
+		}
+	})
 
 	t.Run("nothing to do runs nothing", func(t *testing.T) {
+		h := readyHarness(t)
 		st, err := h.settle()
 		if err != nil || !st.Ready || h.nix.applies != 1 {
 			t.Fatalf("ready %v err %v applies %d", st.Ready, err, h.nix.applies)
@@ -219,6 +232,7 @@ func TestHostPassWithFakes(t *testing.T) {
 	})
 
 	t.Run("an unreadable record heals", func(t *testing.T) {
+		h := readyHarness(t)
 		if err := h.store.Put(recApplied, 42); err != nil { // not a string
 			t.Fatal(err)
 		}
@@ -244,6 +258,7 @@ func TestHostPassWithFakes(t *testing.T) {
 	})
 
 	t.Run("a failed write holds what needs it", func(t *testing.T) {
+		h := readyHarness(t)
 		// known_hosts turns into a directory: KnownHostsReady fails.
 		kh := h.l.KnownHosts
 		os.Remove(kh)
@@ -261,13 +276,29 @@ func TestHostPassWithFakes(t *testing.T) {
 	})
 
 	t.Run("a store that cannot be written is not Ready", func(t *testing.T) {
-		os.Remove(h.l.KnownHosts)
-		h.settle()
+		h := readyHarness(t)
 		h.store.Close()
 		renameSave(t, h.host.cfg.ConfigFile, stageYAML)
 		st, err := h.pass()
 		if err == nil || st.Ready {
 			t.Fatalf("with the store closed: ready %v err %v", st.Ready, err)
+		}
+	})
+
+	t.Run("a write to a path the pass did not observe fails loudly", func(t *testing.T) {
+		h := readyHarness(t)
+		o := h.host.observe()
+		stray := filepath.Join(h.root, "stray.conf")
+		if err := os.WriteFile(stray, []byte("someone's\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r := &Resource{Type: "Stray", Files: []fileWant{{path: stray, content: []byte("mine\n")}}}
+		a := h.host.act(context.Background(), o, &Plan{Resources: []*Resource{r}})
+		if a.again || len(a.errs) != 1 || !strings.Contains(a.errs[0].Error(), "did not observe") || a.failed[r].Reason != "WriteFailed" {
+			t.Fatalf("act: again %v, errs %v, problem %+v; want one error naming the unobserved path, no requeue", a.again, a.errs, a.failed[r])
+		}
+		if got, _ := os.ReadFile(stray); string(got) != "someone's\n" {
+			t.Fatalf("the unobserved file was written: %q", got)
 		}
 	})
 }
