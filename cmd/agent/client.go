@@ -71,13 +71,9 @@ func cmdStatus(args []string, stdout io.Writer) error {
 func statusFleet(c *api.Client, stdout io.Writer, asJSON bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	st, err := c.Status(ctx)
+	hosts, err := c.Fleet(ctx)
 	if err != nil {
 		return &exitError{code: exitNoDaemon, msg: clientError("status --fleet", err)}
-	}
-	hosts, err := fleetView(ctx, st)
-	if err != nil {
-		return &exitError{code: 1, msg: "nixpeer status --fleet: " + err.Error()}
 	}
 	if err := printFleet(stdout, hosts, asJSON); err != nil {
 		return err

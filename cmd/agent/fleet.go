@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,50 +14,26 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixpeer/nixpeer/pkg/api"
 	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/peer"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
 
-// fleetHost is one host of the desired-state file as this agent sees it.
-type fleetHost struct {
-	Name    string `json:"name"`
-	Address string `json:"address"`
-	// Role: "serves", "fetches from A, B", both, or "-".
-	Role string `json:"role"`
-	// Self marks this host.
-	Self bool `json:"self,omitempty"`
-	// Ready, Generation and ObservedGeneration are what the host's agent
-	// says now (its facts over its peer port, or this agent's status);
-	// Ready is nil when it could not be asked.
-	Ready              *bool `json:"ready,omitempty"`
-	Generation         int64 `json:"generation,omitempty"`
-	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
-	// Trust is how this agent trusts the host's key: pinned, tofu, refused
-	// (it peers with it), or, for a host it does not peer with: pinned
-	// (the key matches the file's hostKey), unverified (no pin to check).
-	Trust string `json:"trust"`
-	// LastHeard is "now" while this agent's watch of it is open, else
-	// when it last went down; empty for a host it does not peer with.
-	LastHeard string `json:"lastHeard,omitempty"`
-	// Error says why it could not be asked.
-	Error string `json:"error,omitempty"`
-}
-
-// fleetView builds the view of every host of the file at st.ConfigFile:
-// this host from st, every other host asked for its facts over its peer
-// port (all at once, each within the fetch timeout), checked against the
-// key this agent trusts for it, or the file's pin.
-func fleetView(ctx context.Context, st status.Status) ([]fleetHost, error) {
-	f, _, err := desired.Load(st.ConfigFile)
-	if err != nil {
-		return nil, fmt.Errorf("read the desired state %s: %w", st.ConfigFile, err)
+// Fleet is the view of every host of the desired state the status was
+// made from: this host from its status, every other host asked for its
+// facts over its peer port (all at once, each within the fetch timeout),
+// checked against the key this agent trusts for it, or the file's pin.
+func (b *backend) Fleet(ctx context.Context, _ api.FleetRequest) ([]api.FleetHost, error) {
+	st, f := b.host.Status(), b.host.Desired()
+	if f == nil {
+		return nil, errors.New("no valid desired state yet (see nixpeer status)")
 	}
 	peers := map[string]status.Peer{}
 	for _, p := range st.Peers {
 		peers[p.Name] = p
 	}
-	out := make([]fleetHost, len(f.Hosts))
+	out := make([]api.FleetHost, len(f.Hosts))
 	var wg sync.WaitGroup
 	for i, h := range f.Hosts {
 		fh := &out[i]
@@ -139,7 +116,7 @@ func roleOf(h *desired.Host) string {
 }
 
 // printFleet writes the fleet as a table.
-func printFleet(w io.Writer, hosts []fleetHost, asJSON bool) error {
+func printFleet(w io.Writer, hosts []api.FleetHost, asJSON bool) error {
 	if asJSON {
 		return printJSON(w, hosts)
 	}

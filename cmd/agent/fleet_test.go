@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/nixpeer/nixpeer/internal/testenv"
+	"github.com/nixpeer/nixpeer/pkg/api"
 )
 
 // TestStatusFleet: production's view of the fleet names both hosts,
@@ -18,7 +19,7 @@ func TestStatusFleet(t *testing.T) {
 	testenv.RequireNixSSHUser(t)
 	f := startFleet(t, testenv.FreePort(t, "127.0.0.2"), "ssh")
 	code, out, errText := runCLI(t, "status", "--fleet", "--socket", f.prod.socket, "--json")
-	var hosts []fleetHost
+	var hosts []api.FleetHost
 	if err := json.Unmarshal([]byte(out), &hosts); code != 0 || err != nil || len(hosts) != 2 {
 		t.Fatalf("status --fleet --json: exit %d, %v\n%s%s", code, err, out, errText)
 	}

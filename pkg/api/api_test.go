@@ -48,6 +48,10 @@ func (f *fakeBackend) Plan(ctx context.Context, req PlanRequest) (any, error) {
 	return map[string]any{"build": req.Targets}, nil
 }
 
+func (f *fakeBackend) Fleet(ctx context.Context, req FleetRequest) ([]FleetHost, error) {
+	return []FleetHost{{Name: f.Status().Host, Self: true, Trust: "self"}}, nil
+}
+
 func (f *fakeBackend) Paths(ctx context.Context, req PathsRequest) (PathsAnswer, error) {
 	return PathsAnswer{Found: map[string]string{req.Paths[0]: "stage"}, Why: "not built yet"}, nil
 }

@@ -179,6 +179,44 @@ func (c *Client) Plan(ctx context.Context, req PlanRequest, out any) error {
 	return c.call(ctx, "/v1/plan", req, out)
 }
 
+// FleetRequest asks for the fleet view; it has no fields yet.
+type FleetRequest struct{}
+
+// FleetHost is one host of the desired-state file as the daemon sees it.
+type FleetHost struct {
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	// Role: "serves", "fetches from A, B", both, or "-".
+	Role string `json:"role"`
+	// Self marks the daemon's host.
+	Self bool `json:"self,omitempty"`
+	// Ready, Generation and ObservedGeneration are what the host's agent
+	// says now (its facts over its peer port, or the daemon's status);
+	// Ready is nil when it could not be asked.
+	Ready              *bool `json:"ready,omitempty"`
+	Generation         int64 `json:"generation,omitempty"`
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Trust is how the daemon trusts the host's key: pinned, tofu,
+	// approved, refused (it peers with it), or, for a host it does not
+	// peer with: pinned (the key matches the file's hostKey), unverified
+	// (no pin to check).
+	Trust string `json:"trust"`
+	// LastHeard is "now" while the daemon's watch of it is open, else
+	// when it last went down; empty for a host it does not peer with.
+	LastHeard string `json:"lastHeard,omitempty"`
+	// Error says why it could not be asked.
+	Error string `json:"error,omitempty"`
+}
+
+// Fleet asks the daemon for every host of its desired state, each asked
+// over its peer port by the daemon (all at once, each within the fetch
+// timeout).
+func (c *Client) Fleet(ctx context.Context) ([]FleetHost, error) {
+	var hosts []FleetHost
+	err := c.call(ctx, "/v1/fleet", FleetRequest{}, &hosts)
+	return hosts, err
+}
+
 // Paths asks the daemon which of req's paths its serving peers hold.
 func (c *Client) Paths(ctx context.Context, req PathsRequest) (PathsAnswer, error) {
 	var a PathsAnswer

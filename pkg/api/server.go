@@ -47,6 +47,9 @@ type Backend interface {
 	Plan(ctx context.Context, req PlanRequest) (any, error)
 	// Paths answers `nixpeer wait --path`.
 	Paths(ctx context.Context, req PathsRequest) (PathsAnswer, error)
+	// Fleet answers `nixpeer status --fleet`: every host of the desired
+	// state, as its agent says over its peer port.
+	Fleet(ctx context.Context, req FleetRequest) ([]FleetHost, error)
 }
 
 // Listen creates the socket at path, refusing when a live daemon already
@@ -147,6 +150,7 @@ func NewServer(log *zap.Logger, backend Backend, group string) *Server {
 	// Root only: the daemon logs in to its peers with the host's key.
 	mux.HandleFunc("POST /v1/plan", s.mutate(call(backend.Plan)))
 	mux.HandleFunc("POST /v1/paths", s.mutate(call(backend.Paths)))
+	mux.HandleFunc("POST /v1/fleet", s.read(call(backend.Fleet)))
 	s.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,

@@ -62,6 +62,7 @@ type Host struct {
 
 	mu      sync.Mutex
 	status  status.Status
+	shown   *desired.File // the desired state status was made from
 	updated chan struct{} // closed and replaced at every reconcile
 }
 
@@ -103,6 +104,14 @@ func (h *Host) Status() status.Status {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.status.Clone()
+}
+
+// Desired returns the desired state the status was made from (the last
+// good one), or nil before any; it is never changed.
+func (h *Host) Desired() *desired.File {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.shown
 }
 
 // WaitReconciled returns the status once a reconcile has finished after
@@ -227,7 +236,7 @@ func (h *Host) report(o *Observation, p *Plan, a *acted) (time.Duration, error) 
 		h.cfg.Port.Publish(f)
 	}
 	h.mu.Lock()
-	h.status = next
+	h.status, h.shown = next, o.File
 	close(h.updated)
 	h.updated = make(chan struct{})
 	h.mu.Unlock()
