@@ -120,7 +120,7 @@ func (h *Host) actOn(ctx context.Context, o *Observation, r *Resource, a *acted)
 		if !observed {
 			// A bug: without this, every pass would find the file
 			// "changed meanwhile" and run again at once, forever.
-			return fmt.Errorf("the plan writes %s, which this pass did not observe (add it to observedPaths)", f.path)
+			return fmt.Errorf("the plan writes %s, which this pass did not observe (add it to its platform's managed files)", f.path)
 		}
 		wrote, err := writeWanted(f, obs)
 		if err != nil {

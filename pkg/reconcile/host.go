@@ -285,7 +285,7 @@ func (h *Host) authorizedApplied(o *Observation, p *Plan, a *acted) func(ssh.Pub
 	if o.Self == nil || o.Self.Serve == nil {
 		return func(ssh.PublicKey) bool { return false }
 	}
-	path := sshdAuthorizedKeysPath(o.Layout, o.Self.Platform)
+	path := o.platform().sshdAuthorizedKeys(o.Layout)
 	content := o.Files[path].Content
 	if r := p.Authorized; r != nil && a.done[r] {
 		content = r.Files[0].content

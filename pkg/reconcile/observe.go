@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/user"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -31,6 +29,10 @@ import (
 // maxManagedFile bounds what is read of a file the agent manages or
 // shares with people: far more than any known_hosts or nix.conf.
 const maxManagedFile = 4 << 20
+
+// platform is the platform of this host; only for an observation with a
+// Self.
+func (o *Observation) platform() platform { return platformOf(o.Self.Platform) }
 
 // Observation is everything one pass knows: read once, at its start, and
 // never carried into the next pass.
@@ -167,10 +169,10 @@ func (h *Host) observe() *Observation {
 	}
 
 	o.Files = map[string]FileObs{}
-	for _, p := range observedPaths(l, self) {
+	for _, p := range o.platform().managed(l, self) {
 		o.Files[p] = readObserved(p)
 	}
-	if path := authorizedKeysPath(l, self.Platform); path != "" {
+	if path := o.platform().authorizedKeys(l); path != "" {
 		o.Consumers = nix.RememberedConsumers(o.Files[path].Content)
 	}
 
@@ -222,9 +224,7 @@ func (h *Host) observe() *Observation {
 		o.Sign = h.jobs.get(slotSign)
 		o.SignedWith = readRecord[string](h, recSignedWith)
 		o.SignTarget, o.SignTargetErr = h.resolveClosure(self.Serve.SignClosure)
-		if self.Platform != desired.PlatformNixOSModule {
-			o.NixSSHUser = h.users.check(self.Platform, o.Now)
-		}
+		o.NixSSHUser = h.users.check(o.platform(), o.Now)
 	}
 	return o
 }
@@ -395,7 +395,7 @@ func remembered(o *Observation) map[string]ssh.PublicKey {
 		}
 	}
 	entries, _ := knownhosts.Managed(o.Files[o.Layout.KnownHosts].Content)
-	urls := nix.PinnedHostKeys(o.Files[daemonFile(o.Layout, o.Self)].Content)
+	urls := nix.PinnedHostKeys(o.Files[o.platform().settingsFile(o.Layout, o.Self)].Content)
 	for _, name := range o.Self.SubstituteFrom {
 		h := o.File.Host(name)
 		addr, _ := hostname.Canonical(h.Address) // validated with the file
@@ -409,20 +409,6 @@ func remembered(o *Observation) map[string]ssh.PublicKey {
 		}
 	}
 	return out
-}
-
-// observedPaths are the files a pass of self may write or read.
-func observedPaths(l layout.Layout, self *desired.Host) []string {
-	paths := []string{l.KnownHosts, l.SSHConfig}
-	switch self.Platform {
-	case desired.PlatformNix:
-		paths = append(paths, l.NixpeerConf, l.NixConf, filepath.Join(l.AuthorizedKeysDir, nixSSHUser))
-	case desired.PlatformNixOS:
-		paths = append(paths, l.StateNixConf, l.NixConf, filepath.Join(l.StateAuthorizedKeysDir, nixSSHUser))
-	case desired.PlatformNixOSModule:
-		paths = append(paths, l.In(self.NixOSModuleFile), filepath.Join(l.AuthorizedKeysDir, nixSSHUser))
-	}
-	return paths
 }
 
 // readObserved reads a regular file of at most maxManagedFile bytes. A
@@ -446,9 +432,6 @@ func readObserved(path string) FileObs {
 	return FileObs{Exists: true, Content: data, Mode: st.Mode().Perm(), ModTime: st.ModTime()}
 }
 
-// nixSSHUser is the user sshd hands Nix clients to.
-const nixSSHUser = "nix-ssh"
-
 // userCheck remembers the last check of the nix-ssh user: looking it up
 // costs the name service a group walk. It is done again when /etc/passwd
 // or /etc/group change, and at least every userCheckTTL (other sources
@@ -461,40 +444,15 @@ type userCheck struct {
 
 const userCheckTTL = time.Minute
 
-func (u *userCheck) check(platform desired.Platform, now time.Time) string {
-	key := string(platform)
+func (u *userCheck) check(p platform, now time.Time) string {
+	key := fmt.Sprintf("%T", p)
 	for _, f := range []string{"/etc/passwd", "/etc/group"} {
 		if st, err := os.Stat(f); err == nil {
 			key += fmt.Sprintf(" %d.%d", st.ModTime().UnixNano(), st.Size())
 		}
 	}
 	if key != u.key || now.Sub(u.at) >= userCheckTTL || now.Before(u.at) {
-		u.key, u.at, u.problem = key, now, checkNixSSHUser(platform)
+		u.key, u.at, u.problem = key, now, p.nixSSHUser()
 	}
 	return u.problem
-}
-
-// checkNixSSHUser looks in the machine's own user database (even under
-// --root: sshd runs on the machine) for the user sshd hands Nix clients to.
-func checkNixSSHUser(platform desired.Platform) string {
-	const fix = "useradd --system --gid nix-users --shell /bin/bash --home-dir /var/empty --password '*' nix-ssh"
-	u, err := user.Lookup(nixSSHUser)
-	if err != nil {
-		if platform == desired.PlatformNixOS {
-			return "user nix-ssh does not exist: nixpeer's NixOS module sets nix.sshServe.enable = true on a serving host; is it imported and services.nixpeer.enable set?"
-		}
-		return "user nix-ssh does not exist; create it: " + fix
-	}
-	if platform != desired.PlatformNix {
-		return ""
-	}
-	g, err := user.LookupGroup("nix-users")
-	if err != nil {
-		return "group nix-users does not exist: is Nix installed with its daemon (Debian: apt-get install nix-bin)?"
-	}
-	gids, err := u.GroupIds()
-	if err != nil || !slices.Contains(gids, g.Gid) {
-		return "user nix-ssh is not in group nix-users, so it cannot reach the Nix daemon: usermod -a -G nix-users nix-ssh"
-	}
-	return ""
 }

@@ -12,7 +12,6 @@ import (
 
 	"github.com/nixpeer/nixpeer/pkg/backoff"
 	"github.com/nixpeer/nixpeer/pkg/desired"
-	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/peer"
 	"github.com/nixpeer/nixpeer/pkg/peering"
@@ -168,7 +167,7 @@ func (pl *planner) substituter(h *desired.Host) verdict {
 	st, k := o.Peers[h.Name], pl.keys[h.Name]
 	tuple, url := pl.tuple(h, k)
 	v := verdict{url: url}
-	inUse := url != "" && bytes.Contains(o.Files[daemonFile(o.Layout, pl.self)].Content, []byte(url))
+	inUse := url != "" && bytes.Contains(o.Files[o.platform().settingsFile(o.Layout, pl.self)].Content, []byte(url))
 	wait := func(state status.PeerState, msg string) verdict {
 		v.State, v.Message = state, msg
 		v.Trip = false
@@ -231,17 +230,6 @@ func (pl *planner) tuple(h *desired.Host, k peerKeys) (tuple, url string) {
 // cache.nixos.org has 40, and the user's own substituters keep theirs).
 func priority(self *desired.Host, peer string) int {
 	return 10 + slices.Index(self.SubstituteFrom, peer)
-}
-
-// daemonFile is the file that holds the host's substituters.
-func daemonFile(l layout.Layout, self *desired.Host) string {
-	switch self.Platform {
-	case desired.PlatformNix:
-		return l.NixpeerConf
-	case desired.PlatformNixOS:
-		return l.StateNixConf
-	}
-	return l.In(self.NixOSModuleFile)
 }
 
 // peerInput is what the breaker decides on, for one peer whose

@@ -600,7 +600,7 @@ func (pl *planner) planCacheKey() {
 // nix-ssh. A host that no longer serves lets nobody in.
 func (pl *planner) planServe() {
 	o, self := pl.o, pl.self
-	path := authorizedKeysPath(o.Layout, self.Platform)
+	path := o.platform().authorizedKeys(o.Layout)
 	if self.Serve == nil {
 		if path != "" && o.Files[path].Exists {
 			content, _ := nix.RenderAuthorizedKeys(nix.ProtocolSSH, nil)
@@ -739,32 +739,11 @@ func keysIn(content []byte) map[string]bool {
 	return present
 }
 
-// authorizedKeysPath is the file this agent writes for sshd's nix-ssh
-// logins on platform, "" where the operator's deploy writes it.
-func authorizedKeysPath(l layout.Layout, platform desired.Platform) string {
-	switch platform {
-	case desired.PlatformNix:
-		return filepath.Join(l.AuthorizedKeysDir, nixSSHUser)
-	case desired.PlatformNixOS:
-		return filepath.Join(l.StateAuthorizedKeysDir, nixSSHUser)
-	}
-	return ""
-}
-
 // authorizedKeysFile is nix-ssh's authorized keys file, which sshd reads
 // as nix-ssh: the file 0644 in a directory of the agent's that is 0755,
 // whatever the agent's umask.
 func authorizedKeysFile(path string, content []byte) fileWant {
 	return fileWant{path: path, content: content, mode: 0o644, dirMode: 0o755, ownDir: true}
-}
-
-// sshdAuthorizedKeysPath is the file sshd reads for nix-ssh's logins: the
-// agent's own, or on nixos-module NixOS's (made from nix.sshServe.keys).
-func sshdAuthorizedKeysPath(l layout.Layout, platform desired.Platform) string {
-	if p := authorizedKeysPath(l, platform); p != "" {
-		return p
-	}
-	return filepath.Join(l.AuthorizedKeysDir, nixSSHUser)
 }
 
 // planNixSettings writes the host's Nix settings where its platform wants
@@ -804,7 +783,11 @@ func (pl *planner) planNixSettings() {
 	}
 	s.Fallback = len(self.SubstituteFrom) > 0
 
-	files, err := pl.nixFiles(s, m)
+	var serveKeys []ssh.PublicKey
+	for _, c := range pl.p.Consumers {
+		serveKeys = append(serveKeys, c.key)
+	}
+	files, err := o.platform().nixFiles(o, s, m, serveKeys)
 	if err != nil {
 		r.Reason, r.Message, r.Failed = "RenderFailed", err.Error(), true
 		pl.p.Trips = nil
@@ -837,7 +820,7 @@ func (pl *planner) planNixSettings() {
 		r.Status, r.Reason, r.Message = true, "Applied", "the Nix settings are live"
 		return
 	}
-	req := &applyRequest{hash: hash, argv: self.Apply, settings: s, withdrawn: withdrawn, hint: pl.notLiveHint()}
+	req := &applyRequest{hash: hash, argv: self.Apply, settings: s, withdrawn: withdrawn, hint: o.platform().notLive(o)}
 	a := o.Apply
 	key := req.key()
 	if a.done(key) && a.Started.Before(written) {
@@ -876,64 +859,6 @@ func (pl *planner) planNixSettings() {
 		}
 	}
 	r.Apply = req
-}
-
-// notLiveHint explains, on NixOS, settings that cannot become live
-// because nix.conf does not include nixpeer's file.
-func (pl *planner) notLiveHint() string {
-	if pl.self.Platform != desired.PlatformNixOS {
-		return ""
-	}
-	conf := pl.o.Files[pl.o.Layout.NixConf].Content
-	if bytes.Contains(conf, []byte("!include "+nixosStateNixConf)) || bytes.Contains(conf, []byte("!include "+pl.o.Layout.StateNixConf)) {
-		return ""
-	}
-	return fmt.Sprintf("%s has no line %q: import nixpeer's NixOS module (nix/module.nix, or the flake's nixosModules.default) and set services.nixpeer.enable = true, or add nix.extraOptions = \"!include %s\"; then rebuild once",
-		pl.o.Layout.NixConf, "!include "+nixosStateNixConf, nixosStateNixConf)
-}
-
-// nixIncludeLine is what /etc/nix/nix.conf gets on a plain Nix install.
-const nixIncludeLine = "!include nixpeer.conf"
-
-// nixosStateNixConf is the file nixpeer's NixOS module includes.
-const nixosStateNixConf = "/var/lib/nixpeer/nix.conf"
-
-// nixFiles renders the files of the Nix settings of the host's platform.
-func (pl *planner) nixFiles(s nix.Settings, m nix.ModuleSettings) ([]fileWant, error) {
-	o, self, l := pl.o, pl.self, pl.o.Layout
-	switch self.Platform {
-	case desired.PlatformNix:
-		conf, err := nix.RenderNixConf(s)
-		if err != nil {
-			return nil, err
-		}
-		existing := o.Files[l.NixConf]
-		if existing.Err != nil {
-			return nil, existing.Err
-		}
-		withInclude, _ := nix.EnsureInclude(existing.Content, nixIncludeLine)
-		return []fileWant{{path: l.NixpeerConf, content: conf, dirMode: 0o755},
-			{path: l.NixConf, content: withInclude, dirMode: 0o755}}, nil
-	case desired.PlatformNixOS:
-		conf, err := nix.RenderNixConf(s)
-		if err != nil {
-			return nil, err
-		}
-		return []fileWant{{path: l.StateNixConf, content: conf, dirMode: 0o755}}, nil
-	default:
-		m.Substituters, m.TrustedPublicKeys, m.Fallback, m.SecretKeyFiles = s.Substituters, s.TrustedPublicKeys, s.Fallback, s.SecretKeyFiles
-		if self.Serve != nil {
-			m.Serve, m.Protocol = true, self.Serve.Protocol
-			for _, c := range pl.p.Consumers {
-				m.ServeKeys = append(m.ServeKeys, c.key)
-			}
-		}
-		mod, err := nix.RenderModule(m)
-		if err != nil {
-			return nil, err
-		}
-		return []fileWant{{path: l.In(self.NixOSModuleFile), content: mod, dirMode: 0o755}}, nil
-	}
 }
 
 // planSubstitutersReady sums up the peers a fetching host substitutes
