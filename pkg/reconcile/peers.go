@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/nixpeer/nixpeer/pkg/backoff"
 	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/peer"
@@ -36,20 +36,44 @@ type verdict struct {
 	Trip bool
 }
 
+// substituters is what a pass decides about the peers of this host.
+type substituters struct {
+	// verdicts say, for each peer this host fetches from, whether it is
+	// a substituter in this pass.
+	verdicts map[string]verdict
+	// peers are the statuses of every peer, substituters first.
+	peers  []status.Peer
+	probes []probeRequest
+	// trips are the peers whose substituter this pass withdraws because
+	// they went dark.
+	trips []string
+	// verified are the probes to record, by peer.
+	verified map[string]string
+	requeue  time.Duration
+}
+
 // planSubstituters decides, for each peer this host fetches from, whether
 // it is a substituter: only while it is verified serving. Then the
-// consumers' statuses, and PeersTrusted.
-func (pl *planner) planSubstituters() {
+// consumers' statuses.
+func (pl *planner) planSubstituters() substituters {
+	out := substituters{verdicts: map[string]verdict{}, verified: map[string]string{}}
 	for _, name := range pl.self.SubstituteFrom {
 		h := pl.file.Host(name)
-		v := pl.substituter(h)
-		pl.verdicts[name] = v
-		if v.Trip {
-			pl.p.Trips = append(pl.p.Trips, name)
+		d := pl.substituter(h)
+		out.verdicts[name] = d.verdict
+		if d.Trip {
+			out.trips = append(out.trips, name)
 		}
+		if d.verify != "" {
+			out.verified[name] = d.verify
+		}
+		if d.probe != nil {
+			out.probes = append(out.probes, *d.probe)
+		}
+		out.requeue = earliest(out.requeue, d.Requeue)
 		ps := pl.peerStatus(h, status.RoleSubstituter)
-		ps.State, ps.Message = v.State, v.Message
-		pl.p.Peers = append(pl.p.Peers, ps)
+		ps.State, ps.Message = d.State, d.Message
+		out.peers = append(out.peers, ps)
 	}
 	for _, c := range pl.file.Consumers(pl.self.Name) {
 		ps := pl.peerStatus(c, status.RoleConsumer)
@@ -61,9 +85,9 @@ func (pl *planner) planSubstituters() {
 				ps.Message = withLastError(pl.o.Peers[c.Name], "its client key is not known yet")
 			}
 		}
-		pl.p.Peers = append(pl.p.Peers, ps)
+		out.peers = append(out.peers, ps)
 	}
-	pl.planTrust()
+	return out
 }
 
 // pinDrift notes a consumer whose agent reports another client key than
@@ -114,15 +138,16 @@ func (pl *planner) peerStatus(h *desired.Host, role string) status.Peer {
 	return ps
 }
 
-// planTrust sets PeersTrusted: False while a peer offers a host key that
-// is refused, with both fingerprints.
-func (pl *planner) planTrust() {
-	if len(pl.p.Peers) == 0 {
-		return
+// planTrust sets PeersTrusted from the peers' statuses: False while a
+// peer offers a host key that is refused, with both fingerprints; nil
+// without peers.
+func planTrust(peers []status.Peer, known map[string]peering.State) *Resource {
+	if len(peers) == 0 {
+		return nil
 	}
-	r := pl.add(&Resource{Type: status.PeersTrusted})
+	r := &Resource{Type: status.PeersTrusted}
 	var refused, trusted []string
-	for _, ps := range pl.p.Peers {
+	for _, ps := range peers {
 		switch {
 		case ps.State == status.PeerHostKeyRefused:
 			refused = append(refused, ps.Name+": "+ps.Message)
@@ -138,8 +163,8 @@ func (pl *planner) planTrust() {
 		}
 	}
 	var rebuilt []string
-	for _, ps := range pl.p.Peers {
-		if pl.o.Peers[ps.Name].Rebuilt {
+	for _, ps := range peers {
+		if known[ps.Name].Rebuilt {
 			rebuilt = append(rebuilt, ps.Name)
 		}
 	}
@@ -155,6 +180,17 @@ func (pl *planner) planTrust() {
 		r.Message += "; the state store had no record of " + strings.Join(rebuilt, ", ") +
 			": trusted again from this host's known_hosts and Nix settings, never a new key on first use"
 	}
+	return r
+}
+
+// substituterPlan is what a pass plans for one peer this host fetches
+// from.
+type substituterPlan struct {
+	verdict
+	// verify is what a passing probe verified, to record; "" for nothing.
+	verify  string
+	probe   *probeRequest
+	Requeue time.Duration
 }
 
 // substituter goes through production's steps for peer h: its facts over
@@ -162,16 +198,15 @@ func (pl *planner) planTrust() {
 // applied there, its sshd probed; then the circuit breaker: a peer that
 // stops answering is withdrawn, and used again once it answers and
 // passes the probe.
-func (pl *planner) substituter(h *desired.Host) verdict {
+func (pl *planner) substituter(h *desired.Host) substituterPlan {
 	o := pl.o
 	st, k := o.Peers[h.Name], pl.keys[h.Name]
 	tuple, url := pl.tuple(h, k)
 	v := verdict{url: url}
 	inUse := url != "" && bytes.Contains(o.Files[o.platform().settingsFile(o.Layout, pl.self)].Content, []byte(url))
-	wait := func(state status.PeerState, msg string) verdict {
+	wait := func(state status.PeerState, msg string) substituterPlan {
 		v.State, v.Message = state, msg
-		v.Trip = false
-		return v
+		return substituterPlan{verdict: v}
 	}
 	switch {
 	case st.Refused != nil:
@@ -196,18 +231,16 @@ func (pl *planner) substituter(h *desired.Host) verdict {
 	d := decide(peerInput{Now: o.Now, State: st, Tuple: tuple, Probe: o.Probes[h.Name], InUse: inUse,
 		Verified: o.Verified[h.Name] == tuple, Trips: o.Trips[h.Name], Spread: spread(pl.self.Name + "/" + h.Name)})
 	d.url = v.url
+	out := substituterPlan{verdict: d.verdict, Requeue: d.Requeue}
 	if d.Verify {
-		pl.verified[h.Name] = tuple
+		out.verify = tuple
 	}
 	if d.Probe {
-		pl.p.Probes = append(pl.p.Probes, probeRequest{peer: h.Name, tuple: tuple, target: probe.Target{
+		out.probe = &probeRequest{peer: h.Name, tuple: tuple, target: probe.Target{
 			Address: h.Address, Port: h.SSHPort, Protocol: h.Serve.Protocol,
-			Signer: o.ClientKey.Key.Signer, HostKey: k.HostKey, Timeout: ProbeTimeout, From: localIP(pl.self.Address)}})
+			Signer: o.ClientKey.Key.Signer, HostKey: k.HostKey, Timeout: ProbeTimeout, From: localIP(pl.self.Address)}}
 	}
-	if d.Requeue > 0 {
-		pl.requeue(d.Requeue)
-	}
-	return d.verdict
+	return out
 }
 
 // tuple is what a probe of h verifies: where it is, how it serves, the
@@ -232,162 +265,6 @@ func priority(self *desired.Host, peer string) int {
 	return 10 + slices.Index(self.SubstituteFrom, peer)
 }
 
-// peerInput is what the breaker decides on, for one peer whose
-// prerequisites hold.
-type peerInput struct {
-	Now   time.Time
-	State peering.State
-	Tuple string
-	Probe jobState
-	// InUse: the settings on disk have it as a substituter.
-	InUse bool
-	// Verified: a probe passed with Tuple, in this run or an earlier one.
-	Verified bool
-	// Trips are when it was withdrawn for going dark, oldest first.
-	Trips []time.Time
-	// Spread scales the intervals of its probes (see spread); 0 is 1.
-	Spread float64
-}
-
-type decision struct {
-	verdict
-	// Verify: record that the peer passed a probe with the tuple.
-	Verify bool
-	// Probe: start a probe of its sshd now.
-	Probe bool
-	// Requeue: look again after this long.
-	Requeue time.Duration
-}
-
-// decide is the circuit breaker of one substituter. Its agent's watch is
-// the health signal: a peer that stops answering (silence past the
-// keepalive deadline, a connect that times out) is withdrawn at once. One
-// that refuses or closes the connection is probed: its sshd may serve
-// still. A probe counts only if it started after the connection last came
-// up or went down, and after its agent last said that its own sshd serves
-// again; a probe that failed counts only if it started after the peer's
-// facts last changed. Until there is one, the settings stay as they are
-// on disk. A
-// peer in use is probed again every ConnectedReprobe while its agent
-// answers (its sshd may stop on its own), every CheckedReprobe when its
-// agent checks its own sshd and says what it found (it is withdrawn as
-// soon as that says its sshd does not serve), every ProbeRefresh while
-// only its sshd answers. A peer that served this host before and is
-// withdrawn for its health leaves the host Ready: builds go on locally. A
-// peer that went dark FlapTrips times within FlapWindow is used again only
-// after a hold-down.
-func decide(in peerInput) decision {
-	st, pr := in.State, in.Probe
-	// A failed probe is stale, too, once the peer told something new (it
-	// let this host in, its own check passed): tried again at once.
-	fresh := pr.done(in.Tuple) && !pr.Started.Before(st.Since) && !pr.Started.Before(st.Recovered) &&
-		(pr.Err == "" || !pr.Started.Before(st.FactsAt))
-	served := in.Verified
-	check := ownCheck(st)
-	reprobe := ConnectedReprobe
-	if check != nil {
-		reprobe = CheckedReprobe
-	}
-	var d decision
-	switch {
-	case !st.Connected && st.NoAnswer && !served:
-		d.verdict = verdict{State: status.PeerWaitingForFacts,
-			Message: fmt.Sprintf("its agent does not answer%s (%s), and it never served this host", since(st.Since), st.LastError)}
-	case !st.Connected && st.NoAnswer:
-		d.verdict = verdict{State: status.PeerUnreachable, Ready: true,
-			Message: fmt.Sprintf("its agent stopped answering%s (%s); its substituter is withdrawn and builds go on locally until it answers again",
-				since(st.Since), st.LastError)}
-	case check != nil && !check.Serving:
-		d.verdict = verdict{State: status.PeerProbeFailed, Ready: served,
-			Message: fmt.Sprintf("its agent says its own sshd does not serve nix-ssh (%s); its substituter is withdrawn and builds go on locally until it does", check.Reason)}
-	case fresh && pr.Err == "" && st.Connected:
-		d.verdict = verdict{Use: true, State: status.PeerServing, Ready: true, Message: "serves this host; verified"}
-		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(scaled(reprobe, in.Spread)))
-	case fresh && pr.Err == "":
-		d.verdict = verdict{Use: true, State: status.PeerServing, Ready: true,
-			Message: fmt.Sprintf("its agent is unreachable (%s), but its sshd serves this host; probed again every %v", st.LastError, ProbeRefresh)}
-		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(scaled(ProbeRefresh, in.Spread)))
-	case fresh && !served:
-		d.verdict = verdict{State: status.PeerProbeFailed, Message: probeFailure(pr, in.Spread)}
-		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(scaled(jobRetry.Delay(pr.Failures), in.Spread)))
-	case fresh && st.Connected:
-		d.verdict = verdict{State: status.PeerProbeFailed, Ready: true,
-			Message: "its agent answers, but its sshd no longer serves this host: " + probeFailure(pr, in.Spread) + "; its substituter is withdrawn and builds go on locally"}
-		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(scaled(jobRetry.Delay(pr.Failures), in.Spread)))
-	case fresh:
-		d.verdict = verdict{State: status.PeerUnreachable, Ready: true,
-			Message: fmt.Sprintf("its agent is unreachable%s (%s) and its sshd does not serve: %s; its substituter is withdrawn and builds go on locally",
-				since(st.Since), st.LastError, probeFailure(pr, in.Spread))}
-		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(scaled(jobRetry.Delay(pr.Failures), in.Spread)))
-	default:
-		// Not probed since the connection last changed: probe, and keep
-		// the settings as they are meanwhile.
-		d.verdict = verdict{Use: in.InUse, State: status.PeerProbing, Ready: in.InUse || served, Message: "probing its sshd"}
-		d.Probe = !pr.Running
-	}
-	d.Verify = fresh && pr.Err == "" && !in.Verified && (check == nil || check.Serving)
-	if d.Use && !in.InUse {
-		if until, n := holdDown(in.Trips, in.Now); in.Now.Before(until) {
-			d.verdict = verdict{State: status.PeerUnreachable, Ready: true,
-				Message: fmt.Sprintf("it went dark %d times in the last %v; it is used again from %s", n, FlapWindow, until.UTC().Format(time.RFC3339))}
-			d.Requeue = until.Sub(in.Now)
-		}
-	}
-	// Withdrawn for its health, not for a setting: that counts as a trip.
-	d.Trip = !d.Use && in.InUse && d.Ready
-	return d
-}
-
-// ownCheck is what a connected peer's agent last said of its own sshd,
-// nil when it says nothing (or is not connected).
-func ownCheck(st peering.State) *peer.ServeCheck {
-	if !st.Connected || st.Facts == nil || st.Facts.Serve == nil {
-		return nil
-	}
-	return st.Facts.Serve.Check
-}
-
-// probeFailure says why the last probe failed and when the next one is.
-func probeFailure(pr jobState, spread float64) string {
-	return fmt.Sprintf("%s (probed again from %s)", pr.Err, pr.Ended.Add(scaled(jobRetry.Delay(pr.Failures), spread)).UTC().Format(time.RFC3339))
-}
-
-// due reports whether t has come, or else how long until it does.
-func due(now, t time.Time) (bool, time.Duration) {
-	if !now.Before(t) {
-		return true, 0
-	}
-	return false, t.Sub(now)
-}
-
-// holdDown is until when a peer that tripped at trips (oldest first) is
-// held down, and how many trips of FlapWindow count.
-func holdDown(trips []time.Time, now time.Time) (time.Time, int) {
-	recent := recentTrips(trips, now)
-	if len(recent) < FlapTrips {
-		return time.Time{}, len(recent)
-	}
-	hold := backoff.Policy{Base: FlapHold, Cap: FlapHoldMax}.Delay(len(recent) - FlapTrips + 1)
-	return recent[len(recent)-1].Add(hold), len(recent)
-}
-
-// recentTrips are the trips within FlapWindow of now.
-func recentTrips(trips []time.Time, now time.Time) []time.Time {
-	for i, t := range trips {
-		if now.Sub(t) < FlapWindow {
-			return trips[i:]
-		}
-	}
-	return nil
-}
-
-func since(t time.Time) string {
-	if t.IsZero() {
-		return ""
-	}
-	return " since " + t.UTC().Format(time.RFC3339)
-}
-
 // authorizes reports whether a serving peer's facts say it lets the client
 // key with fingerprint fp of host in, applied.
 func authorizes(f *peer.Facts, host, fp string) bool {
@@ -407,4 +284,56 @@ func withLastError(st peering.State, what string) string {
 		return what + "; " + st.LastError
 	}
 	return what
+}
+
+// planSubstitutersReady sums up the peers a fetching host substitutes
+// from: Ready while each serves, or went dark after it served (its
+// substituter withdrawn; builds go on locally).
+func (pl *planner) planSubstitutersReady(verdicts map[string]verdict) *Resource {
+	if len(pl.self.SubstituteFrom) == 0 {
+		return nil
+	}
+	r := &Resource{Type: status.SubstitutersReady, Needs: []string{status.NixSettingsApplied}}
+	var using, dark, waiting []string
+	for _, name := range pl.self.SubstituteFrom {
+		v := verdicts[name]
+		switch {
+		case !v.Ready:
+			waiting = append(waiting, name+": "+v.Message)
+		case v.Use:
+			using = append(using, name)
+		default:
+			dark = append(dark, name)
+		}
+	}
+	if len(waiting) > 0 {
+		r.Reason, r.Message = "WaitingForPeer", strings.Join(waiting, "; ")
+		return r
+	}
+	r.Status, r.Reason = true, "Configured"
+	r.Message = "substitutes from " + cmp.Or(strings.Join(using, ", "), "nobody yet") + ", with fallback to building locally"
+	if len(dark) > 0 {
+		r.Reason = "PeerUnreachable"
+		r.Message += "; unreachable, substituter withdrawn: " + strings.Join(dark, ", ")
+	}
+	return r
+}
+
+// planVerified records what the passing probes of this pass verified,
+// and forgets the peers this host no longer fetches from; nil when the
+// record stays as it is.
+func (pl *planner) planVerified(verified map[string]string) *Resource {
+	next := map[string]string{}
+	for _, name := range pl.self.SubstituteFrom {
+		if t, ok := pl.o.Verified[name]; ok {
+			next[name] = t
+		}
+	}
+	for name, t := range verified {
+		next[name] = t
+	}
+	if !maps.Equal(next, pl.o.Verified) || pl.o.VerifiedUnreadable {
+		return &Resource{Status: true, Records: []record{{recVerified, next}}}
+	}
+	return nil
 }

@@ -1,0 +1,29 @@
+package reconcile
+
+import (
+	"github.com/nixpeer/nixpeer/pkg/peer"
+	"github.com/nixpeer/nixpeer/pkg/status"
+	"golang.org/x/crypto/ssh"
+)
+
+// facts is what this host tells its peers, from a finished pass.
+func factsOf(o *Observation, p *Plan, st status.Status, authorizedApplied func(ssh.PublicKey) bool) (peer.Facts, bool) {
+	if o.Self == nil || !o.HostKey.Usable() {
+		return peer.Facts{}, false
+	}
+	f := peer.Facts{Version: peer.FactsVersion, Name: o.Self.Name, Address: o.Self.Address,
+		Generation: st.Generation, ObservedGeneration: st.ObservedGeneration, Ready: st.Ready,
+		HostKeys: []string{o.HostKey.Key.AuthorizedLine()}}
+	if o.ClientKey.Usable() {
+		f.ClientKey = o.ClientKey.Key.AuthorizedLine()
+	}
+	if o.Self.Serve != nil && o.CacheKey.Err == nil && !o.CacheKey.Missing {
+		f.Serve = &peer.ServeFacts{Protocol: o.Self.Serve.Protocol, CacheKey: o.CacheKey.Public.String(),
+			Authorized: []peer.AuthorizedFact{}, Check: p.ServeCheck}
+		for _, c := range p.Consumers {
+			f.Serve.Authorized = append(f.Serve.Authorized, peer.AuthorizedFact{Host: c.host,
+				Fingerprint: ssh.FingerprintSHA256(c.key), Applied: authorizedApplied(c.key)})
+		}
+	}
+	return f, true
+}

@@ -1,0 +1,171 @@
+package reconcile
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/nixpeer/nixpeer/pkg/desired"
+	"github.com/nixpeer/nixpeer/pkg/peering"
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
+	"github.com/nixpeer/nixpeer/pkg/status"
+	"golang.org/x/crypto/ssh"
+)
+
+// peerKeys is what this host knows, and trusts, of a peer's public keys.
+type peerKeys struct {
+	HostKey   ssh.PublicKey
+	ClientKey ssh.PublicKey
+	CacheKey  string // NAME:BASE64
+	// CacheKeyRefused says why the cache key a peer published is not
+	// taken: its name is not the host's keyName.
+	CacheKeyRefused string
+}
+
+// learnKeys gathers the keys of every host: the pins of the file, and
+// what each peer's agent told over a trusted connection (a pin wins).
+func learnKeys(o *Observation) (map[string]peerKeys, error) {
+	keys := map[string]peerKeys{}
+	for _, h := range o.File.Hosts {
+		k, err := pinnedKeys(h)
+		if err != nil {
+			return nil, err
+		}
+		st := o.Peers[h.Name]
+		if k.HostKey == nil {
+			k.HostKey = st.HostKey
+		}
+		if f := st.Facts; f != nil {
+			if k.ClientKey == nil && f.ClientKey != "" {
+				k.ClientKey, _ = sshkeys.ParsePublicLine(f.ClientKey) // validated with the facts
+			}
+			if k.CacheKey == "" && f.Serve != nil && h.Serve != nil {
+				// Nix keeps one trusted key per name: a peer publishing a
+				// key under another host's name would stand in for it.
+				if name, _, _ := strings.Cut(f.Serve.CacheKey, ":"); name == h.Serve.KeyName {
+					k.CacheKey = f.Serve.CacheKey
+				} else {
+					k.CacheKeyRefused = fmt.Sprintf("it publishes a binary-cache key named %q, not its keyName %q; the key is not trusted", name, h.Serve.KeyName)
+				}
+			}
+		}
+		keys[h.Name] = k
+	}
+	return keys, nil
+}
+
+// pinnedKeys are the keys of a host that the desired-state file pins.
+func pinnedKeys(h *desired.Host) (peerKeys, error) {
+	var k peerKeys
+	var err error
+	if h.HostKey != "" {
+		if k.HostKey, err = sshkeys.ParsePublicLine(h.HostKey); err != nil {
+			return k, fmt.Errorf("hostKey of %s: %w", h.Name, err)
+		}
+	}
+	if h.ClientKey != "" {
+		if k.ClientKey, err = sshkeys.ParsePublicLine(h.ClientKey); err != nil {
+			return k, fmt.Errorf("clientKey of %s: %w", h.Name, err)
+		}
+	}
+	if h.Serve != nil {
+		k.CacheKey = h.Serve.PublicKey
+	}
+	return k, nil
+}
+
+// planKeys keeps the host's SSH client key (which it fetches from peers
+// with) and its SSH host key, and the private keys' directory at 0700.
+func (pl *planner) planKeys() *Resource {
+	o, l := pl.o, pl.o.Layout
+	r := &Resource{Type: status.KeysReady}
+	if o.KeysDirMode != 0 && o.KeysDirMode != 0o700 {
+		r.Dirs = append(r.Dirs, dirWant{path: l.KeysDir, mode: 0o700})
+	}
+	var problems, created []string
+	for _, k := range []struct {
+		obs          KeyObs
+		kind         keyKind
+		what, reason string
+		path, name   string
+	}{
+		{o.ClientKey, keyClient, "client key", "ClientKeyUnusable", l.ClientKey, "nixpeer@" + pl.self.Name},
+		{o.HostKey, keyHost, "host key", "HostKeyUnusable", l.HostKey, "root@" + pl.self.Name},
+	} {
+		switch {
+		case k.obs.Err != nil:
+			if r.Reason == "" {
+				r.Reason = k.reason
+			}
+			problems = append(problems, k.obs.Err.Error())
+		case k.obs.State.NeedsWork():
+			r.Keys = append(r.Keys, keyWant{kind: k.kind, path: k.path, name: k.name})
+			if k.obs.State.Missing {
+				created = append(created, k.what)
+			}
+		}
+	}
+	switch {
+	case len(problems) > 0:
+		r.Message, r.Failed = strings.Join(problems, "; "), true
+	case len(created) > 0:
+		// Used from the next pass on, once it is read back.
+		r.Reason, r.Message = "KeyCreated", "creating the "+strings.Join(created, " and the ")
+		r.Requeue = soon
+	default:
+		r.Status, r.Reason = true, "KeysPresent"
+		r.Message = fmt.Sprintf("client key %s, host key %s", o.ClientKey.Key.Fingerprint(), o.HostKey.Key.Fingerprint())
+	}
+	return r
+}
+
+// planPeerPort keeps the peer port listening with the host key.
+func (pl *planner) planPeerPort() *Resource {
+	r := &Resource{Type: status.PeerPortReady}
+	if pl.o.HostKey.Usable() {
+		r.Listen = peering.ListenAddr(pl.self.Address, pl.self.PeerPort)
+		r.Status, r.Reason, r.Message = true, "Listening", "peers reach this agent at "+r.Listen
+	} else {
+		r.Reason, r.Message = "NoHostKey", "the peer port needs this host's SSH host key; see KeysReady"
+	}
+	return r
+}
+
+// watchTargets are the peers self keeps a watch open to: those it
+// fetches from, and those that fetch from it, with the host keys this
+// host's managed files remember of them.
+func watchTargets(file *desired.File, self *desired.Host, remembered map[string]ssh.PublicKey) []peering.Target {
+	var targets []peering.Target
+	from := localIP(self.Address)
+	add := func(h *desired.Host) {
+		pins, _ := pinnedKeys(h) // validated with the file
+		targets = append(targets, peering.Target{Name: h.Name, Address: h.Address, Pin: pins.HostKey,
+			PinsRequired: file.Trust == desired.TrustPinned, Approve: file.Trust == desired.TrustApprove, Addr: peerAddr(h), Remembered: remembered[h.Name], From: from, Self: self.Name})
+	}
+	seen := map[string]bool{}
+	for _, name := range self.SubstituteFrom {
+		add(file.Host(name))
+		seen[name] = true
+	}
+	for _, c := range file.Consumers(self.Name) {
+		if !seen[c.Name] {
+			add(c)
+		}
+	}
+	return targets
+}
+
+// localIP is address when it is a loopback IP literal: an agent on one of
+// several loopback addresses dials its peers from its own, so that each
+// sees who connects. Other addresses leave the choice to the system.
+func localIP(address string) net.IP {
+	if ip := net.ParseIP(address); ip != nil && ip.IsLoopback() {
+		return ip
+	}
+	return nil
+}
+
+func peerAddr(h *desired.Host) string {
+	return net.JoinHostPort(h.Address, strconv.Itoa(h.PeerPort))
+}
