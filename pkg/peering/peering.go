@@ -275,12 +275,15 @@ func (m *Manager) Sync(targets []Target) error {
 	return errors.Join(errs...)
 }
 
-// Get returns what is known of peer name.
-func (m *Manager) Get(name string) (State, bool) {
+// Get returns what is known of the peer watched as t; false when it is
+// not watched so (yet): a pass that asks with a target its last Sync did
+// not have (a pin that changed, a peer new to the file) sees nothing of
+// the old watch.
+func (m *Manager) Get(t Target) (State, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	w, ok := m.peers[name]
-	if !ok {
+	w, ok := m.peers[t.Name]
+	if !ok || !w.target.same(t) {
 		return State{}, false
 	}
 	return w.st, true

@@ -85,7 +85,7 @@ func manager(t *testing.T, ctx context.Context, store *state.Store) (*Manager, f
 		t.Helper()
 		deadline := time.After(10 * time.Second)
 		for {
-			st, _ := m.Get("stage")
+			st, _ := stateOf(m, "stage")
 			if cond(st) {
 				return st
 			}
@@ -117,7 +117,7 @@ func TestTrustOnFirstUseThenChangeThenReset(t *testing.T) {
 	ctx2, cancel2 := context.WithCancel(ctx)
 	m2, _ := manager(t, ctx2, store)
 	m2.Sync([]Target{{Name: "stage", Address: addr, Addr: freeAddr(t)}}) // nobody there
-	if st2, _ := m2.Get("stage"); st2.Facts == nil || !sameKey(st2.HostKey, a.PublicKey()) || st2.Connected {
+	if st2, _ := stateOf(m2, "stage"); st2.Facts == nil || !sameKey(st2.HostKey, a.PublicKey()) || st2.Connected {
 		t.Fatalf("after a restart: %+v", st2)
 	}
 	cancel2()
@@ -238,7 +238,7 @@ func TestOtherConsumersCostNothing(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			st, _ := m.Get("stage")
+			st, _ := stateOf(m, "stage")
 			if cond(st) {
 				return st
 			}
@@ -317,4 +317,40 @@ func TestRecovered(t *testing.T) {
 			t.Errorf("%s: recovered = %v, want %v", c.name, got, c.want)
 		}
 	}
+}
+
+// stateOf is what m knows of peer name, whatever the target it watches.
+func stateOf(m *Manager, name string) (State, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	w, ok := m.peers[name]
+	if !ok {
+		return State{}, false
+	}
+	return w.st, true
+}
+
+// TestGetOnlyForTheWatchedTarget: a pass asking with a target the last
+// Sync did not have (here, a pin that changed) sees nothing of the watch.
+func TestGetOnlyForTheWatchedTarget(t *testing.T) {
+	ctx, cancel, store, listen, _ := fixture(t)
+	defer cancel()
+	m, _ := manager(t, ctx, store)
+	target := Target{Name: "stage", Address: addr, Addr: listen}
+	m.Sync([]Target{target})
+	if _, ok := m.Get(target); !ok {
+		t.Fatal("Get of the watched target found nothing")
+	}
+	pinned := target
+	pinned.Pin = newSigner(t).PublicKey()
+	if _, ok := m.Get(pinned); ok {
+		t.Fatal("Get with another pin than the watch's found the watch's state")
+	}
+	remembered := target
+	remembered.Remembered = newSigner(t).PublicKey()
+	if _, ok := m.Get(remembered); !ok {
+		t.Fatal("Get with only another remembered key found nothing: Sync takes it up in place")
+	}
+	cancel()
+	m.Wait()
 }

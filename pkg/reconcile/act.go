@@ -27,6 +27,9 @@ type acted struct {
 	failed map[*Resource]Problem
 	// wrote lists the files written.
 	wrote []string
+	// records are the store records of the resources that acted, by
+	// key: report stores them with the status, in one commit.
+	records map[string]any
 	// errs are the failures of the pass.
 	errs []error
 	// again: the pass changed something it could not observe (a key it
@@ -42,10 +45,7 @@ var errChangedMeanwhile = errors.New("changed since this pass read it; the next 
 // for. A resource whose needed resources failed leaves its files as they
 // are.
 func (h *Host) act(ctx context.Context, o *Observation, p *Plan) *acted {
-	a := &acted{done: map[*Resource]bool{}, failed: map[*Resource]Problem{}}
-	if o.WatchErr != nil {
-		a.errs = append(a.errs, fmt.Errorf("watch peers: %w", o.WatchErr))
-	}
+	a := &acted{done: map[*Resource]bool{}, failed: map[*Resource]Problem{}, records: map[string]any{}}
 	if o.Self != nil {
 		h.jobs.forget(func(slot string) bool {
 			name, isProbe := strings.CutPrefix(slot, "probe/")
@@ -130,16 +130,21 @@ func (h *Host) actOn(ctx context.Context, o *Observation, r *Resource, a *acted)
 			a.wrote = append(a.wrote, f.path)
 		}
 	}
+	if r.Watch != nil {
+		if r.Watch.identity != nil {
+			h.cfg.Peers.SetIdentity(r.Watch.identity)
+		}
+		if err := h.cfg.Peers.Sync(r.Watch.targets); err != nil {
+			return fmt.Errorf("watch peers: %w", err)
+		}
+	}
 	if r.Listen != "" {
-		h.cfg.Peers.SetIdentity(o.HostKey.Key.Signer)
 		if err := h.cfg.Port.Ensure(r.Listen, o.HostKey.Key.Signer); err != nil {
 			return fmt.Errorf("%w; is another agent or program on that port?", err)
 		}
 	}
 	for _, rec := range r.Records {
-		if err := h.cfg.Store.Put(rec.key, rec.value); err != nil {
-			return fmt.Errorf("record %s: %w", rec.key, err)
-		}
+		a.records[rec.key] = rec.value
 	}
 	if r.Apply != nil {
 		h.jobs.start(ctx, slotApply, r.Apply.key(), h.applyJob(r.Apply))

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -142,17 +143,71 @@ func (h *Host) Reconcile(ctx context.Context) (time.Duration, error) {
 	return h.report(o, p, a)
 }
 
-// report builds the status from this pass alone (only the time of each
-// condition's last transition is carried over), stores it when it
-// changed, and tells the peers.
+// report builds the status from this pass alone, stores it with the
+// pass's records in one commit when anything changed, and tells the
+// peers.
 func (h *Host) report(o *Observation, p *Plan, a *acted) (time.Duration, error) {
 	prev := h.Status()
+	out := outcome(prev, h.cfg.ConfigFile, o, p, a)
+	next, passErr := out.status, out.err
+	if _, ok := out.pass.Records[recTrips]; ok {
+		for _, name := range p.Trips {
+			h.log.Warn("peer withdrawn for its health; builds go on locally", zap.String("peer", name))
+		}
+	}
+	if out.changed || len(out.pass.Records) > 0 {
+		if err := h.cfg.Store.Commit(out.pass); err != nil {
+			passErr = errors.Join(passErr, err)
+			next.Ready, next.LastError = false, err.Error()
+			next.Conditions[0] = status.Carry(prev.Conditions, status.Condition{Type: status.Ready, Status: status.False,
+				Reason: "StateStoreError", Message: err.Error()}, o.Now)
+		}
+	}
+	if out.changed {
+		h.log.Info("reconciled", zap.Bool("ready", next.Ready), zap.Int64("generation", next.Generation),
+			zap.Int64("observedGeneration", next.ObservedGeneration), zap.Strings("wrote", a.wrote))
+	}
+	// Published only once stored: whoever sees it can rely on the disk.
+	if f, ok := factsOf(o, p, next, authorizedApplied(o, p, a)); ok {
+		h.cfg.Port.Publish(f)
+	}
+	h.desired, h.generation = o.File, o.Generation
+	h.mu.Lock()
+	h.status, h.shown = next, o.File
+	close(h.updated)
+	h.updated = make(chan struct{})
+	h.mu.Unlock()
+
+	requeue := p.Requeue
+	if a.again {
+		requeue = soon
+	}
+	return requeue, passErr
+}
+
+// passOutcome is what a pass reports and stores.
+type passOutcome struct {
+	status status.Status
+	// pass is what the store gets: the records of the resources that
+	// acted and of the breaker's trips, and, when changed, the status,
+	// its event and a new desired state.
+	pass    state.Pass
+	changed bool
+	err     error
+}
+
+// outcome is the status of this pass, built from it alone (only the time
+// of each condition's last transition is carried over from prev), and
+// what to store. It does no I/O.
+func outcome(prev status.Status, configFile string, o *Observation, p *Plan, a *acted) passOutcome {
 	now := o.Now
-	next := status.Status{Host: prev.Host, ConfigFile: h.cfg.ConfigFile, Generation: o.Generation,
+	next := status.Status{Host: prev.Host, ConfigFile: configFile, Generation: o.Generation,
 		ObservedGeneration: prev.ObservedGeneration, Peers: p.Peers}
 	if next.Peers == nil {
 		next.Peers = []status.Peer{} // a JSON list, never null
 	}
+	errs := slices.Clone(a.errs)
+	records := maps.Clone(a.records)
 	var conds []status.Condition
 	var nixRes *Resource
 	for _, r := range p.Resources {
@@ -170,7 +225,7 @@ func (h *Host) report(o *Observation, p *Plan, a *acted) (time.Duration, error) 
 		}
 		if r.Type == "" {
 			if f, failed := a.failed[r]; failed && f.Reason == "Waiting" {
-				a.errs = append(a.errs, errors.New(f.Message))
+				errs = append(errs, errors.New(f.Message))
 			}
 			continue
 		}
@@ -186,16 +241,16 @@ func (h *Host) report(o *Observation, p *Plan, a *acted) (time.Duration, error) 
 	if o.Self != nil {
 		next.Host = o.Self.Name
 		next.Files = managedFiles(prev.Files, o, p, a, now)
-		if len(a.errs) == 0 {
+		if len(errs) == 0 {
 			next.ObservedGeneration = o.Generation
 		}
 	}
 	if nixRes != nil && a.done[nixRes] {
-		if err := h.recordTrips(o, p, now); err != nil {
-			a.errs = append(a.errs, err)
+		if trips, changed := tripsRecord(o, p, now); changed {
+			records[recTrips] = trips
 		}
 	}
-	passErr := errors.Join(a.errs...)
+	passErr := errors.Join(errs...)
 
 	ready := status.Condition{Type: status.Ready, Status: status.True, Reason: "AllReady",
 		Message: "every condition is True and the desired state is reconciled"}
@@ -217,42 +272,25 @@ func (h *Host) report(o *Observation, p *Plan, a *acted) (time.Duration, error) 
 		next.LastError = c.Message
 	}
 
-	changed := !sameStatus(prev, next) || len(a.wrote) > 0 || o.NewDesired != nil
+	out := passOutcome{changed: !sameStatus(prev, next) || len(a.wrote) > 0 || o.NewDesired != nil, err: passErr}
 	next.LastReconcile = now
-	if changed {
-		ev := state.Event{Time: now, Generation: o.Generation, Reason: next.Conditions[0].Reason, Message: next.Conditions[0].Message,
+	out.status = next
+	out.pass.Records = records
+	if out.changed {
+		out.pass.Status = &out.status
+		out.pass.Event = &state.Event{Time: now, Generation: o.Generation, Reason: next.Conditions[0].Reason, Message: next.Conditions[0].Message,
 			Changes: status.Changes(prev, next), Wrote: a.wrote}
-		if err := h.cfg.Store.SaveStatus(next, ev, o.NewDesired); err != nil {
-			passErr = errors.Join(passErr, err)
-			next.Ready, next.LastError = false, err.Error()
-			next.Conditions[0] = status.Carry(prev.Conditions, status.Condition{Type: status.Ready, Status: status.False,
-				Reason: "StateStoreError", Message: err.Error()}, now)
-		}
-		h.log.Info("reconciled", zap.Bool("ready", next.Ready), zap.Int64("generation", next.Generation),
-			zap.Int64("observedGeneration", next.ObservedGeneration), zap.Strings("wrote", a.wrote))
+		out.pass.Desired = o.NewDesired
 	}
-	// Published only once stored: whoever sees it can rely on the disk.
-	if f, ok := factsOf(o, p, next, h.authorizedApplied(o, p, a)); ok {
-		h.cfg.Port.Publish(f)
-	}
-	h.mu.Lock()
-	h.status, h.shown = next, o.File
-	close(h.updated)
-	h.updated = make(chan struct{})
-	h.mu.Unlock()
-
-	requeue := p.Requeue
-	if a.again {
-		requeue = soon
-	}
-	return requeue, passErr
+	return out
 }
 
-// recordTrips remembers, once the settings are written, which peers were
-// withdrawn for their health in this pass, and forgets old trips.
-func (h *Host) recordTrips(o *Observation, p *Plan, now time.Time) error {
-	trips := map[string][]time.Time{}
-	changed := len(p.Trips) > 0
+// tripsRecord is the breaker's memory after a pass whose settings were
+// written: the peers withdrawn for their health in this pass added, old
+// trips forgotten; changed is false when it stays as it is.
+func tripsRecord(o *Observation, p *Plan, now time.Time) (trips map[string][]time.Time, changed bool) {
+	trips = map[string][]time.Time{}
+	changed = len(p.Trips) > 0
 	for name, t := range o.Trips {
 		if r := recentTrips(t, now); len(r) > 0 {
 			trips[name] = r
@@ -261,12 +299,8 @@ func (h *Host) recordTrips(o *Observation, p *Plan, now time.Time) error {
 	}
 	for _, name := range p.Trips {
 		trips[name] = append(trips[name], now)
-		h.log.Warn("peer withdrawn for its health; builds go on locally", zap.String("peer", name))
 	}
-	if !changed {
-		return nil
-	}
-	return h.cfg.Store.Put(recTrips, trips)
+	return trips, changed
 }
 
 func firstFalse(conds []status.Condition) *status.Condition {
@@ -281,7 +315,7 @@ func firstFalse(conds []status.Condition) *status.Condition {
 // authorizedApplied reports, for a consumer's key, whether it is in the
 // file sshd reads for nix-ssh as it is after this pass: sshd reads it at
 // every login, so a key there is in effect.
-func (h *Host) authorizedApplied(o *Observation, p *Plan, a *acted) func(ssh.PublicKey) bool {
+func authorizedApplied(o *Observation, p *Plan, a *acted) func(ssh.PublicKey) bool {
 	if o.Self == nil || o.Self.Serve == nil {
 		return func(ssh.PublicKey) bool { return false }
 	}

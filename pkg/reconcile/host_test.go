@@ -72,9 +72,9 @@ func (f *fakeNix) Apply(context.Context, []string) (string, error) {
 
 type fakePeers struct{}
 
-func (fakePeers) Sync([]peering.Target) error      { return nil }
-func (fakePeers) Get(string) (peering.State, bool) { return peering.State{}, false }
-func (fakePeers) SetIdentity(ssh.Signer)           {}
+func (fakePeers) Sync([]peering.Target) error              { return nil }
+func (fakePeers) Get(peering.Target) (peering.State, bool) { return peering.State{}, false }
+func (fakePeers) SetIdentity(ssh.Signer)                   {}
 func (fakePeers) Turn(context.Context, string) (func(), error) {
 	return nil, peering.ErrNoConnection
 }

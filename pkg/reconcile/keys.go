@@ -132,6 +132,21 @@ func (pl *planner) planPeerPort() *Resource {
 	return r
 }
 
+// planWatches keeps a watch open to each peer, as the desired state and
+// this host's files say now, authenticated with this host's key; nil
+// while there is no host key yet.
+func (pl *planner) planWatches() *Resource {
+	o := pl.o
+	if o.HostKey.State.Missing && o.HostKey.Err == nil {
+		return nil
+	}
+	w := &watchWant{targets: o.Watches}
+	if o.HostKey.Usable() {
+		w.identity = o.HostKey.Key.Signer
+	}
+	return &Resource{Watch: w, Status: true}
+}
+
 // watchTargets are the peers self keeps a watch open to: those it
 // fetches from, and those that fetch from it, with the host keys this
 // host's managed files remember of them.

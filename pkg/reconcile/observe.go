@@ -64,8 +64,10 @@ type Observation struct {
 
 	// Peers is what peering knows of each host in File, by name.
 	Peers map[string]peering.State
-	// WatchErr says why the watches could not follow the desired state.
-	WatchErr error
+	// Watches are the peers this host keeps a watch open to, as the
+	// desired state and its own files say now; nil while it has no host
+	// key to authenticate with (this pass makes it). Act syncs them.
+	Watches []peering.Target
 	// Probes are the probe slots of the peers this host fetches from,
 	// and of this host's check of its own sshd (by its own name).
 	Probes map[string]jobState
@@ -139,7 +141,6 @@ func (h *Host) observe() *Observation {
 	l := h.cfg.Layout
 	o := &Observation{Now: time.Now(), Layout: l, StoreOpened: h.cfg.StoreOpened}
 	h.observeDesired(o)
-	o.File, o.Generation = h.desired, h.generation
 	if o.File == nil {
 		return o
 	}
@@ -171,27 +172,20 @@ func (h *Host) observe() *Observation {
 		o.Consumers = nix.RememberedConsumers(o.Files[path].Content)
 	}
 
-	// The watches follow the desired state before they are read: a
-	// peer's pin that left the file is not trusted in this pass. The host
-	// keys this host's own files pin are trust records too. They
-	// authenticate with this host's key from their first connection on
-	// (a peer tells its known peers whom it lets in): while the key is
-	// still to be made (this pass makes it, the next one starts them),
-	// they do not start.
-	if o.HostKey.Usable() {
-		h.cfg.Peers.SetIdentity(o.HostKey.Key.Signer)
-	}
+	// A peer is known as watched for the desired state now: a watch
+	// made for an older one (a pin that left the file) counts as none.
+	// They authenticate with this host's key from their first connection
+	// on (a peer tells its known peers whom it lets in): while the key is
+	// still to be made, there are none.
 	if !o.HostKey.State.Missing || o.HostKey.Err != nil {
-		if err := h.cfg.Peers.Sync(watchTargets(o.File, self, remembered(o))); err != nil {
-			o.WatchErr = err
-		}
+		o.Watches = watchTargets(o.File, self, remembered(o))
 	}
 	o.Peers = map[string]peering.State{}
 	o.Probes = map[string]jobState{}
 	o.Trips = map[string][]time.Time{}
-	for _, hst := range o.File.Hosts {
-		if st, ok := h.cfg.Peers.Get(hst.Name); ok {
-			o.Peers[hst.Name] = st
+	for _, t := range o.Watches {
+		if st, ok := h.cfg.Peers.Get(t); ok {
+			o.Peers[t.Name] = st
 		}
 	}
 	trips := readRecord[map[string][]time.Time](h, recTrips)
@@ -226,8 +220,9 @@ func (h *Host) observe() *Observation {
 
 // observeDesired reads and validates the desired-state file. A file that
 // does not parse or validate is not applied: the last good one stays in
-// force.
+// force (report remembers the one a pass used).
 func (h *Host) observeDesired(o *Observation) {
+	o.File, o.Generation = h.desired, h.generation
 	name := h.cfg.ConfigFile
 	f, raw, err := h.parsed.load(name)
 	if err != nil {
@@ -259,7 +254,7 @@ func (h *Host) observeDesired(o *Observation) {
 	if d.Generation != h.generation {
 		h.log.Info("new desired state", zap.String("file", name), zap.Int64("generation", d.Generation))
 	}
-	h.desired, h.generation = f, d.Generation
+	o.File, o.Generation = f, d.Generation
 }
 
 // parsedFile remembers the desired-state file's last content and what

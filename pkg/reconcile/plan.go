@@ -12,6 +12,7 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/peer"
+	"github.com/nixpeer/nixpeer/pkg/peering"
 	"github.com/nixpeer/nixpeer/pkg/probe"
 	"github.com/nixpeer/nixpeer/pkg/state"
 	"github.com/nixpeer/nixpeer/pkg/status"
@@ -126,6 +127,8 @@ type Resource struct {
 	Sign    *signRequest
 	// Listen is where the peer port listens, with the host key.
 	Listen string
+	// Watch is the watches of peers to keep, nil to leave them.
+	Watch *watchWant
 	// Requeue is when the resource's plan is due again without any
 	// event (a retry, a re-check); 0 for none.
 	Requeue time.Duration
@@ -153,6 +156,13 @@ type keyWant struct {
 	kind keyKind
 	path string // the key, or for a cache key its directory
 	name string // comment, or the cache key's name
+}
+
+// watchWant is the watches of peers a pass keeps, and the key they
+// authenticate with (nil: as it is).
+type watchWant struct {
+	targets  []peering.Target
+	identity ssh.Signer
 }
 
 type dirWant struct {
@@ -258,6 +268,7 @@ func plan(o *Observation) *Plan {
 	// The data flow of a pass: each resource from the observation and
 	// the results of those before it that it takes as parameters.
 	ownKeys := pl.planKeys()
+	watches := pl.planWatches()
 	peerPort := pl.planPeerPort()
 	knownHosts := pl.planKnownHosts()
 	cacheKey, cacheKeyOnDisk := pl.planCacheKey()
@@ -268,8 +279,8 @@ func plan(o *Observation) *Plan {
 	subsReady := pl.planSubstitutersReady(subs.verdicts)
 	verified := pl.planVerified(subs.verified)
 
-	p.Resources = append(p.Resources, ownKeys, peerPort, knownHosts)
-	for _, r := range []*Resource{cacheKey, trust, serve.authorizedOnly, serve.resource, settings, subsReady, verified} {
+	p.Resources = append(p.Resources, ownKeys)
+	for _, r := range []*Resource{watches, peerPort, knownHosts, cacheKey, trust, serve.authorizedOnly, serve.resource, settings, subsReady, verified} {
 		if r != nil {
 			p.Resources = append(p.Resources, r)
 		}

@@ -37,8 +37,9 @@ type Prober interface {
 type Peers interface {
 	// Sync makes the watches those of targets.
 	Sync(targets []peering.Target) error
-	// Get returns what is known of peer name right now.
-	Get(name string) (peering.State, bool)
+	// Get returns what is known right now of the peer watched as t;
+	// false while it is not watched so (see peering.Manager.Get).
+	Get(t peering.Target) (peering.State, bool)
 	// SetIdentity gives the key the watches authenticate with.
 	SetIdentity(hostKey ssh.Signer)
 	// Turn waits for a turn to probe the sshd of peer name, given by its

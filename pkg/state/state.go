@@ -10,9 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -219,43 +221,80 @@ func (s *Store) Desired() (*Desired, error) {
 	return d, nil
 }
 
-// SaveStatus stores the host's last status, the new desired state it
-// describes (d, when not nil: see NextDesired), and appends ev to the
-// history (pruned to MaxEvents), in one transaction: one commit.
-func (s *Store) SaveStatus(st status.Status, ev Event, d *Desired) error {
-	rawSt, err := json.Marshal(st)
-	if err != nil {
-		return fmt.Errorf("save status: %w", err)
+// Pass is what one reconcile pass stores.
+type Pass struct {
+	// Records are the agent's own records to put, by key (see Put).
+	Records map[string]any
+	// Status is the host's status; nil leaves the stored one.
+	Status *status.Status
+	// Event is appended to the history (pruned to MaxEvents); nil for
+	// none.
+	Event *Event
+	// Desired is a new desired state (see NextDesired); nil for none.
+	Desired *Desired
+}
+
+// Commit stores what a pass stores, in one transaction: one commit.
+func (s *Store) Commit(p Pass) error {
+	type kv struct {
+		key []byte
+		raw []byte
 	}
-	rawEv, err := json.Marshal(ev)
-	if err != nil {
-		return fmt.Errorf("save status: encode event: %w", err)
+	var puts []kv
+	enc := func(key []byte, v any, what string) error {
+		raw, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("encode %s: %w", what, err)
+		}
+		puts = append(puts, kv{key, raw})
+		return nil
 	}
-	var rawD []byte
-	if d != nil {
-		if rawD, err = json.Marshal(d); err != nil {
-			return fmt.Errorf("save status: encode desired state: %w", err)
+	for _, k := range slices.Sorted(maps.Keys(p.Records)) {
+		if err := enc([]byte("rec/"+k), p.Records[k], k); err != nil {
+			return fmt.Errorf("save: %w", err)
 		}
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	if p.Status != nil {
+		if err := enc(keyStatus, p.Status, "status"); err != nil {
+			return fmt.Errorf("save: %w", err)
+		}
+	}
+	if p.Desired != nil {
+		if err := enc(keyDesired, p.Desired, "desired state"); err != nil {
+			return fmt.Errorf("save: %w", err)
+		}
+		puts = append(puts, kv{keyGeneration, be(uint64(p.Desired.Generation))})
+	}
+	var rawEv []byte
+	if p.Event != nil {
+		var err error
+		if rawEv, err = json.Marshal(p.Event); err != nil {
+			return fmt.Errorf("save: encode event: %w", err)
+		}
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMeta)
-		if d != nil {
-			if err := b.Put(keyGeneration, be(uint64(d.Generation))); err != nil {
-				return err
-			}
-			if err := b.Put(keyDesired, rawD); err != nil {
+		for _, p := range puts {
+			if err := b.Put(p.key, p.raw); err != nil {
 				return err
 			}
 		}
-		if err := b.Put(keyStatus, rawSt); err != nil {
-			return err
+		if rawEv != nil {
+			return appendEvent(tx, rawEv)
 		}
-		return appendEvent(tx, rawEv)
+		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("save status: %w", err)
+		return fmt.Errorf("save: %w", err)
 	}
 	return nil
+}
+
+// SaveStatus stores the host's last status, the new desired state it
+// describes (d, when not nil: see NextDesired), and appends ev to the
+// history, in one commit.
+func (s *Store) SaveStatus(st status.Status, ev Event, d *Desired) error {
+	return s.Commit(Pass{Status: &st, Event: &ev, Desired: d})
 }
 
 // LoadStatus returns the last saved status, and false if there is none.
