@@ -140,6 +140,9 @@ func (h *Host) Reconcile(ctx context.Context) (time.Duration, error) {
 	o := h.observe()
 	p := plan(o)
 	a := h.act(ctx, o, p)
+	if p.watchesOnly && len(a.errs) == 0 {
+		return p.Requeue, nil
+	}
 	return h.report(o, p, a)
 }
 

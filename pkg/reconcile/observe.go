@@ -68,6 +68,10 @@ type Observation struct {
 	// desired state and its own files say now; nil while it has no host
 	// key to authenticate with (this pass makes it). Act syncs them.
 	Watches []peering.Target
+	// WatchesBehind: a peer is not watched as the desired state says now
+	// (a new peer, a pin that changed, the agent just started): what is
+	// known of it is not known yet.
+	WatchesBehind bool
 	// Probes are the probe slots of the peers this host fetches from,
 	// and of this host's check of its own sshd (by its own name).
 	Probes map[string]jobState
@@ -184,9 +188,12 @@ func (h *Host) observe() *Observation {
 	o.Probes = map[string]jobState{}
 	o.Trips = map[string][]time.Time{}
 	for _, t := range o.Watches {
-		if st, ok := h.cfg.Peers.Get(t); ok {
-			o.Peers[t.Name] = st
+		st, ok := h.cfg.Peers.Get(t)
+		if !ok {
+			o.WatchesBehind = true
+			continue
 		}
+		o.Peers[t.Name] = st
 	}
 	trips := readRecord[map[string][]time.Time](h, recTrips)
 	for _, name := range self.SubstituteFrom {

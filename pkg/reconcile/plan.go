@@ -101,6 +101,9 @@ type Plan struct {
 	// Requeue is when the next pass is due without any event, 0 for the
 	// resync timer.
 	Requeue time.Duration
+	// watchesOnly: the pass only syncs the watches, and reports nothing
+	// unless that fails.
+	watchesOnly bool
 
 	// Consumers are the client keys a serving host lets in, for its
 	// facts; Authorized is the resource that writes them where sshd
@@ -267,8 +270,16 @@ func plan(o *Observation) *Plan {
 
 	// The data flow of a pass: each resource from the observation and
 	// the results of those before it that it takes as parameters.
-	ownKeys := pl.planKeys()
 	watches := pl.planWatches()
+	if o.WatchesBehind {
+		// Nothing is planned from peers not watched as the file says
+		// now (it could drop a consumer that a restarted watch knows
+		// again at once): this pass only syncs the watches, and the next
+		// one, at once, plans from what they know.
+		p.Resources, p.Requeue, p.watchesOnly = append(p.Resources, watches), soon, true
+		return p
+	}
+	ownKeys := pl.planKeys()
 	peerPort := pl.planPeerPort()
 	knownHosts := pl.planKnownHosts()
 	cacheKey, cacheKeyOnDisk := pl.planCacheKey()
