@@ -191,7 +191,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 	host, err := reconcile.NewHost(reconcile.Config{
 		Log: log, Layout: l, Store: store,
 		ConfigFile: config, HostName: hostName, Hostnames: hostnames,
-		Peers: peers, Port: port, Nix: reconcile.SystemNix(nixEnv), Prober: metrics.Prober{Inner: reconcile.SSHProber{}, M: m},
+		Watches: peers, Port: port, Nix: reconcile.SystemNix(nixEnv), Prober: metrics.Prober{Inner: reconcile.SSHProber{}, M: m},
 		Trigger: notify, StoreOpened: opened, SSHDCheckInterval: opts.sshdCheck,
 	})
 	if err != nil {

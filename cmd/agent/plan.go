@@ -23,8 +23,9 @@ import (
 // build something itself.
 const exitWouldBuild = 4
 
-// plan is what realising the targets would do on this host.
-type plan struct {
+// dryRun is what realising the targets would do on this host: the answer
+// to `nixpeer plan`.
+type dryRun struct {
 	// Build are the derivations this host would build itself.
 	Build []string `json:"build"`
 	// Fetch are the paths it would substitute, each with where from.
@@ -74,7 +75,7 @@ func cmdPlan(args []string, stdout io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	var p plan
+	var p dryRun
 	if err := api.NewClient(hf.layout().Socket).Plan(ctx, api.PlanRequest{Targets: targets, Store: *store}, &p); err != nil {
 		if errors.Is(err, api.ErrNoDaemon) {
 			return &exitError{code: 1, msg: clientError("plan", err)}
@@ -100,7 +101,7 @@ func cmdPlan(args []string, stdout io.Writer) error {
 // makePlan is the daemon's answer to `nixpeer plan`: Nix's dry run with
 // this host's live settings (l's), each fetched path attributed to the
 // peer of st that has it.
-func makePlan(ctx context.Context, l layout.Layout, st status.Status, req api.PlanRequest) (*plan, error) {
+func makePlan(ctx context.Context, l layout.Layout, st status.Status, req api.PlanRequest) (*dryRun, error) {
 	if len(req.Targets) == 0 || len(req.Targets) > maxQueryPaths {
 		return nil, fmt.Errorf("%d targets: want 1 to %d", len(req.Targets), maxQueryPaths)
 	}
@@ -193,8 +194,8 @@ func allValid(ctx context.Context, argv, env, targets []string) error {
 // N derivations will be built:", "these N paths will be fetched (...):",
 // "don't know how to build these paths:", each followed by indented
 // store paths (singular forms too).
-func parseDryRun(out string) *plan {
-	p := &plan{Build: []string{}, Fetch: []fetch{}}
+func parseDryRun(out string) *dryRun {
+	p := &dryRun{Build: []string{}, Fetch: []fetch{}}
 	var into *[]string
 	var fetched []string
 	for _, line := range strings.Split(out, "\n") {
@@ -228,7 +229,7 @@ func parseDryRun(out string) *plan {
 // peers that serve this host are asked, in the order of the live
 // substituters (Nix's priority order), once each for all the paths still
 // unattributed; the rest is left to the other substituters.
-func (p *plan) attribute(ctx context.Context, cli *nix.CLI, l layout.Layout, st status.Status) error {
+func (p *dryRun) attribute(ctx context.Context, cli *nix.CLI, l layout.Layout, st status.Status) error {
 	if len(p.Fetch) == 0 {
 		return nil
 	}
@@ -288,7 +289,7 @@ func peerAt(st status.Status, url string) string {
 	return ""
 }
 
-func (p *plan) print(w io.Writer) {
+func (p *dryRun) print(w io.Writer) {
 	if len(p.Fetch) == 0 {
 		fmt.Fprintln(w, "Nothing to fetch.")
 	} else {

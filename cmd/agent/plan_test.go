@@ -26,7 +26,7 @@ don't know how to build these paths:
 warning: something else
   /nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-not-a-list-item
 `
-	want := &plan{
+	want := &dryRun{
 		Build:    []string{"/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a.drv", "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b.drv"},
 		Fetch:    []fetch{{Path: "/nix/store/cccccccccccccccccccccccccccccccc-c"}},
 		Unknown:  []string{"/nix/store/dddddddddddddddddddddddddddddddd-d"},
@@ -87,7 +87,7 @@ func TestPlan(t *testing.T) {
 	// Production's own store lacks the closure; staging has it.
 	store := filepath.Join(t.TempDir(), "prod-store")
 	code, out, errText := runCLI(t, "plan", "--socket", f.prod.socket, "--store", store, "--json", top)
-	var p plan
+	var p dryRun
 	if err := json.Unmarshal([]byte(out), &p); code != 0 || err != nil {
 		t.Fatalf("plan of a closure staging built: exit %d, %v\n%s%s", code, err, out, errText)
 	}

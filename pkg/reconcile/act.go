@@ -132,9 +132,9 @@ func (h *Host) actOn(ctx context.Context, o *Observation, r *Resource, a *acted)
 	}
 	if r.Watch != nil {
 		if r.Watch.identity != nil {
-			h.cfg.Peers.SetIdentity(r.Watch.identity)
+			h.cfg.Watches.SetIdentity(r.Watch.identity)
 		}
-		if err := h.cfg.Peers.Sync(r.Watch.targets); err != nil {
+		if err := h.cfg.Watches.Sync(r.Watch.targets); err != nil {
 			return fmt.Errorf("watch peers: %w", err)
 		}
 	}
@@ -284,7 +284,7 @@ func (h *Host) probeJob(req probeRequest) func(context.Context) jobResult {
 		// time; without its agent (or a turn in TurnWait), probe anyway.
 		if !req.self {
 			tctx, cancel := context.WithTimeout(ctx, TurnWait)
-			end, err := h.cfg.Peers.Turn(tctx, req.peer)
+			end, err := h.cfg.Watches.Turn(tctx, req.peer)
 			cancel()
 			if err != nil {
 				h.log.Debug("probing without a turn", zap.String("peer", req.peer), zap.Error(err))

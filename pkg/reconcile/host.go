@@ -34,9 +34,9 @@ type Config struct {
 	// HostName is --host; when empty the host is found by Hostnames.
 	HostName  string
 	Hostnames []string
-	// Peers watches the peers; Port is this agent's peer port.
-	Peers Peers
-	Port  Port
+	// Watches watch the peers; Port is this agent's peer port.
+	Watches Watches
+	Port    Port
 	// Nix runs Nix and the apply command; Prober probes peers' sshd.
 	Nix    Nix
 	Prober Prober
@@ -205,7 +205,7 @@ type passOutcome struct {
 func outcome(prev status.Status, configFile string, o *Observation, p *Plan, a *acted) passOutcome {
 	now := o.Now
 	next := status.Status{Host: prev.Host, ConfigFile: configFile, Generation: o.Generation,
-		ObservedGeneration: prev.ObservedGeneration, Peers: p.Peers}
+		ObservedGeneration: prev.ObservedGeneration, Peers: p.PeerStatus}
 	if next.Peers == nil {
 		next.Peers = []status.Peer{} // a JSON list, never null
 	}

@@ -70,12 +70,12 @@ func (f *fakeNix) Apply(context.Context, []string) (string, error) {
 	return "", nil
 }
 
-type fakePeers struct{}
+type fakeWatches struct{}
 
-func (fakePeers) Sync([]peering.Target) error              { return nil }
-func (fakePeers) Get(peering.Target) (peering.State, bool) { return peering.State{}, false }
-func (fakePeers) SetIdentity(ssh.Signer)                   {}
-func (fakePeers) Turn(context.Context, string) (func(), error) {
+func (fakeWatches) Sync([]peering.Target) error              { return nil }
+func (fakeWatches) Get(peering.Target) (peering.State, bool) { return peering.State{}, false }
+func (fakeWatches) SetIdentity(ssh.Signer)                   {}
+func (fakeWatches) Turn(context.Context, string) (func(), error) {
 	return nil, peering.ErrNoConnection
 }
 
@@ -160,7 +160,7 @@ func newHarnessChecking(t *testing.T, yaml string, checkEvery time.Duration) *ha
 func (h *harness) start(config string) {
 	var err error
 	h.host, err = NewHost(Config{Log: zap.NewNop(), Layout: h.l, Store: h.store,
-		ConfigFile: config, HostName: "stage", Peers: fakePeers{}, Port: h.port, Nix: h.nix, Prober: h.sshd,
+		ConfigFile: config, HostName: "stage", Watches: fakeWatches{}, Port: h.port, Nix: h.nix, Prober: h.sshd,
 		SSHDCheckInterval: h.checkEvery, Trigger: func(reason string) { h.ended <- reason }})
 	if err != nil {
 		h.t.Fatal(err)
@@ -385,7 +385,7 @@ func BenchmarkNoOpPass(b *testing.B) {
 	nx := &fakeNix{conf: l.NixpeerConf}
 	ended := make(chan string, 16)
 	host, err := NewHost(Config{Log: zap.NewNop(), Layout: l, Store: store,
-		ConfigFile: config, HostName: "stage", Peers: fakePeers{}, Port: &fakePort{}, Nix: nx, Prober: &fakeSSHD{},
+		ConfigFile: config, HostName: "stage", Watches: fakeWatches{}, Port: &fakePort{}, Nix: nx, Prober: &fakeSSHD{},
 		Trigger: func(reason string) { ended <- reason }})
 	if err != nil {
 		b.Fatal(err)

@@ -188,7 +188,7 @@ func (h *Host) observe() *Observation {
 	o.Probes = map[string]jobState{}
 	o.Trips = map[string][]time.Time{}
 	for _, t := range o.Watches {
-		st, ok := h.cfg.Peers.Get(t)
+		st, ok := h.cfg.Watches.Get(t)
 		if !ok {
 			o.WatchesBehind = true
 			continue

@@ -90,8 +90,9 @@ type Plan struct {
 	// Resources are in the order they act; each owns its files and its
 	// condition.
 	Resources []*Resource
-	Peers     []status.Peer
-	Probes    []probeRequest
+	// PeerStatus is the status of every peer.
+	PeerStatus []status.Peer
+	Probes     []probeRequest
 	// ServeCheck is the result of this serving host's last check of its
 	// own sshd, for its facts; nil when there is none.
 	ServeCheck *peer.ServeCheck
@@ -296,7 +297,7 @@ func plan(o *Observation) *Plan {
 			p.Resources = append(p.Resources, r)
 		}
 	}
-	p.Peers, p.Probes = subs.peers, append(subs.probes, serve.probes...)
+	p.PeerStatus, p.Probes = subs.peers, append(subs.probes, serve.probes...)
 	p.ServeCheck, p.Consumers, p.Authorized = serve.check, serve.consumers, serve.authorized
 	if settingsPlanned {
 		p.Trips = subs.trips // withdrawn only by settings that are written

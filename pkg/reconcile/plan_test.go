@@ -155,7 +155,7 @@ func recordOf(p *Plan, key string) any {
 }
 
 func peerOf(p *Plan, name string) status.Peer {
-	for _, ps := range p.Peers {
+	for _, ps := range p.PeerStatus {
 		if ps.Name == name {
 			return ps
 		}

@@ -33,8 +33,8 @@ type Prober interface {
 	Probe(ctx context.Context, t probe.Target) (probe.Result, error)
 }
 
-// Peers is what peering knows of each peer, and the watches it keeps.
-type Peers interface {
+// Watches are the watches of peers peering keeps, and what each knows.
+type Watches interface {
 	// Sync makes the watches those of targets.
 	Sync(targets []peering.Target) error
 	// Get returns what is known right now of the peer watched as t;
