@@ -6,13 +6,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real Nix and sshd, systemd-analyze and iptables from Debian; the nix-ssh
+# Real Nix and sshd, systemd-analyze and iptables from Debian, zsh and fish
+# (their completion scripts are parsed), lintian and man (the .deb is
+# checked, the manual pages rendered); the nix-ssh
 # user. Without root, what is missing is said, and the tests that need it
 # skip (or fail with CI=true).
 if [ "$(id -u)" -eq 0 ]; then
-  scripts/prepare.sh systemd iptables
+  scripts/prepare.sh systemd iptables zsh fish lintian man-db
 else
-  scripts/prepare.sh systemd iptables || true
+  scripts/prepare.sh systemd iptables zsh fish lintian man-db || true
 fi
 
 go vet ./...

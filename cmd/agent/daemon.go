@@ -54,6 +54,10 @@ func (f *hostFlags) layout() layout.Layout { return layout.New(f.root, f.stateDi
 
 func newFlagSet(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet("nixpeer "+name, flag.ContinueOnError)
+	if defining != nil {
+		fs.SetOutput(io.Discard)
+		defining(fs)
+	}
 	return fs
 }
 

@@ -1,16 +1,5 @@
-// Command nixpeer is the nixpeer agent and its command-line client.
-//
-//	nixpeer run --config FILE [--host NAME] [--root DIR] [--state-dir DIR] [--socket PATH] [--log-level LEVEL]
-//	nixpeer validate --config FILE [--host NAME]
-//	nixpeer status [--socket PATH] [--json] [--watch | --fleet]
-//	nixpeer events [--socket PATH] [--json] [--since DURATION]
-//	nixpeer wait [--socket PATH] [--timeout DURATION] [--path STOREPATH]...
-//	nixpeer plan [--json] [--store URL] TARGET...
-//	nixpeer reconcile [--socket PATH]
-//	nixpeer facts [--root DIR] [--state-dir DIR] [--json]
-//	nixpeer trust reset [--socket PATH] PEER
-//	nixpeer demo [--keep]
-//	nixpeer version
+// Command nixpeer is the nixpeer agent and its command-line client; its
+// commands are listed in commands.go ("nixpeer help", "man nixpeer").
 package main
 
 import (
@@ -28,25 +17,6 @@ type exitError struct {
 
 func (e *exitError) Error() string { return e.msg }
 
-const usage = `nixpeer keeps NixOS hosts sharing their Nix stores over SSH, as a desired-state file says.
-
-Usage:
-  nixpeer run --config FILE [--host NAME] [--root DIR] [--state-dir DIR] [--socket PATH] [--log-level LEVEL]
-  nixpeer validate --config FILE [--host NAME]
-  nixpeer status [--socket PATH] [--json] [--watch | --fleet]
-  nixpeer events [--socket PATH] [--json] [--since DURATION]
-  nixpeer wait [--socket PATH] [--timeout DURATION] [--path STOREPATH]...
-  nixpeer plan [--json] [--store URL] TARGET...
-  nixpeer reconcile [--socket PATH]
-  nixpeer facts [--root DIR] [--state-dir DIR] [--json]
-  nixpeer trust pending [--socket PATH] [--json | --yaml]
-  nixpeer trust approve [--socket PATH] PEER SHA256:FINGERPRINT
-  nixpeer trust reset [--socket PATH] PEER
-  nixpeer demo [--keep]
-  nixpeer version
-
-Run "nixpeer COMMAND -h" for the flags of a command.
-`
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -54,7 +24,7 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, usageText())
 		return 2
 	}
 	var err error
@@ -79,12 +49,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdTrust(args[1:], stdout)
 	case "demo":
 		err = cmdDemo(args[1:], stdout, stderr)
+	case "completion":
+		err = cmdCompletion(args[1:], stdout)
+	case "__complete":
+		cmdComplete(args[1:], stdout)
 	case "version":
 		cmdVersion(stdout)
 	case "-h", "--help", "help":
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, usageText())
 	default:
-		fmt.Fprintf(stderr, "nixpeer: unknown command %q\n\n%s", args[0], usage)
+		fmt.Fprintf(stderr, "nixpeer: unknown command %q\n\n%s", args[0], usageText())
 		return 2
 	}
 	if err == nil {

@@ -57,6 +57,10 @@ func debianPackage(program string) string {
 		return "iptables"
 	case "setpriv":
 		return "util-linux"
+	case "zsh", "fish", "lintian":
+		return program
+	case "man":
+		return "man-db"
 	}
 	return "the Debian package that ships it"
 }
