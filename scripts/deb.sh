@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds nixpeer's .deb with nfpm (github.com/goreleaser/nfpm, run through
 # the Go module proxy): /usr/bin/nixpeer, its systemd unit in
-# /lib/systemd/system, and /etc/nixpeer/desired.yaml (an example, kept as
-# a conffile). Prints the path of the package.
+# /lib/systemd/system, /etc/nixpeer/desired.yaml (an example, kept as a
+# conffile), the manual pages, the shell completions, the copyright file,
+# a changelog and the lintian overrides. Prints the path of the package.
 #
 #   scripts/deb.sh [OUTDIR]      (default: dist/)
 set -euo pipefail
@@ -24,6 +25,15 @@ CGO_ENABLED=0 go build -trimpath -buildvcs=auto -ldflags "-s -w -X main.version=
 sed 's|^ExecStart=/usr/local/bin/nixpeer |ExecStart=/usr/bin/nixpeer |' systemd/nixpeer.service > "$build/nixpeer.service"
 grep -q '^ExecStart=/usr/bin/nixpeer ' "$build/nixpeer.service"
 cp configs/tutorial.yaml "$build/desired.yaml"
+# Compressed as Debian wants them, reproducibly (no name, no time stamp).
+gzip -9n < docs/man/nixpeer.1 > "$build/nixpeer.1.gz"
+gzip -9n < docs/man/nixpeer-desired.yaml.5 > "$build/nixpeer-desired.yaml.5.gz"
+for sh in bash zsh fish; do "$build/nixpeer" completion "$sh" > "$build/completion.$sh"; done
+# A native package's changelog: this build, dated by its commit.
+date=$(git log -1 --format=%cd --date=format:'%a, %d %b %Y %H:%M:%S %z' 2>/dev/null || date -R)
+printf '%s\n' "nixpeer ($version) unstable; urgency=medium" "" \
+  "  * Built from commit $rev." "" \
+  " -- nixpeer developers <nixpeer@users.noreply.github.com>  $date" | gzip -9n > "$build/changelog.gz"
 sed -e "s|@ARCH@|$arch|" -e "s|@VERSION@|$version|" -e "s|@BUILD@|$build|g" packaging/deb/nfpm.yaml > "$build/nfpm.yaml"
 
 go run "github.com/goreleaser/nfpm/v2/cmd/nfpm@$nfpm_version" package \

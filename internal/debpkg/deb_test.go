@@ -24,7 +24,7 @@ import (
 // refuses to run where nixpeer is installed or /var/lib/nixpeer exists.
 func TestDebInstallsVerifiesAndRemoves(t *testing.T) {
 	testenv.RequireRoot(t)
-	testenv.Require(t, "dpkg", "dpkg-deb", "systemd-analyze", "git", "go")
+	testenv.Require(t, "dpkg", "dpkg-deb", "systemd-analyze", "git", "go", "lintian", "man")
 	if out, err := exec.Command("dpkg-query", "-W", "-f", "${Status}", "nixpeer").Output(); err == nil && strings.Contains(string(out), "installed") {
 		t.Fatalf("the nixpeer package is installed on this machine (%s); this test installs and purges it: remove it first", out)
 	}
@@ -48,8 +48,23 @@ func TestDebInstallsVerifiesAndRemoves(t *testing.T) {
 	}
 	t.Cleanup(func() { exec.Command("dpkg", "-P", "nixpeer").Run() })
 
+	// Debian's own checker: no error and no warning (overrides carry
+	// their reason).
+	lint, err := exec.Command("lintian", "--fail-on", "error,warning", deb).CombinedOutput()
+	for _, l := range strings.Split(string(lint), "\n") {
+		if strings.HasPrefix(l, "E: ") || strings.HasPrefix(l, "W: ") {
+			t.Errorf("lintian: %s", l)
+		}
+	}
+	if err != nil {
+		t.Errorf("lintian --fail-on error,warning: %v\n%s", err, lint)
+	}
+
 	t.Log(run("dpkg", "-i", deb))
-	for _, f := range []string{"/usr/bin/nixpeer", "/lib/systemd/system/nixpeer.service", "/etc/nixpeer/desired.yaml"} {
+	for _, f := range []string{"/usr/bin/nixpeer", "/lib/systemd/system/nixpeer.service", "/etc/nixpeer/desired.yaml",
+		"/usr/share/doc/nixpeer/copyright", "/usr/share/doc/nixpeer/changelog.gz",
+		"/usr/share/bash-completion/completions/nixpeer", "/usr/share/zsh/vendor-completions/_nixpeer",
+		"/usr/share/fish/vendor_completions.d/nixpeer.fish"} {
 		if _, err := os.Stat(f); err != nil {
 			t.Fatalf("installed: %v", err)
 		}
@@ -68,6 +83,15 @@ func TestDebInstallsVerifiesAndRemoves(t *testing.T) {
 		t.Fatalf("nixpeer version printed %q", v)
 	}
 	run("/usr/bin/nixpeer", "validate", "--config", "/etc/nixpeer/desired.yaml")
+	// man finds both pages where the package put them.
+	for _, page := range [][]string{{"nixpeer"}, {"5", "nixpeer-desired.yaml"}} {
+		cmd := exec.Command("man", page...)
+		cmd.Env = append(os.Environ(), "MANPAGER=cat", "LC_ALL=C.UTF-8")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "SEE ALSO") {
+			t.Errorf("man %s: %v\n%s", strings.Join(page, " "), err, out)
+		}
+	}
 
 	// Keys and state are kept on remove, and so is the changed conffile.
 	key := filepath.Join(state, "keys/cache-priv-key.pem")
