@@ -2,7 +2,7 @@
 # (computed with `nix hash path --sri`); scripts/vendorhash.sh prints it
 # and the test command checks it is current, so that a new dependency
 # cannot leave it stale.
-{ lib, buildGoModule, version ? "0.1.0" }:
+{ lib, buildGoModule, installShellFiles, version ? "0.1.0" }:
 
 buildGoModule {
   pname = "nixpeer";
@@ -10,18 +10,26 @@ buildGoModule {
 
   src = lib.fileset.toSource {
     root = ../.;
-    fileset = lib.fileset.unions [ ../go.mod ../go.sum ../cmd ../pkg ../internal ];
+    fileset = lib.fileset.unions [ ../go.mod ../go.sum ../cmd ../pkg ../internal ../docs/man ];
   };
 
-  vendorHash = "sha256-P70vSvQsF4m/TtapmCBGcrFs/t0eT4v2HhO44dILZqI=";
+  vendorHash = "sha256-KJ3pFxSOOl/60Xxk/Y/u6ohDGQeDsAC/tCiCSTxrRjM=";
 
   subPackages = [ "cmd/agent" ];
   ldflags = [ "-s" "-w" "-X main.version=${version}" ];
   env.CGO_ENABLED = 0;
 
-  # The binary is called nixpeer.
+  nativeBuildInputs = [ installShellFiles ];
+
+  # The binary is called nixpeer; its manual pages are checked in
+  # (rendered from docs/man/*.md), its completions it prints itself.
   postInstall = ''
     mv $out/bin/agent $out/bin/nixpeer
+    installManPage docs/man/nixpeer.1 docs/man/nixpeer-desired.yaml.5
+    installShellCompletion --cmd nixpeer \
+      --bash <($out/bin/nixpeer completion bash) \
+      --zsh <($out/bin/nixpeer completion zsh) \
+      --fish <($out/bin/nixpeer completion fish)
   '';
 
   # The tests need root, a real sshd and network namespaces: they run in
@@ -31,6 +39,7 @@ buildGoModule {
   meta = {
     description = "Shares a staging host's Nix store with production over SSH, and keeps it that way";
     homepage = "https://github.com/nixpeer/nixpeer";
+    license = lib.licenses.asl20;
     mainProgram = "nixpeer";
     platforms = lib.platforms.linux;
   };
