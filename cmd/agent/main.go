@@ -17,7 +17,6 @@ type exitError struct {
 
 func (e *exitError) Error() string { return e.msg }
 
-
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
