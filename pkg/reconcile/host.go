@@ -141,6 +141,7 @@ func (h *Host) Reconcile(ctx context.Context) (time.Duration, error) {
 	p := plan(o)
 	a := h.act(ctx, o, p)
 	if p.watchesOnly && len(a.errs) == 0 {
+		h.desired, h.generation = o.File, o.Generation // reported by the next pass
 		return p.Requeue, nil
 	}
 	return h.report(o, p, a)

@@ -271,17 +271,19 @@ func plan(o *Observation) *Plan {
 
 	// The data flow of a pass: each resource from the observation and
 	// the results of those before it that it takes as parameters.
+	// The peer port listens before the watches start: a peer that one of
+	// them wakes (see peering.Manager.Poke) connects back at once.
+	peerPort := pl.planPeerPort()
 	watches := pl.planWatches()
 	if o.WatchesBehind {
 		// Nothing is planned from peers not watched as the file says
 		// now (it could drop a consumer that a restarted watch knows
 		// again at once): this pass only syncs the watches, and the next
 		// one, at once, plans from what they know.
-		p.Resources, p.Requeue, p.watchesOnly = append(p.Resources, watches), soon, true
+		p.Resources, p.Requeue, p.watchesOnly = append(p.Resources, peerPort, watches), soon, true
 		return p
 	}
 	ownKeys := pl.planKeys()
-	peerPort := pl.planPeerPort()
 	knownHosts := pl.planKnownHosts()
 	cacheKey, cacheKeyOnDisk := pl.planCacheKey()
 	subs := pl.planSubstituters()
@@ -292,7 +294,7 @@ func plan(o *Observation) *Plan {
 	verified := pl.planVerified(subs.verified)
 
 	p.Resources = append(p.Resources, ownKeys)
-	for _, r := range []*Resource{watches, peerPort, knownHosts, cacheKey, trust, serve.authorizedOnly, serve.resource, settings, subsReady, verified} {
+	for _, r := range []*Resource{peerPort, watches, knownHosts, cacheKey, trust, serve.authorizedOnly, serve.resource, settings, subsReady, verified} {
 		if r != nil {
 			p.Resources = append(p.Resources, r)
 		}
