@@ -30,6 +30,7 @@ trap 'rm -rf "$build"' EXIT
 CGO_ENABLED=0 go build -o "$build/nixpeer" ./cmd/agent
 CGO_ENABLED=0 go test -c -o "$build/agent.test" ./cmd/agent
 CGO_ENABLED=0 go test -c -o "$build/nix.test" ./pkg/nix
+CGO_ENABLED=0 go test -c -o "$build/probe.test" ./pkg/probe
 
 failed=()
 for suite in "${suites[@]}"; do
@@ -39,11 +40,14 @@ for suite in "${suites[@]}"; do
   dst=$root/opt/nixpeer-test
   rm -rf --one-file-system "$dst"
   mkdir -p "$dst/bin"
-  cp "$build/nixpeer" "$build/agent.test" "$build/nix.test" "$dst/bin/"
+  cp "$build/nixpeer" "$build/agent.test" "$build/nix.test" "$build/probe.test" "$dst/bin/"
   # The tests read files of the repository relative to their package.
-  git ls-files -z cmd/agent pkg/nix configs systemd | tar --null -T - -cf - | tar -C "$dst" -xf -
+  git ls-files -z cmd/agent pkg/nix pkg/probe configs systemd | tar --null -T - -cf - | tar -C "$dst" -xf -
   # pkg/nix whole: its tests of real Nix reading back what nixpeer writes.
   cmd="cd /opt/nixpeer-test/pkg/nix && ../../bin/nix.test -test.v -test.count=1"
+  # pkg/probe: the handshakes with this Nix's own daemon, and what it says
+  # of trusting nix-ssh.
+  cmd="$cmd && cd ../probe && ../../bin/probe.test -test.v -test.count=1 -test.run '^(TestProbeServes|TestProbeSaysWhetherTheDaemonTrustsNixSSH)\$'"
   cmd="$cmd && cd ../../cmd/agent && ../../bin/agent.test -test.v -test.count=1 -test.timeout=6m -test.run '$run'"
   if $bench; then
     cmd="cd /opt/nixpeer-test/cmd/agent && ../../bin/agent.test -test.run '^\$' -test.bench FleetConverges -test.benchtime 10x -test.count 3"

@@ -257,6 +257,12 @@ func printStatus(w io.Writer, st status.Status, now time.Time) {
 		}
 		tw.Flush()
 	}
+	for i, warning := range st.Warnings {
+		if i == 0 {
+			fmt.Fprintln(w)
+		}
+		fmt.Fprintf(w, "WARNING:     %s\n", warning)
+	}
 	if st.LastError != "" {
 		fmt.Fprintf(w, "\nLast error:  %s\n", st.LastError)
 	}

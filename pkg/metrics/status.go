@@ -29,6 +29,8 @@ var (
 		"1 for how the peer's host key is trusted (pinned, approved, tofu, none) and whether a key is refused.", []string{"peer", "trust", "refused"}, nil)
 	descPending = prometheus.NewDesc("nixpeer_peer_host_key_pending",
 		"1 while the peer offers a host key that awaits an operator's approval (nixpeer trust pending).", []string{"peer", "fingerprint"}, nil)
+	descWarnings = prometheus.NewDesc("nixpeer_warnings",
+		"How many warnings the status carries (what is wrong without keeping the host from Ready: nixpeer status prints them).", nil, nil)
 	descLastHeard = prometheus.NewDesc("nixpeer_peer_last_heard_timestamp_seconds",
 		"When the peer's agent was last heard from: now while its watch is open, else when its connection went down.", []string{"peer", "role"}, nil)
 )
@@ -40,7 +42,7 @@ type statusCollector struct {
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReady, descCondition, descGeneration, descObserved, descLastReconcile,
-		descPeerState, descSubstituter, descConnected, descTrust, descPending, descLastHeard} {
+		descPeerState, descSubstituter, descConnected, descTrust, descPending, descLastHeard, descWarnings} {
 		ch <- d
 	}
 }
@@ -55,6 +57,7 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, cond := range st.Conditions {
 		gauge(descCondition, b2f(cond.Status == status.True), cond.Type, cond.Reason)
 	}
+	gauge(descWarnings, float64(len(st.Warnings)))
 	gauge(descGeneration, float64(st.Generation))
 	gauge(descObserved, float64(st.ObservedGeneration))
 	if !st.LastReconcile.IsZero() {

@@ -55,9 +55,25 @@ type Result struct {
 	// NixVersion is the Nix release the daemon reported ("2.8.0"); ssh-ng
 	// only, from worker protocol 1.33 on; empty otherwise.
 	NixVersion string
+	// Trusted is whether the daemon trusts the user the probe logged in
+	// as (nix-ssh): ssh-ng only, from worker protocol 1.35 (Nix 2.15) on;
+	// TrustUnknown otherwise. A trusted client may act as root on the
+	// store.
+	Trusted DaemonTrust
 	// Elapsed is how long the probe took, from dialing to the answer.
 	Elapsed time.Duration
 }
+
+// DaemonTrust is what nix-daemon says of its client (worker protocol
+// 1.35's TrustedFlag).
+type DaemonTrust uint64
+
+// What the daemon may say.
+const (
+	TrustUnknown DaemonTrust = iota // not said (an older daemon, or ssh://)
+	Trusted                         // in trusted-users: root-equivalent on the store
+	NotTrusted
+)
 
 // Reason classifies why a probe failed.
 type Reason int

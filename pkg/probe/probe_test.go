@@ -320,3 +320,45 @@ func TestProbeDialsFromItsAddress(t *testing.T) {
 		t.Errorf("the probe came from %s, want 127.0.0.9", got)
 	}
 }
+
+// TestProbeSaysWhetherTheDaemonTrustsNixSSH: over ssh-ng, a daemon of Nix
+// 2.15 or later (worker protocol 1.35) says whether it trusts nix-ssh,
+// as its trusted-users says; an older one (this machine's 2.8) says
+// nothing. The Nix version matrix runs it on newer Nix.
+func TestProbeSaysWhetherTheDaemonTrustsNixSSH(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.Require(t, "sshd", "nix-daemon", "nix-store")
+	testenv.RequireNixSSHUser(t)
+	for _, trusted := range []bool{false, true} {
+		t.Run(fmt.Sprintf("trusted=%v", trusted), func(t *testing.T) {
+			users := "trusted-users = root"
+			if trusted {
+				users += " " + testenv.NixSSHUser
+			}
+			dir := t.TempDir()
+			testenv.WriteNixConf(t, dir, users)
+			client := testenv.NewKey(t)
+			sshd := testenv.StartSSHD(t, testenv.SSHDConfig{
+				Address:        "127.0.0.4",
+				AuthorizedKeys: map[string]string{testenv.NixSSHUser: testenv.AuthorizedKeyLine("nix-daemon --stdio", client.PublicKey())},
+				Daemon:         testenv.StartNixDaemon(t, dir),
+			})
+			res, err := probe.Probe(context.Background(), probe.Target{Address: sshd.Address, Port: sshd.Port,
+				Protocol: nix.ProtocolSSHNG, Signer: client.Signer, HostKey: sshd.HostKey, Timeout: 20 * time.Second})
+			if err != nil {
+				t.Fatalf("Probe: %v\nsshd log:\n%s", err, sshd.Logs())
+			}
+			want := probe.NotTrusted
+			switch {
+			case res.ServerVersion&0xff < 35:
+				want = probe.TrustUnknown
+			case trusted:
+				want = probe.Trusted
+			}
+			t.Logf("daemon of Nix %q, protocol %#x: trust %d", res.NixVersion, res.ServerVersion, res.Trusted)
+			if res.Trusted != want {
+				t.Errorf("trust %d, want %d (protocol %#x)", res.Trusted, want, res.ServerVersion)
+			}
+		})
+	}
+}

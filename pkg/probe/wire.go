@@ -17,9 +17,10 @@ const (
 
 	workerMagic1 = 0x6e697863
 	workerMagic2 = 0x6478696f
-	// workerClientVersion is what we announce to nix-daemon --stdio: 1.34,
-	// Nix 2.8's own. Later versions add handshake fields we do not read.
-	workerClientVersion = 0x122
+	// workerClientVersion is what we announce to nix-daemon --stdio: 1.35,
+	// whose daemons (Nix 2.15 on) say whether they trust the client; 1.38
+	// adds a feature exchange we do not speak.
+	workerClientVersion = 0x123
 	// workerMinVersion is the oldest daemon we talk to (Nix's own bound).
 	workerMinVersion = 0x10a
 
@@ -160,6 +161,16 @@ func workerHandshake(w io.Writer, r io.Reader) (Result, error) {
 		if res.NixVersion, err = wr.string("daemon Nix version", 256); err != nil {
 			return Result{}, err
 		}
+	}
+	if m >= 35 {
+		t, err := wr.uint64("daemon trust")
+		if err != nil {
+			return Result{}, err
+		}
+		if t > uint64(NotTrusted) {
+			return Result{}, fail(WrongProtocol, "daemon trust %d, want 0 to 2", t)
+		}
+		res.Trusted = DaemonTrust(t)
 	}
 	if err := readStderr(wr, m); err != nil {
 		return Result{}, err

@@ -126,7 +126,7 @@ func TestWorkerHandshake(t *testing.T) {
 			name: "nix 2.8",
 			steps: []step{
 				{words(workerMagic1), words(workerMagic2, 0x122)},
-				{words(0x122, 0, 0), cat(str("2.8.0"), words(stderrLast))},
+				{words(0x123, 0, 0), cat(str("2.8.0"), words(stderrLast))},
 			},
 			result: Result{ServerVersion: 0x122, NixVersion: "2.8.0"},
 		},
@@ -134,16 +134,32 @@ func TestWorkerHandshake(t *testing.T) {
 			name: "newer daemon, log messages",
 			steps: []step{
 				{words(workerMagic1), words(workerMagic2, 0x126)},
-				{words(0x122, 0, 0), cat(str("2.24.0"), words(stderrNext), str("hello"),
+				{words(0x123, 0, 0), cat(str("2.24.0"), words(0), words(stderrNext), str("hello"),
 					startActivity, result, words(stderrStopActivity, 7), words(stderrLast))},
 			},
 			result: Result{ServerVersion: 0x126, NixVersion: "2.24.0"},
 		},
 		{
+			name: "nix 2.26 (1.37): trusts its client",
+			steps: []step{
+				{words(workerMagic1), words(workerMagic2, 0x125)},
+				{words(0x123, 0, 0), cat(str("2.26.3"), words(1), words(stderrLast))},
+			},
+			result: Result{ServerVersion: 0x125, NixVersion: "2.26.3", Trusted: Trusted},
+		},
+		{
+			name: "nix 2.34 (1.38): does not trust its client",
+			steps: []step{
+				{words(workerMagic1), words(workerMagic2, 0x126)},
+				{words(0x123, 0, 0), cat(str("2.34.8"), words(2), words(stderrLast))},
+			},
+			result: Result{ServerVersion: 0x126, NixVersion: "2.34.8", Trusted: NotTrusted},
+		},
+		{
 			name: "old daemon 1.21",
 			steps: []step{
 				{words(workerMagic1), words(workerMagic2, 0x115)},
-				{words(0x122, 0, 0), words(stderrLast)},
+				{words(0x123, 0, 0), words(stderrLast)},
 			},
 			result: Result{ServerVersion: 0x115},
 		},
@@ -168,7 +184,7 @@ func TestWorkerHandshake(t *testing.T) {
 func TestWorkerHandshakeFailures(t *testing.T) {
 	t.Parallel()
 	greeting := step{words(workerMagic1), words(workerMagic2, 0x122)}
-	hello := words(0x122, 0, 0)
+	hello := words(0x123, 0, 0)
 	for _, tc := range []struct {
 		name  string
 		steps []step
@@ -184,6 +200,7 @@ func TestWorkerHandshakeFailures(t *testing.T) {
 		{"unknown code", []step{greeting, {hello, cat(str("2.8.0"), words(0x1234))}}, "unknown daemon message code 0x1234"},
 		{"wants data", []step{greeting, {hello, cat(str("2.8.0"), words(stderrRead, 8))}}, "asks for data"},
 		{"cut short", []step{greeting, {hello, cat(str("2.8.0"), words(stderrNext))}}, "unexpected EOF"},
+		{"bad trust", []step{{words(workerMagic1), words(workerMagic2, 0x125)}, {hello, cat(str("2.26.3"), words(7))}}, "daemon trust 7"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

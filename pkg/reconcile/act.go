@@ -307,6 +307,9 @@ func (h *Host) probeJob(req probeRequest) func(context.Context) jobResult {
 		}
 		if req.self {
 			h.log.Debug("this host's own sshd serves", zap.Duration("probe", res.Elapsed))
+			if res.Trusted == probe.Trusted {
+				return jobResult{Warning: nixSSHTrusted}
+			}
 			return jobResult{}
 		}
 		h.log.Info("peer serves this host", zap.String("peer", req.peer),

@@ -206,7 +206,7 @@ type passOutcome struct {
 func outcome(prev status.Status, configFile string, o *Observation, p *Plan, a *acted) passOutcome {
 	now := o.Now
 	next := status.Status{Host: prev.Host, ConfigFile: configFile, Generation: o.Generation,
-		ObservedGeneration: prev.ObservedGeneration, Peers: p.PeerStatus}
+		ObservedGeneration: prev.ObservedGeneration, Peers: p.PeerStatus, Warnings: p.Warnings}
 	if next.Peers == nil {
 		next.Peers = []status.Peer{} // a JSON list, never null
 	}

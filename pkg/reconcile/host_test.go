@@ -100,14 +100,18 @@ func (p *fakePort) last() peer.Facts {
 // fakeSSHD is the serving host's own sshd: its probes pass while it is
 // up, and are refused while it is down. It counts them.
 type fakeSSHD struct {
-	down   atomic.Bool
-	probes atomic.Int32
+	down    atomic.Bool
+	trusted atomic.Bool // its nix-daemon says it trusts nix-ssh
+	probes  atomic.Int32
 }
 
 func (f *fakeSSHD) Probe(_ context.Context, t probe.Target) (probe.Result, error) {
 	f.probes.Add(1)
 	if f.down.Load() {
 		return probe.Result{}, &probe.Error{Reason: probe.Refused, Peer: "nix-ssh@" + t.Address, Err: errors.New("connection refused")}
+	}
+	if f.trusted.Load() {
+		return probe.Result{ServerVersion: 0x125, Trusted: probe.Trusted}, nil
 	}
 	return probe.Result{ServerVersion: 0x205}, nil
 }
@@ -557,5 +561,29 @@ func TestOwnSSHDNeverServed(t *testing.T) {
 	}
 	if f := h.port.last(); f.Serve == nil || f.Serve.Check != nil {
 		t.Fatalf("facts tell of a check that never passed: %+v", f.Serve)
+	}
+}
+
+// TestWarningWhenNixDaemonTrustsNixSSH: a serving host whose own check
+// finds its nix-daemon trusting nix-ssh says so in its status, stays
+// Ready, and stops saying it once the daemon no longer does.
+func TestWarningWhenNixDaemonTrustsNixSSH(t *testing.T) {
+	h := newHarnessChecking(t, stageYAML, time.Millisecond)
+	h.sshd.trusted.Store(true)
+	st, err := h.settle()
+	if err != nil || !st.Ready || len(st.Warnings) != 1 || st.Warnings[0] != nixSSHTrusted {
+		t.Fatalf("ready %v, err %v, warnings %q: want Ready with the trusted-users warning", st.Ready, err, st.Warnings)
+	}
+	h.sshd.trusted.Store(false)
+	deadline := time.Now().Add(10 * time.Second)
+	for len(st.Warnings) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the warning outlived the check that found it: %q", st.Warnings)
+		}
+		select {
+		case <-h.ended: // a check ended
+		case <-time.After(100 * time.Millisecond): // or is due
+		}
+		st, _ = h.pass()
 	}
 }

@@ -24,6 +24,8 @@ type jobResult struct {
 	Output string
 	// Missing lists the wanted settings that Nix does not use (verify).
 	Missing []string
+	// Warning is what the job found that is wrong without failing it.
+	Warning string
 }
 
 // jobState is what a pass observes of a slot: the job running, if one
@@ -43,6 +45,7 @@ type jobState struct {
 	Err     string
 	Output  string
 	Missing []string
+	Warning string
 	// Failures counts the failures in a row of jobs with this Key.
 	Failures int
 	// Passed is when a job with this Key last succeeded; zero when none
@@ -101,7 +104,7 @@ func (j *jobs) start(ctx context.Context, slot, key string, fn func(context.Cont
 		}
 		s.Running, s.RunningKey = false, ""
 		s.Key, s.Started, s.Ended = key, started, time.Now()
-		s.Reason, s.Output, s.Missing, s.Err = res.Reason, res.Output, res.Missing, ""
+		s.Reason, s.Output, s.Missing, s.Warning, s.Err = res.Reason, res.Output, res.Missing, res.Warning, ""
 		if res.Err != nil {
 			s.Err = res.Err.Error()
 			s.Failures++

@@ -92,6 +92,8 @@ type Plan struct {
 	Resources []*Resource
 	// PeerStatus is the status of every peer.
 	PeerStatus []status.Peer
+	// Warnings are what is wrong without keeping the host from Ready.
+	Warnings []string
 	Probes     []probeRequest
 	// ServeCheck is the result of this serving host's last check of its
 	// own sshd, for its facts; nil when there is none.
@@ -301,6 +303,12 @@ func plan(o *Observation) *Plan {
 	}
 	p.PeerStatus, p.Probes = subs.peers, append(subs.probes, serve.probes...)
 	p.ServeCheck, p.Consumers, p.Authorized = serve.check, serve.consumers, serve.authorized
+	if serve.warning != "" {
+		p.Warnings = append(p.Warnings, serve.warning)
+	}
+	if o.File.Trust == desired.TrustTOFU && len(subs.peers) > 0 {
+		p.Warnings = append(p.Warnings, tofuWarning)
+	}
 	if settingsPlanned {
 		p.Trips = subs.trips // withdrawn only by settings that are written
 	}
@@ -326,6 +334,9 @@ func storeResource(opened state.Opened, l layout.Layout) *Resource {
 	}
 	return r
 }
+
+// tofuWarning is the warning of a host whose file says trust: tofu.
+const tofuWarning = "trust: tofu: peers' host keys are trusted on first use, vouched for by nobody (whoever answers first at a peer's address is trusted); pin them (nixpeer trust pending --yaml) or use trust: approve"
 
 // earliest is the sooner of two requeues (0: none); a requeue of less
 // than soon is soon.

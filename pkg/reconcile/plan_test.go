@@ -699,3 +699,16 @@ var errBroken = errorString("the key is corrupt")
 type errorString string
 
 func (e errorString) Error() string { return string(e) }
+
+// TestPlanWarnsOfTOFU: trust: tofu, written explicitly, is warned of in
+// the status; the default is not.
+func TestPlanWarnsOfTOFU(t *testing.T) {
+	w := newWorld(t)
+	if p := plan(w.obs(fleetYAML, "prod")); len(p.Warnings) != 0 {
+		t.Errorf("warnings with trust: approve (the default): %q", p.Warnings)
+	}
+	tofu := strings.Replace(fleetYAML, "hosts:", "trust: tofu\nhosts:", 1)
+	if p := plan(w.obs(tofu, "prod")); len(p.Warnings) != 1 || p.Warnings[0] != tofuWarning {
+		t.Errorf("warnings with trust: tofu: %q, want the tofu warning", p.Warnings)
+	}
+}

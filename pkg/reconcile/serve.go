@@ -31,6 +31,9 @@ type serving struct {
 	// check is the last check of its own sshd, for the facts.
 	check  *peer.ServeCheck
 	probes []probeRequest
+	// warning is what that check found wrong without failing: its
+	// nix-daemon trusting nix-ssh.
+	warning string
 }
 
 // planServe lets in exactly the client keys of a serving host's consumers
@@ -94,8 +97,16 @@ func (pl *planner) planServe() (out serving) {
 		r.Message += "; waiting for the client key of " + strings.Join(waiting, ", ")
 	}
 	out.check, out.probes = pl.planSSHDCheck(r, path)
+	if pr := o.Probes[self.Name]; out.check != nil && out.check.Serving {
+		out.warning = pr.Warning
+	}
 	return out
 }
+
+// nixSSHTrusted is the warning of a serving host whose nix-daemon trusts
+// nix-ssh, as the daemon itself says to the host's check of its own sshd
+// over ssh-ng (Nix 2.15 and later).
+const nixSSHTrusted = "nix-daemon trusts nix-ssh (trusted-users names it, its group or *): every consumer can act as root on this host's Nix store over ssh-ng; nixpeer needs no trust for substituting: remove it from trusted-users (on NixOS, nix.sshServe.trusted = false)"
 
 // planSSHDCheck has a serving host probe its own sshd as its consumers
 // do, with its own client key (which planServe lets in), every

@@ -145,7 +145,9 @@ type Status struct {
 	Peers              []Peer      `json:"peers"`
 	Files              []File      `json:"files,omitempty"`
 	LastError          string      `json:"lastError,omitempty"`
-	LastReconcile      time.Time   `json:"lastReconcile"`
+	// Warnings say what is wrong without keeping the host from Ready.
+	Warnings      []string  `json:"warnings,omitempty"`
+	LastReconcile time.Time `json:"lastReconcile"`
 }
 
 // Carry returns c with the transition time of the condition of its type
@@ -175,5 +177,6 @@ func (s Status) Clone() Status {
 	s.Conditions = slices.Clone(s.Conditions)
 	s.Peers = slices.Clone(s.Peers)
 	s.Files = slices.Clone(s.Files)
+	s.Warnings = slices.Clone(s.Warnings)
 	return s
 }
