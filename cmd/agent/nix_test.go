@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -389,5 +390,45 @@ func assertNoOpReconcile(t *testing.T, a *agent) {
 	}
 	if n := strings.Count(a.logs.String(), `"msg":"ran apply"`); n != applies {
 		t.Errorf("a reconcile that had nothing to do ran the apply command")
+	}
+}
+
+// TestStatusWarnsWhenStagingTrustsNixSSH: staging serves over ssh-ng with
+// trusted-users naming nix-ssh. Where its nix-daemon says whom it trusts
+// (Nix 2.15 and later: the Nix version matrix), staging is Ready with a
+// warning that says so; Nix 2.8's daemon does not say, and there is none.
+func TestStatusWarnsWhenStagingTrustsNixSSH(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.Require(t, "nix", "nix-store", "nix-daemon", "sshd")
+	testenv.RequireNixSSHUser(t)
+	f := prepareFleet(t, testenv.FreePort(t, "127.0.0.2"), "ssh-ng")
+	// Read by the daemon from the restart of staging's apply on.
+	testenv.WriteNixConf(t, filepath.Join(f.S, "etc/nix"), "trusted-users = root "+testenv.NixSSHUser)
+	f.stage = startAgent(t, f.S, f.config, "stage")
+	f.prod = startAgent(t, f.P, f.config, "prod")
+	f.startSSHD(t)
+	st := f.stage.waitFor("staging Ready", ready)
+	f.prod.waitFor("production Ready", ready)
+
+	out, err := exec.Command("nix-daemon", "--version").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var major, minor int
+	fmt.Sscanf(strings.TrimSpace(string(out[strings.LastIndexByte(string(out), ')')+1:])), "%d.%d", &major, &minor)
+	says := major > 2 || major == 2 && minor >= 15
+	t.Logf("%s: the daemon says whom it trusts: %v; warnings %q", strings.TrimSpace(string(out)), says, st.Warnings)
+	if major != 2 || minor == 0 {
+		t.Fatalf("cannot read the Nix version from %q", out)
+	}
+	warned := slices.ContainsFunc(st.Warnings, func(w string) bool { return strings.Contains(w, "nix-daemon trusts nix-ssh") })
+	if warned != says {
+		t.Fatalf("staging's warnings %q; want the trusted-users warning: %v", st.Warnings, says)
+	}
+	if says {
+		code, text, _ := runCLI(t, "status", "--socket", f.stage.socket)
+		if code != 0 || !strings.Contains(text, "WARNING:     nix-daemon trusts nix-ssh") {
+			t.Fatalf("nixpeer status: exit %d, want 0 and the warning:\n%s", code, text)
+		}
 	}
 }
