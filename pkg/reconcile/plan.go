@@ -94,7 +94,7 @@ type Plan struct {
 	PeerStatus []status.Peer
 	// Warnings are what is wrong without keeping the host from Ready.
 	Warnings []string
-	Probes     []probeRequest
+	Probes   []probeRequest
 	// ServeCheck is the result of this serving host's last check of its
 	// own sshd, for its facts; nil when there is none.
 	ServeCheck *peer.ServeCheck
