@@ -2,7 +2,7 @@
 # (computed with `nix hash path --sri`); scripts/vendorhash.sh prints it
 # and the test command checks it is current, so that a new dependency
 # cannot leave it stale.
-{ lib, buildGoModule, installShellFiles, version ? "0.1.0" }:
+{ lib, stdenv, buildGoModule, installShellFiles, version ? "0.1.0" }:
 
 buildGoModule {
   pname = "nixpeer";
@@ -22,10 +22,12 @@ buildGoModule {
   nativeBuildInputs = [ installShellFiles ];
 
   # The binary is called nixpeer; its manual pages are checked in
-  # (rendered from docs/man/*.md), its completions it prints itself.
+  # (rendered from docs/man/*.md), its completions it prints itself (not
+  # when it is built for a machine this one cannot run).
   postInstall = ''
     mv $out/bin/agent $out/bin/nixpeer
     installManPage docs/man/nixpeer.1 docs/man/nixpeer-desired.yaml.5
+  '' + lib.optionalString (stdenv.buildPlatform.canExecute stdenv.hostPlatform) ''
     installShellCompletion --cmd nixpeer \
       --bash <($out/bin/nixpeer completion bash) \
       --zsh <($out/bin/nixpeer completion zsh) \

@@ -28,9 +28,10 @@ cp configs/tutorial.yaml "$build/desired.yaml"
 # Compressed as Debian wants them, reproducibly (no name, no time stamp).
 gzip -9n < docs/man/nixpeer.1 > "$build/nixpeer.1.gz"
 gzip -9n < docs/man/nixpeer-desired.yaml.5 > "$build/nixpeer-desired.yaml.5.gz"
-for sh in bash zsh fish; do "$build/nixpeer" completion "$sh" > "$build/completion.$sh"; done
+# Printed by nixpeer built for this machine, whatever GOARCH the package is for.
+for sh in bash zsh fish; do GOOS= GOARCH= go run ./cmd/agent completion "$sh" > "$build/completion.$sh"; done
 # A native package's changelog: this build, dated by its commit.
-date=$(git log -1 --format=%cd --date=format:'%a, %d %b %Y %H:%M:%S %z' 2>/dev/null || date -R)
+date=$(LC_ALL=C git log -1 --format=%cd --date=format:'%a, %d %b %Y %H:%M:%S %z' 2>/dev/null || LC_ALL=C date -R)
 printf '%s\n' "nixpeer ($version) unstable; urgency=medium" "" \
   "  * Built from commit $rev." "" \
   " -- nixpeer developers <nixpeer@users.noreply.github.com>  $date" | gzip -9n > "$build/changelog.gz"

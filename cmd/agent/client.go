@@ -103,16 +103,10 @@ func cmdReconcile(args []string, stdout io.Writer) error {
 	return nil
 }
 
-// cmdTrust is `nixpeer trust reset PEER`: forget the host key trusted on
-// first use for PEER, so that the next contact trusts the key it offers.
-const trustUsage = `usage: nixpeer trust pending [--socket PATH] [--json | --yaml]
-       nixpeer trust approve [--socket PATH] PEER SHA256:FINGERPRINT
-       nixpeer trust reset [--socket PATH] PEER`
-
 // cmdTrust is `nixpeer trust pending|approve|reset`.
 func cmdTrust(args []string, stdout io.Writer) error {
 	if len(args) == 0 {
-		return &exitError{code: 2, msg: trustUsage}
+		return &exitError{code: 2, msg: usageOf("trust pending", "trust approve", "trust reset")}
 	}
 	fs := newFlagSet("trust " + args[0])
 	var hf hostFlags
@@ -121,7 +115,7 @@ func cmdTrust(args []string, stdout io.Writer) error {
 	nargs := map[string]int{"pending": 0, "approve": 2, "reset": 1}
 	n, ok := nargs[args[0]]
 	if !ok {
-		return &exitError{code: 2, msg: trustUsage}
+		return &exitError{code: 2, msg: usageOf("trust pending", "trust approve", "trust reset")}
 	}
 	if args[0] == "pending" {
 		asJSON = fs.Bool("json", false, "print the keys awaiting approval as JSON")
@@ -134,7 +128,7 @@ func cmdTrust(args []string, stdout io.Writer) error {
 		return &exitError{code: 2}
 	}
 	if fs.NArg() != n {
-		return &exitError{code: 2, msg: trustUsage}
+		return &exitError{code: 2, msg: usageOf("trust pending", "trust approve", "trust reset")}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -41,7 +41,10 @@ var commands = []cliCommand{
 	{name: "version", summary: "print the version"},
 }
 
-// defining, while set, is given every flag set a command makes.
+// defining, while set, is given every flag set a command makes. It is
+// set only under definingMu, by flagsOf; newFlagSet reads it without the
+// lock, so nothing may run a command while flagsOf runs one (the CLI runs
+// one command per process, and tests do not run them in parallel with it).
 var (
 	definingMu sync.Mutex
 	defining   func(*flag.FlagSet)
@@ -96,6 +99,17 @@ func synopsis(c cliCommand) string {
 		parts = append(parts, c.args)
 	}
 	return strings.Join(parts, " ")
+}
+
+// usageOf is the usage message of the commands named.
+func usageOf(names ...string) string {
+	var lines []string
+	for _, name := range names {
+		if c, ok := findCommand(name); ok {
+			lines = append(lines, synopsis(c))
+		}
+	}
+	return "usage: " + strings.Join(lines, "\n       ")
 }
 
 // usageText is what "nixpeer help" prints.

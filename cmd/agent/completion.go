@@ -28,6 +28,11 @@ _nixpeer() {
         return 0
     fi
     COMPREPLY=("${out[@]:1}")
+    # After "--name=", bash completes the word after the "=" alone.
+    if [[ $cur == = || ${COMP_WORDS[COMP_CWORD-1]} == = ]]; then
+        [[ $cur == = ]] && cur=
+        COMPREPLY=("${COMPREPLY[@]#*=}")
+    fi
 }
 complete -F _nixpeer nixpeer
 `
@@ -39,6 +44,7 @@ _nixpeer() {
     local -a out
     out=("${(@f)$(${words[1]} __complete "${(@)words[2,CURRENT]}" 2>/dev/null)}")
     if [[ $out[1] == files ]]; then
+        compset -P '*='
         _files
         return
     fi
@@ -57,7 +63,9 @@ const fishCompletion = `# fish completion for nixpeer: nixpeer completion fish |
 function __nixpeer_complete
     set -l out (nixpeer __complete (commandline -opc)[2..-1] (commandline -ct) 2>/dev/null)
     if test "$out[1]" = files
-        __fish_complete_path (commandline -ct)
+        set -l token (commandline -ct)
+        set -l flag (string match -r -- '^-[^=]*=' $token)
+        __fish_complete_path (string replace -r -- '^-[^=]*=' '' $token) | string replace -r -- '^' "$flag"
         return
     end
     printf '%s\n' $out[2..-1]
@@ -73,7 +81,7 @@ func cmdCompletion(args []string, stdout io.Writer) error {
 	}
 	scripts := map[string]string{"bash": bashCompletion, "zsh": zshCompletion, "fish": fishCompletion}
 	if fs.NArg() != 1 || scripts[fs.Arg(0)] == "" {
-		return &exitError{code: 2, msg: "usage: nixpeer completion bash|zsh|fish"}
+		return &exitError{code: 2, msg: usageOf("completion")}
 	}
 	_, err := io.WriteString(stdout, scripts[fs.Arg(0)])
 	return err
@@ -97,14 +105,15 @@ func cmdComplete(words []string, stdout io.Writer) {
 // complete returns the candidates for the last of words, and whether file
 // names are candidates too.
 func complete(words []string) (cands []string, files bool) {
+	words = joinEquals(words)
 	if len(words) == 0 {
 		words = []string{""}
 	}
 	cur := words[len(words)-1]
-	prefixed := func(all []string) []string {
+	prefixed := func(prefix string, all []string) []string {
 		var out []string
 		for _, w := range all {
-			if strings.HasPrefix(w, cur) && !slices.Contains(out, w) {
+			if w = prefix + w; strings.HasPrefix(w, cur) && !slices.Contains(out, w) {
 				out = append(out, w)
 			}
 		}
@@ -115,12 +124,12 @@ func complete(words []string) (cands []string, files bool) {
 		for _, c := range commands {
 			names = append(names, strings.Fields(c.name)[0])
 		}
-		return prefixed(append(names, "help")), false
+		return prefixed("", append(names, "help")), false
 	}
 	name, rest := words[0], words[1:]
 	if name == "trust" {
 		if len(rest) == 1 {
-			return prefixed([]string{"pending", "approve", "reset"}), false
+			return prefixed("", []string{"pending", "approve", "reset"}), false
 		}
 		name, rest = "trust "+rest[0], rest[1:]
 	}
@@ -129,32 +138,81 @@ func complete(words []string) (cands []string, files bool) {
 		return nil, false
 	}
 	fs := flagsOf(c)
-	// The value of a flag: the word before cur names one that takes it.
-	if len(rest) >= 2 {
-		if f := fs.Lookup(strings.TrimLeft(rest[len(rest)-2], "-")); f != nil && strings.HasPrefix(rest[len(rest)-2], "-") && !isSwitch(f) {
-			switch f.Name {
-			case "config", "root", "state-dir", "socket":
-				return nil, true
-			case "host":
-				return prefixed(namesIn(configOf(rest))), false
-			}
-			return nil, false
+	config := configOf(fs, rest)
+	values := func(f *flag.Flag, prefix string) ([]string, bool) {
+		switch f.Name {
+		case "config", "root", "state-dir", "socket":
+			return nil, true
+		case "host":
+			return prefixed(prefix, namesIn(config)), false
 		}
+		return nil, false
+	}
+	// A flag's value: in the word itself (--name=VALUE), or the word
+	// after a flag that takes one.
+	if n, _, hasValue := flagName(cur); n != "" && hasValue {
+		if f := fs.Lookup(n); f != nil && !isSwitch(f) {
+			return values(f, cur[:strings.IndexByte(cur, '=')+1])
+		}
+		return nil, false
+	}
+	if len(rest) >= 2 {
+		if n, _, hasValue := flagName(rest[len(rest)-2]); n != "" && !hasValue {
+			if f := fs.Lookup(n); f != nil && !isSwitch(f) {
+				return values(f, "")
+			}
+		}
+	}
+	// Flags come before the arguments: Go's flag package stops at the
+	// first argument.
+	n := positionals(fs, rest)
+	if n == 0 && strings.HasPrefix(cur, "-") {
+		var flags []string
+		fs.VisitAll(func(f *flag.Flag) { flags = append(flags, "--"+f.Name) })
+		return prefixed("", flags), false
+	}
+	switch {
+	case c.argKind == "file":
+		return nil, true
+	case n > 0:
+		return nil, false
+	case c.argKind == "peer":
+		return prefixed("", namesIn(config)), false
+	case strings.Contains(c.argKind, "|"):
+		return prefixed("", strings.Split(c.argKind, "|")), false
 	}
 	var flags []string
 	fs.VisitAll(func(f *flag.Flag) { flags = append(flags, "--"+f.Name) })
-	if strings.HasPrefix(cur, "-") {
-		return prefixed(flags), false
+	return prefixed("", flags), false
+}
+
+// joinEquals undoes bash's splitting of "--name=value" at '=' (it is in
+// COMP_WORDBREAKS): "--name", "=", "value" become one word again.
+func joinEquals(words []string) []string {
+	var out []string
+	for i := 0; i < len(words); i++ {
+		if words[i] == "=" && len(out) > 0 && strings.HasPrefix(out[len(out)-1], "-") {
+			out[len(out)-1] += "="
+			if i+1 < len(words) {
+				out[len(out)-1] += words[i+1]
+				i++
+			}
+			continue
+		}
+		out = append(out, words[i])
 	}
-	switch {
-	case c.argKind == "peer" && positionals(fs, rest) == 0:
-		return prefixed(namesIn(configOf(rest))), false
-	case c.argKind == "file":
-		return nil, true
-	case strings.Contains(c.argKind, "|") && positionals(fs, rest) == 0:
-		return prefixed(strings.Split(c.argKind, "|")), false
+	return out
+}
+
+// flagName reads a word as Go's flag package does: "-name" or "--name",
+// with "=value" or not; name is "" for a word that is not a flag.
+func flagName(w string) (name, value string, hasValue bool) {
+	if len(w) < 2 || w[0] != '-' || w == "--" {
+		return "", "", false
 	}
-	return prefixed(flags), false
+	w = strings.TrimPrefix(w[1:], "-")
+	name, value, hasValue = strings.Cut(w, "=")
+	return name, value, hasValue
 }
 
 // positionals counts the arguments before the last word that are neither
@@ -162,26 +220,30 @@ func complete(words []string) (cands []string, files bool) {
 func positionals(fs *flag.FlagSet, rest []string) int {
 	n := 0
 	for i := 0; i < len(rest)-1; i++ {
-		w := rest[i]
-		if !strings.HasPrefix(w, "-") {
+		name, _, hasValue := flagName(rest[i])
+		if name == "" || n > 0 {
 			n++
 			continue
 		}
-		if f := fs.Lookup(strings.TrimLeft(w, "-")); f != nil && !isSwitch(f) && !strings.Contains(w, "=") {
+		if f := fs.Lookup(name); f != nil && !isSwitch(f) && !hasValue {
 			i++ // its value
 		}
 	}
 	return n
 }
 
-// configOf is the desired-state file the command line names with
-// --config, or the default.
-func configOf(words []string) string {
-	for i, w := range words {
-		if v, ok := strings.CutPrefix(w, "--config="); ok {
-			return v
+// configOf is the desired-state file the command line names with its
+// --config flag, or the default.
+func configOf(fs *flag.FlagSet, words []string) string {
+	for i := 0; i < len(words)-1; i++ {
+		name, value, hasValue := flagName(words[i])
+		if name != "config" || fs.Lookup("config") == nil {
+			continue
 		}
-		if w == "--config" && i+1 < len(words)-1 {
+		if hasValue {
+			return value
+		}
+		if i+1 < len(words)-1 {
 			return words[i+1]
 		}
 	}

@@ -35,6 +35,13 @@ func TestCompleteCandidates(t *testing.T) {
 		{[]string{"run", "--config", ""}, nil, true},
 		{[]string{"completion", ""}, []string{"bash", "zsh", "fish"}, false},
 		{[]string{"plan", ""}, nil, true},
+		{[]string{"plan", "/nix/store/x", "--"}, nil, true}, // no flag after an argument
+		{[]string{"trust", "approve", "stage", ""}, nil, false},
+		{[]string{"trust", "reset", "x", "--"}, nil, false},
+		{[]string{"validate", "--config=" + config, "--host=p"}, []string{"--host=prod"}, false},
+		{[]string{"validate", "-config", config, "-host", ""}, []string{"stage", "prod"}, false},
+		{[]string{"validate", "--config", "=", config, "--host", "="}, []string{"--host=stage", "--host=prod"}, false}, // as bash splits it
+		{[]string{"run", "--config=/et"}, nil, true},
 		{[]string{"nonsense", ""}, nil, false},
 	} {
 		got, files := complete(c.words)
@@ -100,6 +107,14 @@ func TestBashCompletion(t *testing.T) {
 	}
 	if got := tab("run", "--config", filepath.Join(dir, "des")); !slices.Equal(got, []string{filepath.Join(dir, "desired.yaml")}) {
 		t.Errorf("nixpeer run --config DIR/des<TAB> = %q, want the file", got)
+	}
+	config := filepath.Join(dir, "fleet.yaml")
+	if err := os.WriteFile(config, []byte("apiVersion: nixpeer/v1\nhosts:\n  - {name: stage, address: 127.0.0.2, serve: {}}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// nixpeer validate --config=FILE --host=<TAB>, as bash splits it.
+	if got := tab("validate", "--config", "=", config, "--host", "="); !slices.Equal(got, []string{"stage"}) {
+		t.Errorf("nixpeer validate --config=FILE --host=<TAB> = %q, want stage", got)
 	}
 }
 

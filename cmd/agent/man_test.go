@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -41,7 +42,7 @@ func commandsMarkdown(cmds []cliCommand, flags func(cliCommand) *flag.FlagSet) s
 			} else {
 				fmt.Fprintf(&b, "**--%s** *%s*\n", f.Name, strings.ToUpper(placeholder))
 			}
-			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "[]" {
+			if !slices.Contains([]string{"", "false", "0", "0s", "[]"}, f.DefValue) {
 				usage += " (default: " + f.DefValue + ")"
 			}
 			fmt.Fprintf(&b, ":   %s\n\n", strings.ReplaceAll(usage, "*", `\*`))

@@ -66,7 +66,7 @@ func cmdPlan(args []string, stdout io.Writer) error {
 	}
 	targets := fs.Args()
 	if len(targets) == 0 {
-		return &exitError{code: 2, msg: "usage: nixpeer plan [--json] [--root DIR] [--store URL] TARGET... (store paths or .drv files)"}
+		return &exitError{code: 2, msg: usageOf("plan") + " (store paths or .drv files)"}
 	}
 	for _, t := range targets {
 		if !storePathRE.MatchString(t) {

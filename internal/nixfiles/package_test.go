@@ -21,8 +21,10 @@ func packageAttrs(t *testing.T) map[string]any {
     fileset = { toSource = a: "src"; unions = l: l; };
     licenses.asl20 = "asl20";
     platforms.linux = [ "x86_64-linux" ];
+    optionalString = c: s: if c then s else "";
   };
-  a = import ` + filepath.Join(absRoot(t), "nix/package.nix") + ` { inherit lib; buildGoModule = x: x; installShellFiles = "installShellFiles"; };
+  stdenv = { buildPlatform.canExecute = p: true; hostPlatform = { }; };
+  a = import ` + filepath.Join(absRoot(t), "nix/package.nix") + ` { inherit lib stdenv; buildGoModule = x: x; installShellFiles = "installShellFiles"; };
 in { inherit (a) postInstall nativeBuildInputs; license = a.meta.license; }`
 	var attrs map[string]any
 	if err := json.Unmarshal(nix(t, "nix-instantiate", "--eval", "--strict", "--json", "-E", expr), &attrs); err != nil {
