@@ -139,11 +139,18 @@ func (h *Host) WaitReconciled(ctx context.Context, after time.Time) status.Statu
 func (h *Host) Reconcile(ctx context.Context) (time.Duration, error) {
 	o := h.observe()
 	p := plan(o)
-	a := h.act(ctx, o, p)
-	if p.watchesOnly && len(a.errs) == 0 {
-		h.desired, h.generation = o.File, o.Generation // reported by the next pass
-		return p.Requeue, nil
+	if p.watchesOnly {
+		// The watches follow the desired state first (and the peer port
+		// listens); then the pass is observed and planned again, from
+		// what they know. Nothing of the first plan is reported.
+		a := h.act(ctx, o, p)
+		o = h.observe()
+		if p = plan(o); p.watchesOnly {
+			// Sync failed (the agent is stopping): retried, unreported.
+			return soon, errors.Join(append(a.errs, errors.New("the watches of the peers do not follow the desired state"))...)
+		}
 	}
+	a := h.act(ctx, o, p)
 	return h.report(o, p, a)
 }
 
@@ -165,6 +172,8 @@ func (h *Host) report(o *Observation, p *Plan, a *acted) (time.Duration, error) 
 			next.Ready, next.LastError = false, err.Error()
 			next.Conditions[0] = status.Carry(prev.Conditions, status.Condition{Type: status.Ready, Status: status.False,
 				Reason: "StateStoreError", Message: err.Error()}, o.Now)
+		} else if o.NewDesired != nil {
+			h.log.Info("new desired state", zap.String("file", o.NewDesired.File), zap.Int64("generation", o.NewDesired.Generation))
 		}
 	}
 	if out.changed {

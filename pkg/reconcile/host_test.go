@@ -1,10 +1,13 @@
 package reconcile
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -126,8 +129,10 @@ type harness struct {
 	sshd  *fakeSSHD
 	// checkEvery is the host's SSHDCheckInterval (the default when 0).
 	checkEvery time.Duration
-	host       *Host
-	ended      chan string
+	// watches are the peers' watches (fakeWatches when nil).
+	watches Watches
+	host    *Host
+	ended   chan string
 }
 
 const stageYAML = `apiVersion: nixpeer/v1
@@ -164,7 +169,7 @@ func newHarnessChecking(t *testing.T, yaml string, checkEvery time.Duration) *ha
 func (h *harness) start(config string) {
 	var err error
 	h.host, err = NewHost(Config{Log: zap.NewNop(), Layout: h.l, Store: h.store,
-		ConfigFile: config, HostName: "stage", Watches: fakeWatches{}, Port: h.port, Nix: h.nix, Prober: h.sshd,
+		ConfigFile: config, HostName: "stage", Watches: cmp.Or[Watches](h.watches, fakeWatches{}), Port: h.port, Nix: h.nix, Prober: h.sshd,
 		SSHDCheckInterval: h.checkEvery, Trigger: func(reason string) { h.ended <- reason }})
 	if err != nil {
 		h.t.Fatal(err)
@@ -586,4 +591,73 @@ func TestWarningWhenNixDaemonTrustsNixSSH(t *testing.T) {
 		}
 		st, _ = h.pass()
 	}
+}
+
+// syncedWatches answers Get, as peering does, only for the targets the
+// last Sync watched; it has heard nothing from any peer.
+type syncedWatches struct {
+	mu     sync.Mutex
+	synced map[string]peering.Target
+}
+
+func (w *syncedWatches) Sync(ts []peering.Target) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.synced = map[string]peering.Target{}
+	for _, t := range ts {
+		t.Remembered = nil // taken up in place by peering
+		w.synced[t.Name] = t
+	}
+	return nil
+}
+
+func (w *syncedWatches) Get(t peering.Target) (peering.State, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t.Remembered = nil
+	s, ok := w.synced[t.Name]
+	if !ok || !reflect.DeepEqual(s, t) {
+		return peering.State{}, false
+	}
+	return peering.State{Name: t.Name, Trust: status.TrustNone}, true
+}
+
+func (w *syncedWatches) SetIdentity(ssh.Signer) {}
+func (w *syncedWatches) Turn(context.Context, string) (func(), error) {
+	return nil, peering.ErrNoConnection
+}
+
+// TestPeersWatchedFirstThenReported: with a peer in the file, the pass
+// that finds its watch not synced yet syncs it and plans again in the
+// same reconcile: every reconcile reports, with the peer, and a new
+// desired state is stored in the pass that first sees it (its generation
+// is never given to another file).
+func TestPeersWatchedFirstThenReported(t *testing.T) {
+	const twoHosts = stageYAML + `  - name: prod
+    address: 127.0.0.3
+    platform: nix
+    substituteFrom: [stage]
+`
+	h := newHarness(t, stageYAML)
+	h.watches = &syncedWatches{}
+	renameSave(t, h.host.cfg.ConfigFile, twoHosts)
+	h.start(h.host.cfg.ConfigFile)
+	check := func(what string, gen int64, peers ...string) {
+		t.Helper()
+		st, _ := h.pass()
+		var names []string
+		for _, p := range st.Peers {
+			names = append(names, p.Name)
+		}
+		d, err := h.store.Desired()
+		if err != nil || d == nil || st.Generation != gen || d.Generation != gen || !slices.Equal(names, peers) {
+			t.Fatalf("%s: status generation %d, peers %v; stored desired state %+v, %v; want generation %d and peers %v",
+				what, st.Generation, names, d, err, gen, peers)
+		}
+	}
+	check("first pass", 1, "prod")
+	renameSave(t, h.host.cfg.ConfigFile, strings.Replace(twoHosts, "substituteFrom: [stage]", "substituteFrom: [stage]\n  - name: qa\n    address: 127.0.0.4\n    substituteFrom: [stage]", 1))
+	check("a consumer added", 2, "prod", "qa")
+	renameSave(t, h.host.cfg.ConfigFile, twoHosts)
+	check("the consumer removed", 3, "prod")
 }

@@ -258,9 +258,6 @@ func (h *Host) observeDesired(o *Observation) {
 		// Stored with the status of this pass.
 		o.NewDesired = &d
 	}
-	if d.Generation != h.generation {
-		h.log.Info("new desired state", zap.String("file", name), zap.Int64("generation", d.Generation))
-	}
 	o.File, o.Generation = f, d.Generation
 }
 
