@@ -365,7 +365,7 @@ type backend struct {
 }
 
 func (b *backend) Plan(ctx context.Context, req api.PlanRequest) (any, error) {
-	return makePlan(ctx, b.layout, b.host.Status(), req)
+	return makePlan(ctx, b.layout, b.host.PeerStores(), req)
 }
 
 // Paths asks each serving peer for the paths of req and answers those it
@@ -381,14 +381,10 @@ func (b *backend) Paths(ctx context.Context, req api.PathsRequest) (api.PathsAns
 	}
 	st := b.host.Status()
 	cli := &nix.CLI{Env: nixCLIEnv(b.layout)}
-	store := peerStore{cli: cli, layout: b.layout}
-	if st.ConfigFile != "" {
-		store.file, _, _ = desired.Load(st.ConfigFile) // without it, the nix CLI asks
-	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	a := api.PathsAnswer{Found: map[string]string{}}
-	why, err := findPaths(ctx, cli, store, &b.live, st, req.Paths, a.Found)
+	why, err := findPaths(ctx, cli, b.host.PeerStores(), &b.live, st, req.Paths, a.Found)
 	if err != nil {
 		return api.PathsAnswer{}, err
 	}

@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/nixpeer/nixpeer/pkg/api"
-	"github.com/nixpeer/nixpeer/pkg/hostname"
 	"github.com/nixpeer/nixpeer/pkg/nix"
+	"github.com/nixpeer/nixpeer/pkg/reconcile"
 	"github.com/nixpeer/nixpeer/pkg/state"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
@@ -266,7 +266,7 @@ func waitForPaths(ctx context.Context, c *api.Client, paths []string, timeout ti
 // findPaths asks each serving peer for the missing paths and records in
 // found those it holds signed by a trusted key. It returns why paths are
 // still missing, when it can tell.
-func findPaths(ctx context.Context, cli *nix.CLI, store peerStore, live *liveConfig, st status.Status, missing []string, found map[string]string) (string, error) {
+func findPaths(ctx context.Context, cli *nix.CLI, stores []reconcile.PeerStore, live *liveConfig, st status.Status, missing []string, found map[string]string) (string, error) {
 	var serving []status.Peer
 	for _, p := range st.Peers {
 		if p.Role == "substituter" && p.State == status.PeerServing {
@@ -283,11 +283,11 @@ func findPaths(ctx context.Context, cli *nix.CLI, store peerStore, live *liveCon
 	trusted := nix.ParsePublicKeys(settings["trusted-public-keys"])
 	why := "not built on " + peersOfList(serving) + " yet"
 	for _, p := range serving {
-		url := substituterOf(settings["substituters"], p.Address)
-		if url == "" {
-			continue
+		i := slices.IndexFunc(stores, func(s reconcile.PeerStore) bool { return s.Name == p.Name })
+		if i < 0 || !slices.ContainsFunc(strings.Fields(settings["substituters"]), func(u string) bool { return nix.SameStoreURL(u, stores[i].URL) }) {
+			continue // not live (yet, or any more)
 		}
-		infos, err := store.infos(ctx, url, missing)
+		infos, err := pathInfos(ctx, cli, stores[i], missing)
 		if err != nil {
 			why = err.Error() // the other peers are asked still
 			continue
@@ -323,21 +323,6 @@ func (l *liveConfig) get(ctx context.Context, cli *nix.CLI, reconciled time.Time
 	}
 	l.at, l.settings = reconciled, settings
 	return settings, nil
-}
-
-// substituterOf returns the live substituter URL that nixpeer wrote for
-// the peer at address, or "".
-func substituterOf(substituters, address string) string {
-	host := hostname.Bracket(address)
-	for _, u := range strings.Fields(substituters) {
-		for _, scheme := range []string{"ssh://", "ssh-ng://"} {
-			rest, ok := strings.CutPrefix(u, scheme+"nix-ssh@"+host)
-			if ok && (rest == "" || rest[0] == '?' || rest[0] == ':') {
-				return u
-			}
-		}
-	}
-	return ""
 }
 
 func waitingFor(paths []string, found map[string]string) []string {

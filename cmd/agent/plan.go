@@ -13,10 +13,9 @@ import (
 
 	"github.com/nixpeer/nixpeer/pkg/api"
 	"github.com/nixpeer/nixpeer/pkg/command"
-	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/nix"
-	"github.com/nixpeer/nixpeer/pkg/status"
+	"github.com/nixpeer/nixpeer/pkg/reconcile"
 )
 
 // exitWouldBuild is the exit code of `nixpeer plan` when this host would
@@ -100,8 +99,8 @@ func cmdPlan(args []string, stdout io.Writer) error {
 
 // makePlan is the daemon's answer to `nixpeer plan`: Nix's dry run with
 // this host's live settings (l's), each fetched path attributed to the
-// peer of st that has it.
-func makePlan(ctx context.Context, l layout.Layout, st status.Status, req api.PlanRequest) (*dryRun, error) {
+// peer, of stores, that has it.
+func makePlan(ctx context.Context, l layout.Layout, stores []reconcile.PeerStore, req api.PlanRequest) (*dryRun, error) {
 	if len(req.Targets) == 0 || len(req.Targets) > maxQueryPaths {
 		return nil, fmt.Errorf("%d targets: want 1 to %d", len(req.Targets), maxQueryPaths)
 	}
@@ -130,7 +129,7 @@ func makePlan(ctx context.Context, l layout.Layout, st status.Status, req api.Pl
 			return nil, fmt.Errorf("the dry run listed nothing, yet %v; it printed:\n%s", err, command.Tail(res.Stderr, 2048))
 		}
 	}
-	if err := p.attribute(ctx, &nix.CLI{Env: env}, l, st); err != nil {
+	if err := p.attribute(ctx, &nix.CLI{Env: env}, stores); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -229,17 +228,13 @@ func parseDryRun(out string) *dryRun {
 // peers that serve this host are asked, in the order of the live
 // substituters (Nix's priority order), once each for all the paths still
 // unattributed; the rest is left to the other substituters.
-func (p *dryRun) attribute(ctx context.Context, cli *nix.CLI, l layout.Layout, st status.Status) error {
+func (p *dryRun) attribute(ctx context.Context, cli *nix.CLI, stores []reconcile.PeerStore) error {
 	if len(p.Fetch) == 0 {
 		return nil
 	}
 	live, err := cli.ShowConfig(ctx)
 	if err != nil {
 		return err
-	}
-	store := peerStore{cli: cli, layout: l}
-	if st.ConfigFile != "" {
-		store.file, _, _ = desired.Load(st.ConfigFile) // without it, the nix CLI asks
 	}
 	rest := map[string]*fetch{}
 	for i := range p.Fetch {
@@ -256,8 +251,16 @@ func (p *dryRun) attribute(ctx context.Context, cli *nix.CLI, l layout.Layout, s
 		if len(paths) == 0 {
 			break
 		}
-		peer := peerAt(st, url)
-		infos, err := store.infos(ctx, url, paths)
+		// A peer's store is asked as the agent reaches it; another
+		// nix-ssh store through the nix CLI.
+		s, ours := storeAt(stores, url)
+		var infos map[string]nix.PathInfo
+		if ours {
+			infos, err = pathInfos(ctx, cli, s, paths)
+		} else {
+			infos, err = cli.RemotePathInfos(ctx, url, paths)
+		}
+		peer := s.Name
 		if err != nil {
 			// Nix's dry run found the paths somewhere: the plan stands,
 			// without this peer's part.
@@ -277,16 +280,6 @@ func (p *dryRun) attribute(ctx context.Context, cli *nix.CLI, l layout.Layout, s
 		f.Substituter = "another substituter"
 	}
 	return nil
-}
-
-// peerAt names the peer whose substituter URL this is.
-func peerAt(st status.Status, url string) string {
-	for _, p := range st.Peers {
-		if p.Role == "substituter" && substituterOf(url, p.Address) != "" {
-			return p.Name
-		}
-	}
-	return ""
 }
 
 func (p *dryRun) print(w io.Writer) {

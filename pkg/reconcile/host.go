@@ -64,6 +64,7 @@ type Host struct {
 	mu      sync.Mutex
 	status  status.Status
 	shown   *desired.File // the desired state status was made from
+	stores  []PeerStore   // the peers' stores, as the pass of status knew them
 	updated chan struct{} // closed and replaced at every reconcile
 }
 
@@ -105,6 +106,15 @@ func (h *Host) Status() status.Status {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.status.Clone()
+}
+
+// PeerStores returns the stores of the peers this host fetches from, as
+// the pass that made the status knew them: the substituter URL it wrote
+// and how to ask each with this host's keys.
+func (h *Host) PeerStores() []PeerStore {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.stores)
 }
 
 // Desired returns the desired state the status was made from (the last
@@ -186,7 +196,7 @@ func (h *Host) report(o *Observation, p *Plan, a *acted) (time.Duration, error) 
 	}
 	h.desired, h.generation = o.File, o.Generation
 	h.mu.Lock()
-	h.status, h.shown = next, o.File
+	h.status, h.shown, h.stores = next, o.File, p.Stores
 	close(h.updated)
 	h.updated = make(chan struct{})
 	h.mu.Unlock()

@@ -50,6 +50,9 @@ type substituters struct {
 	// verified are the probes to record, by peer.
 	verified map[string]string
 	requeue  time.Duration
+	// stores are the stores of the peers whose keys are known, in
+	// substituteFrom order.
+	stores []PeerStore
 }
 
 // planSubstituters decides, for each peer this host fetches from, whether
@@ -69,6 +72,9 @@ func (pl *planner) planSubstituters() substituters {
 		}
 		if d.probe != nil {
 			out.probes = append(out.probes, *d.probe)
+		}
+		if d.store != nil {
+			out.stores = append(out.stores, *d.store)
 		}
 		out.requeue = earliest(out.requeue, d.Requeue)
 		ps := pl.peerStatus(h, status.RoleSubstituter)
@@ -183,10 +189,21 @@ func planTrust(peers []status.Peer, known map[string]peering.State) *Resource {
 	return r
 }
 
+// PeerStore is the store of a peer this host fetches from, as this host
+// reaches it: its substituter URL, and how to ask it with this host's
+// client key and the host key it trusts for it.
+type PeerStore struct {
+	Name   string
+	URL    string
+	Target probe.Target
+}
+
 // substituterPlan is what a pass plans for one peer this host fetches
 // from.
 type substituterPlan struct {
 	verdict
+	// store is the peer's store, nil while its keys are not known.
+	store *PeerStore
 	// verify is what a passing probe verified, to record; "" for nothing.
 	verify  string
 	probe   *probeRequest
@@ -231,14 +248,14 @@ func (pl *planner) substituter(h *desired.Host) substituterPlan {
 	d := decide(peerInput{Now: o.Now, State: st, Tuple: tuple, Probe: o.Probes[h.Name], InUse: inUse,
 		Verified: o.Verified[h.Name] == tuple, Trips: o.Trips[h.Name], Spread: spread(pl.self.Name + "/" + h.Name)})
 	d.url = v.url
-	out := substituterPlan{verdict: d.verdict, Requeue: d.Requeue}
+	out := substituterPlan{verdict: d.verdict, Requeue: d.Requeue, store: &PeerStore{Name: h.Name, URL: v.url, Target: probe.Target{
+		Address: h.Address, Port: h.SSHPort, Protocol: h.Serve.Protocol,
+		Signer: o.ClientKey.Key.Signer, HostKey: k.HostKey, Timeout: ProbeTimeout, From: localIP(pl.self.Address)}}}
 	if d.Verify {
 		out.verify = tuple
 	}
 	if d.Probe {
-		out.probe = &probeRequest{peer: h.Name, tuple: tuple, target: probe.Target{
-			Address: h.Address, Port: h.SSHPort, Protocol: h.Serve.Protocol,
-			Signer: o.ClientKey.Key.Signer, HostKey: k.HostKey, Timeout: ProbeTimeout, From: localIP(pl.self.Address)}}
+		out.probe = &probeRequest{peer: h.Name, tuple: tuple, target: out.store.Target}
 	}
 	return out
 }

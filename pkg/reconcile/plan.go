@@ -94,7 +94,10 @@ type Plan struct {
 	PeerStatus []status.Peer
 	// Warnings are what is wrong without keeping the host from Ready.
 	Warnings []string
-	Probes   []probeRequest
+	// Stores are the stores of the peers this host fetches from whose
+	// keys are known.
+	Stores []PeerStore
+	Probes []probeRequest
 	// ServeCheck is the result of this serving host's last check of its
 	// own sshd, for its facts; nil when there is none.
 	ServeCheck *peer.ServeCheck
@@ -301,7 +304,7 @@ func plan(o *Observation) *Plan {
 			p.Resources = append(p.Resources, r)
 		}
 	}
-	p.PeerStatus, p.Probes = subs.peers, append(subs.probes, serve.probes...)
+	p.PeerStatus, p.Probes, p.Stores = subs.peers, append(subs.probes, serve.probes...), subs.stores
 	p.ServeCheck, p.Consumers, p.Authorized = serve.check, serve.consumers, serve.authorized
 	if serve.warning != "" {
 		p.Warnings = append(p.Warnings, serve.warning)
