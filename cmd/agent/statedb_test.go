@@ -25,6 +25,12 @@ import (
 // key of its own, listed in its facts: what trust on first use accepts. It
 // returns the key's fingerprint and a function that stops it.
 func impostor(t *testing.T, addr, name, address string) (string, func()) {
+	return impostorWith(t, addr, name, address, "")
+}
+
+// impostorWith is impostor publishing clientKey ("ssh-ed25519 BASE64", or
+// "" for none) as its client key.
+func impostorWith(t *testing.T, addr, name, address, clientKey string) (string, func()) {
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	signer, err := ssh.NewSignerFromKey(priv)
 	if err != nil {
@@ -32,7 +38,7 @@ func impostor(t *testing.T, addr, name, address string) (string, func()) {
 	}
 	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))
 	doc, err := json.Marshal(peer.Facts{Version: peer.FactsVersion, Name: name, Address: address, Generation: 1, ObservedGeneration: 1,
-		Ready: true, HostKeys: []string{line}})
+		Ready: true, HostKeys: []string{line}, ClientKey: clientKey})
 	if err != nil {
 		t.Fatal(err)
 	}

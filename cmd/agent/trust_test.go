@@ -14,6 +14,7 @@ import (
 
 	"github.com/nixpeer/nixpeer/internal/testenv"
 	"github.com/nixpeer/nixpeer/pkg/status"
+	"golang.org/x/crypto/ssh"
 )
 
 // TestImpostorFirstAwaitsApproval: before staging's agent is up, an
@@ -116,4 +117,42 @@ func TestImpostorFirstAwaitsApproval(t *testing.T) {
 	peerState(f.prod, "staging still approved after a restart", func(p status.Peer) bool {
 		return p.Trust == status.TrustApproved && p.State == status.PeerProbeFailed
 	})
+}
+
+// TestConsumerImpostorFirstAwaitsApproval is the serving side of the
+// attack: before production's agent is up, an impostor answers at its
+// address, copying its name and address, with a host key of its own and
+// a client key it would like to read staging's store with. Staging, under
+// the default trust, shows the key pending and never lets the client key
+// in.
+func TestConsumerImpostorFirstAwaitsApproval(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.Require(t, "nix")
+	config := writeConfig(t, strings.Replace(peeringFleet(testenv.FreePort(t, "127.0.0.2"), "ssh", []string{"true"}), "trust: tofu\n", "", 1))
+	S := t.TempDir()
+	os.MkdirAll(filepath.Join(S, "etc/nix"), 0o755)
+	testenv.WriteNixConf(t, filepath.Join(S, "etc/nix"))
+	attacker := testenv.NewKey(t)
+	fake, _ := impostorWith(t, fmt.Sprintf("127.0.0.3:%d", peerPortOf("127.0.0.3")), "prod", "127.0.0.3",
+		strings.TrimSpace(string(ssh.MarshalAuthorizedKey(attacker.PublicKey()))))
+	stage := startAgent(t, S, config, "stage", noSSHDCheck)
+	st := stage.waitFor("prod's key "+fake+" pending", func(s status.Status) bool {
+		return len(s.Peers) == 1 && s.Peers[0].Name == "prod" && s.Peers[0].Reason == "HostKeyNotApproved" &&
+			s.Peers[0].RefusedHostKeyFingerprint == fake
+	})
+	if c := condition(t, st, status.ServeReady); !strings.Contains(c.Message, "waiting for the client key of prod") {
+		t.Fatalf("ServeReady %+v; want it waiting for prod's client key", c)
+	}
+	authorized := readFile(t, filepath.Join(S, "etc/ssh/authorized_keys.d/nix-ssh"))
+	if bytes.Contains(authorized, bytes.Fields(ssh.MarshalAuthorizedKey(attacker.PublicKey()))[1]) {
+		t.Fatalf("the impostor's client key is in nix-ssh's authorized keys:\n%s", authorized)
+	}
+	// Nothing changes while it stays pending: another pass, the same.
+	if err := stage.client.Reconcile(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	stage.waitFor("a reconcile", func(s status.Status) bool { return s.LastReconcile.After(st.LastReconcile) })
+	if got := readFile(t, filepath.Join(S, "etc/ssh/authorized_keys.d/nix-ssh")); !bytes.Equal(got, authorized) {
+		t.Fatalf("nix-ssh's authorized keys changed with the impostor pending:\n%s", got)
+	}
 }
