@@ -23,6 +23,7 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/api"
 	"github.com/nixpeer/nixpeer/pkg/backoff"
 	"github.com/nixpeer/nixpeer/pkg/desired"
+	"github.com/nixpeer/nixpeer/pkg/filewatch"
 	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/metrics"
 	"github.com/nixpeer/nixpeer/pkg/nix"
@@ -31,7 +32,6 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/reconcile"
 	"github.com/nixpeer/nixpeer/pkg/state"
 	"github.com/nixpeer/nixpeer/pkg/status"
-	"github.com/nixpeer/nixpeer/pkg/watch"
 )
 
 // DefaultConfig is where the desired-state file lives without --config.
@@ -240,7 +240,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		if err := watch.File(ctx, log, config, desired.MaxSize, func() { loop.Trigger("desired-state file changed") }); err != nil {
+		if err := filewatch.File(ctx, log, config, desired.MaxSize, func() { loop.Trigger("desired-state file changed") }); err != nil {
 			log.Error("cannot watch the desired-state file; changes are picked up at the resync", zap.Error(err))
 		}
 	}()

@@ -1,8 +1,8 @@
-// Package watch tells when a file's content may have changed. It watches the
+// Package filewatch tells when a file's content may have changed. It watches the
 // file's directory, not the file, so editor saves by rename, `sed -i`, and
 // symlink swaps (Kubernetes ConfigMaps) are all seen, and it follows the file
 // through symlinks to the directory of its target.
-package watch
+package filewatch
 
 import (
 	"bytes"
