@@ -125,10 +125,12 @@ type daemonOptions struct {
 // maxMetricsConns bounds the connections of --metrics-listen at once.
 const maxMetricsConns = 16
 
-func serveMetrics(log *zap.Logger, addr string, m *metrics.Metrics) (func(), error) {
+// serveMetrics serves /metrics over TCP on addr; it returns the address it
+// listens on and the function that stops it.
+func serveMetrics(log *zap.Logger, addr string, m *metrics.Metrics) (string, func(), error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("listen for metrics on %s: %w", addr, err)
+		return "", nil, fmt.Errorf("listen for metrics on %s: %w", addr, err)
 	}
 	// Open to whoever reaches addr: bounded in connections and in time.
 	ln = netutil.LimitListener(ln, maxMetricsConns)
@@ -142,7 +144,7 @@ func serveMetrics(log *zap.Logger, addr string, m *metrics.Metrics) (func(), err
 		}
 	}()
 	log.Info("serving metrics", zap.String("addr", ln.Addr().String()))
-	return func() {
+	return ln.Addr().String(), func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
@@ -219,7 +221,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 	srv := api.NewServer(log, backend, group)
 	srv.HandleRead("GET /metrics", m.Handler())
 	if opts.metricsListen != "" {
-		stopMetrics, err := serveMetrics(log, opts.metricsListen, m)
+		_, stopMetrics, err := serveMetrics(log, opts.metricsListen, m)
 		if err != nil {
 			ln.Close()
 			return err

@@ -2,17 +2,21 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"testing"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"go.uber.org/zap"
 
 	"github.com/nixpeer/nixpeer/internal/testenv"
+	"github.com/nixpeer/nixpeer/pkg/metrics"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
 
@@ -129,5 +133,52 @@ func TestMetrics(t *testing.T) {
 	}
 	if v, ok := value(fams, "nixpeer_peer_state", "peer", "stage", "state", "Unreachable"); !ok || v != 1 {
 		t.Errorf("nixpeer_peer_state Unreachable = %v (found %v)", v, ok)
+	}
+}
+
+// TestMetricsListenerIsBounded: --metrics-listen is open to whoever
+// reaches it. Connections that send nothing take at most maxMetricsConns
+// slots and are closed by the server's read timeout; meanwhile another
+// scrape waits (for the first second of their 5 s, at least), and is
+// answered once they are gone.
+func TestMetricsListenerIsBounded(t *testing.T) {
+	addr, stop, err := serveMetrics(zap.NewNop(), "127.0.0.1:0", metrics.New(func() status.Status { return status.Status{Host: "h"} }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	var idle []net.Conn
+	for range maxMetricsConns {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		idle = append(idle, c)
+	}
+	answered := make(chan error, 1)
+	go func() {
+		resp, err := (&http.Client{Timeout: time.Minute}).Get("http://" + addr + "/metrics")
+		if err == nil {
+			resp.Body.Close()
+		}
+		answered <- err
+	}()
+	// The idle connections hold every slot for the server's 5 s read
+	// timeout: in the first second, the scrape is not answered.
+	select {
+	case err := <-answered:
+		t.Fatalf("a scrape was answered (%v) while %d idle connections held every slot", err, maxMetricsConns)
+	case <-time.After(time.Second):
+	}
+	for i, c := range idle {
+		// Closed by the server (EOF), not by this test's deadline.
+		c.SetReadDeadline(time.Now().Add(time.Minute))
+		if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("idle connection %d: read %v; want it closed by the server's read timeout", i, err)
+		}
+	}
+	if err := <-answered; err != nil {
+		t.Fatalf("the scrape once the idle connections were closed: %v", err)
 	}
 }
