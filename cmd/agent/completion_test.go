@@ -146,3 +146,26 @@ func TestZshAndFishCompletionsParse(t *testing.T) {
 		t.Errorf("fish completing nixpeer sta, nixpeer status --ro: %q, %v; want status, --root", got, err)
 	}
 }
+
+// FuzzComplete: whatever the shell passes, completion ends without a
+// panic, and every candidate it offers continues the word being completed.
+func FuzzComplete(f *testing.F) {
+	f.Add("status\x00--ro")
+	f.Add("trust\x00approve\x00--socket=/x\x00")
+	f.Add("validate\x00--config\x00=\x00/nonexistent\x00--host\x00=")
+	f.Add("\x00")
+	f.Fuzz(func(t *testing.T, line string) {
+		words := strings.Split(line, "\x00")
+		cands, _ := complete(words)
+		cur := joinEquals(words)
+		last := ""
+		if len(cur) > 0 {
+			last = cur[len(cur)-1]
+		}
+		for _, c := range cands {
+			if !strings.HasPrefix(c, last) {
+				t.Fatalf("complete(%q) offers %q, which does not continue %q", words, c, last)
+			}
+		}
+	})
+}
