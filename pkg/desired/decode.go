@@ -18,6 +18,7 @@ var (
 	fileFields  = []string{"apiVersion", "trust", "hosts"}
 	hostFields  = []string{"name", "address", "peerPort", "sshPort", "hostKey", "clientKey", "platform", "apply", "nixosModuleFile", "serve", "substituteFrom"}
 	serveFields = []string{"protocol", "keyName", "publicKey", "signClosure"}
+	trustFields = []string{"mode", "hostCAs"}
 )
 
 // fieldHelp says what a field must hold and shows a correct line, for the
@@ -30,7 +31,9 @@ type fieldHelp struct {
 
 var help = map[string]fieldHelp{
 	"apiVersion":      {true, "the string " + APIVersion, "apiVersion: " + APIVersion},
-	"trust":           {true, "approve, tofu or pinned", "trust: approve"},
+	"trust":           {true, "approve, tofu or pinned, or a mapping with mode: ca and hostCAs", "trust: approve"},
+	"mode":            {true, "approve, tofu, pinned or ca", "mode: ca"},
+	"hostCAs":         {false, "a list of SSH public key lines", `hostCAs: ["ssh-ed25519 AAAA... fleet-ca"]`},
 	"hosts":           {false, "a list of host mappings", "hosts: followed by lines like \"  - name: web1\""},
 	"name":            {true, "a host name (a lowercase DNS label)", "name: web1"},
 	"address":         {true, "a DNS host name or an IP address", "address: web1.example.com"},
@@ -86,9 +89,7 @@ func decodeFile(el *errorList, root ast.Node) (*File, []*hostInfo) {
 		el.add(fs.pos, "the file has no apiVersion; add \"apiVersion: %s\" as its first line", APIVersion)
 	}
 	if fd, ok := fs.get("trust"); ok {
-		if v, ok := enum(el, fd, []string{string(TrustApprove), string(TrustTOFU), string(TrustPinned)}); ok {
-			f.Trust = Trust(v)
-		}
+		decodeTrust(el, fd, f)
 	}
 	fd, ok := fs.get("hosts")
 	if !ok {
@@ -112,6 +113,53 @@ func decodeFile(el *errorList, root ast.Node) (*File, []*hostInfo) {
 		}
 	}
 	return f, infos
+}
+
+// decodeTrust decodes trust: a mode (approve, tofu, pinned), or a mapping
+// {mode: ca, hostCAs: [...]} naming the CAs of the hosts' certificates.
+func decodeTrust(el *errorList, fd field, f *File) {
+	const example = `trust: {mode: ca, hostCAs: ["ssh-ed25519 AAAA... fleet-ca"]}`
+	if _, isMap := fd.value.(*ast.MappingNode); !isMap {
+		if s, ok := fd.value.(*ast.StringNode); ok && s != nil && s.Value == string(TrustCA) {
+			el.add(posOf(fd.value), "trust ca needs the CAs' public keys; write %s", example)
+			return
+		}
+		if v, ok := enum(el, fd, []string{string(TrustApprove), string(TrustTOFU), string(TrustPinned)}); ok {
+			f.Trust = Trust(v)
+		}
+		return
+	}
+	tfs, ok := mapping(el, fd.value, "trust", example, trustFields)
+	if !ok {
+		return
+	}
+	md, ok := tfs.get("mode")
+	if !ok {
+		el.add(tfs.pos, "trust has no mode; for example %s", example)
+		return
+	}
+	v, ok := enum(el, md, []string{string(TrustApprove), string(TrustTOFU), string(TrustPinned), string(TrustCA)})
+	if !ok {
+		return
+	}
+	f.Trust = Trust(v)
+	cd, given := tfs.get("hostCAs")
+	switch {
+	case given && f.Trust != TrustCA:
+		el.add(cd.keyPos, "hostCAs is read only with mode: ca; remove it, or set mode: ca")
+	case given:
+		for _, it := range stringList(el, cd) {
+			k, r := normalizeHostKey(it.s)
+			if r != "" {
+				el.add(it.pos, "hostCAs entry %s; give the CA's public key line, as in the .pub file ssh-keygen made", r)
+				continue
+			}
+			f.HostCAs = append(f.HostCAs, k)
+		}
+	}
+	if f.Trust == TrustCA && len(f.HostCAs) == 0 && !given {
+		el.add(tfs.pos, "trust mode ca needs hostCAs: the public keys of the CAs that sign the hosts' SSH host certificates; for example %s", example)
+	}
 }
 
 // decodeHost decodes one entry of hosts, filling defaults.

@@ -42,6 +42,10 @@ const (
 	// TrustPinned requires a hostKey for every host that serves a peer
 	// or substitutes from one.
 	TrustPinned Trust = "pinned"
+	// TrustCA trusts a peer's host key that an SSH host certificate,
+	// signed by one of the file's hostCAs and valid now, names for the
+	// peer's name or address.
+	TrustCA Trust = "ca"
 )
 
 // Platform says how a host's Nix settings are managed.
@@ -83,6 +87,9 @@ type File struct {
 	Filename   string `json:"-"`
 	APIVersion string
 	Trust      Trust
+	// HostCAs are, with trust mode ca, the public keys ("ssh-ed25519
+	// BASE64") of the CAs whose host certificates are trusted.
+	HostCAs []string `json:",omitempty"`
 	// Hosts are in file order.
 	Hosts []*Host
 }

@@ -462,3 +462,28 @@ func TestHashCoversEveryField(t *testing.T) {
 	check("Host", func(f *File) reflect.Value { return reflect.ValueOf(f.Hosts[0]).Elem() })
 	check("Serve", func(f *File) reflect.Value { return reflect.ValueOf(f.Hosts[0].Serve).Elem() })
 }
+
+func TestTrustCA(t *testing.T) {
+	ca := strings.Replace(tutorial, "trust: approve         # optional", "trust: {mode: ca, hostCAs: [\""+keyA+" fleet-ca\", \""+keyB+"\"]}", 1)
+	f := mustParse(t, ca)
+	if f.Trust != TrustCA || len(f.HostCAs) != 2 || f.HostCAs[0] != keyA || f.HostCAs[1] != keyB {
+		t.Fatalf("trust %q, hostCAs %q", f.Trust, f.HostCAs)
+	}
+	if f := mustParse(t, strings.Replace(tutorial, "trust: approve         # optional", "trust: {mode: tofu}\n", 1)); f.Trust != TrustTOFU {
+		t.Fatalf("trust {mode: tofu} = %q", f.Trust)
+	}
+	for name, c := range map[string]struct{ trust, want string }{
+		"ca as a string":     {"trust: ca", "trust ca needs the CAs' public keys"},
+		"no hostCAs":         {"trust: {mode: ca}", "trust mode ca needs hostCAs"},
+		"hostCAs without ca": {"trust: {mode: approve, hostCAs: [\"" + keyA + "\"]}", "hostCAs is read only with mode: ca"},
+		"not a key":          {"trust: {mode: ca, hostCAs: [nonsense]}", "hostCAs entry"},
+		"no mode":            {"trust: {hostCAs: [\"" + keyA + "\"]}", "trust has no mode"},
+		"unknown mode":       {"trust: {mode: trusting}", "mode \"trusting\" is not one of"},
+		"unknown field":      {"trust: {mode: ca, hostCA: [\"" + keyA + "\"]}", "hostCA"},
+	} {
+		_, err := Parse("d.yaml", []byte(strings.Replace(tutorial, "trust: approve         # optional", c.trust, 1)))
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "d.yaml:2:") {
+			t.Errorf("%s: %v; want an error at line 2 containing %q", name, err, c.want)
+		}
+	}
+}
