@@ -47,6 +47,9 @@ type Entry struct {
 	// nixpeer (sshkeys.AuthorizedLineOf); other types and certificates
 	// are refused.
 	Key ssh.PublicKey
+	// CA marks Key as a CA whose host certificates ssh trusts for the
+	// host (a "@cert-authority" line).
+	CA bool
 }
 
 // hostField is the first column of the entry's known_hosts line.
@@ -57,8 +60,15 @@ func (e Entry) hostField() string {
 // line is the entry's known_hosts line, without a newline. The entry must
 // have been normalized.
 func (e Entry) line() string {
-	return e.hostField() + " " + sshkeys.Key{Public: e.Key}.AuthorizedLine()
+	l := e.hostField() + " " + sshkeys.Key{Public: e.Key}.AuthorizedLine()
+	if e.CA {
+		l = certAuthority + " " + l
+	}
+	return l
 }
+
+// certAuthority marks a known_hosts line whose key is a CA's.
+const certAuthority = "@cert-authority"
 
 // Render returns existing with the managed block set to hold entries.
 // Entries are validated, sorted and deduplicated. An existing block is
@@ -106,6 +116,10 @@ func Managed(existing []byte) ([]Entry, error) {
 // BASE64", the key as sshkeys.ParseAuthorizedLine accepts it.
 func parseLine(l string) (Entry, error) {
 	f := strings.Fields(l)
+	ca := len(f) > 0 && f[0] == certAuthority
+	if ca {
+		f = f[1:]
+	}
 	if len(f) != 3 {
 		return Entry{}, fmt.Errorf("want \"HOST ssh-ed25519 BASE64\", got %d fields", len(f))
 	}
@@ -117,7 +131,7 @@ func parseLine(l string) (Entry, error) {
 	if err != nil {
 		return Entry{}, fmt.Errorf("parse key of %q: %w", f[0], err)
 	}
-	return Entry{Host: host, Port: port, Key: key}, nil
+	return Entry{Host: host, Port: port, Key: key, CA: ca}, nil
 }
 
 // normalize validates entries and returns them in canonical form, sorted
@@ -150,7 +164,18 @@ func compare(a, b Entry) int {
 		strings.Compare(a.Host, b.Host),
 		cmp.Compare(a.Port, b.Port),
 		bytes.Compare(a.Key.Marshal(), b.Key.Marshal()),
+		compareBool(a.CA, b.CA),
 	)
+}
+
+func compareBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
 }
 
 // normalized checks e and returns it with Host in canonical form
@@ -166,5 +191,5 @@ func (e Entry) normalized() (Entry, error) {
 	if _, err := sshkeys.AuthorizedLineOf(e.Key); err != nil {
 		return Entry{}, fmt.Errorf("host %s: %w", host, err)
 	}
-	return Entry{Host: host, Port: e.Port, Key: e.Key}, nil
+	return Entry{Host: host, Port: e.Port, Key: e.Key, CA: e.CA}, nil
 }

@@ -502,3 +502,21 @@ func renderTo(path string, v []Entry) error {
 	}
 	return os.WriteFile(path, out, 0o644)
 }
+
+// TestCertAuthorityEntries: a CA entry is written as ssh reads it, and
+// read back.
+func TestCertAuthorityEntries(t *testing.T) {
+	k := testKeys(t)
+	entries := []Entry{{Host: "127.0.0.2", Port: 2222, Key: k[0], CA: true}, {Host: "127.0.0.2", Port: 2222, Key: k[1]}}
+	out, err := Render(nil, entries)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), "\n@cert-authority [127.0.0.2]:2222 "+text(k[0])+"\n") {
+		t.Fatalf("no @cert-authority line:\n%s", out)
+	}
+	got, err := Managed(out)
+	if err != nil || len(got) != 2 || got[0].CA == got[1].CA {
+		t.Fatalf("Managed = %+v, %v", got, err)
+	}
+}

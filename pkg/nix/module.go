@@ -45,8 +45,10 @@ type KnownHost struct {
 	// HostNames are host names or addresses, or [HOST]:PORT
 	// (hostname.ParseWithPort).
 	HostNames []string
-	// PublicKey is the host's ed25519 key.
-	PublicKey ssh.PublicKey
+	// PublicKey is the host's ed25519 key, or with CertAuthority the key
+	// of a CA whose host certificates are trusted for HostNames.
+	PublicKey     ssh.PublicKey
+	CertAuthority bool
 }
 
 // moduleHeader starts the managed module.
@@ -164,6 +166,9 @@ func writeKnownHost(b *strings.Builder, h KnownHost) error {
 	fmt.Fprintf(b, "  programs.ssh.knownHosts.%s = {\n", NixString(h.Name))
 	writeNixList(b, "    ", "hostNames", sortedUnique(h.HostNames), true)
 	fmt.Fprintf(b, "    publicKey = %s;\n", NixString(key))
+	if h.CertAuthority {
+		b.WriteString("    certAuthority = true;\n")
+	}
 	b.WriteString("  };\n")
 	return nil
 }

@@ -36,6 +36,8 @@ const (
 // A priority above 0 is put in the URL (priority=N: Nix asks substituters
 // with a lower one first; cache.nixos.org has 40).
 // clientKeyPath must pass ValidatePath; only ed25519 host keys are accepted.
+// A nil hostKey pins none (trust: ca): ssh then checks the host's
+// certificate against root's known_hosts.
 func SubstituterURL(protocol Protocol, address string, sshPort int, clientKeyPath string, hostKey ssh.PublicKey, priority int) (string, error) {
 	if _, err := validateProtocol(protocol); err != nil {
 		return "", fmt.Errorf("substituter URL: %w", err)
@@ -50,13 +52,15 @@ func SubstituterURL(protocol Protocol, address string, sshPort int, clientKeyPat
 	if err := ValidatePath(clientKeyPath); err != nil {
 		return "", fmt.Errorf("substituter URL for %s: client key: %w", address, err)
 	}
-	line, err := sshkeys.AuthorizedLineOf(hostKey)
-	if err != nil {
-		return "", fmt.Errorf("substituter URL for %s: host key: %w", address, err)
-	}
 	u := string(protocol) + "://" + sshServeUser + "@" + hostname.Bracket(address) +
-		"?" + paramSSHKey + "=" + queryEscape(clientKeyPath) +
-		"&" + paramHostKey + "=" + queryEscape(base64.StdEncoding.EncodeToString([]byte(line)))
+		"?" + paramSSHKey + "=" + queryEscape(clientKeyPath)
+	if hostKey != nil {
+		line, err := sshkeys.AuthorizedLineOf(hostKey)
+		if err != nil {
+			return "", fmt.Errorf("substituter URL for %s: host key: %w", address, err)
+		}
+		u += "&" + paramHostKey + "=" + queryEscape(base64.StdEncoding.EncodeToString([]byte(line)))
+	}
 	if priority < 0 || priority > 1000 {
 		return "", fmt.Errorf("substituter URL for %s: priority %d is not from 0 to 1000", address, priority)
 	}

@@ -68,8 +68,9 @@ func TestSubstituterURLRefuses(t *testing.T) {
 	if _, err := SubstituterURL("ssh", "h", 22, "/k", testECDSAKey(t), 0); err == nil {
 		t.Error("SubstituterURL accepted an ecdsa host key")
 	}
-	if _, err := SubstituterURL("ssh", "h", 22, "/k", nil, 0); err == nil {
-		t.Error("SubstituterURL accepted no host key")
+	// No host key: none pinned (trust: ca), the URL still valid.
+	if u, err := SubstituterURL("ssh", "h", 22, "/k", nil, 0); err != nil || strings.Contains(u, "base64-ssh-public-host-key") || ValidateSubstituter(u) != nil {
+		t.Errorf("SubstituterURL without a host key = %q, %v; want one that pins none", u, err)
 	}
 }
 

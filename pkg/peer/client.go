@@ -65,7 +65,7 @@ func Fetch(ctx context.Context, addr string, check HostKeyCheck) (Facts, error) 
 }
 
 func fetch(ctx context.Context, addr string, check HostKeyCheck) (Facts, error) {
-	client, err := dial(ctx, addr, nil, nil, check, DefaultDialTimeout)
+	client, err := dial(ctx, addr, nil, nil, check, DefaultDialTimeout, false)
 	if err != nil {
 		return Facts{}, err
 	}
@@ -95,7 +95,10 @@ var errConnect = errors.New("connect")
 // dial connects to addr and does the SSH handshake, accepting only an
 // ed25519 host key that check accepts. timeout bounds the connect and the
 // handshake each; the handshake's deadline is from clk.
-func dial(ctx context.Context, addr string, local net.IP, identity ssh.Signer, check HostKeyCheck, timeout time.Duration) (*ssh.Client, error) {
+//
+// With certs, the server is asked for its host certificate first (trust:
+// ca): check then gets the certificate.
+func dial(ctx context.Context, addr string, local net.IP, identity ssh.Signer, check HostKeyCheck, timeout time.Duration, certs bool) (*ssh.Client, error) {
 	if check == nil {
 		return nil, errors.New("no host key check given")
 	}
@@ -122,7 +125,7 @@ func dial(ctx context.Context, addr string, local net.IP, identity ssh.Signer, c
 			}
 			return nil
 		},
-		HostKeyAlgorithms: []string{ssh.KeyAlgoED25519},
+		HostKeyAlgorithms: hostKeyAlgorithms(certs),
 		ClientVersion:     ClientVersion,
 		Auth: []ssh.AuthMethod{ssh.PublicKeysCallback(func() ([]ssh.Signer, error) {
 			if identity != nil {
@@ -223,4 +226,14 @@ func (s *stderrTail) suffix() string {
 		return ""
 	}
 	return fmt.Sprintf(" (stderr %q)", s.buf)
+}
+
+// hostKeyAlgorithms are the host keys a client accepts: ed25519, or with
+// certs an ed25519 certificate first (a plain key then, for a message
+// that says what is missing).
+func hostKeyAlgorithms(certs bool) []string {
+	if certs {
+		return []string{ssh.CertAlgoED25519v01, ssh.KeyAlgoED25519}
+	}
+	return []string{ssh.KeyAlgoED25519}
 }

@@ -95,6 +95,10 @@ type ServerOptions struct {
 	// Reserved tells whether an address is one of a host this one peers
 	// with: its handshakes have room of their own. nil reserves nothing.
 	Reserved func(remote net.IP) bool
+	// Certificate, when set, is a host certificate of the host key,
+	// presented to clients that ask for one (trust: ca) beside the plain
+	// key.
+	Certificate *ssh.Certificate
 }
 
 func (o ServerOptions) withDefaults() ServerOptions {
@@ -225,6 +229,13 @@ func NewServer(log *zap.Logger, hostKey ssh.Signer, opts ServerOptions) *Server 
 		},
 	}
 	config.AddHostKey(hostKey)
+	if opts.Certificate != nil {
+		if cs, err := ssh.NewCertSigner(opts.Certificate, hostKey); err != nil {
+			log.Warn("the host certificate is not presented", zap.Error(err))
+		} else {
+			config.AddHostKey(cs)
+		}
+	}
 	if t := hostKey.PublicKey().Type(); t != ssh.KeyAlgoED25519 {
 		log.Warn("peer port host key is not ed25519; peers will refuse it", zap.String("type", t))
 	}

@@ -446,7 +446,7 @@ func TestKnownPeersHaveRoomOfTheirOwn(t *testing.T) {
 	s := startServer(t, "127.0.0.2:0", key, ServerOptions{MaxConns: 2, MaxConnsPerIP: 2, Known: isKnown, AnonymousLifetime: 300 * time.Millisecond})
 	s.publish(validFacts(t, key.PublicKey()))
 	dialAs := func(id ssh.Signer) (*ssh.Client, error) {
-		return dial(context.Background(), s.addr, net.ParseIP("127.0.0.1"), id, pin(key.PublicKey()), wait)
+		return dial(context.Background(), s.addr, net.ParseIP("127.0.0.1"), id, pin(key.PublicKey()), wait, false)
 	}
 	var anonymous []*ssh.Client
 	for range 2 {
@@ -785,7 +785,7 @@ func TestOnePeerCannotTakeEveryPeerSlot(t *testing.T) {
 	}})
 	s.publish(validFacts(t, key.PublicKey()))
 	connect := func(id ssh.Signer) *ssh.Client {
-		c, err := dial(context.Background(), s.addr, nil, id, pin(key.PublicKey()), wait)
+		c, err := dial(context.Background(), s.addr, nil, id, pin(key.PublicKey()), wait, false)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -33,7 +33,7 @@ func TestTurns(t *testing.T) {
 	s.publish(validFacts(t, key.PublicKey()))
 	dialAs := func(id ssh.Signer) *ssh.Client {
 		t.Helper()
-		c, err := dial(context.Background(), s.addr, net.ParseIP("127.0.0.1"), id, pin(key.PublicKey()), wait)
+		c, err := dial(context.Background(), s.addr, net.ParseIP("127.0.0.1"), id, pin(key.PublicKey()), wait, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -92,7 +92,7 @@ func TestTurnHold(t *testing.T) {
 	}
 	s := startServer(t, "127.0.0.2:0", key, ServerOptions{Known: isKnown, Turns: 1, TurnHold: 100 * time.Millisecond})
 	s.publish(validFacts(t, key.PublicKey()))
-	ca, err := dial(context.Background(), s.addr, nil, a, pin(key.PublicKey()), wait)
+	ca, err := dial(context.Background(), s.addr, nil, a, pin(key.PublicKey()), wait, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestTurnHold(t *testing.T) {
 	if _, err := Turn(context.Background(), ca); err != nil { // never ended
 		t.Fatal(err)
 	}
-	cb, err := dial(context.Background(), s.addr, nil, b, pin(key.PublicKey()), wait)
+	cb, err := dial(context.Background(), s.addr, nil, b, pin(key.PublicKey()), wait, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func TestTurnForAPeerKnownSinceItConnected(t *testing.T) {
 	}
 	s := startServer(t, "127.0.0.2:0", key, ServerOptions{Known: isKnown})
 	s.publish(validFacts(t, key.PublicKey()))
-	c, err := dial(context.Background(), s.addr, nil, late, pin(key.PublicKey()), wait)
+	c, err := dial(context.Background(), s.addr, nil, late, pin(key.PublicKey()), wait, false)
 	if err != nil {
 		t.Fatal(err)
 	}

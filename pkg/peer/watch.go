@@ -56,6 +56,8 @@ type WatchOptions struct {
 	// the first one that connects starts the next attempt, so a peer that
 	// comes back is watched again within about Light.
 	Light time.Duration
+	// Certificates asks the peer for its host certificate (trust: ca).
+	Certificates bool
 	// Conn, when set, is given the connection of each watch once its
 	// session runs, and nil when it ends: turns (see Turn) are asked for
 	// on it.
@@ -191,7 +193,7 @@ func watchOnce(ctx context.Context, addr string, check HostKeyCheck, opts WatchO
 	if opts.Identity != nil {
 		identity = opts.Identity()
 	}
-	client, err := dial(ctx, addr, opts.LocalIP, identity, check, opts.DialTimeout)
+	client, err := dial(ctx, addr, opts.LocalIP, identity, check, opts.DialTimeout, opts.Certificates)
 	if err != nil {
 		return false, err
 	}

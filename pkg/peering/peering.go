@@ -43,6 +43,9 @@ const (
 	// RefusedNotApproved: trust: approve, and nobody vouched for the key
 	// the peer offers (no pin, no approval, nothing remembered).
 	RefusedNotApproved = "HostKeyNotApproved"
+	// RefusedNotCertified: trust: ca, and the peer offers no host
+	// certificate of a listed CA, valid now, for its name or address.
+	RefusedNotCertified = "HostKeyNotCertified"
 )
 
 // Target is a peer to watch.
@@ -61,6 +64,11 @@ type Target struct {
 	// awaits an operator's approval (Approve) instead of being trusted on
 	// first use.
 	Approve bool
+	// CAs are, with trust: ca, the CAs whose host certificates are
+	// trusted: the peer's host key is the one a valid certificate of
+	// theirs names for its name or address, whatever was trusted before
+	// (a rotated key needs nothing from anyone); nothing else is.
+	CAs []ssh.PublicKey
 	// From is the address to dial the peer from (this host's own, when
 	// it is a local IP literal), or nil for the system's choice.
 	From net.IP
@@ -81,7 +89,8 @@ type Target struct {
 // up without a new connection.
 func (t Target) same(o Target) bool {
 	return t.Name == o.Name && t.Address == o.Address && t.Addr == o.Addr && t.Self == o.Self &&
-		t.PinsRequired == o.PinsRequired && t.Approve == o.Approve && sameKey(t.Pin, o.Pin) && t.From.Equal(o.From)
+		t.PinsRequired == o.PinsRequired && t.Approve == o.Approve && sameKey(t.Pin, o.Pin) && t.From.Equal(o.From) &&
+		slices.EqualFunc(t.CAs, o.CAs, sameKey)
 }
 
 // Refusal says why a peer's host key was refused.
@@ -552,7 +561,7 @@ func (m *Manager) run(ctx context.Context, w *watched) {
 	onFacts := func(f peer.Facts) error { return m.accept(ctx, log, w, f) }
 	onError := func(err error) { m.failed(ctx, log, w, err) }
 	opts := m.opts
-	opts.LocalIP, opts.Wake = w.target.From, w.wake
+	opts.LocalIP, opts.Wake, opts.Certificates = w.target.From, w.wake, len(w.target.CAs) > 0
 	opts.Identity = func() ssh.Signer {
 		m.mu.Lock()
 		defer m.mu.Unlock()
@@ -601,6 +610,15 @@ func (m *Manager) check(ctx context.Context, log *zap.Logger, w *watched, offere
 		}
 		return errors.New(msg)
 	}
+	if len(t.CAs) > 0 {
+		key, err := sshkeys.CertifiedKey(offered, t.CAs, t.Name, t.Address)
+		if err != nil {
+			return refuse(RefusedNotCertified, err.Error(), nil)
+		}
+		w.connKey = key
+		m.mu.Unlock()
+		return nil
+	}
 	remembered := m.remembered(t)
 	switch {
 	case st.HostKey != nil && !sameKey(st.HostKey, offered) && st.Trust == status.TrustPinned:
@@ -645,10 +663,23 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 	}
 	st := &w.st
 	now := time.Now()
-	firstUse := st.HostKey == nil
-	if firstUse {
+	certified := len(t.CAs) > 0
+	firstUse := st.HostKey == nil && !certified
+	switch {
+	case certified:
+		// check verified the certificate: the key it names is the
+		// peer's, whatever was trusted before.
+		if st.Trust != status.TrustCertified || !sameKey(st.HostKey, key) {
+			st.Trust, st.HostKey, w.trustedAt = status.TrustCertified, key, now
+			if err := m.storeLocked(w); err != nil {
+				st.Trust, st.HostKey = status.TrustNone, nil
+				m.mu.Unlock()
+				return fmt.Errorf("remember the host key of %s: %w", t.Name, err)
+			}
+		}
+	case firstUse:
 		st.Trust, st.HostKey = status.TrustTOFU, key
-	} else if !sameKey(st.HostKey, key) {
+	case !sameKey(st.HostKey, key):
 		m.mu.Unlock()
 		return fmt.Errorf("the connection to %s changed host key", t.Addr)
 	}

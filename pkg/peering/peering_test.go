@@ -35,7 +35,7 @@ func newSigner(t *testing.T) ssh.Signer {
 // servePeer runs a peer port for host "stage" on addr with key, and
 // returns its "host:port".
 func servePeer(t *testing.T, p *Port, listen string, key ssh.Signer) {
-	if err := p.Ensure(listen, key); err != nil {
+	if err := p.Ensure(listen, key, nil); err != nil {
 		t.Fatal(err)
 	}
 	p.Publish(peer.Facts{Version: peer.FactsVersion, Name: "stage", Address: addr, Generation: 1,
@@ -177,7 +177,7 @@ func TestImpostorIsNotTrustedOnFirstUse(t *testing.T) {
 	ctx, cancel, store, listen, port := fixture(t)
 	defer cancel()
 	impostor := newSigner(t)
-	if err := port.Ensure(listen, impostor); err != nil {
+	if err := port.Ensure(listen, impostor, nil); err != nil {
 		t.Fatal(err)
 	}
 	port.Publish(peer.Facts{Version: peer.FactsVersion, Name: "prod", Address: addr, HostKeys: []string{keyLine(impostor.PublicKey())}})
@@ -213,7 +213,7 @@ func TestOtherConsumersCostNothing(t *testing.T) {
 	}}, func(string) {})
 	t.Cleanup(port.Close)
 	key := newSigner(t)
-	if err := port.Ensure(listen, key); err != nil {
+	if err := port.Ensure(listen, key, nil); err != nil {
 		t.Fatal(err)
 	}
 	cacheKey := "stage-1:" + base64.StdEncoding.EncodeToString(make([]byte, 32))

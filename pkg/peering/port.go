@@ -49,10 +49,13 @@ func ListenAddr(address string, port int) string {
 
 // Ensure makes the port listen on addr with hostKey. It does nothing when
 // it does so already.
-func (p *Port) Ensure(addr string, hostKey ssh.Signer) error {
+func (p *Port) Ensure(addr string, hostKey ssh.Signer, cert *ssh.Certificate) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	key := hostKey.PublicKey().Marshal()
+	if cert != nil {
+		key = append(key, cert.Marshal()...)
+	}
 	if p.srv != nil && p.addr == addr && string(p.key) == string(key) && !p.ended() {
 		return nil
 	}
@@ -61,7 +64,9 @@ func (p *Port) Ensure(addr string, hostKey ssh.Signer) error {
 	if err != nil {
 		return fmt.Errorf("listen on the peer port %s: %w", addr, err)
 	}
-	srv := peer.NewServer(p.log, hostKey, p.opts)
+	opts := p.opts
+	opts.Certificate = cert
+	srv := peer.NewServer(p.log, hostKey, opts)
 	if p.facts != nil {
 		srv.Publish(*p.facts)
 	}

@@ -76,10 +76,11 @@ type Trust string
 
 // Trust of a peer's host key.
 const (
-	TrustPinned   Trust = "pinned"   // hostKey in the desired-state file
-	TrustTOFU     Trust = "tofu"     // trusted on first use, remembered
-	TrustApproved Trust = "approved" // approved by an operator on this host, remembered
-	TrustNone     Trust = "none"     // not trusted yet
+	TrustPinned    Trust = "pinned"    // hostKey in the desired-state file
+	TrustTOFU      Trust = "tofu"      // trusted on first use, remembered
+	TrustApproved  Trust = "approved"  // approved by an operator on this host, remembered
+	TrustCertified Trust = "certified" // an SSH host certificate of a CA the file names
+	TrustNone      Trust = "none"      // not trusted yet
 )
 
 // Peer roles.
