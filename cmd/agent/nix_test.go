@@ -84,6 +84,9 @@ type fleetRun struct {
 	sshd         *testenv.SSHD
 	port         int
 	started      time.Time // when both agents were started
+	// sshdExtra are more sshd_config lines for staging's sshd; sshOpts
+	// more NIX_SSHOPTS for production's fetches.
+	sshdExtra, sshOpts []string
 }
 
 // prepareFleet writes the desired state and the operators' own nix.conf
@@ -118,6 +121,7 @@ func (f *fleetRun) startSSHD(t testing.TB) {
 	f.sshd = testenv.StartSSHD(t, testenv.SSHDConfig{
 		Address: f.stageAddr, Port: f.port, HostKeyFile: filepath.Join(f.S, "etc/ssh/ssh_host_ed25519_key"),
 		AuthorizedKeysFile: filepath.Join(f.S, "etc/ssh/authorized_keys.d/%u"), Daemon: f.daemon,
+		ExtraConfig: f.sshdExtra,
 	})
 }
 
@@ -153,9 +157,13 @@ func (f *fleetRun) fetch(t testing.TB, path string) (string, string) {
 	store := t.TempDir()
 	cmd := exec.Command("nix-store", "--store", store, "-r", path)
 	cmd.Env = append(os.Environ(), "NIX_CONF_DIR="+filepath.Join(f.P, "etc/nix"))
+	opts := f.sshOpts
 	if f.port != 22 {
 		// Nix 2.8 takes no port from the URL: root's ssh config has it.
-		cmd.Env = append(cmd.Env, "NIX_SSHOPTS=-F "+filepath.Join(f.P, "root/.ssh/config"))
+		opts = append(opts, "-F", filepath.Join(f.P, "root/.ssh/config"))
+	}
+	if len(opts) > 0 {
+		cmd.Env = append(cmd.Env, "NIX_SSHOPTS="+strings.Join(opts, " "))
 	}
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "copying path") {

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/nixpeer/nixpeer/pkg/nix"
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 )
 
 // Defaults applied to a Target's zero fields.
@@ -37,9 +38,14 @@ type Target struct {
 	User     string        // default "nix-ssh"
 	Protocol nix.Protocol  // ssh (nix-store --serve, the default) or ssh-ng (nix-daemon --stdio)
 	Signer   ssh.Signer    // our client key: required
-	HostKey  ssh.PublicKey // the pinned host key: required, compared exactly
-	Timeout  time.Duration // bounds the whole probe (dial, handshake, protocol); default 10s
-	From     net.IP        // the local address to dial from; nil lets the system choose
+	HostKey  ssh.PublicKey // the pinned host key, compared exactly; required unless HostCAs
+	// HostCAs, when set (trust: ca), replace HostKey: the server's host
+	// certificate must be signed by one of them, valid now, for one of
+	// Principals (the peer's name and address).
+	HostCAs    []ssh.PublicKey
+	Principals []string
+	Timeout    time.Duration // bounds the whole probe (dial, handshake, protocol); default 10s
+	From       net.IP        // the local address to dial from; nil lets the system choose
 
 	// after, when set, speaks on once the handshake succeeded (see
 	// QueryPathInfos).
@@ -155,9 +161,15 @@ func fail(r Reason, format string, args ...any) error {
 }
 
 // hostKeyMismatchError is returned by the host key callback.
-type hostKeyMismatchError struct{ expected, got ssh.PublicKey }
+type hostKeyMismatchError struct {
+	expected, got ssh.PublicKey
+	cas           bool // with HostCAs: got is no valid certificate of theirs
+}
 
 func (e *hostKeyMismatchError) Error() string {
+	if e.cas {
+		return fmt.Sprintf("got %s, not a host certificate of hostCAs valid now for the peer", ssh.FingerprintSHA256(e.got))
+	}
 	return fmt.Sprintf("expected %s, got %s", ssh.FingerprintSHA256(e.expected), ssh.FingerprintSHA256(e.got))
 }
 
@@ -196,7 +208,7 @@ func (t Target) validate() error {
 		return fmt.Errorf("port %d out of range", t.Port)
 	case t.Signer == nil:
 		return errors.New("no client key (Signer)")
-	case t.HostKey == nil:
+	case t.HostKey == nil && len(t.HostCAs) == 0:
 		return errors.New("no pinned host key (HostKey)")
 	}
 	_, err := t.command()
@@ -281,14 +293,22 @@ func probe(ctx context.Context, t Target, start, deadline time.Time) (Result, er
 		User: t.User,
 		Auth: []ssh.AuthMethod{ssh.PublicKeys(t.Signer)},
 		HostKeyCallback: func(_ string, _ net.Addr, key ssh.PublicKey) error {
+			if len(t.HostCAs) > 0 {
+				for _, p := range t.Principals {
+					if _, err := sshkeys.CertifiedKey(key, t.HostCAs, p, p); err == nil {
+						return nil
+					}
+				}
+				return &hostKeyMismatchError{expected: t.HostKey, got: key, cas: true}
+			}
 			if bytes.Equal(key.Marshal(), t.HostKey.Marshal()) {
 				return nil
 			}
 			return &hostKeyMismatchError{expected: t.HostKey, got: key}
 		},
 		// Ask for the pinned key's type, so that a server with several host
-		// keys shows the one we know.
-		HostKeyAlgorithms: hostKeyAlgorithms(t.HostKey),
+		// keys shows the one we know; with CAs, its certificate.
+		HostKeyAlgorithms: hostKeyAlgorithms(t.HostKey, len(t.HostCAs) > 0),
 	}
 	c, chans, reqs, err := ssh.NewClientConn(conn, t.addr(), config)
 	if err != nil {
@@ -381,7 +401,10 @@ func waitBounded(session *ssh.Session, deadline time.Time, limit time.Duration) 
 }
 
 // hostKeyAlgorithms returns the SSH host key algorithms that present key.
-func hostKeyAlgorithms(key ssh.PublicKey) []string {
+func hostKeyAlgorithms(key ssh.PublicKey, certs bool) []string {
+	if certs {
+		return []string{ssh.CertAlgoED25519v01}
+	}
 	if key.Type() == ssh.KeyAlgoRSA {
 		return []string{ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA}
 	}

@@ -139,7 +139,7 @@ func (h *Host) actOn(ctx context.Context, o *Observation, r *Resource, a *acted)
 		}
 	}
 	if r.Listen != "" {
-		if err := h.cfg.Port.Ensure(r.Listen, o.HostKey.Key.Signer); err != nil {
+		if err := h.cfg.Port.Ensure(r.Listen, o.HostKey.Key.Signer, o.HostCert); err != nil {
 			return fmt.Errorf("%w; is another agent or program on that port?", err)
 		}
 	}

@@ -87,7 +87,7 @@ type fakePort struct {
 	facts []peer.Facts
 }
 
-func (p *fakePort) Ensure(string, ssh.Signer) error { return nil }
+func (p *fakePort) Ensure(string, ssh.Signer, *ssh.Certificate) error { return nil }
 func (p *fakePort) Publish(f peer.Facts) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

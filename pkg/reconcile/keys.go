@@ -8,6 +8,7 @@ import (
 
 	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/peering"
+	"github.com/nixpeer/nixpeer/pkg/probe"
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 	"github.com/nixpeer/nixpeer/pkg/status"
 	"golang.org/x/crypto/ssh"
@@ -33,8 +34,8 @@ func learnKeys(o *Observation) (map[string]peerKeys, error) {
 			return nil, err
 		}
 		st := o.Peers[h.Name]
-		if k.HostKey == nil {
-			k.HostKey = st.HostKey
+		if k.HostKey == nil || o.File.Trust == desired.TrustCA {
+			k.HostKey = st.HostKey // with trust: ca, the certified key alone
 		}
 		if f := st.Facts; f != nil {
 			if k.ClientKey == nil && f.ClientKey != "" {
@@ -123,11 +124,24 @@ func (pl *planner) planKeys() *Resource {
 // planPeerPort keeps the peer port listening with the host key.
 func (pl *planner) planPeerPort() *Resource {
 	r := &Resource{Type: status.PeerPortReady}
-	if pl.o.HostKey.Usable() {
+	o := pl.o
+	switch {
+	case !o.HostKey.Usable():
+		r.Reason, r.Message = "NoHostKey", "the peer port needs this host's SSH host key; see KeysReady"
+	case pl.file.Trust == desired.TrustCA && o.HostCertErr != nil:
+		r.Listen = peering.ListenAddr(pl.self.Address, pl.self.PeerPort)
+		r.Reason, r.Message, r.Failed = "HostCertificateUnusable", o.HostCertErr.Error(), true
+	case pl.file.Trust == desired.TrustCA && o.HostCert == nil:
+		r.Listen = peering.ListenAddr(pl.self.Address, pl.self.PeerPort)
+		r.Reason = "NoHostCertificate"
+		r.Message = fmt.Sprintf("trust: ca, and %s-cert.pub is missing: peers refuse this host until one of hostCAs signs its host key (ssh-keygen -s CA_KEY -h -I %s -n %s,%s %s.pub)",
+			o.Layout.HostKey, pl.self.Name, pl.self.Name, pl.self.Address, o.Layout.HostKey)
+	default:
 		r.Listen = peering.ListenAddr(pl.self.Address, pl.self.PeerPort)
 		r.Status, r.Reason, r.Message = true, "Listening", "peers reach this agent at "+r.Listen
-	} else {
-		r.Reason, r.Message = "NoHostKey", "the peer port needs this host's SSH host key; see KeysReady"
+		if o.HostCert != nil {
+			r.Message += fmt.Sprintf(", with its host certificate %q", o.HostCert.KeyId)
+		}
 	}
 	return r
 }
@@ -156,7 +170,8 @@ func watchTargets(file *desired.File, self *desired.Host, remembered map[string]
 	add := func(h *desired.Host) {
 		pins, _ := pinnedKeys(h) // validated with the file
 		targets = append(targets, peering.Target{Name: h.Name, Address: h.Address, Pin: pins.HostKey,
-			PinsRequired: file.Trust == desired.TrustPinned, Approve: file.Trust == desired.TrustApprove, Addr: peerAddr(h), Remembered: remembered[h.Name], From: from, Self: self.Name})
+			PinsRequired: file.Trust == desired.TrustPinned, Approve: file.Trust == desired.TrustApprove, Addr: peerAddr(h), Remembered: remembered[h.Name], From: from, Self: self.Name,
+			CAs: hostCAs(file)})
 	}
 	seen := map[string]bool{}
 	for _, name := range self.SubstituteFrom {
@@ -183,4 +198,29 @@ func localIP(address string) net.IP {
 
 func peerAddr(h *desired.Host) string {
 	return net.JoinHostPort(h.Address, strconv.Itoa(h.PeerPort))
+}
+
+// hostCAs are the CAs of trust: ca, nil in another mode.
+func hostCAs(file *desired.File) []ssh.PublicKey {
+	if file.Trust != desired.TrustCA {
+		return nil
+	}
+	var cas []ssh.PublicKey
+	for _, line := range file.HostCAs {
+		if k, err := sshkeys.ParsePublicLine(line); err == nil { // validated with the file
+			cas = append(cas, k)
+		}
+	}
+	return cas
+}
+
+// probeTarget is how this host reaches the sshd of peer h, whose host key
+// it trusts as key (with trust: ca, its CAs' certificate for h).
+func (pl *planner) probeTarget(h *desired.Host, key ssh.PublicKey) probe.Target {
+	t := probe.Target{Address: h.Address, Port: h.SSHPort, Protocol: h.Serve.Protocol,
+		Signer: pl.o.ClientKey.Key.Signer, HostKey: key, Timeout: ProbeTimeout, From: localIP(pl.self.Address)}
+	if cas := hostCAs(pl.file); cas != nil {
+		t.HostKey, t.HostCAs, t.Principals = nil, cas, []string{h.Name, h.Address}
+	}
+	return t
 }

@@ -51,6 +51,10 @@ type Observation struct {
 	SelfErr string
 
 	ClientKey, HostKey KeyObs
+	// HostCert is the host certificate beside the host key (KEY-cert.pub),
+	// nil when there is none or HostCertErr says why it is not usable.
+	HostCert    *ssh.Certificate
+	HostCertErr error
 	// KeysDirMode is the mode of the directory of the private keys (0
 	// when it is missing).
 	KeysDirMode fs.FileMode
@@ -157,6 +161,9 @@ func (h *Host) observe() *Observation {
 
 	o.ClientKey = inspectKey("client key", l.ClientKey)
 	o.HostKey = inspectKey("host key", l.HostKey)
+	if o.HostKey.Usable() {
+		o.HostCert, o.HostCertErr = sshkeys.ReadHostCert(l.HostKey+"-cert.pub", o.HostKey.Key.Public)
+	}
 	if st, err := os.Lstat(l.KeysDir); err == nil && st.IsDir() {
 		o.KeysDirMode = st.Mode().Perm()
 	}
@@ -329,6 +336,9 @@ func inspectKey(what, path string) KeyObs {
 // comments of nix-ssh's authorized keys.
 func remembered(o *Observation) map[string]ssh.PublicKey {
 	out := map[string]ssh.PublicKey{}
+	if o.File.Trust == desired.TrustCA {
+		return out // a certificate of a listed CA is the only trust
+	}
 	if o.Self.Serve != nil {
 		for _, c := range o.File.Consumers(o.Self.Name) {
 			if k, ok := o.Consumers[c.Name]; ok {

@@ -248,9 +248,7 @@ func (pl *planner) substituter(h *desired.Host) substituterPlan {
 	d := decide(peerInput{Now: o.Now, State: st, Tuple: tuple, Probe: o.Probes[h.Name], InUse: inUse,
 		Verified: o.Verified[h.Name] == tuple, Trips: o.Trips[h.Name], Spread: spread(pl.self.Name + "/" + h.Name)})
 	d.url = v.url
-	out := substituterPlan{verdict: d.verdict, Requeue: d.Requeue, store: &PeerStore{Name: h.Name, URL: v.url, Target: probe.Target{
-		Address: h.Address, Port: h.SSHPort, Protocol: h.Serve.Protocol,
-		Signer: o.ClientKey.Key.Signer, HostKey: k.HostKey, Timeout: ProbeTimeout, From: localIP(pl.self.Address)}}}
+	out := substituterPlan{verdict: d.verdict, Requeue: d.Requeue, store: &PeerStore{Name: h.Name, URL: v.url, Target: pl.probeTarget(h, k.HostKey)}}
 	if d.Verify {
 		out.verify = tuple
 	}
@@ -267,7 +265,11 @@ func (pl *planner) tuple(h *desired.Host, k peerKeys) (tuple, url string) {
 	if k.HostKey == nil || !pl.o.ClientKey.Usable() {
 		return "", ""
 	}
-	url, err := nix.SubstituterURL(h.Serve.Protocol, h.Address, h.SSHPort, pl.o.Layout.ClientKey, k.HostKey, priority(pl.self, h.Name))
+	pin := k.HostKey
+	if pl.file.Trust == desired.TrustCA {
+		pin = nil // ssh checks the certificate against known_hosts' CAs
+	}
+	url, err := nix.SubstituterURL(h.Serve.Protocol, h.Address, h.SSHPort, pl.o.Layout.ClientKey, pin, priority(pl.self, h.Name))
 	if err != nil {
 		return "", ""
 	}

@@ -49,8 +49,9 @@ type Watches interface {
 
 // Port is this host's peer port.
 type Port interface {
-	// Ensure makes it listen on addr with hostKey.
-	Ensure(addr string, hostKey ssh.Signer) error
+	// Ensure makes it listen on addr with hostKey, presenting cert (a
+	// host certificate of hostKey) too when it is not nil.
+	Ensure(addr string, hostKey ssh.Signer, cert *ssh.Certificate) error
 	// Publish gives peers f from now on.
 	Publish(f peer.Facts)
 }

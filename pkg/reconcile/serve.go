@@ -11,7 +11,6 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/hostname"
 	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/peer"
-	"github.com/nixpeer/nixpeer/pkg/probe"
 	"github.com/nixpeer/nixpeer/pkg/status"
 	"golang.org/x/crypto/ssh"
 )
@@ -135,9 +134,7 @@ func (pl *planner) planSSHDCheck(r *Resource, path string) (found *peer.ServeChe
 			// (its end starts a pass).
 			return
 		}
-		probes = append(probes, probeRequest{peer: self.Name, tuple: tuple, self: true, target: probe.Target{
-			Address: self.Address, Port: self.SSHPort, Protocol: self.Serve.Protocol, Signer: o.ClientKey.Key.Signer,
-			HostKey: o.HostKey.Key.Public, Timeout: ProbeTimeout, From: localIP(self.Address)}})
+		probes = append(probes, probeRequest{peer: self.Name, tuple: tuple, self: true, target: pl.probeTarget(self, o.HostKey.Key.Public)})
 	}
 	if !pr.done(tuple) {
 		if !pr.Running {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/knownhosts"
 	"github.com/nixpeer/nixpeer/pkg/sshconfig"
 	"github.com/nixpeer/nixpeer/pkg/status"
@@ -21,9 +22,16 @@ func (pl *planner) planKnownHosts() *Resource {
 	for _, name := range pl.self.SubstituteFrom {
 		h := pl.file.Host(name)
 		peers = append(peers, sshconfig.Peer{Address: h.Address, Port: h.SSHPort, ConnectTimeout: SSHConnectTimeout})
-		if key := pl.keys[name].HostKey; key != nil {
+		switch key := pl.keys[name].HostKey; {
+		case pl.file.Trust == desired.TrustCA:
+			// ssh trusts the CAs' certificates for the peer: a rotated
+			// host key needs no new line.
+			for _, ca := range hostCAs(pl.file) {
+				entries = append(entries, knownhosts.Entry{Host: h.Address, Port: h.SSHPort, Key: ca, CA: true})
+			}
+		case key != nil:
 			entries = append(entries, knownhosts.Entry{Host: h.Address, Port: h.SSHPort, Key: key})
-		} else {
+		default:
 			unknown = append(unknown, name)
 		}
 	}

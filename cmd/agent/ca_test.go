@@ -1,0 +1,105 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nixpeer/nixpeer/internal/testenv"
+	"github.com/nixpeer/nixpeer/pkg/status"
+)
+
+// TestTrustCA: trust: ca with host certificates made by plain ssh-keygen.
+// An impostor with a plain key at staging's address is refused. Staging
+// and production converge with nothing approved or pinned;
+// production's ssh (Nix's) trusts staging through the CA line in
+// known_hosts, the substituter pinning no key, and fetches a signed path.
+// Staging's host key is then replaced by a new one with a new certificate
+// from the same CA: production uses staging again with nothing to do, and
+// fetches through it.
+func TestTrustCA(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.Require(t, "nix", "nix-store", "nix-daemon", "sshd", "ssh-keygen")
+	testenv.RequireNixSSHUser(t)
+	f := prepareFleet(t, testenv.FreePort(t, "127.0.0.2"), "ssh")
+	sshKeygen := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ssh-keygen", append([]string{"-q"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("ssh-keygen %v: %v\n%s", args, err, out)
+		}
+	}
+	ca := filepath.Join(t.TempDir(), "fleet-ca")
+	sshKeygen("-t", "ed25519", "-N", "", "-C", "fleet-ca", "-f", ca)
+	// certify gives root a new host key, certified by the CA for name and
+	// address.
+	certify := func(root, name, address string) string {
+		key := filepath.Join(root, "etc/ssh/ssh_host_ed25519_key")
+		os.MkdirAll(filepath.Dir(key), 0o755)
+		for _, f := range []string{key, key + ".pub", key + "-cert.pub"} {
+			os.Remove(f)
+		}
+		sshKeygen("-t", "ed25519", "-N", "", "-f", key)
+		sshKeygen("-s", ca, "-h", "-I", name, "-n", name+","+address, key+".pub")
+		return key
+	}
+	stageKey := certify(f.S, "stage", "127.0.0.2")
+	certify(f.P, "prod", "127.0.0.3")
+	caPub := strings.TrimSpace(string(readFile(t, ca+".pub")))
+	config := strings.Replace(string(readFile(t, f.config)), "trust: tofu\n", "trust: {mode: ca, hostCAs: [\""+caPub+"\"]}\n", 1)
+	if err := os.WriteFile(f.config, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f.sshdExtra = []string{"HostCertificate " + stageKey + "-cert.pub"}
+	f.sshOpts = []string{"-o", "UserKnownHostsFile=" + filepath.Join(f.P, "root/.ssh/known_hosts")}
+	// First, an impostor answers at staging's address with a plain key
+	// of its own: refused, as a key no CA certified.
+	fake, stopFake := impostor(t, fmt.Sprintf("127.0.0.2:%d", peerPortOf("127.0.0.2")), "stage", "127.0.0.2")
+	f.prod = startAgent(t, f.P, f.config, "prod")
+	st := f.prod.waitFor("the impostor refused", func(s status.Status) bool {
+		return len(s.Peers) == 1 && s.Peers[0].Reason == "HostKeyNotCertified" && s.Peers[0].RefusedHostKeyFingerprint == fake
+	})
+	if st.Ready || strings.Contains(string(readFile(t, filepath.Join(f.P, "root/.ssh/known_hosts"))), "127.0.0.2 ssh-") {
+		t.Fatalf("production Ready, or a plain key in known_hosts, with the impostor refused")
+	}
+	stopFake()
+
+	f.startSSHD(t)
+	f.stage = startAgent(t, f.S, f.config, "stage")
+	f.stage.waitFor("staging Ready", ready)
+
+	certified := func(what, fp string) status.Status {
+		t.Helper()
+		return f.prod.waitFor(what, func(s status.Status) bool {
+			return ready(s) && len(s.Peers) == 1 && s.Peers[0].Trust == status.TrustCertified &&
+				s.Peers[0].HostKeyFingerprint == fp && s.Peers[0].State == status.PeerServing
+		})
+	}
+	certified("production Ready, staging certified", facts(t, f.S).HostKey.Fingerprint)
+	kh := string(readFile(t, filepath.Join(f.P, "root/.ssh/known_hosts")))
+	if !strings.Contains(kh, "@cert-authority [127.0.0.2]:"+strconv.Itoa(f.port)+" "+strings.Join(strings.Fields(caPub)[:2], " ")) {
+		t.Fatalf("production's known_hosts has no CA line for staging:\n%s", kh)
+	}
+	if conf := string(readFile(t, filepath.Join(f.P, "etc/nix/nixpeer.conf"))); strings.Contains(conf, "base64-ssh-public-host-key") || !strings.Contains(conf, "ssh://nix-ssh@127.0.0.2") {
+		t.Fatalf("production's substituter pins a key, or is missing:\n%s", conf)
+	}
+	fetchNew := func(what string) {
+		t.Helper()
+		path := testenv.BuildPath(t, f.daemon, "nixpeer-ca", what+" "+strconv.FormatInt(time.Now().UnixNano(), 10))
+		f.fetch(t, path)
+	}
+	fetchNew("built on staging")
+
+	// Staging's host key is replaced, under the same CA.
+	f.stage.stop()
+	f.sshd.Stop(t)
+	certify(f.S, "stage", "127.0.0.2")
+	f.startSSHD(t)
+	f.stage = startAgent(t, f.S, f.config, "stage")
+	certified("production Ready with staging's new key", facts(t, f.S).HostKey.Fingerprint)
+	fetchNew("built on staging after its host key changed")
+}
