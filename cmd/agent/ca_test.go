@@ -36,15 +36,19 @@ func TestTrustCA(t *testing.T) {
 	ca := filepath.Join(t.TempDir(), "fleet-ca")
 	sshKeygen("-t", "ed25519", "-N", "", "-C", "fleet-ca", "-f", ca)
 	// certify gives root a new host key, certified by the CA for name and
-	// address.
+	// address, each file renamed into place (a running sshd reads them for
+	// every connection).
 	certify := func(root, name, address string) string {
 		key := filepath.Join(root, "etc/ssh/ssh_host_ed25519_key")
 		os.MkdirAll(filepath.Dir(key), 0o755)
-		for _, f := range []string{key, key + ".pub", key + "-cert.pub"} {
-			os.Remove(f)
+		tmp := filepath.Join(t.TempDir(), "key")
+		sshKeygen("-t", "ed25519", "-N", "", "-f", tmp)
+		sshKeygen("-s", ca, "-h", "-I", name, "-n", name+","+address, tmp+".pub")
+		for _, suffix := range []string{"-cert.pub", ".pub", ""} {
+			if err := os.Rename(tmp+suffix, key+suffix); err != nil {
+				t.Fatal(err)
+			}
 		}
-		sshKeygen("-t", "ed25519", "-N", "", "-f", key)
-		sshKeygen("-s", ca, "-h", "-I", name, "-n", name+","+address, key+".pub")
 		return key
 	}
 	stageKey := certify(f.S, "stage", "127.0.0.2")
@@ -94,12 +98,34 @@ func TestTrustCA(t *testing.T) {
 	}
 	fetchNew("built on staging")
 
-	// Staging's host key is replaced, under the same CA.
-	f.stage.stop()
-	f.sshd.Stop(t)
+	// Staging's host key is replaced under the same CA, and its agent
+	// restarted with it, while its sshd serves on. Production takes the
+	// new key with nothing approved, and its Nix settings are never
+	// rewritten: the substituter is not withdrawn for a moment.
+	conf := filepath.Join(f.P, "etc/nix/nixpeer.conf")
+	before := modTime(t, conf)
 	certify(f.S, "stage", "127.0.0.2")
-	f.startSSHD(t)
+	f.stage.stop()
 	f.stage = startAgent(t, f.S, f.config, "stage")
+	start := time.Now()
 	certified("production Ready with staging's new key", facts(t, f.S).HostKey.Fingerprint)
-	fetchNew("built on staging after its host key changed")
+	t.Logf("staging's new host key certified on production %v after staging's agent started again", time.Since(start).Round(time.Millisecond))
+	if !modTime(t, conf).Equal(before) {
+		_, ev, _ := runCLI(t, "events", "--socket", f.prod.socket)
+		t.Fatalf("production's Nix settings were rewritten during the rotation: the substituter was withdrawn:\n%s\nevents:\n%s", readFile(t, conf), ev)
+	}
+	fetchNew("built on staging during its host key change")
+	// A restart of its sshd changes nothing: it reads the new files.
+	f.sshd.Stop(t)
+	f.startSSHD(t)
+	fetchNew("built on staging after its sshd restarted")
+}
+
+func modTime(t *testing.T, path string) time.Time {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.ModTime()
 }
