@@ -100,7 +100,12 @@ in
         freeformType = settingsFormat.type;
         options = {
           apiVersion = mkOption { type = types.enum [ "nixpeer/v1" ]; default = "nixpeer/v1"; description = "The version of the desired-state format."; };
-          trust = nullOr (types.enum [ "approve" "tofu" "pinned" ]) "How peers' host keys are trusted: approve (the default: a key not pinned waits for nixpeer trust approve), pinned, or tofu (first use).";
+          trust = nullOr (types.either (types.enum [ "approve" "tofu" "pinned" ]) (types.submodule {
+            options = {
+              mode = mkOption { type = types.enum [ "approve" "tofu" "pinned" "ca" ]; description = "The trust mode."; };
+              hostCAs = nullOr (types.listOf types.str) "With mode ca, the public keys of the CAs that sign the hosts' SSH host certificates.";
+            };
+          })) "How peers' host keys are trusted: approve (the default: a key not pinned waits for nixpeer trust approve), pinned, tofu (first use), or { mode = \"ca\"; hostCAs = [ \"ssh-ed25519 AAAA... fleet-ca\" ]; } (SSH host certificates).";
           hosts = mkOption { type = types.listOf hostType; default = [ ]; description = "The hosts of the fleet: the same list on every host."; };
         };
       };

@@ -171,7 +171,7 @@ let
     types = {
       package = "package"; bool = "bool"; path = "path"; str = "str"; port = "port";
       nullOr = t: "nullOr"; strMatching = r: "strMatching"; enum = l: "enum";
-      listOf = t: "listOf"; submodule = m: "submodule";
+      listOf = t: "listOf"; submodule = m: "submodule"; either = a: b: "either";
     };
   };
   pkgs = {

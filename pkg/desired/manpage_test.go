@@ -19,7 +19,8 @@ func TestManPageNamesEveryField(t *testing.T) {
 	words = append(words, fileFields...)
 	words = append(words, hostFields...)
 	words = append(words, serveFields...)
-	for _, tr := range []Trust{TrustApprove, TrustPinned, TrustTOFU} {
+	words = append(words, trustFields...)
+	for _, tr := range []Trust{TrustApprove, TrustPinned, TrustTOFU, TrustCA} {
 		words = append(words, string(tr))
 	}
 	for _, p := range []Platform{PlatformNixOS, PlatformNixOSModule, PlatformNix} {
