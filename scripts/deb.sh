@@ -17,7 +17,7 @@ trap 'rm -rf "$build"' EXIT
 nfpm_version=v2.45.2
 arch=$(go env GOARCH)
 # The version: the last tag, or 0.1.0 with the commit, as Debian orders them.
-version=$(git describe --tags --abbrev=0 2>/dev/null | sed 's/^v//' || true)
+version=$(git describe --tags --abbrev=0 --match 'v[0-9]*' 2>/dev/null | sed 's/^v//' || true)
 rev=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 [ -n "$version" ] || version="0.1.0~git$(git log -1 --format=%cd --date=format:%Y%m%d 2>/dev/null || echo 0).$rev"
 
