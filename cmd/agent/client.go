@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/nixpeer/nixpeer/pkg/api"
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 	"github.com/nixpeer/nixpeer/pkg/status"
+	"golang.org/x/crypto/ssh"
 )
 
 // Exit codes of `nixpeer status`.
@@ -111,7 +113,7 @@ func cmdTrust(args []string, stdout io.Writer) error {
 	fs := newFlagSet("trust " + args[0])
 	var hf hostFlags
 	hf.register(fs, true)
-	var asJSON, asYAML *bool
+	var asJSON, asYAML, fleet *bool
 	nargs := map[string]int{"pending": 0, "approve": 2, "reset": 1}
 	n, ok := nargs[args[0]]
 	if !ok {
@@ -120,6 +122,7 @@ func cmdTrust(args []string, stdout io.Writer) error {
 	if args[0] == "pending" {
 		asJSON = fs.Bool("json", false, "print the keys awaiting approval as JSON")
 		asYAML = fs.Bool("yaml", false, "print them as hostKey pins for the desired-state file")
+		fleet = fs.Bool("fleet", false, "every host of the desired-state file that is not pinned there: the key its agent shows (asked over its peer port), whether this host trusts it or not")
 	}
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -135,6 +138,13 @@ func cmdTrust(args []string, stdout io.Writer) error {
 	c := api.NewClient(hf.layout().Socket)
 	switch args[0] {
 	case "pending":
+		if *fleet {
+			hosts, err := c.Fleet(ctx)
+			if err != nil {
+				return &exitError{code: 1, msg: clientError("trust pending --fleet", err)}
+			}
+			return printPending(stdout, unpinned(hosts), *asJSON, *asYAML)
+		}
 		st, err := c.Status(ctx)
 		if err != nil {
 			return &exitError{code: 1, msg: clientError("trust pending", err)}
@@ -166,6 +176,8 @@ type pendingKey struct {
 	Role        string `json:"role"`
 	Fingerprint string `json:"fingerprint"`
 	HostKey     string `json:"hostKey"`
+	// Trust is how this host trusts the key (--fleet only).
+	Trust string `json:"trust,omitempty"`
 }
 
 func pendingPeers(st status.Status) []pendingKey {
@@ -174,6 +186,25 @@ func pendingPeers(st status.Status) []pendingKey {
 		if p.PendingHostKey != "" {
 			out = append(out, pendingKey{Peer: p.Name, Address: p.Address, Role: p.Role, Fingerprint: p.RefusedHostKeyFingerprint, HostKey: p.PendingHostKey})
 		}
+	}
+	return out
+}
+
+// unpinned are the hosts of the fleet whose host key the desired-state
+// file does not pin, with the key each agent shows (checked against the
+// key this host trusts for it, if any): pinned in the file (--yaml), they
+// are trusted on every host with nothing to approve.
+func unpinned(hosts []api.FleetHost) []pendingKey {
+	out := []pendingKey{}
+	for _, h := range hosts {
+		if h.Pinned || h.HostKey == "" {
+			continue
+		}
+		fp := ""
+		if k, err := sshkeys.ParsePublicLine(h.HostKey); err == nil {
+			fp = ssh.FingerprintSHA256(k)
+		}
+		out = append(out, pendingKey{Peer: h.Name, Address: h.Address, Role: h.Role, Fingerprint: fp, HostKey: h.HostKey, Trust: h.Trust})
 	}
 	return out
 }
@@ -194,9 +225,9 @@ func printPending(w io.Writer, keys []pendingKey, asJSON, asYAML bool) error {
 		fmt.Fprintln(w, "no host key awaits approval")
 	default:
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "PEER\tADDRESS\tROLE\tHOST KEY")
+		fmt.Fprintln(tw, "PEER\tADDRESS\tROLE\tHOST KEY\tTRUST HERE")
 		for _, k := range keys {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", k.Peer, k.Address, k.Role, k.Fingerprint)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.Peer, k.Address, k.Role, k.Fingerprint, cmp.Or(k.Trust, "pending"))
 		}
 		tw.Flush()
 		fmt.Fprintln(w, "compare each with what \"nixpeer facts\" prints on that host, then: nixpeer trust approve PEER SHA256:...")

@@ -17,6 +17,7 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/api"
 	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/peer"
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
 
@@ -37,10 +38,11 @@ func (b *backend) Fleet(ctx context.Context, _ api.FleetRequest) ([]api.FleetHos
 	var wg sync.WaitGroup
 	for i, h := range f.Hosts {
 		fh := &out[i]
-		fh.Name, fh.Address, fh.Role = h.Name, h.Address, roleOf(h)
+		fh.Name, fh.Address, fh.Role, fh.Pinned = h.Name, h.Address, roleOf(h), h.HostKey != ""
 		if h.Name == st.Host {
 			ready := st.Ready
 			fh.Self, fh.Ready, fh.Generation, fh.ObservedGeneration, fh.Trust = true, &ready, st.Generation, st.ObservedGeneration, "self"
+			fh.HostKey = readKey(b.layout.HostKey).PublicKey
 			continue
 		}
 		p, peered := peers[h.Name]
@@ -66,7 +68,18 @@ func (b *backend) Fleet(ctx context.Context, _ api.FleetRequest) ([]api.FleetHos
 		go func() {
 			defer wg.Done()
 			addr := net.JoinHostPort(h.Address, strconv.Itoa(h.PeerPort))
-			facts, err := peer.Fetch(ctx, addr, keyCheck(p, peered, h.HostKey))
+			check := keyCheck(p, peered, h.HostKey)
+			var shown ssh.PublicKey
+			facts, err := peer.Fetch(ctx, addr, func(k ssh.PublicKey) error {
+				if err := check(k); err != nil {
+					return err
+				}
+				shown = k
+				return nil
+			})
+			if shown != nil {
+				fh.HostKey = sshkeys.Key{Public: shown}.AuthorizedLine()
+			}
 			if err != nil {
 				fh.Error = err.Error()
 				return

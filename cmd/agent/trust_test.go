@@ -156,3 +156,51 @@ func TestConsumerImpostorFirstAwaitsApproval(t *testing.T) {
 		t.Fatalf("nix-ssh's authorized keys changed with the impostor pending:\n%s", got)
 	}
 }
+
+// TestTrustPendingFleetPinsEveryHost: under the default trust, nothing is
+// trusted yet. On production, `trust pending --fleet --yaml` prints a
+// hostKey pin for every host of the file, each with the key its agent
+// shows; committed to the file (reviewed once), both hosts trust each
+// other on every host with nothing approved.
+func TestTrustPendingFleetPinsEveryHost(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.Require(t, "nix")
+	fleet := strings.Replace(peeringFleet(testenv.FreePort(t, "127.0.0.2"), "ssh", []string{"true"}), "trust: tofu\n", "", 1)
+	config := writeConfig(t, fleet)
+	f := &fleetRun{config: config, S: t.TempDir(), P: t.TempDir()}
+	for _, root := range []string{f.S, f.P} {
+		os.MkdirAll(filepath.Join(root, "etc/nix"), 0o755)
+		testenv.WriteNixConf(t, filepath.Join(root, "etc/nix"))
+	}
+	f.stage = startAgent(t, f.S, f.config, "stage", noSSHDCheck)
+	f.prod = startAgent(t, f.P, f.config, "prod")
+	peerState(f.prod, "staging pending", func(p status.Peer) bool { return p.Reason == "HostKeyNotApproved" })
+
+	code, out, errText := runCLI(t, "trust", "pending", "--fleet", "--yaml", "--socket", f.prod.socket)
+	if code != 0 {
+		t.Fatalf("trust pending --fleet --yaml: exit %d\n%s%s", code, out, errText)
+	}
+	pinned := fleet
+	for _, h := range []struct{ name, root string }{{"stage", f.S}, {"prod", f.P}} {
+		line := facts(t, h.root).HostKey.PublicKey
+		if !strings.Contains(out, "- name: "+h.name+"\n  hostKey: "+line+"\n") {
+			t.Fatalf("trust pending --fleet --yaml has no pin of %s's key %s:\n%s", h.name, line, out)
+		}
+		pinned = strings.Replace(pinned, "  - name: "+h.name+"\n", "  - name: "+h.name+"\n    hostKey: "+line+"\n", 1)
+	}
+	code, text, _ := runCLI(t, "trust", "pending", "--fleet", "--socket", f.prod.socket)
+	if code != 0 || !strings.Contains(text, "TRUST HERE") || !strings.Contains(text, "self") {
+		t.Fatalf("trust pending --fleet: exit %d\n%s", code, text)
+	}
+
+	// The pins committed: trusted on both hosts, nothing approved.
+	renameSave(t, config, pinned)
+	for _, a := range []*agent{f.prod, f.stage} {
+		a.waitFor("the peer pinned", func(s status.Status) bool {
+			return len(s.Peers) == 1 && s.Peers[0].Trust == status.TrustPinned
+		})
+	}
+	if code, out, _ := runCLI(t, "trust", "pending", "--fleet", "--yaml", "--socket", f.prod.socket); code != 0 || strings.Contains(out, "hostKey:") {
+		t.Fatalf("trust pending --fleet --yaml with every key pinned: exit %d\n%s", code, out)
+	}
+}

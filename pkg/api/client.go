@@ -206,6 +206,12 @@ type FleetHost struct {
 	LastHeard string `json:"lastHeard,omitempty"`
 	// Error says why it could not be asked.
 	Error string `json:"error,omitempty"`
+	// HostKey is the SSH host key ("ssh-ed25519 BASE64") its agent
+	// showed on its peer port, when the daemon's check of it passed (for
+	// the daemon's host: its own).
+	HostKey string `json:"hostKey,omitempty"`
+	// Pinned: the desired-state file pins the host's key (hostKey).
+	Pinned bool `json:"pinned,omitempty"`
 }
 
 // Fleet asks the daemon for every host of its desired state, each asked
