@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,11 +12,14 @@ import (
 	"time"
 
 	"github.com/nixpeer/nixpeer/internal/testenv"
+	"github.com/nixpeer/nixpeer/pkg/peer"
 	"github.com/nixpeer/nixpeer/pkg/status"
+	"golang.org/x/crypto/ssh"
 )
 
 // TestTrustCA: trust: ca with host certificates made by plain ssh-keygen.
-// An impostor with a plain key at staging's address is refused. Staging
+// Impostors at staging's address are refused: a plain key, a certificate
+// of another CA, an expired one, one for another host. Staging
 // and production converge with nothing approved or pinned;
 // production's ssh (Nix's) trusts staging through the CA line in
 // known_hosts, the substituter pinning no key, and fetches a signed path.
@@ -60,17 +64,52 @@ func TestTrustCA(t *testing.T) {
 	}
 	f.sshdExtra = []string{"HostCertificate " + stageKey + "-cert.pub"}
 	f.sshOpts = []string{"-o", "UserKnownHostsFile=" + filepath.Join(f.P, "root/.ssh/known_hosts")}
-	// First, an impostor answers at staging's address with a plain key
-	// of its own: refused, as a key no CA certified.
-	fake, stopFake := impostor(t, fmt.Sprintf("127.0.0.2:%d", peerPortOf("127.0.0.2")), "stage", "127.0.0.2")
+	// First, impostors answer at staging's address, one after the other:
+	// with a plain key of their own, and with certificates of another CA,
+	// expired, or for another host. Each is refused, saying why.
+	other := filepath.Join(t.TempDir(), "other-ca")
+	sshKeygen("-t", "ed25519", "-N", "", "-C", "other-ca", "-f", other)
+	peerPort := fmt.Sprintf("127.0.0.2:%d", peerPortOf("127.0.0.2"))
 	f.prod = startAgent(t, f.P, f.config, "prod")
-	st := f.prod.waitFor("the impostor refused", func(s status.Status) bool {
-		return len(s.Peers) == 1 && s.Peers[0].Reason == "HostKeyNotCertified" && s.Peers[0].RefusedHostKeyFingerprint == fake
-	})
-	if st.Ready || strings.Contains(string(readFile(t, filepath.Join(f.P, "root/.ssh/known_hosts"))), "127.0.0.2 ssh-") {
-		t.Fatalf("production Ready, or a plain key in known_hosts, with the impostor refused")
+	for _, imp := range []struct {
+		what    string
+		signCA  string
+		sign    []string
+		wantWhy string
+	}{
+		{"a plain key", "", nil, "plain host key"},
+		{"another CA", other, []string{"-n", "stage,127.0.0.2"}, "not one of hostCAs"},
+		{"an expired certificate", ca, []string{"-n", "stage,127.0.0.2", "-V", "20200101:20200102"}, "does not hold"},
+		{"another host's certificate", ca, []string{"-n", "prod,127.0.0.3"}, "does not hold"},
+	} {
+		key := filepath.Join(t.TempDir(), "impostor")
+		sshKeygen("-t", "ed25519", "-N", "", "-f", key)
+		signer := parseSigner(t, key)
+		host := signer
+		if imp.signCA != "" {
+			sshKeygen(append(append([]string{"-s", imp.signCA, "-h", "-I", "impostor"}, imp.sign...), key+".pub")...)
+			cert, _, _, _, err := ssh.ParseAuthorizedKey(readFile(t, key+"-cert.pub"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if host, err = ssh.NewCertSigner(cert.(*ssh.Certificate), signer); err != nil {
+				t.Fatal(err)
+			}
+		}
+		doc, err := json.Marshal(peer.Facts{Version: peer.FactsVersion, Name: "stage", Address: "127.0.0.2", Generation: 1, ObservedGeneration: 1,
+			Ready: true, HostKeys: []string{strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stopFake := fakePeerPortWith(t, peerPort, host, append(doc, '\n'))
+		st := f.prod.waitFor("an impostor with "+imp.what+" refused", func(s status.Status) bool {
+			return len(s.Peers) == 1 && s.Peers[0].Reason == "HostKeyNotCertified" && s.Peers[0].RefusedHostKeyFingerprint == ssh.FingerprintSHA256(host.PublicKey())
+		})
+		if !strings.Contains(st.Peers[0].Message, imp.wantWhy) || st.Ready || strings.Contains(string(readFile(t, filepath.Join(f.P, "root/.ssh/known_hosts"))), " ssh-ed25519 "+strings.Fields(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))[1]) {
+			t.Fatalf("%s: production %+v; want refused, saying %q, nothing written", imp.what, st.Peers[0], imp.wantWhy)
+		}
+		stopFake()
 	}
-	stopFake()
 
 	f.startSSHD(t)
 	f.stage = startAgent(t, f.S, f.config, "stage")
@@ -128,4 +167,14 @@ func modTime(t *testing.T, path string) time.Time {
 		t.Fatal(err)
 	}
 	return st.ModTime()
+}
+
+// parseSigner reads the unencrypted private key at path.
+func parseSigner(t *testing.T, path string) ssh.Signer {
+	t.Helper()
+	s, err := ssh.ParsePrivateKey(readFile(t, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

@@ -102,6 +102,8 @@ type Refusal struct {
 	// Key is the offered key ("ssh-ed25519 BASE64") when it awaits
 	// approval (RefusedNotApproved).
 	Key string `json:"key,omitempty"`
+	// Why says what is wrong with a certificate (RefusedNotCertified).
+	Why string `json:"why,omitempty"`
 }
 
 // State is what the host knows of one peer.
@@ -595,10 +597,13 @@ func (m *Manager) check(ctx context.Context, log *zap.Logger, w *watched, offere
 	t, st := w.target, &w.st
 	refuse := func(reason, msg string, trusted ssh.PublicKey) error {
 		r := &Refusal{Reason: reason, Offered: fingerprint(offered), Trusted: fingerprint(trusted), At: time.Now()}
-		if reason == RefusedNotApproved {
+		switch reason {
+		case RefusedNotApproved:
 			r.Key, w.pending = keyLine(offered), offered
+		case RefusedNotCertified:
+			r.Why = msg
 		}
-		changed := st.Refused == nil || st.Refused.Reason != r.Reason || st.Refused.Offered != r.Offered
+		changed := st.Refused == nil || st.Refused.Reason != r.Reason || st.Refused.Offered != r.Offered || st.Refused.Why != r.Why
 		if !changed {
 			r.At = st.Refused.At
 		}

@@ -133,6 +133,9 @@ func (pl *planner) peerStatus(h *desired.Host, role string) status.Peer {
 		ps.State, ps.Reason, ps.RefusedHostKeyFingerprint, ps.PendingHostKey = status.PeerHostKeyRefused, r.Reason, r.Offered, r.Key
 		ps.Message = fmt.Sprintf("%s: the peer offers host key %s, which nobody vouched for; nothing is written for %s until you compare it with what \"nixpeer facts\" prints on %s and run \"nixpeer trust approve %s %s\", or pin it as hostKey",
 			r.Reason, r.Offered, h.Name, h.Name, h.Name, r.Offered)
+	} else if r != nil && r.Reason == peering.RefusedNotCertified {
+		ps.State, ps.Reason, ps.RefusedHostKeyFingerprint = status.PeerHostKeyRefused, r.Reason, r.Offered
+		ps.Message = fmt.Sprintf("%s: %s; nothing is written for %s until it shows a valid certificate", r.Reason, r.Why, h.Name)
 	} else if r != nil {
 		ps.State, ps.Reason, ps.RefusedHostKeyFingerprint = status.PeerHostKeyRefused, r.Reason, r.Offered
 		ps.Message = fmt.Sprintf("%s: the peer offers host key %s", r.Reason, r.Offered)
