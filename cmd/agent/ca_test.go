@@ -123,6 +123,9 @@ func TestTrustCA(t *testing.T) {
 		})
 	}
 	certified("production Ready, staging certified", facts(t, f.S).HostKey.Fingerprint)
+	if c := facts(t, f.S).HostCertificate; c == nil || c.KeyID != "stage" || strings.Join(c.Principals, ",") != "stage,127.0.0.2" || c.Error != "" {
+		t.Fatalf("nixpeer facts on staging: host certificate %+v", c)
+	}
 	kh := string(readFile(t, filepath.Join(f.P, "root/.ssh/known_hosts")))
 	if !strings.Contains(kh, "@cert-authority [127.0.0.2]:"+strconv.Itoa(f.port)+" "+strings.Join(strings.Fields(caPub)[:2], " ")) {
 		t.Fatalf("production's known_hosts has no CA line for staging:\n%s", kh)

@@ -7,8 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/nixpeer/nixpeer/pkg/nix"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 )
@@ -27,6 +29,41 @@ type hostFacts struct {
 	HostKey   keyFacts `json:"hostKey"`
 	// CacheKey is the binary-cache public key of a serving host.
 	CacheKey *keyFacts `json:"cacheKey,omitempty"`
+	// HostCertificate is the host key's certificate (trust: ca), when
+	// there is one beside it.
+	HostCertificate *certFacts `json:"hostCertificate,omitempty"`
+}
+
+// certFacts is what a host certificate says.
+type certFacts struct {
+	Path       string    `json:"path"`
+	KeyID      string    `json:"keyId,omitempty"`
+	Principals []string  `json:"principals,omitempty"`
+	ValidUntil time.Time `json:"validUntil,omitzero"`
+	// CA is the fingerprint of the key that signed it.
+	CA    string `json:"ca,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// readHostCert reads the certificate beside the host key, if any.
+func readHostCert(hostKey string) *certFacts {
+	path := hostKey + "-cert.pub"
+	key, err := sshkeys.Load(hostKey)
+	if err != nil {
+		return nil
+	}
+	cert, err := sshkeys.ReadHostCert(path, key.Public)
+	switch {
+	case err != nil:
+		return &certFacts{Path: path, Error: err.Error()}
+	case cert == nil:
+		return nil
+	}
+	f := &certFacts{Path: path, KeyID: cert.KeyId, Principals: cert.ValidPrincipals, CA: ssh.FingerprintSHA256(cert.SignatureKey)}
+	if cert.ValidBefore != ssh.CertTimeInfinity {
+		f.ValidUntil = time.Unix(int64(cert.ValidBefore), 0).UTC()
+	}
+	return f
 }
 
 func cmdFacts(args []string, stdout io.Writer) error {
@@ -38,7 +75,7 @@ func cmdFacts(args []string, stdout io.Writer) error {
 		return err
 	}
 	l := hf.layout()
-	facts := hostFacts{ClientKey: readKey(l.ClientKey), HostKey: readKey(l.HostKey), CacheKey: readCacheKey(l.KeysDir)}
+	facts := hostFacts{ClientKey: readKey(l.ClientKey), HostKey: readKey(l.HostKey), CacheKey: readCacheKey(l.KeysDir), HostCertificate: readHostCert(l.HostKey)}
 	if *asJSON {
 		return printJSON(stdout, facts)
 	}
@@ -52,6 +89,18 @@ func cmdFacts(args []string, stdout io.Writer) error {
 			continue
 		}
 		fmt.Fprintf(stdout, "  %s\n  %s\n", k.f.PublicKey, k.f.Fingerprint)
+	}
+	if c := facts.HostCertificate; c != nil {
+		fmt.Fprintf(stdout, "SSH host certificate: %s\n", c.Path)
+		if c.Error != "" {
+			fmt.Fprintf(stdout, "  not usable: %s\n", c.Error)
+		} else {
+			until := "forever"
+			if !c.ValidUntil.IsZero() {
+				until = "until " + c.ValidUntil.Format(time.RFC3339)
+			}
+			fmt.Fprintf(stdout, "  %q for %s, signed by %s, valid %s\n", c.KeyID, strings.Join(c.Principals, ", "), c.CA, until)
+		}
 	}
 	if c := facts.CacheKey; c != nil {
 		fmt.Fprintf(stdout, "binary-cache public key (pin this as serve.publicKey): %s\n  %s\n", c.Path, c.PublicKey)
