@@ -79,6 +79,13 @@ func checkHosts(el *errorList, f *File, infos []*hostInfo) {
 	if f.Trust == TrustPinned {
 		checkPins(el, infos, edges)
 	}
+	if f.Trust == TrustCA {
+		for _, hi := range infos {
+			if hi.hostKeyGiven {
+				el.add(hi.hostKeyPos, "hostKey is not read with trust mode ca: a host's key is the one its certificate names, so that a key replaced under the CA needs no edit; remove it")
+			}
+		}
+	}
 }
 
 // keyscan returns the command that prints the host's ed25519 host key.

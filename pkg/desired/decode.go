@@ -68,6 +68,7 @@ type hostInfo struct {
 	namePos        Pos
 	addrPos        Pos
 	hostKeyGiven   bool
+	hostKeyPos     Pos
 	serveGiven     bool
 	keyNamePos     Pos
 	keyNameGiven   bool
@@ -157,7 +158,7 @@ func decodeTrust(el *errorList, fd field, f *File) {
 			f.HostCAs = append(f.HostCAs, k)
 		}
 	}
-	if f.Trust == TrustCA && len(f.HostCAs) == 0 && !given {
+	if f.Trust == TrustCA && len(f.HostCAs) == 0 {
 		el.add(tfs.pos, "trust mode ca needs hostCAs: the public keys of the CAs that sign the hosts' SSH host certificates; for example %s", example)
 	}
 }
@@ -213,7 +214,7 @@ func decodeHost(el *errorList, n ast.Node) *hostInfo {
 		}
 	}
 	if fd, ok := fs.get("hostKey"); ok {
-		hi.hostKeyGiven = true
+		hi.hostKeyGiven, hi.hostKeyPos = true, fd.keyPos
 		if v, ok := str(el, fd); ok {
 			if k, r := normalizeHostKey(v); r != "" {
 				el.add(posOf(fd.value), "hostKey %s; give the host's \"ssh-ed25519 AAAA...\" public key line, as printed by \"%s\" (without the host name it starts with) or by \"nixpeer facts\" on that host", r, keyscan(hi))

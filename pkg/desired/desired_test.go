@@ -464,6 +464,11 @@ func TestHashCoversEveryField(t *testing.T) {
 }
 
 func TestTrustCA(t *testing.T) {
+	pinnedCA := strings.Replace(strings.Replace(tutorial, "trust: approve         # optional", "trust: {mode: ca, hostCAs: [\""+keyA+"\"]}", 1),
+		"    serve: {}", "    hostKey: "+keyB+"\n    serve: {}", 1)
+	if _, err := Parse("d.yaml", []byte(pinnedCA)); err == nil || !strings.Contains(err.Error(), "hostKey is not read with trust mode ca") {
+		t.Errorf("a hostKey pin with mode ca: %v; want it refused", err)
+	}
 	ca := strings.Replace(tutorial, "trust: approve         # optional", "trust: {mode: ca, hostCAs: [\""+keyA+" fleet-ca\", \""+keyB+"\"]}", 1)
 	f := mustParse(t, ca)
 	if f.Trust != TrustCA || len(f.HostCAs) != 2 || f.HostCAs[0] != keyA || f.HostCAs[1] != keyB {
@@ -480,6 +485,7 @@ func TestTrustCA(t *testing.T) {
 		"no mode":            {"trust: {hostCAs: [\"" + keyA + "\"]}", "trust has no mode"},
 		"unknown mode":       {"trust: {mode: trusting}", "mode \"trusting\" is not one of"},
 		"unknown field":      {"trust: {mode: ca, hostCA: [\"" + keyA + "\"]}", "hostCA"},
+		"empty hostCAs":      {"trust: {mode: ca, hostCAs: []}", "trust mode ca needs hostCAs"},
 	} {
 		_, err := Parse("d.yaml", []byte(strings.Replace(tutorial, "trust: approve         # optional", c.trust, 1)))
 		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "d.yaml:2:") {

@@ -64,11 +64,12 @@ type Target struct {
 	// awaits an operator's approval (Approve) instead of being trusted on
 	// first use.
 	Approve bool
-	// CAs are, with trust: ca, the CAs whose host certificates are
-	// trusted: the peer's host key is the one a valid certificate of
-	// theirs names for its name or address, whatever was trusted before
-	// (a rotated key needs nothing from anyone); nothing else is.
-	CAs []ssh.PublicKey
+	// RequireCert is trust: ca: the peer's host key is the one a valid
+	// certificate of one of CAs names for its address, shown on the
+	// connection, whatever was trusted before (a rotated key needs nothing
+	// from anyone); nothing else is.
+	RequireCert bool
+	CAs         []ssh.PublicKey
 	// From is the address to dial the peer from (this host's own, when
 	// it is a local IP literal), or nil for the system's choice.
 	From net.IP
@@ -90,7 +91,7 @@ type Target struct {
 func (t Target) same(o Target) bool {
 	return t.Name == o.Name && t.Address == o.Address && t.Addr == o.Addr && t.Self == o.Self &&
 		t.PinsRequired == o.PinsRequired && t.Approve == o.Approve && sameKey(t.Pin, o.Pin) && t.From.Equal(o.From) &&
-		slices.EqualFunc(t.CAs, o.CAs, sameKey)
+		t.RequireCert == o.RequireCert && slices.EqualFunc(t.CAs, o.CAs, sameKey)
 }
 
 // Refusal says why a peer's host key was refused.
@@ -141,11 +142,15 @@ type State struct {
 
 // record is what the store keeps of a peer.
 type record struct {
-	HostKey   string       `json:"hostKey,omitempty"` // "ssh-ed25519 BASE64"
-	Trust     status.Trust `json:"trust,omitempty"`
-	TrustedAt time.Time    `json:"trustedAt"`
-	Facts     *peer.Facts  `json:"facts,omitempty"`
-	FactsAt   time.Time    `json:"factsAt"`
+	HostKey string       `json:"hostKey,omitempty"` // "ssh-ed25519 BASE64"
+	Trust   status.Trust `json:"trust,omitempty"`
+	// CA and Until are, for a certified key, the fingerprint of the CA
+	// that signed its certificate and when that ends (zero: never).
+	CA        string      `json:"ca,omitempty"`
+	Until     time.Time   `json:"until,omitzero"`
+	TrustedAt time.Time   `json:"trustedAt"`
+	Facts     *peer.Facts `json:"facts,omitempty"`
+	FactsAt   time.Time   `json:"factsAt"`
 }
 
 // Manager runs the watches.
@@ -175,6 +180,11 @@ type watched struct {
 	st     State
 	// trustedAt is when st.HostKey was first trusted, as stored.
 	trustedAt time.Time
+	// certUntil is when the certificate of the current connection ends
+	// (trust: ca); zero for none or no end. certCA is the fingerprint of
+	// the CA that signed it.
+	certUntil time.Time
+	certCA    string
 	// connKey is the host key of the current connection, set by check
 	// (on the SSH library's goroutine) and read by accept; under the
 	// manager's mutex.
@@ -520,7 +530,19 @@ func (m *Manager) loadLocked(w *watched) {
 	if remembered != nil && sameKey(remembered, recKey) {
 		delete(m.reset, t.Name) // the files caught up with a reset
 	}
+	certified := rec.Trust == status.TrustCertified && recKey != nil && t.RequireCert &&
+		slices.ContainsFunc(t.CAs, func(ca ssh.PublicKey) bool { return fingerprint(ca) == rec.CA }) &&
+		(rec.Until.IsZero() || time.Now().Before(rec.Until))
+	if rec.Trust == status.TrustCertified && !certified {
+		recKey = nil // certified by a CA no longer listed, or expired, or not in trust: ca
+	}
 	switch {
+	case t.RequireCert && certified:
+		// Certified before by a CA still listed, until its certificate
+		// ends: the peer's next connection shows it again.
+		w.st.Trust, w.st.HostKey = status.TrustCertified, recKey
+	case t.RequireCert:
+		// Nothing else is trust with trust: ca.
 	case t.Pin != nil:
 		w.st.Trust, w.st.HostKey = status.TrustPinned, t.Pin
 	case t.PinsRequired:
@@ -563,7 +585,7 @@ func (m *Manager) run(ctx context.Context, w *watched) {
 	onFacts := func(f peer.Facts) error { return m.accept(ctx, log, w, f) }
 	onError := func(err error) { m.failed(ctx, log, w, err) }
 	opts := m.opts
-	opts.LocalIP, opts.Wake, opts.Certificates = w.target.From, w.wake, len(w.target.CAs) > 0
+	opts.LocalIP, opts.Wake, opts.Certificates = w.target.From, w.wake, w.target.RequireCert
 	opts.Identity = func() ssh.Signer {
 		m.mu.Lock()
 		defer m.mu.Unlock()
@@ -576,6 +598,11 @@ func (m *Manager) run(ctx context.Context, w *watched) {
 		w.client = c
 		if c != nil && !sameSigner(w.connIdentity, m.identity) {
 			c.Close() // the identity changed while it connected: again, with it
+		}
+		if c != nil && !w.certUntil.IsZero() {
+			// The certificate ends: the connection with it, and the next
+			// one is checked again.
+			time.AfterFunc(time.Until(w.certUntil), func() { c.Close() })
 		}
 	}
 	peer.Watch(ctx, w.target.Addr, check, opts, onFacts, onError)
@@ -615,12 +642,18 @@ func (m *Manager) check(ctx context.Context, log *zap.Logger, w *watched, offere
 		}
 		return errors.New(msg)
 	}
-	if len(t.CAs) > 0 {
-		key, err := sshkeys.CertifiedKey(offered, t.CAs, t.Name, t.Address)
+	if t.RequireCert {
+		cert, err := sshkeys.CertifiedKey(offered, t.CAs, t.Address)
 		if err != nil {
+			// Nothing certified stands: what the peer said before is
+			// not acted on.
+			st.Trust, st.HostKey, st.Facts = status.TrustNone, nil, nil
 			return refuse(RefusedNotCertified, err.Error(), nil)
 		}
-		w.connKey = key
+		w.connKey, w.certUntil, w.certCA = cert.Key, time.Time{}, fingerprint(cert.SignatureKey)
+		if cert.ValidBefore != ssh.CertTimeInfinity {
+			w.certUntil = time.Unix(int64(cert.ValidBefore), 0)
+		}
 		m.mu.Unlock()
 		return nil
 	}
@@ -668,7 +701,7 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 	}
 	st := &w.st
 	now := time.Now()
-	certified := len(t.CAs) > 0
+	certified := t.RequireCert
 	firstUse := st.HostKey == nil && !certified
 	switch {
 	case certified:
@@ -737,7 +770,7 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 func (m *Manager) storeLocked(w *watched) error {
 	st := w.st
 	return m.store.PutPeer(w.target.Name, record{HostKey: keyLine(st.HostKey), Trust: st.Trust, TrustedAt: w.trustedAt,
-		Facts: st.Facts, FactsAt: st.FactsAt})
+		Facts: st.Facts, FactsAt: st.FactsAt, CA: w.certCA, Until: w.certUntil})
 }
 
 // flushLocked stores w's facts and reports that a reconcile is due, at

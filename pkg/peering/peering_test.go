@@ -354,3 +354,46 @@ func TestGetOnlyForTheWatchedTarget(t *testing.T) {
 	cancel()
 	m.Wait()
 }
+
+// TestCertifiedTrustHoldsOnlyWhileItsCAAndCertificateDo: a key stored as
+// certified is trusted again at a restart (its facts with it) only with
+// trust: ca, its CA still listed and its certificate not ended; otherwise
+// nothing of it is trusted.
+func TestCertifiedTrustHoldsOnlyWhileItsCAAndCertificateDo(t *testing.T) {
+	ca, other, host := newSigner(t), newSigner(t), newSigner(t)
+	facts := &peer.Facts{Name: "stage", Address: addr}
+	for _, c := range []struct {
+		name    string
+		target  Target
+		until   time.Time
+		trusted bool
+	}{
+		{"its CA listed", Target{RequireCert: true, CAs: []ssh.PublicKey{ca.PublicKey()}}, time.Now().Add(time.Hour), true},
+		{"no end", Target{RequireCert: true, CAs: []ssh.PublicKey{other.PublicKey(), ca.PublicKey()}}, time.Time{}, true},
+		{"its CA no longer listed", Target{RequireCert: true, CAs: []ssh.PublicKey{other.PublicKey()}}, time.Now().Add(time.Hour), false},
+		{"its certificate ended", Target{RequireCert: true, CAs: []ssh.PublicKey{ca.PublicKey()}}, time.Now().Add(-time.Minute), false},
+		{"trust: approve now", Target{Approve: true}, time.Now().Add(time.Hour), false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx, cancel, store, _, _ := fixture(t)
+			defer cancel()
+			if err := store.PutPeer("stage", record{HostKey: keyLine(host.PublicKey()), Trust: status.TrustCertified,
+				CA: fingerprint(ca.PublicKey()), Until: c.until, Facts: facts, FactsAt: time.Now()}); err != nil {
+				t.Fatal(err)
+			}
+			m, _ := manager(t, ctx, store)
+			target := c.target
+			target.Name, target.Address, target.Addr = "stage", addr, freeAddr(t) // nobody there
+			m.Sync([]Target{target})
+			st, _ := m.Get(target)
+			if got := st.HostKey != nil && st.Trust == status.TrustCertified && st.Facts != nil; got != c.trusted {
+				t.Fatalf("trusted %v (%+v), want %v", got, st, c.trusted)
+			}
+			if !c.trusted && (st.HostKey != nil || st.Facts != nil) {
+				t.Fatalf("something of the certified key is still trusted: %+v", st)
+			}
+			cancel()
+			m.Wait()
+		})
+	}
+}

@@ -40,12 +40,10 @@ type Target struct {
 	Signer   ssh.Signer    // our client key: required
 	HostKey  ssh.PublicKey // the pinned host key, compared exactly; required unless HostCAs
 	// HostCAs, when set (trust: ca), replace HostKey: the server's host
-	// certificate must be signed by one of them, valid now, for one of
-	// Principals (the peer's name and address).
-	HostCAs    []ssh.PublicKey
-	Principals []string
-	Timeout    time.Duration // bounds the whole probe (dial, handshake, protocol); default 10s
-	From       net.IP        // the local address to dial from; nil lets the system choose
+	// certificate must be signed by one of them, valid now, for Address.
+	HostCAs []ssh.PublicKey
+	Timeout time.Duration // bounds the whole probe (dial, handshake, protocol); default 10s
+	From    net.IP        // the local address to dial from; nil lets the system choose
 
 	// after, when set, speaks on once the handshake succeeded (see
 	// QueryPathInfos).
@@ -294,12 +292,10 @@ func probe(ctx context.Context, t Target, start, deadline time.Time) (Result, er
 		Auth: []ssh.AuthMethod{ssh.PublicKeys(t.Signer)},
 		HostKeyCallback: func(_ string, _ net.Addr, key ssh.PublicKey) error {
 			if len(t.HostCAs) > 0 {
-				for _, p := range t.Principals {
-					if _, err := sshkeys.CertifiedKey(key, t.HostCAs, p, p); err == nil {
-						return nil
-					}
+				if _, err := sshkeys.CertifiedKey(key, t.HostCAs, t.Address); err != nil {
+					return &hostKeyMismatchError{expected: t.HostKey, got: key, cas: true}
 				}
-				return &hostKeyMismatchError{expected: t.HostKey, got: key, cas: true}
+				return nil
 			}
 			if bytes.Equal(key.Marshal(), t.HostKey.Marshal()) {
 				return nil

@@ -5,6 +5,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/peering"
@@ -131,11 +132,15 @@ func (pl *planner) planPeerPort() *Resource {
 	case pl.file.Trust == desired.TrustCA && o.HostCertErr != nil:
 		r.Listen = peering.ListenAddr(pl.self.Address, pl.self.PeerPort)
 		r.Reason, r.Message, r.Failed = "HostCertificateUnusable", o.HostCertErr.Error(), true
+	case pl.file.Trust == desired.TrustCA && o.HostCert != nil && !certValidAt(o.HostCert, o.Now):
+		r.Listen = peering.ListenAddr(pl.self.Address, pl.self.PeerPort)
+		r.Reason, r.Failed = "HostCertificateNotValid", true
+		r.Message = fmt.Sprintf("the host certificate %s-cert.pub (%q) is not valid now: peers refuse this host until one of hostCAs signs its host key again", o.Layout.HostKey, o.HostCert.KeyId)
 	case pl.file.Trust == desired.TrustCA && o.HostCert == nil:
 		r.Listen = peering.ListenAddr(pl.self.Address, pl.self.PeerPort)
 		r.Reason = "NoHostCertificate"
-		r.Message = fmt.Sprintf("trust: ca, and %s-cert.pub is missing: peers refuse this host until one of hostCAs signs its host key (ssh-keygen -s CA_KEY -h -I %s -n %s,%s %s.pub)",
-			o.Layout.HostKey, pl.self.Name, pl.self.Name, pl.self.Address, o.Layout.HostKey)
+		r.Message = fmt.Sprintf("trust: ca, and %s-cert.pub is missing: peers refuse this host until one of hostCAs signs its host key for its address (ssh-keygen -s CA_KEY -h -I %s -n %s %s.pub)",
+			o.Layout.HostKey, pl.self.Name, pl.self.Address, o.Layout.HostKey)
 	default:
 		r.Listen = peering.ListenAddr(pl.self.Address, pl.self.PeerPort)
 		r.Status, r.Reason, r.Message = true, "Listening", "peers reach this agent at "+r.Listen
@@ -171,7 +176,7 @@ func watchTargets(file *desired.File, self *desired.Host, remembered map[string]
 		pins, _ := pinnedKeys(h) // validated with the file
 		targets = append(targets, peering.Target{Name: h.Name, Address: h.Address, Pin: pins.HostKey,
 			PinsRequired: file.Trust == desired.TrustPinned, Approve: file.Trust == desired.TrustApprove, Addr: peerAddr(h), Remembered: remembered[h.Name], From: from, Self: self.Name,
-			CAs: hostCAs(file)})
+			RequireCert: file.Trust == desired.TrustCA, CAs: hostCAs(file)})
 	}
 	seen := map[string]bool{}
 	for _, name := range self.SubstituteFrom {
@@ -220,7 +225,13 @@ func (pl *planner) probeTarget(h *desired.Host, key ssh.PublicKey) probe.Target 
 	t := probe.Target{Address: h.Address, Port: h.SSHPort, Protocol: h.Serve.Protocol,
 		Signer: pl.o.ClientKey.Key.Signer, HostKey: key, Timeout: ProbeTimeout, From: localIP(pl.self.Address)}
 	if cas := hostCAs(pl.file); cas != nil {
-		t.HostKey, t.HostCAs, t.Principals = nil, cas, []string{h.Name, h.Address}
+		t.HostKey, t.HostCAs = nil, cas
 	}
 	return t
+}
+
+// certValidAt reports whether cert's validity period holds at now.
+func certValidAt(cert *ssh.Certificate, now time.Time) bool {
+	t := uint64(now.Unix())
+	return cert.ValidAfter <= t && (cert.ValidBefore == ssh.CertTimeInfinity || t < cert.ValidBefore)
 }

@@ -352,7 +352,7 @@ func remembered(o *Observation) map[string]ssh.PublicKey {
 		h := o.File.Host(name)
 		addr, _ := hostname.Canonical(h.Address) // validated with the file
 		for _, e := range entries {
-			if host, err := hostname.Canonical(e.Host); err == nil && host == addr && e.Port == h.SSHPort {
+			if host, err := hostname.Canonical(e.Host); err == nil && host == addr && e.Port == h.SSHPort && !e.CA {
 				out[name] = e.Key
 			}
 		}

@@ -27,9 +27,7 @@ func (pl *planner) planKnownHosts() *Resource {
 			// ssh trusts the CAs' certificates for the peer: a rotated
 			// host key needs no new line.
 			for _, ca := range hostCAs(pl.file) {
-				for _, host := range []string{h.Address, h.Name} {
-					entries = append(entries, knownhosts.Entry{Host: host, Port: h.SSHPort, Key: ca, CA: true})
-				}
+				entries = append(entries, knownhosts.Entry{Host: h.Address, Port: h.SSHPort, Key: ca, CA: true})
 			}
 		case key != nil:
 			entries = append(entries, knownhosts.Entry{Host: h.Address, Port: h.SSHPort, Key: key})

@@ -7,18 +7,21 @@ import (
 	"io/fs"
 	"os"
 	"slices"
+	"strings"
 
 	"golang.org/x/crypto/ssh"
 )
 
-// CertifiedKey returns the host key that offered, an SSH host
-// certificate, certifies: signed by one of cas, valid now, naming name or
-// address among its principals. Anything else is an error saying why.
-func CertifiedKey(offered ssh.PublicKey, cas []ssh.PublicKey, name, address string) (ssh.PublicKey, error) {
+// CertifiedKey returns offered as the SSH host certificate it must be:
+// signed by one of cas, valid now, naming address among its principals, as
+// OpenSSH checks it for the address it connects to (a DNS name in lower
+// case). Its Key is the peer's host key. Anything else is an error saying
+// why.
+func CertifiedKey(offered ssh.PublicKey, cas []ssh.PublicKey, address string) (*ssh.Certificate, error) {
 	cert, ok := offered.(*ssh.Certificate)
 	if !ok {
-		return nil, fmt.Errorf("trust: ca, and the peer offers the plain host key %s, not a host certificate: sign it with your CA (ssh-keygen -s CA_KEY -h -I %s -n %s,%s KEY.pub) and put the -cert.pub beside it",
-			ssh.FingerprintSHA256(offered), name, name, address)
+		return nil, fmt.Errorf("trust: ca, and the peer offers the plain host key %s, not a host certificate: sign it with your CA (ssh-keygen -s CA_KEY -h -I NAME -n %s KEY.pub) and put the -cert.pub beside it",
+			ssh.FingerprintSHA256(offered), address)
 	}
 	if cert.CertType != ssh.HostCert {
 		return nil, fmt.Errorf("trust: ca, and the peer's certificate %q is a user certificate, not a host certificate", cert.KeyId)
@@ -27,15 +30,10 @@ func CertifiedKey(offered ssh.PublicKey, cas []ssh.PublicKey, name, address stri
 		return nil, fmt.Errorf("trust: ca, and the peer's host certificate %q is signed by %s, which is not one of hostCAs", cert.KeyId, ssh.FingerprintSHA256(cert.SignatureKey))
 	}
 	var checker ssh.CertChecker
-	var errs []error
-	for _, principal := range []string{name, address} {
-		err := checker.CheckCert(principal, cert)
-		if err == nil {
-			return cert.Key, nil
-		}
-		errs = append(errs, err)
+	if err := checker.CheckCert(strings.ToLower(address), cert); err != nil {
+		return nil, fmt.Errorf("trust: ca, and the peer's host certificate %q does not hold for %s: %w", cert.KeyId, address, err)
 	}
-	return nil, fmt.Errorf("trust: ca, and the peer's host certificate %q does not hold for %s or %s: %w", cert.KeyId, name, address, errors.Join(errs...))
+	return cert, nil
 }
 
 // ReadHostCert reads the host certificate at path (ssh-keygen's

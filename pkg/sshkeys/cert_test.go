@@ -45,11 +45,18 @@ func certFor(t *testing.T, ca ssh.Signer, key ssh.PublicKey, edit func(*ssh.Cert
 func TestCertifiedKey(t *testing.T) {
 	ca, other, host := edSigner(t), edSigner(t), edSigner(t)
 	cas := []ssh.PublicKey{other.PublicKey(), ca.PublicKey()}
-	for _, p := range []struct{ name, address string }{{"stage", "stage.example"}, {"other", "127.0.0.2"}} {
-		k, err := CertifiedKey(certFor(t, ca, host.PublicKey(), nil), cas, p.name, p.address)
-		if err != nil || string(k.Marshal()) != string(host.PublicKey().Marshal()) {
-			t.Fatalf("for %s at %s: %v, %v; want the host key", p.name, p.address, k, err)
-		}
+	c, err := CertifiedKey(certFor(t, ca, host.PublicKey(), nil), cas, "127.0.0.2")
+	if err != nil || string(c.Key.Marshal()) != string(host.PublicKey().Marshal()) {
+		t.Fatalf("for 127.0.0.2: %v, %v; want the certificate of the host key", c, err)
+	}
+	// The name in the file is no principal: Nix's ssh checks the address.
+	nameOnly := certFor(t, ca, host.PublicKey(), func(c *ssh.Certificate) { c.ValidPrincipals = []string{"stage"} })
+	if _, err := CertifiedKey(nameOnly, cas, "127.0.0.2"); err == nil {
+		t.Fatal("a certificate for the name alone holds for the address")
+	}
+	mixed := certFor(t, ca, host.PublicKey(), func(c *ssh.Certificate) { c.ValidPrincipals = []string{"stage.example.com"} })
+	if _, err := CertifiedKey(mixed, cas, "Stage.Example.COM"); err != nil {
+		t.Fatalf("an address in another case: %v", err)
 	}
 	for name, c := range map[string]struct {
 		offered ssh.PublicKey
@@ -62,7 +69,7 @@ func TestCertifiedKey(t *testing.T) {
 		"another host":  {certFor(t, ca, host.PublicKey(), func(c *ssh.Certificate) { c.ValidPrincipals = []string{"prod", "127.0.0.3"} }), "does not hold"},
 		"a user cert":   {certFor(t, ca, host.PublicKey(), func(c *ssh.Certificate) { c.CertType = ssh.UserCert }), "user certificate"},
 	} {
-		if _, err := CertifiedKey(c.offered, cas, "stage", "127.0.0.2"); err == nil || !strings.Contains(err.Error(), c.want) {
+		if _, err := CertifiedKey(c.offered, cas, "127.0.0.2"); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v; want a refusal containing %q", name, err, c.want)
 		}
 	}
