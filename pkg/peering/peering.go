@@ -185,6 +185,9 @@ type watched struct {
 	// the CA that signed it.
 	certUntil time.Time
 	certCA    string
+	// storedCA and storedUntil are what the store holds of them.
+	storedCA    string
+	storedUntil time.Time
 	// connKey is the host key of the current connection, set by check
 	// (on the SSH library's goroutine) and read by accept; under the
 	// manager's mutex.
@@ -541,6 +544,7 @@ func (m *Manager) loadLocked(w *watched) {
 		// Certified before by a CA still listed, until its certificate
 		// ends: the peer's next connection shows it again.
 		w.st.Trust, w.st.HostKey = status.TrustCertified, recKey
+		w.storedCA, w.storedUntil = rec.CA, rec.Until
 	case t.RequireCert:
 		// Nothing else is trust with trust: ca.
 	case t.Pin != nil:
@@ -706,8 +710,9 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 	switch {
 	case certified:
 		// check verified the certificate: the key it names is the
-		// peer's, whatever was trusted before.
-		if st.Trust != status.TrustCertified || !sameKey(st.HostKey, key) {
+		// peer's, whatever was trusted before. A renewed certificate of
+		// the same key is stored too: its end is what a restart checks.
+		if st.Trust != status.TrustCertified || !sameKey(st.HostKey, key) || w.storedCA != w.certCA || !w.storedUntil.Equal(w.certUntil) {
 			st.Trust, st.HostKey, w.trustedAt = status.TrustCertified, key, now
 			if err := m.storeLocked(w); err != nil {
 				st.Trust, st.HostKey = status.TrustNone, nil
@@ -769,8 +774,12 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 // storeLocked stores what is trusted and known of w's peer.
 func (m *Manager) storeLocked(w *watched) error {
 	st := w.st
-	return m.store.PutPeer(w.target.Name, record{HostKey: keyLine(st.HostKey), Trust: st.Trust, TrustedAt: w.trustedAt,
+	err := m.store.PutPeer(w.target.Name, record{HostKey: keyLine(st.HostKey), Trust: st.Trust, TrustedAt: w.trustedAt,
 		Facts: st.Facts, FactsAt: st.FactsAt, CA: w.certCA, Until: w.certUntil})
+	if err == nil {
+		w.storedCA, w.storedUntil = w.certCA, w.certUntil
+	}
+	return err
 }
 
 // flushLocked stores w's facts and reports that a reconcile is due, at
