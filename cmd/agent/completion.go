@@ -165,10 +165,10 @@ func complete(words []string) (cands []string, files bool) {
 	}
 	// Flags come before the arguments: Go's flag package stops at the
 	// first argument.
+	var flags []string
+	fs.VisitAll(func(f *flag.Flag) { flags = append(flags, "--"+f.Name) })
 	n := positionals(fs, rest)
 	if n == 0 && strings.HasPrefix(cur, "-") {
-		var flags []string
-		fs.VisitAll(func(f *flag.Flag) { flags = append(flags, "--"+f.Name) })
 		return prefixed("", flags), false
 	}
 	switch {
@@ -181,8 +181,6 @@ func complete(words []string) (cands []string, files bool) {
 	case strings.Contains(c.argKind, "|"):
 		return prefixed("", strings.Split(c.argKind, "|")), false
 	}
-	var flags []string
-	fs.VisitAll(func(f *flag.Flag) { flags = append(flags, "--"+f.Name) })
 	return prefixed("", flags), false
 }
 

@@ -126,23 +126,22 @@ func (pl *planner) planKeys() *Resource {
 func (pl *planner) planPeerPort() *Resource {
 	r := &Resource{Type: status.PeerPortReady}
 	o := pl.o
-	switch {
-	case !o.HostKey.Usable():
+	if !o.HostKey.Usable() {
 		r.Reason, r.Message = "NoHostKey", "the peer port needs this host's SSH host key; see KeysReady"
+		return r
+	}
+	r.Listen = peering.ListenAddr(pl.self.Address, pl.self.PeerPort)
+	switch {
 	case pl.file.Trust == desired.TrustCA && o.HostCertErr != nil:
-		r.Listen = peering.ListenAddr(pl.self.Address, pl.self.PeerPort)
 		r.Reason, r.Message, r.Failed = "HostCertificateUnusable", o.HostCertErr.Error(), true
 	case pl.file.Trust == desired.TrustCA && o.HostCert != nil && !certValidAt(o.HostCert, o.Now):
-		r.Listen = peering.ListenAddr(pl.self.Address, pl.self.PeerPort)
 		r.Reason, r.Failed = "HostCertificateNotValid", true
 		r.Message = fmt.Sprintf("the host certificate %s-cert.pub (%q) is not valid now: peers refuse this host until one of hostCAs signs its host key again", o.Layout.HostKey, o.HostCert.KeyId)
 	case pl.file.Trust == desired.TrustCA && o.HostCert == nil:
-		r.Listen = peering.ListenAddr(pl.self.Address, pl.self.PeerPort)
 		r.Reason = "NoHostCertificate"
 		r.Message = fmt.Sprintf("trust: ca, and %s-cert.pub is missing: peers refuse this host until one of hostCAs signs its host key for its address (ssh-keygen -s CA_KEY -h -I %s -n %s %s.pub)",
 			o.Layout.HostKey, pl.self.Name, pl.self.Address, o.Layout.HostKey)
 	default:
-		r.Listen = peering.ListenAddr(pl.self.Address, pl.self.PeerPort)
 		r.Status, r.Reason, r.Message = true, "Listening", "peers reach this agent at "+r.Listen
 		if o.HostCert != nil {
 			r.Message += fmt.Sprintf(", with its host certificate %q", o.HostCert.KeyId)
@@ -171,12 +170,12 @@ func (pl *planner) planWatches() *Resource {
 // host's managed files remember of them.
 func watchTargets(file *desired.File, self *desired.Host, remembered map[string]ssh.PublicKey) []peering.Target {
 	var targets []peering.Target
-	from := localIP(self.Address)
+	from, cas := localIP(self.Address), hostCAs(file)
 	add := func(h *desired.Host) {
 		pins, _ := pinnedKeys(h) // validated with the file
 		targets = append(targets, peering.Target{Name: h.Name, Address: h.Address, Pin: pins.HostKey,
 			PinsRequired: file.Trust == desired.TrustPinned, Approve: file.Trust == desired.TrustApprove, Addr: peerAddr(h), Remembered: remembered[h.Name], From: from, Self: self.Name,
-			RequireCert: file.Trust == desired.TrustCA, CAs: hostCAs(file)})
+			RequireCert: file.Trust == desired.TrustCA, CAs: cas})
 	}
 	seen := map[string]bool{}
 	for _, name := range self.SubstituteFrom {
@@ -224,8 +223,8 @@ func hostCAs(file *desired.File) []ssh.PublicKey {
 func (pl *planner) probeTarget(h *desired.Host, key ssh.PublicKey) probe.Target {
 	t := probe.Target{Address: h.Address, Port: h.SSHPort, Protocol: h.Serve.Protocol,
 		Signer: pl.o.ClientKey.Key.Signer, HostKey: key, Timeout: ProbeTimeout, From: localIP(pl.self.Address)}
-	if cas := hostCAs(pl.file); cas != nil {
-		t.HostKey, t.HostCAs = nil, cas
+	if pl.cas != nil {
+		t.HostKey, t.HostCAs = nil, pl.cas
 	}
 	return t
 }

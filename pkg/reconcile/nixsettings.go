@@ -47,12 +47,12 @@ func (pl *planner) planNixSettings(cacheKeyOnDisk bool, verdicts map[string]verd
 		h, k := pl.file.Host(name), pl.keys[name]
 		s.Substituters = append(s.Substituters, v.url)
 		s.TrustedPublicKeys = append(s.TrustedPublicKeys, k.CacheKey)
-		if cas := hostCAs(pl.file); cas != nil {
-			for i, ca := range cas {
-				m.KnownHosts = append(m.KnownHosts, nix.KnownHost{Name: fmt.Sprintf("%s-ca%d", name, i+1), HostNames: []string{hostname.WithPort(h.Address, h.SSHPort)}, PublicKey: ca, CertAuthority: true})
-			}
-		} else {
-			m.KnownHosts = append(m.KnownHosts, nix.KnownHost{Name: name, HostNames: []string{hostname.WithPort(h.Address, h.SSHPort)}, PublicKey: k.HostKey})
+		hostNames := []string{hostname.WithPort(h.Address, h.SSHPort)}
+		if pl.cas == nil {
+			m.KnownHosts = append(m.KnownHosts, nix.KnownHost{Name: name, HostNames: hostNames, PublicKey: k.HostKey})
+		}
+		for i, ca := range pl.cas {
+			m.KnownHosts = append(m.KnownHosts, nix.KnownHost{Name: fmt.Sprintf("%s-ca%d", name, i+1), HostNames: hostNames, PublicKey: ca, CertAuthority: true})
 		}
 	}
 	if len(s.Substituters) > 0 {

@@ -107,8 +107,8 @@ type Plan struct {
 	// Requeue is when the next pass is due without any event, 0 for the
 	// resync timer.
 	Requeue time.Duration
-	// watchesOnly: the pass only syncs the watches, and reports nothing
-	// unless that fails.
+	// watchesOnly: the plan only syncs the watches; Reconcile acts on
+	// it, then observes and plans again.
 	watchesOnly bool
 
 	// Consumers are the client keys a serving host lets in, for its
@@ -247,6 +247,8 @@ type planner struct {
 	file *desired.File
 	// keys are the trusted public keys of every host in the file.
 	keys map[string]peerKeys
+	// cas are the CAs of trust: ca, nil in another mode.
+	cas []ssh.PublicKey
 }
 
 // plan derives what a pass does from what it observed. It does no I/O.
@@ -272,7 +274,7 @@ func plan(o *Observation) *Plan {
 		valid.Status, valid.Reason, valid.Message = false, "InvalidKey", err.Error()
 		return p
 	}
-	pl := &planner{o: o, self: o.Self, file: o.File, keys: keys}
+	pl := &planner{o: o, self: o.Self, file: o.File, keys: keys, cas: hostCAs(o.File)}
 
 	// The data flow of a pass: each resource from the observation and
 	// the results of those before it that it takes as parameters.
@@ -283,9 +285,9 @@ func plan(o *Observation) *Plan {
 	if o.WatchesBehind {
 		// Nothing is planned from peers not watched as the file says
 		// now (it could drop a consumer that a restarted watch knows
-		// again at once): this pass only syncs the watches, and the next
-		// one, at once, plans from what they know.
-		p.Resources, p.Requeue, p.watchesOnly = append(p.Resources, peerPort, watches), soon, true
+		// again at once): this plan only syncs the watches, and the
+		// pass plans again from what they know.
+		p.Resources, p.watchesOnly = append(p.Resources, peerPort, watches), true
 		return p
 	}
 	ownKeys := pl.planKeys()
