@@ -165,31 +165,6 @@ func (pl *planner) planWatches() *Resource {
 	return &Resource{Watch: w, Status: true}
 }
 
-// watchTargets are the peers self keeps a watch open to: those it
-// fetches from, and those that fetch from it, with the host keys this
-// host's managed files remember of them.
-func watchTargets(file *desired.File, self *desired.Host, remembered map[string]ssh.PublicKey) []peering.Target {
-	var targets []peering.Target
-	from, cas := localIP(self.Address), hostCAs(file)
-	add := func(h *desired.Host) {
-		pins, _ := pinnedKeys(h) // validated with the file
-		targets = append(targets, peering.Target{Name: h.Name, Address: h.Address, Pin: pins.HostKey,
-			PinsRequired: file.Trust == desired.TrustPinned, Approve: file.Trust == desired.TrustApprove, Addr: peerAddr(h), Remembered: remembered[h.Name], From: from, Self: self.Name,
-			RequireCert: file.Trust == desired.TrustCA, CAs: cas})
-	}
-	seen := map[string]bool{}
-	for _, name := range self.SubstituteFrom {
-		add(file.Host(name))
-		seen[name] = true
-	}
-	for _, c := range file.Consumers(self.Name) {
-		if !seen[c.Name] {
-			add(c)
-		}
-	}
-	return targets
-}
-
 // localIP is address when it is a loopback IP literal: an agent on one of
 // several loopback addresses dials its peers from its own, so that each
 // sees who connects. Other addresses leave the choice to the system.
@@ -204,27 +179,13 @@ func peerAddr(h *desired.Host) string {
 	return net.JoinHostPort(h.Address, strconv.Itoa(h.PeerPort))
 }
 
-// hostCAs are the CAs of trust: ca, nil in another mode.
-func hostCAs(file *desired.File) []ssh.PublicKey {
-	if file.Trust != desired.TrustCA {
-		return nil
-	}
-	var cas []ssh.PublicKey
-	for _, line := range file.HostCAs {
-		if k, err := sshkeys.ParsePublicLine(line); err == nil { // validated with the file
-			cas = append(cas, k)
-		}
-	}
-	return cas
-}
-
 // probeTarget is how this host reaches the sshd of peer h, whose host key
 // it trusts as key (with trust: ca, its CAs' certificate for h).
 func (pl *planner) probeTarget(h *desired.Host, key ssh.PublicKey) probe.Target {
 	t := probe.Target{Address: h.Address, Port: h.SSHPort, Protocol: h.Serve.Protocol,
 		Signer: pl.o.ClientKey.Key.Signer, HostKey: key, Timeout: ProbeTimeout, From: localIP(pl.self.Address)}
-	if pl.cas != nil {
-		t.HostKey, t.HostCAs = nil, pl.cas
+	if pl.o.HostCAs != nil {
+		t.HostKey, t.HostCAs = nil, pl.o.HostCAs
 	}
 	return t
 }

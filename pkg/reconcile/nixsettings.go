@@ -48,10 +48,10 @@ func (pl *planner) planNixSettings(cacheKeyOnDisk bool, verdicts map[string]verd
 		s.Substituters = append(s.Substituters, v.url)
 		s.TrustedPublicKeys = append(s.TrustedPublicKeys, k.CacheKey)
 		hostNames := []string{hostname.WithPort(h.Address, h.SSHPort)}
-		if pl.cas == nil {
+		if pl.o.HostCAs == nil {
 			m.KnownHosts = append(m.KnownHosts, nix.KnownHost{Name: name, HostNames: hostNames, PublicKey: k.HostKey})
 		}
-		for i, ca := range pl.cas {
+		for i, ca := range pl.o.HostCAs {
 			m.KnownHosts = append(m.KnownHosts, nix.KnownHost{Name: fmt.Sprintf("%s-ca%d", name, i+1), HostNames: hostNames, PublicKey: ca, CertAuthority: true})
 		}
 	}

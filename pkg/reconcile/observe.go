@@ -49,6 +49,8 @@ type Observation struct {
 	// Self is this host's entry in File, nil when not found (SelfErr).
 	Self    *desired.Host
 	SelfErr string
+	// HostCAs are the CAs of trust: ca, nil in another mode.
+	HostCAs []ssh.PublicKey
 
 	ClientKey, HostKey KeyObs
 	// HostCert is the host certificate beside the host key (KEY-cert.pub),
@@ -158,6 +160,7 @@ func (h *Host) observe() *Observation {
 		return o
 	}
 	o.Self = self
+	o.HostCAs = hostCAs(o.File)
 
 	o.ClientKey = inspectKey("client key", l.ClientKey)
 	o.HostKey = inspectKey("host key", l.HostKey)
@@ -189,7 +192,7 @@ func (h *Host) observe() *Observation {
 	// on (a peer tells its known peers whom it lets in): while the key is
 	// still to be made, there are none.
 	if !o.HostKey.State.Missing || o.HostKey.Err != nil {
-		o.Watches = watchTargets(o.File, self, remembered(o))
+		o.Watches = watchTargets(o.File, self, o.HostCAs, remembered(o))
 	}
 	o.Peers = map[string]peering.State{}
 	o.Probes = map[string]jobState{}
@@ -230,6 +233,45 @@ func (h *Host) observe() *Observation {
 		o.NixSSHUser = h.users.check(o.platform(), o.Now)
 	}
 	return o
+}
+
+// watchTargets are the peers self keeps a watch open to: those it
+// fetches from, and those that fetch from it, with the host keys this
+// host's managed files remember of them.
+func watchTargets(file *desired.File, self *desired.Host, cas []ssh.PublicKey, remembered map[string]ssh.PublicKey) []peering.Target {
+	var targets []peering.Target
+	from := localIP(self.Address)
+	add := func(h *desired.Host) {
+		pins, _ := pinnedKeys(h) // validated with the file
+		targets = append(targets, peering.Target{Name: h.Name, Address: h.Address, Pin: pins.HostKey,
+			PinsRequired: file.Trust == desired.TrustPinned, Approve: file.Trust == desired.TrustApprove, Addr: peerAddr(h), Remembered: remembered[h.Name], From: from, Self: self.Name,
+			RequireCert: file.Trust == desired.TrustCA, CAs: cas})
+	}
+	seen := map[string]bool{}
+	for _, name := range self.SubstituteFrom {
+		add(file.Host(name))
+		seen[name] = true
+	}
+	for _, c := range file.Consumers(self.Name) {
+		if !seen[c.Name] {
+			add(c)
+		}
+	}
+	return targets
+}
+
+// hostCAs are the CAs of trust: ca, nil in another mode.
+func hostCAs(file *desired.File) []ssh.PublicKey {
+	if file.Trust != desired.TrustCA {
+		return nil
+	}
+	var cas []ssh.PublicKey
+	for _, line := range file.HostCAs {
+		if k, err := sshkeys.ParsePublicLine(line); err == nil { // validated with the file
+			cas = append(cas, k)
+		}
+	}
+	return cas
 }
 
 // observeDesired reads and validates the desired-state file. A file that

@@ -247,8 +247,6 @@ type planner struct {
 	file *desired.File
 	// keys are the trusted public keys of every host in the file.
 	keys map[string]peerKeys
-	// cas are the CAs of trust: ca, nil in another mode.
-	cas []ssh.PublicKey
 }
 
 // plan derives what a pass does from what it observed. It does no I/O.
@@ -274,7 +272,7 @@ func plan(o *Observation) *Plan {
 		valid.Status, valid.Reason, valid.Message = false, "InvalidKey", err.Error()
 		return p
 	}
-	pl := &planner{o: o, self: o.Self, file: o.File, keys: keys, cas: hostCAs(o.File)}
+	pl := &planner{o: o, self: o.Self, file: o.File, keys: keys}
 
 	// The data flow of a pass: each resource from the observation and
 	// the results of those before it that it takes as parameters.
@@ -295,10 +293,10 @@ func plan(o *Observation) *Plan {
 	cacheKey, cacheKeyOnDisk := pl.planCacheKey()
 	subs := pl.planSubstituters()
 	trust := planTrust(subs.peers, o.Peers)
-	serve := pl.planServe()
-	settings, settingsPlanned := pl.planNixSettings(cacheKeyOnDisk, subs.verdicts, serve.consumers)
 	subsReady := pl.planSubstitutersReady(subs.verdicts)
 	verified := pl.planVerified(subs.verified)
+	serve := pl.planServe()
+	settings, settingsPlanned := pl.planNixSettings(cacheKeyOnDisk, subs.verdicts, serve.consumers)
 
 	p.Resources = append(p.Resources, ownKeys)
 	for _, r := range []*Resource{peerPort, watches, knownHosts, cacheKey, trust, serve.authorizedOnly, serve.resource, settings, subsReady, verified} {

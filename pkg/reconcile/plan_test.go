@@ -80,7 +80,7 @@ func (w *world) obs(yaml, self string) *Observation {
 		KeysDirMode: 0o700, Files: map[string]FileObs{},
 		Peers: map[string]peering.State{}, Probes: map[string]jobState{}, Trips: map[string][]time.Time{},
 		Verified: map[string]string{}}
-	o.Self = f.Host(self)
+	o.Self, o.HostCAs = f.Host(self), hostCAs(f)
 	if o.Self == nil {
 		w.t.Fatalf("no host %s", self)
 	}

@@ -26,7 +26,7 @@ func (pl *planner) planKnownHosts() *Resource {
 		case pl.file.Trust == desired.TrustCA:
 			// ssh trusts the CAs' certificates for the peer: a rotated
 			// host key needs no new line.
-			for _, ca := range pl.cas {
+			for _, ca := range pl.o.HostCAs {
 				entries = append(entries, knownhosts.Entry{Host: h.Address, Port: h.SSHPort, Key: ca, CA: true})
 			}
 		case key != nil:
