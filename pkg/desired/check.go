@@ -7,6 +7,7 @@ import (
 
 	"github.com/nixpeer/nixpeer/internal/msg"
 	"github.com/nixpeer/nixpeer/pkg/hostname"
+	"github.com/nixpeer/nixpeer/pkg/nix"
 )
 
 // checkHosts runs the checks that involve several hosts: unique names,
@@ -157,7 +158,23 @@ func checkKeyNames(el *errorList, infos []*hostInfo) {
 			el.add(pos, "%s uses the binary-cache keyName %q, as %s does; consumers trust keys by name, so set a different keyName on one of them", hi.label(), s.KeyName, first.label())
 			continue
 		}
+		for name, other := range seen {
+			if _, ok := nix.KeyGeneration(name, s.KeyName); ok {
+				el.add(pos, "%s uses the binary-cache keyName %q, the name of a later key generation of %s's keyName %q; choose a keyName that does not start with %q", hi.label(), s.KeyName, other.label(), name, name+"-g")
+			} else if _, ok := nix.KeyGeneration(s.KeyName, name); ok {
+				el.add(pos, "%s uses the binary-cache keyName %q, whose later key generations would be named like %s's keyName %q; set a different keyName on one of them", hi.label(), s.KeyName, other.label(), name)
+			}
+		}
 		seen[s.KeyName] = hi
+		if len(s.KeyName) > maxKeyNameLen-len("-g9999") {
+			el.add(pos, "keyName %q is %d characters long; the limit is %d, so that the names of its later generations (%s) fit in %d", s.KeyName, len(s.KeyName), maxKeyNameLen-len("-g9999"), nix.GenerationName("NAME", 2), maxKeyNameLen)
+		}
+		if want := nix.GenerationName(s.KeyName, s.KeyGeneration); s.PublicKey != "" {
+			if name, _, _ := strings.Cut(s.PublicKey, ":"); name != want {
+				el.add(hi.publicKeyPos, "publicKey is named %q, but keyName %q with keyGeneration %d names the key %q; they must match "+
+					"(to rotate the key, remove publicKey: the serving host's agent then publishes the new key to the hosts that trust it)", name, s.KeyName, s.KeyGeneration, want)
+			}
+		}
 	}
 }
 

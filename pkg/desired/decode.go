@@ -17,7 +17,7 @@ import (
 var (
 	fileFields  = []string{"apiVersion", "trust", "hosts"}
 	hostFields  = []string{"name", "address", "peerPort", "sshPort", "hostKey", "clientKey", "platform", "apply", "nixosModuleFile", "serve", "substituteFrom"}
-	serveFields = []string{"protocol", "keyName", "publicKey", "signClosure"}
+	serveFields = []string{"protocol", "keyName", "keyGeneration", "publicKey", "signClosure"}
 	trustFields = []string{"mode", "hostCAs"}
 )
 
@@ -49,6 +49,7 @@ var help = map[string]fieldHelp{
 	"substituteFrom":  {false, "a list of host names", "substituteFrom: [stage]"},
 	"protocol":        {true, "ssh or ssh-ng", "protocol: ssh"},
 	"keyName":         {true, "a binary-cache key name", "keyName: cache.example.com"},
+	"keyGeneration":   {false, fmt.Sprintf("a number 1-%d", nix.MaxKeyGeneration), "keyGeneration: 2"},
 	"signClosure":     {true, "an absolute store path", "signClosure: " + DefaultSignClosure},
 }
 
@@ -71,6 +72,7 @@ type hostInfo struct {
 	hostKeyPos     Pos
 	serveGiven     bool
 	keyNamePos     Pos
+	publicKeyPos   Pos
 	keyNameGiven   bool
 	subs           []ref
 }
@@ -304,7 +306,7 @@ func decodeServe(el *errorList, fd field, hi *hostInfo) {
 	if !ok {
 		return
 	}
-	s := &Serve{Protocol: nix.ProtocolSSH, SignClosure: DefaultSignClosure, Pos: fs.pos}
+	s := &Serve{Protocol: nix.ProtocolSSH, KeyGeneration: 1, SignClosure: DefaultSignClosure, Pos: fs.pos}
 	hi.h.Serve = s
 	if f, ok := fs.get("protocol"); ok {
 		if v, ok := enum(el, f, []string{string(nix.ProtocolSSH), string(nix.ProtocolSSHNG)}); ok {
@@ -322,14 +324,18 @@ func decodeServe(el *errorList, fd field, hi *hostInfo) {
 			}
 		}
 	}
+	if f, ok := fs.get("keyGeneration"); ok {
+		if v, ok := number(el, f, 1, nix.MaxKeyGeneration); ok {
+			s.KeyGeneration = v
+		}
+	}
 	if f, ok := fs.get("publicKey"); ok {
+		hi.publicKeyPos = posOf(f.value)
 		if v, ok := str(el, f); ok {
 			if k, err := nix.ParsePublicKey(v); err != nil {
 				el.add(posOf(f.value), "publicKey %s is not a binary-cache public key (%v); give the NAME:BASE64 line that \"nixpeer facts\" prints on the serving host", msg.Quote(v), err)
-			} else if s.KeyName != "" && k.Name() != s.KeyName {
-				el.add(posOf(f.value), "publicKey is named %q but keyName is %q; they must match", k.Name(), s.KeyName)
 			} else {
-				s.PublicKey = k.String()
+				s.PublicKey = k.String() // its name is checked with the keyName default
 			}
 		}
 	}
@@ -390,7 +396,10 @@ func enum(el *errorList, fd field, allowed []string) (string, bool) {
 var decimalRE = regexp.MustCompile(`^[+-]?[0-9]+$`)
 
 // port decodes a port number 1-65535 written in decimal.
-func port(el *errorList, fd field) (int, bool) {
+func port(el *errorList, fd field) (int, bool) { return number(el, fd, 1, 65535) }
+
+// number decodes a number lo-hi written in decimal.
+func number(el *errorList, fd field, lo, hi int) (int, bool) {
 	n, ok := fd.value.(*ast.IntegerNode)
 	if !ok || n == nil || n.Token == nil {
 		wrongType(el, fd)
@@ -402,8 +411,8 @@ func port(el *errorList, fd field) (int, bool) {
 		return 0, false
 	}
 	v, err := strconv.Atoi(strings.TrimPrefix(text, "+"))
-	if err != nil || v < 1 || v > 65535 {
-		el.add(posOf(n), "%s %s is out of range; use a port number 1-65535, for example %s", fd.key, msg.Quote(text), help[fd.key].example)
+	if err != nil || v < lo || v > hi {
+		el.add(posOf(n), "%s %s is out of range; use %s, for example %s", fd.key, msg.Quote(text), help[fd.key].want, help[fd.key].example)
 		return 0, false
 	}
 	if len(strings.TrimPrefix(text, "+")) > 1 && strings.TrimPrefix(text, "+")[0] == '0' {

@@ -134,6 +134,10 @@ type Serve struct {
 	// KeyName is the binary-cache signing key's name; it defaults to
 	// the host's address.
 	KeyName string
+	// KeyGeneration is the generation of the signing key the host is to
+	// sign with (1, the default, is the first): raising it rotates the
+	// key, see nix.GenerationName.
+	KeyGeneration int
 	// PublicKey is a pin of the binary-cache public key, NAME:BASE64, or
 	// "" (then peering tells it).
 	PublicKey string

@@ -46,7 +46,7 @@ func TestParseDefaults(t *testing.T) {
 				Name: "yourapp-stage", Address: "stage.yourapp.com",
 				PeerPort: 7722, SSHPort: 22, Platform: PlatformNixOS,
 				Apply: restart, NixOSModuleFile: "/etc/nixos/nixpeer.nix",
-				Serve: &Serve{Protocol: nix.ProtocolSSH, KeyName: "stage.yourapp.com", SignClosure: "/run/current-system", Pos: Pos{6, 12}},
+				Serve: &Serve{Protocol: nix.ProtocolSSH, KeyName: "stage.yourapp.com", KeyGeneration: 1, SignClosure: "/run/current-system", Pos: Pos{6, 12}},
 				Pos:   Pos{4, 5},
 			},
 			{
@@ -103,7 +103,7 @@ func TestParseExplicitValues(t *testing.T) {
 	if diff := cmp.Diff([]string{"/run/current-system/sw/bin/systemctl", "reload-or-restart", "nix-daemon"}, b.Apply); diff != "" || !b.ApplySet {
 		t.Errorf("build Apply (ApplySet %v) mismatch:\n%s", b.ApplySet, diff)
 	}
-	if diff := cmp.Diff(&Serve{Protocol: nix.ProtocolSSHNG, KeyName: "build-1", SignClosure: "/nix/var/nix/profiles/system", Pos: Pos{12, 7}}, b.Serve); diff != "" {
+	if diff := cmp.Diff(&Serve{Protocol: nix.ProtocolSSHNG, KeyName: "build-1", KeyGeneration: 1, SignClosure: "/nix/var/nix/profiles/system", Pos: Pos{12, 7}}, b.Serve); diff != "" {
 		t.Errorf("build Serve mismatch:\n%s", diff)
 	}
 	if web.Apply == nil || len(web.Apply) != 0 || web.ApplySet {
