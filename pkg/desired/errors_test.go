@@ -264,7 +264,7 @@ func TestParseErrors(t *testing.T) {
 			[]want{w("8:28", `keyGeneration "0" is out of range; use a number 1-9999`)}},
 		{"keyGeneration text", with("    serve: {keyGeneration: two}"),
 			[]want{w("8:28", "keyGeneration")}},
-		{"publicKey of another generation", with("    serve: {keyName: cache, keyGeneration: 2, publicKey: \"cache:"+strings.Repeat("A", 43)+"=\"}"),
+		{"publicKey of another generation", with("    serve: {keyName: cache, keyGeneration: 2, publicKey: \"cache:" + strings.Repeat("A", 43) + "=\"}"),
 			[]want{w("8:58", `publicKey is named "cache", but keyName "cache" with keyGeneration 2 names the key "cache-g2"`, "remove publicKey")}},
 		{"signClosure relative", with("    serve: {signClosure: run/current-system}"),
 			[]want{w("8:26", `signClosure "run/current-system" is not absolute`, "/run/current-system")}},
