@@ -27,12 +27,6 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 )
 
-// The marker lines, kept under these names for the tests.
-const (
-	beginLine = managedblock.BeginLine
-	endLine   = managedblock.EndLine
-)
-
 // Entry is one host key the agent wants root's ssh to trust.
 type Entry struct {
 	// Host is a DNS name (compared and written in lower case) or an IP
@@ -160,19 +154,14 @@ func sortUnique(out []Entry) []Entry {
 }
 
 func compare(a, b Entry) int {
-	return cmp.Or(
+	if c := cmp.Or(
 		strings.Compare(a.Host, b.Host),
 		cmp.Compare(a.Port, b.Port),
 		bytes.Compare(a.Key.Marshal(), b.Key.Marshal()),
-		compareBool(a.CA, b.CA),
-	)
-}
-
-func compareBool(a, b bool) int {
-	switch {
-	case a == b:
-		return 0
-	case a:
+	); c != 0 || a.CA == b.CA {
+		return c
+	}
+	if a.CA { // a plain key before a CA
 		return 1
 	}
 	return -1

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/nixpeer/nixpeer/internal/testenv"
+	"github.com/nixpeer/nixpeer/pkg/managedblock"
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/crypto/ssh"
@@ -65,7 +66,7 @@ func TestRender(t *testing.T) {
 	k := testKeys(t)
 	ed0, ed1, ed3 := text(k[0]), text(k[1]), text(k[3])
 	block := func(ls ...string) string {
-		return beginLine + "\n" + strings.Join(ls, "\n") + "\n" + endLine + "\n"
+		return managedblock.BeginLine + "\n" + strings.Join(ls, "\n") + "\n" + managedblock.EndLine + "\n"
 	}
 	user := "# my hosts\r\n" +
 		"|1|F1E1KeoE/eEWhi10WpGv4OdiO6Y=|3988QV0VE8wmZL7suNrYQLITLCg= ssh-ed25519 AAAAC3Nz\n" +
@@ -117,7 +118,7 @@ func TestRender(t *testing.T) {
 		},
 		{
 			name:     "markers with CRLF and blanks are recognised",
-			existing: "a\r\n  " + beginLine + " \r\nold " + ed1 + "\r\n" + endLine + "\t\r\nb\r\n",
+			existing: "a\r\n  " + managedblock.BeginLine + " \r\nold " + ed1 + "\r\n" + managedblock.EndLine + "\t\r\nb\r\n",
 			entries:  one,
 			want:     "a\r\n" + block("127.0.0.2 "+ed0) + "b\r\n",
 		},
@@ -167,10 +168,10 @@ func TestRenderMalformedBlock(t *testing.T) {
 	tests := []struct {
 		name, existing, wantErr string
 	}{
-		{"BEGIN without END", "x\n" + beginLine + "\ny\n", "line 2: BEGIN marker of the nixpeer managed block has no END"},
-		{"END without BEGIN", "x\ny\n" + endLine + "\n", "line 3: END marker of the nixpeer managed block without a BEGIN"},
-		{"two BEGINs", beginLine + "\nx\n" + beginLine + "\n" + endLine + "\n", "line 3: second BEGIN marker"},
-		{"two blocks", beginLine + "\n" + endLine + "\nx\n" + beginLine + "\n" + endLine + "\n", "line 4: a second nixpeer managed block; the first begins at line 1"},
+		{"BEGIN without END", "x\n" + managedblock.BeginLine + "\ny\n", "line 2: BEGIN marker of the nixpeer managed block has no END"},
+		{"END without BEGIN", "x\ny\n" + managedblock.EndLine + "\n", "line 3: END marker of the nixpeer managed block without a BEGIN"},
+		{"two BEGINs", managedblock.BeginLine + "\nx\n" + managedblock.BeginLine + "\n" + managedblock.EndLine + "\n", "line 3: second BEGIN marker"},
+		{"two blocks", managedblock.BeginLine + "\n" + managedblock.EndLine + "\nx\n" + managedblock.BeginLine + "\n" + managedblock.EndLine + "\n", "line 4: a second nixpeer managed block; the first begins at line 1"},
 		{"edited BEGIN marker", "# BEGIN nixpeer managed block (edited)\n", "line 1: BEGIN marker"},
 	}
 	for _, tt := range tests {
@@ -254,11 +255,11 @@ func TestRenderRejectsBadEntries(t *testing.T) {
 func TestManaged(t *testing.T) {
 	k := testKeys(t)
 	ed0, ed1 := text(k[0]), text(k[1])
-	got, err := Managed([]byte("a\n" + beginLine + "\r\n" +
+	got, err := Managed([]byte("a\n" + managedblock.BeginLine + "\r\n" +
 		"[Stage.example.com]:2222 " + ed0 + "\r\n" +
 		"[::1]:22 " + ed1 + "\n" +
 		"10.0.0.1 " + ed0 + "\n" +
-		endLine + "\nb"))
+		managedblock.EndLine + "\nb"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,7 +283,7 @@ func TestManaged(t *testing.T) {
 		"h.example " + ecdsaKeyText,
 		"h.example " + rsaKeyText,
 	} {
-		_, err := Managed([]byte("x\n" + beginLine + "\n" + bad + "\n" + endLine + "\n"))
+		_, err := Managed([]byte("x\n" + managedblock.BeginLine + "\n" + bad + "\n" + managedblock.EndLine + "\n"))
 		if err == nil || !strings.Contains(err.Error(), "line 3") {
 			t.Errorf("Managed(block holding %q) error = %v, want one naming line 3", bad, err)
 		}
@@ -393,7 +394,7 @@ func FuzzRender(f *testing.F) {
 	keys := testKeys(f)
 	f.Add([]byte(""), "127.0.0.2|stage.example.com", []byte{0, 22, 8, 174})
 	f.Add([]byte("# c\r\nx y\n\xff"), "::1", []byte{0, 22})
-	f.Add([]byte(beginLine+"\nold\n"+endLine+"\n"), "a.example", []byte{})
+	f.Add([]byte(managedblock.BeginLine+"\nold\n"+managedblock.EndLine+"\n"), "a.example", []byte{})
 	f.Fuzz(func(t *testing.T, existing []byte, hosts string, ports []byte) {
 		var entries []Entry
 		if hosts != "" {

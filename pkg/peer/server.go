@@ -71,7 +71,8 @@ type ServerOptions struct {
 	// not known yet comes back, known by then, on a connection of its own.
 	AnonymousLifetime time.Duration
 	// Known tells whether a client's key is the host key of a peer this
-	// host knows, and its name; nil knows nobody.
+	// host knows, and its name (an empty one counts as unknown); nil knows
+	// nobody.
 	Known func(key ssh.PublicKey) (string, bool)
 	// MaxChannels bounds the sessions open at once on one connection.
 	MaxChannels int
@@ -102,46 +103,27 @@ type ServerOptions struct {
 }
 
 func (o ServerOptions) withDefaults() ServerOptions {
-	if o.MaxConns <= 0 {
-		o.MaxConns = DefaultMaxConns
-	}
-	if o.MaxConnsPerIP <= 0 {
-		o.MaxConnsPerIP = DefaultMaxConnsPerIP
-	}
-	if o.MaxPeers <= 0 {
-		o.MaxPeers = DefaultMaxPeers
-	}
-	if o.MaxConnsPerPeer <= 0 {
-		o.MaxConnsPerPeer = DefaultMaxConnsPerPeer
-	}
-	if o.MaxHandshakes <= 0 {
-		o.MaxHandshakes = DefaultMaxHandshakes
-	}
-	if o.MaxHandshakesPerIP <= 0 {
-		o.MaxHandshakesPerIP = DefaultMaxHandshakesPerIP
-	}
-	if o.AnonymousLifetime <= 0 {
-		o.AnonymousLifetime = DefaultAnonymousLifetime
-	}
-	if o.MaxChannels <= 0 {
-		o.MaxChannels = DefaultMaxChannels
-	}
-	if o.HandshakeTimeout <= 0 {
-		o.HandshakeTimeout = DefaultHandshakeTimeout
-	}
-	if o.IdleTimeout <= 0 {
-		o.IdleTimeout = DefaultIdleTimeout
-	}
-	if o.Keepalive <= 0 {
-		o.Keepalive = DefaultKeepalive
-	}
-	if o.Turns <= 0 {
-		o.Turns = DefaultTurns
-	}
-	if o.TurnHold <= 0 {
-		o.TurnHold = DefaultTurnHold
-	}
+	orDefault(&o.MaxConns, DefaultMaxConns)
+	orDefault(&o.MaxConnsPerIP, DefaultMaxConnsPerIP)
+	orDefault(&o.MaxPeers, DefaultMaxPeers)
+	orDefault(&o.MaxConnsPerPeer, DefaultMaxConnsPerPeer)
+	orDefault(&o.MaxHandshakes, DefaultMaxHandshakes)
+	orDefault(&o.MaxHandshakesPerIP, DefaultMaxHandshakesPerIP)
+	orDefault(&o.AnonymousLifetime, DefaultAnonymousLifetime)
+	orDefault(&o.MaxChannels, DefaultMaxChannels)
+	orDefault(&o.HandshakeTimeout, DefaultHandshakeTimeout)
+	orDefault(&o.IdleTimeout, DefaultIdleTimeout)
+	orDefault(&o.Keepalive, DefaultKeepalive)
+	orDefault(&o.Turns, DefaultTurns)
+	orDefault(&o.TurnHold, DefaultTurnHold)
 	return o
+}
+
+// orDefault sets *v to d when it is not positive.
+func orDefault[T int | time.Duration](v *T, d T) {
+	if *v <= 0 {
+		*v = d
+	}
 }
 
 // Server serves this host's facts on the peer port.
@@ -157,7 +139,7 @@ type Server struct {
 	facts      *Facts // the current document; nil before Publish
 	// watchers are the open watches, each with the key its client
 	// authenticated with (nil: anonymous).
-	watchers map[*slot]ssh.PublicKey
+	watchers map[slot]ssh.PublicKey
 	// Open connections: not authenticated yet, anonymous, of known peers;
 	// by remote address for the first two.
 	handshakes, reservedHandshakes, anonymous, peers int
@@ -179,23 +161,6 @@ const permPeer = "nixpeer-peer"
 // authenticated with (wire form): a peer not known when it connected may
 // be known by the time it asks for a turn.
 const permKey = "nixpeer-key"
-
-// knownNow reports whether the client of sconn is a known peer: it was
-// when it connected, or its key is now.
-func (s *Server) knownNow(sconn *ssh.ServerConn) bool {
-	if sconn.Permissions == nil {
-		return false
-	}
-	if sconn.Permissions.Extensions[permPeer] != "" {
-		return true
-	}
-	key := clientKey(sconn)
-	if key == nil || s.opts.Known == nil {
-		return false
-	}
-	_, known := s.opts.Known(key)
-	return known
-}
 
 // ClientVersion is what nixpeer's clients announce; they authenticate
 // with a key, always.
@@ -243,7 +208,7 @@ func NewServer(log *zap.Logger, hostKey ssh.Signer, opts ServerOptions) *Server 
 		log:            log,
 		opts:           opts,
 		config:         config,
-		watchers:       map[*slot]ssh.PublicKey{},
+		watchers:       map[slot]ssh.PublicKey{},
 		handshakesByIP: map[string]int{},
 		anonymousByIP:  map[string]int{},
 		peerConns:      map[string][]io.Closer{},
@@ -323,8 +288,8 @@ func (s *Server) current(key ssh.PublicKey) []byte {
 // watch registers a watcher of the client with key (nil: anonymous) whose
 // slot already holds the current document, if any, and returns it with
 // the function that unregisters it.
-func (s *Server) watch(key ssh.PublicKey) (*slot, func()) {
-	w := newSlot()
+func (s *Server) watch(key ssh.PublicKey) (slot, func()) {
+	w := make(slot, 1)
 	s.publishing.Lock()
 	defer s.publishing.Unlock()
 	s.mu.Lock()
@@ -348,8 +313,9 @@ func (s *Server) peerOf(sconn *ssh.ServerConn) string {
 		return sconn.Permissions.Extensions[permPeer]
 	}
 	if key := clientKey(sconn); key != nil && s.opts.Known != nil {
-		name, _ := s.opts.Known(key)
-		return name
+		if name, ok := s.opts.Known(key); ok {
+			return name
+		}
 	}
 	return ""
 }

@@ -51,7 +51,7 @@ func (s *Server) serveSession(ctx context.Context, log *zap.Logger, sconn *ssh.S
 	var ran chan struct{}       // closed when the command is done
 	for req := range reqs {
 		cmd, ok := execCommand(req)
-		if ran != nil || !ok || (cmd != cmdFacts && cmd != cmdWatch && (cmd != cmdTurn || !s.knownNow(sconn))) {
+		if ran != nil || !ok || (cmd != cmdFacts && cmd != cmdWatch && (cmd != cmdTurn || s.peerOf(sconn) == "")) {
 			log.Debug("refused peer request", zap.String("type", req.Type), zap.String("command", quoteShort(cmd)))
 			if req.WantReply {
 				req.Reply(false, nil)
@@ -134,8 +134,8 @@ func (s *Server) runWatch(ctx context.Context, log *zap.Logger, w stallGuard, go
 	for {
 		line := keepaliveLine
 		select {
-		case <-slot.ready:
-			if line = slot.take(); line == nil {
+		case line = <-slot:
+			if line == nil {
 				continue
 			}
 		case <-tick.C:

@@ -65,24 +65,14 @@ type WatchOptions struct {
 }
 
 func (o WatchOptions) withDefaults() WatchOptions {
-	if o.Keepalive <= 0 {
-		o.Keepalive = DefaultKeepalive
-	}
-	if o.DialTimeout <= 0 {
-		o.DialTimeout = DefaultDialTimeout
-	}
+	orDefault(&o.Keepalive, DefaultKeepalive)
+	orDefault(&o.DialTimeout, DefaultDialTimeout)
 	if o.Light == 0 {
 		o.Light = DefaultLight
 	}
-	if o.Backoff.Base <= 0 {
-		o.Backoff.Base = DefaultBackoffBase
-	}
-	if o.Backoff.Cap <= 0 {
-		o.Backoff.Cap = DefaultBackoffCap
-	}
-	if o.ResetAfter <= 0 {
-		o.ResetAfter = DefaultResetAfter
-	}
+	orDefault(&o.Backoff.Base, DefaultBackoffBase)
+	orDefault(&o.Backoff.Cap, DefaultBackoffCap)
+	orDefault(&o.ResetAfter, DefaultResetAfter)
 	if o.Rand == nil {
 		o.Rand = rand.Float64
 	}

@@ -7,6 +7,7 @@ package probe
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -173,15 +174,9 @@ func (e *hostKeyMismatchError) Error() string {
 
 // withDefaults fills the zero fields of t.
 func (t Target) withDefaults() Target {
-	if t.Port == 0 {
-		t.Port = DefaultPort
-	}
-	if t.User == "" {
-		t.User = DefaultUser
-	}
-	if t.Protocol == "" {
-		t.Protocol = nix.ProtocolSSH
-	}
+	t.Port = cmp.Or(t.Port, DefaultPort)
+	t.User = cmp.Or(t.User, DefaultUser)
+	t.Protocol = cmp.Or(t.Protocol, nix.ProtocolSSH)
 	if t.Timeout <= 0 {
 		t.Timeout = DefaultTimeout
 	}

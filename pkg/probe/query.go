@@ -81,9 +81,9 @@ func readPathInfos(r *wireReader, asked []string) ([]PathInfo, error) {
 	}
 	var infos []PathInfo
 	for {
-		path, err := r.string("path", maxPathLen)
-		if err != nil {
-			return infos, err
+		path := r.string("path", maxPathLen)
+		if r.err != nil {
+			return infos, r.err
 		}
 		if path == "" {
 			return infos, nil
@@ -93,49 +93,32 @@ func readPathInfos(r *wireReader, asked []string) ([]PathInfo, error) {
 		}
 		delete(want, path)
 		i := PathInfo{Path: path}
-		if i.Deriver, err = r.string("deriver", maxPathLen); err != nil {
-			return infos, err
-		}
-		if i.References, err = r.strings("references", maxPaths, maxPathLen); err != nil {
-			return infos, err
-		}
-		if i.DownloadSize, err = r.uint64("download size"); err != nil {
-			return infos, err
-		}
-		if i.NarSize, err = r.uint64("NAR size"); err != nil {
-			return infos, err
-		}
-		if i.NarHash, err = r.string("NAR hash", maxPathLen); err != nil {
-			return infos, err
-		}
-		if i.CA, err = r.string("content address", maxString); err != nil {
-			return infos, err
-		}
-		if i.Sigs, err = r.strings("signatures", maxFields, maxPathLen); err != nil {
-			return infos, err
+		i.Deriver = r.string("deriver", maxPathLen)
+		i.References = r.strings("references", maxPaths, maxPathLen)
+		i.DownloadSize = r.uint64("download size")
+		i.NarSize = r.uint64("NAR size")
+		i.NarHash = r.string("NAR hash", maxPathLen)
+		i.CA = r.string("content address", maxString)
+		i.Sigs = r.strings("signatures", maxFields, maxPathLen)
+		if r.err != nil {
+			return infos, r.err // the half-read info is dropped
 		}
 		infos = append(infos, i)
 	}
 }
 
 // strings reads a list of at most limit strings of at most size bytes.
-func (w *wireReader) strings(what string, limit, size uint64) ([]string, error) {
-	n, err := w.uint64(what + " count")
-	if err != nil {
-		return nil, err
-	}
+func (w *wireReader) strings(what string, limit, size uint64) []string {
+	n := w.uint64(what + " count")
 	if n > limit {
-		return nil, fail(WrongProtocol, "%d %s, more than %d", n, what, limit)
+		w.err = fail(WrongProtocol, "%d %s, more than %d", n, what, limit)
+		return nil
 	}
 	out := make([]string, 0, min(n, 1024))
-	for range n {
-		s, err := w.string(what, size)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, s)
+	for i := uint64(0); i < n && w.err == nil; i++ {
+		out = append(out, w.string(what, size))
 	}
-	return out, nil
+	return out
 }
 
 // wireString encodes s in Nix's wire format.

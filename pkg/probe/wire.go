@@ -51,34 +51,42 @@ func words(vs ...uint64) []byte {
 	return b
 }
 
-// wireReader reads Nix's wire format.
+// wireReader reads Nix's wire format. Its first error sticks in err: every
+// read after it reads nothing and returns a zero value.
 type wireReader struct {
 	r   io.Reader
 	buf [8]byte
+	err error
 }
 
 // uint64 reads one integer; what names it in errors.
-func (w *wireReader) uint64(what string) (uint64, error) {
-	if _, err := io.ReadFull(w.r, w.buf[:]); err != nil {
-		return 0, fmt.Errorf("read %s: %w", what, eofIsUnexpected(err))
+func (w *wireReader) uint64(what string) uint64 {
+	if w.err != nil {
+		return 0
 	}
-	return binary.LittleEndian.Uint64(w.buf[:]), nil
+	if _, err := io.ReadFull(w.r, w.buf[:]); err != nil {
+		w.err = fmt.Errorf("read %s: %w", what, eofIsUnexpected(err))
+		return 0
+	}
+	return binary.LittleEndian.Uint64(w.buf[:])
 }
 
 // string reads one string of at most limit bytes.
-func (w *wireReader) string(what string, limit uint64) (string, error) {
-	n, err := w.uint64(what + " length")
-	if err != nil {
-		return "", err
+func (w *wireReader) string(what string, limit uint64) string {
+	n := w.uint64(what + " length")
+	if w.err != nil {
+		return ""
 	}
 	if n > limit {
-		return "", fail(WrongProtocol, "%s is %d bytes long, more than %d", what, n, limit)
+		w.err = fail(WrongProtocol, "%s is %d bytes long, more than %d", what, n, limit)
+		return ""
 	}
 	b := make([]byte, (n+7)&^7)
 	if _, err := io.ReadFull(w.r, b); err != nil {
-		return "", fmt.Errorf("read %s: %w", what, eofIsUnexpected(err))
+		w.err = fmt.Errorf("read %s: %w", what, eofIsUnexpected(err))
+		return ""
 	}
-	return string(b[:n]), nil
+	return string(b[:n])
 }
 
 func eofIsUnexpected(err error) error {
@@ -95,16 +103,16 @@ func serveHandshake(w io.Writer, r io.Reader) (Result, error) {
 		return Result{}, fmt.Errorf("send serve greeting: %w", err)
 	}
 	wr := &wireReader{r: r}
-	magic, err := wr.uint64("serve magic")
-	if err != nil {
-		return Result{}, err
+	magic := wr.uint64("serve magic")
+	if wr.err != nil {
+		return Result{}, wr.err
 	}
 	if magic != serveMagic2 {
 		return Result{}, fail(WrongProtocol, "serve magic is %#x, want %#x: not nix-store --serve", magic, serveMagic2)
 	}
-	version, err := wr.uint64("serve protocol version")
-	if err != nil {
-		return Result{}, err
+	version := wr.uint64("serve protocol version")
+	if wr.err != nil {
+		return Result{}, wr.err
 	}
 	if major(version) != major(serveClientVersion) {
 		return Result{}, fail(WrongProtocol, "serve protocol version %#x, want major %#x", version, major(serveClientVersion))
@@ -113,9 +121,9 @@ func serveHandshake(w io.Writer, r io.Reader) (Result, error) {
 	if _, err := w.Write(words(cmdQueryValidPaths, 0, 0, 0)); err != nil {
 		return Result{}, fmt.Errorf("send QueryValidPaths: %w", err)
 	}
-	n, err := wr.uint64("QueryValidPaths answer")
-	if err != nil {
-		return Result{}, err
+	n := wr.uint64("QueryValidPaths answer")
+	if wr.err != nil {
+		return Result{}, wr.err
 	}
 	if n != 0 {
 		return Result{}, fail(WrongProtocol, "QueryValidPaths of no paths answered %d paths", n)
@@ -130,16 +138,16 @@ func workerHandshake(w io.Writer, r io.Reader) (Result, error) {
 		return Result{}, fmt.Errorf("send worker greeting: %w", err)
 	}
 	wr := &wireReader{r: r}
-	magic, err := wr.uint64("worker magic")
-	if err != nil {
-		return Result{}, err
+	magic := wr.uint64("worker magic")
+	if wr.err != nil {
+		return Result{}, wr.err
 	}
 	if magic != workerMagic2 {
 		return Result{}, fail(WrongProtocol, "worker magic is %#x, want %#x: not nix-daemon --stdio", magic, workerMagic2)
 	}
-	version, err := wr.uint64("worker protocol version")
-	if err != nil {
-		return Result{}, err
+	version := wr.uint64("worker protocol version")
+	if wr.err != nil {
+		return Result{}, wr.err
 	}
 	if major(version) != major(workerClientVersion) || version < workerMinVersion {
 		return Result{}, fail(WrongProtocol, "worker protocol version %#x, want 1.x with x >= %d", version, minor(workerMinVersion))
@@ -158,14 +166,12 @@ func workerHandshake(w io.Writer, r io.Reader) (Result, error) {
 	}
 	res := Result{ServerVersion: version}
 	if m >= 33 {
-		if res.NixVersion, err = wr.string("daemon Nix version", 256); err != nil {
-			return Result{}, err
-		}
+		res.NixVersion = wr.string("daemon Nix version", 256)
 	}
 	if m >= 35 {
-		t, err := wr.uint64("daemon trust")
-		if err != nil {
-			return Result{}, err
+		t := wr.uint64("daemon trust")
+		if wr.err != nil {
+			return Result{}, wr.err
 		}
 		if t > uint64(NotTrusted) {
 			return Result{}, fail(WrongProtocol, "daemon trust %d, want 0 to 2", t)
@@ -182,111 +188,84 @@ func workerHandshake(w io.Writer, r io.Reader) (Result, error) {
 // STDERR_ERROR fails with the daemon's message.
 func readStderr(wr *wireReader, m uint64) error {
 	for range maxMessages {
-		code, err := wr.uint64("daemon message code")
-		if err != nil {
-			return err
+		code := wr.uint64("daemon message code")
+		if wr.err != nil {
+			return wr.err
 		}
 		switch code {
 		case stderrLast:
 			return nil
 		case stderrNext, stderrWrite:
-			if _, err := wr.string("daemon log message", maxString); err != nil {
-				return err
-			}
+			wr.string("daemon log message", maxString)
 		case stderrRead:
 			return fail(WrongProtocol, "daemon asks for data during the handshake")
 		case stderrError:
 			return readDaemonError(wr, m)
 		case stderrStartActivity:
 			// id, level, type, text, fields, parent
-			for _, what := range []string{"activity id", "activity level", "activity type"} {
-				if _, err := wr.uint64(what); err != nil {
-					return err
-				}
-			}
-			if _, err := wr.string("activity text", maxString); err != nil {
-				return err
-			}
-			if err := skipFields(wr); err != nil {
-				return err
-			}
-			if _, err := wr.uint64("activity parent"); err != nil {
-				return err
-			}
+			wr.uint64("activity id")
+			wr.uint64("activity level")
+			wr.uint64("activity type")
+			wr.string("activity text", maxString)
+			skipFields(wr)
+			wr.uint64("activity parent")
 		case stderrStopActivity:
-			if _, err := wr.uint64("activity id"); err != nil {
-				return err
-			}
+			wr.uint64("activity id")
 		case stderrResult:
-			for _, what := range []string{"result activity id", "result type"} {
-				if _, err := wr.uint64(what); err != nil {
-					return err
-				}
-			}
-			if err := skipFields(wr); err != nil {
-				return err
-			}
+			wr.uint64("result activity id")
+			wr.uint64("result type")
+			skipFields(wr)
 		default:
 			return fail(WrongProtocol, "unknown daemon message code %#x", code)
 		}
+	}
+	if wr.err != nil {
+		return wr.err
 	}
 	return fail(WrongProtocol, "more than %d daemon messages before STDERR_LAST", maxMessages)
 }
 
 // skipFields reads an activity's or result's list of fields.
-func skipFields(wr *wireReader) error {
-	n, err := wr.uint64("field count")
-	if err != nil {
-		return err
-	}
+func skipFields(wr *wireReader) {
+	n := wr.uint64("field count")
 	if n > maxFields {
-		return fail(WrongProtocol, "%d fields, more than %d", n, maxFields)
+		wr.err = fail(WrongProtocol, "%d fields, more than %d", n, maxFields)
+		return
 	}
 	for range n {
-		typ, err := wr.uint64("field type")
-		if err != nil {
-			return err
+		typ := wr.uint64("field type")
+		if wr.err != nil {
+			return
 		}
 		switch typ {
 		case 0:
-			_, err = wr.uint64("field")
+			wr.uint64("field")
 		case 1:
-			_, err = wr.string("field", maxString)
+			wr.string("field", maxString)
 		default:
-			return fail(WrongProtocol, "unknown field type %d", typ)
-		}
-		if err != nil {
-			return err
+			wr.err = fail(WrongProtocol, "unknown field type %d", typ)
+			return
 		}
 	}
-	return nil
 }
 
 // readDaemonError reads an STDERR_ERROR and returns it as a failure.
 func readDaemonError(wr *wireReader, m uint64) error {
 	if m < 26 {
-		msg, err := wr.string("daemon error", maxString)
-		if err != nil {
-			return err
-		}
-		if _, err := wr.uint64("daemon error status"); err != nil {
-			return err
+		msg := wr.string("daemon error", maxString)
+		wr.uint64("daemon error status")
+		if wr.err != nil {
+			return wr.err
 		}
 		return fail(WrongProtocol, "daemon error: %s", msg)
 	}
 	// type ("Error"), level, name, message, position, traces
-	if _, err := wr.string("daemon error type", maxString); err != nil {
-		return err
-	}
-	if _, err := wr.uint64("daemon error level"); err != nil {
-		return err
-	}
-	if _, err := wr.string("daemon error name", maxString); err != nil {
-		return err
-	}
-	msg, err := wr.string("daemon error", maxString)
-	if err != nil {
-		return err
+	wr.string("daemon error type", maxString)
+	wr.uint64("daemon error level")
+	wr.string("daemon error name", maxString)
+	msg := wr.string("daemon error", maxString)
+	if wr.err != nil {
+		return wr.err
 	}
 	// Nix sends no position (0) and traces without positions; whatever
 	// follows, the message is what matters.

@@ -275,43 +275,29 @@ func AuthorizedLineOf(k ssh.PublicKey) (string, error) {
 }
 
 func validComment(c string) bool {
-	if c == "" {
-		return false
-	}
-	for i := 0; i < len(c); i++ {
-		b := c[i]
-		if !('a' <= b && b <= 'z' || 'A' <= b && b <= 'Z' || '0' <= b && b <= '9' || strings.IndexByte("@._+-", b) >= 0) {
-			return false
-		}
-	}
-	return true
+	return c != "" && msg.FirstBad(c, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@._+-") == ""
 }
 
 func ensure(what, path, comment string, dirPerm fs.FileMode) (Key, Result, error) {
 	if comment != "" && !validComment(comment) {
 		return Key{}, Result{}, fmt.Errorf("%s %s: comment %q: only letters, digits and @._+- are allowed", what, path, comment)
 	}
-	data, st, err := readRegular(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		k, cerr := create(what, path, comment, dirPerm)
+	k, in, err := Inspect(what, path)
+	if err == nil && in.Missing {
+		created, cerr := create(what, path, comment, dirPerm)
 		if !errors.Is(cerr, fs.ErrExist) {
-			if cerr != nil {
-				return Key{}, Result{}, cerr
-			}
-			return k, Result{Created: true}, nil
+			return created, Result{Created: cerr == nil}, cerr
 		}
 		// Someone else created the key meanwhile: check theirs.
-		data, st, err = readRegular(path)
+		if k, in, err = Inspect(what, path); err == nil && in.Missing {
+			err = fmt.Errorf("read %s %s: %w", what, path, fs.ErrNotExist)
+		}
 	}
 	if err != nil {
-		return Key{}, Result{}, fmt.Errorf("read %s %s: %w", what, path, err)
-	}
-	k, err := parsePrivate(data)
-	if err != nil {
-		return Key{}, Result{}, fmt.Errorf("%s %s: %w; move it away to let the agent create a new one", what, path, err)
+		return Key{}, Result{}, err
 	}
 	var res Result
-	if st.Mode().Perm() != privatePerm {
+	if in.ModeWrong {
 		if err := os.Chmod(path, privatePerm); err != nil {
 			return Key{}, Result{}, fmt.Errorf("fix mode of %s %s: %w", what, path, err)
 		}
