@@ -262,6 +262,9 @@ func printStatus(w io.Writer, st status.Status, now time.Time) {
 	if !st.LastReconcile.IsZero() {
 		fmt.Fprintf(w, "Reconciled:  %s ago\n", age(now, st.LastReconcile))
 	}
+	if r := st.Rotation; r != nil {
+		fmt.Fprintf(w, "Rotation:    %s -> %s: %s: %s\n", r.From, r.To, r.Phase, oneLine(r.Message))
+	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "CONDITION\tSTATUS\tREASON\tAGE\tMESSAGE")

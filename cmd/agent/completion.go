@@ -102,6 +102,18 @@ func cmdComplete(words []string, stdout io.Writer) {
 	}
 }
 
+// subcommands are the second words of the commands whose first is name
+// (trust pending, rotate cache-key).
+func subcommands(name string) []string {
+	var out []string
+	for _, c := range commands {
+		if first, second, ok := strings.Cut(c.name, " "); ok && first == name {
+			out = append(out, second)
+		}
+	}
+	return out
+}
+
 // complete returns the candidates for the last of words, and whether file
 // names are candidates too.
 func complete(words []string) (cands []string, files bool) {
@@ -127,11 +139,11 @@ func complete(words []string) (cands []string, files bool) {
 		return prefixed("", append(names, "help")), false
 	}
 	name, rest := words[0], words[1:]
-	if name == "trust" {
+	if subs := subcommands(name); len(subs) > 0 {
 		if len(rest) == 1 {
-			return prefixed("", []string{"pending", "approve", "reset"}), false
+			return prefixed("", subs), false
 		}
-		name, rest = "trust "+rest[0], rest[1:]
+		name, rest = name+" "+rest[0], rest[1:]
 	}
 	c, ok := findCommand(name)
 	if !ok {

@@ -411,6 +411,15 @@ func (b *backend) Events(since time.Time) ([]state.Event, error) {
 	return all[i:], nil
 }
 
+func (b *backend) CacheKey(_ context.Context, req api.CacheKeyRequest) (api.CacheKeyAnswer, error) {
+	msg, err := b.host.RequestCacheKey(req.Action, req.Force)
+	if err != nil {
+		return api.CacheKeyAnswer{}, err
+	}
+	b.loop.Trigger("nixpeer " + req.Action + " cache-key")
+	return api.CacheKeyAnswer{Result: msg}, nil
+}
+
 func (b *backend) TrustApprove(name, fp string) error {
 	if err := b.peers.Approve(name, fp); err != nil {
 		return fmt.Errorf("trust approve of %q: %w", name, err)

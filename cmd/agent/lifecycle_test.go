@@ -201,7 +201,7 @@ func TestFailingApplyIsNotReady(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := store.Put("nix/applied", 42); err != nil { // not what the agent writes
+	if err := store.Commit(state.Pass{Records: map[string]any{"nix/applied": 42}}); err != nil { // not what the agent writes
 		t.Fatal(err)
 	}
 	store.Close()

@@ -46,6 +46,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdPlan(args[1:], stdout)
 	case "trust":
 		err = cmdTrust(args[1:], stdout)
+	case "rotate", "revoke":
+		err = cmdCacheKey(args[0], args[1:], stdout)
 	case "demo":
 		err = cmdDemo(args[1:], stdout, stderr)
 	case "completion":

@@ -20,10 +20,7 @@ func Dark(t testing.TB, address string) (light func()) {
 	if ip := net.ParseIP(address); ip == nil || !ip.IsLoopback() || ip.Equal(net.IPv4(127, 0, 0, 1)) {
 		t.Fatalf("testenv: Dark(%q): want a loopback address other than 127.0.0.1", address)
 	}
-	prog, err := LookPath("iptables")
-	if err != nil {
-		t.Fatalf("testenv: %v", err)
-	}
+	prog := must(LookPath("iptables"))(t)
 	rule := []string{"INPUT", "-d", address, "-j", "DROP"}
 	if out, err := exec.Command(prog, append([]string{"-w", "-I"}, rule...)...).CombinedOutput(); err != nil {
 		t.Fatalf("testenv: iptables -I %v: %v\n%s", rule, err, out)

@@ -22,11 +22,7 @@ type NixDaemon = launch.NixDaemon
 // feature, then extraLines, one per line. It returns the file's path.
 func WriteNixConf(t testing.TB, dir string, extraLines ...string) string {
 	t.Helper()
-	path, err := launch.WriteNixConf(dir, extraLines...)
-	if err != nil {
-		t.Fatalf("testenv: %v", err)
-	}
-	return path
+	return must(launch.WriteNixConf(dir, extraLines...))(t)
 }
 
 // StartNixDaemon starts a nix-daemon with NIX_CONF_DIR=confDir (a fresh
@@ -63,10 +59,7 @@ func startNixDaemon(t testing.TB, confDir string, restartable bool) *NixDaemon {
 		t.Fatalf("testenv: make socket directory: %v", err)
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	d, err := launch.StartNixDaemon(confDir, sockDir, restartable)
-	if err != nil {
-		t.Fatalf("testenv: %v", err)
-	}
+	d := must(launch.StartNixDaemon(confDir, sockDir, restartable))(t)
 	cleanup(t, d.Proc)
 	return d
 }
@@ -88,10 +81,7 @@ func BuildPath(t testing.TB, d *NixDaemon, name, content string) string {
 	expr := fmt.Sprintf(`derivation { name = "%s"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo %s > $out" ]; }`, name, content)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	prog, err := LookPath("nix-build")
-	if err != nil {
-		t.Fatalf("testenv: %v", err)
-	}
+	prog := must(LookPath("nix-build"))(t)
 	cmd := exec.CommandContext(ctx, prog, "--no-out-link", "--option", "substituters", "", "-E", expr)
 	cmd.Env = append(launch.CleanNixEnv(os.Environ()), d.Env()...)
 	var stdout, stderr bytes.Buffer

@@ -6,10 +6,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -95,24 +93,14 @@ type SSHDConfig struct {
 	ExtraConfig []string
 }
 
-// SSHD is a running sshd started by StartSSHD.
+// SSHD is a running sshd started by StartSSHD: launch.SSHD's Address,
+// Port, HostKey (to pin in clients) and ConfigPath, and Dir.
 type SSHD struct {
-	// Address and Port are where sshd listens.
-	Address string
-	Port    int
-	// HostKey is the public host key sshd presents, to pin in clients.
-	HostKey ssh.PublicKey
+	*launch.SSHD
 	// Dir holds sshd_config, the host key, the pid file and
 	// authorized_keys/USER, all readable by other users.
 	Dir string
-	// ConfigPath is the sshd_config file.
-	ConfigPath string
-
-	s *launch.SSHD
 }
-
-// Addr returns "address:port".
-func (s *SSHD) Addr() string { return net.JoinHostPort(s.Address, strconv.Itoa(s.Port)) }
 
 // KnownHostsLine returns a known_hosts line for this sshd, such as
 // "[127.0.0.2]:40123 ssh-ed25519 AAAA...", for an OpenSSH client's
@@ -122,7 +110,7 @@ func (s *SSHD) KnownHostsLine() string {
 }
 
 // Logs returns what sshd logged so far.
-func (s *SSHD) Logs() string { return s.s.Proc.Logs() }
+func (s *SSHD) Logs() string { return s.Proc.Logs() }
 
 func writeAuthorizedKeys(t testing.TB, dir, userName, content string) {
 	t.Helper()
@@ -159,49 +147,41 @@ func StartSSHD(t testing.TB, cfg SSHDConfig) *SSHD {
 	if cfg.HostKey == nil && cfg.HostKeyFile == "" {
 		cfg.HostKey = NewKey(t)
 	}
-	s := &SSHD{Address: cfg.Address, Dir: t.TempDir()}
-	if err := os.Mkdir(filepath.Join(s.Dir, "authorized_keys"), 0o755); err != nil {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "authorized_keys"), 0o755); err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
 	for u, content := range cfg.AuthorizedKeys {
-		writeAuthorizedKeys(t, s.Dir, u, content)
+		writeAuthorizedKeys(t, dir, u, content)
 	}
 	hostKeyPath := cfg.HostKeyFile
 	if hostKeyPath == "" {
-		hostKeyPath = filepath.Join(s.Dir, "ssh_host_ed25519_key")
+		hostKeyPath = filepath.Join(dir, "ssh_host_ed25519_key")
 		cfg.HostKey.WritePrivateKey(t, hostKeyPath)
 	}
-	MakeTraversable(t, filepath.Join(s.Dir, "authorized_keys"))
+	MakeTraversable(t, filepath.Join(dir, "authorized_keys"))
 	if cfg.Daemon != nil {
 		// The sessions' Nix programs read nix.conf as nix-ssh.
 		makeTraversableIfTemp(t, cfg.Daemon.ConfDir)
 	}
 	authorized := cfg.AuthorizedKeysFile
 	if authorized == "" {
-		authorized = filepath.Join(s.Dir, "authorized_keys", "%u")
+		authorized = filepath.Join(dir, "authorized_keys", "%u")
 	}
-	ls, err := launch.StartSSHD(launch.SSHDConfig{Address: cfg.Address, Port: cfg.Port, HostKeyFile: hostKeyPath,
-		AuthorizedKeysFile: authorized, Dir: s.Dir, Daemon: cfg.Daemon, ExtraConfig: cfg.ExtraConfig})
-	if err != nil {
-		t.Fatalf("testenv: %v", err)
-	}
+	ls := must(launch.StartSSHD(launch.SSHDConfig{Address: cfg.Address, Port: cfg.Port, HostKeyFile: hostKeyPath,
+		AuthorizedKeysFile: authorized, Dir: dir, Daemon: cfg.Daemon, ExtraConfig: cfg.ExtraConfig}))(t)
 	for _, r := range ls.Retried {
 		t.Logf("testenv: sshd could not bind its first port, tried another:\n%s", r)
 	}
-	s.s, s.Port, s.HostKey, s.ConfigPath = ls, ls.Port, ls.HostKey, ls.ConfigPath
 	cleanup(t, ls.Proc)
-	return s
+	return &SSHD{SSHD: ls, Dir: dir}
 }
 
 // FreePort returns a TCP port on the loopback address that was free a
 // moment ago (nothing listens on it: connecting is refused).
 func FreePort(t testing.TB, address string) int {
 	t.Helper()
-	port, err := launch.FreePort(address)
-	if err != nil {
-		t.Fatalf("testenv: %v", err)
-	}
-	return port
+	return must(launch.FreePort(address))(t)
 }
 
 // makeTraversableIfTemp is MakeTraversable for a path below the temporary
@@ -217,7 +197,7 @@ func makeTraversableIfTemp(t testing.TB, path string) {
 // Stop stops sshd now (a staging outage), before the test ends.
 func (s *SSHD) Stop(t testing.TB) {
 	t.Helper()
-	if err := s.s.Proc.Stop(); err != nil {
+	if err := s.Proc.Stop(); err != nil {
 		t.Fatalf("testenv: stop sshd: %v", err)
 	}
 }

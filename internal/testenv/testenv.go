@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -28,11 +29,11 @@ import (
 
 // NixSSHUser is the system user a Nix store is served to over SSH, as
 // NixOS's nix.sshServe creates it.
-const NixSSHUser = "nix-ssh"
+const NixSSHUser = launch.NixSSHUser
 
 // NixUsersGroup is the group, created by Debian's nix-bin, whose members may
 // connect to the nix-daemon socket.
-const NixUsersGroup = "nix-users"
+const NixUsersGroup = launch.NixUsersGroup
 
 // CreateNixSSHUserCommand creates NixSSHUser the way the tests need it: a
 // shell that runs commands (sshd runs forced commands through it), primary
@@ -84,6 +85,18 @@ func unavailable(t testing.TB, format string, args ...any) {
 		return
 	}
 	t.Skipf("%s (skipping; with CI=true this fails)", msg)
+}
+
+// must returns a function that returns v, or fails t with err: a call's
+// results pass straight in, as in must(launch.FreePort(address))(t).
+func must[T any](v T, err error) func(testing.TB) T {
+	return func(t testing.TB) T {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("testenv: %v", err)
+		}
+		return v
+	}
 }
 
 // LookPath finds program in PATH, then in /usr/sbin and /sbin (where sshd
@@ -144,7 +157,7 @@ func checkNixSSHUser() error {
 	if err != nil {
 		return fmt.Errorf("system user %s is missing (%v); %s", NixSSHUser, err, fix)
 	}
-	shell, err := passwdField(NixSSHUser, 6)
+	shell, err := colonFileField("/etc/passwd", NixSSHUser, 6)
 	if err != nil {
 		return fmt.Errorf("read the shell of %s: %v; %s", NixSSHUser, err, fix)
 	}
@@ -161,30 +174,18 @@ func checkNixSSHUser() error {
 	if err != nil {
 		return fmt.Errorf("list the groups of %s: %v", NixSSHUser, err)
 	}
-	member := u.Gid == g.Gid
-	for _, gid := range gids {
-		member = member || gid == g.Gid
-	}
-	if !member {
+	if u.Gid != g.Gid && !slices.Contains(gids, g.Gid) {
 		return fmt.Errorf("user %s is not in group %s, so it cannot reach the nix-daemon socket; fix with: usermod --append --groups %s %s", NixSSHUser, NixUsersGroup, NixUsersGroup, NixSSHUser)
 	}
 	// Only root can read /etc/shadow; without it the lock cannot be checked.
-	if pw, err := shadowPassword(NixSSHUser); err == nil && strings.HasPrefix(pw, "!") {
+	if pw, err := colonFileField("/etc/shadow", NixSSHUser, 1); err == nil && strings.HasPrefix(pw, "!") {
 		return fmt.Errorf("user %s is locked (password field %q): sshd with UsePAM no refuses it even with a key; fix with: usermod --password '*' %s", NixSSHUser, pw, NixSSHUser)
 	}
 	return nil
 }
 
-// passwdField returns field i (0-based) of name's line in /etc/passwd.
-func passwdField(name string, i int) (string, error) {
-	return colonFileField("/etc/passwd", name, i)
-}
-
-// shadowPassword returns name's password field in /etc/shadow.
-func shadowPassword(name string) (string, error) {
-	return colonFileField("/etc/shadow", name, 1)
-}
-
+// colonFileField returns field i (0-based) of name's line in path, a
+// colon-separated file such as /etc/passwd.
 func colonFileField(path, name string, i int) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {

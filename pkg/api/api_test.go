@@ -48,6 +48,10 @@ func (f *fakeBackend) Plan(ctx context.Context, req PlanRequest) (any, error) {
 	return map[string]any{"build": req.Targets}, nil
 }
 
+func (f *fakeBackend) CacheKey(ctx context.Context, req CacheKeyRequest) (CacheKeyAnswer, error) {
+	return CacheKeyAnswer{Result: req.Action}, nil
+}
+
 func (f *fakeBackend) Fleet(ctx context.Context, req FleetRequest) ([]FleetHost, error) {
 	return []FleetHost{{Name: f.Status().Host, Self: true, Trust: "self"}}, nil
 }

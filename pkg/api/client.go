@@ -40,7 +40,7 @@ func NewClient(socket string) *Client {
 // Status fetches the host's status.
 func (c *Client) Status(ctx context.Context) (status.Status, error) {
 	var st status.Status
-	err := c.do(ctx, http.MethodGet, "/v1/status", &st)
+	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
 	return st, err
 }
 
@@ -49,7 +49,7 @@ func (c *Client) Status(ctx context.Context) (status.Status, error) {
 func (c *Client) WaitReconciled(ctx context.Context, after time.Time, wait time.Duration) (status.Status, error) {
 	var st status.Status
 	q := url.Values{"after": {after.Format(time.RFC3339Nano)}, "wait": {wait.String()}}
-	err := c.do(ctx, http.MethodGet, "/v1/status?"+q.Encode(), &st)
+	err := c.do(ctx, http.MethodGet, "/v1/status?"+q.Encode(), nil, &st)
 	return st, err
 }
 
@@ -60,7 +60,7 @@ func (c *Client) Events(ctx context.Context, since time.Time) ([]state.Event, er
 	if !since.IsZero() {
 		path += "?" + url.Values{"since": {since.Format(time.RFC3339Nano)}}.Encode()
 	}
-	err := c.do(ctx, http.MethodGet, path, &evs)
+	err := c.do(ctx, http.MethodGet, path, nil, &evs)
 	return evs, err
 }
 
@@ -76,46 +76,42 @@ func (c *Client) Next(ctx context.Context, last status.Status) (status.Status, e
 
 // Reconcile asks the daemon to reconcile now.
 func (c *Client) Reconcile(ctx context.Context) error {
-	return c.do(ctx, http.MethodPost, "/v1/reconcile", nil)
+	return c.do(ctx, http.MethodPost, "/v1/reconcile", nil, nil)
 }
 
 // TrustApprove asks the daemon to trust the host key with fingerprint fp
 // that peer offers and that awaits approval.
 func (c *Client) TrustApprove(ctx context.Context, peer, fp string) error {
-	return c.do(ctx, http.MethodPost, "/v1/trust/approve?"+url.Values{"peer": {peer}, "fingerprint": {fp}}.Encode(), nil)
+	return c.do(ctx, http.MethodPost, "/v1/trust/approve?"+url.Values{"peer": {peer}, "fingerprint": {fp}}.Encode(), nil, nil)
 }
 
 // TrustReset asks the daemon to forget what it trusted of peer.
 func (c *Client) TrustReset(ctx context.Context, peer string) error {
-	return c.do(ctx, http.MethodPost, "/v1/trust/reset?peer="+url.QueryEscape(peer), nil)
+	return c.do(ctx, http.MethodPost, "/v1/trust/reset?peer="+url.QueryEscape(peer), nil, nil)
 }
 
-func (c *Client) do(ctx context.Context, method, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, "http://nixpeer"+path, nil)
+// do asks the daemon for method path and decodes the answer into out
+// (when not nil). in, when not nil, is sent as JSON, and then only ctx
+// bounds the call, not the client's timeout (the daemon may run Nix and
+// ask peers).
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	hc, reqBody := c.http, io.Reader(nil)
+	if in != nil {
+		raw, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		long := *c.http
+		long.Timeout = 0
+		hc, reqBody = &long, bytes.NewReader(raw)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://nixpeer"+path, reqBody)
 	if err != nil {
 		return err
 	}
-	return c.send(c.http, req, out)
-}
-
-// call posts in as JSON to path and decodes the answer into out; only ctx
-// bounds it (the daemon may run Nix and ask peers).
-func (c *Client) call(ctx context.Context, path string, in, out any) error {
-	body, err := json.Marshal(in)
-	if err != nil {
-		return err
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://nixpeer"+path, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	long := *c.http
-	long.Timeout = 0
-	return c.send(&long, req, out)
-}
-
-func (c *Client) send(hc *http.Client, req *http.Request, out any) error {
 	resp, err := hc.Do(req)
 	if err != nil {
 		var op *net.OpError
@@ -176,7 +172,7 @@ type PathsAnswer struct {
 // daemon runs Nix's dry run with its own settings and asks its peers:
 // it may take minutes, bounded by ctx.
 func (c *Client) Plan(ctx context.Context, req PlanRequest, out any) error {
-	return c.call(ctx, "/v1/plan", req, out)
+	return c.do(ctx, http.MethodPost, "/v1/plan", req, out)
 }
 
 // FleetRequest asks for the fleet view; it has no fields yet.
@@ -219,13 +215,13 @@ type FleetHost struct {
 // timeout).
 func (c *Client) Fleet(ctx context.Context) ([]FleetHost, error) {
 	var hosts []FleetHost
-	err := c.call(ctx, "/v1/fleet", FleetRequest{}, &hosts)
+	err := c.do(ctx, http.MethodPost, "/v1/fleet", FleetRequest{}, &hosts)
 	return hosts, err
 }
 
 // Paths asks the daemon which of req's paths its serving peers hold.
 func (c *Client) Paths(ctx context.Context, req PathsRequest) (PathsAnswer, error) {
 	var a PathsAnswer
-	err := c.call(ctx, "/v1/paths", req, &a)
+	err := c.do(ctx, http.MethodPost, "/v1/paths", req, &a)
 	return a, err
 }

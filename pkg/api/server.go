@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -50,6 +51,9 @@ type Backend interface {
 	// Fleet answers `nixpeer status --fleet`: every host of the desired
 	// state, as its agent says over its peer port.
 	Fleet(ctx context.Context, req FleetRequest) ([]FleetHost, error)
+	// CacheKey answers `nixpeer rotate cache-key` and `nixpeer revoke
+	// cache-key`.
+	CacheKey(ctx context.Context, req CacheKeyRequest) (CacheKeyAnswer, error)
 }
 
 // Listen creates the socket at path, refusing when a live daemon already
@@ -151,6 +155,7 @@ func NewServer(log *zap.Logger, backend Backend, group string) *Server {
 	mux.HandleFunc("POST /v1/plan", s.mutate(call(backend.Plan)))
 	mux.HandleFunc("POST /v1/paths", s.mutate(call(backend.Paths)))
 	mux.HandleFunc("POST /v1/fleet", s.read(call(backend.Fleet)))
+	mux.HandleFunc("POST /v1/cache-key", s.mutate(call(backend.CacheKey)))
 	s.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -221,15 +226,7 @@ func (s *Server) allowedToRead(cred *unix.Ucred) bool {
 		return false
 	}
 	gids, err := u.GroupIds()
-	if err != nil {
-		return false
-	}
-	for _, g := range gids {
-		if g == strconv.Itoa(gid) {
-			return true
-		}
-	}
-	return false
+	return err == nil && slices.Contains(gids, strconv.Itoa(gid))
 }
 
 func (s *Server) guard(r *http.Request, w http.ResponseWriter) (*unix.Ucred, bool) {

@@ -48,30 +48,30 @@ func checkHosts(el *errorList, f *File, infos []*hostInfo) {
 	for i, hi := range infos {
 		seen := map[string]Pos{}
 		for _, r := range hi.subs {
-			if checkName(r.name) != "" {
+			if checkName(r.s) != "" {
 				continue // reported while decoding
 			}
-			if first, dup := seen[r.name]; dup {
-				el.add(r.pos, "substituteFrom lists %q twice (first at %s); remove one", r.name, first)
+			if first, dup := seen[r.s]; dup {
+				el.add(r.pos, "substituteFrom lists %q twice (first at %s); remove one", r.s, first)
 				continue
 			}
-			seen[r.name] = r.pos
-			if r.name == hi.rawName {
-				el.add(r.pos, "host %q cannot substitute from itself; remove %q from its substituteFrom", r.name, r.name)
+			seen[r.s] = r.pos
+			if r.s == hi.rawName {
+				el.add(r.pos, "host %q cannot substitute from itself; remove %q from its substituteFrom", r.s, r.s)
 				continue
 			}
-			t, ok := byName[r.name]
+			t, ok := byName[r.s]
 			if !ok {
 				hint := ""
-				if s := suggest(r.name, names); s != "" {
+				if s := suggest(r.s, names); s != "" {
 					hint = fmt.Sprintf(" (did you mean %q?)", s)
 				}
-				el.add(r.pos, "substituteFrom names %q, which is not a host in this file%s; name one of: %s", r.name, hint, shortList(names, 20))
+				el.add(r.pos, "substituteFrom names %q, which is not a host in this file%s; name one of: %s", r.s, hint, shortList(names, 20))
 				continue
 			}
 			edges[i] = append(edges[i], t)
 			if target := infos[t]; !target.serveGiven {
-				el.add(r.pos, "substituteFrom names host %q, which does not serve its store; add \"serve: {}\" to host %q (at %s) or remove %q here", r.name, r.name, target.h.Pos, r.name)
+				el.add(r.pos, "substituteFrom names host %q, which does not serve its store; add \"serve: {}\" to host %q (at %s) or remove %q here", r.s, r.s, target.h.Pos, r.s)
 			}
 		}
 	}
@@ -205,7 +205,7 @@ func checkCycles(el *errorList, infos []*hostInfo, edges [][]int) {
 		}
 		pos := infos[start].h.Pos
 		for _, r := range infos[start].subs {
-			if r.name == infos[cycle[1]].rawName {
+			if r.s == infos[cycle[1]].rawName {
 				pos = r.pos
 				break
 			}

@@ -53,12 +53,6 @@ var help = map[string]fieldHelp{
 	"signClosure":     {true, "an absolute store path", "signClosure: " + DefaultSignClosure},
 }
 
-// ref is one entry of a substituteFrom list.
-type ref struct {
-	name string
-	pos  Pos
-}
-
 // hostInfo is a decoded host with the positions the cross-host checks
 // need. h holds whatever could be decoded; nameOK and addrOK tell whether
 // those two are present and well formed.
@@ -74,7 +68,7 @@ type hostInfo struct {
 	keyNamePos     Pos
 	publicKeyPos   Pos
 	keyNameGiven   bool
-	subs           []ref
+	subs           []item // the substituteFrom entries
 }
 
 // decodeFile decodes the top-level mapping and every host.
@@ -84,17 +78,17 @@ func decodeFile(el *errorList, root ast.Node) (*File, []*hostInfo) {
 		return nil, nil
 	}
 	f := &File{APIVersion: APIVersion, Trust: TrustApprove}
-	if fd, ok := fs.get("apiVersion"); ok {
+	if fd, ok := fs.fields["apiVersion"]; ok {
 		if v, ok := str(el, fd); ok && v != APIVersion {
 			el.add(posOf(fd.value), "apiVersion %s is not supported; this nixpeer reads \"apiVersion: %s\"", msg.Quote(v), APIVersion)
 		}
 	} else {
 		el.add(fs.pos, "the file has no apiVersion; add \"apiVersion: %s\" as its first line", APIVersion)
 	}
-	if fd, ok := fs.get("trust"); ok {
+	if fd, ok := fs.fields["trust"]; ok {
 		decodeTrust(el, fd, f)
 	}
-	fd, ok := fs.get("hosts")
+	fd, ok := fs.fields["hosts"]
 	if !ok {
 		el.add(fs.pos, "the file has no hosts; add a hosts: list with at least one \"- name: NAME\" and \"address: ADDRESS\" entry")
 		return f, nil
@@ -136,7 +130,7 @@ func decodeTrust(el *errorList, fd field, f *File) {
 	if !ok {
 		return
 	}
-	md, ok := tfs.get("mode")
+	md, ok := tfs.fields["mode"]
 	if !ok {
 		el.add(tfs.pos, "trust has no mode; for example %s", example)
 		return
@@ -146,7 +140,7 @@ func decodeTrust(el *errorList, fd field, f *File) {
 		return
 	}
 	f.Trust = Trust(v)
-	cd, given := tfs.get("hostCAs")
+	cd, given := tfs.fields["hostCAs"]
 	switch {
 	case given && f.Trust != TrustCA:
 		el.add(cd.keyPos, "hostCAs is read only with mode: ca; remove it, or set mode: ca")
@@ -174,7 +168,7 @@ func decodeHost(el *errorList, n ast.Node) *hostInfo {
 	h := &Host{Pos: fs.pos, PeerPort: DefaultPeerPort, SSHPort: DefaultSSHPort, Platform: PlatformNixOS, NixOSModuleFile: DefaultNixOSModuleFile}
 	hi := &hostInfo{h: h}
 
-	if fd, ok := fs.get("name"); ok {
+	if fd, ok := fs.fields["name"]; ok {
 		hi.namePos = posOf(fd.value)
 		if v, ok := str(el, fd); ok {
 			hi.rawName = v
@@ -192,7 +186,7 @@ func decodeHost(el *errorList, n ast.Node) *hostInfo {
 		who = fmt.Sprintf("host %q", h.Name)
 	}
 
-	if fd, ok := fs.get("address"); ok {
+	if fd, ok := fs.fields["address"]; ok {
 		hi.addrPos = posOf(fd.value)
 		if v, ok := str(el, fd); ok {
 			if r := checkAddress(v); r != "" {
@@ -205,17 +199,17 @@ func decodeHost(el *errorList, n ast.Node) *hostInfo {
 		el.add(fs.pos, "%s has no address; add \"address: ADDRESS\" (the DNS name or IP address its peers reach it at)", who)
 	}
 
-	if fd, ok := fs.get("peerPort"); ok {
+	if fd, ok := fs.fields["peerPort"]; ok {
 		if v, ok := port(el, fd); ok {
 			h.PeerPort = v
 		}
 	}
-	if fd, ok := fs.get("sshPort"); ok {
+	if fd, ok := fs.fields["sshPort"]; ok {
 		if v, ok := port(el, fd); ok {
 			h.SSHPort = v
 		}
 	}
-	if fd, ok := fs.get("hostKey"); ok {
+	if fd, ok := fs.fields["hostKey"]; ok {
 		hi.hostKeyGiven, hi.hostKeyPos = true, fd.keyPos
 		if v, ok := str(el, fd); ok {
 			if k, r := normalizeHostKey(v); r != "" {
@@ -225,7 +219,7 @@ func decodeHost(el *errorList, n ast.Node) *hostInfo {
 			}
 		}
 	}
-	if fd, ok := fs.get("clientKey"); ok {
+	if fd, ok := fs.fields["clientKey"]; ok {
 		if v, ok := str(el, fd); ok {
 			if k, r := normalizeHostKey(v); r != "" {
 				el.add(posOf(fd.value), "clientKey %s; give the \"ssh-ed25519 AAAA...\" line of the SSH client key the host fetches with, as \"nixpeer facts\" prints it on that host", r)
@@ -235,20 +229,20 @@ func decodeHost(el *errorList, n ast.Node) *hostInfo {
 		}
 	}
 	platformOK := true
-	if fd, ok := fs.get("platform"); ok {
+	if fd, ok := fs.fields["platform"]; ok {
 		v, ok := enum(el, fd, []string{string(PlatformNixOS), string(PlatformNixOSModule), string(PlatformNix)})
 		if ok {
 			h.Platform = Platform(v)
 		}
 		platformOK = ok
 	}
-	if fd, ok := fs.get("apply"); ok {
+	if fd, ok := fs.fields["apply"]; ok {
 		h.ApplySet = true
 		h.Apply = decodeApply(el, fd)
 	} else {
 		h.Apply = DefaultApply(h.Platform)
 	}
-	if fd, ok := fs.get("nixosModuleFile"); ok {
+	if fd, ok := fs.fields["nixosModuleFile"]; ok {
 		if v, ok := str(el, fd); ok {
 			switch r := checkAbsPath(v); {
 			case r != "":
@@ -260,13 +254,13 @@ func decodeHost(el *errorList, n ast.Node) *hostInfo {
 			}
 		}
 	}
-	if fd, ok := fs.get("serve"); ok {
+	if fd, ok := fs.fields["serve"]; ok {
 		hi.serveGiven = true
 		decodeServe(el, fd, hi)
 	}
-	if fd, ok := fs.get("substituteFrom"); ok {
+	if fd, ok := fs.fields["substituteFrom"]; ok {
 		for _, it := range stringList(el, fd) {
-			hi.subs = append(hi.subs, ref{name: it.s, pos: it.pos})
+			hi.subs = append(hi.subs, it)
 			if r := checkName(it.s); r != "" {
 				el.add(it.pos, "substituteFrom entry %s %s; list host names from this file, for example [stage]", msg.Quote(it.s), r)
 				continue
@@ -308,12 +302,12 @@ func decodeServe(el *errorList, fd field, hi *hostInfo) {
 	}
 	s := &Serve{Protocol: nix.ProtocolSSH, KeyGeneration: 1, SignClosure: DefaultSignClosure, Pos: fs.pos}
 	hi.h.Serve = s
-	if f, ok := fs.get("protocol"); ok {
+	if f, ok := fs.fields["protocol"]; ok {
 		if v, ok := enum(el, f, []string{string(nix.ProtocolSSH), string(nix.ProtocolSSHNG)}); ok {
 			s.Protocol = nix.Protocol(v)
 		}
 	}
-	if f, ok := fs.get("keyName"); ok {
+	if f, ok := fs.fields["keyName"]; ok {
 		hi.keyNameGiven = true
 		hi.keyNamePos = posOf(f.value)
 		if v, ok := str(el, f); ok {
@@ -324,12 +318,12 @@ func decodeServe(el *errorList, fd field, hi *hostInfo) {
 			}
 		}
 	}
-	if f, ok := fs.get("keyGeneration"); ok {
+	if f, ok := fs.fields["keyGeneration"]; ok {
 		if v, ok := number(el, f, 1, nix.MaxKeyGeneration); ok {
 			s.KeyGeneration = v
 		}
 	}
-	if f, ok := fs.get("publicKey"); ok {
+	if f, ok := fs.fields["publicKey"]; ok {
 		hi.publicKeyPos = posOf(f.value)
 		if v, ok := str(el, f); ok {
 			if k, err := nix.ParsePublicKey(v); err != nil {
@@ -339,7 +333,7 @@ func decodeServe(el *errorList, fd field, hi *hostInfo) {
 			}
 		}
 	}
-	if f, ok := fs.get("signClosure"); ok {
+	if f, ok := fs.fields["signClosure"]; ok {
 		if v, ok := str(el, f); ok {
 			if r := checkAbsPath(v); r != "" {
 				el.add(posOf(f.value), "signClosure %s %s; use an absolute path of letters, digits and . _ + - /, for example %s", msg.Quote(v), r, DefaultSignClosure)

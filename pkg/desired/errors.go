@@ -1,8 +1,9 @@
 package desired
 
 import (
+	"cmp"
 	"fmt"
-	"sort"
+	"slices"
 	"strings"
 )
 
@@ -13,14 +14,6 @@ type Pos struct {
 
 // String returns "LINE:COL".
 func (p Pos) String() string { return fmt.Sprintf("%d:%d", p.Line, p.Col) }
-
-// before reports whether p comes before q in the file.
-func (p Pos) before(q Pos) bool {
-	if p.Line != q.Line {
-		return p.Line < q.Line
-	}
-	return p.Col < q.Col
-}
 
 // Error is one problem found in a desired-state file, at a position.
 type Error struct {
@@ -69,8 +62,8 @@ func (l *errorList) result() error {
 		return nil
 	}
 	es := append(Errors(nil), l.errs...)
-	sort.SliceStable(es, func(i, j int) bool {
-		return Pos{es[i].Line, es[i].Col}.before(Pos{es[j].Line, es[j].Col})
+	slices.SortStableFunc(es, func(a, b Error) int {
+		return cmp.Or(cmp.Compare(a.Line, b.Line), cmp.Compare(a.Col, b.Col))
 	})
 	if len(es) > maxErrors {
 		more := len(es) - maxErrors

@@ -265,11 +265,6 @@ type fieldSet struct {
 	fields map[string]field
 }
 
-func (fs fieldSet) get(name string) (field, bool) {
-	f, ok := fs.fields[name]
-	return f, ok
-}
-
 // mapping decodes n as a mapping whose keys must be among allowed. what
 // names the mapping in messages ("host entry", "serve"). It reports
 // unknown and duplicated keys; ok is false when n is not a mapping.

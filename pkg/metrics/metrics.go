@@ -54,25 +54,6 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 }
 
-// ObserveReconcile records a reconcile pass.
-func (m *Metrics) ObserveReconcile(d time.Duration, err error) {
-	result := "ok"
-	if err != nil {
-		result = "error"
-	}
-	m.reconciles.WithLabelValues(result).Inc()
-	m.reconcile.Observe(d.Seconds())
-}
-
-// ObserveProbe records a probe.
-func (m *Metrics) ObserveProbe(d time.Duration, err error) {
-	result := "ok"
-	if err != nil {
-		result = "failed"
-	}
-	m.probes.WithLabelValues(result).Observe(d.Seconds())
-}
-
 // Reconciler is a reconcile.Reconciler whose passes are observed.
 type Reconciler struct {
 	Inner interface {
@@ -85,7 +66,12 @@ type Reconciler struct {
 func (r Reconciler) Reconcile(ctx context.Context) (time.Duration, error) {
 	start := time.Now()
 	d, err := r.Inner.Reconcile(ctx)
-	r.M.ObserveReconcile(time.Since(start), err)
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	r.M.reconciles.WithLabelValues(result).Inc()
+	r.M.reconcile.Observe(time.Since(start).Seconds())
 	return d, err
 }
 
@@ -101,6 +87,10 @@ type Prober struct {
 func (p Prober) Probe(ctx context.Context, t probe.Target) (probe.Result, error) {
 	start := time.Now()
 	res, err := p.Inner.Probe(ctx, t)
-	p.M.ObserveProbe(time.Since(start), err)
+	result := "ok"
+	if err != nil {
+		result = "failed"
+	}
+	p.M.probes.WithLabelValues(result).Observe(time.Since(start).Seconds())
 	return res, err
 }

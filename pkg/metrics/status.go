@@ -31,6 +31,8 @@ var (
 		"1 while the peer offers a host key that awaits an operator's approval (nixpeer trust pending).", []string{"peer", "fingerprint"}, nil)
 	descWarnings = prometheus.NewDesc("nixpeer_warnings",
 		"How many warnings the status carries (what is wrong without keeping the host from Ready: nixpeer status prints them).", nil, nil)
+	descRotation = prometheus.NewDesc("nixpeer_cache_key_rotation_phase",
+		"1 for the phase of the rotation of this serving host's signing key under way (MakingKey, Trusting, SigningWithBoth, Resigning, Retiring, Revoking), from key to key; absent when none is.", []string{"phase", "from", "to"}, nil)
 	descLastHeard = prometheus.NewDesc("nixpeer_peer_last_heard_timestamp_seconds",
 		"When the peer's agent was last heard from: now while its watch is open, else when its connection went down.", []string{"peer", "role"}, nil)
 )
@@ -42,7 +44,7 @@ type statusCollector struct {
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReady, descCondition, descGeneration, descObserved, descLastReconcile,
-		descPeerState, descSubstituter, descConnected, descTrust, descPending, descLastHeard, descWarnings} {
+		descPeerState, descSubstituter, descConnected, descTrust, descPending, descLastHeard, descWarnings, descRotation} {
 		ch <- d
 	}
 }
@@ -58,6 +60,9 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descCondition, b2f(cond.Status == status.True), cond.Type, cond.Reason)
 	}
 	gauge(descWarnings, float64(len(st.Warnings)))
+	if r := st.Rotation; r != nil {
+		gauge(descRotation, 1, r.Phase, r.From, r.To)
+	}
 	gauge(descGeneration, float64(st.Generation))
 	gauge(descObserved, float64(st.ObservedGeneration))
 	if !st.LastReconcile.IsZero() {

@@ -159,15 +159,12 @@ func InspectCacheKey(dir string) (CacheKeyState, error) {
 		return CacheKeyState{}, err
 	}
 	ks := CacheKeyState{Name: sk.Name(), Public: sk.Public()}
+	pubPath := filepath.Join(dir, PublicKeyFileName)
 	dst, derr := os.Stat(dir)
-	pub, perr := os.ReadFile(filepath.Join(dir, PublicKeyFileName))
+	pub, perr := os.ReadFile(pubPath)
+	pst, serr := os.Stat(pubPath)
 	ks.NeedsRepair = st.Mode().Perm() != 0o600 || derr != nil || dst.Mode().Perm() != 0o700 ||
-		perr != nil || string(pub) != ks.Public.String()
-	if !ks.NeedsRepair {
-		if pst, err := os.Stat(filepath.Join(dir, PublicKeyFileName)); err != nil || pst.Mode().Perm() != 0o644 {
-			ks.NeedsRepair = true
-		}
-	}
+		perr != nil || string(pub) != ks.Public.String() || serr != nil || pst.Mode().Perm() != 0o644
 	return ks, nil
 }
 

@@ -108,25 +108,11 @@ func moduleBody(m ModuleSettings) (string, error) {
 		return "", errors.New("sshServe protocol or keys are set but Serve is not")
 	}
 
-	for _, p := range m.SecretKeyFiles {
-		if err := ValidatePath(p); err != nil {
-			return "", fmt.Errorf("secret key file: %w", err)
-		}
+	if err := (Settings{Substituters: m.Substituters, TrustedPublicKeys: m.TrustedPublicKeys, SecretKeyFiles: m.SecretKeyFiles}).Validate(); err != nil {
+		return "", err
 	}
 	writeNixList(&b, "  ", "nix.settings.secret-key-files", sortedUnique(m.SecretKeyFiles), false)
-
-	for _, u := range m.Substituters {
-		if err := ValidateSubstituter(u); err != nil {
-			return "", err
-		}
-	}
 	writeNixList(&b, "  ", "nix.settings.substituters", dedup(m.Substituters), false)
-
-	for _, k := range m.TrustedPublicKeys {
-		if err := validateTrustedKey(k); err != nil {
-			return "", err
-		}
-	}
 	writeNixList(&b, "  ", "nix.settings.trusted-public-keys", sortedUnique(m.TrustedPublicKeys), false)
 
 	if m.Fallback {

@@ -46,6 +46,10 @@ type Facts struct {
 	// ClientKey is the public key the agent fetches from its peers with,
 	// as "ssh-ed25519 BASE64"; empty while the host has no usable one.
 	ClientKey string `json:"clientKey"`
+	// TrustedCacheKeys are the binary-cache public keys of its peers that
+	// the host's Nix settings trust, live: verified since they were
+	// written. A serving host in a key rotation waits for them.
+	TrustedCacheKeys []string `json:"trustedCacheKeys,omitempty"`
 	// Serve is set when the host shares its Nix store.
 	Serve *ServeFacts `json:"serve,omitempty"`
 }
@@ -56,6 +60,9 @@ type ServeFacts struct {
 	Protocol nix.Protocol `json:"protocol"`
 	// CacheKey is the binary-cache public key, "NAME:BASE64" of 32 bytes.
 	CacheKey string `json:"cacheKey"`
+	// NextCacheKey is, during a key rotation, the key that replaces
+	// CacheKey: consumers trust both until it does.
+	NextCacheKey string `json:"nextCacheKey,omitempty"`
 	// Authorized lists the client keys the host lets in.
 	Authorized []AuthorizedFact `json:"authorized"`
 	// Check is what the host's agent found when it last probed its own

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -95,6 +96,12 @@ func TestValidate(t *testing.T) {
 		{"cache key long name", func(f *Facts) {
 			f.Serve.CacheKey = strings.Repeat("a", 300) + ":" + strings.SplitN(f.Serve.CacheKey, ":", 2)[1]
 		}, "the limit is 300"},
+		{"next cache key PEM", func(f *Facts) { f.Serve.NextCacheKey = pemKey }, "serve.nextCacheKey holds private key material"},
+		{"next cache key secret", func(f *Facts) { f.Serve.NextCacheKey = nixSecret }, "serve.nextCacheKey is a binary-cache SECRET key"},
+		{"next cache key same name", func(f *Facts) { f.Serve.NextCacheKey = f.Serve.CacheKey }, "serve.nextCacheKey has the name of serve.cacheKey"},
+		{"trusted cache key secret", func(f *Facts) { f.TrustedCacheKeys = []string{nixSecret} }, "trustedCacheKeys[0] is a binary-cache SECRET key"},
+		{"trusted cache key PEM", func(f *Facts) { f.TrustedCacheKeys = []string{pemKey} }, "trustedCacheKeys[0] holds private key material"},
+		{"trusted cache keys many", func(f *Facts) { f.TrustedCacheKeys = slices.Repeat([]string{f.Serve.CacheKey}, 257) }, "trustedCacheKeys has 257 entries"},
 		{"fingerprint md5", func(f *Facts) { f.Serve.Authorized[0].Fingerprint = "MD5:00:11" }, "serve.authorized[0].fingerprint"},
 		{"fingerprint padded", func(f *Facts) { f.Serve.Authorized[0].Fingerprint += "=" }, "serve.authorized[0].fingerprint"},
 		{"fingerprint not canonical", func(f *Facts) { f.Serve.Authorized[0].Fingerprint = "SHA256:" + strings.Repeat("A", 42) + "B" }, "canonical"},

@@ -86,10 +86,12 @@ func validFacts(t *testing.T, host ssh.PublicKey) Facts {
 		Ready:              true,
 		HostKeys:           []string{keyLine(host)},
 		ClientKey:          keyLine(client),
+		TrustedCacheKeys:   []string{cacheKey(t, "build-1")},
 		Serve: &ServeFacts{
-			Protocol:   "ssh-ng",
-			CacheKey:   cacheKey(t, "stage-1"),
-			Authorized: []AuthorizedFact{{Host: "prod", Fingerprint: ssh.FingerprintSHA256(prod), Applied: true}},
+			Protocol:     "ssh-ng",
+			CacheKey:     cacheKey(t, "stage-1"),
+			NextCacheKey: cacheKey(t, "stage-1-g2"),
+			Authorized:   []AuthorizedFact{{Host: "prod", Fingerprint: ssh.FingerprintSHA256(prod), Applied: true}},
 		},
 	}
 }

@@ -15,7 +15,8 @@ var fieldNames = map[string]bool{
 	"observedGeneration": true, "ready": true, "hostKeys": true,
 	"clientKey": true, "serve": true, "protocol": true, "cacheKey": true,
 	"authorized": true, "host": true, "fingerprint": true, "applied": true,
-	"check": true, "serving": true, "reason": true,
+	"check": true, "serving": true, "reason": true, "nextCacheKey": true,
+	"trustedCacheKeys": true,
 }
 
 // checkKeys walks the JSON in data and refuses an object key that is not

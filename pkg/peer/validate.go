@@ -81,6 +81,14 @@ func (f Facts) Validate() error {
 			return err
 		}
 	}
+	if len(f.TrustedCacheKeys) > maxListLen {
+		return fmt.Errorf("trustedCacheKeys has %d entries; the limit is %d", len(f.TrustedCacheKeys), maxListLen)
+	}
+	for i, k := range f.TrustedCacheKeys {
+		if err := checkCacheKey(fmt.Sprintf("trustedCacheKeys[%d]", i), k); err != nil {
+			return err
+		}
+	}
 	if f.Serve != nil {
 		return f.Serve.validate()
 	}
@@ -91,8 +99,16 @@ func (s *ServeFacts) validate() error {
 	if s.Protocol.Command() == "" {
 		return fmt.Errorf("serve.protocol %s is not \"ssh\" or \"ssh-ng\"", quoteShort(string(s.Protocol)))
 	}
-	if err := checkCacheKey(s.CacheKey); err != nil {
+	if err := checkCacheKey("serve.cacheKey", s.CacheKey); err != nil {
 		return err
+	}
+	if s.NextCacheKey != "" {
+		if err := checkCacheKey("serve.nextCacheKey", s.NextCacheKey); err != nil {
+			return err
+		}
+		if cur, _, _ := strings.Cut(s.CacheKey, ":"); strings.HasPrefix(s.NextCacheKey, cur+":") {
+			return errors.New("serve.nextCacheKey has the name of serve.cacheKey; Nix trusts one key per name")
+		}
 	}
 	if len(s.Authorized) > maxAuthorized {
 		return fmt.Errorf("serve.authorized has %d entries; the limit is %d", len(s.Authorized), maxAuthorized)
@@ -131,8 +147,11 @@ func noPrivate(f Facts) error {
 	for i, k := range f.HostKeys {
 		fields = append(fields, field{fmt.Sprintf("hostKeys[%d]", i), k})
 	}
+	for i, k := range f.TrustedCacheKeys {
+		fields = append(fields, field{fmt.Sprintf("trustedCacheKeys[%d]", i), k})
+	}
 	if s := f.Serve; s != nil {
-		fields = append(fields, field{"serve.protocol", string(s.Protocol)}, field{"serve.cacheKey", s.CacheKey})
+		fields = append(fields, field{"serve.protocol", string(s.Protocol)}, field{"serve.cacheKey", s.CacheKey}, field{"serve.nextCacheKey", s.NextCacheKey})
 		for i, a := range s.Authorized {
 			fields = append(fields,
 				field{fmt.Sprintf("serve.authorized[%d].host", i), a.Host},
@@ -186,21 +205,21 @@ func checkKeyLine(what, s string) error {
 
 // checkCacheKey accepts a Nix binary-cache public key, NAME:BASE64 of 32
 // bytes, and recognizes a secret key (64 bytes) without quoting it.
-func checkCacheKey(s string) error {
+func checkCacheKey(what, s string) error {
 	if len(s) > maxCacheKey {
-		return fmt.Errorf("serve.cacheKey is %d characters long; the limit is %d", len(s), maxCacheKey)
+		return fmt.Errorf("%s is %d characters long; the limit is %d", what, len(s), maxCacheKey)
 	}
 	if !cacheKeyRE.MatchString(s) {
 		if m := nixKeyShapeRE.FindStringSubmatch(s); m != nil {
 			if b, err := base64.StdEncoding.DecodeString(m[1]); err == nil && len(b) == 64 {
-				return errors.New("serve.cacheKey is a binary-cache SECRET key; a peer must send the public key only")
+				return fmt.Errorf("%s is a binary-cache SECRET key; a peer must send the public key only", what)
 			}
 		}
-		return errors.New("serve.cacheKey is not a binary-cache public key NAME:BASE64 of 32 bytes")
+		return fmt.Errorf("%s is not a binary-cache public key NAME:BASE64 of 32 bytes", what)
 	}
 	_, b64, _ := strings.Cut(s, ":")
 	if b, err := base64.StdEncoding.Strict().DecodeString(b64); err != nil || len(b) != 32 {
-		return errors.New("serve.cacheKey does not hold canonical base64 of 32 bytes")
+		return fmt.Errorf("%s does not hold canonical base64 of 32 bytes", what)
 	}
 	return nil
 }

@@ -152,6 +152,9 @@ func (h *Host) actOn(ctx context.Context, o *Observation, r *Resource, a *acted)
 	if r.Sign != nil {
 		h.jobs.start(ctx, slotSign, r.Sign.key, h.signJob(r.Sign))
 	}
+	if r.Resign != nil {
+		h.jobs.start(ctx, slotResign, r.Resign.key, h.resignJob(r.Resign))
+	}
 	return nil
 }
 
@@ -159,7 +162,7 @@ func (h *Host) actOn(ctx context.Context, o *Observation, r *Resource, a *acted)
 // whether it created one.
 func ensureKey(k keyWant) (bool, error) {
 	dir := filepath.Dir(k.path)
-	if k.kind == keyCache {
+	if k.kind == keyCache || k.kind == keyPromote {
 		dir = k.path
 	}
 	if err := checkDir(dir); err != nil {
@@ -172,6 +175,9 @@ func ensureKey(k keyWant) (bool, error) {
 	case keyHost:
 		_, res, err := sshkeys.EnsureHostKey(k.path, k.name)
 		return res.Created, err
+	case keyPromote:
+		// Like a new key, a promoted one is observed by the next pass.
+		return true, nix.PromoteNextKey(k.path, k.revoked)
 	default:
 		_, res, err := nix.EnsureCacheKey(k.path, k.name)
 		if err != nil {
@@ -271,6 +277,23 @@ func (h *Host) signJob(req *signRequest) func(context.Context) jobResult {
 			return jobResult{Reason: "SigningFailed", Err: err}
 		}
 		h.log.Info("signed the system closure with the binary-cache key", zap.String("path", req.target),
+			zap.Duration("took", time.Since(start)))
+		return jobResult{}
+	}
+}
+
+// resignJob adds signatures of a rotation's next key (or, after a
+// revoke, the current one) to what the old key signed.
+func (h *Host) resignJob(req *resignRequest) func(context.Context) jobResult {
+	return func(ctx context.Context) jobResult {
+		sctx, cancel := context.WithTimeout(ctx, SignTimeout)
+		defer cancel()
+		start := time.Now()
+		n, err := h.cfg.Nix.Resign(sctx, req.keyFile, req.from)
+		if err != nil {
+			return jobResult{Reason: "ResigningFailed", Err: err}
+		}
+		h.log.Info("re-signed the paths of the old binary-cache key", zap.String("from", req.from), zap.Int("paths", n),
 			zap.Duration("took", time.Since(start)))
 		return jobResult{}
 	}

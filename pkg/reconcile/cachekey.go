@@ -9,12 +9,13 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
 
-// planCacheKey keeps a serving host's binary-cache signing key, and signs
-// the current system closure with a key it has not been signed with:
-// paths built before the key existed carry no signature of it. onDisk: a
-// serving host has a usable signing key (whatever its name), so the Nix
-// settings may name its file. Nothing for a host that does not serve.
-func (pl *planner) planCacheKey() (r *Resource, onDisk bool) {
+// planCacheKey keeps a serving host's binary-cache signing key, rotates
+// it when asked (rotation.go), and signs the current system closure with
+// a key it has not been signed with: paths built before the key existed
+// carry no signature of it. rot.signWith are the secret key files the
+// Nix settings name, none while the host has no usable key. Nothing for
+// a host that does not serve.
+func (pl *planner) planCacheKey() (r *Resource, rot rotationPlan) {
 	serve := pl.self.Serve
 	if serve == nil {
 		return
@@ -27,20 +28,29 @@ func (pl *planner) planCacheKey() (r *Resource, onDisk bool) {
 	case ck.Err != nil:
 		r.Reason, r.Message, r.Failed = "CacheKeyUnusable", ck.Err.Error(), true
 		return
+	case ck.Missing && !o.NextCacheKey.Missing && o.NextCacheKey.Err == nil:
+		// A promotion was cut short: the next key takes the place.
+		r.Keys = []keyWant{{kind: keyPromote, path: l.KeysDir}}
+		r.Reason, r.Message = "Rotation"+PhaseRetiring, "making the next signing key "+o.NextCacheKey.Name+" the current one"
+		r.Requeue = soon
+		return
 	case ck.Missing:
-		r.Keys = []keyWant{{kind: keyCache, path: l.KeysDir, name: serve.KeyName}}
-		r.Reason, r.Message = "KeyCreated", "creating the binary-cache signing key "+serve.KeyName
+		name := nix.GenerationName(serve.KeyName, max(serve.KeyGeneration, o.Rotation.Generation))
+		r.Keys = []keyWant{{kind: keyCache, path: l.KeysDir, name: name}}
+		r.Reason, r.Message = "KeyCreated", "creating the binary-cache signing key "+name
 		r.Requeue = soon
 		return
 	}
-	onDisk = true
+	// The key on disk signs, whatever its name, until it is fixed.
+	rot.signWith = []string{secret}
+	gen, ok := nix.KeyGeneration(serve.KeyName, ck.Name)
 	switch {
-	case ck.Name != serve.KeyName:
+	case !ok:
 		r.Reason, r.Failed = "KeyNameMismatch", true
-		r.Message = fmt.Sprintf("the signing key %s is named %q, but serve.keyName is %q: set keyName back to %q, "+
+		r.Message = fmt.Sprintf("the signing key %s is named %q, but serve.keyName is %q (or a later generation of it, %s): set keyName back to %q, "+
 			"or move the key away (mv %s %s.old) to have a new one made (every host that trusts the old key then needs the new one); "+
 			"until then the Nix settings stay as they are, signing with the old key",
-			secret, ck.Name, serve.KeyName, ck.Name, secret, secret)
+			secret, ck.Name, serve.KeyName, nix.GenerationName(serve.KeyName, 2), ck.Name, secret, secret)
 		return
 	case serve.PublicKey != "" && serve.PublicKey != ck.Public.String():
 		r.Reason, r.Failed = "CacheKeyMismatch", true
@@ -54,6 +64,9 @@ func (pl *planner) planCacheKey() (r *Resource, onDisk bool) {
 	pub := ck.Public.String()
 	msg := "binary-cache key " + pub
 	r.Status, r.Reason, r.Message = true, "KeyPresent", msg
+	if rot = pl.planRotation(r, gen); rot.status != nil || !r.Status {
+		return // the closure is signed once the rotation ends
+	}
 	if o.SignedWith == pub {
 		return
 	}

@@ -13,13 +13,13 @@ func factsOf(o *Observation, p *Plan, st status.Status, authorizedApplied func(s
 	}
 	f := peer.Facts{Version: peer.FactsVersion, Name: o.Self.Name, Address: o.Self.Address,
 		Generation: st.Generation, ObservedGeneration: st.ObservedGeneration, Ready: st.Ready,
-		HostKeys: []string{o.HostKey.Key.AuthorizedLine()}}
+		HostKeys: []string{o.HostKey.Key.AuthorizedLine()}, TrustedCacheKeys: p.TrustedLive}
 	if o.ClientKey.Usable() {
 		f.ClientKey = o.ClientKey.Key.AuthorizedLine()
 	}
 	if o.Self.Serve != nil && o.CacheKey.Err == nil && !o.CacheKey.Missing {
 		f.Serve = &peer.ServeFacts{Protocol: o.Self.Serve.Protocol, CacheKey: o.CacheKey.Public.String(),
-			Authorized: []peer.AuthorizedFact{}, Check: p.ServeCheck}
+			NextCacheKey: p.NextCacheKey, Authorized: []peer.AuthorizedFact{}, Check: p.ServeCheck}
 		for _, c := range p.Consumers {
 			f.Serve.Authorized = append(f.Serve.Authorized, peer.AuthorizedFact{Host: c.host,
 				Fingerprint: ssh.FingerprintSHA256(c.key), Applied: authorizedApplied(c.key)})

@@ -49,6 +49,8 @@ func (f *fakeNix) ShowConfig(context.Context) (map[string]string, error) {
 
 func (f *fakeNix) SignClosure(context.Context, string, string) error { return nil }
 
+func (f *fakeNix) Resign(context.Context, string, string) (int, error) { return 0, nil }
+
 func (f *fakeNix) Apply(context.Context, []string) (string, error) {
 	f.mu.Lock()
 	gate := f.gate
@@ -242,7 +244,7 @@ func TestHostPassWithFakes(t *testing.T) {
 
 	t.Run("an unreadable record heals", func(t *testing.T) {
 		h := readyHarness(t)
-		if err := h.store.Put(recApplied, 42); err != nil { // not a string
+		if err := h.store.Commit(state.Pass{Records: map[string]any{recApplied: 42}}); err != nil { // not a string
 			t.Fatal(err)
 		}
 		h.start(h.host.cfg.ConfigFile) // a restart: nothing in memory
@@ -256,7 +258,7 @@ func TestHostPassWithFakes(t *testing.T) {
 			t.Fatalf("record not healed: %+v %v", v, err)
 		}
 		// A record of verified peers that cannot be read is written anew.
-		if err := h.store.Put(recVerified, "not a map"); err != nil {
+		if err := h.store.Commit(state.Pass{Records: map[string]any{recVerified: "not a map"}}); err != nil {
 			t.Fatal(err)
 		}
 		h.settle()

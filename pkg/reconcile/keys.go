@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nixpeer/nixpeer/pkg/desired"
+	"github.com/nixpeer/nixpeer/pkg/nix"
+	"github.com/nixpeer/nixpeer/pkg/peer"
 	"github.com/nixpeer/nixpeer/pkg/peering"
 	"github.com/nixpeer/nixpeer/pkg/probe"
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
@@ -20,6 +22,9 @@ type peerKeys struct {
 	HostKey   ssh.PublicKey
 	ClientKey ssh.PublicKey
 	CacheKey  string // NAME:BASE64
+	// NextCacheKey is the key that replaces CacheKey in the peer's key
+	// rotation: trusted beside it.
+	NextCacheKey string
 	// CacheKeyRefused says why the cache key a peer published is not
 	// taken: its name is not the host's keyName.
 	CacheKeyRefused string
@@ -43,18 +48,40 @@ func learnKeys(o *Observation) (map[string]peerKeys, error) {
 				k.ClientKey, _ = sshkeys.ParsePublicLine(f.ClientKey) // validated with the facts
 			}
 			if k.CacheKey == "" && f.Serve != nil && h.Serve != nil {
-				// Nix keeps one trusted key per name: a peer publishing a
-				// key under another host's name would stand in for it.
-				if name, _, _ := strings.Cut(f.Serve.CacheKey, ":"); name == h.Serve.KeyName {
-					k.CacheKey = f.Serve.CacheKey
-				} else {
-					k.CacheKeyRefused = fmt.Sprintf("it publishes a binary-cache key named %q, not its keyName %q; the key is not trusted", name, h.Serve.KeyName)
-				}
+				k.CacheKey, k.NextCacheKey, k.CacheKeyRefused = publishedCacheKeys(h.Serve.KeyName, f.Serve)
 			}
 		}
 		keys[h.Name] = k
 	}
 	return keys, nil
+}
+
+// publishedCacheKeys are the cache keys a serving peer publishes that
+// this host trusts: named as a generation of its keyName (Nix keeps one
+// trusted key per name: a peer publishing a key under another host's name
+// would stand in for it), the next one of a later generation.
+func publishedCacheKeys(keyName string, s *peer.ServeFacts) (cur, next, refused string) {
+	name, _, _ := strings.Cut(s.CacheKey, ":")
+	gen, ok := nix.KeyGeneration(keyName, name)
+	if !ok {
+		return "", "", fmt.Sprintf("it publishes a binary-cache key named %q, not its keyName %q or a later generation of it (%s); the key is not trusted",
+			name, keyName, nix.GenerationName(keyName, 2))
+	}
+	if s.NextCacheKey != "" {
+		nextName, _, _ := strings.Cut(s.NextCacheKey, ":")
+		if ngen, ok := nix.KeyGeneration(keyName, nextName); ok && ngen > gen {
+			next = s.NextCacheKey
+		}
+	}
+	return s.CacheKey, next, ""
+}
+
+// trusted are the cache keys of k this host's Nix settings name.
+func (k peerKeys) trusted() []string {
+	if k.NextCacheKey == "" {
+		return []string{k.CacheKey}
+	}
+	return []string{k.CacheKey, k.NextCacheKey}
 }
 
 // pinnedKeys are the keys of a host that the desired-state file pins.

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -20,18 +19,18 @@ import (
 // substituters the verdicts use, the signing key once it is on disk, the
 // consumers' keys (for the module). planned is false when it plans no
 // files (they stay as they are, and nothing is withdrawn).
-func (pl *planner) planNixSettings(cacheKeyOnDisk bool, verdicts map[string]verdict, consumers []consumerKey) (r *Resource, planned bool) {
-	o, self, l := pl.o, pl.self, pl.o.Layout
+func (pl *planner) planNixSettings(signWith []string, verdicts map[string]verdict, consumers []consumerKey) (r *Resource, planned bool) {
+	o, self := pl.o, pl.self
 	r = &Resource{Type: status.NixSettingsApplied, Needs: []string{status.KeysReady}}
 	var s nix.Settings
 	var m nix.ModuleSettings
 	if self.Serve != nil {
-		if !cacheKeyOnDisk {
+		if len(signWith) == 0 {
 			r.Reason = "WaitingForCacheKey"
 			r.Message = "the Nix settings stay as they are until the signing key is usable; see CacheKeyReady"
 			return r, false
 		}
-		s.SecretKeyFiles = []string{filepath.Join(l.KeysDir, nix.SecretKeyFileName)}
+		s.SecretKeyFiles = signWith
 		r.Needs = append(r.Needs, status.CacheKeyReady)
 	}
 	var withdrawn []string
@@ -46,7 +45,7 @@ func (pl *planner) planNixSettings(cacheKeyOnDisk bool, verdicts map[string]verd
 		}
 		h, k := pl.file.Host(name), pl.keys[name]
 		s.Substituters = append(s.Substituters, v.url)
-		s.TrustedPublicKeys = append(s.TrustedPublicKeys, k.CacheKey)
+		s.TrustedPublicKeys = append(s.TrustedPublicKeys, k.trusted()...)
 		hostNames := []string{hostname.WithPort(h.Address, h.SSHPort)}
 		if pl.o.HostCAs == nil {
 			m.KnownHosts = append(m.KnownHosts, nix.KnownHost{Name: name, HostNames: hostNames, PublicKey: k.HostKey})
@@ -109,7 +108,7 @@ func (pl *planner) planNixSettings(cacheKeyOnDisk bool, verdicts map[string]verd
 		}
 		return r, planned
 	case a.done(key) && a.Err == "" && len(a.Missing) == 0:
-		r.Records = []record{{recApplied, appliedRecord{Hash: hash, At: a.Started}}}
+		r.Records = []record{{recApplied, appliedRecord{Hash: hash, At: a.Started, SigningWith: s.SecretKeyFiles, Trusted: s.TrustedPublicKeys}}}
 		r.Status, r.Reason, r.Message = true, "Applied", "the Nix settings are live"
 		return r, planned
 	case a.done(key) && a.Err == "":

@@ -105,6 +105,14 @@ type Observation struct {
 	SignedWith    string
 	SignTarget    string
 	SignTargetErr string
+	// NextCacheKey is the key a rotation replaces CacheKey with (see
+	// nix.NextKeyDir); Missing when none is under way. Rotation is what
+	// the operator asked for, Resigned what re-signing is owed or done,
+	// Resign the re-signing slot.
+	NextCacheKey CacheKeyObs
+	Rotation     rotationRequest
+	Resigned     resignRecord
+	Resign       jobState
 
 	// NixSSHUser says what is wrong with the user sshd hands Nix clients
 	// to, "" when nothing is.
@@ -176,6 +184,9 @@ func (h *Host) observe() *Observation {
 			err = derr
 		}
 		o.CacheKey = CacheKeyObs{CacheKeyState: ks, Err: err, ModTime: modTime(filepath.Join(l.KeysDir, nix.SecretKeyFileName))}
+		next := filepath.Join(l.KeysDir, nix.NextKeyDir)
+		ks, err = nix.InspectCacheKey(next)
+		o.NextCacheKey = CacheKeyObs{CacheKeyState: ks, Err: err, ModTime: modTime(filepath.Join(next, nix.SecretKeyFileName))}
 	}
 
 	o.Files = map[string]FileObs{}
@@ -230,6 +241,9 @@ func (h *Host) observe() *Observation {
 		o.Sign = h.jobs.get(slotSign)
 		o.SignedWith = readRecord[string](h, recSignedWith)
 		o.SignTarget, o.SignTargetErr = h.resolveClosure(self.Serve.SignClosure)
+		o.Rotation = readRecord[rotationRequest](h, recRotation)
+		o.Resigned = readRecord[resignRecord](h, recResigned)
+		o.Resign = h.jobs.get(slotResign)
 		o.NixSSHUser = h.users.check(o.platform(), o.Now)
 	}
 	return o

@@ -71,8 +71,11 @@ const soon = time.Millisecond
 const (
 	slotApply     = "apply"
 	slotSign      = "sign"
-	recApplied    = "nix/applied"    // hash of the Nix settings verified live
-	recSignedWith = "nix/signedWith" // cache public key the closure was signed with
+	slotResign    = "resign"
+	recRotation   = "cacheKey/rotation" // rotationRequest
+	recResigned   = "cacheKey/resigned" // resignRecord
+	recApplied    = "nix/applied"       // hash of the Nix settings verified live
+	recSignedWith = "nix/signedWith"    // cache public key the closure was signed with
 	// recVerified holds, by peer, what its last passing probe verified:
 	// a dark peer that served this host counts as settled.
 	recVerified = "peers/verified"
@@ -116,6 +119,13 @@ type Plan struct {
 	// reads them (nil on nixos-module, where the deploy does).
 	Consumers  []consumerKey
 	Authorized *Resource
+	// Rotation is the signing key's rotation under way, nil when none
+	// is; NextCacheKey the next key's public half, for the facts.
+	Rotation     *status.Rotation
+	NextCacheKey string
+	// TrustedLive are the peers' cache keys the live Nix settings trust,
+	// for the facts.
+	TrustedLive []string
 }
 
 // Resource is one thing on the host: its files, keys and work, and the
@@ -134,6 +144,7 @@ type Resource struct {
 	Records []record
 	Apply   *applyRequest
 	Sign    *signRequest
+	Resign  *resignRequest
 	// Listen is where the peer port listens, with the host key.
 	Listen string
 	// Watch is the watches of peers to keep, nil to leave them.
@@ -158,6 +169,9 @@ const (
 	keyClient keyKind = iota
 	keyHost
 	keyCache
+	// keyPromote makes the next cache key of the keys directory path the
+	// current one (nix.PromoteNextKey).
+	keyPromote
 )
 
 // keyWant asks for a key to be created where missing, or repaired.
@@ -165,6 +179,8 @@ type keyWant struct {
 	kind keyKind
 	path string // the key, or for a cache key its directory
 	name string // comment, or the cache key's name
+	// revoked: a promotion retires a revoked key.
+	revoked bool
 }
 
 // watchWant is the watches of peers a pass keeps, and the key they
@@ -202,6 +218,10 @@ type record struct {
 type appliedRecord struct {
 	Hash string    `json:"hash"`
 	At   time.Time `json:"at"`
+	// SigningWith are the secret key files, Trusted the peers' public
+	// keys, of the settings verified live.
+	SigningWith []string `json:"signingWith,omitempty"`
+	Trusted     []string `json:"trusted,omitempty"`
 }
 
 // key is what the job is for: the settings and the apply command (a
@@ -290,13 +310,13 @@ func plan(o *Observation) *Plan {
 	}
 	ownKeys := pl.planKeys()
 	knownHosts := pl.planKnownHosts()
-	cacheKey, cacheKeyOnDisk := pl.planCacheKey()
+	cacheKey, rotation := pl.planCacheKey()
 	subs := pl.planSubstituters()
 	trust := planTrust(subs.peers, o.Peers)
 	subsReady := pl.planSubstitutersReady(subs.verdicts)
 	verified := pl.planVerified(subs.verified)
 	serve := pl.planServe()
-	settings, settingsPlanned := pl.planNixSettings(cacheKeyOnDisk, subs.verdicts, serve.consumers)
+	settings, settingsPlanned := pl.planNixSettings(rotation.signWith, subs.verdicts, serve.consumers)
 
 	p.Resources = append(p.Resources, ownKeys)
 	for _, r := range []*Resource{peerPort, watches, knownHosts, cacheKey, trust, serve.authorizedOnly, serve.resource, settings, subsReady, verified} {
@@ -306,6 +326,13 @@ func plan(o *Observation) *Plan {
 	}
 	p.PeerStatus, p.Probes, p.Stores = subs.peers, append(subs.probes, serve.probes...), subs.stores
 	p.ServeCheck, p.Consumers, p.Authorized = serve.check, serve.consumers, serve.authorized
+	p.Rotation, p.NextCacheKey = rotation.status, rotation.next
+	p.TrustedLive = o.Applied.Trusted
+	for _, rec := range settings.Records {
+		if a, ok := rec.value.(appliedRecord); ok {
+			p.TrustedLive = a.Trusted
+		}
+	}
 	if serve.warning != "" {
 		p.Warnings = append(p.Warnings, serve.warning)
 	}

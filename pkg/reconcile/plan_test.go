@@ -87,6 +87,7 @@ func (w *world) obs(yaml, self string) *Observation {
 	if o.Self.Serve != nil {
 		ck := newCacheKey(w.t, o.Self.Serve.KeyName)
 		o.CacheKey = CacheKeyObs{CacheKeyState: nix.CacheKeyState{Name: ck.Name(), Public: ck}}
+		o.NextCacheKey = CacheKeyObs{CacheKeyState: nix.CacheKeyState{Missing: true}}
 		o.SignedWith = ck.String()
 	}
 	return o
@@ -612,7 +613,7 @@ func TestPlanApply(t *testing.T) {
 	o.Now = t0
 	o.Apply = jobState{Key: key, Started: t0, Ended: t0}
 	r = wantCondition(t, plan(o), status.NixSettingsApplied, true, "Applied")
-	if len(r.Records) != 1 || r.Records[0].value != (appliedRecord{Hash: hash, At: t0}) {
+	if a, ok := r.Records[0].value.(appliedRecord); len(r.Records) != 1 || !ok || a.Hash != hash || !a.At.Equal(t0) {
 		t.Fatalf("records %+v, want the applied hash and when its apply began", r.Records)
 	}
 	o.Applied = appliedRecord{Hash: hash, At: t0}

@@ -23,6 +23,9 @@ type Nix interface {
 	// SignClosure signs the closure of storePath with the secret key in
 	// keyFile.
 	SignClosure(ctx context.Context, keyFile, storePath string) error
+	// Resign adds a signature of the key in keyFile to every path signed
+	// by the key named from; it returns how many it signed.
+	Resign(ctx context.Context, keyFile, from string) (int, error)
 	// Apply runs the host's apply command and returns the tail of its
 	// output.
 	Apply(ctx context.Context, argv []string) (string, error)
@@ -59,17 +62,10 @@ type Port interface {
 // SystemNix is the machine's Nix: the nix command (with env added, for
 // example NIX_CONF_DIR under --root) and the apply command, each run in a
 // process group of its own that is killed when its context ends.
-func SystemNix(env []string) Nix { return systemNix{cli: &nix.CLI{Env: env}} }
+func SystemNix(env []string) Nix { return systemNix{&nix.CLI{Env: env}} }
 
-type systemNix struct{ cli *nix.CLI }
-
-func (s systemNix) ShowConfig(ctx context.Context) (map[string]string, error) {
-	return s.cli.ShowConfig(ctx)
-}
-
-func (s systemNix) SignClosure(ctx context.Context, keyFile, storePath string) error {
-	return s.cli.SignClosure(ctx, keyFile, storePath)
-}
+// systemNix has nix.CLI's ShowConfig, SignClosure and Resign.
+type systemNix struct{ *nix.CLI }
 
 func (s systemNix) Apply(ctx context.Context, argv []string) (string, error) {
 	res, err := command.Run(ctx, argv, nil)

@@ -45,8 +45,7 @@ var ErrLocked = errors.New("state database is held by another process")
 
 // Store is the agent's bbolt database.
 type Store struct {
-	db   *bolt.DB
-	path string
+	db *bolt.DB
 }
 
 // Desired is the last desired-state file that parsed and validated.
@@ -177,14 +176,11 @@ func newStore(db *bolt.DB, path string, opened Opened) (*Store, Opened, error) {
 		db.Close()
 		return nil, opened, fmt.Errorf("create buckets in %s: %w", path, err)
 	}
-	return &Store{db: db, path: path}, opened, nil
+	return &Store{db: db}, opened, nil
 }
 
 // Close releases the database.
 func (s *Store) Close() error { return s.db.Close() }
-
-// Path is where the database lives.
-func (s *Store) Path() string { return s.path }
 
 // NextDesired returns the record of a desired state that parsed and
 // validated, with its generation: the stored one when the meaning (hash)
@@ -223,7 +219,8 @@ func (s *Store) Desired() (*Desired, error) {
 
 // Pass is what one reconcile pass stores.
 type Pass struct {
-	// Records are the agent's own records to put, by key (see Put).
+	// Records are the agent's own records to put, by key (see Get), such
+	// as which Nix settings were last applied.
 	Records map[string]any
 	// Status is the host's status; nil leaves the stored one.
 	Status *status.Status
@@ -309,15 +306,6 @@ func (s *Store) LoadStatus() (status.Status, bool, error) {
 	return *st, true, nil
 }
 
-// Put stores v (JSON-encoded) under key among the agent's own records, such
-// as which Nix settings were last applied.
-func (s *Store) Put(key string, v any) error {
-	if err := s.putJSON(bucketMeta, []byte("rec/"+key), v); err != nil {
-		return fmt.Errorf("save %s: %w", key, err)
-	}
-	return nil
-}
-
 // Get decodes the record under key into v and reports whether there was one.
 func (s *Store) Get(key string, v any) (bool, error) {
 	found, err := s.getJSON(bucketMeta, []byte("rec/"+key), v)
@@ -368,9 +356,7 @@ func (s *Store) Events(n int) ([]Event, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read events: %w", err)
 	}
-	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
-		out[i], out[j] = out[j], out[i]
-	}
+	slices.Reverse(out)
 	return out, nil
 }
 

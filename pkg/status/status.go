@@ -129,6 +129,19 @@ type Peer struct {
 	Since *time.Time `json:"since,omitempty"`
 }
 
+// Rotation is where a rotation of the binary-cache signing key stands.
+type Rotation struct {
+	// Phase is MakingKey, Trusting, SigningWithBoth, Resigning,
+	// Retiring or Revoking.
+	Phase string `json:"phase"`
+	// From is the name of the key being replaced, To of its successor.
+	From string `json:"from"`
+	To   string `json:"to"`
+	// WaitingOn are the consumers that do not trust the next key yet.
+	WaitingOn []string `json:"waitingOn,omitempty"`
+	Message   string   `json:"message"`
+}
+
 // File is a file the agent manages on this host.
 type File struct {
 	Path      string    `json:"path"`
@@ -147,7 +160,10 @@ type Status struct {
 	Files              []File      `json:"files,omitempty"`
 	LastError          string      `json:"lastError,omitempty"`
 	// Warnings say what is wrong without keeping the host from Ready.
-	Warnings      []string  `json:"warnings,omitempty"`
+	Warnings []string `json:"warnings,omitempty"`
+	// Rotation is the rotation of this serving host's binary-cache key
+	// under way; absent when none is.
+	Rotation      *Rotation `json:"rotation,omitempty"`
 	LastReconcile time.Time `json:"lastReconcile"`
 }
 
@@ -179,5 +195,10 @@ func (s Status) Clone() Status {
 	s.Peers = slices.Clone(s.Peers)
 	s.Files = slices.Clone(s.Files)
 	s.Warnings = slices.Clone(s.Warnings)
+	if s.Rotation != nil {
+		r := *s.Rotation
+		r.WaitingOn = slices.Clone(r.WaitingOn)
+		s.Rotation = &r
+	}
 	return s
 }

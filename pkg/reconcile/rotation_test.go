@@ -1,0 +1,193 @@
+package reconcile
+
+import (
+	"bytes"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/nixpeer/nixpeer/pkg/nix"
+	"github.com/nixpeer/nixpeer/pkg/peer"
+	"github.com/nixpeer/nixpeer/pkg/peering"
+	"github.com/nixpeer/nixpeer/pkg/status"
+)
+
+// rotating is staging's observation in a rotation to generation 2 whose
+// next key is made; prodTrusts says whether production's facts say it
+// trusts the next key live.
+func (w *world) rotating(next nix.PublicKey, prodTrusts bool) *Observation {
+	o := w.obs(fleetYAML, "stage")
+	o.Rotation.Generation = 2
+	o.NextCacheKey = CacheKeyObs{CacheKeyState: nix.CacheKeyState{Name: next.Name(), Public: next}}
+	f := &peer.Facts{Name: "prod", Address: "127.0.0.3", TrustedCacheKeys: []string{o.CacheKey.Public.String()}}
+	if prodTrusts {
+		f.TrustedCacheKeys = append(f.TrustedCacheKeys, next.String())
+	}
+	o.Peers["prod"] = peering.State{Name: "prod", Connected: true, Facts: f}
+	return o
+}
+
+func signsWith(t *testing.T, p *Plan, w *world) []string {
+	t.Helper()
+	conf := string(file(resource(p, status.NixSettingsApplied), w.l.NixpeerConf))
+	for _, line := range strings.Split(conf, "\n") {
+		if v, ok := strings.CutPrefix(line, "extra-secret-key-files = "); ok {
+			return slices.Sorted(slices.Values(strings.Fields(v))) // the order says nothing
+		}
+	}
+	t.Fatalf("no extra-secret-key-files in:\n%s", conf)
+	return nil
+}
+
+// TestPlanRotatesTheCacheKeyInOrder follows a rotation phase by phase:
+// each phase is derived from the observation alone, and at no phase does
+// staging sign with a key production does not trust, nor drop the old
+// key before everything it signed carries the new one's signature.
+func TestPlanRotatesTheCacheKeyInOrder(t *testing.T) {
+	w := newWorld(t)
+	cur := filepath.Join(w.l.KeysDir, nix.SecretKeyFileName)
+	nextDir := filepath.Join(w.l.KeysDir, nix.NextKeyDir)
+	nextSecret := filepath.Join(nextDir, nix.SecretKeyFileName)
+	next := newCacheKey(t, "127.0.0.2-g2")
+
+	// Asked for generation 2: the next key is made beside the current one.
+	o := w.obs(fleetYAML, "stage")
+	o.Rotation.Generation = 2
+	p := plan(o)
+	r := wantCondition(t, p, status.CacheKeyReady, true, "RotationMakingKey")
+	if len(r.Keys) != 1 || r.Keys[0].kind != keyCache || r.Keys[0].path != nextDir || r.Keys[0].name != "127.0.0.2-g2" {
+		t.Fatalf("keys %+v; want the next key 127.0.0.2-g2 made in %s", r.Keys, nextDir)
+	}
+	if got := signsWith(t, p, w); !slices.Equal(got, []string{cur}) {
+		t.Fatalf("signs with %v while the next key is made; want the current key alone", got)
+	}
+	// The same from the file's serve.keyGeneration.
+	o = w.obs(strings.Replace(fleetYAML, "serve: {}", "serve: {keyGeneration: 2}", 1), "stage")
+	wantCondition(t, plan(o), status.CacheKeyReady, true, "RotationMakingKey")
+
+	// Made: published beside the current key; production does not
+	// trust it yet, so staging waits, signing with the current key.
+	o = w.rotating(next, false)
+	p = plan(o)
+	wantCondition(t, p, status.CacheKeyReady, true, "RotationTrusting")
+	if p.NextCacheKey != next.String() || p.Rotation == nil || p.Rotation.Phase != PhaseTrusting || !slices.Equal(p.Rotation.WaitingOn, []string{"prod"}) {
+		t.Fatalf("next %q, rotation %+v; want the next key published, waiting on prod", p.NextCacheKey, p.Rotation)
+	}
+	if got := signsWith(t, p, w); !slices.Equal(got, []string{cur}) {
+		t.Fatalf("signs with %v before production trusts the next key", got)
+	}
+	// An operator may force past a consumer that is away.
+	o.Rotation.Force = next.String()
+	if got := signsWith(t, plan(o), w); !slices.Equal(got, []string{nextSecret, cur}) {
+		t.Fatalf("forced: signs with %v; want both keys", got)
+	}
+
+	// Trusted: signing with both, until the settings are verified live.
+	o = w.rotating(next, true)
+	p = plan(o)
+	wantCondition(t, p, status.CacheKeyReady, true, "RotationSigningWithBoth")
+	if got := signsWith(t, p, w); !slices.Equal(got, []string{nextSecret, cur}) {
+		t.Fatalf("signs with %v; want both keys", got)
+	}
+
+	// Live: what the old key signed is re-signed with the next one.
+	o.Applied.SigningWith = []string{cur, nextSecret}
+	r = wantCondition(t, plan(o), status.CacheKeyReady, true, "RotationResigning")
+	if r.Resign == nil || r.Resign.keyFile != nextSecret || r.Resign.from != "127.0.0.2" {
+		t.Fatalf("resign %+v; want the paths of 127.0.0.2 signed with %s", r.Resign, nextSecret)
+	}
+	if len(r.Keys) != 0 {
+		t.Fatalf("keys %+v before re-signing ended; want the old key kept", r.Keys)
+	}
+	o.Resign = jobState{Key: r.Resign.key, Started: t0, Ended: t0}
+	p = plan(o)
+	if rec, ok := recordOf(p, recResigned).(resignRecord); !ok || rec.Done != next.String() {
+		t.Fatalf("resigned record %+v; want the next key's re-signing done", recordOf(p, recResigned))
+	}
+	o.Resign = jobState{Key: r.Resign.key, Started: t0, Ended: t0, Err: "nix store sign: out of space", Failures: 1}
+	r = wantCondition(t, plan(o), status.CacheKeyReady, false, "ResigningFailed")
+	if !r.Failed || r.Resign != nil {
+		t.Fatalf("a failed re-signing: failed %v, resign %+v; want a failure retried after its delay", r.Failed, r.Resign)
+	}
+
+	// Re-signed: the next key becomes the current one, the old retired.
+	o.Resign = jobState{}
+	o.Resigned.Done = next.String()
+	r = wantCondition(t, plan(o), status.CacheKeyReady, true, "RotationRetiring")
+	if len(r.Keys) != 1 || r.Keys[0].kind != keyPromote || r.Keys[0].revoked {
+		t.Fatalf("keys %+v; want the next key promoted", r.Keys)
+	}
+
+	// A promotion cut short (the current key retired, the next not yet
+	// in its place) is finished, not answered with a new key.
+	o = w.rotating(next, true)
+	o.CacheKey = CacheKeyObs{CacheKeyState: nix.CacheKeyState{Missing: true}}
+	r = wantCondition(t, plan(o), status.CacheKeyReady, false, "RotationRetiring")
+	if len(r.Keys) != 1 || r.Keys[0].kind != keyPromote {
+		t.Fatalf("keys %+v; want the promotion finished", r.Keys)
+	}
+}
+
+func TestPlanRevokesTheCacheKeyAtOnce(t *testing.T) {
+	w := newWorld(t)
+	o := w.obs(fleetYAML, "stage")
+	o.Rotation.Revoke = o.CacheKey.Public.String()
+	r := wantCondition(t, plan(o), status.CacheKeyReady, true, "RotationRevoking")
+	if len(r.Keys) != 1 || r.Keys[0].kind != keyCache || r.Keys[0].name != "127.0.0.2-g2" {
+		t.Fatalf("keys %+v; want a new key made", r.Keys)
+	}
+	// Made: promoted at once, without waiting for anyone, and not
+	// published beside the revoked key.
+	next := newCacheKey(t, "127.0.0.2-g2")
+	o = w.rotating(next, false)
+	o.Rotation = rotationRequest{Revoke: o.CacheKey.Public.String()}
+	p := plan(o)
+	r = wantCondition(t, p, status.CacheKeyReady, true, "RotationRevoking")
+	if len(r.Keys) != 1 || r.Keys[0].kind != keyPromote || !r.Keys[0].revoked || p.NextCacheKey != "" {
+		t.Fatalf("keys %+v, next %q; want the next key promoted at once, the old one kept as revoked", r.Keys, p.NextCacheKey)
+	}
+	if rec, ok := recordOf(p, recResigned).(resignRecord); !ok || rec.From != "127.0.0.2" {
+		t.Fatalf("resigned record %+v; want the revoked key's paths owed a new signature", recordOf(p, recResigned))
+	}
+	// Promoted: the new key re-signs what the revoked one signed.
+	o = w.obs(fleetYAML, "stage")
+	o.Resigned.From = "127.0.0.2"
+	r = wantCondition(t, plan(o), status.CacheKeyReady, true, "RotationResigning")
+	if r.Resign == nil || r.Resign.from != "127.0.0.2" || r.Resign.keyFile != filepath.Join(w.l.KeysDir, nix.SecretKeyFileName) {
+		t.Fatalf("resign %+v; want the revoked key's paths signed with the current key", r.Resign)
+	}
+}
+
+// TestPlanConsumerTrustsBothKeysOfARotation: production trusts a next key
+// staging publishes only when it is a later generation of staging's
+// keyName, and says in its facts which keys are live.
+func TestPlanConsumerTrustsBothKeysOfARotation(t *testing.T) {
+	w := newWorld(t)
+	for _, c := range []struct {
+		next    string
+		trusted bool
+	}{
+		{newCacheKey(t, "127.0.0.2-g2").String(), true},
+		{newCacheKey(t, "127.0.0.2-g7").String(), true},
+		{newCacheKey(t, "cache.nixos.org-1").String(), false},
+		{newCacheKey(t, "127.0.0.2-g1").String(), false},
+	} {
+		o := w.obs(fleetYAML, "prod")
+		w.stageServes(o)
+		w.probed(o, nil, "")
+		w.inUse(o)
+		o.Peers["stage"].Facts.Serve.NextCacheKey = c.next
+		p := plan(o)
+		conf := file(resource(p, status.NixSettingsApplied), w.l.NixpeerConf)
+		if !bytes.Contains(conf, []byte(w.stageCK.String())) || bytes.Contains(conf, []byte(c.next)) != c.trusted {
+			t.Errorf("next key %s: settings\n%s\nwant the current key trusted, the next %v", c.next, conf, c.trusted)
+		}
+	}
+	// Its facts say what is live: the record of the last verified apply.
+	o := w.obs(fleetYAML, "prod")
+	o.Applied.Trusted = []string{w.stageCK.String()}
+	if p := plan(o); !slices.Equal(p.TrustedLive, o.Applied.Trusted) {
+		t.Fatalf("trusted live %v; want %v", p.TrustedLive, o.Applied.Trusted)
+	}
+}
