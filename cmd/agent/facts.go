@@ -29,6 +29,8 @@ type hostFacts struct {
 	HostKey   keyFacts `json:"hostKey"`
 	// CacheKey is the binary-cache public key of a serving host.
 	CacheKey *keyFacts `json:"cacheKey,omitempty"`
+	// NextCacheKey is the key a rotation under way replaces it with.
+	NextCacheKey *keyFacts `json:"nextCacheKey,omitempty"`
 	// HostCertificate is the host key's certificate (trust: ca), when
 	// there is one beside it.
 	HostCertificate *certFacts `json:"hostCertificate,omitempty"`
@@ -75,7 +77,8 @@ func cmdFacts(args []string, stdout io.Writer) error {
 		return err
 	}
 	l := hf.layout()
-	facts := hostFacts{ClientKey: readKey(l.ClientKey), HostKey: readKey(l.HostKey), CacheKey: readCacheKey(l.KeysDir), HostCertificate: readHostCert(l.HostKey)}
+	facts := hostFacts{ClientKey: readKey(l.ClientKey), HostKey: readKey(l.HostKey), CacheKey: readCacheKey(l.KeysDir),
+		NextCacheKey: readCacheKey(filepath.Join(l.KeysDir, nix.NextKeyDir)), HostCertificate: readHostCert(l.HostKey)}
 	if *asJSON {
 		return printJSON(stdout, facts)
 	}
@@ -104,6 +107,9 @@ func cmdFacts(args []string, stdout io.Writer) error {
 	}
 	if c := facts.CacheKey; c != nil {
 		fmt.Fprintf(stdout, "binary-cache public key (pin this as serve.publicKey): %s\n  %s\n", c.Path, c.PublicKey)
+	}
+	if c := facts.NextCacheKey; c != nil {
+		fmt.Fprintf(stdout, "next binary-cache public key (a rotation is under way: nixpeer status): %s\n  %s\n", c.Path, c.PublicKey)
 	}
 	if facts.ClientKey.Error != "" || facts.HostKey.Error != "" {
 		return &exitError{code: 1}

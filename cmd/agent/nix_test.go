@@ -5,6 +5,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -154,7 +155,18 @@ func startFleet(t testing.TB, sshPort int, protocol string, extra ...string) *fl
 // fetch substitutes path from staging into an empty store, with only the
 // production agent's files, and returns nix-store's output.
 func (f *fleetRun) fetch(t testing.TB, path string) (string, string) {
-	store := t.TempDir()
+	store, out, err := f.tryFetch(t.TempDir(), path)
+	if err != nil {
+		sigs, _ := exec.Command("nix", "--extra-experimental-features", "nix-command", "path-info", "--sigs", path).CombinedOutput()
+		conf, _ := os.ReadFile(filepath.Join(f.P, "etc/nix/nixpeer.conf"))
+		t.Fatalf("production fetch of %s: %v\n%s\nsignatures on staging: %s\nproduction nixpeer.conf:\n%s\nsshd log:\n%s", path, err, out, sigs, conf, f.sshd.Logs())
+	}
+	return store, out
+}
+
+// tryFetch is fetch into store, with an error for a fetch that failed or
+// copied nothing.
+func (f *fleetRun) tryFetch(store, path string) (string, string, error) {
 	cmd := exec.Command("nix-store", "--store", store, "-r", path)
 	cmd.Env = append(os.Environ(), "NIX_CONF_DIR="+filepath.Join(f.P, "etc/nix"))
 	opts := f.sshOpts
@@ -166,12 +178,10 @@ func (f *fleetRun) fetch(t testing.TB, path string) (string, string) {
 		cmd.Env = append(cmd.Env, "NIX_SSHOPTS="+strings.Join(opts, " "))
 	}
 	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "copying path") {
-		sigs, _ := exec.Command("nix", "--extra-experimental-features", "nix-command", "path-info", "--sigs", path).CombinedOutput()
-		conf, _ := os.ReadFile(filepath.Join(f.P, "etc/nix/nixpeer.conf"))
-		t.Fatalf("production fetch of %s: %v\n%s\nsignatures on staging: %s\nproduction nixpeer.conf:\n%s\nsshd log:\n%s", path, err, out, sigs, conf, f.sshd.Logs())
+	if err == nil && !strings.Contains(string(out), "copying path") {
+		err = errors.New("nothing was copied")
 	}
-	return store, string(out)
+	return store, string(out), err
 }
 
 // TestStagingServesProductionWithNothingCopiedByHand is the acceptance

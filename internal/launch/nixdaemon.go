@@ -48,16 +48,16 @@ func (d *NixDaemon) Env() []string {
 // RestartCommand is the argv that makes a restartable daemon start anew
 // and read nix.conf again, as systemctl restart nix-daemon would on a
 // host; nil for a daemon that is not restartable. Like systemctl, it
-// returns once the new daemon is up: once its socket is a new one (the
-// daemon unlinks the old socket and binds its own as it starts; the new
-// one has another modification time, not always another inode), or after
-// 10 s.
+// returns once the new daemon runs (its pid is in the pid file), or after
+// 10 s. The socket stays open meanwhile (see StartNixDaemon), so a client
+// that connects then waits for the new daemon, as with systemd's
+// nix-daemon.socket.
 func (d *NixDaemon) RestartCommand() []string {
 	if d.pidFile == "" {
 		return nil
 	}
-	return []string{"/bin/sh", "-c", `old=$(stat -c %y "$1" 2>/dev/null); kill $(cat "$0") || exit; i=0; while [ $i -lt 1000 ]; do n=$(stat -c %y "$1" 2>/dev/null); [ -n "$n" ] && [ "$n" != "$old" ] && exit 0; sleep 0.01; i=$((i+1)); done`,
-		d.pidFile, d.Socket}
+	return []string{"/bin/sh", "-c", `old=$(cat "$0"); kill "$old" || exit; i=0; while [ $i -lt 1000 ]; do n=$(cat "$0" 2>/dev/null); [ -n "$n" ] && [ "$n" != "$old" ] && kill -0 "$n" 2>/dev/null && exit 0; sleep 0.01; i=$((i+1)); done`,
+		d.pidFile}
 }
 
 // WriteNixConf writes dir/nix.conf for a machine without internet: no
@@ -92,18 +92,39 @@ func StartNixDaemon(confDir, sockDir string, restartable bool) (*NixDaemon, erro
 	}
 	d := &NixDaemon{Socket: filepath.Join(sockDir, "socket"), ConfDir: confDir}
 	cmd := exec.Command(prog)
-	if restartable {
-		d.pidFile = filepath.Join(sockDir, "pid")
-		// The loop ends with its process group. Each daemon dies with the
-		// loop (setpriv, where there is one), and a daemon that cannot
-		// start is not restarted in a tight loop.
-		cmd = exec.Command("/bin/sh", "-c", `pd=; command -v setpriv >/dev/null 2>&1 && pd="setpriv --pdeathsig KILL --"
-while :; do $pd "$0" & echo $! > "$1"; wait $!; sleep 0.2; done`, prog, d.pidFile)
-	}
 	cmd.Env = append(CleanNixEnv(os.Environ()),
 		"NIX_CONF_DIR="+confDir,
 		"NIX_DAEMON_SOCKET_PATH="+d.Socket,
 	)
+	if restartable {
+		d.pidFile = filepath.Join(sockDir, "pid")
+		// As systemd's nix-daemon.socket: the socket is made here and
+		// handed to each daemon the loop starts (LISTEN_FDS, fd 3), so
+		// it accepts connections while the daemon restarts. The loop
+		// ends with its process group. Each daemon dies with the loop
+		// (setpriv, where there is one), and a daemon that cannot start
+		// is not restarted in a tight loop.
+		ln, err := net.Listen("unix", d.Socket)
+		if err != nil {
+			return nil, fmt.Errorf("nix-daemon socket: %w", err)
+		}
+		if err := os.Chmod(d.Socket, 0o666); err != nil { // as nix-daemon makes it
+			ln.Close()
+			return nil, err
+		}
+		ul := ln.(*net.UnixListener)
+		ul.SetUnlinkOnClose(false)
+		f, err := ul.File()
+		ul.Close() // f is the socket now
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close() // the loop has its copy
+		cmd = exec.Command("/bin/sh", "-c", `pd=; command -v setpriv >/dev/null 2>&1 && pd="setpriv --pdeathsig KILL --"
+while :; do $pd /bin/sh -c 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$0"' "$0" & echo $! > "$1"; wait $!; sleep 0.2; done`, prog, d.pidFile)
+		cmd.Env = append(CleanNixEnv(os.Environ()), "NIX_CONF_DIR="+confDir)
+		cmd.ExtraFiles = []*os.File{f}
+	}
 	if d.Proc, err = Start("nix-daemon", cmd); err != nil {
 		return nil, err
 	}

@@ -59,7 +59,7 @@ func (pl *planner) planCacheKey() (r *Resource, rot rotationPlan) {
 		return
 	}
 	if ck.NeedsRepair {
-		r.Keys = []keyWant{{kind: keyCache, path: l.KeysDir, name: serve.KeyName}}
+		r.Keys = []keyWant{{kind: keyCache, path: l.KeysDir, name: ck.Name}}
 	}
 	pub := ck.Public.String()
 	msg := "binary-cache key " + pub

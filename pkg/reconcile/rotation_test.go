@@ -119,6 +119,18 @@ func TestPlanRotatesTheCacheKeyInOrder(t *testing.T) {
 		t.Fatalf("keys %+v; want the next key promoted", r.Keys)
 	}
 
+	// Promoted: its public file is rewritten under its own name, and
+	// nothing more happens.
+	o = w.obs(fleetYAML, "stage")
+	o.CacheKey = CacheKeyObs{CacheKeyState: nix.CacheKeyState{Name: next.Name(), Public: next, NeedsRepair: true}}
+	o.SignedWith = next.String()
+	o.Rotation.Generation = 2
+	p = plan(o)
+	r = wantCondition(t, p, status.CacheKeyReady, true, "KeyPresent")
+	if len(r.Keys) != 1 || r.Keys[0].kind != keyCache || r.Keys[0].name != "127.0.0.2-g2" || p.Rotation != nil {
+		t.Fatalf("keys %+v, rotation %+v; want the promoted key repaired as 127.0.0.2-g2, no rotation", r.Keys, p.Rotation)
+	}
+
 	// A promotion cut short (the current key retired, the next not yet
 	// in its place) is finished, not answered with a new key.
 	o = w.rotating(next, true)
