@@ -129,9 +129,10 @@ func (f *File) names() []string {
 	return out
 }
 
-// checkKeyNames fills in the keyName default (the address) and checks
-// that no two serving hosts share a key name: a consumer trusts public
-// keys by name, so a shared name would make one key replace the other.
+// checkKeyNames fills in the keyName default (a pin's name, else the
+// address) and checks that no two serving hosts share a key name: a
+// consumer trusts public keys by name, so a shared name would make one key
+// replace the other.
 func checkKeyNames(el *errorList, infos []*hostInfo) {
 	seen := map[string]*hostInfo{}
 	for _, hi := range infos {
@@ -140,6 +141,10 @@ func checkKeyNames(el *errorList, infos []*hostInfo) {
 			continue
 		}
 		pos := hi.keyNamePos
+		if pinned, _, _ := strings.Cut(s.PublicKey, ":"); !hi.keyNameGiven && pinned != "" && s.KeyGeneration == 1 {
+			// A pinned key names the key.
+			s.KeyName, hi.keyNameGiven, pos = pinned, true, hi.publicKeyPos
+		}
 		if !hi.keyNameGiven {
 			pos = s.Pos
 			if !hi.addrOK {

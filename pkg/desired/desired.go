@@ -132,7 +132,7 @@ type Host struct {
 type Serve struct {
 	Protocol nix.Protocol
 	// KeyName is the binary-cache signing key's name; it defaults to
-	// the host's address.
+	// the name of a pinned PublicKey, else the host's address.
 	KeyName string
 	// KeyGeneration is the generation of the signing key the host is to
 	// sign with (1, the default, is the first): raising it rotates the

@@ -493,3 +493,16 @@ func TestTrustCA(t *testing.T) {
 		}
 	}
 }
+
+// TestPinnedPublicKeyNamesTheKey: without keyName, a pinned publicKey
+// names the key, not the address.
+func TestPinnedPublicKeyNamesTheKey(t *testing.T) {
+	pub := "cache.example.com-1:" + strings.Repeat("A", 43) + "="
+	f, err := Parse("d.yaml", []byte("apiVersion: nixpeer/v1\nhosts:\n  - {name: a, address: 192.0.2.1, serve: {publicKey: \""+pub+"\"}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := f.Host("a").Serve; s.KeyName != "cache.example.com-1" || s.PublicKey != pub {
+		t.Fatalf("serve %+v; want keyName cache.example.com-1 from the pin", s)
+	}
+}
