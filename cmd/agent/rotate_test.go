@@ -84,7 +84,7 @@ func TestRotateCacheKey(t *testing.T) {
 	}
 	f.stage.stop()
 	f.stage = startAgent(t, f.S, f.config, "stage")
-	st := f.stage.waitFor("rotation still waiting after a restart", trusting)
+	st := f.stage.waitFor("rotation still waiting after a restart, Ready", func(st status.Status) bool { return trusting(st) && ready(st) })
 	if !strings.Contains(st.Rotation.Message, "--force") {
 		t.Fatalf("rotation message %q does not say how to go on without production", st.Rotation.Message)
 	}
