@@ -343,6 +343,9 @@ func plan(o *Observation) *Plan {
 		p.Trips = subs.trips // withdrawn only by settings that are written
 	}
 	p.Requeue = subs.requeue
+	if rotation.awaitsLive && settings.Status {
+		p.Requeue = soon // live in this pass: the rotation goes on at once
+	}
 	for _, r := range p.Resources {
 		p.Requeue = earliest(p.Requeue, r.Requeue)
 	}

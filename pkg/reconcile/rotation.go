@@ -70,6 +70,9 @@ type rotationPlan struct {
 	next string
 	// status is the rotation under way; nil when none is.
 	status *status.Rotation
+	// awaitsLive: the rotation goes on once the settings that sign with
+	// both keys are live.
+	awaitsLive bool
 }
 
 // planRotation plans what a rotation or a revoke of the usable current
@@ -146,6 +149,7 @@ func (pl *planner) planRotation(r *Resource, gen int) rotationPlan {
 	out.signWith = append(out.signWith, nextSecret)
 	switch {
 	case !slices.Contains(o.Applied.SigningWith, nextSecret):
+		out.awaitsLive = true
 		phase(PhaseSigningWithBoth, fmt.Sprintf("signing with %s and %s: waiting for the Nix settings to be live (see NixSettingsApplied)", ck.Name, next.Name))
 	case o.Resigned.Done != nextPub:
 		pl.resign(r, nextSecret, ck.Name, resignRecord{Done: nextPub}, &out,

@@ -91,6 +91,13 @@ func TestPlanRotatesTheCacheKeyInOrder(t *testing.T) {
 		t.Fatalf("signs with %v; want both keys", got)
 	}
 
+	// Verified live in this pass: the next pass goes on at once.
+	o.Apply = jobState{Key: resource(p, status.NixSettingsApplied).Apply.key(), Started: t0, Ended: t0}
+	if p := plan(o); p.Requeue != soon {
+		t.Fatalf("requeue %v once the settings with both keys are live; want at once", p.Requeue)
+	}
+	o.Apply = jobState{}
+
 	// Live: what the old key signed is re-signed with the next one.
 	o.Applied.SigningWith = []string{cur, nextSecret}
 	r = wantCondition(t, plan(o), status.CacheKeyReady, true, "RotationResigning")
