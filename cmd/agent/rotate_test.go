@@ -91,6 +91,12 @@ func TestRotateCacheKey(t *testing.T) {
 	if c := status.Find(st.Conditions, status.CacheKeyReady); c == nil || c.Reason != "RotationTrusting" || !st.Ready {
 		t.Fatalf("staging during the rotation: Ready %v, CacheKeyReady %+v; want Ready, the phase as its reason", st.Ready, c)
 	}
+	if _, out, _ := runCLI(t, "status", "--socket", f.stage.socket); !strings.Contains(out, "Rotation:    127.0.0.2 -> 127.0.0.2-g2: Trusting: waiting for prod") {
+		t.Fatalf("nixpeer status does not show the phase and what it waits on:\n%s", out)
+	}
+	if v, ok := value(scrape(t, f.stage.socket, ""), "nixpeer_cache_key_rotation_phase", "phase", "Trusting", "from", "127.0.0.2", "to", "127.0.0.2-g2"); !ok || v != 1 {
+		t.Fatalf("metrics: nixpeer_cache_key_rotation_phase of Trusting = %v, %v; want 1", v, ok)
+	}
 	f.fetch(t, before)
 
 	// Production is back: it trusts both keys, then staging signs with
@@ -137,6 +143,10 @@ func TestRotateCacheKey(t *testing.T) {
 		t.Fatalf("%d of %d fetches during the rotation failed: %v", len(failures), fetches, failures)
 	}
 	t.Logf("%d fetches during the rotation, none failed", fetches)
+
+	if _, ok := value(scrape(t, f.stage.socket, ""), "nixpeer_cache_key_rotation_phase", "phase", "Trusting", "from", "127.0.0.2", "to", "127.0.0.2-g2"); ok {
+		t.Fatal("metrics: the rotation's phase outlives the rotation")
+	}
 
 	// Each phase was an event.
 	code, out, _ := runCLI(t, "events", "--socket", f.stage.socket)
