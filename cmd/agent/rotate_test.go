@@ -190,3 +190,51 @@ func TestRotateCacheKey(t *testing.T) {
 	f.prod.waitFor("production Ready", ready)
 	f.fetch(t, after)
 }
+
+// TestRotateCacheKeyThroughCrashes kills staging's agent (SIGKILL) again
+// and again while a rotation runs, at growing delays after each start, so
+// that it dies in one phase or another: every restart resumes from what is
+// on disk, in the facts and in state.db, and the rotation ends as it would
+// have, with production fetching from staging at the end.
+func TestRotateCacheKeyThroughCrashes(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.Require(t, "nix", "nix-store", "nix-daemon", "nix-build", "sshd")
+	testenv.RequireNixSSHUser(t)
+	f := startFleet(t, testenv.FreePort(t, "127.0.0.2"), "ssh")
+	path := testenv.BuildPath(t, f.daemon, "nixpeer-rotate-crash", "before the rotation "+strconv.FormatInt(time.Now().UnixNano(), 10))
+	if code, out, stderr := runCLI(t, "rotate", "cache-key", "--socket", f.stage.socket); code != 0 {
+		t.Fatalf("rotate cache-key: exit %d, %s%s", code, out, stderr)
+	}
+	keys := filepath.Join(f.S, "var/lib/nixpeer/keys")
+	done := func() bool {
+		_, err := os.Stat(filepath.Join(keys, nix.RetiredKeyDir, "127.0.0.2.pem"))
+		return err == nil
+	}
+	crashes := 0
+	for delay := 5 * time.Millisecond; !done() && delay < 5*time.Second; delay *= 2 {
+		f.stage.kill9()
+		crashes++
+		f.stage = startAgent(t, f.S, f.config, "stage")
+		time.Sleep(delay) // a crash at a growing point of the rotation, not a wait for it
+	}
+	st := f.stage.waitWithin(time.Minute, "rotation done after the crashes", func(st status.Status) bool {
+		return done() && st.Rotation == nil && ready(st)
+	})
+	t.Logf("%d crashes", crashes)
+	if c := status.Find(st.Conditions, status.CacheKeyReady); c == nil || c.Reason != "KeyPresent" || !strings.HasPrefix(facts(t, f.S).CacheKey.PublicKey, "127.0.0.2-g2:") {
+		t.Fatalf("after the crashes: CacheKeyReady %+v, key %s; want the 127.0.0.2-g2 key in place", c, facts(t, f.S).CacheKey.PublicKey)
+	}
+	// A crash right after the promotion's last rename may leave its
+	// directory, empty.
+	if left, err := os.ReadDir(filepath.Join(keys, nix.NextKeyDir)); len(left) > 0 {
+		t.Fatalf("the next key's directory keeps %v (%v)", left, err)
+	}
+	if sigs := signatures(t, path); !slices.Contains(sigs, "127.0.0.2-g2") {
+		t.Fatalf("a path signed before the rotation carries %v; want a signature of the new key", sigs)
+	}
+	f.prod.waitFor("production trusts the new key alone", func(st status.Status) bool {
+		k := trustedKeys(t, f)
+		return ready(st) && len(k) == 1 && strings.HasPrefix(k[0], "127.0.0.2-g2:")
+	})
+	f.fetch(t, path)
+}

@@ -49,8 +49,10 @@ func CreateExclusive(path string, data []byte, perm fs.FileMode) error {
 
 // writeTemp writes data with mode perm to a new temporary file beside
 // path, fsync-ed and closed, and returns its name; on error it leaves
-// none.
+// none. The temporary files of path that a writer killed mid-way left
+// are removed first: each path has one writer at a time.
 func writeTemp(path string, data []byte, perm fs.FileMode) (string, error) {
+	RemoveStale(path)
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return "", fmt.Errorf("create temporary file for %s: %w", path, err)
@@ -74,6 +76,30 @@ func writeTemp(path string, data []byte, perm fs.FileMode) (string, error) {
 		return fail("close", err)
 	}
 	return tmp, nil
+}
+
+// RemoveStale removes the temporary files of path (".NAME.tmp-*" beside
+// it) that a writer killed mid-way left, and reports the first error.
+func RemoveStale(path string) error {
+	stale, err := filepath.Glob(filepath.Join(filepath.Dir(path), "."+escapeGlob(filepath.Base(path))+".tmp-*"))
+	for _, s := range stale {
+		if rerr := os.Remove(s); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) && err == nil {
+			err = rerr
+		}
+	}
+	return err
+}
+
+// escapeGlob quotes the pattern characters of s for filepath.Match.
+func escapeGlob(s string) string {
+	var b bytes.Buffer
+	for _, c := range []byte(s) {
+		if c == '*' || c == '?' || c == '[' || c == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
 }
 
 // WriteIfChanged writes data to path only when the file's content or mode

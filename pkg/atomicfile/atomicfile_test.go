@@ -143,3 +143,33 @@ func TestMkdirAllIgnoresTheUmask(t *testing.T) {
 		t.Errorf("KeepDirMode again: changed %v, %v", changed, err)
 	}
 }
+
+// TestWriteRemovesWhatAKilledWriterLeft: a writer killed between its
+// temporary file and the rename leaves the temporary file; the next write
+// of the same path removes it, and nothing of another path.
+func TestWriteRemovesWhatAKilledWriterLeft(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "cache-priv-key.pem")
+	stale := filepath.Join(dir, ".cache-priv-key.pem.tmp-123")
+	other := filepath.Join(dir, ".nix.conf.tmp-456")
+	for _, p := range []string{stale, other} {
+		if err := os.WriteFile(p, []byte("half"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := CreateExclusive(path, []byte("key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Fatalf("the killed writer's temporary file stays: %v", err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Fatalf("another path's temporary file is gone: %v", err)
+	}
+	if err := RemoveStale(filepath.Join(dir, "nix.conf")); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, ".*")); len(left) != 0 {
+		t.Fatalf("left: %v", left)
+	}
+}

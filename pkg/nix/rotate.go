@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/nixpeer/nixpeer/pkg/atomicfile"
 )
 
 // A rotation keeps the next signing key beside the current one, in a
@@ -52,8 +54,8 @@ func KeyGeneration(keyName, name string) (int, bool) {
 
 // PromoteNextKey makes the next key of keysDir (see NextKeyDir) the
 // current one, and keeps the current one's secret as
-// RetiredKeyDir/NAME.pem (suffix ".revoked.pem" when revoked), 0600. Each
-// step is a rename, so that a crash between two leaves either the
+// RetiredKeyDir/NAME.pem (suffix ".revoked.pem" when revoked), 0600. The
+// secrets move by renames, so that a crash between two leaves either the
 // current key or the next one in place, and PromoteNextKey run again
 // finishes: a missing current key is no error. The current public key
 // file is rewritten by EnsureCacheKey afterwards.
@@ -78,16 +80,24 @@ func PromoteNextKey(keysDir string, revoked bool) error {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("retire the current signing key: %w", err)
 	}
+	// Its public file first: a crash after it leaves a next key that a
+	// run again promotes; after the rename, at most an empty directory.
+	if err := os.Remove(filepath.Join(keysDir, NextKeyDir, PublicKeyFileName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
 	if err := os.Rename(next, cur); err != nil {
 		return fmt.Errorf("promote the next signing key: %w", err)
 	}
-	if err := os.Remove(filepath.Join(keysDir, NextKeyDir, PublicKeyFileName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := syncDir(keysDir); err != nil {
 		return err
+	}
+	for _, name := range []string{SecretKeyFileName, PublicKeyFileName} {
+		atomicfile.RemoveStale(filepath.Join(keysDir, NextKeyDir, name)) // of a write killed mid-way
 	}
 	if err := os.Remove(filepath.Join(keysDir, NextKeyDir)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	return syncDir(keysDir)
+	return nil
 }
 
 // syncDir makes the renames in dir durable.
