@@ -37,6 +37,7 @@ var commands = []cliCommand{
 	{name: "trust approve", args: "PEER SHA256:FINGERPRINT", argKind: "peer", summary: "trust the host key a peer offers"},
 	{name: "trust reset", args: "PEER", argKind: "peer", summary: "forget what was trusted of a peer"},
 	{name: "rotate cache-key", summary: "rotate this serving host's binary-cache signing key without a hard cut"},
+	{name: "rotate host-key", summary: "rotate this host's SSH host key, handed over by the old key so that peers never refuse it"},
 	{name: "revoke cache-key", summary: "revoke this serving host's signing key at once, and re-sign with a new one"},
 	{name: "demo", summary: "a staging and a production agent on this machine, end to end"},
 	{name: "completion", args: "bash|zsh|fish", argKind: "bash|zsh|fish", summary: "print the shell completion script"},

@@ -411,13 +411,22 @@ func (b *backend) Events(since time.Time) ([]state.Event, error) {
 	return all[i:], nil
 }
 
-func (b *backend) CacheKey(_ context.Context, req api.CacheKeyRequest) (api.CacheKeyAnswer, error) {
-	msg, err := b.host.RequestCacheKey(req.Action, req.Force)
-	if err != nil {
-		return api.CacheKeyAnswer{}, err
+func (b *backend) Key(_ context.Context, req api.KeyRequest) (api.KeyAnswer, error) {
+	var msg string
+	var err error
+	switch {
+	case req.Key == "cache-key":
+		msg, err = b.host.RequestCacheKey(req.Action, req.Force)
+	case req.Key == "host-key" && req.Action == "rotate":
+		msg, err = b.host.RequestHostKeyRotation(req.Force)
+	default:
+		err = fmt.Errorf("cannot %s %q; want rotate or revoke cache-key, or rotate host-key", req.Action, req.Key)
 	}
-	b.loop.Trigger("nixpeer " + req.Action + " cache-key")
-	return api.CacheKeyAnswer{Result: msg}, nil
+	if err != nil {
+		return api.KeyAnswer{}, err
+	}
+	b.loop.Trigger("nixpeer " + req.Action + " " + req.Key)
+	return api.KeyAnswer{Result: msg}, nil
 }
 
 func (b *backend) TrustApprove(name, fp string) error {

@@ -47,7 +47,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "trust":
 		err = cmdTrust(args[1:], stdout)
 	case "rotate", "revoke":
-		err = cmdCacheKey(args[0], args[1:], stdout)
+		err = cmdKey(args[0], args[1:], stdout)
 	case "demo":
 		err = cmdDemo(args[1:], stdout, stderr)
 	case "completion":

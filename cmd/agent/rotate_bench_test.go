@@ -81,7 +81,7 @@ func rotateFleet(b *testing.B, n int) time.Duration {
 	waitAll("all Ready", 3*time.Minute, func(_ *agent, st status.Status) bool { return ready(st) })
 
 	start := time.Now()
-	if _, err := f.stage.client.CacheKey(context.Background(), api.CacheKeyRequest{Action: "rotate"}); err != nil {
+	if _, err := f.stage.client.Key(context.Background(), api.KeyRequest{Key: "cache-key", Action: "rotate"}); err != nil {
 		b.Fatal(err)
 	}
 	waitAll("rotated", 3*time.Minute, func(a *agent, st status.Status) bool {

@@ -57,6 +57,9 @@ type Process struct {
 	err  error         // cmd.Wait's result, valid after done
 }
 
+// Pid is the process's id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
 // Start starts cmd in a process group of its own, its output kept (see
 // Logs). The child gets SIGKILL if this process dies first (a demo killed
 // by a signal leaves no sshd or nix-daemon behind).

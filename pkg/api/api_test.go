@@ -48,8 +48,8 @@ func (f *fakeBackend) Plan(ctx context.Context, req PlanRequest) (any, error) {
 	return map[string]any{"build": req.Targets}, nil
 }
 
-func (f *fakeBackend) CacheKey(ctx context.Context, req CacheKeyRequest) (CacheKeyAnswer, error) {
-	return CacheKeyAnswer{Result: req.Action}, nil
+func (f *fakeBackend) Key(ctx context.Context, req KeyRequest) (KeyAnswer, error) {
+	return KeyAnswer{Result: req.Action}, nil
 }
 
 func (f *fakeBackend) Fleet(ctx context.Context, req FleetRequest) ([]FleetHost, error) {

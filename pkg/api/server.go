@@ -51,9 +51,9 @@ type Backend interface {
 	// Fleet answers `nixpeer status --fleet`: every host of the desired
 	// state, as its agent says over its peer port.
 	Fleet(ctx context.Context, req FleetRequest) ([]FleetHost, error)
-	// CacheKey answers `nixpeer rotate cache-key` and `nixpeer revoke
-	// cache-key`.
-	CacheKey(ctx context.Context, req CacheKeyRequest) (CacheKeyAnswer, error)
+	// Key answers `nixpeer rotate cache-key`, `nixpeer revoke cache-key`
+	// and `nixpeer rotate host-key`.
+	Key(ctx context.Context, req KeyRequest) (KeyAnswer, error)
 }
 
 // Listen creates the socket at path, refusing when a live daemon already
@@ -155,7 +155,7 @@ func NewServer(log *zap.Logger, backend Backend, group string) *Server {
 	mux.HandleFunc("POST /v1/plan", s.mutate(call(backend.Plan)))
 	mux.HandleFunc("POST /v1/paths", s.mutate(call(backend.Paths)))
 	mux.HandleFunc("POST /v1/fleet", s.read(call(backend.Fleet)))
-	mux.HandleFunc("POST /v1/cache-key", s.mutate(call(backend.CacheKey)))
+	mux.HandleFunc("POST /v1/keys", s.mutate(call(backend.Key)))
 	s.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,

@@ -16,7 +16,7 @@ import (
 // Allowed fields of each mapping, in the order messages list them.
 var (
 	fileFields  = []string{"apiVersion", "trust", "hosts"}
-	hostFields  = []string{"name", "address", "peerPort", "sshPort", "hostKey", "clientKey", "platform", "apply", "nixosModuleFile", "serve", "substituteFrom"}
+	hostFields  = []string{"name", "address", "peerPort", "sshPort", "hostKey", "clientKey", "platform", "apply", "sshdReload", "nixosModuleFile", "serve", "substituteFrom"}
 	serveFields = []string{"protocol", "keyName", "keyGeneration", "publicKey", "signClosure"}
 	trustFields = []string{"mode", "hostCAs"}
 )
@@ -44,6 +44,7 @@ var help = map[string]fieldHelp{
 	"publicKey":       {true, "a binary-cache public key NAME:BASE64", `publicKey: "cache.example.com:BASE64..."`},
 	"platform":        {true, "one of nixos, nixos-module, nix", "platform: nixos"},
 	"apply":           {false, "a list of strings: a command and its arguments", "apply: [systemctl, restart, nix-daemon.service]"},
+	"sshdReload":      {false, "a list of strings: a command and its arguments", "sshdReload: [systemctl, reload, sshd.service]"},
 	"nixosModuleFile": {true, "an absolute path", "nixosModuleFile: " + DefaultNixOSModuleFile},
 	"serve":           {false, "a mapping", "serve: {} (or serve: {protocol: ssh-ng})"},
 	"substituteFrom":  {false, "a list of host names", "substituteFrom: [stage]"},
@@ -242,6 +243,9 @@ func decodeHost(el *errorList, n ast.Node) *hostInfo {
 	} else {
 		h.Apply = DefaultApply(h.Platform)
 	}
+	if fd, ok := fs.fields["sshdReload"]; ok {
+		h.SSHDReload = decodeApply(el, fd)
+	}
 	if fd, ok := fs.fields["nixosModuleFile"]; ok {
 		if v, ok := str(el, fd); ok {
 			switch r := checkAbsPath(v); {
@@ -280,7 +284,7 @@ func decodeApply(el *errorList, fd field) []string {
 			if i == 0 {
 				what = "command"
 			}
-			el.add(it.pos, "apply %s %s %s; apply is a command and its arguments, one per list element, for example [systemctl, restart, nix-daemon.service], or [] to only write files", what, msg.Quote(it.s), r)
+			el.add(it.pos, "%s %s %s %s; it is a command and its arguments, one per list element, for example %s, or [] for none", fd.key, what, msg.Quote(it.s), r, strings.TrimPrefix(help[fd.key].example, fd.key+": "))
 			continue
 		}
 		out = append(out, it.s)

@@ -117,6 +117,9 @@ type Host struct {
 	// it is DefaultApply(Platform) and ApplySet is false.
 	Apply    []string `json:",omitempty"`
 	ApplySet bool     `json:"-"`
+	// SSHDReload is the command (argv) that has sshd read its host key
+	// again, run when the agent rotates the host key; none by default.
+	SSHDReload []string `json:",omitempty"`
 	// NixOSModuleFile is where a nixos-module host's module is written.
 	NixOSModuleFile string
 	// Serve is non-nil when the host shares its Nix store over SSH.

@@ -285,7 +285,7 @@ func TestParseErrors(t *testing.T) {
 		{"apply argument newline", with(`    apply: [sh, "a\nb"]`),
 			[]want{w("8:17", `apply argument "a\nb" contains the control character '\n'`)}},
 		{"apply argument empty", with(`    apply: [systemctl, ""]`),
-			[]want{w("8:24", `apply argument "" is empty`, "or [] to only write files")}},
+			[]want{w("8:24", `apply argument "" is empty`, "or [] for none")}},
 
 		// trust: pinned.
 		{"pinned without keys", y(

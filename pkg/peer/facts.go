@@ -46,6 +46,17 @@ type Facts struct {
 	// ClientKey is the public key the agent fetches from its peers with,
 	// as "ssh-ed25519 BASE64"; empty while the host has no usable one.
 	ClientKey string `json:"clientKey"`
+	// NextHostKey is, during a rotation of the host's SSH host key, the
+	// key that replaces the first of HostKeys, "ssh-ed25519 BASE64";
+	// NextHostKeyProof is the current key's signature handing the host
+	// over to it (sshkeys.HandoverProof). Peers that trust the current
+	// key trust the next one on its word.
+	NextHostKey      string `json:"nextHostKey,omitempty"`
+	NextHostKeyProof string `json:"nextHostKeyProof,omitempty"`
+	// AcceptedHostKeys are the next host keys of its peers that the host
+	// accepted (and writes where its ssh reads them): a host rotating its
+	// key waits for all of its peers to list it.
+	AcceptedHostKeys []string `json:"acceptedHostKeys,omitempty"`
 	// TrustedCacheKeys are the binary-cache public keys of its peers that
 	// the host's Nix settings trust, live: verified since they were
 	// written. A serving host in a key rotation waits for them.

@@ -87,6 +87,9 @@ func validFacts(t *testing.T, host ssh.PublicKey) Facts {
 		HostKeys:           []string{keyLine(host)},
 		ClientKey:          keyLine(client),
 		TrustedCacheKeys:   []string{cacheKey(t, "build-1")},
+		NextHostKey:        keyLine(newSigner(t).PublicKey()),
+		NextHostKeyProof:   "AAAAC3NzaC1lZDI1NTE5AAAAQA==",
+		AcceptedHostKeys:   []string{keyLine(prod)},
 		Serve: &ServeFacts{
 			Protocol:     "ssh-ng",
 			CacheKey:     cacheKey(t, "stage-1"),

@@ -16,7 +16,8 @@ var fieldNames = map[string]bool{
 	"clientKey": true, "serve": true, "protocol": true, "cacheKey": true,
 	"authorized": true, "host": true, "fingerprint": true, "applied": true,
 	"check": true, "serving": true, "reason": true, "nextCacheKey": true,
-	"trustedCacheKeys": true,
+	"trustedCacheKeys": true, "nextHostKey": true, "nextHostKeyProof": true,
+	"acceptedHostKeys": true,
 }
 
 // checkKeys walks the JSON in data and refuses an object key that is not

@@ -590,8 +590,8 @@ func TestPublishedJSONIsPublic(t *testing.T) {
 	if err := json.Unmarshal([]byte(doc), &m); err != nil {
 		t.Fatal(err)
 	}
-	if got := fmt.Sprint(len(m)); got != "10" {
-		t.Errorf("document has %s fields, want 10: %s", got, doc)
+	if got := fmt.Sprint(len(m)); got != "13" {
+		t.Errorf("document has %s fields, want 13: %s", got, doc)
 	}
 	f.Serve = nil
 	s.publish(f)

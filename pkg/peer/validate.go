@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/nixpeer/nixpeer/pkg/hostname"
@@ -18,6 +19,7 @@ const (
 	// port takes known peers (DefaultMaxPeers); about 100 bytes each.
 	maxAuthorized = 4096
 	maxCacheKey   = 300 // NAME (up to 255) + ":" + 44
+	maxProof      = 512 // an ed25519 signature in SSH wire format, base64: 112
 )
 
 // The value patterns. A value that matches holds no quote, backslash,
@@ -78,6 +80,30 @@ func (f Facts) Validate() error {
 	}
 	if f.ClientKey != "" {
 		if err := checkKeyLine("clientKey", f.ClientKey); err != nil {
+			return err
+		}
+	}
+	switch {
+	case (f.NextHostKey == "") != (f.NextHostKeyProof == ""):
+		return errors.New("nextHostKey and nextHostKeyProof come together")
+	case len(f.NextHostKeyProof) > maxProof:
+		return fmt.Errorf("nextHostKeyProof is %d characters long; the limit is %d", len(f.NextHostKeyProof), maxProof)
+	case f.NextHostKey != "" && slices.Contains(f.HostKeys, f.NextHostKey):
+		return errors.New("nextHostKey is one of hostKeys")
+	}
+	if f.NextHostKey != "" {
+		if err := checkKeyLine("nextHostKey", f.NextHostKey); err != nil {
+			return err
+		}
+		if _, err := base64.StdEncoding.Strict().DecodeString(f.NextHostKeyProof); err != nil {
+			return errors.New("nextHostKeyProof is not canonical base64")
+		}
+	}
+	if len(f.AcceptedHostKeys) > maxAuthorized {
+		return fmt.Errorf("acceptedHostKeys has %d entries; the limit is %d", len(f.AcceptedHostKeys), maxAuthorized)
+	}
+	for i, k := range f.AcceptedHostKeys {
+		if err := checkKeyLine(fmt.Sprintf("acceptedHostKeys[%d]", i), k); err != nil {
 			return err
 		}
 	}
@@ -149,6 +175,10 @@ func noPrivate(f Facts) error {
 	}
 	for i, k := range f.TrustedCacheKeys {
 		fields = append(fields, field{fmt.Sprintf("trustedCacheKeys[%d]", i), k})
+	}
+	fields = append(fields, field{"nextHostKey", f.NextHostKey}, field{"nextHostKeyProof", f.NextHostKeyProof})
+	for i, k := range f.AcceptedHostKeys {
+		fields = append(fields, field{fmt.Sprintf("acceptedHostKeys[%d]", i), k})
 	}
 	if s := f.Serve; s != nil {
 		fields = append(fields, field{"serve.protocol", string(s.Protocol)}, field{"serve.cacheKey", s.CacheKey}, field{"serve.nextCacheKey", s.NextCacheKey})

@@ -138,6 +138,11 @@ type State struct {
 	// Rebuilt is set when the trusted key came from this host's managed
 	// files because the store had no usable record of the peer.
 	Rebuilt bool
+	// NextHostKey is the key the peer hands its name over to, in facts
+	// that came over a connection of HostKey, with a proof that HostKey
+	// signed (see successorLocked): trusted beside HostKey, and in its
+	// place once the peer shows it.
+	NextHostKey ssh.PublicKey
 }
 
 // record is what the store keeps of a peer.
@@ -192,6 +197,8 @@ type watched struct {
 	// (on the SSH library's goroutine) and read by accept; under the
 	// manager's mutex.
 	connKey ssh.PublicKey
+	// handingOver: check let connKey in as the trusted key's successor.
+	handingOver bool
 	// unusable says why what the store has of the peer cannot be read;
 	// the peer is then not trusted on first use again.
 	unusable string
@@ -281,8 +288,8 @@ func (m *Manager) Sync(targets []Target) error {
 		want[t.Name] = true
 		if w, ok := m.peers[t.Name]; ok && w.target.same(t) {
 			w.target.Remembered = t.Remembered
-			if r := m.remembered(t); r != nil && sameKey(r, w.st.HostKey) {
-				delete(m.reset, t.Name) // the files caught up with a reset
+			if t.Remembered != nil && sameKey(t.Remembered, w.st.HostKey) {
+				delete(m.reset, t.Name) // the files caught up with a reset or a handover
 			}
 			continue
 		}
@@ -360,13 +367,13 @@ func (m *Manager) Turn(ctx context.Context, name string) (func(), error) {
 	return peer.Turn(ctx, client)
 }
 
-// Known reports whether key is the trusted host key of a watched peer,
-// and its name: the peer port gives such a client room of its own.
+// Known reports whether key is the trusted host key of a watched peer (or
+// the next one it hands over to), and its name: the peer port gives such a client room of its own.
 func (m *Manager) Known(key ssh.PublicKey) (string, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for name, w := range m.peers {
-		if w.st.HostKey != nil && sameKey(w.st.HostKey, key) {
+		if w.st.HostKey != nil && sameKey(w.st.HostKey, key) || w.st.NextHostKey != nil && sameKey(w.st.NextHostKey, key) {
 			return name, true
 		}
 	}
@@ -571,6 +578,25 @@ func (m *Manager) loadLocked(w *watched) {
 		f := *rec.Facts
 		w.st.Facts, w.st.FactsAt = &f, rec.FactsAt
 	}
+	w.st.NextHostKey = successorLocked(w)
+}
+
+// successorLocked is the next host key w's peer hands its name over to,
+// in facts that came over a connection of the key trusted now, with a
+// proof that key signed; nil when there is none, or its proof does not
+// hold. A pin is the desired state's word and a CA certifies any key, so
+// neither is handed over.
+func successorLocked(w *watched) ssh.PublicKey {
+	st, t := &w.st, w.target
+	f := st.Facts
+	if f == nil || f.NextHostKey == "" || st.HostKey == nil || st.Trust == status.TrustPinned || t.RequireCert {
+		return nil
+	}
+	next, err := sshkeys.ParsePublicLine(f.NextHostKey)
+	if err != nil || sshkeys.VerifyHandover(st.HostKey, t.Name, t.Address, next, f.NextHostKeyProof) != nil {
+		return nil
+	}
+	return next
 }
 
 // remembered is the key t's managed files pin, unless an operator reset
@@ -661,6 +687,12 @@ func (m *Manager) check(ctx context.Context, log *zap.Logger, w *watched, offere
 		m.mu.Unlock()
 		return nil
 	}
+	if next := successorLocked(w); next != nil && sameKey(next, offered) {
+		w.connKey, w.handingOver = offered, true
+		m.mu.Unlock()
+		return nil
+	}
+	w.handingOver = false
 	remembered := m.remembered(t)
 	switch {
 	case st.HostKey != nil && !sameKey(st.HostKey, offered) && st.Trust == status.TrustPinned:
@@ -707,6 +739,7 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 	now := time.Now()
 	certified := t.RequireCert
 	firstUse := st.HostKey == nil && !certified
+	handedOver := false
 	switch {
 	case certified:
 		// check verified the certificate: the key it names is the
@@ -722,6 +755,11 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 		}
 	case firstUse:
 		st.Trust, st.HostKey = status.TrustTOFU, key
+	case w.handingOver && sameKey(key, successorLocked(w)):
+		// The key the trusted one handed over to: trusted as it was,
+		// whatever the files remember until they catch up.
+		st.HostKey, w.trustedAt, handedOver = key, now, true
+		m.reset[t.Name] = true
 	case !sameKey(st.HostKey, key):
 		m.mu.Unlock()
 		return fmt.Errorf("the connection to %s changed host key", t.Addr)
@@ -744,7 +782,8 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 		st.FactsAt = now // when it last told something that matters
 	}
 	st.Connected, st.NoAnswer, st.LastError, st.Refused = true, false, "", nil
-	if firstUse {
+	st.NextHostKey = successorLocked(w)
+	if firstUse || handedOver {
 		// Trust is stored before anything else is done with it.
 		if err := m.storeLocked(w); err != nil {
 			st.Trust, st.HostKey, st.Facts, w.trustedAt = status.TrustNone, nil, nil, time.Time{}
@@ -753,7 +792,7 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 		}
 		w.flushes = append(w.flushes, now)
 	}
-	notifyNow := firstUse
+	notifyNow := firstUse || handedOver
 	if changed {
 		w.dirty = true
 		notifyNow = m.flushLocked(log, w)
@@ -761,6 +800,9 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 	m.mu.Unlock()
 	if firstUse {
 		log.Warn("trusted a peer's host key on first use; pin it as hostKey to be sure", zap.String("fingerprint", fingerprint(key)))
+	}
+	if handedOver {
+		log.Info("the peer's host key was handed over to its next key", zap.String("fingerprint", fingerprint(key)))
 	}
 	if newFacts {
 		log.Debug("peer facts changed", zap.Int64("generation", f.Generation), zap.Bool("ready", f.Ready))

@@ -17,6 +17,7 @@ import (
 
 	"github.com/nixpeer/nixpeer/pkg/backoff"
 	"github.com/nixpeer/nixpeer/pkg/peer"
+	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 	"github.com/nixpeer/nixpeer/pkg/state"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
@@ -396,4 +397,82 @@ func TestCertifiedTrustHoldsOnlyWhileItsCAAndCertificateDo(t *testing.T) {
 			m.Wait()
 		})
 	}
+}
+
+// TestHostKeyHandover: a peer whose trusted key hands its name over to a
+// next key, in facts over a connection of the trusted key, is trusted
+// under the next key once it shows it, as it was trusted before; a key
+// without that proof, or with a proof of another key, is refused still.
+func TestHostKeyHandover(t *testing.T) {
+	ctx, cancel, store, listen, port := fixture(t)
+	defer cancel()
+	a, b, c := newSigner(t), newSigner(t), newSigner(t)
+	publish := func(key ssh.Signer, next ssh.PublicKey, proofBy ssh.Signer) {
+		f := peer.Facts{Version: peer.FactsVersion, Name: "stage", Address: addr, Generation: 1, HostKeys: []string{keyLine(key.PublicKey())}}
+		if next != nil {
+			proof, err := sshkeys.HandoverProof(proofBy, "stage", addr, next)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.NextHostKey, f.NextHostKeyProof = keyLine(next), proof
+		}
+		if err := port.Ensure(listen, key, nil); err != nil {
+			t.Fatal(err)
+		}
+		port.Publish(f)
+	}
+	publish(a, nil, nil)
+	m, wait := manager(t, ctx, store)
+	m.Sync([]Target{{Name: "stage", Address: addr, Addr: listen, Approve: true, Remembered: a.PublicKey()}})
+	wait("a trusted", func(s State) bool { return s.Connected && sameKey(s.HostKey, a.PublicKey()) })
+
+	// A proof by another key than the trusted one hands nothing over.
+	publish(a, c.PublicKey(), b)
+	st := wait("facts with a forged handover", func(s State) bool { return s.Facts != nil && s.Facts.NextHostKey != "" })
+	if st.NextHostKey != nil {
+		t.Fatalf("a handover signed by another key accepted: %+v", st)
+	}
+	// Signed by the trusted key: the next key is accepted beside it...
+	publish(a, b.PublicKey(), a)
+	st = wait("the handover accepted", func(s State) bool { return s.NextHostKey != nil })
+	if !sameKey(st.NextHostKey, b.PublicKey()) || !sameKey(st.HostKey, a.PublicKey()) {
+		t.Fatalf("after the handover: %+v", st)
+	}
+	if name, ok := m.Known(b.PublicKey()); !ok || name != "stage" {
+		t.Fatalf("the next key is not known as stage's: %q %v", name, ok)
+	}
+	// ...and trusted in its place once the peer shows it, though this
+	// host's files still remember the old one.
+	publish(b, nil, nil)
+	st = wait("the next key trusted", func(s State) bool { return s.Connected && sameKey(s.HostKey, b.PublicKey()) })
+	if st.Refused != nil || st.Trust != status.TrustApproved && st.Trust != status.TrustTOFU || st.NextHostKey != nil {
+		t.Fatalf("after the peer showed its next key: %+v", st)
+	}
+	// A new connection shows it again before the files remember it.
+	port.Close()
+	port = NewPort(ctx, zaptest.NewLogger(t), peer.ServerOptions{}, func(string) {})
+	t.Cleanup(port.Close)
+	publish(b, nil, nil)
+	before := st.Since
+	st = wait("the next key trusted again", func(s State) bool { return s.Connected && s.Since.After(before) && sameKey(s.HostKey, b.PublicKey()) })
+	if st.Refused != nil {
+		t.Fatalf("a reconnection refused the handed over key: %+v", st.Refused)
+	}
+	// Stored: a restarted agent trusts it.
+	ctx2, cancel2 := context.WithCancel(ctx)
+	m2, _ := manager(t, ctx2, store)
+	m2.Sync([]Target{{Name: "stage", Address: addr, Addr: freeAddr(t), Approve: true}})
+	if st2, _ := stateOf(m2, "stage"); !sameKey(st2.HostKey, b.PublicKey()) {
+		t.Fatalf("after a restart: %+v", st2)
+	}
+	cancel2()
+	m2.Wait()
+	// A key nobody handed over to is refused, as ever.
+	publish(c, nil, nil)
+	st = wait("a key without a handover refused", func(s State) bool { return s.Refused != nil })
+	if st.Refused.Reason != RefusedChanged || !sameKey(st.HostKey, b.PublicKey()) {
+		t.Fatalf("a key without a handover: %+v %+v", st, st.Refused)
+	}
+	cancel()
+	m.Wait()
 }

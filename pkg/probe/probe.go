@@ -40,6 +40,9 @@ type Target struct {
 	Protocol nix.Protocol  // ssh (nix-store --serve, the default) or ssh-ng (nix-daemon --stdio)
 	Signer   ssh.Signer    // our client key: required
 	HostKey  ssh.PublicKey // the pinned host key, compared exactly; required unless HostCAs
+	// NextHostKey, when set, is taken as well as HostKey: the key the
+	// server's trusted one hands it over to.
+	NextHostKey ssh.PublicKey
 	// HostCAs, when set (trust: ca), replace HostKey: the server's host
 	// certificate must be signed by one of them, valid now, for Address.
 	HostCAs []ssh.PublicKey
@@ -292,7 +295,7 @@ func probe(ctx context.Context, t Target, start, deadline time.Time) (Result, er
 				}
 				return nil
 			}
-			if bytes.Equal(key.Marshal(), t.HostKey.Marshal()) {
+			if bytes.Equal(key.Marshal(), t.HostKey.Marshal()) || t.NextHostKey != nil && bytes.Equal(key.Marshal(), t.NextHostKey.Marshal()) {
 				return nil
 			}
 			return &hostKeyMismatchError{expected: t.HostKey, got: key}

@@ -115,6 +115,15 @@ func (h *Host) actOn(ctx context.Context, o *Observation, r *Resource, a *acted)
 		}
 		a.again = a.again || created
 	}
+	if len(r.Reload) > 0 {
+		rctx, cancel := context.WithTimeout(ctx, ReloadTimeout)
+		out, err := h.cfg.Nix.Apply(rctx, r.Reload)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("have sshd read the host key again (%s): %w: %s", strings.Join(r.Reload, " "), err, out)
+		}
+		h.log.Info("sshd reads the new host key", zap.Strings("command", r.Reload))
+	}
 	for _, f := range r.Files {
 		obs, observed := o.Files[f.path]
 		if !observed {
@@ -164,6 +173,10 @@ func ensureKey(k keyWant) (bool, error) {
 	dir := filepath.Dir(k.path)
 	if k.kind == keyCache || k.kind == keyPromote {
 		dir = k.path
+	}
+	if k.kind == keyHostPromote {
+		// Like a new key, a promoted one is observed by the next pass.
+		return true, sshkeys.PromoteNext(k.path)
 	}
 	if err := checkDir(dir); err != nil {
 		return false, err

@@ -61,13 +61,15 @@ type Host struct {
 	parsed     parsedFile // the file's last content and what it parsed to
 	users      userCheck
 
-	mu      sync.Mutex
-	status  status.Status
-	shown   *desired.File // the desired state status was made from
-	stores  []PeerStore   // the peers' stores, as the pass of status knew them
-	keys    cacheKeys     // the signing keys, as the pass of status saw them
-	updated chan struct{} // closed and replaced at every reconcile
-	request sync.Mutex    // one change of the key rotation request at a time
+	mu     sync.Mutex
+	status status.Status
+	shown  *desired.File // the desired state status was made from
+	stores []PeerStore   // the peers' stores, as the pass of status knew them
+	keys   cacheKeys     // the signing keys, as the pass of status saw them
+	// hostKeys are the fingerprints of the host key and the next one.
+	hostKeys struct{ current, next string }
+	updated  chan struct{} // closed and replaced at every reconcile
+	request  sync.Mutex    // one change of the key rotation request at a time
 }
 
 // NewHost prepares a reconciler, picking up the last good desired state and
@@ -198,7 +200,7 @@ func (h *Host) report(o *Observation, p *Plan, a *acted) (time.Duration, error) 
 	}
 	h.desired, h.generation = o.File, o.Generation
 	h.mu.Lock()
-	h.status, h.shown, h.stores, h.keys = next, o.File, p.Stores, cacheKeysOf(o)
+	h.status, h.shown, h.stores, h.keys, h.hostKeys = next, o.File, p.Stores, cacheKeysOf(o), hostKeysOf(o)
 	close(h.updated)
 	h.updated = make(chan struct{})
 	h.mu.Unlock()
@@ -227,7 +229,7 @@ type passOutcome struct {
 func outcome(prev status.Status, configFile string, o *Observation, p *Plan, a *acted) passOutcome {
 	now := o.Now
 	next := status.Status{Host: prev.Host, ConfigFile: configFile, Generation: o.Generation,
-		ObservedGeneration: prev.ObservedGeneration, Peers: p.PeerStatus, Warnings: p.Warnings, Rotation: p.Rotation}
+		ObservedGeneration: prev.ObservedGeneration, Peers: p.PeerStatus, Warnings: p.Warnings, Rotation: p.Rotation, HostKeyRotation: p.HostKeyRotation.status}
 	if next.Peers == nil {
 		next.Peers = []status.Peer{} // a JSON list, never null
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/state"
 )
@@ -75,4 +76,60 @@ func (h *Host) RequestCacheKey(action string, force bool) (string, error) {
 		return "", err
 	}
 	return msg, nil
+}
+
+// RequestHostKeyRotation records an operator's request to rotate this
+// host's SSH host key, as the last pass saw it, and returns what it
+// starts (see hostkey.go); with force, a rotation under way goes on
+// without waiting for the peers that did not accept the next key yet.
+func (h *Host) RequestHostKeyRotation(force bool) (string, error) {
+	h.request.Lock()
+	defer h.request.Unlock()
+	h.mu.Lock()
+	f, k, name := h.shown, h.hostKeys, h.status.Host
+	h.mu.Unlock()
+	var self *desired.Host
+	if f != nil {
+		self = f.Host(name)
+	}
+	switch {
+	case self == nil:
+		return "", errors.New("this host is not in the desired state yet; see nixpeer status")
+	case f.Trust == desired.TrustCA:
+		return "", errors.New("trust: ca: a new host key needs only a certificate of one of hostCAs (ssh-keygen -s CA_KEY -h ...); nothing is handed over")
+	case f.Trust == desired.TrustPinned:
+		return "", errors.New("trust: pinned: the desired state's hostKey pins are the fleet's trust; a handover cannot change them. Rotate by hand: pin the new key, deploy the file, then replace the key")
+	case self.Serve != nil && len(self.SSHDReload) == 0:
+		return "", fmt.Errorf("%s serves: set its sshdReload in the desired state (for example [systemctl, reload, sshd.service]) so that sshd shows the new key when it takes the place of the old one", self.Name)
+	case k.current == "":
+		return "", errors.New("this host has no usable host key yet; see KeysReady in nixpeer status")
+	}
+	req := readRecord[hostKeyRequest](h, recHostKeyRotation)
+	var msg string
+	switch {
+	case req.From == k.current && k.next != "" && force:
+		req.Force = k.next
+		msg = "the host key rotation goes on without waiting for the peers that did not accept the next key; they refuse it until approved again"
+	case req.From == k.current:
+		return "", errors.New("a host key rotation is under way (see nixpeer status); --force goes on without waiting for the peers that did not accept the next key yet")
+	default:
+		req = hostKeyRequest{From: k.current}
+		msg = "rotating the host key " + k.current + "; nixpeer status shows each phase"
+	}
+	if err := h.cfg.Store.Commit(state.Pass{Records: map[string]any{recHostKeyRotation: req}}); err != nil {
+		return "", err
+	}
+	return msg, nil
+}
+
+// hostKeysOf is the fingerprints of the host key and the next one, as a
+// pass saw them.
+func hostKeysOf(o *Observation) (k struct{ current, next string }) {
+	if o.HostKey.Usable() {
+		k.current = o.HostKey.Key.Fingerprint()
+	}
+	if o.NextHostKey.Usable() {
+		k.next = o.NextHostKey.Key.Fingerprint()
+	}
+	return k
 }

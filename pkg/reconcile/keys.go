@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"strconv"
@@ -19,9 +20,12 @@ import (
 
 // peerKeys is what this host knows, and trusts, of a peer's public keys.
 type peerKeys struct {
-	HostKey   ssh.PublicKey
-	ClientKey ssh.PublicKey
-	CacheKey  string // NAME:BASE64
+	HostKey ssh.PublicKey
+	// NextHostKey is the key the peer hands itself over to (see
+	// peering.State.NextHostKey): trusted beside HostKey.
+	NextHostKey ssh.PublicKey
+	ClientKey   ssh.PublicKey
+	CacheKey    string // NAME:BASE64
 	// NextCacheKey is the key that replaces CacheKey in the peer's key
 	// rotation: trusted beside it.
 	NextCacheKey string
@@ -42,6 +46,9 @@ func learnKeys(o *Observation) (map[string]peerKeys, error) {
 		st := o.Peers[h.Name]
 		if k.HostKey == nil || o.File.Trust == desired.TrustCA {
 			k.HostKey = st.HostKey // with trust: ca, the certified key alone
+		}
+		if sameHostKey(k.HostKey, st.HostKey) {
+			k.NextHostKey = st.NextHostKey // handed over to by the key trusted
 		}
 		if f := st.Facts; f != nil {
 			if k.ClientKey == nil && f.ClientKey != "" {
@@ -84,6 +91,10 @@ func (k peerKeys) trusted() []string {
 	return []string{k.CacheKey, k.NextCacheKey}
 }
 
+func sameHostKey(a, b ssh.PublicKey) bool {
+	return a != nil && b != nil && bytes.Equal(a.Marshal(), b.Marshal())
+}
+
 // pinnedKeys are the keys of a host that the desired-state file pins.
 func pinnedKeys(h *desired.Host) (peerKeys, error) {
 	var k peerKeys
@@ -106,9 +117,15 @@ func pinnedKeys(h *desired.Host) (peerKeys, error) {
 
 // planKeys keeps the host's SSH client key (which it fetches from peers
 // with) and its SSH host key, and the private keys' directory at 0700.
-func (pl *planner) planKeys() *Resource {
+func (pl *planner) planKeys() (r *Resource, rot hostKeyRotation) {
 	o, l := pl.o, pl.o.Layout
-	r := &Resource{Type: status.KeysReady}
+	r = &Resource{Type: status.KeysReady}
+	if o.HostKey.State.Missing && o.HostKey.Err == nil && o.NextHostKey.Usable() {
+		// A swap cut short: the next key takes the place, no new one.
+		r.Keys = []keyWant{{kind: keyHostPromote, path: l.HostKey}}
+		r.Reason, r.Message, r.Requeue = "HostKeySwapped", "the next host key takes the place of the current one", soon
+		return r, rot
+	}
 	if o.KeysDirMode != 0 && o.KeysDirMode != 0o700 {
 		r.Dirs = append(r.Dirs, dirWant{path: l.KeysDir, mode: 0o700})
 	}
@@ -145,8 +162,14 @@ func (pl *planner) planKeys() *Resource {
 	default:
 		r.Status, r.Reason = true, "KeysPresent"
 		r.Message = fmt.Sprintf("client key %s, host key %s", o.ClientKey.Key.Fingerprint(), o.HostKey.Key.Fingerprint())
+		if rot = pl.planHostKeyRotation(r); rot.status != nil && !r.Failed {
+			r.Reason, r.Message = "HostKeyRotation"+rot.status.Phase, rot.status.Message
+		}
+		if r.Failed {
+			r.Status = false
+		}
 	}
-	return r
+	return r, rot
 }
 
 // planPeerPort keeps the peer port listening with the host key.
@@ -210,7 +233,7 @@ func peerAddr(h *desired.Host) string {
 // it trusts as key (with trust: ca, its CAs' certificate for h).
 func (pl *planner) probeTarget(h *desired.Host, key ssh.PublicKey) probe.Target {
 	t := probe.Target{Address: h.Address, Port: h.SSHPort, Protocol: h.Serve.Protocol,
-		Signer: pl.o.ClientKey.Key.Signer, HostKey: key, Timeout: ProbeTimeout, From: localIP(pl.self.Address)}
+		Signer: pl.o.ClientKey.Key.Signer, HostKey: key, NextHostKey: pl.keys[h.Name].NextHostKey, Timeout: ProbeTimeout, From: localIP(pl.self.Address)}
 	if pl.o.HostCAs != nil {
 		t.HostKey, t.HostCAs = nil, pl.o.HostCAs
 	}

@@ -53,6 +53,13 @@ type Observation struct {
 	HostCAs []ssh.PublicKey
 
 	ClientKey, HostKey KeyObs
+	// NextHostKey is the key a host key rotation hands the host over to
+	// (sshkeys.NextSuffix); HostKeyRequest the operator's request, and
+	// SSHDReloaded the fingerprint of the host key sshd was last told to
+	// read (sshdReload).
+	NextHostKey    KeyObs
+	HostKeyRequest hostKeyRequest
+	SSHDReloaded   string
 	// HostCert is the host certificate beside the host key (KEY-cert.pub),
 	// nil when there is none or HostCertErr says why it is not usable.
 	HostCert    *ssh.Certificate
@@ -172,6 +179,9 @@ func (h *Host) observe() *Observation {
 
 	o.ClientKey = inspectKey("client key", l.ClientKey)
 	o.HostKey = inspectKey("host key", l.HostKey)
+	o.NextHostKey = inspectKey("next host key", l.HostKey+sshkeys.NextSuffix)
+	o.HostKeyRequest = readRecord[hostKeyRequest](h, recHostKeyRotation)
+	o.SSHDReloaded = readRecord[string](h, recSSHDReloaded)
 	if o.HostKey.Usable() {
 		o.HostCert, o.HostCertErr = sshkeys.ReadHostCert(l.HostKey+"-cert.pub", o.HostKey.Key.Public)
 	}
@@ -408,8 +418,8 @@ func remembered(o *Observation) map[string]ssh.PublicKey {
 		h := o.File.Host(name)
 		addr, _ := hostname.Canonical(h.Address) // validated with the file
 		for _, e := range entries {
-			if host, err := hostname.Canonical(e.Host); err == nil && host == addr && e.Port == h.SSHPort && !e.CA {
-				out[name] = e.Key
+			if host, err := hostname.Canonical(e.Host); err == nil && host == addr && e.Port == h.SSHPort && !e.CA && out[name] == nil {
+				out[name] = e.Key // the first: a next key handed over to follows it
 			}
 		}
 		if k, ok := urls[h.Address]; ok && out[name] == nil {

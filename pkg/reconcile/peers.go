@@ -223,7 +223,10 @@ func (pl *planner) substituter(h *desired.Host) substituterPlan {
 	st, k := o.Peers[h.Name], pl.keys[h.Name]
 	tuple, url := pl.tuple(h, k)
 	v := verdict{url: url}
-	inUse := url != "" && bytes.Contains(o.Files[o.platform().settingsFile(o.Layout, pl.self)].Content, []byte(url))
+	// In use: a substituter of this peer is in the settings, whatever
+	// key its URL pins (a host key handed over changes it).
+	base, _, _ := strings.Cut(url, "?")
+	inUse := url != "" && bytes.Contains(o.Files[o.platform().settingsFile(o.Layout, pl.self)].Content, []byte(base+"?"))
 	wait := func(state status.PeerState, msg string) substituterPlan {
 		v.State, v.Message = state, msg
 		return substituterPlan{verdict: v}
@@ -269,8 +272,11 @@ func (pl *planner) tuple(h *desired.Host, k peerKeys) (tuple, url string) {
 		return "", ""
 	}
 	pin := k.HostKey
-	if pl.file.Trust == desired.TrustCA {
-		pin = nil // ssh checks the certificate against known_hosts' CAs
+	if pl.file.Trust == desired.TrustCA || k.NextHostKey != nil {
+		// ssh checks the certificate against known_hosts' CAs, or takes
+		// either key known_hosts lists while the peer hands over to its
+		// next one.
+		pin = nil
 	}
 	url, err := nix.SubstituterURL(h.Serve.Protocol, h.Address, h.SSHPort, pl.o.Layout.ClientKey, pin, priority(pl.self, h.Name))
 	if err != nil {

@@ -23,6 +23,8 @@ const (
 	ApplyTimeout  = 2 * time.Minute
 	VerifyTimeout = 30 * time.Second
 	SignTimeout   = 10 * time.Minute
+	// ReloadTimeout bounds sshdReload, run within a pass.
+	ReloadTimeout = 30 * time.Second
 	ProbeTimeout  = 5 * time.Second
 	// TurnWait bounds the wait for a turn to probe a peer's sshd.
 	TurnWait = 2 * time.Minute
@@ -69,13 +71,15 @@ const soon = time.Millisecond
 
 // Job slots and store records.
 const (
-	slotApply     = "apply"
-	slotSign      = "sign"
-	slotResign    = "resign"
-	recRotation   = "cacheKey/rotation" // rotationRequest
-	recResigned   = "cacheKey/resigned" // resignRecord
-	recApplied    = "nix/applied"       // hash of the Nix settings verified live
-	recSignedWith = "nix/signedWith"    // cache public key the closure was signed with
+	slotApply          = "apply"
+	slotSign           = "sign"
+	slotResign         = "resign"
+	recRotation        = "cacheKey/rotation" // rotationRequest
+	recHostKeyRotation = "hostKey/rotation"  // hostKeyRequest
+	recSSHDReloaded    = "hostKey/sshdReloaded"
+	recResigned        = "cacheKey/resigned" // resignRecord
+	recApplied         = "nix/applied"       // hash of the Nix settings verified live
+	recSignedWith      = "nix/signedWith"    // cache public key the closure was signed with
 	// recVerified holds, by peer, what its last passing probe verified:
 	// a dark peer that served this host counts as settled.
 	recVerified = "peers/verified"
@@ -126,6 +130,11 @@ type Plan struct {
 	// TrustedLive are the peers' cache keys the live Nix settings trust,
 	// for the facts.
 	TrustedLive []string
+	// HostKeyRotation is the host key's rotation: its status, the next
+	// key and its handover proof for the facts. AcceptedHostKeys are the
+	// next host keys of peers this host accepted.
+	HostKeyRotation  hostKeyRotation
+	AcceptedHostKeys []string
 }
 
 // Resource is one thing on the host: its files, keys and work, and the
@@ -145,6 +154,9 @@ type Resource struct {
 	Apply   *applyRequest
 	Sign    *signRequest
 	Resign  *resignRequest
+	// Reload is run once the keys are in place: sshd reads the host key
+	// again.
+	Reload []string
 	// Listen is where the peer port listens, with the host key.
 	Listen string
 	// Watch is the watches of peers to keep, nil to leave them.
@@ -169,6 +181,9 @@ const (
 	keyClient keyKind = iota
 	keyHost
 	keyCache
+	// keyHostPromote makes the next host key the host key
+	// (sshkeys.PromoteNext).
+	keyHostPromote
 	// keyPromote makes the next cache key of the keys directory path the
 	// current one (nix.PromoteNextKey).
 	keyPromote
@@ -308,7 +323,7 @@ func plan(o *Observation) *Plan {
 		p.Resources, p.watchesOnly = append(p.Resources, peerPort, watches), true
 		return p
 	}
-	ownKeys := pl.planKeys()
+	ownKeys, hostKeys := pl.planKeys()
 	knownHosts := pl.planKnownHosts()
 	cacheKey, rotation := pl.planCacheKey()
 	subs := pl.planSubstituters()
@@ -328,6 +343,8 @@ func plan(o *Observation) *Plan {
 	p.ServeCheck, p.Consumers, p.Authorized = serve.check, serve.consumers, serve.authorized
 	p.Rotation, p.NextCacheKey = rotation.status, rotation.next
 	p.TrustedLive = o.Applied.Trusted
+	p.AcceptedHostKeys = acceptedHostKeys(o, knownHosts, settings)
+	p.HostKeyRotation = hostKeys
 	for _, rec := range settings.Records {
 		if a, ok := rec.value.(appliedRecord); ok {
 			p.TrustedLive = a.Trusted

@@ -134,7 +134,11 @@ func (pl *planner) planSSHDCheck(r *Resource, path string) (found *peer.ServeChe
 			// (its end starts a pass).
 			return
 		}
-		probes = append(probes, probeRequest{peer: self.Name, tuple: tuple, self: true, target: pl.probeTarget(self, o.HostKey.Key.Public)})
+		target := pl.probeTarget(self, o.HostKey.Key.Public)
+		if o.NextHostKey.Usable() {
+			target.NextHostKey = o.NextHostKey.Key.Public // sshd may show it from any moment on
+		}
+		probes = append(probes, probeRequest{peer: self.Name, tuple: tuple, self: true, target: target})
 	}
 	if !pr.done(tuple) {
 		if !pr.Running {

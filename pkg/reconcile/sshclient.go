@@ -31,6 +31,10 @@ func (pl *planner) planKnownHosts() *Resource {
 			}
 		case key != nil:
 			entries = append(entries, knownhosts.Entry{Host: h.Address, Port: h.SSHPort, Key: key})
+			if next := pl.keys[name].NextHostKey; next != nil {
+				// Handed over: ssh takes either until the peer shows it.
+				entries = append(entries, knownhosts.Entry{Host: h.Address, Port: h.SSHPort, Key: next})
+			}
 		default:
 			unknown = append(unknown, name)
 		}

@@ -163,8 +163,11 @@ type Status struct {
 	Warnings []string `json:"warnings,omitempty"`
 	// Rotation is the rotation of this serving host's binary-cache key
 	// under way; absent when none is.
-	Rotation      *Rotation `json:"rotation,omitempty"`
-	LastReconcile time.Time `json:"lastReconcile"`
+	Rotation *Rotation `json:"rotation,omitempty"`
+	// HostKeyRotation is the rotation of this host's SSH host key under
+	// way (From and To are fingerprints); absent when none is.
+	HostKeyRotation *Rotation `json:"hostKeyRotation,omitempty"`
+	LastReconcile   time.Time `json:"lastReconcile"`
 }
 
 // Carry returns c with the transition time of the condition of its type
@@ -195,10 +198,12 @@ func (s Status) Clone() Status {
 	s.Peers = slices.Clone(s.Peers)
 	s.Files = slices.Clone(s.Files)
 	s.Warnings = slices.Clone(s.Warnings)
-	if s.Rotation != nil {
-		r := *s.Rotation
-		r.WaitingOn = slices.Clone(r.WaitingOn)
-		s.Rotation = &r
+	for _, r := range []**Rotation{&s.Rotation, &s.HostKeyRotation} {
+		if *r != nil {
+			c := **r
+			c.WaitingOn = slices.Clone(c.WaitingOn)
+			*r = &c
+		}
 	}
 	return s
 }

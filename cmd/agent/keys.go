@@ -1,0 +1,64 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/nixpeer/nixpeer/pkg/api"
+)
+
+// prefixed is each of words after prefix.
+func prefixed(prefix string, words []string) []string {
+	out := make([]string, len(words))
+	for i, w := range words {
+		out[i] = prefix + w
+	}
+	return out
+}
+
+// cmdKey is `nixpeer rotate cache-key`, `nixpeer revoke cache-key` and
+// `nixpeer rotate host-key`: the daemon carries them out; status shows
+// each phase.
+func cmdKey(action string, args []string, stdout io.Writer) error {
+	keys := subcommands(action)
+	if len(args) == 0 || !slices.Contains(keys, args[0]) {
+		return &exitError{code: 2, msg: usageOf(prefixed(action+" ", keys)...)}
+	}
+	key := args[0]
+	fs := newFlagSet(action + " " + key)
+	var hf hostFlags
+	hf.register(fs, true)
+	var force *bool
+	if action == "rotate" {
+		force = fs.Bool("force", false, map[string]string{
+			"cache-key": "go on with the rotation under way without waiting for the consumers that do not trust the next key yet (they fetch nothing signed by it alone until they do)",
+			"host-key":  "go on with the rotation under way without waiting for the peers that did not accept the next key yet (they refuse it until approved again)",
+		}[key])
+	}
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return &exitError{code: 0}
+		}
+		return &exitError{code: 2}
+	}
+	if fs.NArg() != 0 {
+		return &exitError{code: 2, msg: usageOf(action + " " + key)}
+	}
+	req := api.KeyRequest{Key: key, Action: action}
+	if force != nil {
+		req.Force = *force
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a, err := api.NewClient(hf.layout().Socket).Key(ctx, req)
+	if err != nil {
+		return &exitError{code: 1, msg: clientError(action+" "+key, err)}
+	}
+	fmt.Fprintln(stdout, a.Result)
+	return nil
+}
