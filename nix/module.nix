@@ -62,7 +62,8 @@ let
     freeformType = settingsFormat.type;
     options = {
       protocol = nullOr (types.enum [ "ssh" "ssh-ng" ]) "How consumers fetch: ssh (nix-store --serve, the default) or ssh-ng (the Nix daemon protocol).";
-      keyName = nullOr types.str "The binary-cache signing key's name (default: the host's address).";
+      keyName = nullOr types.str "The binary-cache signing key's name (default: the name of a pinned publicKey, else the host's address).";
+      keyGeneration = nullOr types.ints.positive "The generation of the signing key to sign with (default 1); raising it rotates the key without a hard cut.";
       publicKey = nullOr types.str "A pin of the binary-cache public key, NAME:BASE64.";
       signClosure = nullOr types.str "The closure signed once when the key is made (default /run/current-system).";
     };
@@ -79,6 +80,7 @@ let
       hostKey = nullOr types.str "A pin of the host's SSH host key, \"ssh-ed25519 AAAA...\".";
       clientKey = nullOr types.str "A pin of the SSH client key the host fetches with.";
       apply = nullOr (types.listOf types.str) "The command run after the agent changes Nix settings (default: restart nix-daemon).";
+      sshdReload = nullOr (types.listOf types.str) "The command that has sshd read its host key again, run when nixpeer rotate host-key swaps it (for example [ \"systemctl\" \"reload\" \"sshd.service\" ]).";
       serve = nullOr serveType "Present ({ }) when the host shares its Nix store over SSH.";
       substituteFrom = nullOr (types.listOf types.str) "The hosts this one fetches from, by name, first asked first.";
     };

@@ -23,7 +23,7 @@ suites=("$@")
 # fetch, a host-key change refused, dark staging withdrawn, plan, wait
 # --path, the fleet view, three tiers, the demo's closure; every agent is
 # started the way the unit starts it (installed_test.go).
-run=${NIXMATRIX_RUN:-'^(TestStagingServesProductionWithNothingCopiedByHand|TestHostKeyChangeIsRefused|TestDarkStagingIsWithdrawn|TestPlan|TestWaitForAPath|TestStatusFleet|TestThreeTiers|TestDemoConverges|TestStatusWarnsWhenStagingTrustsNixSSH|TestTrustCA|TestRotateCacheKey)$'}
+run=${NIXMATRIX_RUN:-'^(TestStagingServesProductionWithNothingCopiedByHand|TestHostKeyChangeIsRefused|TestDarkStagingIsWithdrawn|TestPlan|TestWaitForAPath|TestStatusFleet|TestThreeTiers|TestDemoConverges|TestStatusWarnsWhenStagingTrustsNixSSH|TestTrustCA|TestRotateCacheKey|TestRotateHostKey)$'}
 
 build=$(mktemp -d /tmp/nixmatrix-build.XXXXXX)
 trap 'rm -rf "$build"' EXIT

@@ -265,6 +265,9 @@ func printStatus(w io.Writer, st status.Status, now time.Time) {
 	if r := st.Rotation; r != nil {
 		fmt.Fprintf(w, "Rotation:    %s -> %s: %s: %s\n", r.From, r.To, r.Phase, oneLine(r.Message))
 	}
+	if r := st.HostKeyRotation; r != nil {
+		fmt.Fprintf(w, "Host key:    %s -> %s: %s: %s\n", r.From, cmp.Or(r.To, "(being made)"), r.Phase, oneLine(r.Message))
+	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "CONDITION\tSTATUS\tREASON\tAGE\tMESSAGE")

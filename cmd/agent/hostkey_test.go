@@ -79,6 +79,13 @@ func TestRotateHostKey(t *testing.T) {
 		if code, out, stderr := runCLI(t, "rotate", "host-key", "--socket", a.socket); code != 0 {
 			t.Fatalf("rotate host-key on %s: exit %d, %s%s", name, code, out, stderr)
 		}
+		// Accepting lasts at least the grace after the peer accepted.
+		a.waitWithin(time.Minute, name+" accepting", func(st status.Status) bool {
+			return st.HostKeyRotation != nil && st.HostKeyRotation.Phase == "Accepting"
+		})
+		if _, out, _ := runCLI(t, "status", "--socket", a.socket); !strings.Contains(out, "Host key:    "+old.Fingerprint+" -> SHA256:") {
+			t.Fatalf("nixpeer status does not show the host key rotation:\n%s", out)
+		}
 		a.waitWithin(time.Minute, name+"'s host key rotated", func(st status.Status) bool {
 			return st.HostKeyRotation == nil && ready(st) && facts(t, root).HostKey.Fingerprint != old.Fingerprint
 		})
