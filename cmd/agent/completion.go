@@ -267,5 +267,5 @@ func namesIn(path string) []string {
 	if err != nil {
 		return nil
 	}
-	return hostNames(f)
+	return f.Names()
 }

@@ -373,13 +373,8 @@ func (b *backend) Plan(ctx context.Context, req api.PlanRequest) (any, error) {
 // Paths asks each serving peer for the paths of req and answers those it
 // holds signed by a key this host trusts.
 func (b *backend) Paths(ctx context.Context, req api.PathsRequest) (api.PathsAnswer, error) {
-	if len(req.Paths) == 0 || len(req.Paths) > maxQueryPaths {
-		return api.PathsAnswer{}, fmt.Errorf("%d paths: want 1 to %d", len(req.Paths), maxQueryPaths)
-	}
-	for _, p := range req.Paths {
-		if !storePathRE.MatchString(p) {
-			return api.PathsAnswer{}, fmt.Errorf("%q is not a store path (/nix/store/HASH-NAME)", p)
-		}
+	if err := checkPaths("paths", req.Paths); err != nil {
+		return api.PathsAnswer{}, err
 	}
 	st := b.host.Status()
 	cli := &nix.CLI{Env: nixCLIEnv(b.layout)}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -145,11 +146,7 @@ func printFleet(w io.Writer, hosts []api.FleetHost, asJSON bool) error {
 			ready = map[bool]string{true: "Ready", false: "not Ready"}[*h.Ready]
 			gen = fmt.Sprintf("%d (observed %d)", h.Generation, h.ObservedGeneration)
 		}
-		heard := h.LastHeard
-		if heard == "" {
-			heard = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, h.Role, h.Address, ready, gen, h.Trust, heard)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, h.Role, h.Address, ready, gen, h.Trust, cmp.Or(h.LastHeard, "-"))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

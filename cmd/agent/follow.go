@@ -133,8 +133,11 @@ func cmdWait(args []string, stdout, stderr io.Writer) error {
 	var hf hostFlags
 	hf.register(fs, true)
 	timeout := fs.Duration("timeout", 10*time.Minute, "give up after `DURATION` (exit 3)")
-	var paths pathList
-	fs.Var(&paths, "path", "wait until store `PATH` is on a serving peer, signed by a key this host trusts (repeat for more)")
+	var paths []string
+	fs.Func("path", "wait until store `PATH` is on a serving peer, signed by a key this host trusts (repeat for more)", func(v string) error {
+		paths = append(paths, v)
+		return nil
+	})
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -204,12 +207,6 @@ func truncate(s string, n int) string {
 	}
 	return s[:n-3] + "..."
 }
-
-// pathList is a repeated flag.
-type pathList []string
-
-func (l *pathList) String() string     { return strings.Join(*l, " ") }
-func (l *pathList) Set(v string) error { *l = append(*l, v); return nil }
 
 // pathPoll is how often the serving peers are asked again for the paths
 // still missing.
@@ -336,18 +333,10 @@ func waitingFor(paths []string, found map[string]string) []string {
 }
 
 func peersOf(found map[string]string) string {
-	seen := map[string]bool{}
-	var names []string
-	for _, n := range found {
-		if !seen[n] {
-			seen[n] = true
-			names = append(names, n)
-		}
-	}
+	names := slices.Compact(slices.Sorted(maps.Values(found)))
 	if len(names) == 0 {
 		return "no peer yet"
 	}
-	slices.Sort(names)
 	return strings.Join(names, ", ")
 }
 

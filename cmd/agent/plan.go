@@ -76,10 +76,7 @@ func cmdPlan(args []string, stdout io.Writer) error {
 	defer cancel()
 	var p dryRun
 	if err := api.NewClient(hf.layout().Socket).Plan(ctx, api.PlanRequest{Targets: targets, Store: *store}, &p); err != nil {
-		if errors.Is(err, api.ErrNoDaemon) {
-			return &exitError{code: 1, msg: clientError("plan", err)}
-		}
-		return &exitError{code: 1, msg: "nixpeer plan: " + err.Error()}
+		return &exitError{code: 1, msg: clientError("plan", err)}
 	}
 	if *asJSON {
 		if err := printJSON(stdout, p); err != nil {
@@ -101,13 +98,8 @@ func cmdPlan(args []string, stdout io.Writer) error {
 // this host's live settings (l's), each fetched path attributed to the
 // peer, of stores, that has it.
 func makePlan(ctx context.Context, l layout.Layout, stores []reconcile.PeerStore, req api.PlanRequest) (*dryRun, error) {
-	if len(req.Targets) == 0 || len(req.Targets) > maxQueryPaths {
-		return nil, fmt.Errorf("%d targets: want 1 to %d", len(req.Targets), maxQueryPaths)
-	}
-	for _, t := range req.Targets {
-		if !storePathRE.MatchString(t) {
-			return nil, fmt.Errorf("%q is not a store path or a .drv (/nix/store/HASH-NAME)", t)
-		}
+	if err := checkPaths("targets", req.Targets); err != nil {
+		return nil, err
 	}
 	if err := checkStoreURL(req.Store); err != nil {
 		return nil, err
@@ -133,6 +125,21 @@ func makePlan(ctx context.Context, l layout.Layout, stores []reconcile.PeerStore
 		return nil, err
 	}
 	return p, nil
+}
+
+// checkPaths checks the store paths of a request to the daemon: 1 to
+// maxQueryPaths of them (what names them in the error), each matching
+// storePathRE.
+func checkPaths(what string, paths []string) error {
+	if len(paths) == 0 || len(paths) > maxQueryPaths {
+		return fmt.Errorf("%d %s: want 1 to %d", len(paths), what, maxQueryPaths)
+	}
+	for _, p := range paths {
+		if !storePathRE.MatchString(p) {
+			return fmt.Errorf("%q is not a store path (/nix/store/HASH-NAME)", p)
+		}
+	}
+	return nil
 }
 
 // maxQueryPaths bounds the paths of one plan or wait --path.

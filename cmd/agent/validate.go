@@ -32,7 +32,7 @@ func cmdValidate(args []string, stdout, stderr io.Writer) error {
 	if *host != "" {
 		h := f.Host(*host)
 		if h == nil {
-			return &exitError{code: 1, msg: fmt.Sprintf("%s: no host named %q (hosts: %s)", *config, *host, strings.Join(hostNames(f), ", "))}
+			return &exitError{code: 1, msg: fmt.Sprintf("%s: no host named %q (hosts: %s)", *config, *host, strings.Join(f.Names(), ", "))}
 		}
 		hosts = []*desired.Host{h}
 	}
@@ -41,14 +41,6 @@ func cmdValidate(args []string, stdout, stderr io.Writer) error {
 		describeHost(stdout, f, hosts[i])
 	}
 	return nil
-}
-
-func hostNames(f *desired.File) []string {
-	var names []string
-	for _, h := range f.Hosts {
-		names = append(names, h.Name)
-	}
-	return names
 }
 
 // describeHost prints what the agent would manage on h.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"runtime/debug"
@@ -15,19 +16,10 @@ var version = ""
 // VCS revision and time of the build (with "+dirty" for a modified tree)
 // and the Go version, from the binary's build information.
 func versionString(info *debug.BuildInfo, ok bool) string {
-	v := version
 	if !ok {
-		if v == "" {
-			v = "unknown"
-		}
-		return "nixpeer " + v
+		return "nixpeer " + cmp.Or(version, "unknown")
 	}
-	if v == "" {
-		v = info.Main.Version
-	}
-	if v == "" {
-		v = "(devel)"
-	}
+	v := cmp.Or(version, info.Main.Version, "(devel)")
 	var rev, at, dirty string
 	for _, s := range info.Settings {
 		switch s.Key {

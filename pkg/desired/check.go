@@ -43,7 +43,7 @@ func checkHosts(el *errorList, f *File, infos []*hostInfo) {
 
 	checkKeyNames(el, infos)
 
-	names := f.names()
+	names := f.Names()
 	edges := make([][]int, len(infos)) // valid substituteFrom references
 	for i, hi := range infos {
 		seen := map[string]Pos{}
@@ -118,8 +118,8 @@ func (hi *hostInfo) label() string {
 	return "the host"
 }
 
-// names lists the valid host names in file order.
-func (f *File) names() []string {
+// Names lists the valid host names in file order.
+func (f *File) Names() []string {
 	var out []string
 	for _, h := range f.Hosts {
 		if h.Name != "" && !slices.Contains(out, h.Name) {
