@@ -44,7 +44,14 @@ type Entry struct {
 	// CA marks Key as a CA whose host certificates ssh trusts for the
 	// host (a "@cert-authority" line).
 	CA bool
+	// Next marks the key the host hands itself over to in a host key
+	// rotation: ssh trusts it beside the host's current key, and the
+	// line says which is which (its comment is nextMarker).
+	Next bool
 }
+
+// nextMarker is the comment of a Next entry's line.
+const nextMarker = "nixpeer-next"
 
 // hostField is the first column of the entry's known_hosts line.
 func (e Entry) hostField() string {
@@ -57,6 +64,9 @@ func (e Entry) line() string {
 	l := e.hostField() + " " + sshkeys.Key{Public: e.Key}.AuthorizedLine()
 	if e.CA {
 		l = certAuthority + " " + l
+	}
+	if e.Next {
+		l += " " + nextMarker
 	}
 	return l
 }
@@ -114,6 +124,10 @@ func parseLine(l string) (Entry, error) {
 	if ca {
 		f = f[1:]
 	}
+	next := len(f) == 4 && f[3] == nextMarker && !ca
+	if next {
+		f = f[:3]
+	}
 	if len(f) != 3 {
 		return Entry{}, fmt.Errorf("want \"HOST ssh-ed25519 BASE64\", got %d fields", len(f))
 	}
@@ -125,7 +139,7 @@ func parseLine(l string) (Entry, error) {
 	if err != nil {
 		return Entry{}, fmt.Errorf("parse key of %q: %w", f[0], err)
 	}
-	return Entry{Host: host, Port: port, Key: key, CA: ca}, nil
+	return Entry{Host: host, Port: port, Key: key, CA: ca, Next: next}, nil
 }
 
 // normalize validates entries and returns them in canonical form, sorted
@@ -180,5 +194,5 @@ func (e Entry) normalized() (Entry, error) {
 	if _, err := sshkeys.AuthorizedLineOf(e.Key); err != nil {
 		return Entry{}, fmt.Errorf("host %s: %w", host, err)
 	}
-	return Entry{Host: host, Port: e.Port, Key: e.Key, CA: e.CA}, nil
+	return Entry{Host: host, Port: e.Port, Key: e.Key, CA: e.CA, Next: e.Next && !e.CA}, nil
 }

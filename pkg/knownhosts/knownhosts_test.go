@@ -521,3 +521,29 @@ func TestCertAuthorityEntries(t *testing.T) {
 		t.Fatalf("Managed = %+v, %v", got, err)
 	}
 }
+
+// TestNextEntryIsMarked: the key a host hands over to is written with a
+// comment that ssh ignores and Managed reads back, whatever order the
+// keys sort in.
+func TestNextEntryIsMarked(t *testing.T) {
+	keys := testKeys(t)
+	for i := range keys {
+		cur, next := keys[i], keys[(i+1)%len(keys)] // either order of their bytes
+		out, err := Render(nil, []Entry{{Host: "127.0.0.2", Port: 22, Key: cur}, {Host: "127.0.0.2", Port: 22, Key: next, Next: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(out), " nixpeer-next\n") {
+			t.Fatalf("no marker:\n%s", out)
+		}
+		got, err := Managed(out)
+		if err != nil || len(got) != 2 {
+			t.Fatalf("Managed: %v %v", got, err)
+		}
+		for _, e := range got {
+			if isNext := bytes.Equal(e.Key.Marshal(), next.Marshal()); e.Next != isNext {
+				t.Fatalf("entry %+v: Next %v, want %v", e, e.Next, isNext)
+			}
+		}
+	}
+}

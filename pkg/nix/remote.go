@@ -16,6 +16,8 @@ type PathInfo struct {
 	NarSize    uint64   `json:"narSize"`
 	References []string `json:"references"`
 	Signatures []string `json:"signatures"`
+	// Ultimate is set for a path built on this store's host.
+	Ultimate bool `json:"ultimate"`
 }
 
 // SignedBy returns the name of the first key of trusted that signed the

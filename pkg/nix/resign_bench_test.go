@@ -24,7 +24,8 @@ func BenchmarkResign1000(b *testing.B) {
 	nonce := fmt.Sprint(time.Now().UnixNano())
 	dir := b.TempDir()
 	oldName := "bench-resign-" + nonce
-	if _, _, err := EnsureCacheKey(filepath.Join(dir, "old"), oldName); err != nil {
+	oldKey, _, err := EnsureCacheKey(filepath.Join(dir, "old"), oldName)
+	if err != nil {
 		b.Fatal(err)
 	}
 	if _, _, err := EnsureCacheKey(filepath.Join(dir, "new"), oldName+"-g2"); err != nil {
@@ -45,7 +46,7 @@ in derivation { name = "nixpeer-resign-%s"; system = builtins.currentSystem; bui
 	b.ResetTimer()
 	for range b.N {
 		start := time.Now()
-		n, err := cli.Resign(context.Background(), filepath.Join(dir, "new", SecretKeyFileName), oldName)
+		n, err := cli.Resign(context.Background(), filepath.Join(dir, "new", SecretKeyFileName), oldKey.String(), false)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -53,51 +53,75 @@ func KeyGeneration(keyName, name string) (int, bool) {
 }
 
 // PromoteNextKey makes the next key of keysDir (see NextKeyDir) the
-// current one, and keeps the current one's secret as
-// RetiredKeyDir/NAME.pem (suffix ".revoked.pem" when revoked), 0600. The
-// secrets move by renames, so that a crash between two leaves either the
-// current key or the next one in place, and PromoteNextKey run again
-// finishes: a missing current key is no error. The current public key
-// file is rewritten by EnsureCacheKey afterwards.
+// current one: the current secret is kept, 0600, as RetiredKeyDir/NAME.pem
+// (".revoked.pem" when revoked; a hard link), then the current file is
+// replaced, atomically, by a copy of the next one. The next key's own
+// files stay until the Nix settings no longer name them (RemoveNextKey):
+// Nix reads every secret key file the live settings name for each path it
+// signs, and fails the build on one that is gone. Run again after a
+// crash, it finishes; run once more, it does nothing.
 func PromoteNextKey(keysDir string, revoked bool) error {
-	cur := filepath.Join(keysDir, SecretKeyFileName)
-	next := filepath.Join(keysDir, NextKeyDir, SecretKeyFileName)
-	if _, _, err := readSecretKeyFile(next); err != nil {
+	next, _, err := readSecretKeyFile(filepath.Join(keysDir, NextKeyDir, SecretKeyFileName))
+	if err != nil {
 		return fmt.Errorf("promote the next signing key: %w", err)
 	}
-	if sk, _, err := readSecretKeyFile(cur); err == nil {
-		dir := filepath.Join(keysDir, RetiredKeyDir)
-		if err := ensurePrivateDir(dir); err != nil {
+	cur := filepath.Join(keysDir, SecretKeyFileName)
+	sk, _, err := readSecretKeyFile(cur)
+	switch {
+	case err == nil && sk.Public().Equal(next.Public()):
+		return nil
+	case err == nil:
+		if err := retire(keysDir, cur, sk.Name(), revoked); err != nil {
 			return err
 		}
-		suffix := ".pem"
-		if revoked {
-			suffix = ".revoked.pem"
-		}
-		if err := os.Rename(cur, filepath.Join(dir, sk.Name()+suffix)); err != nil {
-			return fmt.Errorf("retire the signing key %s: %w", sk.Name(), err)
-		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
+	case !errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("retire the current signing key: %w", err)
 	}
-	// Its public file first: a crash after it leaves a next key that a
-	// run again promotes; after the rename, at most an empty directory.
-	if err := os.Remove(filepath.Join(keysDir, NextKeyDir, PublicKeyFileName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	if err := os.Rename(next, cur); err != nil {
+	if err := atomicfile.WriteFile(cur, next.Encode(), 0o600); err != nil {
 		return fmt.Errorf("promote the next signing key: %w", err)
 	}
-	if err := syncDir(keysDir); err != nil {
+	return nil
+}
+
+// retire keeps the secret key file at path, of the key called name, as
+// RetiredKeyDir/NAME.pem (".revoked.pem" when revoked).
+func retire(keysDir, path, name string, revoked bool) error {
+	dir := filepath.Join(keysDir, RetiredKeyDir)
+	if err := ensurePrivateDir(dir); err != nil {
 		return err
+	}
+	suffix := ".pem"
+	if revoked {
+		suffix = ".revoked.pem"
+	}
+	if err := os.Link(path, filepath.Join(dir, name+suffix)); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("retire the signing key %s: %w", name, err)
+	}
+	return syncDir(dir)
+}
+
+// RemoveNextKey removes the next key's directory and what is in it (a
+// write killed mid-way included). With revoked, the next key is kept as
+// revoked first: it lay beside a key believed stolen.
+func RemoveNextKey(keysDir string, revoked bool) error {
+	dir := filepath.Join(keysDir, NextKeyDir)
+	secret := filepath.Join(dir, SecretKeyFileName)
+	if sk, _, err := readSecretKeyFile(secret); err == nil && revoked {
+		if err := retire(keysDir, secret, sk.Name(), true); err != nil {
+			return err
+		}
 	}
 	for _, name := range []string{SecretKeyFileName, PublicKeyFileName} {
-		atomicfile.RemoveStale(filepath.Join(keysDir, NextKeyDir, name)) // of a write killed mid-way
+		path := filepath.Join(dir, name)
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		atomicfile.RemoveStale(path)
 	}
-	if err := os.Remove(filepath.Join(keysDir, NextKeyDir)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	return nil
+	return syncDir(keysDir)
 }
 
 // syncDir makes the renames in dir durable.
@@ -114,10 +138,21 @@ func syncDir(dir string) error {
 const resignBatch = 500
 
 // Resign adds a signature of the key in keyFile to every valid path of
-// the local store that carries a signature by a key named oldName, in
-// batches, and returns how many paths it signed. Signing a path twice is
-// harmless, so an interrupted run is simply run again.
-func (c *CLI) Resign(ctx context.Context, keyFile, oldName string) (int, error) {
+// the local store that carries a good signature of the key from (checked
+// against the path's fingerprint, not just named), in batches, and
+// returns how many it signed; with ultimateOnly, only paths built here
+// (after a revoke: a thief could have signed paths that came from
+// elsewhere). Paths that carry a signature of the new key already are
+// skipped, so an interrupted run goes on where it stopped.
+func (c *CLI) Resign(ctx context.Context, keyFile, from string, ultimateOnly bool) (int, error) {
+	fromKey, err := ParsePublicKey(from)
+	if err != nil {
+		return 0, fmt.Errorf("re-sign: the old key: %w", err)
+	}
+	sk, _, err := readSecretKeyFile(keyFile)
+	if err != nil {
+		return 0, fmt.Errorf("re-sign: %w", err)
+	}
 	raw, err := c.run(ctx, "--extra-experimental-features", "nix-command", "path-info", "--all", "--sigs", "--json")
 	if err != nil {
 		return 0, fmt.Errorf("list the signed paths: %w", err)
@@ -126,7 +161,7 @@ func (c *CLI) Resign(ctx context.Context, keyFile, oldName string) (int, error) 
 	if err != nil {
 		return 0, fmt.Errorf("list the signed paths: %w", err)
 	}
-	paths := PathsSignedAs(infos, oldName)
+	paths := ToResign(infos, fromKey, sk.Name(), ultimateOnly)
 	for batch := range slices.Chunk(paths, resignBatch) {
 		args := append([]string{"--extra-experimental-features", "nix-command", "store", "sign", "--key-file", keyFile, "--"}, batch...)
 		if _, err := c.run(ctx, args...); err != nil {
@@ -136,12 +171,15 @@ func (c *CLI) Resign(ctx context.Context, keyFile, oldName string) (int, error) 
 	return len(paths), nil
 }
 
-// PathsSignedAs are the paths of infos that carry a signature by a key named
-// name, sorted.
-func PathsSignedAs(infos []PathInfo, name string) []string {
+// ToResign are the paths of infos, sorted, that carry a good signature of
+// from and none named newName (with ultimateOnly, of those built here).
+func ToResign(infos []PathInfo, from PublicKey, newName string, ultimateOnly bool) []string {
 	var paths []string
 	for _, i := range infos {
-		if slices.ContainsFunc(i.Signatures, func(s string) bool { return strings.HasPrefix(s, name+":") }) {
+		switch {
+		case ultimateOnly && !i.Ultimate:
+		case slices.ContainsFunc(i.Signatures, func(s string) bool { return strings.HasPrefix(s, newName+":") }):
+		case i.SignedBy([]PublicKey{from}) != "":
 			paths = append(paths, i.Path)
 		}
 	}

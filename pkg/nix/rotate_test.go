@@ -34,9 +34,10 @@ func TestGenerationNames(t *testing.T) {
 	}
 }
 
-// TestPromoteNextKey: the next key takes the current one's place, the old
-// secret is kept 0600 under its name, and a promotion cut short after
-// its first rename is finished by running it again.
+// TestPromoteNextKey: the next key takes the current one's place by an
+// atomic replace, the old secret is kept 0600 under its name, the next
+// key's files stay until RemoveNextKey, and running it again changes
+// nothing; a revoke keeps a next key too, as revoked.
 func TestPromoteNextKey(t *testing.T) {
 	dir := t.TempDir()
 	keys := filepath.Join(dir, "keys")
@@ -48,8 +49,10 @@ func TestPromoteNextKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := PromoteNextKey(keys, false); err != nil {
-		t.Fatal(err)
+	for range 2 {
+		if err := PromoteNextKey(keys, false); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ks, err := InspectCacheKey(keys)
 	if err != nil || !ks.Public.Equal(next) || !ks.NeedsRepair {
@@ -60,35 +63,55 @@ func TestPromoteNextKey(t *testing.T) {
 	if err != nil || !sk.Public().Equal(old) || st.Mode().Perm() != 0o600 {
 		t.Fatalf("retired key: %v, %v; want the old key, 0600", sk, err)
 	}
+	if nk, err := InspectCacheKey(filepath.Join(keys, NextKeyDir)); err != nil || !nk.Public.Equal(next) {
+		t.Fatalf("the next key's files are gone before the settings let go of them: %+v %v", nk, err)
+	}
+	if err := RemoveNextKey(keys, false); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := os.Stat(filepath.Join(keys, NextKeyDir)); !os.IsNotExist(err) {
 		t.Fatalf("the next key's directory stays: %v", err)
-	}
-
-	// Cut short: the current key retired (revoked), the next not moved.
-	third, _, err := EnsureCacheKey(filepath.Join(keys, NextKeyDir), "stage-g3")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(filepath.Join(keys, SecretKeyFileName), filepath.Join(keys, RetiredKeyDir, "stage-g2.revoked.pem")); err != nil {
-		t.Fatal(err)
-	}
-	if err := PromoteNextKey(keys, true); err != nil {
-		t.Fatal(err)
-	}
-	if ks, err := InspectCacheKey(keys); err != nil || !ks.Public.Equal(third) {
-		t.Fatalf("current key %+v, %v; want stage-g3", ks, err)
 	}
 	if err := PromoteNextKey(keys, false); err == nil {
 		t.Fatal("promoted with no next key")
 	}
-}
 
-func TestPathsSignedAs(t *testing.T) {
-	infos, err := ParsePathInfoJSON([]byte(`{"/nix/store/b-x":{"signatures":["stage:AAAA","cache.nixos.org-1:BBBB"]},"/nix/store/a-y":{"signatures":["stage-g2:CCCC"]},"/nix/store/c-z":{"signatures":["stagex:DDDD"]},"/nix/store/d-w":null}`))
-	if err != nil {
+	// Revoked with the current key: the next one is kept as revoked too.
+	if _, _, err := EnsureCacheKey(filepath.Join(keys, NextKeyDir), "stage-g3"); err != nil {
 		t.Fatal(err)
 	}
-	if got := PathsSignedAs(infos, "stage"); !slices.Equal(got, []string{"/nix/store/b-x"}) {
-		t.Fatalf("signed by stage: %v", got)
+	if err := RemoveNextKey(keys, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(keys, RetiredKeyDir, "stage-g3.revoked.pem")); err != nil {
+		t.Fatalf("the revoked next key is not kept: %v", err)
+	}
+}
+
+// TestToResign: only paths with a good signature of the old key, none of
+// the new one yet, and with ultimateOnly only paths built here.
+func TestToResign(t *testing.T) {
+	oldSK, oldPK, _ := GenerateCacheKey("stage")
+	forgerSK, _, _ := GenerateCacheKey("stage")
+	info := func(path string, ultimate bool, sks ...SecretKey) PathInfo {
+		i := PathInfo{Path: path, NarHash: "sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s", NarSize: 120, Ultimate: ultimate}
+		for _, sk := range sks {
+			i.Signatures = append(i.Signatures, sk.Sign(Fingerprint(i.Path, i.NarHash, i.NarSize, i.References)))
+		}
+		return i
+	}
+	newSK, _, _ := GenerateCacheKey("stage-g2")
+	infos := []PathInfo{
+		info("/nix/store/00000000000000000000000000000001-a", true, oldSK),
+		info("/nix/store/00000000000000000000000000000002-b", false, oldSK),
+		info("/nix/store/00000000000000000000000000000003-c", true, forgerSK), // named stage, not its key
+		info("/nix/store/00000000000000000000000000000004-d", true, oldSK, newSK),
+		info("/nix/store/00000000000000000000000000000005-e", true),
+	}
+	if got := ToResign(infos, oldPK, "stage-g2", false); !slices.Equal(got, []string{"/nix/store/00000000000000000000000000000001-a", "/nix/store/00000000000000000000000000000002-b"}) {
+		t.Fatalf("to re-sign: %v", got)
+	}
+	if got := ToResign(infos, oldPK, "stage-g2", true); !slices.Equal(got, []string{"/nix/store/00000000000000000000000000000001-a"}) {
+		t.Fatalf("to re-sign, built here only: %v", got)
 	}
 }

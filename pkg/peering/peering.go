@@ -139,9 +139,9 @@ type State struct {
 	// files because the store had no usable record of the peer.
 	Rebuilt bool
 	// NextHostKey is the key the peer hands its name over to, in facts
-	// that came over a connection of HostKey, with a proof that HostKey
-	// signed (see successorLocked): trusted beside HostKey, and in its
-	// place once the peer shows it.
+	// that came in this run over a connection of HostKey, with a proof
+	// that HostKey signed (see successorLocked): trusted beside HostKey,
+	// and in its place once the peer shows it.
 	NextHostKey ssh.PublicKey
 }
 
@@ -578,7 +578,8 @@ func (m *Manager) loadLocked(w *watched) {
 		f := *rec.Facts
 		w.st.Facts, w.st.FactsAt = &f, rec.FactsAt
 	}
-	w.st.NextHostKey = successorLocked(w)
+	// A handover is taken from live facts only (see accept): a proof
+	// kept from long ago could hand the peer to a key retired since.
 }
 
 // successorLocked is the next host key w's peer hands its name over to,
@@ -687,7 +688,7 @@ func (m *Manager) check(ctx context.Context, log *zap.Logger, w *watched, offere
 		m.mu.Unlock()
 		return nil
 	}
-	if next := successorLocked(w); next != nil && sameKey(next, offered) {
+	if next := st.NextHostKey; next != nil && sameKey(next, offered) {
 		w.connKey, w.handingOver = offered, true
 		m.mu.Unlock()
 		return nil
@@ -755,7 +756,7 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 		}
 	case firstUse:
 		st.Trust, st.HostKey = status.TrustTOFU, key
-	case w.handingOver && sameKey(key, successorLocked(w)):
+	case w.handingOver && sameKey(key, st.NextHostKey):
 		// The key the trusted one handed over to: trusted as it was,
 		// whatever the files remember until they catch up.
 		st.HostKey, w.trustedAt, handedOver = key, now, true

@@ -171,7 +171,7 @@ func (h *Host) actOn(ctx context.Context, o *Observation, r *Resource, a *acted)
 // whether it created one.
 func ensureKey(k keyWant) (bool, error) {
 	dir := filepath.Dir(k.path)
-	if k.kind == keyCache || k.kind == keyPromote {
+	if k.kind == keyCache || k.kind == keyPromote || k.kind == keyRemoveNext {
 		dir = k.path
 	}
 	if k.kind == keyHostPromote {
@@ -191,6 +191,8 @@ func ensureKey(k keyWant) (bool, error) {
 	case keyPromote:
 		// Like a new key, a promoted one is observed by the next pass.
 		return true, nix.PromoteNextKey(k.path, k.revoked)
+	case keyRemoveNext:
+		return true, nix.RemoveNextKey(k.path, k.revoked)
 	default:
 		_, res, err := nix.EnsureCacheKey(k.path, k.name)
 		if err != nil {
@@ -302,7 +304,7 @@ func (h *Host) resignJob(req *resignRequest) func(context.Context) jobResult {
 		sctx, cancel := context.WithTimeout(ctx, SignTimeout)
 		defer cancel()
 		start := time.Now()
-		n, err := h.cfg.Nix.Resign(sctx, req.keyFile, req.from)
+		n, err := h.cfg.Nix.Resign(sctx, req.keyFile, req.from, req.ultimateOnly)
 		if err != nil {
 			return jobResult{Reason: "ResigningFailed", Err: err}
 		}

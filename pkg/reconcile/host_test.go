@@ -49,7 +49,7 @@ func (f *fakeNix) ShowConfig(context.Context) (map[string]string, error) {
 
 func (f *fakeNix) SignClosure(context.Context, string, string) error { return nil }
 
-func (f *fakeNix) Resign(context.Context, string, string) (int, error) { return 0, nil }
+func (f *fakeNix) Resign(context.Context, string, string, bool) (int, error) { return 0, nil }
 
 func (f *fakeNix) Apply(context.Context, []string) (string, error) {
 	f.mu.Lock()

@@ -59,7 +59,7 @@ func (h *Host) RequestCacheKey(action string, force bool) (string, error) {
 	var msg string
 	switch {
 	case action == "revoke":
-		req.Revoke = k.current
+		req.Revoke, req.RevokeNext = k.current, k.next
 		msg = "revoking " + k.current + ": a new key replaces it at once, and consumers drop it as soon as they hear"
 	case action != "rotate":
 		return "", fmt.Errorf("unknown action %q; want rotate or revoke", action)
@@ -99,6 +99,8 @@ func (h *Host) RequestHostKeyRotation(force bool) (string, error) {
 		return "", errors.New("trust: ca: a new host key needs only a certificate of one of hostCAs (ssh-keygen -s CA_KEY -h ...); nothing is handed over")
 	case f.Trust == desired.TrustPinned:
 		return "", errors.New("trust: pinned: the desired state's hostKey pins are the fleet's trust; a handover cannot change them. Rotate by hand: pin the new key, deploy the file, then replace the key")
+	case self.HostKey != "":
+		return "", fmt.Errorf("the desired state pins the hostKey of %s: its peers trust that pin, not a handover. Rotate by hand: pin the new key in the file, deploy it, then replace the key", self.Name)
 	case self.Serve != nil && len(self.SSHDReload) == 0:
 		return "", fmt.Errorf("%s serves: set its sshdReload in the desired state (for example [systemctl, reload, sshd.service]) so that sshd shows the new key when it takes the place of the old one", self.Name)
 	case k.current == "":

@@ -418,8 +418,8 @@ func remembered(o *Observation) map[string]ssh.PublicKey {
 		h := o.File.Host(name)
 		addr, _ := hostname.Canonical(h.Address) // validated with the file
 		for _, e := range entries {
-			if host, err := hostname.Canonical(e.Host); err == nil && host == addr && e.Port == h.SSHPort && !e.CA && out[name] == nil {
-				out[name] = e.Key // the first: a next key handed over to follows it
+			if host, err := hostname.Canonical(e.Host); err == nil && host == addr && e.Port == h.SSHPort && !e.CA && !e.Next {
+				out[name] = e.Key
 			}
 		}
 		if k, ok := urls[h.Address]; ok && out[name] == nil {

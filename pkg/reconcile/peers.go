@@ -223,10 +223,13 @@ func (pl *planner) substituter(h *desired.Host) substituterPlan {
 	st, k := o.Peers[h.Name], pl.keys[h.Name]
 	tuple, url := pl.tuple(h, k)
 	v := verdict{url: url}
-	// In use: a substituter of this peer is in the settings, whatever
-	// key its URL pins (a host key handed over changes it).
-	base, _, _ := strings.Cut(url, "?")
-	inUse := url != "" && bytes.Contains(o.Files[o.platform().settingsFile(o.Layout, pl.self)].Content, []byte(base+"?"))
+	// In use: this URL is in the settings, or the one that pins no key,
+	// which the peer's host key handover left there.
+	settings := o.Files[o.platform().settingsFile(o.Layout, pl.self)].Content
+	inUse := url != "" && bytes.Contains(settings, []byte(url))
+	if unpinned, err := nix.SubstituterURL(h.Serve.Protocol, h.Address, h.SSHPort, o.Layout.ClientKey, nil, priority(pl.self, h.Name)); url != "" && err == nil && !inUse {
+		inUse = bytes.Contains(settings, []byte(unpinned))
+	}
 	wait := func(state status.PeerState, msg string) substituterPlan {
 		v.State, v.Message = state, msg
 		return substituterPlan{verdict: v}

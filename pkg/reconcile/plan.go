@@ -3,6 +3,7 @@ package reconcile
 import (
 	"fmt"
 	"io/fs"
+	"slices"
 	"strings"
 	"time"
 
@@ -184,6 +185,9 @@ const (
 	// keyHostPromote makes the next host key the host key
 	// (sshkeys.PromoteNext).
 	keyHostPromote
+	// keyRemoveNext removes the next cache key of the keys directory
+	// path, kept as revoked when revoked (nix.RemoveNextKey).
+	keyRemoveNext
 	// keyPromote makes the next cache key of the keys directory path the
 	// current one (nix.PromoteNextKey).
 	keyPromote
@@ -194,7 +198,7 @@ type keyWant struct {
 	kind keyKind
 	path string // the key, or for a cache key its directory
 	name string // comment, or the cache key's name
-	// revoked: a promotion retires a revoked key.
+	// revoked: a promotion or removal keeps the key as revoked.
 	revoked bool
 }
 
@@ -342,11 +346,16 @@ func plan(o *Observation) *Plan {
 	p.PeerStatus, p.Probes, p.Stores = subs.peers, append(subs.probes, serve.probes...), subs.stores
 	p.ServeCheck, p.Consumers, p.Authorized = serve.check, serve.consumers, serve.authorized
 	p.Rotation, p.NextCacheKey = rotation.status, rotation.next
-	p.TrustedLive = o.Applied.Trusted
+	// Told only while a peer rotates its key: older agents refuse the
+	// field.
+	peerRotates := slices.ContainsFunc(o.Self.SubstituteFrom, func(name string) bool { return pl.keys[name].NextCacheKey != "" })
+	if peerRotates {
+		p.TrustedLive = o.Applied.Trusted
+	}
 	p.AcceptedHostKeys = acceptedHostKeys(o, knownHosts, settings)
 	p.HostKeyRotation = hostKeys
 	for _, rec := range settings.Records {
-		if a, ok := rec.value.(appliedRecord); ok {
+		if a, ok := rec.value.(appliedRecord); ok && peerRotates {
 			p.TrustedLive = a.Trusted
 		}
 	}

@@ -49,16 +49,18 @@ type rotationRequest struct {
 	Generation int `json:"generation,omitempty"`
 	// Force is the next public key whose wait for consumers is skipped.
 	Force string `json:"force,omitempty"`
-	// Revoke is the public key revoked.
-	Revoke string `json:"revoke,omitempty"`
+	// Revoke is the public key revoked, RevokeNext the next key of a
+	// rotation under way then, revoked with it.
+	Revoke     string `json:"revoke,omitempty"`
+	RevokeNext string `json:"revokeNext,omitempty"`
 }
 
 // resignRecord is what re-signing is owed or done.
 type resignRecord struct {
 	// Done is the next public key whose re-signing ended.
 	Done string `json:"done,omitempty"`
-	// From is, after a revoke, the name of the key whose paths the
-	// current key still re-signs.
+	// From is, after a revoke, the public key (NAME:BASE64) whose paths
+	// the current key still re-signs.
 	From string `json:"from,omitempty"`
 }
 
@@ -113,9 +115,23 @@ func (pl *planner) planRotation(r *Resource, gen int) rotationPlan {
 		return out
 	case next.Missing:
 		if o.Resigned.From != "" {
-			pl.resign(r, secret, o.Resigned.From, resignRecord{}, &out,
-				fmt.Sprintf("re-signing what the revoked key %s signed with %s", o.Resigned.From, ck.Name))
+			pl.resign(r, secret, o.Resigned.From, true, resignRecord{}, &out,
+				fmt.Sprintf("re-signing with %s what the revoked key signed", ck.Name))
 		}
+		return out
+	case next.Public.Equal(ck.Public):
+		// Promoted: the next key's files go once the settings that
+		// name them are no longer live (Nix reads every file named for
+		// each path it signs, and fails a build on one that is gone).
+		out.status = &status.Rotation{Phase: PhaseRetiring, From: ck.Name, To: ck.Name,
+			Message: "the next key took the current one's place; its own files go once the Nix settings no longer name them"}
+		r.Reason, r.Message = "Rotation"+PhaseRetiring, out.status.Message
+		if slices.Contains(o.Applied.SigningWith, nextSecret) {
+			out.awaitsLive = true
+			return out
+		}
+		r.Keys = append(r.Keys, keyWant{kind: keyRemoveNext, path: l.KeysDir})
+		r.Requeue = soon
 		return out
 	}
 
@@ -132,11 +148,23 @@ func (pl *planner) planRotation(r *Resource, gen int) rotationPlan {
 	nextPub := next.Public.String()
 	out.next = nextPub
 	if revoked {
-		r.Keys = append(r.Keys, keyWant{kind: keyPromote, path: l.KeysDir, revoked: true})
-		r.Records = append(r.Records, record{recResigned, resignRecord{From: ck.Name}})
-		r.Requeue = soon
 		out.next = "" // dropped at once, not trusted beside the new key
-		phase(PhaseRevoking, fmt.Sprintf("the key %s is revoked: %s replaces it now", ck.Name, next.Name))
+		switch {
+		case nextPub == o.Rotation.RevokeNext:
+			// Made before the revoke, beside the stolen key: revoked too.
+			r.Keys = append(r.Keys, keyWant{kind: keyRemoveNext, path: l.KeysDir, revoked: true})
+			r.Requeue = soon
+			phase(PhaseRevoking, fmt.Sprintf("the key %s is revoked, and the next key %s made before with it", ck.Name, next.Name))
+		case o.Resigned.From != pub:
+			// The re-signing it owes is stored before the promotion.
+			r.Records = append(r.Records, record{recResigned, resignRecord{From: pub}})
+			r.Requeue = soon
+			phase(PhaseRevoking, fmt.Sprintf("the key %s is revoked: %s replaces it now", ck.Name, next.Name))
+		default:
+			r.Keys = append(r.Keys, keyWant{kind: keyPromote, path: l.KeysDir, revoked: true})
+			r.Requeue = soon
+			phase(PhaseRevoking, fmt.Sprintf("the key %s is revoked: %s replaces it now", ck.Name, next.Name))
+		}
 		return out
 	}
 
@@ -152,7 +180,7 @@ func (pl *planner) planRotation(r *Resource, gen int) rotationPlan {
 		out.awaitsLive = true
 		phase(PhaseSigningWithBoth, fmt.Sprintf("signing with %s and %s: waiting for the Nix settings to be live (see NixSettingsApplied)", ck.Name, next.Name))
 	case o.Resigned.Done != nextPub:
-		pl.resign(r, nextSecret, ck.Name, resignRecord{Done: nextPub}, &out,
+		pl.resign(r, nextSecret, pub, false, resignRecord{Done: nextPub}, &out,
 			fmt.Sprintf("signing with both; re-signing what %s signed with %s", ck.Name, next.Name))
 	default:
 		r.Keys = append(r.Keys, keyWant{kind: keyPromote, path: l.KeysDir})
@@ -163,14 +191,16 @@ func (pl *planner) planRotation(r *Resource, gen int) rotationPlan {
 	return out
 }
 
-// resign plans the re-signing of what the key named from signed with the
-// key in keyFile; done is the record once it ended.
-func (pl *planner) resign(r *Resource, keyFile, from string, done resignRecord, out *rotationPlan, msg string) {
+// resign plans the re-signing, with the key in keyFile, of what the key
+// from (NAME:BASE64) signed (with ultimateOnly, of what was built here);
+// done is the record once it ended.
+func (pl *planner) resign(r *Resource, keyFile, from string, ultimateOnly bool, done resignRecord, out *rotationPlan, msg string) {
 	o := pl.o
 	key := keyFile + " " + from + " " + done.Done
-	out.status = &status.Rotation{Phase: PhaseResigning, From: from, To: pl.o.CacheKey.Name, Message: msg}
+	fromName, _, _ := strings.Cut(from, ":")
+	out.status = &status.Rotation{Phase: PhaseResigning, From: fromName, To: o.CacheKey.Name, Message: msg}
 	if done.Done != "" {
-		out.status.From, out.status.To = o.CacheKey.Name, o.NextCacheKey.Name
+		out.status.To = o.NextCacheKey.Name
 	}
 	r.Reason, r.Message = "Rotation"+PhaseResigning, msg
 	s := o.Resign
@@ -189,7 +219,7 @@ func (pl *planner) resign(r *Resource, keyFile, from string, done resignRecord, 
 			return
 		}
 	}
-	r.Resign = &resignRequest{key: key, keyFile: keyFile, from: from}
+	r.Resign = &resignRequest{key: key, keyFile: keyFile, from: from, ultimateOnly: ultimateOnly}
 }
 
 // untrusting are the consumers of this host whose facts do not say that
@@ -208,7 +238,8 @@ func (pl *planner) untrusting(key string) []string {
 // resignRequest is the job that adds signatures of the key in keyFile to
 // the paths signed by the key named from.
 type resignRequest struct {
-	key     string
-	keyFile string
-	from    string
+	key          string
+	keyFile      string
+	from         string // NAME:BASE64
+	ultimateOnly bool
 }

@@ -101,7 +101,7 @@ func TestPlanRotatesTheCacheKeyInOrder(t *testing.T) {
 	// Live: what the old key signed is re-signed with the next one.
 	o.Applied.SigningWith = []string{cur, nextSecret}
 	r = wantCondition(t, plan(o), status.CacheKeyReady, true, "RotationResigning")
-	if r.Resign == nil || r.Resign.keyFile != nextSecret || r.Resign.from != "127.0.0.2" {
+	if r.Resign == nil || r.Resign.keyFile != nextSecret || r.Resign.from != o.CacheKey.Public.String() || r.Resign.ultimateOnly {
 		t.Fatalf("resign %+v; want the paths of 127.0.0.2 signed with %s", r.Resign, nextSecret)
 	}
 	if len(r.Keys) != 0 {
@@ -124,6 +124,22 @@ func TestPlanRotatesTheCacheKeyInOrder(t *testing.T) {
 	r = wantCondition(t, plan(o), status.CacheKeyReady, true, "RotationRetiring")
 	if len(r.Keys) != 1 || r.Keys[0].kind != keyPromote || r.Keys[0].revoked {
 		t.Fatalf("keys %+v; want the next key promoted", r.Keys)
+	}
+
+	// Promoted by a copy: the next key's files stay while the live
+	// settings name them, then go.
+	o = w.obs(fleetYAML, "stage")
+	o.CacheKey = CacheKeyObs{CacheKeyState: nix.CacheKeyState{Name: next.Name(), Public: next}}
+	o.NextCacheKey = o.CacheKey
+	o.Applied.SigningWith = []string{cur, nextSecret}
+	p = plan(o)
+	r = wantCondition(t, p, status.CacheKeyReady, true, "RotationRetiring")
+	if len(r.Keys) != 0 || !slices.Equal(signsWith(t, p, w), []string{cur}) {
+		t.Fatalf("keys %+v, signs with %v; want the settings without the next key's file first", r.Keys, signsWith(t, p, w))
+	}
+	o.Applied.SigningWith = []string{cur}
+	if r = wantCondition(t, plan(o), status.CacheKeyReady, true, "RotationRetiring"); len(r.Keys) != 1 || r.Keys[0].kind != keyRemoveNext {
+		t.Fatalf("keys %+v; want the next key's files removed", r.Keys)
 	}
 
 	// Promoted: its public file is rewritten under its own name, and
@@ -156,25 +172,44 @@ func TestPlanRevokesTheCacheKeyAtOnce(t *testing.T) {
 	if len(r.Keys) != 1 || r.Keys[0].kind != keyCache || r.Keys[0].name != "127.0.0.2-g2" {
 		t.Fatalf("keys %+v; want a new key made", r.Keys)
 	}
-	// Made: promoted at once, without waiting for anyone, and not
-	// published beside the revoked key.
+	// Made: the re-signing it owes is stored first, then the key is
+	// promoted at once, without waiting for anyone, and not published
+	// beside the revoked key.
 	next := newCacheKey(t, "127.0.0.2-g2")
 	o = w.rotating(next, false)
-	o.Rotation = rotationRequest{Revoke: o.CacheKey.Public.String()}
+	revoked := o.CacheKey.Public.String()
+	o.Rotation = rotationRequest{Revoke: revoked}
 	p := plan(o)
+	r = wantCondition(t, p, status.CacheKeyReady, true, "RotationRevoking")
+	if rec, ok := recordOf(p, recResigned).(resignRecord); !ok || rec.From != revoked || len(r.Keys) != 0 || p.NextCacheKey != "" {
+		t.Fatalf("resigned record %+v, keys %+v, next %q; want the revoked key's paths owed a new signature before anything moves", recordOf(p, recResigned), r.Keys, p.NextCacheKey)
+	}
+	o.Resigned.From = revoked
+	p = plan(o)
 	r = wantCondition(t, p, status.CacheKeyReady, true, "RotationRevoking")
 	if len(r.Keys) != 1 || r.Keys[0].kind != keyPromote || !r.Keys[0].revoked || p.NextCacheKey != "" {
 		t.Fatalf("keys %+v, next %q; want the next key promoted at once, the old one kept as revoked", r.Keys, p.NextCacheKey)
 	}
-	if rec, ok := recordOf(p, recResigned).(resignRecord); !ok || rec.From != "127.0.0.2" {
-		t.Fatalf("resigned record %+v; want the revoked key's paths owed a new signature", recordOf(p, recResigned))
+	// A next key made before the revoke lay beside the stolen one: it is
+	// revoked too, and a new one made.
+	o.Rotation.RevokeNext = next.String()
+	r = wantCondition(t, plan(o), status.CacheKeyReady, true, "RotationRevoking")
+	if len(r.Keys) != 1 || r.Keys[0].kind != keyRemoveNext || !r.Keys[0].revoked {
+		t.Fatalf("keys %+v; want the next key revoked too", r.Keys)
 	}
-	// Promoted: the new key re-signs what the revoked one signed.
+	// Promoted: the next key's files go (the settings never named them),
+	// then the new key re-signs what the revoked one signed here.
 	o = w.obs(fleetYAML, "stage")
-	o.Resigned.From = "127.0.0.2"
+	o.NextCacheKey = CacheKeyObs{CacheKeyState: nix.CacheKeyState{Name: o.CacheKey.Name, Public: o.CacheKey.Public}}
+	o.Resigned.From = revoked
+	r = wantCondition(t, plan(o), status.CacheKeyReady, true, "RotationRetiring")
+	if len(r.Keys) != 1 || r.Keys[0].kind != keyRemoveNext || r.Keys[0].revoked {
+		t.Fatalf("keys %+v; want the next key's files removed", r.Keys)
+	}
+	o.NextCacheKey = CacheKeyObs{CacheKeyState: nix.CacheKeyState{Missing: true}}
 	r = wantCondition(t, plan(o), status.CacheKeyReady, true, "RotationResigning")
-	if r.Resign == nil || r.Resign.from != "127.0.0.2" || r.Resign.keyFile != filepath.Join(w.l.KeysDir, nix.SecretKeyFileName) {
-		t.Fatalf("resign %+v; want the revoked key's paths signed with the current key", r.Resign)
+	if r.Resign == nil || r.Resign.from != revoked || !r.Resign.ultimateOnly || r.Resign.keyFile != filepath.Join(w.l.KeysDir, nix.SecretKeyFileName) {
+		t.Fatalf("resign %+v; want what the revoked key signed here signed with the current key", r.Resign)
 	}
 }
 
@@ -203,9 +238,16 @@ func TestPlanConsumerTrustsBothKeysOfARotation(t *testing.T) {
 			t.Errorf("next key %s: settings\n%s\nwant the current key trusted, the next %v", c.next, conf, c.trusted)
 		}
 	}
-	// Its facts say what is live: the record of the last verified apply.
+	// While staging rotates, production's facts say what is live: the
+	// record of the last verified apply; otherwise they say nothing
+	// (older agents refuse the field).
 	o := w.obs(fleetYAML, "prod")
+	w.stageServes(o)
 	o.Applied.Trusted = []string{w.stageCK.String()}
+	if p := plan(o); p.TrustedLive != nil {
+		t.Fatalf("trusted live %v without a rotation; want none", p.TrustedLive)
+	}
+	o.Peers["stage"].Facts.Serve.NextCacheKey = newCacheKey(t, "127.0.0.2-g2").String()
 	if p := plan(o); !slices.Equal(p.TrustedLive, o.Applied.Trusted) {
 		t.Fatalf("trusted live %v; want %v", p.TrustedLive, o.Applied.Trusted)
 	}

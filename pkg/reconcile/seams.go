@@ -23,9 +23,10 @@ type Nix interface {
 	// SignClosure signs the closure of storePath with the secret key in
 	// keyFile.
 	SignClosure(ctx context.Context, keyFile, storePath string) error
-	// Resign adds a signature of the key in keyFile to every path signed
-	// by the key named from; it returns how many it signed.
-	Resign(ctx context.Context, keyFile, from string) (int, error)
+	// Resign adds a signature of the key in keyFile to every path with a
+	// good signature of the key from (NAME:BASE64), with ultimateOnly of
+	// those built here; it returns how many it signed.
+	Resign(ctx context.Context, keyFile, from string, ultimateOnly bool) (int, error)
 	// Apply runs the host's apply command and returns the tail of its
 	// output.
 	Apply(ctx context.Context, argv []string) (string, error)

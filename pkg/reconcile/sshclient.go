@@ -33,7 +33,7 @@ func (pl *planner) planKnownHosts() *Resource {
 			entries = append(entries, knownhosts.Entry{Host: h.Address, Port: h.SSHPort, Key: key})
 			if next := pl.keys[name].NextHostKey; next != nil {
 				// Handed over: ssh takes either until the peer shows it.
-				entries = append(entries, knownhosts.Entry{Host: h.Address, Port: h.SSHPort, Key: next})
+				entries = append(entries, knownhosts.Entry{Host: h.Address, Port: h.SSHPort, Key: next, Next: true})
 			}
 		default:
 			unknown = append(unknown, name)
