@@ -21,8 +21,9 @@ import (
 // (10 unless NIXPEER_FLEET_N says otherwise), waits until all are Ready,
 // then rotates staging's signing key and reports the time from `rotate
 // cache-key` to the old key retired on staging and gone from every
-// consumer's settings, and how many paths staging re-signed (every path of
-// the machine's store signed by a key of staging's name).
+// consumer's settings; the first consumer fetches a path from staging
+// throughout, and a failed fetch fails the benchmark. Staging re-signs
+// every path of the machine's store with a good signature of its old key.
 //
 //	sudo go test -run '^$' -bench '^BenchmarkRotateFleet$' -benchtime 1x -count 3 ./cmd/agent/
 func BenchmarkRotateFleet(b *testing.B) {
@@ -80,6 +81,36 @@ func rotateFleet(b *testing.B, n int) time.Duration {
 	}
 	waitAll("all Ready", 3*time.Minute, func(_ *agent, st status.Status) bool { return ready(st) })
 
+	// The first consumer fetches a path from staging throughout: not one
+	// fetch may fail.
+	path := testenv.BuildPath(b, f.daemon, "nixpeer-rotate-fleet", "rotated "+strconv.FormatInt(time.Now().UnixNano(), 10))
+	first := *f
+	first.P = roots[0]
+	stop, stores := make(chan struct{}), b.TempDir()
+	var fetches, failed int
+	var lastFailure string
+	fetched := make(chan struct{})
+	go func() {
+		defer close(fetched)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			store, err := os.MkdirTemp(stores, "store")
+			if err != nil {
+				return
+			}
+			if _, out, err := first.tryFetch(store, path); err != nil {
+				failed, lastFailure = failed+1, err.Error()+": "+out
+			}
+			fetches++
+		}
+	}()
+	stopFetching := sync.OnceFunc(func() { close(stop); <-fetched })
+	defer stopFetching()
+
 	start := time.Now()
 	if _, err := f.stage.client.Key(context.Background(), api.KeyRequest{Key: "cache-key", Action: "rotate"}); err != nil {
 		b.Fatal(err)
@@ -93,6 +124,10 @@ func rotateFleet(b *testing.B, n int) time.Duration {
 		return ready(st) && strings.Contains(string(conf), "127.0.0.2-g2:") && !strings.Contains(string(conf), "127.0.0.2:")
 	})
 	took := time.Since(start)
-	b.Logf("N=%d: rotate cache-key to the old key retired everywhere: %.2f s", n, took.Seconds())
+	stopFetching()
+	if failed > 0 || fetches == 0 {
+		b.Fatalf("%d of %d fetches by prod-0 during the rotation failed; the last: %s", failed, fetches, lastFailure)
+	}
+	b.Logf("N=%d: rotate cache-key to the old key retired everywhere: %.2f s; %d fetches by prod-0 meanwhile, none failed", n, took.Seconds(), fetches)
 	return took
 }
