@@ -25,11 +25,7 @@ func pathInfos(ctx context.Context, cli *nix.CLI, s reconcile.PeerStore, paths [
 	if err != nil {
 		return nil, fmt.Errorf("ask %s: %w", s.Name, err)
 	}
-	out := make(map[string]nix.PathInfo, len(got))
-	for p, i := range got {
-		out[p] = nix.PathInfo{Path: i.Path, NarHash: i.NarHash, NarSize: i.NarSize, References: i.References, Signatures: i.Sigs}
-	}
-	return out, nil
+	return got, nil
 }
 
 // storeAt is the peer's store whose substituter URL is u (by meaning: Nix

@@ -171,7 +171,3 @@ func CleanNixEnv(env []string) []string {
 	}
 	return out
 }
-
-// Logs returns what the daemon printed so far, for example its
-// "accepted connection from pid N, user nix-ssh" lines.
-func (d *NixDaemon) Logs() string { return d.Proc.Logs() }

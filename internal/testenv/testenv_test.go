@@ -150,8 +150,8 @@ func TestNixDaemonBuildPath(t *testing.T) {
 	if string(got) != "built by testenv\n" {
 		t.Errorf("%s holds %q", p, got)
 	}
-	if !strings.Contains(d.Logs(), "accepted connection") {
-		t.Errorf("daemon log shows no connection:\n%s", d.Logs())
+	if !strings.Contains(d.Proc.Logs(), "accepted connection") {
+		t.Errorf("daemon log shows no connection:\n%s", d.Proc.Logs())
 	}
 }
 
@@ -204,7 +204,7 @@ func TestSSHDServesTestDaemon(t *testing.T) {
 			var out bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &out, &out
 			if err := cmd.Run(); err != nil {
-				t.Fatalf("nix-store -r over %s: %v\n%s\nsshd log:\n%s\ndaemon log:\n%s", tc.protocol, err, out.String(), s.Logs(), d.Logs())
+				t.Fatalf("nix-store -r over %s: %v\n%s\nsshd log:\n%s\ndaemon log:\n%s", tc.protocol, err, out.String(), s.Logs(), d.Proc.Logs())
 			}
 			got, err := os.ReadFile(filepath.Join(store, path))
 			if err != nil {
@@ -215,8 +215,8 @@ func TestSSHDServesTestDaemon(t *testing.T) {
 			}
 			// The forced command reached this test's daemon, as nix-ssh.
 			WaitFor(t, 5*time.Second, 10*time.Millisecond, "the daemon to log a connection of "+NixSSHUser, func() error {
-				if !strings.Contains(d.Logs(), "user "+NixSSHUser) {
-					return fmt.Errorf("daemon log:\n%s", d.Logs())
+				if !strings.Contains(d.Proc.Logs(), "user "+NixSSHUser) {
+					return fmt.Errorf("daemon log:\n%s", d.Proc.Logs())
 				}
 				return nil
 			})

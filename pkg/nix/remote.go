@@ -18,6 +18,9 @@ type PathInfo struct {
 	Signatures []string `json:"signatures"`
 	// Ultimate is set for a path built on this store's host.
 	Ultimate bool `json:"ultimate"`
+	// Deriver is filled by pkg/probe's serve-protocol query only; the
+	// JSON of nix path-info is not read for it.
+	Deriver string `json:"-"`
 }
 
 // SignedBy returns the name of the first key of trusted that signed the

@@ -30,29 +30,8 @@ const maxStderr = 512
 // connection before anything is read from it.
 type HostKeyCheck func(key ssh.PublicKey) error
 
-// ErrHostKeyRefused is wrapped by every error about a peer whose host key
-// the HostKeyCheck refused (see HostKeyError).
-var ErrHostKeyRefused = errors.New("host key refused")
-
-// HostKeyError says that the HostKeyCheck refused the key a peer offered.
-// It matches ErrHostKeyRefused with errors.Is.
-type HostKeyError struct {
-	// Key is the host key the peer offered.
-	Key ssh.PublicKey
-	// Err is why the check refused it.
-	Err error
-}
-
-// Error names the offered key by its SHA256 fingerprint, and the reason.
-func (e *HostKeyError) Error() string {
-	return fmt.Sprintf("host key %s refused: %v", ssh.FingerprintSHA256(e.Key), e.Err)
-}
-
-// Unwrap returns ErrHostKeyRefused and the check's error.
-func (e *HostKeyError) Unwrap() []error { return []error{ErrHostKeyRefused, e.Err} }
-
 // Fetch asks the peer at addr ("host:port") for its facts once. Errors
-// name the peer; a refused host key is a *HostKeyError. Fetch takes at
+// name the peer, and a refused host key by its fingerprint. Fetch takes at
 // most DefaultFetchTimeout, on the wall clock.
 func Fetch(ctx context.Context, addr string, check HostKeyCheck) (Facts, error) {
 	ctx, cancel := context.WithTimeout(ctx, DefaultFetchTimeout)
@@ -115,12 +94,12 @@ func dial(ctx context.Context, addr string, local net.IP, identity ssh.Signer, c
 		return nil, fmt.Errorf("connect: %w", err)
 	}
 	stop := context.AfterFunc(ctx, func() { c.Close() })
-	var refused *HostKeyError
+	var refused error
 	config := &ssh.ClientConfig{
 		User: "nixpeer",
 		HostKeyCallback: func(_ string, _ net.Addr, key ssh.PublicKey) error {
 			if err := check(key); err != nil {
-				refused = &HostKeyError{Key: key, Err: err}
+				refused = fmt.Errorf("host key %s refused: %w", ssh.FingerprintSHA256(key), err)
 				return refused
 			}
 			return nil

@@ -26,12 +26,9 @@ func TestWrongHostKeyRefused(t *testing.T) {
 	other := newSigner(t).PublicKey()
 
 	_, err := Fetch(context.Background(), s.addr, pin(other))
-	var hk *HostKeyError
-	if !errors.Is(err, ErrHostKeyRefused) || !errors.As(err, &hk) {
-		t.Fatalf("Fetch with the wrong pin: got %v, want a *HostKeyError", err)
-	}
-	if got, want := ssh.FingerprintSHA256(hk.Key), ssh.FingerprintSHA256(key.PublicKey()); got != want {
-		t.Errorf("HostKeyError.Key is %s, want the offered key %s", got, want)
+	refused := "host key " + ssh.FingerprintSHA256(key.PublicKey()) + " refused"
+	if err == nil || !strings.Contains(err.Error(), refused) {
+		t.Fatalf("Fetch with the wrong pin: got %v, want %q", err, refused)
 	}
 	for _, part := range []string{s.addr, ssh.FingerprintSHA256(key.PublicKey()), ssh.FingerprintSHA256(other)} {
 		if !strings.Contains(err.Error(), part) {
@@ -41,8 +38,8 @@ func TestWrongHostKeyRefused(t *testing.T) {
 
 	w := startWatch(t, s.addr, pin(other), fastWatch)
 	for range 3 {
-		if err := recv(t, w.errs, "host key error"); !errors.As(err, &hk) {
-			t.Fatalf("Watch with the wrong pin: got %v, want a *HostKeyError", err)
+		if err := recv(t, w.errs, "host key error"); err == nil || !strings.Contains(err.Error(), refused) {
+			t.Fatalf("Watch with the wrong pin: got %v, want %q", err, refused)
 		}
 	}
 	w.cancel()

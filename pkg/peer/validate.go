@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/nixpeer/nixpeer/pkg/hostname"
+	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
 )
 
@@ -26,10 +27,8 @@ const (
 // white space, '$' or '{', so known_hosts, authorized_keys and nix.conf
 // need no quoting for it.
 var (
-	cacheKeyRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*:[A-Za-z0-9+/]{43}=$`)
 	fingerprintRE = regexp.MustCompile(`^SHA256:[A-Za-z0-9+/]{43}$`)
 	checkReasonRE = regexp.MustCompile(`^[a-z]+( [a-z]+){0,3}$`)
-	nixKeyShapeRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*:([A-Za-z0-9+/]+={0,2})$`)
 )
 
 // Validate reports the first problem of f, or nil when every value is
@@ -52,11 +51,11 @@ func (f Facts) Validate() error {
 	if err := noPrivate(f); err != nil {
 		return err
 	}
-	if err := checkLabel("name", f.Name); err != nil {
+	if err := hostError("name", f.Name, hostname.CheckLabel(f.Name)); err != nil {
 		return err
 	}
-	if err := checkAddress(f.Address); err != nil {
-		return err
+	if _, err := hostname.Check(f.Address); err != nil {
+		return hostError("address", f.Address, err)
 	}
 	if f.Generation < 0 || f.ObservedGeneration < 0 {
 		return fmt.Errorf("generation %d / observedGeneration %d is negative", f.Generation, f.ObservedGeneration)
@@ -142,7 +141,7 @@ func (s *ServeFacts) validate() error {
 	seen := map[AuthorizedFact]bool{}
 	for i, a := range s.Authorized {
 		what := fmt.Sprintf("serve.authorized[%d]", i)
-		if err := checkLabel(what+".host", a.Host); err != nil {
+		if err := hostError(what+".host", a.Host, hostname.CheckLabel(a.Host)); err != nil {
 			return err
 		}
 		if err := checkFingerprint(what+".fingerprint", a.Fingerprint); err != nil {
@@ -196,31 +195,18 @@ func noPrivate(f Facts) error {
 	return nil
 }
 
-// checkLabel accepts a host name: one lowercase DNS label
-// (hostname.CheckLabel).
-func checkLabel(what, s string) error {
-	if err := hostname.CheckLabel(s); err != nil {
-		return fmt.Errorf("%s %s %s", what, quoteShort(s), hostReason(err))
+// hostError turns err, from hostname.CheckLabel or hostname.Check on the
+// value s of what, into a message that quotes s with quoteShort; it is nil
+// when err is.
+func hostError(what, s string, err error) error {
+	if err == nil {
+		return nil
 	}
-	return nil
-}
-
-// checkAddress accepts a DNS name, an IPv4 address, or an IPv6 address
-// without brackets or zone (hostname.Check).
-func checkAddress(s string) error {
-	if _, err := hostname.Check(s); err != nil {
-		return fmt.Errorf("address %s %s", quoteShort(s), hostReason(err))
-	}
-	return nil
-}
-
-// hostReason is what a hostname error says is wrong, without the value,
-// which the caller quotes with quoteShort.
-func hostReason(err error) string {
+	reason := "is not valid"
 	if e := (*hostname.Error)(nil); errors.As(err, &e) {
-		return e.Reason
+		reason = e.Reason
 	}
-	return "is not valid"
+	return fmt.Errorf("%s %s %s", what, quoteShort(s), reason)
 }
 
 // checkKeyLine accepts exactly "ssh-ed25519 BASE64": one ed25519 public
@@ -234,22 +220,21 @@ func checkKeyLine(what, s string) error {
 }
 
 // checkCacheKey accepts a Nix binary-cache public key, NAME:BASE64 of 32
-// bytes, and recognizes a secret key (64 bytes) without quoting it.
+// bytes in canonical base64 (nix.ParsePublicKey, without its trailing
+// newline), and recognizes a secret key without quoting it.
 func checkCacheKey(what, s string) error {
 	if len(s) > maxCacheKey {
 		return fmt.Errorf("%s is %d characters long; the limit is %d", what, len(s), maxCacheKey)
 	}
-	if !cacheKeyRE.MatchString(s) {
-		if m := nixKeyShapeRE.FindStringSubmatch(s); m != nil {
-			if b, err := base64.StdEncoding.DecodeString(m[1]); err == nil && len(b) == 64 {
-				return fmt.Errorf("%s is a binary-cache SECRET key; a peer must send the public key only", what)
-			}
-		}
-		return fmt.Errorf("%s is not a binary-cache public key NAME:BASE64 of 32 bytes", what)
+	if _, err := nix.ParseSecretKey(s); err == nil {
+		return fmt.Errorf("%s is a binary-cache SECRET key; a peer must send the public key only", what)
 	}
-	_, b64, _ := strings.Cut(s, ":")
-	if b, err := base64.StdEncoding.Strict().DecodeString(b64); err != nil || len(b) != 32 {
-		return fmt.Errorf("%s does not hold canonical base64 of 32 bytes", what)
+	_, err := nix.ParsePublicKey(s)
+	if err == nil && strings.HasSuffix(s, "\n") {
+		err = errors.New("it ends in a newline")
+	}
+	if err != nil {
+		return fmt.Errorf("%s is not a binary-cache public key NAME:BASE64 of 32 bytes: %v", what, err)
 	}
 	return nil
 }

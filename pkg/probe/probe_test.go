@@ -104,8 +104,8 @@ func TestProbeServes(t *testing.T) {
 			}
 			// The probe reached this test's daemon, as nix-ssh.
 			testenv.WaitFor(t, 5*time.Second, 10*time.Millisecond, "a connection of nix-ssh in the daemon log", func() error {
-				if !strings.Contains(p.daemon.Logs(), "user "+testenv.NixSSHUser) {
-					return fmt.Errorf("daemon log:\n%s", p.daemon.Logs())
+				if !strings.Contains(p.daemon.Proc.Logs(), "user "+testenv.NixSSHUser) {
+					return fmt.Errorf("daemon log:\n%s", p.daemon.Proc.Logs())
 				}
 				return nil
 			})

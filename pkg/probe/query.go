@@ -23,21 +23,11 @@ const (
 	maxPathLen = 1024
 )
 
-// PathInfo is what a store says of one of its paths.
-type PathInfo struct {
-	Path, Deriver         string
-	References            []string
-	DownloadSize, NarSize uint64
-	// NarHash is as the store spells it (sha256:NIX32).
-	NarHash, CA string
-	Sigs        []string
-}
-
 // QueryPathInfos connects as Probe does and asks the store, in one round
 // trip (the serve protocol's QueryPathInfos), what it holds of paths;
 // those it lacks are not in the map. It speaks the ssh protocol (nix-store
 // --serve) only.
-func QueryPathInfos(ctx context.Context, t Target, paths []string) (map[string]PathInfo, error) {
+func QueryPathInfos(ctx context.Context, t Target, paths []string) (map[string]nix.PathInfo, error) {
 	if t.Protocol != nix.ProtocolSSH {
 		return nil, fmt.Errorf("query path infos: protocol %s is not spoken here; only ssh", t.Protocol)
 	}
@@ -49,7 +39,7 @@ func QueryPathInfos(ctx context.Context, t Target, paths []string) (map[string]P
 			return nil, fmt.Errorf("query path infos: %q is not a store path", p)
 		}
 	}
-	out := map[string]PathInfo{}
+	out := map[string]nix.PathInfo{}
 	t.after = func(w io.Writer, r io.Reader) error {
 		req := words(cmdQueryPathInfos, uint64(len(paths)))
 		for _, p := range paths {
@@ -72,14 +62,15 @@ func QueryPathInfos(ctx context.Context, t Target, paths []string) (map[string]P
 
 // readPathInfos reads QueryPathInfos' answer: for each path the store
 // holds, its path, deriver, references, download and NAR sizes, NAR hash,
-// content address and signatures; then an empty string. Only paths that
-// were asked are accepted, each once.
-func readPathInfos(r *wireReader, asked []string) ([]PathInfo, error) {
+// content address and signatures (the download size and content address
+// are dropped); then an empty string. Only paths that were asked are
+// accepted, each once.
+func readPathInfos(r *wireReader, asked []string) ([]nix.PathInfo, error) {
 	want := make(map[string]bool, len(asked))
 	for _, p := range asked {
 		want[p] = true
 	}
-	var infos []PathInfo
+	var infos []nix.PathInfo
 	for {
 		path := r.string("path", maxPathLen)
 		if r.err != nil {
@@ -92,14 +83,14 @@ func readPathInfos(r *wireReader, asked []string) ([]PathInfo, error) {
 			return infos, fail(WrongProtocol, "QueryPathInfos answered about %q, which was not asked (or twice)", path)
 		}
 		delete(want, path)
-		i := PathInfo{Path: path}
+		i := nix.PathInfo{Path: path}
 		i.Deriver = r.string("deriver", maxPathLen)
 		i.References = r.strings("references", maxPaths, maxPathLen)
-		i.DownloadSize = r.uint64("download size")
+		r.uint64("download size")
 		i.NarSize = r.uint64("NAR size")
 		i.NarHash = r.string("NAR hash", maxPathLen)
-		i.CA = r.string("content address", maxString)
-		i.Sigs = r.strings("signatures", maxFields, maxPathLen)
+		r.string("content address", maxString)
+		i.Signatures = r.strings("signatures", maxFields, maxPathLen)
 		if r.err != nil {
 			return infos, r.err // the half-read info is dropped
 		}

@@ -179,8 +179,11 @@ func (h *Host) observe() *Observation {
 
 	o.ClientKey = inspectKey("client key", l.ClientKey)
 	o.HostKey = inspectKey("host key", l.HostKey)
-	o.NextHostKey = inspectKey("next host key", l.HostKey+sshkeys.NextSuffix)
 	o.HostKeyRequest = readRecord[hostKeyRequest](h, recHostKeyRotation)
+	o.NextHostKey = KeyObs{State: sshkeys.Inspection{Missing: true}}
+	if _, err := os.Lstat(l.HostKey + sshkeys.NextSuffix); err == nil || o.HostKeyRequest.From != "" {
+		o.NextHostKey = inspectKey("next host key", l.HostKey+sshkeys.NextSuffix)
+	}
 	o.SSHDReloaded = readRecord[string](h, recSSHDReloaded)
 	if o.HostKey.Usable() {
 		o.HostCert, o.HostCertErr = sshkeys.ReadHostCert(l.HostKey+"-cert.pub", o.HostKey.Key.Public)
