@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -43,35 +42,7 @@ func TestRotateHostKey(t *testing.T) {
 	}
 
 	// Production fetches throughout.
-	stop, stores := make(chan struct{}), t.TempDir()
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var fetches int
-	var failures []string
-	stopFetching := sync.OnceFunc(func() { close(stop); wg.Wait() })
-	t.Cleanup(stopFetching)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			store, err := os.MkdirTemp(stores, "store")
-			if err != nil {
-				return
-			}
-			_, out, err := f.tryFetch(store, path)
-			mu.Lock()
-			fetches++
-			if err != nil {
-				failures = append(failures, err.Error()+": "+out)
-			}
-			mu.Unlock()
-		}
-	}()
+	stopFetching := f.fetchLoop(t, path)
 
 	rotate := func(a *agent, root, name string, peer *agent) {
 		t.Helper()
@@ -125,7 +96,7 @@ func TestRotateHostKey(t *testing.T) {
 	f.prod.waitFor("production Ready", ready)
 	f.fetch(t, path)
 
-	stopFetching()
+	fetches, failures := stopFetching()
 	if len(failures) > 0 || fetches == 0 {
 		t.Fatalf("%d of %d fetches during the rotations failed: %v", len(failures), fetches, failures)
 	}

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -162,6 +163,42 @@ func (f *fleetRun) fetch(t testing.TB, path string) (string, string) {
 		t.Fatalf("production fetch of %s: %v\n%s\nsignatures on staging: %s\nproduction nixpeer.conf:\n%s\nsshd log:\n%s", path, err, out, sigs, conf, f.sshd.Logs())
 	}
 	return store, out
+}
+
+// fetchLoop fetches path from staging into a new store, with only the
+// production agent's files, again and again until the returned function
+// is called; that returns how many fetches there were and why those that
+// failed did. It is called at the test's end at the latest.
+func (f *fleetRun) fetchLoop(t testing.TB, path string) func() (int, []string) {
+	stop, stores := make(chan struct{}), t.TempDir()
+	done := make(chan struct{})
+	var fetches int
+	var failures []string
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			store, err := os.MkdirTemp(stores, "store")
+			if err != nil {
+				failures = append(failures, err.Error())
+				return
+			}
+			if _, out, err := f.tryFetch(store, path); err != nil {
+				failures = append(failures, err.Error()+": "+out)
+			}
+			fetches++
+		}
+	}()
+	end := sync.OnceFunc(func() { close(stop); <-done })
+	t.Cleanup(end) // before stores is removed
+	return func() (int, []string) {
+		end()
+		return fetches, failures
+	}
 }
 
 // tryFetch is fetch into store, with an error for a fetch that failed or

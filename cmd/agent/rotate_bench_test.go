@@ -86,30 +86,7 @@ func rotateFleet(b *testing.B, n int) time.Duration {
 	path := testenv.BuildPath(b, f.daemon, "nixpeer-rotate-fleet", "rotated "+strconv.FormatInt(time.Now().UnixNano(), 10))
 	first := *f
 	first.P = roots[0]
-	stop, stores := make(chan struct{}), b.TempDir()
-	var fetches, failed int
-	var lastFailure string
-	fetched := make(chan struct{})
-	go func() {
-		defer close(fetched)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			store, err := os.MkdirTemp(stores, "store")
-			if err != nil {
-				return
-			}
-			if _, out, err := first.tryFetch(store, path); err != nil {
-				failed, lastFailure = failed+1, err.Error()+": "+out
-			}
-			fetches++
-		}
-	}()
-	stopFetching := sync.OnceFunc(func() { close(stop); <-fetched })
-	defer stopFetching()
+	stopFetching := first.fetchLoop(b, path)
 
 	start := time.Now()
 	if _, err := f.stage.client.Key(context.Background(), api.KeyRequest{Key: "cache-key", Action: "rotate"}); err != nil {
@@ -124,9 +101,9 @@ func rotateFleet(b *testing.B, n int) time.Duration {
 		return ready(st) && strings.Contains(string(conf), "127.0.0.2-g2:") && !strings.Contains(string(conf), "127.0.0.2:")
 	})
 	took := time.Since(start)
-	stopFetching()
-	if failed > 0 || fetches == 0 {
-		b.Fatalf("%d of %d fetches by prod-0 during the rotation failed; the last: %s", failed, fetches, lastFailure)
+	fetches, failures := stopFetching()
+	if len(failures) > 0 || fetches == 0 {
+		b.Fatalf("%d of %d fetches by prod-0 during the rotation failed: %v", len(failures), fetches, failures)
 	}
 	b.Logf("N=%d: rotate cache-key to the old key retired everywhere: %.2f s; %d fetches by prod-0 meanwhile, none failed", n, took.Seconds(), fetches)
 	return took

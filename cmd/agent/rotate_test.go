@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -101,35 +100,7 @@ func TestRotateCacheKey(t *testing.T) {
 
 	// Production is back: it trusts both keys, then staging signs with
 	// both, re-signs, and retires the old key, while production fetches.
-	stop, stores := make(chan struct{}), t.TempDir()
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var fetches int
-	var failures []string
-	stopFetching := sync.OnceFunc(func() { close(stop); wg.Wait() })
-	t.Cleanup(stopFetching) // before stores is removed
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			store, err := os.MkdirTemp(stores, "store")
-			if err != nil {
-				return
-			}
-			_, out, err := f.tryFetch(store, before)
-			mu.Lock()
-			fetches++
-			if err != nil {
-				failures = append(failures, err.Error()+": "+out)
-			}
-			mu.Unlock()
-		}
-	}()
+	stopFetching := f.fetchLoop(t, before)
 	f.prod = startAgent(t, f.P, f.config, "prod")
 	st = f.stage.waitWithin(2*time.Minute, "rotation done", func(st status.Status) bool {
 		return st.Rotation == nil && ready(st) && strings.HasPrefix(facts(t, f.S).CacheKey.PublicKey, "127.0.0.2-g2:")
@@ -138,7 +109,7 @@ func TestRotateCacheKey(t *testing.T) {
 		k := trustedKeys(t, f)
 		return ready(st) && len(k) == 1 && strings.HasPrefix(k[0], "127.0.0.2-g2:")
 	})
-	stopFetching()
+	fetches, failures := stopFetching()
 	if len(failures) > 0 || fetches == 0 {
 		t.Fatalf("%d of %d fetches during the rotation failed: %v", len(failures), fetches, failures)
 	}
