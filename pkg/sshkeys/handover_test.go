@@ -10,23 +10,10 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-func newSigner(t *testing.T) ssh.Signer {
-	t.Helper()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
 // TestHandover: a proof holds for the host, address and next key it was
 // made for, signed by the current key, and for nothing else.
 func TestHandover(t *testing.T) {
-	cur, next, other := newSigner(t), newSigner(t), newSigner(t)
+	cur, next, other := edSigner(t), edSigner(t), edSigner(t)
 	proof, err := HandoverProof(cur, "stage", "127.0.0.2", next.PublicKey())
 	if err != nil {
 		t.Fatal(err)
