@@ -21,16 +21,20 @@ import (
 //     Nix settings (an operator may force past one that is away);
 //  3. SigningWithBoth: secret-key-files names both keys, until verified
 //     live;
-//  4. Resigning: every path signed by the current key gets a signature of
-//     the next one;
-//  5. Retiring: the next key becomes the current one; the old secret is
-//     kept, 0600, in nix.RetiredKeyDir, and consumers drop its public key.
+//  4. Resigning: every path with a good signature of the current key
+//     gets one of the next key;
+//  5. Retiring: the current key file is replaced by the next key; the
+//     old secret is kept, 0600, in nix.RetiredKeyDir, and consumers drop
+//     its public key; the next key's own files go once the settings no
+//     longer name them.
 //
 // Every phase is derived from what is on disk, in the consumers' facts
 // and in the store's records, so a restart resumes where it was.
-// A revoke (the current key believed stolen) makes the next key and
-// promotes it at once: consumers drop the stolen key as soon as they
-// hear, and the new key re-signs what the stolen one had signed.
+// A revoke (the current key believed stolen) records the re-signing it
+// owes, then makes a next key (a next key already there lay beside the
+// stolen one, so it is revoked too) and promotes it at once: consumers
+// drop the stolen key as soon as they hear, and the new key re-signs what
+// the stolen one had signed of the paths built here.
 const (
 	PhaseMakingKey       = "MakingKey"
 	PhaseTrusting        = "Trusting"
@@ -72,8 +76,9 @@ type rotationPlan struct {
 	next string
 	// status is the rotation under way; nil when none is.
 	status *status.Rotation
-	// awaitsLive: the rotation goes on once the settings that sign with
-	// both keys are live.
+	// awaitsLive: the rotation goes on once the settings planned now
+	// (with both keys, or after a promotion without the next key's file)
+	// are live.
 	awaitsLive bool
 }
 
