@@ -334,3 +334,39 @@ func FuzzPinnedHostKeys(f *testing.F) {
 		}
 	})
 }
+
+// FuzzKeyGeneration: a name is a generation of a keyName exactly when
+// GenerationName gives it back, and the generation is in range.
+func FuzzKeyGeneration(f *testing.F) {
+	for _, s := range [][2]string{{"stage", "stage"}, {"stage", "stage-g2"}, {"stage", "stage-g02"}, {"stage", "stage-g1"}, {"a-g2", "a-g2-g3"}, {"stage", "stage-g99999"}} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, keyName, name string) {
+		gen, ok := KeyGeneration(keyName, name)
+		if !ok {
+			if gen != 0 {
+				t.Fatalf("KeyGeneration(%q, %q) = %d, false", keyName, name, gen)
+			}
+			return
+		}
+		if gen < 1 || gen > MaxKeyGeneration || GenerationName(keyName, gen) != name {
+			t.Fatalf("KeyGeneration(%q, %q) = %d, but GenerationName gives %q", keyName, name, gen, GenerationName(keyName, gen))
+		}
+	})
+}
+
+// FuzzToResign: whatever the path infos, only paths with a good signature
+// of the old key come out, sorted, each once.
+func FuzzToResign(f *testing.F) {
+	f.Add(`[{"path":"/nix/store/00000000000000000000000000000001-a","narHash":"sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s","narSize":120,"signatures":["stage:AAAA"],"ultimate":true}]`)
+	_, pub, _ := GenerateCacheKey("stage")
+	f.Fuzz(func(t *testing.T, raw string) {
+		infos, err := ParsePathInfoJSON([]byte(raw))
+		if err != nil {
+			return
+		}
+		if got := ToResign(infos, pub, "stage-g2", false); len(got) > 0 {
+			t.Fatalf("paths nobody signed with the key came out: %v", got)
+		}
+	})
+}

@@ -42,7 +42,7 @@ func KeyGeneration(keyName, name string) (int, bool) {
 		return 1, true
 	}
 	rest, ok := strings.CutPrefix(name, keyName+"-g")
-	if !ok || rest == "" || rest[0] == '0' {
+	if !ok || rest == "" || rest[0] == '0' || strings.Trim(rest, "0123456789") != "" {
 		return 0, false
 	}
 	gen, err := strconv.Atoi(rest)

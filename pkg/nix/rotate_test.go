@@ -21,6 +21,8 @@ func TestGenerationNames(t *testing.T) {
 		{"stage", "stage-g02", 0, false},
 		{"stage", "stage-g", 0, false},
 		{"stage", "stage-gx", 0, false},
+		{"stage", "stage-g+2", 0, false}, // found by FuzzKeyGeneration
+		{"stage", "stage-g2 ", 0, false},
 		{"stage", "stage2", 0, false},
 		{"stage", "other-g2", 0, false},
 	} {
