@@ -428,9 +428,7 @@ func TestSecondDaemonOnSameStateIsRefused(t *testing.T) {
 }
 
 func TestMutatingCallsAreRootOnly(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run a client as another user")
-	}
+	testenv.RequireRoot(t) // to run a client as another user
 	root, config := newRoot(t, fleet(testenv.FreePort(t, "127.0.0.2"), ""))
 	// The client runs as nobody, a member of group nogroup, so it may read.
 	a := startAgent(t, root, config, "stage", noSSHDCheck, "--socket-group", "nogroup")

@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/nixpeer/nixpeer/internal/testenv"
 	"github.com/nixpeer/nixpeer/pkg/state"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
@@ -74,9 +75,7 @@ func serve(t *testing.T, sock string) *fakeBackend {
 }
 
 func TestStatusAndReconcileAsRoot(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the mutating route is root's; run as root")
-	}
+	testenv.RequireRoot(t) // the mutating route is root's
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	b := serve(t, sock)
 	st, err := os.Stat(sock)
