@@ -139,10 +139,9 @@ type State struct {
 	// files because the store had no usable record of the peer.
 	Rebuilt bool
 	// NextHostKey is the key the peer hands its name over to, in facts
-	// that came over a connection of HostKey (before a restart: within
-	// HandoverMemory), with a proof that HostKey signed (see
-	// successorLocked): trusted beside HostKey, and in its place once the
-	// peer shows it.
+	// that came in this run over a connection of HostKey, with a proof
+	// that HostKey signed (see successorLocked): trusted beside HostKey,
+	// and in its place once the peer shows it.
 	NextHostKey ssh.PublicKey
 }
 
@@ -228,10 +227,6 @@ const (
 	FlushBurst  = 4
 	FlushWindow = time.Second
 )
-
-// HandoverMemory is how long a host key handover a peer told is taken
-// from the store at a restart.
-const HandoverMemory = time.Hour
 
 // relevant reports whether a and b differ in what this host acts on: the
 // peer's identity, its keys and whom it serves. Its generation and
@@ -583,13 +578,8 @@ func (m *Manager) loadLocked(w *watched) {
 		f := *rec.Facts
 		w.st.Facts, w.st.FactsAt = &f, rec.FactsAt
 	}
-	// A handover kept from before a restart holds for HandoverMemory
-	// after the peer told it: enough for a restart in the middle of one,
-	// not for a proof kept from long ago that could hand the peer to a
-	// key retired since.
-	if time.Since(w.st.FactsAt) < HandoverMemory {
-		w.st.NextHostKey = successorLocked(w)
-	}
+	// A handover is taken from live facts only (see accept): a proof
+	// kept from long ago could hand the peer to a key retired since.
 }
 
 // successorLocked is the next host key w's peer hands its name over to,

@@ -94,9 +94,7 @@ func (pl *planner) planHostKeyRotation(r *Resource) (out hostKeyRotation) {
 	out.next, out.proof = next.Key.AuthorizedLine(), proof
 	var waiting []string
 	for _, t := range o.Watches {
-		// Connected: its facts are live, not those of an agent that
-		// stopped since (it may come back without what it accepted).
-		if st := o.Peers[t.Name]; !st.Connected || st.Facts == nil || !slices.Contains(st.Facts.AcceptedHostKeys, out.next) {
+		if f := o.Peers[t.Name].Facts; f == nil || !slices.Contains(f.AcceptedHostKeys, out.next) {
 			waiting = append(waiting, t.Name)
 		}
 	}
