@@ -97,10 +97,10 @@ func TestRotateHostKey(t *testing.T) {
 	f.fetch(t, path)
 
 	// No fetch meets a host key its ssh refuses. sshd's reload (SIGHUP)
-	// closes its port for a moment, and staging's own sshd check may see
-	// that: production then withdraws staging until it serves again, and
-	// a fetch in that moment finds no substituter (a build would fall
-	// back). That is said in the README, not hidden here.
+	// closes its port for a moment; the agent waits for it to listen
+	// again, but a check of its own sshd already running then could still
+	// see it, and production would withdraw staging for that moment (a
+	// build falls back): counted and bounded, not hidden.
 	fetches, failures := stopFetching()
 	var withdrawn int
 	for _, f := range failures {

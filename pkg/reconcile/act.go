@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/nixpeer/nixpeer/pkg/atomicfile"
+	"github.com/nixpeer/nixpeer/pkg/hostname"
 	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/probe"
 	"github.com/nixpeer/nixpeer/pkg/sshkeys"
@@ -122,6 +124,14 @@ func (h *Host) actOn(ctx context.Context, o *Observation, r *Resource, a *acted)
 		if err != nil {
 			return fmt.Errorf("have sshd read the host key again (%s): %w: %s", strings.Join(r.Reload, " "), err, out)
 		}
+		// sshd closes its port while it starts again (SIGHUP): the pass
+		// ends once it listens, so that the check of it that follows
+		// does not tell the consumers it stopped serving.
+		wctx, wcancel := context.WithTimeout(ctx, ReloadListenWait)
+		if err := waitListening(wctx, hostname.WithPort(o.Self.Address, o.Self.SSHPort)); err != nil {
+			h.log.Warn("sshd does not listen again after its reload", zap.Error(err))
+		}
+		wcancel()
 		h.log.Info("sshd reads the new host key", zap.Strings("command", r.Reload))
 	}
 	for _, f := range r.Files {
@@ -165,6 +175,22 @@ func (h *Host) actOn(ctx context.Context, o *Observation, r *Resource, a *acted)
 		h.jobs.start(ctx, slotResign, r.Resign.key, h.resignJob(r.Resign))
 	}
 	return nil
+}
+
+// waitListening returns once addr accepts a TCP connection, or ctx ends.
+func waitListening(ctx context.Context, addr string) error {
+	var d net.Dialer
+	for {
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			return c.Close()
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 // ensureKey creates a missing key or repairs an existing one; it reports

@@ -24,8 +24,10 @@ const (
 	ApplyTimeout  = 2 * time.Minute
 	VerifyTimeout = 30 * time.Second
 	SignTimeout   = 10 * time.Minute
-	// ReloadTimeout bounds sshdReload, run within a pass.
-	ReloadTimeout = 30 * time.Second
+	// ReloadTimeout bounds sshdReload, run within a pass, and
+	// ReloadListenWait the wait for sshd to listen again after it.
+	ReloadTimeout    = 30 * time.Second
+	ReloadListenWait = 5 * time.Second
 	ProbeTimeout  = 5 * time.Second
 	// TurnWait bounds the wait for a turn to probe a peer's sshd.
 	TurnWait = 2 * time.Minute
