@@ -28,7 +28,7 @@ const (
 	// ReloadListenWait the wait for sshd to listen again after it.
 	ReloadTimeout    = 30 * time.Second
 	ReloadListenWait = 5 * time.Second
-	ProbeTimeout  = 5 * time.Second
+	ProbeTimeout     = 5 * time.Second
 	// TurnWait bounds the wait for a turn to probe a peer's sshd.
 	TurnWait = 2 * time.Minute
 	// ReverifyPending is how often a host whose settings wait for the
