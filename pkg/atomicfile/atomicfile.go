@@ -25,7 +25,7 @@ func WriteFile(path string, data []byte, perm fs.FileMode) error {
 		os.Remove(tmp)
 		return fmt.Errorf("rename %s to %s: %w", tmp, path, err)
 	}
-	return syncDir(filepath.Dir(path))
+	return SyncDir(filepath.Dir(path))
 }
 
 // CreateExclusive writes data to a new file path with mode perm, never
@@ -44,7 +44,7 @@ func CreateExclusive(path string, data []byte, perm fs.FileMode) error {
 	if err := os.Link(tmp, path); err != nil {
 		return fmt.Errorf("create %s: %w", path, err)
 	}
-	return syncDir(filepath.Dir(path))
+	return SyncDir(filepath.Dir(path))
 }
 
 // writeTemp writes data with mode perm to a new temporary file beside
@@ -132,7 +132,9 @@ func WriteIfChanged(path string, data []byte, perm fs.FileMode) (bool, error) {
 	return true, nil
 }
 
-func syncDir(dir string) error {
+// SyncDir fsyncs dir, so that the renames and links made in it survive a
+// crash.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("open directory %s: %w", dir, err)

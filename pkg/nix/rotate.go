@@ -97,7 +97,7 @@ func retire(keysDir, path, name string, revoked bool) error {
 	if err := os.Link(path, filepath.Join(dir, name+suffix)); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("retire the signing key %s: %w", name, err)
 	}
-	return syncDir(dir)
+	return atomicfile.SyncDir(dir)
 }
 
 // RemoveNextKey removes the next key's directory and what is in it (a
@@ -121,17 +121,7 @@ func RemoveNextKey(keysDir string, revoked bool) error {
 	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	return syncDir(keysDir)
-}
-
-// syncDir makes the renames in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.SyncDir(keysDir)
 }
 
 // resignBatch is how many paths one `nix store sign` is given.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/nixpeer/nixpeer/pkg/atomicfile"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -86,10 +87,5 @@ func PromoteNext(path string) error {
 	if err := os.Rename(next, path); err != nil {
 		return fmt.Errorf("promote the next host key: %w", err)
 	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.SyncDir(filepath.Dir(path))
 }
