@@ -44,6 +44,9 @@ func checkHosts(el *errorList, f *File, infos []*hostInfo) {
 	checkKeyNames(el, infos)
 
 	names := f.Names()
+	for _, c := range f.Caches {
+		names = append(names, c.Name)
+	}
 	edges := make([][]int, len(infos)) // valid substituteFrom references
 	for i, hi := range infos {
 		seen := map[string]Pos{}
@@ -61,12 +64,15 @@ func checkHosts(el *errorList, f *File, infos []*hostInfo) {
 				continue
 			}
 			t, ok := byName[r.s]
+			if !ok && f.Cache(r.s) != nil {
+				continue // see checkCaches
+			}
 			if !ok {
 				hint := ""
 				if s := suggest(r.s, names); s != "" {
 					hint = fmt.Sprintf(" (did you mean %q?)", s)
 				}
-				el.add(r.pos, "substituteFrom names %q, which is not a host in this file%s; name one of: %s", r.s, hint, shortList(names, 20))
+				el.add(r.pos, "substituteFrom names %q, which is not a host or cache in this file%s; name one of: %s", r.s, hint, shortList(names, 20))
 				continue
 			}
 			edges[i] = append(edges[i], t)
@@ -76,6 +82,7 @@ func checkHosts(el *errorList, f *File, infos []*hostInfo) {
 		}
 	}
 
+	checkCaches(el, f, infos)
 	checkCycles(el, infos, edges)
 	if f.Trust == TrustPinned {
 		checkPins(el, infos, edges)

@@ -15,9 +15,9 @@ import (
 
 // Allowed fields of each mapping, in the order messages list them.
 var (
-	fileFields  = []string{"apiVersion", "trust", "hosts"}
-	hostFields  = []string{"name", "address", "peerPort", "sshPort", "hostKey", "clientKey", "platform", "apply", "sshdReload", "nixosModuleFile", "serve", "substituteFrom"}
-	serveFields = []string{"protocol", "keyName", "keyGeneration", "publicKey", "signClosure"}
+	fileFields  = []string{"apiVersion", "trust", "caches", "hosts"}
+	hostFields  = []string{"name", "address", "peerPort", "sshPort", "cachePort", "hostKey", "clientKey", "platform", "apply", "sshdReload", "nixosModuleFile", "serve", "substituteFrom"}
+	serveFields = []string{"protocol", "keyName", "keyGeneration", "publicKey", "signClosure", "publishTo"}
 	trustFields = []string{"mode", "hostCAs"}
 )
 
@@ -47,7 +47,14 @@ var help = map[string]fieldHelp{
 	"sshdReload":      {false, "a list of strings: a command and its arguments", "sshdReload: [systemctl, reload, sshd.service]"},
 	"nixosModuleFile": {true, "an absolute path", "nixosModuleFile: " + DefaultNixOSModuleFile},
 	"serve":           {false, "a mapping", "serve: {} (or serve: {protocol: ssh-ng})"},
-	"substituteFrom":  {false, "a list of host names", "substituteFrom: [stage]"},
+	"substituteFrom":  {false, "a list of host names, then cache names", "substituteFrom: [stage, fleet]"},
+	"cachePort":       {false, "a port number 1-65535", fmt.Sprintf("cachePort: %d", DefaultCachePort)},
+	"publishTo":       {false, "a list of cache names", "publishTo: [fleet]"},
+	"caches":          {false, "a list of cache mappings", `caches: followed by lines like "  - name: fleet"`},
+	"s3":              {false, "a mapping with endpoint, bucket and region", `s3: {endpoint: "https://s3.example.com", bucket: nix, region: us-east-1}`},
+	"endpoint":        {true, "an http:// or https:// URL of the object store, without a path", `endpoint: "https://s3.example.com"`},
+	"bucket":          {true, "an S3 bucket name", "bucket: nix"},
+	"region":          {true, "an S3 region name", "region: " + DefaultRegion},
 	"protocol":        {true, "ssh or ssh-ng", "protocol: ssh"},
 	"keyName":         {true, "a binary-cache key name", "keyName: cache.example.com"},
 	"keyGeneration":   {false, fmt.Sprintf("a number 1-%d", nix.MaxKeyGeneration), "keyGeneration: 2"},
@@ -70,6 +77,7 @@ type hostInfo struct {
 	publicKeyPos   Pos
 	keyNameGiven   bool
 	subs           []item // the substituteFrom entries
+	publish        []item // the publishTo entries
 }
 
 // decodeFile decodes the top-level mapping and every host.
@@ -88,6 +96,9 @@ func decodeFile(el *errorList, root ast.Node) (*File, []*hostInfo) {
 	}
 	if fd, ok := fs.fields["trust"]; ok {
 		decodeTrust(el, fd, f)
+	}
+	if fd, ok := fs.fields["caches"]; ok {
+		f.Caches = decodeCaches(el, fd)
 	}
 	fd, ok := fs.fields["hosts"]
 	if !ok {
@@ -210,6 +221,11 @@ func decodeHost(el *errorList, n ast.Node) *hostInfo {
 			h.SSHPort = v
 		}
 	}
+	if fd, ok := fs.fields["cachePort"]; ok {
+		if v, ok := port(el, fd); ok {
+			h.CachePort = v
+		}
+	}
 	if fd, ok := fs.fields["hostKey"]; ok {
 		hi.hostKeyGiven, hi.hostKeyPos = true, fd.keyPos
 		if v, ok := str(el, fd); ok {
@@ -266,7 +282,7 @@ func decodeHost(el *errorList, n ast.Node) *hostInfo {
 		for _, it := range stringList(el, fd) {
 			hi.subs = append(hi.subs, it)
 			if r := checkName(it.s); r != "" {
-				el.add(it.pos, "substituteFrom entry %s %s; list host names from this file, for example [stage]", msg.Quote(it.s), r)
+				el.add(it.pos, "substituteFrom entry %s %s; list host and cache names from this file, for example [stage, fleet]", msg.Quote(it.s), r)
 				continue
 			}
 			h.SubstituteFrom = append(h.SubstituteFrom, it.s)
@@ -344,6 +360,16 @@ func decodeServe(el *errorList, fd field, hi *hostInfo) {
 			} else {
 				s.SignClosure = v
 			}
+		}
+	}
+	if f, ok := fs.fields["publishTo"]; ok {
+		s.PublishTo = []string{}
+		for _, it := range stringList(el, f) {
+			if r := checkName(it.s); r != "" {
+				el.add(it.pos, "publishTo entry %s %s; list cache names from this file's caches, for example [fleet]", msg.Quote(it.s), r)
+				continue
+			}
+			hi.publish = append(hi.publish, it)
 		}
 	}
 }

@@ -68,6 +68,8 @@ const (
 	DefaultSSHPort         = 22
 	DefaultNixOSModuleFile = "/etc/nixos/nixpeer.nix"
 	DefaultSignClosure     = "/run/current-system"
+	DefaultCachePort       = 7723
+	DefaultRegion          = "us-east-1"
 )
 
 // DefaultApply returns the command run after the agent changes Nix
@@ -90,6 +92,8 @@ type File struct {
 	// HostCAs are, with trust mode ca, the public keys ("ssh-ed25519
 	// BASE64") of the CAs whose host certificates are trusted.
 	HostCAs []string `json:",omitempty"`
+	// Caches are the binary caches on object stores, in file order.
+	Caches []*Cache `json:",omitempty"`
 	// Hosts are in file order.
 	Hosts []*Host
 }
@@ -105,6 +109,9 @@ type Host struct {
 	PeerPort int
 	// SSHPort is the host's SSH port.
 	SSHPort int
+	// CachePort is the loopback port where the agent serves the caches
+	// the host reads to its own Nix; 0 when it reads none.
+	CachePort int `json:",omitempty"`
 	// HostKey is a pin of the host's SSH host key as "ssh-ed25519
 	// BASE64", or "" when none is given.
 	HostKey string
@@ -127,6 +134,9 @@ type Host struct {
 	// SubstituteFrom names the hosts this host substitutes from, in
 	// file order; each of them serves.
 	SubstituteFrom []string `json:",omitempty"`
+	// ReadCaches names the caches this host substitutes from, in file
+	// order (substituteFrom lists them after the hosts).
+	ReadCaches []string `json:",omitempty"`
 	// Pos is where the host's entry starts in the file.
 	Pos Pos `json:"-"`
 }
@@ -144,8 +154,11 @@ type Serve struct {
 	// PublicKey is a pin of the binary-cache public key, NAME:BASE64, or
 	// "" (then peering tells it).
 	PublicKey string
-	// SignClosure is the closure signed once after the key is created.
+	// SignClosure is the closure signed once after the key is created,
+	// and published once to the caches of PublishTo.
 	SignClosure string
+	// PublishTo names the caches the host uploads what it builds to.
+	PublishTo []string `json:",omitempty"`
 	// Pos is where the serve mapping starts in the file.
 	Pos Pos `json:"-"`
 }
@@ -217,6 +230,28 @@ func (f *File) Host(name string) *Host {
 		}
 	}
 	return nil
+}
+
+// Cache returns the cache called name, or nil.
+func (f *File) Cache(name string) *Cache {
+	for _, c := range f.Caches {
+		if c.Name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// Publishers returns the hosts that publish to the cache called name, in
+// file order.
+func (f *File) Publishers(name string) []*Host {
+	var out []*Host
+	for _, h := range f.Hosts {
+		if h.Serve != nil && slices.Contains(h.Serve.PublishTo, name) {
+			out = append(out, h)
+		}
+	}
+	return out
 }
 
 // Consumers returns the hosts whose SubstituteFrom names name, in file

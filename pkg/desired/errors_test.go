@@ -63,7 +63,7 @@ func TestParseErrors(t *testing.T) {
 		{"unknown top field", y("apiVersion: nixpeer/v1", "host:", "  - name: a", "    address: a.example.com"),
 			[]want{
 				w("1:1", "no hosts", "hosts:"),
-				w("2:1", `unknown field "host"`, `did you mean "hosts"`, "allowed fields: apiVersion, trust, hosts"),
+				w("2:1", `unknown field "host"`, `did you mean "hosts"`, "allowed fields: apiVersion, trust, caches, hosts"),
 			}},
 		{"unknown host field", with("    adress: x"),
 			[]want{w("8:5", `unknown field "adress"`, `did you mean "address"`, "allowed fields: name, address, peerPort")}},
@@ -94,7 +94,7 @@ func TestParseErrors(t *testing.T) {
 		{"name as block string", y("apiVersion: nixpeer/v1", "hosts:", "  - name: |", "      a", "    address: a.example.com"),
 			[]want{w("3:11", "name must be a host name", "multi-line block string")}},
 		{"substituteFrom as string", with("    substituteFrom: stage"),
-			[]want{w("8:21", "substituteFrom must be a list of host names", `not the string "stage"`, "substituteFrom: [stage]")}},
+			[]want{w("8:21", "substituteFrom must be a list of host names", `not the string "stage"`, "substituteFrom: [stage, fleet]")}},
 		{"substituteFrom entry as number", with("    substituteFrom: [1]"),
 			[]want{w("8:22", "substituteFrom entries must be strings", `not the number "1"`)}},
 		{"serve null", with("    serve:"),
@@ -169,7 +169,7 @@ func TestParseErrors(t *testing.T) {
 		{"substituteFrom twice", with("    substituteFrom: [stage, stage]"),
 			[]want{w("8:29", `substituteFrom lists "stage" twice`, "first at 8:22", "remove one")}},
 		{"substituteFrom bad name", with("    substituteFrom: [Stage]"),
-			[]want{w("8:22", `substituteFrom entry "Stage" has upper-case letters`, "[stage]")}},
+			[]want{w("8:22", `substituteFrom entry "Stage" has upper-case letters`, "[stage, fleet]")}},
 		{"cycle", y(
 			"apiVersion: nixpeer/v1",
 			"hosts:",

@@ -20,6 +20,8 @@ func TestManPageNamesEveryField(t *testing.T) {
 	words = append(words, hostFields...)
 	words = append(words, serveFields...)
 	words = append(words, trustFields...)
+	words = append(words, cacheFields...)
+	words = append(words, s3Fields...)
 	for _, tr := range []Trust{TrustApprove, TrustPinned, TrustTOFU, TrustCA} {
 		words = append(words, string(tr))
 	}

@@ -43,6 +43,14 @@ type Layout struct {
 	// StateAuthorizedKeysDir is where nixpeer's NixOS module makes sshd
 	// look for authorized keys.
 	StateAuthorizedKeysDir string
+	// CachesDir holds each cache's credentials (NAME.credentials, put
+	// there by the operator) and the post-build hook.
+	CachesDir string
+}
+
+// CacheCredentials is the file of the credentials for the cache name.
+func (l Layout) CacheCredentials(name string) string {
+	return filepath.Join(l.CachesDir, name+".credentials")
 }
 
 // In returns path p of the host, placed under the root.
@@ -78,6 +86,7 @@ func New(root, stateDir, socket string) Layout {
 		NixpeerConf:            in("/etc/nix/nixpeer.conf"),
 		AuthorizedKeysDir:      in("/etc/ssh/authorized_keys.d"),
 		StateNixConf:           filepath.Join(stateDir, "nix.conf"),
+		CachesDir:              filepath.Join(stateDir, "caches"),
 		StateAuthorizedKeysDir: filepath.Join(stateDir, "authorized_keys.d"),
 	}
 }
