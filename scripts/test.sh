@@ -12,9 +12,9 @@ cd "$(dirname "$0")/.."
 # user. Without root, what is missing is said, and the tests that need it
 # skip (or fail with CI=true).
 if [ "$(id -u)" -eq 0 ]; then
-  scripts/prepare.sh systemd iptables zsh fish lintian man-db
+  scripts/prepare.sh systemd iptables zsh fish lintian man-db seaweedfs
 else
-  scripts/prepare.sh systemd iptables zsh fish lintian man-db || true
+  scripts/prepare.sh systemd iptables zsh fish lintian man-db seaweedfs || true
 fi
 
 test -z "$(gofmt -l .)" || { echo "test: not gofmt-ed:" >&2; gofmt -l . >&2; exit 1; }
