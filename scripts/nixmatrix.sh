@@ -21,9 +21,10 @@ suites=("$@")
 
 # What the issue of the matrix asks of every Nix: convergence and a signed
 # fetch, a host-key change refused, dark staging withdrawn, plan, wait
-# --path, the fleet view, three tiers, the demo's closure; every agent is
+# --path, the fleet view, three tiers, the demo's closure, the cache tier
+# on SeaweedFS (its weed copied in); every agent is
 # started the way the unit starts it (installed_test.go).
-run=${NIXMATRIX_RUN:-'^(TestStagingServesProductionWithNothingCopiedByHand|TestHostKeyChangeIsRefused|TestDarkStagingIsWithdrawn|TestPlan|TestWaitForAPath|TestStatusFleet|TestThreeTiers|TestDemoConverges|TestStatusWarnsWhenStagingTrustsNixSSH|TestTrustCA|TestRotateCacheKey|TestRotateHostKey)$'}
+run=${NIXMATRIX_RUN:-'^(TestStagingServesProductionWithNothingCopiedByHand|TestHostKeyChangeIsRefused|TestDarkStagingIsWithdrawn|TestPlan|TestWaitForAPath|TestStatusFleet|TestThreeTiers|TestDemoConverges|TestStatusWarnsWhenStagingTrustsNixSSH|TestTrustCA|TestRotateCacheKey|TestRotateHostKey|TestCacheTier)$'}
 
 build=$(mktemp -d /tmp/nixmatrix-build.XXXXXX)
 trap 'rm -rf "$build"' EXIT
@@ -41,6 +42,8 @@ for suite in "${suites[@]}"; do
   rm -rf --one-file-system "$dst"
   mkdir -p "$dst/bin"
   cp "$build/nixpeer" "$build/agent.test" "$build/nix.test" "$build/probe.test" "$dst/bin/"
+  # The object store of the cache tier's tests (scripts/prepare.sh seaweedfs).
+  if weed=$(command -v weed); then cp "$(readlink -f "$weed")" "$dst/bin/weed"; fi
   # The tests read files of the repository relative to their package.
   git ls-files -z cmd/agent pkg/nix pkg/probe configs systemd | tar --null -T - -cf - | tar -C "$dst" -xf -
   # pkg/nix whole: its tests of real Nix reading back what nixpeer writes.
@@ -54,6 +57,7 @@ for suite in "${suites[@]}"; do
     cmd="$cmd && for i in 1 2; do ../../bin/nixpeer demo | grep -E 'Both agents Ready|fetching took'; done"
   fi
   if scripts/nixroot.sh run "$suite" env CI="${CI:-}" NIXPEER_BIN=/opt/nixpeer-test/bin/nixpeer \
+      PATH=/opt/nixpeer-test/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
       /bin/sh -c "$cmd" 2>&1 | grep -v -E '^=== (RUN|PAUSE|CONT|NAME)' | sed "s/^/[nix $version] /"; then
     echo "=== Nix $version (Debian $suite): ok"
   else

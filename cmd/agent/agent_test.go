@@ -453,7 +453,7 @@ func TestMutatingCallsAreRootOnly(t *testing.T) {
 	}
 	// Nor may it have the daemon log in to its peers.
 	path := "/nix/store/00000000000000000000000000000000-x"
-	for _, args := range [][]string{{"reconcile"}, {"plan", path}, {"wait", "--path", path, "--timeout", "10s"}, {"rotate cache-key"}, {"revoke cache-key"}, {"rotate host-key"}} {
+	for _, args := range [][]string{{"reconcile"}, {"plan", path}, {"wait", "--path", path, "--timeout", "10s"}, {"rotate cache-key"}, {"revoke cache-key"}, {"rotate host-key"}, {"publish", path}} {
 		code, out := asNobody(append(append(strings.Fields(args[0]), "--socket", a.socket), args[1:]...)...)
 		if code != 1 || !strings.Contains(out, "only root may") {
 			t.Fatalf("%s as nobody: exit %d, %q; want exit 1 and a refusal", args[0], code, out)

@@ -39,6 +39,8 @@ var commands = []cliCommand{
 	{name: "rotate cache-key", summary: "rotate this serving host's binary-cache signing key without a hard cut"},
 	{name: "rotate host-key", summary: "rotate this host's SSH host key, handed over by the old key so that peers never refuse it"},
 	{name: "revoke cache-key", summary: "revoke this serving host's signing key at once, and re-sign with a new one"},
+	{name: "publish", args: "PATH...", argKind: "file", summary: "upload store paths and their closures to the caches this host publishes to"},
+	{name: "publish-hook", summary: "queue $OUT_PATHS for publishing; run by the post-build hook the agent writes, never fails"},
 	{name: "demo", summary: "a staging and a production agent on this machine, end to end"},
 	{name: "completion", args: "bash|zsh|fish", argKind: "bash|zsh|fish", summary: "print the shell completion script"},
 	{name: "version", summary: "print the version"},

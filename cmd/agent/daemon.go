@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/nixpeer/nixpeer/pkg/api"
 	"github.com/nixpeer/nixpeer/pkg/backoff"
+	"github.com/nixpeer/nixpeer/pkg/bincache"
 	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/filewatch"
 	"github.com/nixpeer/nixpeer/pkg/layout"
@@ -63,14 +65,23 @@ func newFlagSet(name string) *flag.FlagSet {
 
 // parseFlags parses args and refuses stray arguments.
 func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := parseFlagsAndArgs(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return &exitError{code: 2, msg: fmt.Sprintf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
+	}
+	return nil
+}
+
+// parseFlagsAndArgs parses args for a command that takes arguments after
+// its flags (fs.Args()).
+func parseFlagsAndArgs(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return &exitError{code: 0}
 		}
 		return &exitError{code: 2}
-	}
-	if fs.NArg() > 0 {
-		return &exitError{code: 2, msg: fmt.Sprintf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
 	}
 	return nil
 }
@@ -194,11 +205,22 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 	}
 	var statusOf func() status.Status // the host's, once it is made
 	m := metrics.New(func() status.Status { return statusOf() })
+	// The binary-cache tier: idle until the desired state names caches.
+	nixCLI := &nix.CLI{Env: nixEnv}
+	reader := bincache.NewReader(log.Named("cache-reader"), func() { notify("cache store reachability changed") })
+	defer reader.Close()
+	publisher := bincache.NewPublisher(nixCLI, store, filepath.Join(l.StateDir, "publish-tmp"), log.Named("publisher"), func() { notify("publishing progressed") })
+	go publisher.Run(ctx)
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find the agent's own program: %w", err)
+	}
 	host, err := reconcile.NewHost(reconcile.Config{
 		Log: log, Layout: l, Store: store,
 		ConfigFile: config, HostName: hostName, Hostnames: hostnames,
 		Watches: peers, Port: port, Nix: reconcile.SystemNix(nixEnv), Prober: metrics.Prober{Inner: reconcile.SSHProber{}, M: m},
 		Trigger: notify, StoreOpened: opened, SSHDCheckInterval: opts.sshdCheck,
+		Caches: bincache.NewTier(reader, publisher), Executable: exe,
 	})
 	if err != nil {
 		return err
@@ -212,7 +234,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 	statusOf = host.Status
 	loop = reconcile.NewLoop(log, metrics.Reconciler{Inner: host, M: m}, resync)
 	close(loopReady)
-	backend := &backend{host: host, loop: loop, peers: peers, store: store, layout: l}
+	backend := &backend{host: host, loop: loop, peers: peers, store: store, layout: l, publisher: publisher}
 
 	ln, err := api.Listen(l.Socket, group)
 	if err != nil {
@@ -361,6 +383,8 @@ type backend struct {
 	peers  *peering.Manager
 	store  *state.Store
 	layout layout.Layout
+	// publisher queues what the host publishes to caches.
+	publisher *bincache.Publisher
 
 	mu   sync.Mutex // held by Paths
 	live liveConfig
@@ -423,6 +447,19 @@ func (b *backend) Key(_ context.Context, req api.KeyRequest) (api.KeyAnswer, err
 	b.loop.Trigger("nixpeer " + req.Action + " " + req.Key)
 	return api.KeyAnswer{Result: msg}, nil
 }
+
+func (b *backend) Publish(_ context.Context, req api.PublishRequest) (api.PublishAnswer, error) {
+	if len(req.Paths) > maxPublishPaths {
+		return api.PublishAnswer{}, fmt.Errorf("%d paths at once; the limit is %d", len(req.Paths), maxPublishPaths)
+	}
+	if err := b.publisher.Enqueue(req.Paths); err != nil {
+		return api.PublishAnswer{}, fmt.Errorf("publish: %w", err)
+	}
+	return api.PublishAnswer{Queued: len(req.Paths)}, nil
+}
+
+// maxPublishPaths bounds one publish request.
+const maxPublishPaths = 100000
 
 func (b *backend) TrustApprove(name, fp string) error {
 	if err := b.peers.Approve(name, fp); err != nil {

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"slices"
@@ -40,11 +38,8 @@ func cmdKey(action string, args []string, stdout io.Writer) error {
 			"host-key":  "go on with the rotation under way without waiting for the peers that did not accept the next key yet (they refuse it until approved again)",
 		}[key])
 	}
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return &exitError{code: 0}
-		}
-		return &exitError{code: 2}
+	if err := parseFlagsAndArgs(fs, args[1:]); err != nil {
+		return err
 	}
 	if fs.NArg() != 0 {
 		return &exitError{code: 2, msg: usageOf(action + " " + key)}

@@ -46,6 +46,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdPlan(args[1:], stdout)
 	case "trust":
 		err = cmdTrust(args[1:], stdout)
+	case "publish":
+		err = cmdPublish(args[1:], stdout)
+	case "publish-hook":
+		err = cmdPublishHook(args[1:], stderr)
 	case "rotate", "revoke":
 		err = cmdKey(args[0], args[1:], stdout)
 	case "demo":

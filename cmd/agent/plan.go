@@ -3,8 +3,6 @@ package main
 import (
 	"cmp"
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"regexp"
@@ -57,11 +55,8 @@ func cmdPlan(args []string, stdout io.Writer) error {
 	hf.register(fs, true)
 	asJSON := fs.Bool("json", false, "print the plan as a JSON object")
 	store := fs.String("store", "", "plan for the Nix store at `URL` (default: this host's)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return &exitError{code: 0}
-		}
-		return &exitError{code: 2}
+	if err := parseFlagsAndArgs(fs, args); err != nil {
+		return err
 	}
 	targets := fs.Args()
 	if len(targets) == 0 {

@@ -53,6 +53,10 @@ func (f *fakeBackend) Key(ctx context.Context, req KeyRequest) (KeyAnswer, error
 	return KeyAnswer{Result: req.Action}, nil
 }
 
+func (f *fakeBackend) Publish(ctx context.Context, req PublishRequest) (PublishAnswer, error) {
+	return PublishAnswer{Queued: len(req.Paths)}, nil
+}
+
 func (f *fakeBackend) Fleet(ctx context.Context, req FleetRequest) ([]FleetHost, error) {
 	return []FleetHost{{Name: f.Status().Host, Self: true, Trust: "self"}}, nil
 }

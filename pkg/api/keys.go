@@ -29,3 +29,21 @@ func (c *Client) Key(ctx context.Context, req KeyRequest) (KeyAnswer, error) {
 	err := c.do(ctx, http.MethodPost, "/v1/keys", req, &a)
 	return a, err
 }
+
+// PublishRequest queues store paths for the caches the host publishes to:
+// `nixpeer publish` and the post-build hook (`nixpeer publish-hook`).
+type PublishRequest struct {
+	Paths []string `json:"paths"`
+}
+
+// PublishAnswer says how many paths were queued.
+type PublishAnswer struct {
+	Queued int `json:"queued"`
+}
+
+// Publish queues paths for the caches the host publishes to.
+func (c *Client) Publish(ctx context.Context, req PublishRequest) (PublishAnswer, error) {
+	var a PublishAnswer
+	err := c.do(ctx, http.MethodPost, "/v1/publish", req, &a)
+	return a, err
+}

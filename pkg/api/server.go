@@ -54,6 +54,8 @@ type Backend interface {
 	// Key answers `nixpeer rotate cache-key`, `nixpeer revoke cache-key`
 	// and `nixpeer rotate host-key`.
 	Key(ctx context.Context, req KeyRequest) (KeyAnswer, error)
+	// Publish answers `nixpeer publish` and the post-build hook.
+	Publish(ctx context.Context, req PublishRequest) (PublishAnswer, error)
 }
 
 // Listen creates the socket at path, refusing when a live daemon already
@@ -156,6 +158,7 @@ func NewServer(log *zap.Logger, backend Backend, group string) *Server {
 	mux.HandleFunc("POST /v1/paths", s.mutate(call(backend.Paths)))
 	mux.HandleFunc("POST /v1/fleet", s.read(call(backend.Fleet)))
 	mux.HandleFunc("POST /v1/keys", s.mutate(call(backend.Key)))
+	mux.HandleFunc("POST /v1/publish", s.mutate(call(backend.Publish)))
 	s.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -32,8 +33,16 @@ type Result struct {
 // non-zero exit, a failure to start, or the end of ctx is an error naming
 // the command; the output is returned in every case.
 func Run(ctx context.Context, argv []string, env []string) (Result, error) {
+	var stdout bytes.Buffer
+	stderr, err := Stream(ctx, argv, env, &stdout)
+	return Result{Stdout: stdout.Bytes(), Stderr: stderr}, err
+}
+
+// Stream runs argv as Run does, writing its standard output to stdout as
+// it comes, and returns its standard error.
+func Stream(ctx context.Context, argv []string, env []string, stdout io.Writer) ([]byte, error) {
 	if len(argv) == 0 {
-		return Result{}, errors.New("run: empty command")
+		return nil, errors.New("run: empty command")
 	}
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	if len(env) > 0 {
@@ -46,10 +55,10 @@ func Run(ctx context.Context, argv []string, env []string) (Result, error) {
 		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	}
 	cmd.WaitDelay = WaitDelay
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = stdout, &stderr
 	err := cmd.Run()
-	res := Result{Stdout: stdout.Bytes(), Stderr: stderr.Bytes()}
+	res := stderr.Bytes()
 	if err == nil {
 		return res, nil
 	}

@@ -182,3 +182,10 @@ func unusableKey(path, what string) error {
 		"since hosts trust its public half: if it is damaged, move it away (mv %s %s.broken) and nixpeer makes a new one "+
 		"(then every host that trusts the old key must get the new public key), or put the right key back", path, what, path, path)
 }
+
+// ReadSecretKeyFile reads and parses a secret key file, whatever its
+// key's name.
+func ReadSecretKeyFile(path string) (SecretKey, error) {
+	sk, _, err := readSecretKeyFile(path)
+	return sk, err
+}

@@ -34,6 +34,12 @@ func Live(s Settings, effective map[string]string) []string {
 		missing = append(missing, fmt.Sprintf("fallback is %s, not true", got))
 	}
 	check("secret-key-files", s.SecretKeyFiles, "secret key file")
+	if s.NoNegativeCache && effective["narinfo-cache-negative-ttl"] != "0" {
+		missing = append(missing, fmt.Sprintf("narinfo-cache-negative-ttl is %q, not 0", effective["narinfo-cache-negative-ttl"]))
+	}
+	if h := s.PostBuildHook; h != "" && path.Clean(effective["post-build-hook"]) != path.Clean(h) {
+		missing = append(missing, fmt.Sprintf("post-build-hook is %q, not %s", effective["post-build-hook"], h))
+	}
 	return missing
 }
 

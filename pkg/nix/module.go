@@ -36,6 +36,9 @@ type ModuleSettings struct {
 	Fallback bool
 	// KnownHosts become programs.ssh.knownHosts entries.
 	KnownHosts []KnownHost
+	// NoNegativeCache and PostBuildHook are as in Settings.
+	NoNegativeCache bool
+	PostBuildHook   string
 }
 
 // KnownHost is one programs.ssh.knownHosts entry.
@@ -108,7 +111,7 @@ func moduleBody(m ModuleSettings) (string, error) {
 		return "", errors.New("sshServe protocol or keys are set but Serve is not")
 	}
 
-	if err := (Settings{Substituters: m.Substituters, TrustedPublicKeys: m.TrustedPublicKeys, SecretKeyFiles: m.SecretKeyFiles}).Validate(); err != nil {
+	if err := (Settings{Substituters: m.Substituters, TrustedPublicKeys: m.TrustedPublicKeys, SecretKeyFiles: m.SecretKeyFiles, PostBuildHook: m.PostBuildHook}).Validate(); err != nil {
 		return "", err
 	}
 	writeNixList(&b, "  ", "nix.settings.secret-key-files", sortedUnique(m.SecretKeyFiles), false)
@@ -117,6 +120,12 @@ func moduleBody(m ModuleSettings) (string, error) {
 
 	if m.Fallback {
 		b.WriteString("  nix.settings.fallback = true;\n")
+	}
+	if m.NoNegativeCache {
+		b.WriteString("  nix.settings.narinfo-cache-negative-ttl = 0;\n")
+	}
+	if m.PostBuildHook != "" {
+		fmt.Fprintf(&b, "  nix.settings.post-build-hook = %s;\n", NixString(m.PostBuildHook))
 	}
 
 	hosts := slices.Clone(m.KnownHosts)

@@ -45,6 +45,12 @@ func RenderNixConf(s Settings) ([]byte, error) {
 		b.WriteString("fallback = true\n")
 	}
 	writeList("extra-secret-key-files", sortedUnique(s.SecretKeyFiles))
+	if s.NoNegativeCache {
+		b.WriteString("narinfo-cache-negative-ttl = 0\n")
+	}
+	if s.PostBuildHook != "" {
+		fmt.Fprintf(&b, "post-build-hook = %s\n", s.PostBuildHook)
+	}
 	return b.Bytes(), nil
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"slices"
 	"strings"
 
 	"github.com/nixpeer/nixpeer/pkg/command"
@@ -125,4 +127,94 @@ func ParsePathInfoJSON(raw []byte) ([]PathInfo, error) {
 func redactURL(u string) string {
 	base, _, _ := strings.Cut(u, "?")
 	return base
+}
+
+// ClosureInfos returns what the local store says of the closures of
+// paths (`nix path-info -r --json --sigs`), sorted so that every path
+// comes after its references.
+func (c *CLI) ClosureInfos(ctx context.Context, paths []string) ([]PathInfo, error) {
+	for _, p := range paths {
+		if !IsStorePath(p) {
+			return nil, fmt.Errorf("%q is not a store path", p)
+		}
+	}
+	raw, err := c.run(ctx, append([]string{"--extra-experimental-features", "nix-command", "path-info", "-r", "--json", "--sigs", "--"}, paths...)...)
+	if err != nil {
+		return nil, fmt.Errorf("list the closure of %d paths: %w", len(paths), err)
+	}
+	infos, err := ParsePathInfoJSON(raw)
+	if err != nil {
+		return nil, fmt.Errorf("parse nix path-info: %w", err)
+	}
+	return ReferencesFirst(infos), nil
+}
+
+// ReferencesFirst orders infos so that each path comes after the paths it
+// refers to (among infos), ties by path.
+func ReferencesFirst(infos []PathInfo) []PathInfo {
+	slices.SortFunc(infos, func(a, b PathInfo) int { return strings.Compare(a.Path, b.Path) })
+	byPath := make(map[string]int, len(infos))
+	for i, p := range infos {
+		byPath[p.Path] = i
+	}
+	out := make([]PathInfo, 0, len(infos))
+	state := make([]byte, len(infos)) // 0 new, 1 on the stack, 2 done
+	type frame struct{ i, r int }
+	for root := range infos {
+		if state[root] != 0 {
+			continue
+		}
+		stack := []frame{{root, 0}}
+		state[root] = 1
+		for len(stack) > 0 {
+			f := &stack[len(stack)-1]
+			refs := infos[f.i].References
+			if f.r < len(refs) {
+				j, ok := byPath[refs[f.r]]
+				f.r++
+				if ok && state[j] == 0 {
+					state[j] = 1
+					stack = append(stack, frame{j, 0})
+				}
+				continue
+			}
+			state[f.i] = 2
+			out = append(out, infos[f.i])
+			stack = stack[:len(stack)-1]
+		}
+	}
+	return out
+}
+
+// Dump writes the NAR of a store path to w (`nix-store --dump`).
+func (c *CLI) Dump(ctx context.Context, path string, w io.Writer) error {
+	if !IsStorePath(path) {
+		return fmt.Errorf("%q is not a store path", path)
+	}
+	stderr, err := command.Stream(ctx, []string{"nix-store", "--dump", path}, c.Env, w)
+	if err != nil {
+		return fmt.Errorf("%w: %s", err, command.Tail(stderr, 1024))
+	}
+	return nil
+}
+
+// Outputs returns the output paths of derivations (`nix-store -q
+// --outputs`).
+func (c *CLI) Outputs(ctx context.Context, drvs []string) ([]string, error) {
+	for _, d := range drvs {
+		if !IsStorePath(d) || !strings.HasSuffix(d, ".drv") {
+			return nil, fmt.Errorf("%q is not a derivation", d)
+		}
+	}
+	res, err := command.Run(ctx, append([]string{"nix-store", "-q", "--outputs", "--"}, drvs...), c.Env)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s", err, command.Tail(res.Stderr, 1024))
+	}
+	out := strings.Fields(string(res.Stdout))
+	for _, p := range out {
+		if !IsStorePath(p) {
+			return nil, fmt.Errorf("nix-store -q --outputs printed %q", p)
+		}
+	}
+	return out, nil
 }

@@ -16,6 +16,14 @@ type Settings struct {
 	Fallback bool
 	// SecretKeyFiles are absolute paths of signing keys (see ValidatePath).
 	SecretKeyFiles []string
+	// NoNegativeCache sets narinfo-cache-negative-ttl = 0: a host that
+	// reads a cache through its agent sees a path published after it
+	// first asked for it (Nix would remember the miss for an hour).
+	NoNegativeCache bool
+	// PostBuildHook is the program Nix runs after each build ("" for
+	// none): on a host that publishes, the hook that queues what was
+	// built.
+	PostBuildHook string
 }
 
 // Validate checks every value of s against its format.
@@ -33,6 +41,11 @@ func (s Settings) Validate() error {
 	for _, p := range s.SecretKeyFiles {
 		if err := ValidatePath(p); err != nil {
 			return fmt.Errorf("secret key file: %w", err)
+		}
+	}
+	if s.PostBuildHook != "" {
+		if err := ValidatePath(s.PostBuildHook); err != nil {
+			return fmt.Errorf("post-build hook: %w", err)
 		}
 	}
 	return nil

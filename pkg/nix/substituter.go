@@ -73,6 +73,15 @@ func SubstituterURL(protocol Protocol, address string, sshPort int, clientKeyPat
 	return u, nil
 }
 
+// cacheURLRE matches CacheURL's URLs.
+var cacheURLRE = regexp.MustCompile(`^http://127\.0\.0\.1:[1-9][0-9]{0,4}/[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// CacheURL is the substituter URL of a cache that the host's agent serves
+// to its Nix on the loopback port: http://127.0.0.1:PORT/NAME.
+func CacheURL(port int, name string) string {
+	return "http://127.0.0.1:" + strconv.Itoa(port) + "/" + name
+}
+
 // queryEscape percent-encodes everything but RFC 3986 unreserved characters
 // and '/', which Nix's query decoding (percentDecode) reverses exactly.
 func queryEscape(s string) string {
@@ -96,6 +105,9 @@ func queryEscape(s string) string {
 // Only the characters A-Z a-z 0-9 - . _ ~ : / ? [ ] @ & = % + may appear, so
 // the URL can never end a nix.conf value, start a comment or leave a string.
 func ValidateSubstituter(u string) error {
+	if cacheURLRE.MatchString(u) {
+		return nil
+	}
 	if u == "" {
 		return errors.New("substituter URL is empty")
 	}

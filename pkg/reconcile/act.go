@@ -162,6 +162,11 @@ func (h *Host) actOn(ctx context.Context, o *Observation, r *Resource, a *acted)
 			return fmt.Errorf("%w; is another agent or program on that port?", err)
 		}
 	}
+	if r.Tier != nil && h.cfg.Caches != nil {
+		if err := h.cfg.Caches.Ensure(*r.Tier); err != nil {
+			return err
+		}
+	}
 	for _, rec := range r.Records {
 		a.records[rec.key] = rec.value
 	}

@@ -47,6 +47,10 @@ type Config struct {
 	// SSHDCheckInterval is how often a serving host probes its own sshd
 	// (DefaultSSHDCheckInterval when zero); negative turns the check off.
 	SSHDCheckInterval time.Duration
+	// Caches is the binary-cache tier; nil: the host uses no cache.
+	Caches Caches
+	// Executable is the agent's program, run by the post-build hook.
+	Executable string
 }
 
 // Host reconciles one host: it owns the host's status.
@@ -229,7 +233,7 @@ type passOutcome struct {
 func outcome(prev status.Status, configFile string, o *Observation, p *Plan, a *acted) passOutcome {
 	now := o.Now
 	next := status.Status{Host: prev.Host, ConfigFile: configFile, Generation: o.Generation,
-		ObservedGeneration: prev.ObservedGeneration, Peers: p.PeerStatus, Warnings: p.Warnings, Rotation: p.Rotation, HostKeyRotation: p.HostKeyRotation.status}
+		ObservedGeneration: prev.ObservedGeneration, Peers: p.PeerStatus, Warnings: p.Warnings, Rotation: p.Rotation, HostKeyRotation: p.HostKeyRotation.status, Caches: p.Caches}
 	if next.Peers == nil {
 		next.Peers = []status.Peer{} // a JSON list, never null
 	}

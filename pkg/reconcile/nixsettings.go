@@ -19,7 +19,7 @@ import (
 // substituters the verdicts use, the signing key once it is on disk, the
 // consumers' keys (for the module). planned is false when it plans no
 // files (they stay as they are, and nothing is withdrawn).
-func (pl *planner) planNixSettings(signWith []string, verdicts map[string]verdict, consumers []consumerKey) (r *Resource, planned bool) {
+func (pl *planner) planNixSettings(signWith []string, verdicts map[string]verdict, consumers []consumerKey, cs cacheSettings) (r *Resource, planned bool) {
 	o, self := pl.o, pl.self
 	r = &Resource{Type: status.NixSettingsApplied, Needs: []string{status.KeysReady}}
 	var s nix.Settings
@@ -57,7 +57,10 @@ func (pl *planner) planNixSettings(signWith []string, verdicts map[string]verdic
 	if len(s.Substituters) > 0 {
 		r.Needs = append(r.Needs, status.KnownHostsReady)
 	}
-	s.Fallback = len(self.SubstituteFrom) > 0
+	s.Substituters = append(s.Substituters, cs.substituters...)
+	s.TrustedPublicKeys = append(s.TrustedPublicKeys, cs.trusted...)
+	s.NoNegativeCache, s.PostBuildHook = cs.noNegativeCache, cs.postBuildHook
+	s.Fallback = len(self.SubstituteFrom) > 0 || len(self.ReadCaches) > 0
 
 	var serveKeys []ssh.PublicKey
 	for _, c := range consumers {
@@ -67,6 +70,9 @@ func (pl *planner) planNixSettings(signWith []string, verdicts map[string]verdic
 	if err != nil {
 		r.Reason, r.Message, r.Failed = "RenderFailed", err.Error(), true
 		return r, false
+	}
+	if cs.hook != nil {
+		files = append([]fileWant{*cs.hook}, files...)
 	}
 	for _, f := range files {
 		if err := o.Files[f.path].Err; err != nil {

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixpeer/nixpeer/pkg/bincache"
 	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/hostname"
 	"github.com/nixpeer/nixpeer/pkg/knownhosts"
@@ -71,6 +72,14 @@ type Observation struct {
 
 	// Files holds every file a pass may write or read, by path.
 	Files map[string]FileObs
+	// Executable is the agent's own program (for the post-build hook).
+	Executable string
+	// CacheCreds are the credentials of each cache the host reads or
+	// publishes to, by name; CacheHealth and Publishing what the cache
+	// tier knows of them now.
+	CacheCreds  map[string]credsObs
+	CacheHealth map[string]bincache.Health
+	Publishing  map[string]bincache.PublishStats
 	// Consumers are the consumers nix-ssh's authorized keys (the agent's
 	// own file) let in, by name, with the host keys trusted for them.
 	Consumers map[string]nix.AuthorizedKey
@@ -203,8 +212,19 @@ func (h *Host) observe() *Observation {
 	}
 
 	o.Files = map[string]FileObs{}
-	for _, p := range o.platform().managed(l, self) {
+	for _, p := range append(o.platform().managed(l, self), cacheFiles(l, self)...) {
 		o.Files[p] = readObserved(p)
+	}
+	o.Executable = h.cfg.Executable
+	if names := cachesUsed(self); len(names) > 0 {
+		o.CacheCreds = map[string]credsObs{}
+		for _, name := range names {
+			c, err := bincache.ReadCredentials(l.CacheCredentials(name), os.Geteuid())
+			o.CacheCreds[name] = credsObs{c, err}
+		}
+	}
+	if h.cfg.Caches != nil {
+		o.CacheHealth, o.Publishing = h.cfg.Caches.Health(), h.cfg.Caches.Publishing()
 	}
 	if path := o.platform().authorizedKeys(l); path != "" {
 		o.Consumers = nix.RememberedConsumers(o.Files[path].Content)
@@ -278,6 +298,16 @@ func watchTargets(file *desired.File, self *desired.Host, cas []ssh.PublicKey, r
 	for _, name := range self.SubstituteFrom {
 		add(file.Host(name))
 		seen[name] = true
+	}
+	// The publishers of the caches this host reads: their agents tell
+	// the keys their uploads are signed with.
+	for _, c := range self.ReadCaches {
+		for _, pub := range file.Publishers(c) {
+			if !seen[pub.Name] && pub.Name != self.Name {
+				add(pub)
+				seen[pub.Name] = true
+			}
+		}
 	}
 	for _, c := range file.Consumers(self.Name) {
 		if !seen[c.Name] {

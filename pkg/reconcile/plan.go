@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixpeer/nixpeer/pkg/bincache"
 	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/nix"
@@ -138,6 +139,8 @@ type Plan struct {
 	// next host keys of peers this host accepted.
 	HostKeyRotation  hostKeyRotation
 	AcceptedHostKeys []string
+	// Caches are the caches the host reads or publishes to, for status.
+	Caches []status.Cache
 }
 
 // Resource is one thing on the host: its files, keys and work, and the
@@ -162,6 +165,8 @@ type Resource struct {
 	Reload []string
 	// Listen is where the peer port listens, with the host key.
 	Listen string
+	// Tier is what the binary-cache tier does; nil to leave it.
+	Tier *bincache.Config
 	// Watch is the watches of peers to keep, nil to leave them.
 	Watch *watchWant
 	// Requeue is when the resource's plan is due again without any
@@ -337,10 +342,11 @@ func plan(o *Observation) *Plan {
 	subsReady := pl.planSubstitutersReady(subs.verdicts)
 	verified := pl.planVerified(subs.verified)
 	serve := pl.planServe()
-	settings, settingsPlanned := pl.planNixSettings(rotation.signWith, subs.verdicts, serve.consumers)
+	caches, cacheNix, cacheStatus := pl.planCaches(rotation.signWith)
+	settings, settingsPlanned := pl.planNixSettings(rotation.signWith, subs.verdicts, serve.consumers, cacheNix)
 
 	p.Resources = append(p.Resources, ownKeys)
-	for _, r := range []*Resource{peerPort, watches, knownHosts, cacheKey, trust, serve.authorizedOnly, serve.resource, settings, subsReady, verified} {
+	for _, r := range []*Resource{peerPort, watches, knownHosts, cacheKey, trust, serve.authorizedOnly, serve.resource, caches, settings, subsReady, verified} {
 		if r != nil {
 			p.Resources = append(p.Resources, r)
 		}
@@ -348,6 +354,7 @@ func plan(o *Observation) *Plan {
 	p.PeerStatus, p.Probes, p.Stores = subs.peers, append(subs.probes, serve.probes...), subs.stores
 	p.ServeCheck, p.Consumers, p.Authorized = serve.check, serve.consumers, serve.authorized
 	p.Rotation, p.NextCacheKey = rotation.status, rotation.next
+	p.Caches = cacheStatus
 	// Told only while a peer rotates its key: older agents refuse the
 	// field.
 	peerRotates := slices.ContainsFunc(o.Self.SubstituteFrom, func(name string) bool { return pl.keys[name].NextCacheKey != "" })

@@ -171,6 +171,7 @@ func (nixOSModule) nixSSHUser() string          { return "" }
 func (nixOSModule) nixFiles(o *Observation, s nix.Settings, m nix.ModuleSettings, serveKeys []ssh.PublicKey) ([]fileWant, error) {
 	self := o.Self
 	m.Substituters, m.TrustedPublicKeys, m.Fallback, m.SecretKeyFiles = s.Substituters, s.TrustedPublicKeys, s.Fallback, s.SecretKeyFiles
+	m.NoNegativeCache, m.PostBuildHook = s.NoNegativeCache, s.PostBuildHook
 	if self.Serve != nil {
 		m.Serve, m.Protocol, m.ServeKeys = true, self.Serve.Protocol, serveKeys
 	}

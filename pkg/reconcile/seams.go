@@ -6,6 +6,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixpeer/nixpeer/pkg/bincache"
 	"github.com/nixpeer/nixpeer/pkg/command"
 	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/peer"
@@ -58,6 +59,14 @@ type Port interface {
 	Ensure(addr string, hostKey ssh.Signer, cert *ssh.Certificate) error
 	// Publish gives peers f from now on.
 	Publish(f peer.Facts)
+}
+
+// Caches is the binary-cache tier (bincache.Tier): the reader of the
+// caches this host reads, the publisher of those it publishes to.
+type Caches interface {
+	Ensure(c bincache.Config) error
+	Health() map[string]bincache.Health
+	Publishing() map[string]bincache.PublishStats
 }
 
 // SystemNix is the machine's Nix: the nix command (with env added, for

@@ -34,6 +34,7 @@ var (
 	bucketMeta   = []byte("meta")
 	bucketEvents = []byte("events")
 	bucketPeers  = []byte("peers")
+	bucketQueues = []byte("queues")
 
 	keyGeneration = []byte("generation")
 	keyDesired    = []byte("desired")
@@ -165,7 +166,7 @@ func openChecked(path string, timeout time.Duration) (db *bolt.DB, damage string
 
 func newStore(db *bolt.DB, path string, opened Opened) (*Store, Opened, error) {
 	err := db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketEvents, bucketPeers} {
+		for _, b := range [][]byte{bucketMeta, bucketEvents, bucketPeers, bucketQueues} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -383,6 +384,70 @@ func (s *Store) DeletePeer(name string) error {
 	err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPeers).Delete([]byte(name)) })
 	if err != nil {
 		return fmt.Errorf("delete peer %s: %w", name, err)
+	}
+	return nil
+}
+
+// Enqueue adds items to the named queue (a cache's uploads), each once;
+// an item queued already keeps its place.
+func (s *Store) Enqueue(queue string, items []string) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.Bucket(bucketQueues).CreateBucketIfNotExists([]byte(queue))
+		if err != nil {
+			return err
+		}
+		for _, it := range items {
+			if b.Get([]byte(it)) == nil {
+				if err := b.Put([]byte(it), []byte{}); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("queue %d items for %s: %w", len(items), queue, err)
+	}
+	return nil
+}
+
+// Queued returns at most n items of the named queue, in key order, and
+// how many it holds in all.
+func (s *Store) Queued(queue string, n int) (items []string, total int, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketQueues).Bucket([]byte(queue))
+		if b == nil {
+			return nil
+		}
+		total = b.Stats().KeyN
+		c := b.Cursor()
+		for k, _ := c.First(); k != nil && len(items) < n; k, _ = c.Next() {
+			items = append(items, string(k))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("read the queue of %s: %w", queue, err)
+	}
+	return items, total, nil
+}
+
+// Dequeue removes items from the named queue.
+func (s *Store) Dequeue(queue string, items []string) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketQueues).Bucket([]byte(queue))
+		if b == nil {
+			return nil
+		}
+		for _, it := range items {
+			if err := b.Delete([]byte(it)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("dequeue %d items of %s: %w", len(items), queue, err)
 	}
 	return nil
 }

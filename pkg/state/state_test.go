@@ -265,3 +265,43 @@ func FuzzStoreRecords(f *testing.F) {
 		}
 	})
 }
+
+func TestQueue(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	s, _, err := Open(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if items, total, err := s.Queued("fleet", 10); err != nil || len(items) != 0 || total != 0 {
+		t.Fatalf("empty queue: %q %d %v", items, total, err)
+	}
+	if err := s.Enqueue("fleet", []string{"/nix/store/b", "/nix/store/a", "/nix/store/b"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Enqueue("other", []string{"/nix/store/c"}); err != nil {
+		t.Fatal(err)
+	}
+	items, total, err := s.Queued("fleet", 1)
+	if err != nil || total != 2 || len(items) != 1 || items[0] != "/nix/store/a" {
+		t.Fatalf("Queued(fleet, 1) = %q, %d, %v; want [/nix/store/a], 2", items, total, err)
+	}
+	if err := s.Dequeue("fleet", []string{"/nix/store/a"}); err != nil {
+		t.Fatal(err)
+	}
+	// The queue survives a restart.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, _, err = Open(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	items, total, err = s.Queued("fleet", 10)
+	if err != nil || total != 1 || len(items) != 1 || items[0] != "/nix/store/b" {
+		t.Fatalf("after a restart: %q, %d, %v; want [/nix/store/b]", items, total, err)
+	}
+	if items, _, _ := s.Queued("other", 10); len(items) != 1 {
+		t.Fatalf("queue other: %q", items)
+	}
+}

@@ -38,7 +38,42 @@ const (
 	PeersTrusted = "PeersTrusted"
 	// The state store (state.db) is sound, or was started afresh.
 	StateStoreReady = "StateStoreReady"
+	// The caches on object stores that the host reads or publishes to
+	// are reachable with its credentials, and publishing keeps up.
+	CachesReady = "CachesReady"
 )
+
+// Cache is where a host stands with one cache on an object store.
+type Cache struct {
+	Name string `json:"name"`
+	// Read: the host reads the cache through its agent, at URL.
+	// Publish: the host uploads what it builds to it.
+	Read    bool   `json:"read,omitempty"`
+	URL     string `json:"url,omitempty"`
+	Publish bool   `json:"publish,omitempty"`
+	// Credentials is "ok", "missing", "loose" (readable by others) or
+	// "invalid", for the host's credentials file at CredentialsFile.
+	Credentials     string `json:"credentials"`
+	CredentialsFile string `json:"credentialsFile"`
+	// Reachable: the last request or check of the store reached it
+	// (read caches); Since when that last changed.
+	Reachable bool      `json:"reachable"`
+	Since     time.Time `json:"since,omitzero"`
+	// Hits, Misses and Down count the host's Nix's lookups: served,
+	// missing from the store, and answered as missing while the store
+	// could not be reached.
+	Hits   uint64 `json:"hits,omitempty"`
+	Misses uint64 `json:"misses,omitempty"`
+	Down   uint64 `json:"down,omitempty"`
+	// Queued, Uploaded and Present are the publisher's: paths waiting,
+	// uploaded by this agent since it started, and found in the bucket
+	// already.
+	Queued   int    `json:"queued,omitempty"`
+	Uploaded uint64 `json:"uploaded,omitempty"`
+	Present  uint64 `json:"present,omitempty"`
+	// Error is the last failure to reach the store or to publish.
+	Error string `json:"error,omitempty"`
+}
 
 // PeerState is where peering with a peer stands.
 type PeerState string
@@ -167,7 +202,10 @@ type Status struct {
 	// HostKeyRotation is the rotation of this host's SSH host key under
 	// way (From and To are fingerprints); absent when none is.
 	HostKeyRotation *Rotation `json:"hostKeyRotation,omitempty"`
-	LastReconcile   time.Time `json:"lastReconcile"`
+	// Caches are the caches on object stores the host reads or
+	// publishes to.
+	Caches        []Cache   `json:"caches,omitempty"`
+	LastReconcile time.Time `json:"lastReconcile"`
 }
 
 // Carry returns c with the transition time of the condition of its type
@@ -198,6 +236,7 @@ func (s Status) Clone() Status {
 	s.Peers = slices.Clone(s.Peers)
 	s.Files = slices.Clone(s.Files)
 	s.Warnings = slices.Clone(s.Warnings)
+	s.Caches = slices.Clone(s.Caches)
 	for _, r := range []**Rotation{&s.Rotation, &s.HostKeyRotation} {
 		if *r != nil {
 			c := **r

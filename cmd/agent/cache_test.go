@@ -1,0 +1,186 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nixpeer/nixpeer/internal/launch"
+	"github.com/nixpeer/nixpeer/internal/testenv"
+	"github.com/nixpeer/nixpeer/pkg/status"
+)
+
+// cacheFleet is staging publishing to a cache on a real SeaweedFS, and
+// production reading it after staging.
+type cacheFleet struct {
+	*fleetRun
+	weed      *launch.Weed
+	cachePort int
+}
+
+// startCacheFleet starts SeaweedFS with a bucket, both agents with their
+// credentials, and staging's sshd; it waits until both are Ready.
+func startCacheFleet(t *testing.T) *cacheFleet {
+	testenv.RequireRoot(t)
+	testenv.Require(t, "nix", "nix-store", "nix-daemon", "nix-build", "sshd")
+	testenv.RequireNixSSHUser(t)
+	w := testenv.StartWeed(t, "127.0.0.1")
+	if err := w.MakeBucket("nix"); err != nil {
+		t.Fatal(err)
+	}
+	f := &cacheFleet{fleetRun: prepareFleet(t, 22, "ssh"), weed: w, cachePort: testenv.FreePort(t, "127.0.0.1")}
+	conf, err := os.ReadFile(f.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withCache := strings.Replace(string(conf), "hosts:\n", fmt.Sprintf("caches:\n  - name: fleet\n    s3: {endpoint: %q, bucket: nix}\nhosts:\n", w.Endpoint), 1)
+	withCache = strings.Replace(withCache, "    serve:\n", "    serve:\n      publishTo: [fleet]\n", 1)
+	withCache = strings.Replace(withCache, "    substituteFrom: [stage]\n", fmt.Sprintf("    substituteFrom: [stage, fleet]\n    cachePort: %d\n", f.cachePort), 1)
+	if err := os.WriteFile(f.config, []byte(withCache), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, root := range []string{f.S, f.P} {
+		writeCredentials(t, root, w.AccessKey, w.SecretKey)
+	}
+	f.started = time.Now()
+	f.stage = startAgent(t, f.S, f.config, "stage")
+	f.prod = startAgent(t, f.P, f.config, "prod")
+	f.startSSHD(t)
+	f.stage.waitFor("staging Ready", ready)
+	st := f.prod.waitFor("production Ready", ready)
+	c := cacheStatus(t, st, "fleet")
+	if !c.Read || !c.Reachable || c.Credentials != "ok" || c.URL != fmt.Sprintf("http://127.0.0.1:%d/fleet", f.cachePort) {
+		t.Fatalf("production's cache: %+v", c)
+	}
+	return f
+}
+
+func writeCredentials(t *testing.T, root, key, secret string) {
+	dir := filepath.Join(root, "var/lib/nixpeer/caches")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	creds := fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", key, secret)
+	if err := os.WriteFile(filepath.Join(dir, "fleet.credentials"), []byte(creds), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func cacheStatus(t *testing.T, st status.Status, name string) status.Cache {
+	t.Helper()
+	for _, c := range st.Caches {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("no cache %s in status %+v", name, st.Caches)
+	return status.Cache{}
+}
+
+// closureExpr is a closure of n paths: n-1 parts and one that refers to
+// them all; nonce makes it new.
+func closureExpr(n int, nonce string) string {
+	return fmt.Sprintf(`let
+  mk = name: deps: derivation {
+    inherit name deps;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "echo %s $name > $out; for d in $deps; do echo $d >> $out; done" ];
+  };
+in mk "nixpeer-cache-closure" (builtins.genList (i: mk "nixpeer-cache-part-${toString i}" [ ]) %d)
+`, nonce, n-1)
+}
+
+// buildOnStaging builds a closure of n paths on staging's nix-daemon and
+// returns its top path.
+func (f *cacheFleet) buildOnStaging(t *testing.T, n int) string {
+	t.Helper()
+	cmd := exec.Command("nix-build", "--no-out-link", "-E", closureExpr(n, strconv.FormatInt(time.Now().UnixNano(), 36)))
+	cmd.Env = append(launch.CleanNixEnv(os.Environ()), f.daemon.Env()...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("build on staging: %v\n%s", err, stderr.String())
+	}
+	if strings.Contains(stderr.String(), "nixpeer publish-hook:") {
+		t.Fatalf("the post-build hook failed to queue what was built:\n%s", stderr.String())
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// TestCacheTier: staging builds a closure of 100 paths; its post-build
+// hook has its agent upload them to a real S3-compatible store
+// (SeaweedFS). With staging's agent and sshd stopped, production fetches
+// the whole closure from the bucket through its agent, signatures
+// checked. With the store stopped too, production's lookups are answered
+// as misses at once (Nix does not retry), and its status says so.
+func TestCacheTier(t *testing.T) {
+	f := startCacheFleet(t)
+	top := f.buildOnStaging(t, 100)
+	st := f.stage.waitWithin(60*time.Second, "staging published the closure", func(st status.Status) bool {
+		c := cacheStatus(t, st, "fleet")
+		return c.Publish && c.Queued == 0 && c.Uploaded >= 100
+	})
+	if c := cacheStatus(t, st, "fleet"); c.Error != "" || c.Credentials != "ok" {
+		t.Fatalf("staging's cache: %+v", c)
+	}
+
+	// Staging goes away entirely.
+	f.stage.stop()
+	f.sshd.Stop(t)
+	f.prod.waitWithin(30*time.Second, "production withdrew staging", func(st status.Status) bool {
+		for _, p := range st.Peers {
+			if p.Name == "stage" && p.State == status.PeerServing {
+				return false
+			}
+		}
+		c := status.Find(st.Conditions, status.NixSettingsApplied)
+		return c != nil && c.Status == status.True && st.ObservedGeneration == st.Generation
+	})
+	store := t.TempDir()
+	cmd := exec.Command("nix-store", "--store", store, "-r", top)
+	cmd.Env = append(os.Environ(), "NIX_CONF_DIR="+filepath.Join(f.P, "etc/nix"))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		conf, _ := os.ReadFile(filepath.Join(f.P, "etc/nix/nixpeer.conf"))
+		t.Fatalf("production could not fetch from the cache: %v\n%s\nnixpeer.conf:\n%s", err, out, conf)
+	}
+	paths, err := exec.Command("nix-store", "--store", store, "-qR", top).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(strings.Fields(string(paths))); n != 100 {
+		t.Fatalf("production holds %d paths of the closure, want 100", n)
+	}
+	if got := strings.Count(string(out), "copying path"); got != 100 {
+		t.Fatalf("production copied %d paths, want 100:\n%s", got, out)
+	}
+	st = f.prod.waitFor("production counted the hits", func(st status.Status) bool { return cacheStatus(t, st, "fleet").Hits >= 200 })
+	t.Logf("production's cache: %+v", cacheStatus(t, st, "fleet"))
+
+	// The store goes away: production's lookups are misses at once.
+	if err := f.weed.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	store2 := t.TempDir()
+	cmd = exec.Command("nix-store", "--store", store2, "-r", top)
+	cmd.Env = append(os.Environ(), "NIX_CONF_DIR="+filepath.Join(f.P, "etc/nix"))
+	out, err = cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("production fetched %s with the store stopped:\n%s", top, out)
+	}
+	if strings.Contains(string(out), "retrying") {
+		t.Fatalf("Nix retried a cache whose store is down; it must be told of misses at once:\n%s", out)
+	}
+	st = f.prod.waitFor("production says the store is down", func(st status.Status) bool {
+		c := status.Find(st.Conditions, status.CachesReady)
+		return c != nil && c.Status == status.False && c.Reason == "StoreUnreachable" && !cacheStatus(t, st, "fleet").Reachable
+	})
+	t.Logf("CachesReady: %+v", condition(t, st, status.CachesReady))
+}

@@ -1,0 +1,122 @@
+package bincache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/nixpeer/nixpeer/pkg/desired"
+)
+
+// ErrNotFound is matched by the error for an object the bucket does not
+// hold.
+var ErrNotFound = errors.New("not in the bucket")
+
+// Bucket is one cache's bucket, reached with one host's credentials.
+type Bucket struct {
+	// Cache is the cache's name, for messages.
+	Cache  string
+	client *minio.Client
+	bucket string
+}
+
+// Timeouts of requests to the object store: a store that does not answer
+// is known within seconds, not minutes.
+const (
+	dialTimeout   = 3 * time.Second
+	headerTimeout = 10 * time.Second
+)
+
+// Open returns the bucket of cache at loc, reached with c.
+func Open(cache string, loc desired.S3Bucket, c Credentials) (*Bucket, error) {
+	u, err := url.Parse(loc.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("cache %s: endpoint: %w", cache, err)
+	}
+	tr := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   dialTimeout,
+		ResponseHeaderTimeout: headerTimeout,
+		MaxIdleConns:          64,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		DisableCompression:    true,
+	}
+	client, err := minio.New(u.Host, &minio.Options{
+		Creds:     credentials.NewStaticV4(c.AccessKeyID, c.SecretAccessKey, c.SessionToken),
+		Secure:    u.Scheme == "https",
+		Region:    loc.Region,
+		Transport: tr,
+		// A failed request is the reader's to answer at once, and the
+		// publisher's to retry later.
+		MaxRetries: 1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cache %s: %w", cache, err)
+	}
+	return &Bucket{Cache: cache, client: client, bucket: loc.Bucket}, nil
+}
+
+// Get opens the object key; the caller closes it. The error matches
+// ErrNotFound when the bucket holds no such object.
+func (b *Bucket) Get(ctx context.Context, key string) (io.ReadCloser, int64, error) {
+	obj, err := b.client.GetObject(ctx, b.bucket, key, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, 0, b.wrap(key, err)
+	}
+	st, err := obj.Stat()
+	if err != nil {
+		obj.Close()
+		return nil, 0, b.wrap(key, err)
+	}
+	return obj, st.Size, nil
+}
+
+// Size returns the size of the object key; the error matches ErrNotFound
+// when there is none.
+func (b *Bucket) Size(ctx context.Context, key string) (int64, error) {
+	st, err := b.client.StatObject(ctx, b.bucket, key, minio.StatObjectOptions{})
+	if err != nil {
+		return 0, b.wrap(key, err)
+	}
+	return st.Size, nil
+}
+
+// Put stores size bytes of r as the object key.
+func (b *Bucket) Put(ctx context.Context, key string, r io.Reader, size int64, contentType string) error {
+	_, err := b.client.PutObject(ctx, b.bucket, key, r, size, minio.PutObjectOptions{ContentType: contentType, DisableMultipart: size < 64<<20})
+	if err != nil {
+		return b.wrap(key, err)
+	}
+	return nil
+}
+
+// Check says whether the bucket can be reached and read with these
+// credentials.
+func (b *Bucket) Check(ctx context.Context) error {
+	ok, err := b.client.BucketExists(ctx, b.bucket)
+	if err != nil {
+		return fmt.Errorf("cache %s: bucket %s: %w", b.Cache, b.bucket, err)
+	}
+	if !ok {
+		return fmt.Errorf("cache %s: bucket %s does not exist", b.Cache, b.bucket)
+	}
+	return nil
+}
+
+func (b *Bucket) wrap(key string, err error) error {
+	resp := minio.ToErrorResponse(err)
+	if resp.Code == "NoSuchKey" || resp.StatusCode == http.StatusNotFound && resp.Code != "NoSuchBucket" {
+		return fmt.Errorf("cache %s: %s: %w", b.Cache, key, ErrNotFound)
+	}
+	return fmt.Errorf("cache %s: %s: %w", b.Cache, key, err)
+}

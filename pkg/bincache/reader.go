@@ -1,0 +1,326 @@
+package bincache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/net/netutil"
+
+	"github.com/nixpeer/nixpeer/pkg/backoff"
+)
+
+// Priority is the Priority the reader's nix-cache-info gives each cache:
+// after cache.nixos.org (40), which keeps serving what it serves, and after
+// every SSH peer (priority 0).
+const Priority = 41
+
+// Bounds of the reader.
+const (
+	// MaxUpstream bounds the requests to object stores at a time; more
+	// wait for a turn.
+	MaxUpstream = 32
+	// maxConns bounds the connections from the host's Nix.
+	maxConns   = 256
+	copyBuffer = 32 << 10
+)
+
+// checkRetry paces the checks of a store that could not be reached.
+var checkRetry = backoff.Policy{Base: 500 * time.Millisecond, Cap: 10 * time.Second}
+
+// Health is what the reader knows of one cache's store.
+type Health struct {
+	// Up: the last request or check reached the store. Checked is false
+	// until one has.
+	Up      bool
+	Checked bool
+	// Since is when Up last changed; Err why the store is down.
+	Since time.Time
+	Err   string
+	// Requests served from the store, answered as missing from it, and
+	// answered as missing because the store was down.
+	Hits, Misses, Down uint64
+}
+
+// Reader serves caches to the host's own Nix over loopback HTTP, at
+// /CACHE/nix-cache-info, /CACHE/HASH.narinfo and /CACHE/nar/FILE, signing
+// its requests to each store with the host's credentials. A path the
+// store lacks is a 404; while a store cannot be reached every lookup is
+// a 404 at once (a 5xx would have Nix retry for seconds, and disable the
+// cache), and the store is checked again in the background until it
+// answers. NARs are streamed, never held whole.
+type Reader struct {
+	log *zap.Logger
+	// changed is called when a cache's health changes.
+	changed func()
+	turns   chan struct{}
+
+	mu     sync.Mutex
+	caches map[string]*readCache
+	addr   string
+	ln     net.Listener
+	srv    *http.Server
+}
+
+type readCache struct {
+	bucket *Bucket
+	ctx    context.Context
+	stop   context.CancelFunc
+	mu     sync.Mutex
+	health Health
+	// checking: a background check runs.
+	checking             bool
+	hits, misses, downed atomic.Uint64
+}
+
+// NewReader returns a reader that serves nothing until Configure and
+// Listen; changed is called (without locks held) when a cache's health
+// changes.
+func NewReader(log *zap.Logger, changed func()) *Reader {
+	return &Reader{log: log, changed: changed, turns: make(chan struct{}, MaxUpstream), caches: map[string]*readCache{}}
+}
+
+// Configure makes the reader serve buckets, by cache name: a cache whose
+// bucket is the same object as before keeps its health; a new one is
+// checked at once.
+func (r *Reader) Configure(buckets map[string]*Bucket) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for name, c := range r.caches {
+		if buckets[name] != c.bucket {
+			c.stop()
+			delete(r.caches, name)
+		}
+	}
+	for name, b := range buckets {
+		if _, ok := r.caches[name]; ok {
+			continue
+		}
+		ctx, stop := context.WithCancel(context.Background())
+		c := &readCache{bucket: b, ctx: ctx, stop: stop}
+		r.caches[name] = c
+		c.checking = true
+		go r.check(c)
+	}
+}
+
+// Listen makes the reader listen on addr ("" to stop listening).
+func (r *Reader) Listen(addr string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if addr == r.addr {
+		return nil
+	}
+	if r.srv != nil {
+		r.srv.Close()
+		r.srv, r.ln, r.addr = nil, nil, ""
+	}
+	if addr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("serve the caches to Nix: %w", err)
+	}
+	r.srv = &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: zap.NewStdLog(r.log)}
+	r.ln, r.addr = netutil.LimitListener(ln, maxConns), addr
+	go r.srv.Serve(r.ln)
+	return nil
+}
+
+// Close stops serving and every background check.
+func (r *Reader) Close() {
+	r.Listen("")
+	r.Configure(nil)
+}
+
+// Health returns each cache's health, by name.
+func (r *Reader) Health() map[string]Health {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string]Health, len(r.caches))
+	for name, c := range r.caches {
+		c.mu.Lock()
+		h := c.health
+		c.mu.Unlock()
+		h.Hits, h.Misses, h.Down = c.hits.Load(), c.misses.Load(), c.downed.Load()
+		out[name] = h
+	}
+	return out
+}
+
+var (
+	narinfoRE = regexp.MustCompile(`^[0-9a-df-np-sv-z]{32}\.narinfo$`)
+	narFileRE = regexp.MustCompile(`^nar/[0-9a-z]{1,128}\.nar(\.[a-z0-9]{1,8})?$`)
+)
+
+// ServeHTTP answers the host's Nix.
+func (r *Reader) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	if req.Method != http.MethodGet && req.Method != http.MethodHead {
+		http.Error(w, "read only", http.StatusMethodNotAllowed)
+		return
+	}
+	name, key, _ := strings.Cut(strings.TrimPrefix(req.URL.Path, "/"), "/")
+	r.mu.Lock()
+	c := r.caches[name]
+	r.mu.Unlock()
+	if c == nil {
+		http.NotFound(w, req)
+		return
+	}
+	switch {
+	case key == "nix-cache-info":
+		w.Header().Set("Content-Type", "text/x-nix-cache-info")
+		fmt.Fprintf(w, "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: %d\n", Priority)
+		return
+	case narinfoRE.MatchString(key), narFileRE.MatchString(key):
+	default:
+		http.NotFound(w, req)
+		return
+	}
+	if !c.up() {
+		c.downed.Add(1)
+		http.Error(w, "the object store of cache "+name+" cannot be reached", http.StatusNotFound)
+		return
+	}
+	select {
+	case r.turns <- struct{}{}:
+		defer func() { <-r.turns }()
+	case <-req.Context().Done():
+		return
+	}
+	ctx := req.Context()
+	if req.Method == http.MethodHead {
+		size, err := c.bucket.Size(ctx, key)
+		if !r.answerErr(w, req, c, err) {
+			w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+		}
+		return
+	}
+	body, size, err := c.bucket.Get(ctx, key)
+	if r.answerErr(w, req, c, err) {
+		return
+	}
+	defer body.Close()
+	c.hits.Add(1)
+	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	if strings.HasSuffix(key, ".narinfo") {
+		w.Header().Set("Content-Type", "text/x-nix-narinfo")
+	} else {
+		w.Header().Set("Content-Type", "application/x-nix-nar")
+	}
+	buf := make([]byte, copyBuffer)
+	if _, err := io.CopyBuffer(w, body, buf); err != nil && ctx.Err() == nil {
+		// The store went away mid-stream: the short body (less than its
+		// Content-Length) fails the download, and Nix falls back.
+		r.down(c, err)
+	}
+}
+
+// answerErr answers a failed request to the store, and reports whether
+// there was one.
+func (r *Reader) answerErr(w http.ResponseWriter, req *http.Request, c *readCache, err error) bool {
+	switch {
+	case err == nil:
+		c.setUp()
+		return false
+	case errors.Is(err, ErrNotFound):
+		c.setUp()
+		c.misses.Add(1)
+		http.NotFound(w, req)
+	case req.Context().Err() != nil:
+	default:
+		r.down(c, err)
+		c.downed.Add(1)
+		http.Error(w, "the object store cannot be reached", http.StatusNotFound)
+	}
+	return true
+}
+
+func (c *readCache) up() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.health.Up || !c.health.Checked
+}
+
+// setUp records a request that reached the store.
+func (c *readCache) setUp() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.health.Up || !c.health.Checked {
+		c.health = Health{Up: true, Checked: true, Since: time.Now()}
+	}
+}
+
+// down records that the store cannot be reached, and starts a
+// background check unless one runs.
+func (r *Reader) down(c *readCache, err error) {
+	c.mu.Lock()
+	was := c.health.Up || !c.health.Checked
+	if was {
+		c.health = Health{Checked: true, Since: time.Now()}
+	}
+	c.health.Err = err.Error()
+	start := !c.checking
+	c.checking = true
+	c.mu.Unlock()
+	if was {
+		r.log.Warn("cache store cannot be reached: its lookups are answered as misses until it answers again", zap.String("cache", c.bucket.Cache), zap.Error(err))
+		r.changed()
+	}
+	if start {
+		go r.check(c)
+	}
+}
+
+// check checks the store until it answers, waiting longer after each
+// failure, then records it up.
+func (r *Reader) check(c *readCache) {
+	for n := 1; ; n++ {
+		ctx, cancel := context.WithTimeout(c.ctx, headerTimeout)
+		err := c.bucket.Check(ctx)
+		cancel()
+		if c.ctx.Err() != nil {
+			return
+		}
+		c.mu.Lock()
+		if err == nil {
+			changed := !c.health.Up || !c.health.Checked
+			if changed {
+				c.health = Health{Up: true, Checked: true, Since: time.Now()}
+			}
+			c.checking = false
+			c.mu.Unlock()
+			if changed {
+				r.log.Info("cache store answers", zap.String("cache", c.bucket.Cache))
+				r.changed()
+			}
+			return
+		}
+		changed := c.health.Up || !c.health.Checked
+		if changed {
+			c.health = Health{Checked: true, Since: time.Now()}
+		}
+		c.health.Err = err.Error()
+		c.mu.Unlock()
+		if changed {
+			r.log.Warn("cache store cannot be reached", zap.String("cache", c.bucket.Cache), zap.Error(err))
+			r.changed()
+		}
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-time.After(checkRetry.Delay(n)):
+		}
+	}
+}

@@ -1,0 +1,168 @@
+package reconcile
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/nixpeer/nixpeer/pkg/bincache"
+	"github.com/nixpeer/nixpeer/pkg/desired"
+	"github.com/nixpeer/nixpeer/pkg/layout"
+	"github.com/nixpeer/nixpeer/pkg/nix"
+	"github.com/nixpeer/nixpeer/pkg/status"
+)
+
+// credsObs is a cache's credentials file as observed.
+type credsObs struct {
+	Creds bincache.Credentials
+	Err   error
+}
+
+// postBuildHook is the hook a publishing host's Nix runs after each build.
+func postBuildHook(l layout.Layout) string { return l.CachesDir + "/post-build-hook" }
+
+// cacheFiles are the managed files of the cache tier on self.
+func cacheFiles(l layout.Layout, self *desired.Host) []string {
+	if self.Serve != nil && len(self.Serve.PublishTo) > 0 {
+		return []string{postBuildHook(l)}
+	}
+	return nil
+}
+
+// cachesUsed are the caches self reads or publishes to, in file order.
+func cachesUsed(self *desired.Host) []string {
+	names := slices.Clone(self.ReadCaches)
+	if self.Serve != nil {
+		for _, c := range self.Serve.PublishTo {
+			if !slices.Contains(names, c) {
+				names = append(names, c)
+			}
+		}
+	}
+	return names
+}
+
+// cacheSettings are what the cache tier adds to the Nix settings.
+type cacheSettings struct {
+	substituters, trusted []string
+	noNegativeCache       bool
+	postBuildHook         string
+	// hook is the post-build hook's file, written with the settings
+	// that name it (before them: Nix fails a build whose hook fails).
+	hook *fileWant
+}
+
+// planCaches is the binary-cache tier on this host: the reader of the
+// caches it substitutes from (at nix.CacheURL, trusting the keys of
+// their publishers), and the publisher of those it publishes to, fed by
+// a post-build hook. A cache whose credentials cannot be used is reported
+// and left out (paths to publish are still queued).
+func (pl *planner) planCaches(signWith []string) (*Resource, cacheSettings, []status.Cache) {
+	o, self, l := pl.o, pl.self, pl.o.Layout
+	cfg := &bincache.Config{Read: map[string]bincache.Access{}, Publish: map[string]bincache.PublishTarget{}}
+	r := &Resource{Tier: cfg, Status: true}
+	names := cachesUsed(self)
+	if len(names) == 0 {
+		return r, cacheSettings{}, nil
+	}
+	r.Type, r.Status, r.Reason = status.CachesReady, true, "Serving"
+	var cs cacheSettings
+	var out []status.Cache
+	var problems []string
+	publishing := self.Serve != nil && len(self.Serve.PublishTo) > 0
+	if publishing {
+		cs.postBuildHook = postBuildHook(l)
+		cs.hook = &fileWant{path: cs.postBuildHook, content: hookScript(o.Executable, l.Socket), mode: 0o755, dirMode: 0o700, ownDir: true}
+		if o.SignTarget != "" {
+			cfg.Initial = []string{o.SignTarget}
+		}
+		if len(signWith) == 0 {
+			problems = append(problems, "publishing waits for the signing key (see CacheKeyReady)")
+		}
+	}
+	if len(self.ReadCaches) > 0 {
+		cfg.Listen = fmt.Sprintf("127.0.0.1:%d", self.CachePort)
+		cs.noNegativeCache = true
+	}
+	for _, name := range names {
+		c := pl.file.Cache(name)
+		st := status.Cache{Name: name, Read: slices.Contains(self.ReadCaches, name), CredentialsFile: l.CacheCredentials(name), Credentials: "ok"}
+		st.Publish = publishing && slices.Contains(self.Serve.PublishTo, name)
+		creds := o.CacheCreds[name]
+		var access *bincache.Access
+		if creds.Err != nil {
+			st.Credentials, st.Error = bincache.CredentialsProblem(creds.Err), creds.Err.Error()
+			problems = append(problems, fmt.Sprintf("cache %s: %s", name, creds.Err))
+		} else {
+			access = &bincache.Access{Loc: c.S3, Creds: creds.Creds}
+		}
+		if st.Read {
+			st.URL = nix.CacheURL(self.CachePort, name)
+			// The cache is always a substituter: while its store cannot
+			// be reached the reader answers every lookup as a miss, at
+			// once, so that nothing waits and nothing is restarted.
+			cs.substituters = append(cs.substituters, st.URL)
+			for _, pub := range pl.file.Publishers(name) {
+				if k := pl.keys[pub.Name]; k.CacheKey != "" {
+					cs.trusted = append(cs.trusted, k.trusted()...)
+				}
+			}
+			if access != nil {
+				cfg.Read[name] = *access
+				h, checked := o.CacheHealth[name]
+				st.Reachable, st.Since, st.Hits, st.Misses, st.Down = h.Up, h.Since, h.Hits, h.Misses, h.Down
+				switch {
+				case !checked || !h.Checked:
+					problems = append(problems, fmt.Sprintf("cache %s: checking its store", name))
+				case !h.Up:
+					st.Error = h.Err
+					problems = append(problems, fmt.Sprintf("cache %s: its store cannot be reached (lookups are answered as misses meanwhile): %s", name, h.Err))
+				}
+			}
+		}
+		if st.Publish {
+			pt := bincache.PublishTarget{Access: access, KeyFiles: signWith}
+			cfg.Publish[name] = pt
+			ps := o.Publishing[name]
+			st.Queued, st.Uploaded, st.Present = ps.Queued, ps.Uploaded, ps.Present
+			if ps.Err != "" {
+				st.Error = ps.Err
+				problems = append(problems, fmt.Sprintf("cache %s: publishing fails (%d times in a row; it is retried): %s", name, ps.Failures, ps.Err))
+			}
+		}
+		out = append(out, st)
+	}
+	switch {
+	case len(problems) == 0:
+		r.Message = fmt.Sprintf("caches %s: reachable", strings.Join(names, ", "))
+	default:
+		r.Status, r.Message = false, strings.Join(problems, "; ")
+		r.Reason = "StoreUnreachable"
+		for _, st := range out {
+			switch {
+			case st.Credentials != "ok":
+				r.Reason = "Credentials" + strings.ToUpper(st.Credentials[:1]) + st.Credentials[1:]
+			case st.Publish && st.Error != "" && r.Reason == "StoreUnreachable":
+				r.Reason = "PublishFailing"
+			}
+		}
+		if publishing && len(signWith) == 0 {
+			r.Reason = "WaitingForCacheKey"
+		}
+	}
+	return r, cs, out
+}
+
+// hookScript is the post-build hook: it hands what Nix built to the
+// agent's queue, and never fails or holds up a build.
+func hookScript(executable, socket string) []byte {
+	return fmt.Appendf(nil, `#!/bin/sh
+# Managed by nixpeer: hands the paths Nix built to the agent, which uploads
+# them to the caches this host publishes to. It never fails a build.
+%s publish-hook --socket %s </dev/null || true
+exit 0
+`, shellQuote(executable), shellQuote(socket))
+}
+
+// shellQuote quotes s for sh.
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
