@@ -13,7 +13,7 @@ buildGoModule {
     fileset = lib.fileset.unions [ ../go.mod ../go.sum ../cmd ../pkg ../internal ../docs/man ];
   };
 
-  vendorHash = "sha256-KJ3pFxSOOl/60Xxk/Y/u6ohDGQeDsAC/tCiCSTxrRjM=";
+  vendorHash = "sha256-SKJunYpTLEQWRL+t9YwCEdKdAZnuO+wTBK7TGbXjVlU=";
 
   subPackages = [ "cmd/agent" ];
   ldflags = [ "-s" "-w" "-X main.version=${version}" ];

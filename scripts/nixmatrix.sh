@@ -24,7 +24,7 @@ suites=("$@")
 # --path, the fleet view, three tiers, the demo's closure, the cache tier
 # on SeaweedFS (its weed copied in); every agent is
 # started the way the unit starts it (installed_test.go).
-run=${NIXMATRIX_RUN:-'^(TestStagingServesProductionWithNothingCopiedByHand|TestHostKeyChangeIsRefused|TestDarkStagingIsWithdrawn|TestPlan|TestWaitForAPath|TestStatusFleet|TestThreeTiers|TestDemoConverges|TestStatusWarnsWhenStagingTrustsNixSSH|TestTrustCA|TestRotateCacheKey|TestRotateHostKey|TestCacheTier)$'}
+run=${NIXMATRIX_RUN:-'^(TestStagingServesProductionWithNothingCopiedByHand|TestHostKeyChangeIsRefused|TestDarkStagingIsWithdrawn|TestPlan|TestWaitForAPath|TestStatusFleet|TestThreeTiers|TestDemoConverges|TestStatusWarnsWhenStagingTrustsNixSSH|TestTrustCA|TestRotateCacheKey|TestRotateHostKey|TestCacheTier|TestCacheTierRotation)$'}
 
 build=$(mktemp -d /tmp/nixmatrix-build.XXXXXX)
 trap 'rm -rf "$build"' EXIT

@@ -1,17 +1,25 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
 	"github.com/nixpeer/nixpeer/internal/launch"
 	"github.com/nixpeer/nixpeer/internal/testenv"
+	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
 
@@ -25,7 +33,7 @@ type cacheFleet struct {
 
 // startCacheFleet starts SeaweedFS with a bucket, both agents with their
 // credentials, and staging's sshd; it waits until both are Ready.
-func startCacheFleet(t *testing.T) *cacheFleet {
+func startCacheFleet(t testing.TB) *cacheFleet {
 	testenv.RequireRoot(t)
 	testenv.Require(t, "nix", "nix-store", "nix-daemon", "nix-build", "sshd")
 	testenv.RequireNixSSHUser(t)
@@ -60,7 +68,7 @@ func startCacheFleet(t *testing.T) *cacheFleet {
 	return f
 }
 
-func writeCredentials(t *testing.T, root, key, secret string) {
+func writeCredentials(t testing.TB, root, key, secret string) {
 	dir := filepath.Join(root, "var/lib/nixpeer/caches")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
@@ -71,7 +79,7 @@ func writeCredentials(t *testing.T, root, key, secret string) {
 	}
 }
 
-func cacheStatus(t *testing.T, st status.Status, name string) status.Cache {
+func cacheStatus(t testing.TB, st status.Status, name string) status.Cache {
 	t.Helper()
 	for _, c := range st.Caches {
 		if c.Name == name {
@@ -98,7 +106,7 @@ in mk "nixpeer-cache-closure" (builtins.genList (i: mk "nixpeer-cache-part-${toS
 
 // buildOnStaging builds a closure of n paths on staging's nix-daemon and
 // returns its top path.
-func (f *cacheFleet) buildOnStaging(t *testing.T, n int) string {
+func (f *cacheFleet) buildOnStaging(t testing.TB, n int) string {
 	t.Helper()
 	cmd := exec.Command("nix-build", "--no-out-link", "-E", closureExpr(n, strconv.FormatInt(time.Now().UnixNano(), 36)))
 	cmd.Env = append(launch.CleanNixEnv(os.Environ()), f.daemon.Env()...)
@@ -183,4 +191,93 @@ func TestCacheTier(t *testing.T) {
 		return c != nil && c.Status == status.False && c.Reason == "StoreUnreachable" && !cacheStatus(t, st, "fleet").Reachable
 	})
 	t.Logf("CachesReady: %+v", condition(t, st, status.CachesReady))
+}
+
+// minioClient is a client of the tests' SeaweedFS at host.
+func minioClient(host, key, secret string) (*minio.Client, error) {
+	return minio.New(host, &minio.Options{Creds: credentials.NewStaticV4(key, secret, ""), Region: "us-east-1"})
+}
+
+// bucketNarInfos returns the narinfos in the test's bucket, by key.
+func (f *cacheFleet) bucketNarInfos(t *testing.T) map[string]nix.NarInfo {
+	t.Helper()
+	u, _ := url.Parse(f.weed.Endpoint)
+	c, err := minioClient(u.Host, f.weed.AccessKey, f.weed.SecretKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	out := map[string]nix.NarInfo{}
+	for obj := range c.ListObjects(ctx, "nix", minio.ListObjectsOptions{}) {
+		if obj.Err != nil {
+			t.Fatal(obj.Err)
+		}
+		if !strings.HasSuffix(obj.Key, ".narinfo") {
+			continue
+		}
+		o, err := c.GetObject(ctx, "nix", obj.Key, minio.GetObjectOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(o)
+		o.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ni, err := nix.ParseNarInfo(data)
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", obj.Key, err, data)
+		}
+		out[obj.Key] = ni
+	}
+	return out
+}
+
+// TestCacheTierRotation: a rotation of staging's cache key reaches the
+// bucket. Production reads the cache only after it trusts both keys;
+// every narinfo gets a signature of the new key before production drops
+// the old one, and production, trusting the new key alone, fetches the
+// closure from the bucket with staging gone.
+func TestCacheTierRotation(t *testing.T) {
+	f := startCacheFleet(t)
+	top := f.buildOnStaging(t, 10)
+	f.stage.waitWithin(60*time.Second, "staging published the closure", func(st status.Status) bool {
+		c := cacheStatus(t, st, "fleet")
+		return c.Queued == 0 && c.Uploaded+c.Present >= 10
+	})
+	if code, out, stderr := runCLI(t, "rotate", "cache-key", "--socket", f.stage.socket); code != 0 {
+		t.Fatalf("rotate cache-key: exit %d, %s%s", code, out, stderr)
+	}
+	f.stage.waitWithin(2*time.Minute, "rotation done", func(st status.Status) bool {
+		return st.Rotation == nil && ready(st) && strings.HasPrefix(facts(t, f.S).CacheKey.PublicKey, "127.0.0.2-g2:")
+	})
+	newKey, err := nix.ParsePublicKey(facts(t, f.S).CacheKey.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	infos := f.bucketNarInfos(t)
+	if len(infos) < 10 {
+		t.Fatalf("%d narinfos in the bucket, want at least 10", len(infos))
+	}
+	for key, ni := range infos {
+		if !slices.ContainsFunc(ni.Sigs, func(s string) bool { return newKey.Verify(ni.Fingerprint(), s) }) {
+			t.Errorf("%s carries no good signature of the new key %s: %q", key, newKey.Name(), ni.Sigs)
+		}
+	}
+	f.prod.waitFor("production trusts the new key alone", func(st status.Status) bool {
+		k := trustedKeys(t, f.fleetRun)
+		return ready(st) && len(k) == 1 && k[0] == newKey.String()
+	})
+	f.stage.stop()
+	f.sshd.Stop(t)
+	f.prod.waitWithin(30*time.Second, "production withdrew staging", func(st status.Status) bool {
+		c := status.Find(st.Conditions, status.NixSettingsApplied)
+		return c != nil && c.Status == status.True && !strings.Contains(string(readFile(t, filepath.Join(f.P, "etc/nix/nixpeer.conf"))), "ssh://")
+	})
+	store := t.TempDir()
+	cmd := exec.Command("nix-store", "--store", store, "-r", top)
+	cmd.Env = append(os.Environ(), "NIX_CONF_DIR="+filepath.Join(f.P, "etc/nix"))
+	if out, err := cmd.CombinedOutput(); err != nil || strings.Count(string(out), "copying path") != 10 {
+		t.Fatalf("production, trusting the new key alone, fetched from the cache: %v\n%s", err, out)
+	}
 }

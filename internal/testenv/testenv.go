@@ -56,6 +56,8 @@ func debianPackage(program string) string {
 		return "systemd"
 	case "iptables":
 		return "iptables"
+	case "go":
+		return "golang-go"
 	case "setpriv":
 		return "util-linux"
 	case "zsh", "fish", "lintian":

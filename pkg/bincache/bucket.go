@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -119,4 +120,19 @@ func (b *Bucket) wrap(key string, err error) error {
 		return fmt.Errorf("cache %s: %s: %w", b.Cache, key, ErrNotFound)
 	}
 	return fmt.Errorf("cache %s: %s: %w", b.Cache, key, err)
+}
+
+// NarInfos calls f with the key of every narinfo in the bucket.
+func (b *Bucket) NarInfos(ctx context.Context, f func(key string) error) error {
+	for obj := range b.client.ListObjects(ctx, b.bucket, minio.ListObjectsOptions{}) {
+		if obj.Err != nil {
+			return fmt.Errorf("cache %s: list: %w", b.Cache, obj.Err)
+		}
+		if strings.HasSuffix(obj.Key, ".narinfo") && !strings.Contains(obj.Key, "/") {
+			if err := f(obj.Key); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

@@ -29,6 +29,9 @@ type PublishNix interface {
 	Dump(ctx context.Context, path string, w io.Writer) error
 	// Outputs returns the outputs of derivations.
 	Outputs(ctx context.Context, drvs []string) ([]string, error)
+	// PathInfos returns, by path, what the store says of those of paths
+	// it holds.
+	PathInfos(ctx context.Context, paths []string) (map[string]nix.PathInfo, error)
 }
 
 // Queue is the publisher's durable queue: state.Store.

@@ -39,8 +39,9 @@ type Tier struct {
 
 	mu      sync.Mutex
 	buckets map[string]openBucket
-	// initial are the caches whose initial paths were queued.
-	initial map[string]bool
+	// initial are the caches whose initial paths were queued;
+	// publishing those published to now.
+	initial, publishing map[string]bool
 }
 
 type openBucket struct {
@@ -50,7 +51,7 @@ type openBucket struct {
 
 // NewTier returns a tier of r and p.
 func NewTier(r *Reader, p *Publisher) *Tier {
-	return &Tier{Reader: r, Publisher: p, buckets: map[string]openBucket{}, initial: map[string]bool{}}
+	return &Tier{Reader: r, Publisher: p, buckets: map[string]openBucket{}, initial: map[string]bool{}, publishing: map[string]bool{}}
 }
 
 // Ensure makes the tier do as c says. A cache whose access is unchanged
@@ -93,6 +94,10 @@ func (t *Tier) Ensure(c Config) error {
 		if _, ok := read[name]; !ok && publish[name].Bucket == nil {
 			delete(t.buckets, name)
 		}
+	}
+	clear(t.publishing)
+	for name, pt := range publish {
+		t.publishing[name] = pt.Bucket != nil
 	}
 	t.Reader.Configure(read)
 	t.Publisher.Configure(publish)

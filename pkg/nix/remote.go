@@ -218,3 +218,8 @@ func (c *CLI) Outputs(ctx context.Context, drvs []string) ([]string, error) {
 	}
 	return out, nil
 }
+
+// PathInfos is RemotePathInfos of the host's own store.
+func (c *CLI) PathInfos(ctx context.Context, paths []string) (map[string]PathInfo, error) {
+	return c.RemotePathInfos(ctx, "auto", paths)
+}

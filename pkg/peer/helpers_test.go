@@ -24,7 +24,7 @@ import (
 // once; nothing sleeps for a fixed time.
 const wait = 5 * time.Second
 
-func newSigner(t *testing.T) ssh.Signer {
+func newSigner(t testing.TB) ssh.Signer {
 	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -41,7 +41,7 @@ func keyLine(k ssh.PublicKey) string {
 	return strings.TrimSuffix(string(ssh.MarshalAuthorizedKey(k)), "\n")
 }
 
-func cacheKey(t *testing.T, name string) string {
+func cacheKey(t testing.TB, name string) string {
 	t.Helper()
 	b := make([]byte, 32)
 	if _, err := rand.Read(b); err != nil {
@@ -73,7 +73,7 @@ func stranger(f Facts) Facts {
 	return f
 }
 
-func validFacts(t *testing.T, host ssh.PublicKey) Facts {
+func validFacts(t testing.TB, host ssh.PublicKey) Facts {
 	t.Helper()
 	client := newSigner(t).PublicKey()
 	prod := newSigner(t).PublicKey()

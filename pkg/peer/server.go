@@ -223,9 +223,11 @@ func NewServer(log *zap.Logger, hostKey ssh.Signer, opts ServerOptions) *Server 
 // the server keeps giving the previous one, so a peer never gets a
 // document it would have to reject.
 //
-// The consumers f's host lets in are told to known peers only: to an
-// anonymous client, who fetches from this host, and with which key, is
-// none of its business.
+// The consumers f's host lets in are told to known peers only, each its
+// own entry: to an anonymous client, who fetches from this host, and with
+// which key, is none of its business, and a consumer needs only to know
+// that it is let in (with hundreds of consumers, the whole list to each
+// of them would be a document of O(N) bytes to each of N).
 func (s *Server) Publish(f Facts) {
 	if _, err := encodeFacts(f); err != nil {
 		s.log.Error("refusing to publish invalid facts; the peer port keeps the previous document", zap.Error(err))
@@ -249,20 +251,25 @@ func (s *Server) Publish(f Facts) {
 }
 
 // view is the document f as the client with key (nil: anonymous) sees it,
-// memoized in views by whether it is a known peer ("known") or not.
+// memoized in views by the known peer it is ("" for none).
 func (s *Server) view(f Facts, key ssh.PublicKey, views map[string][]byte) []byte {
-	who := "anonymous"
+	who := ""
 	if key != nil && s.opts.Known != nil {
-		if _, known := s.opts.Known(key); known {
-			who = "known"
+		if name, known := s.opts.Known(key); known {
+			who = name
 		}
 	}
 	if doc, ok := views[who]; ok {
 		return doc
 	}
-	if f.Serve != nil && who == "anonymous" {
+	if f.Serve != nil {
 		serve := *f.Serve
 		serve.Authorized = nil
+		for _, a := range f.Serve.Authorized {
+			if who != "" && a.Host == who {
+				serve.Authorized = append(serve.Authorized, a)
+			}
+		}
 		f.Serve = &serve
 	}
 	doc, err := encodeFacts(f) // valid: Publish checked the whole

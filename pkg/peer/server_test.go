@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -684,15 +685,26 @@ func TestServeFreesItsAddress(t *testing.T) {
 }
 
 // TestAuthorizedOnlyToKnownPeers: whom a serving host lets in (consumers'
-// names and key fingerprints) is told to its known peers, not to anyone
-// who connects.
+// names and key fingerprints) is told to its known peers, each only its
+// own entry, and not to anyone who connects.
 func TestAuthorizedOnlyToKnownPeers(t *testing.T) {
-	key, peerKey := newSigner(t), newSigner(t)
+	key, peerKey, otherKey := newSigner(t), newSigner(t), newSigner(t)
 	s := startServer(t, "127.0.0.2:0", key, ServerOptions{Known: func(k ssh.PublicKey) (string, bool) {
-		return "prod", bytes.Equal(k.Marshal(), peerKey.PublicKey().Marshal())
+		switch {
+		case bytes.Equal(k.Marshal(), peerKey.PublicKey().Marshal()):
+			return "prod", true
+		case bytes.Equal(k.Marshal(), otherKey.PublicKey().Marshal()):
+			return "prod2", true
+		}
+		return "", false
 	}})
 	want := validFacts(t, key.PublicKey())
-	s.publish(want)
+	prod2 := AuthorizedFact{Host: "prod2", Fingerprint: ssh.FingerprintSHA256(otherKey.PublicKey()), Applied: true}
+	all := want
+	serve := *want.Serve
+	serve.Authorized = append(slices.Clone(serve.Authorized), prod2)
+	all.Serve = &serve
+	s.publish(all)
 
 	got, err := Fetch(context.Background(), s.addr, pin(key.PublicKey()))
 	if err != nil {
@@ -703,7 +715,11 @@ func TestAuthorizedOnlyToKnownPeers(t *testing.T) {
 	}
 	w := startWatch(t, s.addr, pin(key.PublicKey()), WatchOptions{Identity: func() ssh.Signer { return peerKey }})
 	if diff := cmp.Diff(recv(t, w.facts, "document"), want); diff != "" {
-		t.Errorf("a known peer's document (-got +want):\n%s", diff)
+		t.Errorf("a known peer's document, its own entry alone (-got +want):\n%s", diff)
+	}
+	w2 := startWatch(t, s.addr, pin(key.PublicKey()), WatchOptions{Identity: func() ssh.Signer { return otherKey }})
+	if got := recv(t, w2.facts, "document"); got.Serve == nil || !slices.Equal(got.Serve.Authorized, []AuthorizedFact{prod2}) {
+		t.Errorf("another known peer was told %+v; want its own entry alone", got.Serve)
 	}
 }
 

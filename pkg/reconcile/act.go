@@ -341,6 +341,13 @@ func (h *Host) resignJob(req *resignRequest) func(context.Context) jobResult {
 		}
 		h.log.Info("re-signed the paths of the old binary-cache key", zap.String("from", req.from), zap.Int("paths", n),
 			zap.Duration("took", time.Since(start)))
+		if h.cfg.Caches != nil {
+			n, err := h.cfg.Caches.Resign(sctx, req.keyFile, req.from, req.ultimateOnly)
+			if err != nil {
+				return jobResult{Reason: "ResigningFailed", Err: err}
+			}
+			h.log.Info("re-signed the narinfos of the old binary-cache key in the caches published to", zap.Int("narinfos", n))
+		}
 		return jobResult{}
 	}
 }

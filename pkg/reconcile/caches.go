@@ -42,6 +42,34 @@ func cachesUsed(self *desired.Host) []string {
 	return names
 }
 
+// consumersOf are the hosts that trust self's cache key: those that
+// substitute from it, and those that read a cache it publishes to.
+func consumersOf(file *desired.File, self *desired.Host) []*desired.Host {
+	out := file.Consumers(self.Name)
+	if self.Serve == nil {
+		return out
+	}
+	for _, h := range file.Hosts {
+		if h != self && !slices.Contains(out, h) && slices.ContainsFunc(h.ReadCaches, func(c string) bool { return slices.Contains(self.Serve.PublishTo, c) }) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// publishersOf are the hosts that publish to the caches self reads.
+func publishersOf(file *desired.File, self *desired.Host) []*desired.Host {
+	var out []*desired.Host
+	for _, c := range self.ReadCaches {
+		for _, p := range file.Publishers(c) {
+			if p != self && !slices.Contains(out, p) {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
 // cacheSettings are what the cache tier adds to the Nix settings.
 type cacheSettings struct {
 	substituters, trusted []string

@@ -299,17 +299,16 @@ func watchTargets(file *desired.File, self *desired.Host, cas []ssh.PublicKey, r
 		add(file.Host(name))
 		seen[name] = true
 	}
-	// The publishers of the caches this host reads: their agents tell
-	// the keys their uploads are signed with.
-	for _, c := range self.ReadCaches {
-		for _, pub := range file.Publishers(c) {
-			if !seen[pub.Name] && pub.Name != self.Name {
-				add(pub)
-				seen[pub.Name] = true
-			}
+	// The publishers of the caches this host reads tell the keys their
+	// uploads are signed with; the readers of those it publishes to
+	// tell which of its keys they trust.
+	for _, pub := range publishersOf(file, self) {
+		if !seen[pub.Name] {
+			add(pub)
+			seen[pub.Name] = true
 		}
 	}
-	for _, c := range file.Consumers(self.Name) {
+	for _, c := range consumersOf(file, self) {
 		if !seen[c.Name] {
 			add(c)
 		}

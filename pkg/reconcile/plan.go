@@ -357,7 +357,8 @@ func plan(o *Observation) *Plan {
 	p.Caches = cacheStatus
 	// Told only while a peer rotates its key: older agents refuse the
 	// field.
-	peerRotates := slices.ContainsFunc(o.Self.SubstituteFrom, func(name string) bool { return pl.keys[name].NextCacheKey != "" })
+	peerRotates := slices.ContainsFunc(o.Self.SubstituteFrom, func(name string) bool { return pl.keys[name].NextCacheKey != "" }) ||
+		slices.ContainsFunc(publishersOf(o.File, o.Self), func(h *desired.Host) bool { return pl.keys[h.Name].NextCacheKey != "" })
 	if peerRotates {
 		p.TrustedLive = o.Applied.Trusted
 	}

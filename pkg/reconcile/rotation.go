@@ -208,6 +208,17 @@ func (pl *planner) resign(r *Resource, keyFile, from string, ultimateOnly bool, 
 		out.status.To = o.NextCacheKey.Name
 	}
 	r.Reason, r.Message = "Rotation"+PhaseResigning, msg
+	if pl.self.Serve != nil {
+		for _, c := range pl.self.Serve.PublishTo {
+			if err := o.CacheCreds[c].Err; err != nil {
+				// Its narinfos must carry the new key before consumers
+				// drop the old one.
+				out.status.Message = fmt.Sprintf("%s: waiting for usable credentials of cache %s, whose narinfos are re-signed too (%v)", msg, c, err)
+				r.Message = out.status.Message
+				return
+			}
+		}
+	}
 	s := o.Resign
 	switch {
 	case s.Running:
@@ -227,11 +238,12 @@ func (pl *planner) resign(r *Resource, keyFile, from string, ultimateOnly bool, 
 	r.Resign = &resignRequest{key: key, keyFile: keyFile, from: from, ultimateOnly: ultimateOnly}
 }
 
-// untrusting are the consumers of this host whose facts do not say that
-// they trust key live, sorted.
+// untrusting are the consumers of this host, and the readers of the
+// caches it publishes to, whose facts do not say that they trust key
+// live, sorted.
 func (pl *planner) untrusting(key string) []string {
 	var out []string
-	for _, c := range pl.file.Consumers(pl.self.Name) {
+	for _, c := range consumersOf(pl.file, pl.self) {
 		if f := pl.o.Peers[c.Name].Facts; f == nil || !slices.Contains(f.TrustedCacheKeys, key) {
 			out = append(out, c.Name)
 		}

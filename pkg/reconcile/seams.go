@@ -67,6 +67,9 @@ type Caches interface {
 	Ensure(c bincache.Config) error
 	Health() map[string]bincache.Health
 	Publishing() map[string]bincache.PublishStats
+	// Resign brings a key rotation to the buckets published to (see
+	// bincache.Tier.Resign).
+	Resign(ctx context.Context, keyFile, from string, revoked bool) (int, error)
 }
 
 // SystemNix is the machine's Nix: the nix command (with env added, for
