@@ -79,7 +79,7 @@ func runFleet(b *testing.B, n int) {
 	testenv.MakeTraversable(b, filepath.Join(S, "etc/ssh"))
 	// A serving host with many consumers lets many logins start at once
 	// (sshd's default MaxStartups, 10:30:100, drops most of a burst).
-	testenv.StartSSHD(b, testenv.SSHDConfig{Address: "127.0.0.2", Port: sshPort, HostKeyFile: key,
+	sshd := testenv.StartSSHD(b, testenv.SSHDConfig{Address: "127.0.0.2", Port: sshPort, HostKeyFile: key,
 		AuthorizedKeysFile: filepath.Join(S, "etc/ssh/authorized_keys.d/%u"), Daemon: daemon,
 		ExtraConfig: []string{"MaxStartups 100:30:300"}})
 	config := writeConfig(b, fleetYAML(sshPort, n, ""))
@@ -91,6 +91,11 @@ func runFleet(b *testing.B, n int) {
 	}
 
 	binary(b) // built before the clock starts
+	// The serving side's CPU: sshd and nix-daemon with the children
+	// they reaped (a login's sshd, nix-store --serve, a daemon worker),
+	// and staging's agent.
+	serving := func() float64 { return cpuSeconds(b, sshd.Proc.Pid()) + cpuSeconds(b, daemon.Proc.Pid()) }
+	serving0 := serving()
 	start, cpu0 := time.Now(), machineCPU(b)
 	stageLevel := "warn"
 	if os.Getenv("NIXPEER_FLEET_DEBUG") == "1" {
@@ -149,6 +154,8 @@ func runFleet(b *testing.B, n int) {
 	rss := float64(vmRSS(b, stage.cmd.Process.Pid)) / 1024
 	b.ReportMetric(rss, "MiB-staging-rss")
 	b.ReportMetric(cpuSeconds(b, stage.cmd.Process.Pid), "s-staging-cpu")
+	servingCPU := serving() - serving0 + cpuSeconds(b, stage.cmd.Process.Pid)
+	b.ReportMetric(servingCPU/float64(n), "s-serving-cpu/consumer-start")
 
 	// A change on staging that every consumer acts on: it serves over
 	// ssh-ng from now on. Its facts reach every production agent, which
@@ -193,6 +200,47 @@ func runFleet(b *testing.B, n int) {
 		b.ReportMetric(switched[len(switched)-1].Seconds(), "s-max/change-applied")
 	}
 	b.ReportMetric(float64(n-len(switched)), "change-not-applied")
+
+	// A fleet-wide restart: every consumer stopped, then started again
+	// at once; what it costs the serving side per consumer.
+	for _, a := range prods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.stop()
+		}()
+	}
+	wg.Wait()
+	stageCPU := cpuSeconds(b, stage.cmd.Process.Pid)
+	servingBefore := serving()
+	restart := time.Now()
+	for i := range prods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			prods[i] = startAgentNoWait(b, roots[i], config, fmt.Sprintf("prod-%d", i))
+		}()
+	}
+	wg.Wait()
+	var again []time.Duration
+	for _, a := range prods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, ok := waitQuietly(a, 3*time.Minute, ready); ok {
+				mu.Lock()
+				again = append(again, time.Since(restart))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	slices.Sort(again)
+	if len(again) > 0 {
+		b.ReportMetric(again[len(again)/2].Seconds(), "s-p50/ready-after-restart")
+	}
+	b.ReportMetric(float64(n-len(again)), "never-ready-after-restart")
+	b.ReportMetric((serving()-servingBefore+cpuSeconds(b, stage.cmd.Process.Pid)-stageCPU)/float64(n), "s-serving-cpu/consumer-restart")
 
 	if os.Getenv("NIXPEER_FLEET_FLOOD") == "1" {
 		quiet := latecomer(b, config, S, "late-quiet")

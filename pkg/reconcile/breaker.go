@@ -45,7 +45,8 @@ type decision struct {
 // up or went down, and after its agent last said that its own sshd serves
 // again; a probe that failed counts only if it started after the peer's
 // facts last changed. Until there is one, the settings stay as they are
-// on disk. A
+// on disk, except for a peer whose agent says its own check of its sshd
+// passes: it is used on that word, and probed later (see firstProbe). A
 // peer in use is probed again every ConnectedReprobe while its agent
 // answers (its sshd may stop on its own), every CheckedReprobe when its
 // agent checks its own sshd and says what it found (it is withdrawn as
@@ -97,6 +98,16 @@ func decide(in peerInput) decision {
 			Message: fmt.Sprintf("its agent is unreachable%s (%s) and its sshd does not serve: %s; its substituter is withdrawn and builds go on locally",
 				since(st.Since), st.LastError, probeFailure(pr, in.Spread))}
 		d.Probe, d.Requeue = due(in.Now, pr.Ended.Add(scaled(jobRetry.Delay(pr.Failures), in.Spread)))
+	case check != nil && check.Serving && st.Connected && !pr.done(in.Tuple) && !pr.Running:
+		// Its agent's word, over a connection that proved its host key:
+		// its sshd serves nix-ssh, and it lets this host's key in. A
+		// consumer start costs the serving host nothing; this host's own
+		// probe (a login and a Nix handshake there) follows, spread over
+		// CheckedReprobe so that a fleet started at once does not probe
+		// at once, and withdraws the peer if it fails.
+		d.verdict = verdict{Use: true, State: status.PeerServing, Ready: true,
+			Message: "its agent's own check of its sshd passes; this host probes it too, within " + CheckedReprobe.String()}
+		d.Probe, d.Requeue = due(in.Now, st.Since.Add(firstProbe(in.Spread)))
 	default:
 		// Not probed since the connection last changed: probe, and keep
 		// the settings as they are meanwhile.
@@ -114,6 +125,16 @@ func decide(in peerInput) decision {
 	// Withdrawn for its health, not for a setting: that counts as a trip.
 	d.Trip = !d.Use && in.InUse && d.Ready
 	return d
+}
+
+// firstProbe is when, after it connected, this host first probes a peer
+// whose own check says it serves: from 0 to CheckedReprobe, placed by
+// spread (see spread; 0 is CheckedReprobe).
+func firstProbe(spread float64) time.Duration {
+	if spread == 0 {
+		return CheckedReprobe
+	}
+	return time.Duration(float64(CheckedReprobe) * (spread - 0.75) * 4)
 }
 
 // ownCheck is what a connected peer's agent last said of its own sshd,

@@ -563,6 +563,15 @@ func TestDecide(t *testing.T) {
 				return s
 			}(), Probe: ok(t0.Add(-time.Minute)), Verified: true},
 			use: false, state: status.PeerProbing, ready: true, probe: true},
+		{name: "its agent says its own sshd serves, and this host never probed it: used on its word, probed later",
+			in:  peerInput{State: checking(peering.State{Connected: true, Since: t0.Add(-time.Second)}, &peer.ServeCheck{Serving: true}), Spread: 0.875},
+			use: true, state: status.PeerServing, ready: true, requeue: CheckedReprobe/2 - time.Second},
+		{name: "used on its word: the probe comes due",
+			in:  peerInput{State: checking(peering.State{Connected: true, Since: t0.Add(-CheckedReprobe)}, &peer.ServeCheck{Serving: true}), InUse: true},
+			use: true, state: status.PeerServing, ready: true, probe: true},
+		{name: "used on its word, and the probe fails: withdrawn",
+			in:  peerInput{State: checking(connected, &peer.ServeCheck{Serving: true}), Probe: failed(t0.Add(-time.Second)), InUse: true},
+			use: false, state: status.PeerProbeFailed, probe: true},
 		{name: "its sshd serves again and this host probed it since",
 			in: peerInput{State: func() peering.State {
 				s := checking(connected, &peer.ServeCheck{Serving: true})
