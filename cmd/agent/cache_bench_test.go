@@ -113,13 +113,8 @@ func BenchmarkCacheReaderMemory(b *testing.B) {
 	b.ReportMetric(vmHWM(b, pid), "peak-RSS-MiB")
 }
 
-// buildExpr is n fresh derivations and one that refers to them all.
-func buildExpr(n int) string {
-	return closureExpr(n+1, strconv.FormatInt(time.Now().UnixNano(), 36))
-}
-
 // BenchmarkCacheOutage is the outage goal: production builds a
-// derivation with 5 fresh inputs in its own store, with no cache
+// derivation with 5 fresh inputs in a store of its own, with no cache
 // configured (none), then with the cache's object store stopped
 // (store-down): the agent answers each lookup as a miss at once.
 func BenchmarkCacheOutage(b *testing.B) {
@@ -128,10 +123,14 @@ func BenchmarkCacheOutage(b *testing.B) {
 		b.Fatal(err)
 	}
 	plain := b.TempDir()
-	testenv.WriteNixConf(b, plain)
+	testenv.WriteNixConf(b, plain, "extra-sandbox-paths = /bin /lib /lib64 /usr")
 	build := func(b *testing.B, confDir string) {
-		cmd := exec.Command("nix-build", "--no-out-link", "-E", buildExpr(5))
-		cmd.Env = append(os.Environ(), "NIX_CONF_DIR="+confDir, "NIX_REMOTE=local")
+		store, err := os.MkdirTemp(b.TempDir(), "store")
+		if err != nil {
+			b.Fatal(err)
+		}
+		cmd := exec.Command("nix-build", "--store", store, "--no-out-link", "-E", closureExpr(6, strconv.FormatInt(time.Now().UnixNano(), 36)))
+		cmd.Env = append(os.Environ(), "NIX_CONF_DIR="+confDir)
 		if out, err := cmd.CombinedOutput(); err != nil || strings.Count(string(out), "building '") != 6 {
 			b.Fatalf("build: %v\n%s", err, out)
 		}

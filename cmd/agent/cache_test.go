@@ -55,6 +55,9 @@ func startCacheFleet(t testing.TB) *cacheFleet {
 	for _, root := range []string{f.S, f.P} {
 		writeCredentials(t, root, w.AccessKey, w.SecretKey)
 	}
+	// Production builds in stores of its own (--store DIR), whose
+	// builders see only what the sandbox paths give them.
+	testenv.WriteNixConf(t, filepath.Join(f.P, "etc/nix"), "extra-sandbox-paths = /bin /lib /lib64 /usr")
 	f.started = time.Now()
 	f.stage = startAgent(t, f.S, f.config, "stage")
 	f.prod = startAgent(t, f.P, f.config, "prod")
@@ -108,7 +111,13 @@ in mk "nixpeer-cache-closure" (builtins.genList (i: mk "nixpeer-cache-part-${toS
 // returns its top path.
 func (f *cacheFleet) buildOnStaging(t testing.TB, n int) string {
 	t.Helper()
-	cmd := exec.Command("nix-build", "--no-out-link", "-E", closureExpr(n, strconv.FormatInt(time.Now().UnixNano(), 36)))
+	return f.build(t, closureExpr(n, strconv.FormatInt(time.Now().UnixNano(), 36)))
+}
+
+// build builds expr on staging's nix-daemon and returns its path.
+func (f *cacheFleet) build(t testing.TB, expr string) string {
+	t.Helper()
+	cmd := exec.Command("nix-build", "--no-out-link", "-E", expr)
 	cmd.Env = append(launch.CleanNixEnv(os.Environ()), f.daemon.Env()...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -122,15 +131,25 @@ func (f *cacheFleet) buildOnStaging(t testing.TB, n int) string {
 	return strings.TrimSpace(string(out))
 }
 
-// TestCacheTier: staging builds a closure of 100 paths; its post-build
-// hook has its agent upload them to a real S3-compatible store
-// (SeaweedFS). With staging's agent and sshd stopped, production fetches
-// the whole closure from the bucket through its agent, signatures
-// checked. With the store stopped too, production's lookups are answered
-// as misses at once (Nix does not retry), and its status says so.
+// TestCacheTier: production asks for a closure of 100 paths before
+// staging built it (a miss, which Nix would remember for an hour); staging
+// builds it, and its post-build hook has its agent upload it to a real
+// S3-compatible store (SeaweedFS). With staging's agent and sshd stopped,
+// production fetches the whole closure from the bucket through its agent,
+// signatures checked, nothing built. Then production builds the closure's
+// expression in a store of its own and the object store is killed while
+// it fetches: the build falls back to building the rest, without one
+// retry, and production's status says the store is down.
 func TestCacheTier(t *testing.T) {
 	f := startCacheFleet(t)
-	top := f.buildOnStaging(t, 100)
+	expr := closureExpr(100, strconv.FormatInt(time.Now().UnixNano(), 36))
+	top := f.outPath(t, expr)
+	if out, err := f.prodNix(t.TempDir(), "nix-store", "-r", top); err == nil {
+		t.Fatalf("production fetched %s before anyone built it:\n%s", top, out)
+	}
+	if got := f.build(t, expr); got != top {
+		t.Fatalf("staging built %s, want %s", got, top)
+	}
 	st := f.stage.waitWithin(60*time.Second, "staging published the closure", func(st status.Status) bool {
 		c := cacheStatus(t, st, "fleet")
 		return c.Publish && c.Queued == 0 && c.Uploaded >= 100
@@ -139,7 +158,8 @@ func TestCacheTier(t *testing.T) {
 		t.Fatalf("staging's cache: %+v", c)
 	}
 
-	// Staging goes away entirely.
+	// Staging goes away entirely; production's miss of a minute ago is
+	// not remembered.
 	f.stage.stop()
 	f.sshd.Stop(t)
 	f.prod.waitWithin(30*time.Second, "production withdrew staging", func(st status.Status) bool {
@@ -152,9 +172,7 @@ func TestCacheTier(t *testing.T) {
 		return c != nil && c.Status == status.True && st.ObservedGeneration == st.Generation
 	})
 	store := t.TempDir()
-	cmd := exec.Command("nix-store", "--store", store, "-r", top)
-	cmd.Env = append(os.Environ(), "NIX_CONF_DIR="+filepath.Join(f.P, "etc/nix"))
-	out, err := cmd.CombinedOutput()
+	out, err := f.prodNix(store, "nix-store", "-r", top)
 	if err != nil {
 		conf, _ := os.ReadFile(filepath.Join(f.P, "etc/nix/nixpeer.conf"))
 		t.Fatalf("production could not fetch from the cache: %v\n%s\nnixpeer.conf:\n%s", err, out, conf)
@@ -166,31 +184,76 @@ func TestCacheTier(t *testing.T) {
 	if n := len(strings.Fields(string(paths))); n != 100 {
 		t.Fatalf("production holds %d paths of the closure, want 100", n)
 	}
-	if got := strings.Count(string(out), "copying path"); got != 100 {
+	if got := strings.Count(out, "copying path"); got != 100 {
 		t.Fatalf("production copied %d paths, want 100:\n%s", got, out)
 	}
 	st = f.prod.waitFor("production counted the hits", func(st status.Status) bool { return cacheStatus(t, st, "fleet").Hits >= 200 })
 	t.Logf("production's cache: %+v", cacheStatus(t, st, "fleet"))
+	if _, out, _ := runCLI(t, "status", "--socket", f.prod.socket); !strings.Contains(out, "fleet  read http://127.0.0.1:") || !strings.Contains(out, "reachable") {
+		t.Fatalf("nixpeer status does not show the cache:\n%s", out)
+	}
+	if v, ok := value(scrape(t, f.prod.socket, ""), "nixpeer_cache_lookups_total", "cache", "fleet", "result", "hit"); !ok || v < 200 {
+		t.Fatalf("metrics: nixpeer_cache_lookups_total hit = %v, %v; want at least 200", v, ok)
+	}
 
-	// The store goes away: production's lookups are misses at once.
+	// The store goes away while production fetches.
+	store = t.TempDir()
+	type result struct {
+		out string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, err := f.prodNix(store, "nix-build", "--no-out-link", "-E", expr)
+		done <- result{out, err}
+	}()
+	testenv.WaitFor(t, 60*time.Second, time.Millisecond, "production fetching", func() error {
+		if entries, _ := os.ReadDir(filepath.Join(store, "nix/store")); len(entries) < 5 {
+			return fmt.Errorf("%d entries in its store", len(entries))
+		}
+		return nil
+	})
 	if err := f.weed.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	store2 := t.TempDir()
-	cmd = exec.Command("nix-store", "--store", store2, "-r", top)
-	cmd.Env = append(os.Environ(), "NIX_CONF_DIR="+filepath.Join(f.P, "etc/nix"))
-	out, err = cmd.CombinedOutput()
-	if err == nil {
-		t.Fatalf("production fetched %s with the store stopped:\n%s", top, out)
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("production's build with the store gone mid-fetch: %v\n%s", r.err, r.out)
 	}
-	if strings.Contains(string(out), "retrying") {
-		t.Fatalf("Nix retried a cache whose store is down; it must be told of misses at once:\n%s", out)
+	// Nix had the narinfos, and set out to copy: each NAR it no longer
+	// gets is built instead.
+	tried, built := strings.Count(r.out, "' from 'http://127.0.0.1:"), strings.Count(r.out, "building '")
+	if tried == 0 || built == 0 || strings.Contains(r.out, "retrying") {
+		t.Fatalf("the store gone mid-fetch: %d copies from the cache begun, %d paths built (want some of each, and no retry):\n%s", tried, built, r.out)
 	}
+	t.Logf("the store gone mid-fetch: %d copies from the cache begun, %d paths built", tried, built)
 	st = f.prod.waitFor("production says the store is down", func(st status.Status) bool {
 		c := status.Find(st.Conditions, status.CachesReady)
 		return c != nil && c.Status == status.False && c.Reason == "StoreUnreachable" && !cacheStatus(t, st, "fleet").Reachable
 	})
 	t.Logf("CachesReady: %+v", condition(t, st, status.CachesReady))
+	if v, ok := value(scrape(t, f.prod.socket, ""), "nixpeer_cache_reachable", "cache", "fleet"); !ok || v != 0 {
+		t.Fatalf("metrics: nixpeer_cache_reachable = %v, %v; want 0", v, ok)
+	}
+}
+
+// prodNix runs a Nix command on a store of its own (store, a directory)
+// with production's settings, and returns what it printed.
+func (f *cacheFleet) prodNix(store string, argv ...string) (string, error) {
+	cmd := exec.Command(argv[0], append([]string{"--store", store}, argv[1:]...)...)
+	cmd.Env = append(os.Environ(), "NIX_CONF_DIR="+filepath.Join(f.P, "etc/nix"))
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// outPath is the output path of expr, without building or writing
+// anything.
+func (f *cacheFleet) outPath(t testing.TB, expr string) string {
+	out, err := exec.Command("nix-instantiate", "--eval", "--readonly-mode", "-E", "("+expr+").outPath").Output()
+	if err != nil {
+		t.Fatalf("nix-instantiate: %v", err)
+	}
+	return strings.Trim(strings.TrimSpace(string(out)), `"`)
 }
 
 // minioClient is a client of the tests' SeaweedFS at host.

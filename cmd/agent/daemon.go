@@ -211,6 +211,8 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 	defer reader.Close()
 	publisher := bincache.NewPublisher(nixCLI, store, filepath.Join(l.StateDir, "publish-tmp"), log.Named("publisher"), func() { notify("publishing progressed") })
 	go publisher.Run(ctx)
+	tier := bincache.NewTier(reader, publisher)
+	m.WatchCaches(tier)
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find the agent's own program: %w", err)
@@ -220,7 +222,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 		ConfigFile: config, HostName: hostName, Hostnames: hostnames,
 		Watches: peers, Port: port, Nix: reconcile.SystemNix(nixEnv), Prober: metrics.Prober{Inner: reconcile.SSHProber{}, M: m},
 		Trigger: notify, StoreOpened: opened, SSHDCheckInterval: opts.sshdCheck,
-		Caches: bincache.NewTier(reader, publisher), Executable: exe,
+		Caches: tier, Executable: exe,
 	})
 	if err != nil {
 		return err
