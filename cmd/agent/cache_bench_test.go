@@ -115,36 +115,57 @@ func BenchmarkCacheReaderMemory(b *testing.B) {
 
 // BenchmarkCacheOutage is the outage goal: production builds a
 // derivation with 5 fresh inputs in a store of its own, with no cache
-// configured (none), then with the cache's object store stopped
-// (store-down): the agent answers each lookup as a miss at once.
+// configured (none), with the cache's object store up but without these
+// paths (store-up), and with the store stopped (store-down): the agent
+// answers each lookup as a miss at once. The derivations run no work
+// (work=0) or a shell loop of about 0.1 s each (work=100000), a stand-in
+// for a compiler.
 func BenchmarkCacheOutage(b *testing.B) {
 	f := startCacheFleet(b)
-	if err := f.weed.Stop(); err != nil {
-		b.Fatal(err)
-	}
+	// Production's settings then differ from the plain ones by the cache
+	// alone: staging is gone, and withdrawn.
+	f.stage.stop()
+	f.sshd.Stop(b)
+	f.prod.waitWithin(30*time.Second, "production withdrew staging", func(st status.Status) bool {
+		c := status.Find(st.Conditions, status.NixSettingsApplied)
+		return c != nil && c.Status == status.True && !strings.Contains(string(readFile(b, filepath.Join(f.P, "etc/nix/nixpeer.conf"))), "ssh://")
+	})
 	plain := b.TempDir()
 	testenv.WriteNixConf(b, plain, "extra-sandbox-paths = /bin /lib /lib64 /usr")
-	build := func(b *testing.B, confDir string) {
+	build := func(b *testing.B, confDir string, work int) {
 		store, err := os.MkdirTemp(b.TempDir(), "store")
 		if err != nil {
 			b.Fatal(err)
 		}
-		cmd := exec.Command("nix-build", "--store", store, "--no-out-link", "-E", closureExpr(6, strconv.FormatInt(time.Now().UnixNano(), 36)))
+		cmd := exec.Command("nix-build", "--store", store, "--no-out-link", "-E", workExpr(6, strconv.FormatInt(time.Now().UnixNano(), 36), work))
 		cmd.Env = append(os.Environ(), "NIX_CONF_DIR="+confDir)
 		if out, err := cmd.CombinedOutput(); err != nil || strings.Count(string(out), "building '") != 6 {
 			b.Fatalf("build: %v\n%s", err, out)
 		}
 	}
-	b.Run("none", func(b *testing.B) {
-		for b.Loop() {
-			build(b, plain)
-		}
-	})
-	b.Run("store-down", func(b *testing.B) {
-		for b.Loop() {
-			build(b, filepath.Join(f.P, "etc/nix"))
-		}
-	})
+	prod := filepath.Join(f.P, "etc/nix")
+	for _, work := range []int{0, 100000} {
+		b.Run(fmt.Sprintf("work=%d/none", work), func(b *testing.B) {
+			for b.Loop() {
+				build(b, plain, work)
+			}
+		})
+		b.Run(fmt.Sprintf("work=%d/store-up", work), func(b *testing.B) {
+			for b.Loop() {
+				build(b, prod, work)
+			}
+		})
+	}
+	if err := f.weed.Stop(); err != nil {
+		b.Fatal(err)
+	}
+	for _, work := range []int{0, 100000} {
+		b.Run(fmt.Sprintf("work=%d/store-down", work), func(b *testing.B) {
+			for b.Loop() {
+				build(b, prod, work)
+			}
+		})
+	}
 	st := f.prod.waitFor("production says the store is down", func(st status.Status) bool {
 		return !cacheStatus(b, st, "fleet").Reachable
 	})

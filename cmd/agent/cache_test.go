@@ -95,16 +95,20 @@ func cacheStatus(t testing.TB, st status.Status, name string) status.Cache {
 
 // closureExpr is a closure of n paths: n-1 parts and one that refers to
 // them all; nonce makes it new.
-func closureExpr(n int, nonce string) string {
+func closureExpr(n int, nonce string) string { return workExpr(n, nonce, 0) }
+
+// workExpr is closureExpr whose derivations each first run a shell loop
+// of work rounds, a stand-in for a compiler (100000: about 0.1 s here).
+func workExpr(n int, nonce string, work int) string {
 	return fmt.Sprintf(`let
   mk = name: deps: derivation {
     inherit name deps;
     system = builtins.currentSystem;
     builder = "/bin/sh";
-    args = [ "-c" "echo %s $name > $out; for d in $deps; do echo $d >> $out; done" ];
+    args = [ "-c" "i=0; while [ $i -lt %d ]; do i=$((i+1)); done; echo %s $name > $out; for d in $deps; do echo $d >> $out; done" ];
   };
 in mk "nixpeer-cache-closure" (builtins.genList (i: mk "nixpeer-cache-part-${toString i}" [ ]) %d)
-`, nonce, n-1)
+`, work, nonce, n-1)
 }
 
 // buildOnStaging builds a closure of n paths on staging's nix-daemon and
