@@ -15,6 +15,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 
+	"github.com/nixpeer/nixpeer/internal/demo"
 	"github.com/nixpeer/nixpeer/internal/testenv"
 	"github.com/nixpeer/nixpeer/pkg/status"
 )
@@ -26,10 +27,7 @@ func (f *cacheFleet) fetchClosure(b *testing.B, top string, n int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	cmd := exec.Command("nix-store", "--store", store, "-r", top)
-	cmd.Env = append(os.Environ(), "NIX_CONF_DIR="+filepath.Join(f.P, "etc/nix"))
-	out, err := cmd.CombinedOutput()
-	if err != nil || strings.Count(string(out), "copying path") != n {
+	if out, err := f.prodNix(store, "nix-store", "-r", top); err != nil || strings.Count(out, "copying path") != n {
 		b.Fatalf("fetch %s: %v\n%s", top, err, out)
 	}
 }
@@ -50,12 +48,7 @@ func BenchmarkCacheFetch(b *testing.B) {
 			f.fetchClosure(b, top, 100)
 		}
 	})
-	f.stage.stop()
-	f.sshd.Stop(b)
-	f.prod.waitWithin(30*time.Second, "production withdrew staging", func(st status.Status) bool {
-		c := status.Find(st.Conditions, status.NixSettingsApplied)
-		return c != nil && c.Status == status.True && !strings.Contains(string(readFile(b, filepath.Join(f.P, "etc/nix/nixpeer.conf"))), "ssh://")
-	})
+	f.stagingGone(b)
 	b.Run("cache", func(b *testing.B) {
 		for b.Loop() {
 			f.fetchClosure(b, top, 100)
@@ -124,12 +117,7 @@ func BenchmarkCacheOutage(b *testing.B) {
 	f := startCacheFleet(b)
 	// Production's settings then differ from the plain ones by the cache
 	// alone: staging is gone, and withdrawn.
-	f.stage.stop()
-	f.sshd.Stop(b)
-	f.prod.waitWithin(30*time.Second, "production withdrew staging", func(st status.Status) bool {
-		c := status.Find(st.Conditions, status.NixSettingsApplied)
-		return c != nil && c.Status == status.True && !strings.Contains(string(readFile(b, filepath.Join(f.P, "etc/nix/nixpeer.conf"))), "ssh://")
-	})
+	f.stagingGone(b)
 	plain := b.TempDir()
 	testenv.WriteNixConf(b, plain, "extra-sandbox-paths = /bin /lib /lib64 /usr")
 	build := func(b *testing.B, confDir string, work int) {
@@ -137,7 +125,7 @@ func BenchmarkCacheOutage(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		cmd := exec.Command("nix-build", "--store", store, "--no-out-link", "-E", workExpr(6, strconv.FormatInt(time.Now().UnixNano(), 36), work))
+		cmd := exec.Command("nix-build", "--store", store, "--no-out-link", "-E", demo.ClosureExpr(6, work, strconv.FormatInt(time.Now().UnixNano(), 36)))
 		cmd.Env = append(os.Environ(), "NIX_CONF_DIR="+confDir)
 		if out, err := cmd.CombinedOutput(); err != nil || strings.Count(string(out), "building '") != 6 {
 			b.Fatalf("build: %v\n%s", err, out)

@@ -17,6 +17,7 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
+	"github.com/nixpeer/nixpeer/internal/demo"
 	"github.com/nixpeer/nixpeer/internal/launch"
 	"github.com/nixpeer/nixpeer/internal/testenv"
 	"github.com/nixpeer/nixpeer/pkg/nix"
@@ -93,29 +94,11 @@ func cacheStatus(t testing.TB, st status.Status, name string) status.Cache {
 	return status.Cache{}
 }
 
-// closureExpr is a closure of n paths: n-1 parts and one that refers to
-// them all; nonce makes it new.
-func closureExpr(n int, nonce string) string { return workExpr(n, nonce, 0) }
-
-// workExpr is closureExpr whose derivations each first run a shell loop
-// of work rounds, a stand-in for a compiler (100000: about 0.1 s here).
-func workExpr(n int, nonce string, work int) string {
-	return fmt.Sprintf(`let
-  mk = name: deps: derivation {
-    inherit name deps;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" "i=0; while [ $i -lt %d ]; do i=$((i+1)); done; echo %s $name > $out; for d in $deps; do echo $d >> $out; done" ];
-  };
-in mk "nixpeer-cache-closure" (builtins.genList (i: mk "nixpeer-cache-part-${toString i}" [ ]) %d)
-`, work, nonce, n-1)
-}
-
 // buildOnStaging builds a closure of n paths on staging's nix-daemon and
 // returns its top path.
 func (f *cacheFleet) buildOnStaging(t testing.TB, n int) string {
 	t.Helper()
-	return f.build(t, closureExpr(n, strconv.FormatInt(time.Now().UnixNano(), 36)))
+	return f.build(t, demo.ClosureExpr(n, 0, strconv.FormatInt(time.Now().UnixNano(), 36)))
 }
 
 // build builds expr on staging's nix-daemon and returns its path.
@@ -146,7 +129,7 @@ func (f *cacheFleet) build(t testing.TB, expr string) string {
 // retry, and production's status says the store is down.
 func TestCacheTier(t *testing.T) {
 	f := startCacheFleet(t)
-	expr := closureExpr(100, strconv.FormatInt(time.Now().UnixNano(), 36))
+	expr := demo.ClosureExpr(100, 0, strconv.FormatInt(time.Now().UnixNano(), 36))
 	top := f.outPath(t, expr)
 	if out, err := f.prodNix(t.TempDir(), "nix-store", "-r", top); err == nil {
 		t.Fatalf("production fetched %s before anyone built it:\n%s", top, out)
@@ -164,17 +147,7 @@ func TestCacheTier(t *testing.T) {
 
 	// Staging goes away entirely; production's miss of a minute ago is
 	// not remembered.
-	f.stage.stop()
-	f.sshd.Stop(t)
-	f.prod.waitWithin(30*time.Second, "production withdrew staging", func(st status.Status) bool {
-		for _, p := range st.Peers {
-			if p.Name == "stage" && p.State == status.PeerServing {
-				return false
-			}
-		}
-		c := status.Find(st.Conditions, status.NixSettingsApplied)
-		return c != nil && c.Status == status.True && st.ObservedGeneration == st.Generation
-	})
+	f.stagingGone(t)
 	store := t.TempDir()
 	out, err := f.prodNix(store, "nix-store", "-r", top)
 	if err != nil {
@@ -239,6 +212,18 @@ func TestCacheTier(t *testing.T) {
 	if v, ok := value(scrape(t, f.prod.socket, ""), "nixpeer_cache_reachable", "cache", "fleet"); !ok || v != 0 {
 		t.Fatalf("metrics: nixpeer_cache_reachable = %v, %v; want 0", v, ok)
 	}
+}
+
+// stagingGone stops staging's agent and sshd, and waits until production's
+// live settings no longer have staging as a substituter.
+func (f *cacheFleet) stagingGone(t testing.TB) {
+	f.stage.stop()
+	f.sshd.Stop(t)
+	f.prod.waitWithin(30*time.Second, "production withdrew staging", func(st status.Status) bool {
+		c := status.Find(st.Conditions, status.NixSettingsApplied)
+		return c != nil && c.Status == status.True && st.ObservedGeneration == st.Generation &&
+			!strings.Contains(string(readFile(t, filepath.Join(f.P, "etc/nix/nixpeer.conf"))), "ssh://")
+	})
 }
 
 // prodNix runs a Nix command on a store of its own (store, a directory)
@@ -335,16 +320,8 @@ func TestCacheTierRotation(t *testing.T) {
 		k := trustedKeys(t, f.fleetRun)
 		return ready(st) && len(k) == 1 && k[0] == newKey.String()
 	})
-	f.stage.stop()
-	f.sshd.Stop(t)
-	f.prod.waitWithin(30*time.Second, "production withdrew staging", func(st status.Status) bool {
-		c := status.Find(st.Conditions, status.NixSettingsApplied)
-		return c != nil && c.Status == status.True && !strings.Contains(string(readFile(t, filepath.Join(f.P, "etc/nix/nixpeer.conf"))), "ssh://")
-	})
-	store := t.TempDir()
-	cmd := exec.Command("nix-store", "--store", store, "-r", top)
-	cmd.Env = append(os.Environ(), "NIX_CONF_DIR="+filepath.Join(f.P, "etc/nix"))
-	if out, err := cmd.CombinedOutput(); err != nil || strings.Count(string(out), "copying path") != 10 {
+	f.stagingGone(t)
+	if out, err := f.prodNix(t.TempDir(), "nix-store", "-r", top); err != nil || strings.Count(out, "copying path") != 10 {
 		t.Fatalf("production, trusting the new key alone, fetched from the cache: %v\n%s", err, out)
 	}
 }

@@ -204,14 +204,7 @@ func runFleet(b *testing.B, n int) {
 
 	// A fleet-wide restart: every consumer stopped, then started again
 	// at once; what it costs the serving side per consumer.
-	for _, a := range prods {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a.stop()
-		}()
-	}
-	wg.Wait()
+	stopAll(prods)
 	stageCPU := cpuSeconds(b, stage.cmd.Process.Pid)
 	servingBefore := serving()
 	restart := time.Now()
@@ -260,7 +253,14 @@ func runFleet(b *testing.B, n int) {
 		os.WriteFile("/tmp/prod0.log", []byte(prods[slowest].logs.String()), 0o644)
 		os.WriteFile("/tmp/stage.log", []byte(stage.logs.String()), 0o644)
 	}
-	for _, a := range prods {
+	stopAll(prods)
+	stage.stop()
+}
+
+// stopAll stops agents at once, and returns once all stopped.
+func stopAll(agents []*agent) {
+	var wg sync.WaitGroup
+	for _, a := range agents {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -268,7 +268,6 @@ func runFleet(b *testing.B, n int) {
 		}()
 	}
 	wg.Wait()
-	stage.stop()
 }
 
 // latecomer adds one more production agent to the file, starts it, and

@@ -14,11 +14,11 @@ import (
 	"github.com/nixpeer/nixpeer/internal/launch"
 )
 
-// closureExpr is a Nix expression for a closure of n paths: n-1
+// ClosureExpr is a Nix expression for a closure of n paths: n-1
 // derivations and one that refers to them all, each running a shell loop
-// of work rounds (a stand-in for a compiler) and writing nonce, so that
-// every demo builds anew.
-func closureExpr(n, work int, nonce string) string {
+// of work rounds (a stand-in for a compiler; 100000 is about 0.1 s here)
+// and writing nonce, so that every demo (and test) builds anew.
+func ClosureExpr(n, work int, nonce string) string {
 	return fmt.Sprintf(`let
   mk = name: deps: derivation {
     inherit name deps;
@@ -36,7 +36,7 @@ in mk "nixpeer-demo-closure" parts
 // there by the key its agent made), and production fetches it into a
 // store of its own with only its agent's files, measured too.
 func (d *demo) buildAndFetch(ctx context.Context) error {
-	expr := closureExpr(d.o.Paths, d.o.Work, strconv.FormatInt(time.Now().UnixNano(), 36))
+	expr := ClosureExpr(d.o.Paths, d.o.Work, strconv.FormatInt(time.Now().UnixNano(), 36))
 	d.say("\nA closure of %d paths (each derivation runs a shell loop standing in for a compiler).", d.o.Paths)
 
 	// Production builds it itself, with substitution off: what it would
