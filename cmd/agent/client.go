@@ -291,22 +291,20 @@ func printStatus(w io.Writer, st status.Status, now time.Time) {
 	if len(st.Caches) > 0 {
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "CACHE	ROLE	CREDENTIALS	STATE	COUNTS")
+		fmt.Fprintln(tw, "CACHE\tROLE\tCREDENTIALS\tSTATE")
 		for _, c := range st.Caches {
-			var roles, states, counts []string
+			var roles, states []string
 			if c.Read {
 				roles = append(roles, "read "+c.URL)
 				states = append(states, map[bool]string{true: "reachable", false: "unreachable"}[c.Reachable])
-				counts = append(counts, fmt.Sprintf("%d hits, %d misses, %d while down", c.Hits, c.Misses, c.Down))
 			}
 			if c.Publish {
 				roles = append(roles, "publish")
-				counts = append(counts, fmt.Sprintf("%d queued, %d uploaded, %d present", c.Queued, c.Uploaded, c.Present))
 			}
 			if c.Error != "" {
 				states = append(states, "error: "+oneLine(c.Error))
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.Name, strings.Join(roles, ", "), c.Credentials, cmp.Or(strings.Join(states, "; "), "-"), strings.Join(counts, "; "))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", c.Name, strings.Join(roles, ", "), c.Credentials, cmp.Or(strings.Join(states, "; "), "-"))
 		}
 		tw.Flush()
 	}

@@ -451,17 +451,11 @@ func (b *backend) Key(_ context.Context, req api.KeyRequest) (api.KeyAnswer, err
 }
 
 func (b *backend) Publish(_ context.Context, req api.PublishRequest) (api.PublishAnswer, error) {
-	if len(req.Paths) > maxPublishPaths {
-		return api.PublishAnswer{}, fmt.Errorf("%d paths at once; the limit is %d", len(req.Paths), maxPublishPaths)
-	}
 	if err := b.publisher.Enqueue(req.Paths); err != nil {
 		return api.PublishAnswer{}, fmt.Errorf("publish: %w", err)
 	}
 	return api.PublishAnswer{Queued: len(req.Paths)}, nil
 }
-
-// maxPublishPaths bounds one publish request.
-const maxPublishPaths = 100000
 
 func (b *backend) TrustApprove(name, fp string) error {
 	if err := b.peers.Approve(name, fp); err != nil {

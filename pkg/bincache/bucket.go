@@ -1,6 +1,7 @@
 package bincache
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -20,6 +22,14 @@ import (
 // ErrNotFound is matched by the error for an object the bucket does not
 // hold.
 var ErrNotFound = errors.New("not in the bucket")
+
+// ErrRejected is matched by the error for a request the store refused for
+// its credentials (wrong, expired, without the permission, or a clock far
+// off).
+var ErrRejected = errors.New("the store refused this host's credentials")
+
+// rejections are the S3 error codes of ErrRejected.
+var rejections = []string{"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired", "RequestTimeTooSkewed", "AllAccessDisabled"}
 
 // Bucket is one cache's bucket, reached with one host's credentials.
 type Bucket struct {
@@ -67,19 +77,14 @@ func Open(cache string, loc desired.S3Bucket, c Credentials) (*Bucket, error) {
 	return &Bucket{Cache: cache, client: client, bucket: loc.Bucket}, nil
 }
 
-// Get opens the object key; the caller closes it. The error matches
-// ErrNotFound when the bucket holds no such object.
+// Get opens the object key, with one request; the caller closes it. The
+// error matches ErrNotFound when the bucket holds no such object.
 func (b *Bucket) Get(ctx context.Context, key string) (io.ReadCloser, int64, error) {
-	obj, err := b.client.GetObject(ctx, b.bucket, key, minio.GetObjectOptions{})
+	body, info, _, err := minio.Core{Client: b.client}.GetObject(ctx, b.bucket, key, minio.GetObjectOptions{})
 	if err != nil {
 		return nil, 0, b.wrap(key, err)
 	}
-	st, err := obj.Stat()
-	if err != nil {
-		obj.Close()
-		return nil, 0, b.wrap(key, err)
-	}
-	return obj, st.Size, nil
+	return body, info.Size, nil
 }
 
 // Size returns the size of the object key; the error matches ErrNotFound
@@ -101,23 +106,29 @@ func (b *Bucket) Put(ctx context.Context, key string, r io.Reader, size int64, c
 	return nil
 }
 
-// Check says whether the bucket can be reached and read with these
-// credentials.
+// Check says whether the store can be reached and answers this host:
+// a HEAD of the cache's nix-cache-info, which needs no permission beyond
+// reading objects (a missing one counts as an answer).
 func (b *Bucket) Check(ctx context.Context) error {
-	ok, err := b.client.BucketExists(ctx, b.bucket)
-	if err != nil {
-		return fmt.Errorf("cache %s: bucket %s: %w", b.Cache, b.bucket, err)
-	}
-	if !ok {
-		return fmt.Errorf("cache %s: bucket %s does not exist", b.Cache, b.bucket)
+	_, err := b.client.StatObject(ctx, b.bucket, "nix-cache-info", minio.StatObjectOptions{})
+	if err = b.wrap("nix-cache-info", err); err != nil && !errors.Is(err, ErrNotFound) {
+		return err
 	}
 	return nil
 }
 
+// wrap names the cache and the object in err (nil stays nil), and makes
+// it match ErrNotFound or ErrRejected where it is one.
 func (b *Bucket) wrap(key string, err error) error {
+	if err == nil {
+		return nil
+	}
 	resp := minio.ToErrorResponse(err)
-	if resp.Code == "NoSuchKey" || resp.StatusCode == http.StatusNotFound && resp.Code != "NoSuchBucket" {
+	switch {
+	case resp.Code == "NoSuchKey" || resp.StatusCode == http.StatusNotFound && resp.Code != "NoSuchBucket":
 		return fmt.Errorf("cache %s: %s: %w", b.Cache, key, ErrNotFound)
+	case slices.Contains(rejections, resp.Code) || resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusUnauthorized:
+		return fmt.Errorf("cache %s: %s: %w (%s)", b.Cache, key, ErrRejected, cmp.Or(resp.Code, resp.Message, http.StatusText(resp.StatusCode)))
 	}
 	return fmt.Errorf("cache %s: %s: %w", b.Cache, key, err)
 }

@@ -70,7 +70,9 @@ func ReadCredentials(path string, uid int) (Credentials, error) {
 func ParseCredentials(data []byte) (Credentials, error) {
 	f, err := ini.LoadSources(ini.LoadOptions{Insensitive: false, IgnoreInlineComment: true, AllowBooleanKeys: false}, data)
 	if err != nil {
-		return Credentials{}, fmt.Errorf("not in the AWS shared-credentials format: %w", err)
+		// Not the parser's words: they quote the line, which may be a
+		// secret.
+		return Credentials{}, errors.New("not in the AWS shared-credentials format: write [default], then the lines aws_access_key_id = KEY and aws_secret_access_key = SECRET")
 	}
 	sec, err := f.GetSection("default")
 	if err != nil {

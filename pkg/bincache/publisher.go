@@ -9,6 +9,7 @@ import (
 	"hash"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -83,6 +84,11 @@ type Publisher struct {
 	changed func()
 	wake    chan struct{}
 
+	// batch is held while a batch uploads: a re-signing of the buckets
+	// waits for it, so that no narinfo signed with keys of before it is
+	// uploaded after it read the bucket.
+	batch sync.Mutex
+
 	mu      sync.Mutex
 	targets map[string]*pubTarget
 }
@@ -105,7 +111,9 @@ func NewPublisher(n PublishNix, q Queue, tmpDir string, log *zap.Logger, changed
 
 func queueName(cache string) string { return "publish/" + cache }
 
-// Configure sets the caches published to, by name.
+// Configure sets the caches published to, by name. A target a batch
+// holds is never changed under it: a change makes a new one, which keeps
+// what was seen in the bucket only when the bucket is the same.
 func (p *Publisher) Configure(targets map[string]Target) {
 	p.mu.Lock()
 	for name := range p.targets {
@@ -118,10 +126,12 @@ func (p *Publisher) Configure(targets map[string]Target) {
 		switch {
 		case old == nil:
 			p.targets[name] = &pubTarget{Target: t, known: map[string]bool{}}
-		case old.Bucket != t.Bucket:
-			*old = pubTarget{Target: t, known: map[string]bool{}, stats: old.stats}
-		default:
-			old.KeyFiles = t.KeyFiles
+		case old.Bucket != t.Bucket || !slices.Equal(old.KeyFiles, t.KeyFiles):
+			nt := &pubTarget{Target: t, known: map[string]bool{}, stats: old.stats, retryAt: old.retryAt}
+			if old.Bucket == t.Bucket {
+				nt.known, nt.infoDone = old.known, old.infoDone
+			}
+			p.targets[name] = nt
 		}
 	}
 	p.mu.Unlock()
@@ -208,14 +218,18 @@ func (p *Publisher) round(ctx context.Context) time.Duration {
 		p.mu.Lock()
 		t := p.targets[name]
 		p.mu.Unlock()
-		if t == nil || t.Bucket == nil {
+		if t == nil || t.Bucket == nil || len(t.KeyFiles) == 0 {
+			// Nothing is uploaded unsigned: a narinfo in the bucket is
+			// never uploaded again.
 			continue
 		}
 		if wait := time.Until(t.retryAt); wait > 0 {
 			next = min(next, wait)
 			continue
 		}
+		p.batch.Lock()
 		more, err := p.publishBatch(ctx, name, t)
+		p.batch.Unlock()
 		if ctx.Err() != nil {
 			return 0
 		}
@@ -233,7 +247,7 @@ func (p *Publisher) round(ctx context.Context) time.Duration {
 		if err != nil {
 			p.log.Warn("publish to cache failed; retrying later", zap.String("cache", name), zap.Error(err))
 		}
-		if (err != nil) != (before != "") || err == nil && more >= 0 {
+		if (err != nil) != (before != "") {
 			p.changed()
 		}
 		if more > 0 {
@@ -279,6 +293,9 @@ func (p *Publisher) publishBatch(ctx context.Context, cache string, t *pubTarget
 			return total, err
 		}
 	}
+	if len(t.KeyFiles) == 0 {
+		return total, errors.New("no signing key to sign with")
+	}
 	keys := make([]nix.SecretKey, 0, len(t.KeyFiles))
 	for _, f := range t.KeyFiles {
 		k, err := nix.ReadSecretKeyFile(f)
@@ -287,11 +304,16 @@ func (p *Publisher) publishBatch(ctx context.Context, cache string, t *pubTarget
 		}
 		keys = append(keys, k)
 	}
-	if !t.infoDone {
+	p.mu.Lock()
+	infoDone := t.infoDone
+	p.mu.Unlock()
+	if !infoDone {
 		if err := p.cacheInfo(ctx, t.Bucket); err != nil {
 			return total, err
 		}
+		p.mu.Lock()
 		t.infoDone = true
+		p.mu.Unlock()
 	}
 	for _, info := range infos {
 		h := nix.HashPart(info.Path)
@@ -366,8 +388,7 @@ func (p *Publisher) cacheInfo(ctx context.Context, b *Bucket) error {
 	if !errors.Is(err, ErrNotFound) {
 		return err
 	}
-	info := fmt.Sprintf("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: %d\n", Priority)
-	return b.Put(ctx, "nix-cache-info", strings.NewReader(info), int64(len(info)), "text/x-nix-cache-info")
+	return b.Put(ctx, "nix-cache-info", strings.NewReader(cacheInfo), int64(len(cacheInfo)), "text/x-nix-cache-info")
 }
 
 // upload compresses the NAR of info into a temporary file, checking it

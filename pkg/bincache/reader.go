@@ -18,12 +18,17 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/nixpeer/nixpeer/pkg/backoff"
+	"github.com/nixpeer/nixpeer/pkg/nix"
 )
 
 // Priority is the Priority the reader's nix-cache-info gives each cache:
 // after cache.nixos.org (40), which keeps serving what it serves, and after
 // every SSH peer (priority 0).
 const Priority = 41
+
+// cacheInfo is every cache's nix-cache-info, in the bucket and as the
+// reader serves it.
+var cacheInfo = fmt.Sprintf("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: %d\n", Priority)
 
 // Bounds of the reader.
 const (
@@ -33,6 +38,8 @@ const (
 	// maxConns bounds the connections from the host's Nix.
 	maxConns   = 256
 	copyBuffer = 32 << 10
+	// stallTimeout bounds the wait for the store's next bytes.
+	stallTimeout = 30 * time.Second
 )
 
 // checkRetry paces the checks of a store that could not be reached.
@@ -44,9 +51,12 @@ type Health struct {
 	// until one has.
 	Up      bool
 	Checked bool
-	// Since is when Up last changed; Err why the store is down.
-	Since time.Time
-	Err   string
+	// Since is when Up last changed; Err why the store is down, and
+	// Rejected whether it answered that it refuses this host's
+	// credentials.
+	Since    time.Time
+	Err      string
+	Rejected bool
 	// Requests served from the store, answered as missing from it, and
 	// answered as missing because the store was down.
 	Hits, Misses, Down uint64
@@ -78,8 +88,11 @@ type readCache struct {
 	stop   context.CancelFunc
 	mu     sync.Mutex
 	health Health
-	// checking: a background check runs.
+	// checking: a background check runs; fails counts the requests in a
+	// row that failed (the store is down from the second on: one 5xx is
+	// not an outage).
 	checking             bool
+	fails                int
 	hits, misses, downed atomic.Uint64
 }
 
@@ -92,12 +105,13 @@ func NewReader(log *zap.Logger, changed func()) *Reader {
 
 // Configure makes the reader serve buckets, by cache name: a cache whose
 // bucket is the same object as before keeps its health; a new one is
-// checked at once.
+// checked at once. A nil bucket (no usable credentials) is a cache whose
+// nix-cache-info is served, and every lookup a miss.
 func (r *Reader) Configure(buckets map[string]*Bucket) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for name, c := range r.caches {
-		if buckets[name] != c.bucket {
+		if b, ok := buckets[name]; !ok || b != c.bucket {
 			c.stop()
 			delete(r.caches, name)
 		}
@@ -109,8 +123,10 @@ func (r *Reader) Configure(buckets map[string]*Bucket) {
 		ctx, stop := context.WithCancel(context.Background())
 		c := &readCache{bucket: b, ctx: ctx, stop: stop}
 		r.caches[name] = c
-		c.checking = true
-		go r.check(c)
+		if b != nil {
+			c.checking = true
+			go r.check(c)
+		}
 	}
 }
 
@@ -150,6 +166,9 @@ func (r *Reader) Health() map[string]Health {
 	defer r.mu.Unlock()
 	out := make(map[string]Health, len(r.caches))
 	for name, c := range r.caches {
+		if c.bucket == nil {
+			continue
+		}
 		c.mu.Lock()
 		h := c.health
 		c.mu.Unlock()
@@ -161,7 +180,6 @@ func (r *Reader) Health() map[string]Health {
 
 var (
 	narinfoRE = regexp.MustCompile(`^[0-9a-df-np-sv-z]{32}\.narinfo$`)
-	narFileRE = regexp.MustCompile(`^nar/[0-9a-z]{1,128}\.nar(\.[a-z0-9]{1,8})?$`)
 )
 
 // ServeHTTP answers the host's Nix.
@@ -181,14 +199,14 @@ func (r *Reader) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	switch {
 	case key == "nix-cache-info":
 		w.Header().Set("Content-Type", "text/x-nix-cache-info")
-		fmt.Fprintf(w, "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: %d\n", Priority)
+		io.WriteString(w, cacheInfo)
 		return
-	case narinfoRE.MatchString(key), narFileRE.MatchString(key):
+	case narinfoRE.MatchString(key), nix.NarURLRE.MatchString(key):
 	default:
 		http.NotFound(w, req)
 		return
 	}
-	if !c.up() {
+	if c.bucket == nil || !c.up() {
 		c.downed.Add(1)
 		http.Error(w, "the object store of cache "+name+" cannot be reached", http.StatusNotFound)
 		return
@@ -199,10 +217,17 @@ func (r *Reader) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	case <-req.Context().Done():
 		return
 	}
-	ctx := req.Context()
+	// A store that stops sending mid-body ends the request after
+	// stallTimeout, not after Nix's own timeout of minutes, and gives
+	// back its turn.
+	ctx, cancel := context.WithCancel(req.Context())
+	defer cancel()
+	stall := time.AfterFunc(stallTimeout, cancel)
+	defer stall.Stop()
 	if req.Method == http.MethodHead {
 		size, err := c.bucket.Size(ctx, key)
 		if !r.answerErr(w, req, c, err) {
+			c.hits.Add(1)
 			w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
 		}
 		return
@@ -220,10 +245,26 @@ func (r *Reader) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		w.Header().Set("Content-Type", "application/x-nix-nar")
 	}
 	buf := make([]byte, copyBuffer)
-	if _, err := io.CopyBuffer(w, body, buf); err != nil && ctx.Err() == nil {
-		// The store went away mid-stream: the short body (less than its
-		// Content-Length) fails the download, and Nix falls back.
-		r.down(c, err)
+	for {
+		n, err := body.Read(buf)
+		stall.Reset(stallTimeout)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return // Nix went away
+			}
+		}
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			if req.Context().Err() == nil {
+				// The store went away mid-stream: the short body (less
+				// than its Content-Length) fails the download, and Nix
+				// falls back.
+				r.down(c, err)
+			}
+			return
+		}
 	}
 }
 
@@ -240,7 +281,13 @@ func (r *Reader) answerErr(w http.ResponseWriter, req *http.Request, c *readCach
 		http.NotFound(w, req)
 	case req.Context().Err() != nil:
 	default:
-		r.down(c, err)
+		c.mu.Lock()
+		c.fails++
+		out := c.fails >= 2 || errors.Is(err, ErrRejected)
+		c.mu.Unlock()
+		if out {
+			r.down(c, err)
+		}
 		c.downed.Add(1)
 		http.Error(w, "the object store cannot be reached", http.StatusNotFound)
 	}
@@ -257,6 +304,7 @@ func (c *readCache) up() bool {
 func (c *readCache) setUp() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.fails = 0
 	if !c.health.Up || !c.health.Checked {
 		c.health = Health{Up: true, Checked: true, Since: time.Now()}
 	}
@@ -270,7 +318,7 @@ func (r *Reader) down(c *readCache, err error) {
 	if was {
 		c.health = Health{Checked: true, Since: time.Now()}
 	}
-	c.health.Err = err.Error()
+	c.health.Err, c.health.Rejected = err.Error(), errors.Is(err, ErrRejected)
 	start := !c.checking
 	c.checking = true
 	c.mu.Unlock()
@@ -307,11 +355,12 @@ func (r *Reader) check(c *readCache) {
 			}
 			return
 		}
-		changed := c.health.Up || !c.health.Checked
+		rejected := errors.Is(err, ErrRejected)
+		changed := c.health.Up || !c.health.Checked || c.health.Rejected != rejected
 		if changed {
 			c.health = Health{Checked: true, Since: time.Now()}
 		}
-		c.health.Err = err.Error()
+		c.health.Err, c.health.Rejected = err.Error(), rejected
 		c.mu.Unlock()
 		if changed {
 			r.log.Warn("cache store cannot be reached", zap.String("cache", c.bucket.Cache), zap.Error(err))

@@ -29,6 +29,10 @@ func (t *Tier) Resign(ctx context.Context, keyFile, from string, revoked bool) (
 	if err != nil {
 		return 0, fmt.Errorf("re-sign the caches: %w", err)
 	}
+	// No batch of the publisher runs meanwhile: one that began with the
+	// keys of before would upload narinfos this pass does not see.
+	t.Publisher.batch.Lock()
+	defer t.Publisher.batch.Unlock()
 	t.mu.Lock()
 	var buckets []*Bucket
 	for _, name := range slices.Sorted(maps.Keys(t.buckets)) {

@@ -25,8 +25,10 @@ type PublishTarget struct {
 // caches it reads, the caches the host publishes to, and the paths
 // published once when a cache is first published to by this agent.
 type Config struct {
-	Listen  string
-	Read    map[string]Access
+	Listen string
+	// Read are the caches read, by name; nil for one without usable
+	// credentials (its lookups are misses).
+	Read    map[string]*Access
 	Publish map[string]PublishTarget
 	Initial []string
 }
@@ -72,9 +74,12 @@ func (t *Tier) Ensure(c Config) error {
 	}
 	read := map[string]*Bucket{}
 	for _, name := range slices.Sorted(maps.Keys(c.Read)) {
-		b, err := open(name, c.Read[name])
-		if err != nil {
-			return err
+		var b *Bucket
+		if a := c.Read[name]; a != nil {
+			var err error
+			if b, err = open(name, *a); err != nil {
+				return err
+			}
 		}
 		read[name] = b
 	}
@@ -91,7 +96,7 @@ func (t *Tier) Ensure(c Config) error {
 		publish[name] = Target{Bucket: b, KeyFiles: pt.KeyFiles}
 	}
 	for name := range t.buckets {
-		if _, ok := read[name]; !ok && publish[name].Bucket == nil {
+		if read[name] == nil && publish[name].Bucket == nil {
 			delete(t.buckets, name)
 		}
 	}

@@ -32,8 +32,9 @@ const MaxNarInfoSize = 1 << 20
 var (
 	storePathRE = regexp.MustCompile(`^/nix/store/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]{1,211}$`)
 	baseNameRE  = regexp.MustCompile(`^[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]{1,211}$`)
-	narURLRE    = regexp.MustCompile(`^nar/[0-9a-z]{1,128}\.nar(\.[a-z0-9]{1,8})?$`)
-	sigRE       = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,254}:[A-Za-z0-9+/]{86}==$`)
+	// NarURLRE matches the URLs of NARs nixpeer reads and writes.
+	NarURLRE = regexp.MustCompile(`^nar/[0-9a-z]{1,128}\.nar(\.[a-z0-9]{1,8})?$`)
+	sigRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,254}:[A-Za-z0-9+/]{86}==$`)
 )
 
 // Compressions are the values of Compression nixpeer writes and reads.
@@ -94,7 +95,7 @@ func (n NarInfo) Validate() error {
 	switch {
 	case !storePathRE.MatchString(n.StorePath):
 		return fmt.Errorf("narinfo: StorePath %q is not a store path", n.StorePath)
-	case !narURLRE.MatchString(n.URL):
+	case !NarURLRE.MatchString(n.URL):
 		return fmt.Errorf("narinfo: URL %q is not nar/NAME.nar[.EXT]", n.URL)
 	case !slices.Contains(Compressions, n.Compression):
 		return fmt.Errorf("narinfo: Compression %q is not one of %s", n.Compression, strings.Join(Compressions, ", "))

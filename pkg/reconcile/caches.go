@@ -84,19 +84,22 @@ type cacheSettings struct {
 // caches it substitutes from (at nix.CacheURL, trusting the keys of
 // their publishers), and the publisher of those it publishes to, fed by
 // a post-build hook. A cache whose credentials cannot be used is reported
-// and left out (paths to publish are still queued).
-func (pl *planner) planCaches(signWith []string) (*Resource, cacheSettings, []status.Cache) {
+// and left out (paths to publish are still queued); nothing is published
+// before there is a key to sign with. A store that cannot be reached, or
+// publishing that fails, is a warning, not a condition that keeps the
+// host from Ready: builds go on, as with a serving peer gone dark.
+func (pl *planner) planCaches(signWith []string) (*Resource, cacheSettings, []status.Cache, []string) {
 	o, self, l := pl.o, pl.self, pl.o.Layout
-	cfg := &bincache.Config{Read: map[string]bincache.Access{}, Publish: map[string]bincache.PublishTarget{}}
+	cfg := &bincache.Config{Read: map[string]*bincache.Access{}, Publish: map[string]bincache.PublishTarget{}}
 	r := &Resource{Tier: cfg, Status: true}
 	names := cachesUsed(self)
 	if len(names) == 0 {
-		return r, cacheSettings{}, nil
+		return r, cacheSettings{}, nil, nil
 	}
-	r.Type, r.Status, r.Reason = status.CachesReady, true, "Serving"
+	r.Type, r.Reason = status.CachesReady, "Serving"
 	var cs cacheSettings
 	var out []status.Cache
-	var problems []string
+	var problems, warnings []string
 	publishing := self.Serve != nil && len(self.Serve.PublishTo) > 0
 	if publishing {
 		cs.postBuildHook = postBuildHook(l)
@@ -105,6 +108,7 @@ func (pl *planner) planCaches(signWith []string) (*Resource, cacheSettings, []st
 			cfg.Initial = []string{o.SignTarget}
 		}
 		if len(signWith) == 0 {
+			r.Reason = "WaitingForCacheKey"
 			problems = append(problems, "publishing waits for the signing key (see CacheKeyReady)")
 		}
 	}
@@ -120,6 +124,7 @@ func (pl *planner) planCaches(signWith []string) (*Resource, cacheSettings, []st
 		var access *bincache.Access
 		if creds.Err != nil {
 			st.Credentials, st.Error = bincache.CredentialsProblem(creds.Err), creds.Err.Error()
+			r.Reason = "Credentials" + strings.ToUpper(st.Credentials[:1]) + st.Credentials[1:]
 			problems = append(problems, fmt.Sprintf("cache %s: %s", name, creds.Err))
 		} else {
 			access = &bincache.Access{Loc: c.S3, Creds: creds.Creds}
@@ -130,55 +135,49 @@ func (pl *planner) planCaches(signWith []string) (*Resource, cacheSettings, []st
 			// be reached the reader answers every lookup as a miss, at
 			// once, so that nothing waits and nothing is restarted.
 			cs.substituters = append(cs.substituters, st.URL)
+			var keys []string
 			for _, pub := range pl.file.Publishers(name) {
 				if k := pl.keys[pub.Name]; k.CacheKey != "" {
-					cs.trusted = append(cs.trusted, k.trusted()...)
+					keys = append(keys, k.trusted()...)
 				}
 			}
-			if access != nil {
-				cfg.Read[name] = *access
-				h, checked := o.CacheHealth[name]
-				st.Reachable, st.Since, st.Hits, st.Misses, st.Down = h.Up, h.Since, h.Hits, h.Misses, h.Down
-				switch {
-				case !checked || !h.Checked:
-					problems = append(problems, fmt.Sprintf("cache %s: checking its store", name))
-				case !h.Up:
-					st.Error = h.Err
-					problems = append(problems, fmt.Sprintf("cache %s: its store cannot be reached (lookups are answered as misses meanwhile): %s", name, h.Err))
-				}
+			if len(keys) == 0 {
+				r.Reason = "WaitingForKeys"
+				problems = append(problems, fmt.Sprintf("cache %s: the signing keys of its publishers are not known yet", name))
+			}
+			cs.trusted = append(cs.trusted, keys...)
+			cfg.Read[name] = access
+			h := o.CacheHealth[name]
+			st.Reachable, st.Since = h.Up, h.Since
+			switch {
+			case access == nil || !h.Checked:
+			case h.Rejected:
+				st.Credentials, st.Error = "rejected", h.Err
+				r.Reason = "CredentialsRejected"
+				problems = append(problems, fmt.Sprintf("cache %s: the store refuses this host's credentials (%s); its lookups are answered as misses", name, h.Err))
+			case !h.Up:
+				st.Error = h.Err
+				warnings = append(warnings, fmt.Sprintf("cache %s: its store cannot be reached; its lookups are answered as misses at once, and builds go on: %s", name, h.Err))
 			}
 		}
-		if st.Publish {
-			pt := bincache.PublishTarget{Access: access, KeyFiles: signWith}
-			cfg.Publish[name] = pt
-			ps := o.Publishing[name]
-			st.Queued, st.Uploaded, st.Present = ps.Queued, ps.Uploaded, ps.Present
-			if ps.Err != "" {
-				st.Error = ps.Err
-				problems = append(problems, fmt.Sprintf("cache %s: publishing fails (%d times in a row; it is retried): %s", name, ps.Failures, ps.Err))
-			}
+		if st.Publish && len(signWith) > 0 {
+			cfg.Publish[name] = bincache.PublishTarget{Access: access, KeyFiles: signWith}
+		}
+		if ps := o.Publishing[name]; st.Publish && ps.Err != "" {
+			st.Error = ps.Err
+			warnings = append(warnings, fmt.Sprintf("cache %s: publishing fails (%d times in a row; it is retried, and builds go on): %s", name, ps.Failures, ps.Err))
 		}
 		out = append(out, st)
 	}
 	switch {
-	case len(problems) == 0:
-		r.Message = fmt.Sprintf("caches %s: reachable", strings.Join(names, ", "))
-	default:
+	case len(problems) > 0:
 		r.Status, r.Message = false, strings.Join(problems, "; ")
-		r.Reason = "StoreUnreachable"
-		for _, st := range out {
-			switch {
-			case st.Credentials != "ok":
-				r.Reason = "Credentials" + strings.ToUpper(st.Credentials[:1]) + st.Credentials[1:]
-			case st.Publish && st.Error != "" && r.Reason == "StoreUnreachable":
-				r.Reason = "PublishFailing"
-			}
-		}
-		if publishing && len(signWith) == 0 {
-			r.Reason = "WaitingForCacheKey"
-		}
+	case len(warnings) > 0:
+		r.Reason, r.Message = "Degraded", strings.Join(warnings, "; ")
+	default:
+		r.Message = fmt.Sprintf("caches %s: in use", strings.Join(names, ", "))
 	}
-	return r, cs, out
+	return r, cs, out, warnings
 }
 
 // hookScript is the post-build hook: it hands what Nix built to the

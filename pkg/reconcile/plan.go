@@ -342,7 +342,7 @@ func plan(o *Observation) *Plan {
 	subsReady := pl.planSubstitutersReady(subs.verdicts)
 	verified := pl.planVerified(subs.verified)
 	serve := pl.planServe()
-	caches, cacheNix, cacheStatus := pl.planCaches(rotation.signWith)
+	caches, cacheNix, cacheStatus, cacheWarnings := pl.planCaches(rotation.signWith)
 	settings, settingsPlanned := pl.planNixSettings(rotation.signWith, subs.verdicts, serve.consumers, cacheNix)
 
 	p.Resources = append(p.Resources, ownKeys)
@@ -372,6 +372,7 @@ func plan(o *Observation) *Plan {
 	if serve.warning != "" {
 		p.Warnings = append(p.Warnings, serve.warning)
 	}
+	p.Warnings = append(p.Warnings, cacheWarnings...)
 	if o.File.Trust == desired.TrustTOFU && len(subs.peers) > 0 {
 		p.Warnings = append(p.Warnings, tofuWarning)
 	}

@@ -43,7 +43,9 @@ const (
 	CachesReady = "CachesReady"
 )
 
-// Cache is where a host stands with one cache on an object store.
+// Cache is where a host stands with one cache on an object store. Its
+// counts are in the metrics (nixpeer_cache_*), not here: a status changes
+// only when something an operator acts on does.
 type Cache struct {
 	Name string `json:"name"`
 	// Read: the host reads the cache through its agent, at URL.
@@ -51,26 +53,15 @@ type Cache struct {
 	Read    bool   `json:"read,omitempty"`
 	URL     string `json:"url,omitempty"`
 	Publish bool   `json:"publish,omitempty"`
-	// Credentials is "ok", "missing", "loose" (readable by others) or
-	// "invalid", for the host's credentials file at CredentialsFile.
+	// Credentials is "ok", "missing", "loose" (readable by others),
+	// "invalid", or "rejected" (the store refuses them), for the host's
+	// credentials file at CredentialsFile.
 	Credentials     string `json:"credentials"`
 	CredentialsFile string `json:"credentialsFile"`
 	// Reachable: the last request or check of the store reached it
 	// (read caches); Since when that last changed.
 	Reachable bool      `json:"reachable"`
 	Since     time.Time `json:"since,omitzero"`
-	// Hits, Misses and Down count the host's Nix's lookups: served,
-	// missing from the store, and answered as missing while the store
-	// could not be reached.
-	Hits   uint64 `json:"hits,omitempty"`
-	Misses uint64 `json:"misses,omitempty"`
-	Down   uint64 `json:"down,omitempty"`
-	// Queued, Uploaded and Present are the publisher's: paths waiting,
-	// uploaded by this agent since it started, and found in the bucket
-	// already.
-	Queued   int    `json:"queued,omitempty"`
-	Uploaded uint64 `json:"uploaded,omitempty"`
-	Present  uint64 `json:"present,omitempty"`
 	// Error is the last failure to reach the store or to publish.
 	Error string `json:"error,omitempty"`
 }
