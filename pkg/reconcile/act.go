@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/nixpeer/nixpeer/pkg/atomicfile"
 	"github.com/nixpeer/nixpeer/pkg/hostname"
@@ -124,12 +125,13 @@ func (h *Host) actOn(ctx context.Context, o *Observation, r *Resource, a *acted)
 		if err != nil {
 			return fmt.Errorf("have sshd read the host key again (%s): %w: %s", strings.Join(r.Reload, " "), err, out)
 		}
-		// sshd closes its port while it starts again (SIGHUP): the pass
-		// ends once it listens, so that the check of it that follows
-		// does not tell the consumers it stopped serving.
+		// sshd closes its port while it starts again (SIGHUP), and may
+		// answer with the old key before it does: the pass ends once it
+		// shows the new one, so that the check of it that follows does
+		// not tell the consumers it stopped serving.
 		wctx, wcancel := context.WithTimeout(ctx, ReloadListenWait)
-		if err := waitListening(wctx, hostname.WithPort(o.Self.Address, o.Self.SSHPort)); err != nil {
-			h.log.Warn("sshd does not listen again after its reload", zap.Error(err))
+		if err := waitShowsKey(wctx, hostname.WithPort(o.Self.Address, o.Self.SSHPort), r.ReloadKey); err != nil {
+			h.log.Warn("sshd does not show the new host key after its reload", zap.Error(err))
 		}
 		wcancel()
 		h.log.Info("sshd reads the new host key", zap.Strings("command", r.Reload))
@@ -182,13 +184,33 @@ func (h *Host) actOn(ctx context.Context, o *Observation, r *Resource, a *acted)
 	return nil
 }
 
-// waitListening returns once addr accepts a TCP connection, or ctx ends.
-func waitListening(ctx context.Context, addr string) error {
+// waitShowsKey returns once the SSH server at addr shows key (nil: once
+// it accepts a TCP connection), or ctx ends.
+func waitShowsKey(ctx context.Context, addr string, key ssh.PublicKey) error {
 	var d net.Dialer
+	shown := errors.New("host key seen")
 	for {
 		c, err := d.DialContext(ctx, "tcp", addr)
-		if err == nil {
+		if err == nil && key == nil {
 			return c.Close()
+		}
+		if err == nil {
+			var got ssh.PublicKey
+			_, _, _, herr := ssh.NewClientConn(c, addr, &ssh.ClientConfig{User: "nixpeer-reload-check", Timeout: time.Second,
+				HostKeyAlgorithms: []string{key.Type()},
+				HostKeyCallback: func(_ string, _ net.Addr, k ssh.PublicKey) error {
+					got = k
+					return shown
+				}})
+			c.Close()
+			if got != nil && bytes.Equal(got.Marshal(), key.Marshal()) {
+				return nil
+			}
+			if got != nil {
+				err = fmt.Errorf("it shows %s", ssh.FingerprintSHA256(got))
+			} else {
+				err = herr
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -65,7 +65,7 @@ func (pl *planner) planHostKeyRotation(r *Resource) (out hostKeyRotation) {
 	switch {
 	case req.From != "" && req.From != curFP && len(pl.self.SSHDReload) > 0 && o.SSHDReloaded != curFP:
 		// Swapped: sshd reads the new key (again, after a failure).
-		r.Reload = pl.self.SSHDReload
+		r.Reload, r.ReloadKey = pl.self.SSHDReload, cur.Key.Public
 		r.Records = append(r.Records, record{recSSHDReloaded, curFP})
 		phase(PhaseSwapping, curFP, "having sshd read the new host key: "+strings.Join(pl.self.SSHDReload, " "))
 		out.status.From = req.From
@@ -121,7 +121,7 @@ func (pl *planner) planHostKeyRotation(r *Resource) (out hostKeyRotation) {
 	r.Keys = append(r.Keys, keyWant{kind: keyHostPromote, path: l.HostKey})
 	if len(pl.self.SSHDReload) > 0 {
 		// At once, so that sshd and the peer port show the same key.
-		r.Reload = pl.self.SSHDReload
+		r.Reload, r.ReloadKey = pl.self.SSHDReload, next.Key.Public
 		r.Records = append(r.Records, record{recSSHDReloaded, nextFP})
 	}
 	r.Requeue = soon

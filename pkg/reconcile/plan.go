@@ -161,8 +161,9 @@ type Resource struct {
 	Sign    *signRequest
 	Resign  *resignRequest
 	// Reload is run once the keys are in place: sshd reads the host key
-	// again.
-	Reload []string
+	// again, and the pass ends once it shows ReloadKey.
+	Reload    []string
+	ReloadKey ssh.PublicKey
 	// Listen is where the peer port listens, with the host key.
 	Listen string
 	// Tier is what the binary-cache tier does; nil to leave it.
