@@ -16,8 +16,9 @@
 //     keys.go (the SSH keys, the peer port), sshclient.go (known_hosts and
 //     ssh config), cachekey.go (the signing key), peers.go and breaker.go
 //     (each peer's verdict, the substituters' circuit breaker, trust),
-//     serve.go (nix-ssh's keys, the check of its own sshd), nixsettings.go
-//     (the Nix settings, applied and verified). A resource whose
+//     serve.go (nix-ssh's keys, the check of its own sshd), caches.go (the
+//     binary-cache tier on object stores), nixsettings.go (the Nix
+//     settings, applied and verified). A resource whose
 //     prerequisite fails plans nothing;
 //   - act: write only what differs, atomically, resource by resource; a
 //     resource whose needed resource failed leaves its files as they are;
@@ -31,10 +32,10 @@
 //
 // Adding a managed file touches three places:
 //
-//  1. the managed list of each platform that has the file (platform.go):
-//     observe reads exactly those files, and act refuses to write any
-//     other (a file written but not observed would look changed to every
-//     pass);
+//  1. the managed list of each platform that has the file, or of every
+//     platform (observedFiles, platform.go): observe reads exactly those
+//     files, and act refuses to write any other (a file written but not
+//     observed would look changed to every pass);
 //  2. the resource that renders it, as a fileWant in its Resource.Files
 //     (a new plan function in a file of its own, or an existing one);
 //  3. plan() (plan.go), where a new resource joins the data flow with the

@@ -212,7 +212,7 @@ func (h *Host) observe() *Observation {
 	}
 
 	o.Files = map[string]FileObs{}
-	for _, p := range append(o.platform().managed(l, self), cacheFiles(l, self)...) {
+	for _, p := range observedFiles(l, self) {
 		o.Files[p] = readObserved(p)
 	}
 	o.Executable = h.cfg.Executable

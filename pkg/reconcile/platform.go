@@ -42,6 +42,12 @@ type platform interface {
 	nixSSHUser() string
 }
 
+// observedFiles are the files a pass of self reads, and the only ones it
+// may write: its platform's, and the cache tier's (cacheFiles).
+func observedFiles(l layout.Layout, self *desired.Host) []string {
+	return append(platformOf(self.Platform).managed(l, self), cacheFiles(l, self)...)
+}
+
 // platformOf returns the platform p names; an unknown one (which the
 // desired-state parser refuses) is plain Nix.
 func platformOf(p desired.Platform) platform {
