@@ -104,15 +104,8 @@ func runFleet(b *testing.B, n int) {
 	}
 	stage := startAgent(b, S, config, "stage", "--log-level", stageLevel)
 	prods := make([]*agent, n)
+	startProds(b, prods, roots, config)
 	var wg sync.WaitGroup
-	for i := range prods {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			prods[i] = startAgentNoWait(b, roots[i], config, fmt.Sprintf("prod-%d", i))
-		}()
-	}
-	wg.Wait()
 	readyAt := make([]time.Duration, n)
 	never := 0
 	var mu sync.Mutex
@@ -208,14 +201,7 @@ func runFleet(b *testing.B, n int) {
 	stageCPU := cpuSeconds(b, stage.cmd.Process.Pid)
 	servingBefore := serving()
 	restart := time.Now()
-	for i := range prods {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			prods[i] = startAgentNoWait(b, roots[i], config, fmt.Sprintf("prod-%d", i))
-		}()
-	}
-	wg.Wait()
+	startProds(b, prods, roots, config)
 	var again []time.Duration
 	for _, a := range prods {
 		wg.Add(1)
@@ -255,6 +241,20 @@ func runFleet(b *testing.B, n int) {
 	}
 	stopAll(prods)
 	stage.stop()
+}
+
+// startProds starts production agent i in roots[i] into prods[i], all at
+// once, and returns once all are started.
+func startProds(b *testing.B, prods []*agent, roots []string, config string) {
+	var wg sync.WaitGroup
+	for i := range prods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			prods[i] = startAgentNoWait(b, roots[i], config, fmt.Sprintf("prod-%d", i))
+		}()
+	}
+	wg.Wait()
 }
 
 // stopAll stops agents at once, and returns once all stopped.

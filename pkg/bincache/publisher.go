@@ -173,14 +173,16 @@ func (p *Publisher) Enqueue(paths []string) error {
 // Stats returns what the publisher did, by cache.
 func (p *Publisher) Stats() map[string]PublishStats {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	out := make(map[string]PublishStats, len(p.targets))
 	for name, t := range p.targets {
-		s := t.stats
+		out[name] = t.stats
+	}
+	p.mu.Unlock()
+	for name, s := range out { // the store outside the lock
 		if _, total, err := p.queue.Queued(queueName(name), 0); err == nil {
 			s.Queued = total
+			out[name] = s
 		}
-		out[name] = s
 	}
 	return out
 }

@@ -184,16 +184,13 @@ func (h *Host) actOn(ctx context.Context, o *Observation, r *Resource, a *acted)
 	return nil
 }
 
-// waitShowsKey returns once the SSH server at addr shows key (nil: once
-// it accepts a TCP connection), or ctx ends.
+// waitShowsKey returns once the SSH server at addr shows key, or ctx
+// ends.
 func waitShowsKey(ctx context.Context, addr string, key ssh.PublicKey) error {
 	var d net.Dialer
 	shown := errors.New("host key seen")
 	for {
 		c, err := d.DialContext(ctx, "tcp", addr)
-		if err == nil && key == nil {
-			return c.Close()
-		}
 		if err == nil {
 			var got ssh.PublicKey
 			_, _, _, herr := ssh.NewClientConn(c, addr, &ssh.ClientConfig{User: "nixpeer-reload-check", Timeout: time.Second,

@@ -74,7 +74,6 @@ func publishersOf(file *desired.File, self *desired.Host) []*desired.Host {
 type cacheSettings struct {
 	substituters, trusted []string
 	noNegativeCache       bool
-	postBuildHook         string
 	// hook is the post-build hook's file, written with the settings
 	// that name it (before them: Nix fails a build whose hook fails).
 	hook *fileWant
@@ -102,8 +101,7 @@ func (pl *planner) planCaches(signWith []string) (*Resource, cacheSettings, []st
 	var problems, warnings []string
 	publishing := self.Serve != nil && len(self.Serve.PublishTo) > 0
 	if publishing {
-		cs.postBuildHook = postBuildHook(l)
-		cs.hook = &fileWant{path: cs.postBuildHook, content: hookScript(o.Executable, l.Socket), mode: 0o755, dirMode: 0o700, ownDir: true}
+		cs.hook = &fileWant{path: postBuildHook(l), content: hookScript(o.Executable, l.Socket), mode: 0o755, dirMode: 0o700, ownDir: true}
 		if o.SignTarget != "" {
 			cfg.Initial = []string{o.SignTarget}
 		}

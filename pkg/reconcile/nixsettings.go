@@ -59,7 +59,10 @@ func (pl *planner) planNixSettings(signWith []string, verdicts map[string]verdic
 	}
 	s.Substituters = append(s.Substituters, cs.substituters...)
 	s.TrustedPublicKeys = append(s.TrustedPublicKeys, cs.trusted...)
-	s.NoNegativeCache, s.PostBuildHook = cs.noNegativeCache, cs.postBuildHook
+	s.NoNegativeCache = cs.noNegativeCache
+	if cs.hook != nil {
+		s.PostBuildHook = cs.hook.path
+	}
 	s.Fallback = len(self.SubstituteFrom) > 0 || len(self.ReadCaches) > 0
 
 	var serveKeys []ssh.PublicKey
