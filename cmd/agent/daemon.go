@@ -189,13 +189,17 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 		<-loopReady
 		loop.Trigger(reason)
 	}
+	// The port gives this host's facts to its peers, and the watches
+	// tell them to the peers this host fetches from.
+	var port *peering.Port
 	peers := peering.New(ctx, log.Named("peering"), store,
-		peer.WatchOptions{Backoff: backoff.Policy{Base: peerReconnectBase, Cap: peerReconnectCap}}, notify)
+		peer.WatchOptions{Backoff: backoff.Policy{Base: peerReconnectBase, Cap: peerReconnectCap},
+			Tell: func() (<-chan []byte, func()) { return port.Own.Subscribe() }}, notify)
 	defer func() {
 		cancel()
 		peers.Wait()
 	}()
-	port := peering.NewPort(ctx, log.Named("peerport"), peer.ServerOptions{OnConnect: peers.Poke, Known: peers.Known, Reserved: peers.Reserved}, notify)
+	port = peering.NewPort(ctx, log.Named("peerport"), peer.ServerOptions{OnConnect: peers.Poke, Known: peers.Known, Reserved: peers.Reserved, Told: peers.Told}, notify)
 	defer port.Close()
 
 	hostnames := machineHostnames()

@@ -5,6 +5,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
@@ -135,11 +136,34 @@ func TestDamagedStateDBIsRecovered(t *testing.T) {
 	}
 }
 
+// tellAs connects to the peer port at addr as an agent with host key
+// signer would, and tells it f until the test ends.
+func tellAs(t *testing.T, addr string, signer ssh.Signer, f peer.Facts) {
+	var own peer.Own
+	if err := own.Set(f); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		peer.Watch(ctx, addr, func(ssh.PublicKey) error { return nil },
+			peer.WatchOptions{Identity: func() ssh.Signer { return signer }, Tell: own.Subscribe},
+			func(peer.Facts) error { return nil }, func(error) {})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+}
+
 // TestEmptiedStateDBOnStagingKeepsItsConsumers: staging lets production in;
-// its state.db is emptied and an impostor answers at production's address.
-// The host key nix-ssh's authorized keys remember for production is still
-// trusted: the impostor is refused with HostKeyChanged, even under trust:
-// tofu, and production's key stays let in.
+// its state.db is emptied, an impostor answers at production's address
+// and tells staging it is production. The host key nix-ssh's authorized
+// keys remember for production is still trusted: what the impostor tells
+// is refused, the impostor's key is refused with HostKeyChanged when
+// staging checks production's address, even under trust: tofu, and
+// production's key stays let in.
 func TestEmptiedStateDBOnStagingKeepsItsConsumers(t *testing.T) {
 	f := twoAgents(t, writeConfig(t, peeringFleet(testenv.FreePort(t, "127.0.0.2"), "ssh", []string{"true"})))
 	genuine := facts(t, f.P).HostKey.Fingerprint
@@ -155,6 +179,13 @@ func TestEmptiedStateDBOnStagingKeepsItsConsumers(t *testing.T) {
 	}
 	fake, _ := impostor(t, fmt.Sprintf("127.0.0.3:%d", peerPortOf("127.0.0.3")), "prod", "127.0.0.3")
 	f.stage = startAgent(t, f.S, f.config, "stage", noSSHDCheck)
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	teller, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tellAs(t, fmt.Sprintf("127.0.0.2:%d", peerPortOf("127.0.0.2")), teller, peer.Facts{Version: peer.FactsVersion, Name: "prod", Address: "127.0.0.3",
+		HostKeys: []string{strings.TrimSpace(string(ssh.MarshalAuthorizedKey(teller.PublicKey())))}})
 	st := f.stage.waitFor("the impostor refused", func(s status.Status) bool {
 		for _, p := range s.Peers {
 			if p.Name == "prod" && p.State == status.PeerHostKeyRefused {

@@ -12,5 +12,9 @@
 // The protocol is an SSH "session" channel with an exec request of
 // "facts" (one JSON document and a newline, then exit status 0) or
 // "watch" (the current document at once, again whenever it changes, and
-// a keepalive line "{}" every Keepalive). Nothing else is accepted.
+// a keepalive line "{}" every Keepalive). Over the connection of its
+// watch, a client may also "turn" (wait for a turn to probe this host's
+// sshd) and "tell" (send its own host's facts, the same way a watch gets
+// them: a consumer tells the host it fetches from whom to let in, and
+// needs no watch of its own from it). Nothing else is accepted.
 package peer

@@ -96,6 +96,13 @@ type ServerOptions struct {
 	// Reserved tells whether an address is one of a host this one peers
 	// with: its handshakes have room of their own. nil reserves nothing.
 	Reserved func(remote net.IP) bool
+	// Told, when set, takes what a client tells of its own host over a
+	// "tell" session: it authenticated with key, and next returns each
+	// document it sends (valid, see DecodeFacts), or an error once the
+	// session ends or the client sent something invalid. Told returns
+	// when it wants no more; an error refuses the documents, and is what
+	// the client is told. nil refuses every "tell".
+	Told func(ctx context.Context, key ssh.PublicKey, next func() (Facts, error)) error
 	// Certificate, when set, is a host certificate of the host key,
 	// presented to clients that ask for one (trust: ca) beside the plain
 	// key.

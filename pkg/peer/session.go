@@ -17,6 +17,10 @@ const (
 	// turnLine, and holds the turn until the session ends. Known peers
 	// only.
 	cmdTurn = "turn"
+	// cmdTell reads the client's own facts from its stdin: one document
+	// at once, a new one whenever they change, and a keepalive line "{}"
+	// every Keepalive (see ServerOptions.Told). Clients with a key only.
+	cmdTell = "tell"
 )
 
 // turnLine is what a turn writes once it is given.
@@ -34,9 +38,6 @@ func (s *Server) serveSession(ctx context.Context, log *zap.Logger, sconn *ssh.S
 		return
 	}
 	defer ch.Close()
-	// Stdin means nothing here; reading it keeps the client from filling
-	// the channel's buffer. Its EOF does not end a watch (ssh < /dev/null).
-	go io.Copy(io.Discard, ch)
 
 	// A session that does not ask for its command in time ends its
 	// connection: closing only the channel would leave it to the client
@@ -51,7 +52,7 @@ func (s *Server) serveSession(ctx context.Context, log *zap.Logger, sconn *ssh.S
 	var ran chan struct{}       // closed when the command is done
 	for req := range reqs {
 		cmd, ok := execCommand(req)
-		if ran != nil || !ok || (cmd != cmdFacts && cmd != cmdWatch && (cmd != cmdTurn || s.peerOf(sconn) == "")) {
+		if ran != nil || !ok || !s.serves(sconn, cmd) {
 			log.Debug("refused peer request", zap.String("type", req.Type), zap.String("command", quoteShort(cmd)))
 			if req.WantReply {
 				req.Reply(false, nil)
@@ -61,6 +62,12 @@ func (s *Server) serveSession(ctx context.Context, log *zap.Logger, sconn *ssh.S
 		noExec.Stop()
 		if req.WantReply {
 			req.Reply(true, nil)
+		}
+		if cmd != cmdTell {
+			// Stdin means nothing here; reading it keeps the client from
+			// filling the channel's buffer. Its EOF does not end a watch
+			// (ssh < /dev/null).
+			go io.Copy(io.Discard, ch)
 		}
 		ran = make(chan struct{})
 		go func() {
@@ -73,6 +80,8 @@ func (s *Server) serveSession(ctx context.Context, log *zap.Logger, sconn *ssh.S
 				s.runWatch(ctx, log, w, gone, clientKey(sconn))
 			case cmdTurn:
 				s.runTurn(ctx, log, w, gone, s.peerOf(sconn))
+			case cmdTell:
+				s.runTell(ctx, log, ch, sconn)
 			}
 			ch.Close()
 			// A client that never acknowledges the close would keep the
@@ -91,6 +100,19 @@ func (s *Server) serveSession(ctx context.Context, log *zap.Logger, sconn *ssh.S
 	if ran != nil {
 		<-ran
 	}
+}
+
+// serves reports whether the client of sconn may run cmd.
+func (s *Server) serves(sconn *ssh.ServerConn, cmd string) bool {
+	switch cmd {
+	case cmdFacts, cmdWatch:
+		return true
+	case cmdTurn:
+		return s.peerOf(sconn) != ""
+	case cmdTell:
+		return s.opts.Told != nil && clientKey(sconn) != nil
+	}
+	return false
 }
 
 // execCommand returns the command of an exec request.
@@ -149,6 +171,41 @@ func (s *Server) runWatch(ctx context.Context, log *zap.Logger, w stallGuard, go
 			return
 		}
 	}
+}
+
+// runTell hands the documents the client tells to ServerOptions.Told, and
+// exits 1 with its error on stderr when Told refuses them. A client silent
+// for 3×Keepalive is gone: its connection is closed.
+func (s *Server) runTell(ctx context.Context, log *zap.Logger, ch ssh.Channel, sconn *ssh.ServerConn) {
+	silence := 3 * s.opts.Keepalive
+	timer := time.AfterFunc(silence, func() {
+		log.Debug("peer told nothing for too long; closing the connection", zap.Duration("silence", silence))
+		sconn.Close()
+	})
+	defer timer.Stop()
+	lines := newLineReader(ch, MaxDocumentSize)
+	next := func() (Facts, error) {
+		for {
+			line, err := lines.next()
+			if err != nil {
+				return Facts{}, err
+			}
+			timer.Reset(silence)
+			if !isKeepalive(line) {
+				return DecodeFacts(line)
+			}
+		}
+	}
+	status := uint32(0)
+	if err := s.opts.Told(ctx, clientKey(sconn), next); err != nil {
+		log.Debug("refused what a peer told", zap.Error(err))
+		status = 1
+		if _, err := ch.Stderr().Write([]byte(err.Error() + "\n")); err != nil {
+			return
+		}
+	}
+	ch.CloseWrite()
+	ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{status}))
 }
 
 // runTurn waits for a free turn, says so, and holds it until the session

@@ -62,6 +62,10 @@ type WatchOptions struct {
 	// session runs, and nil when it ends: turns (see Turn) are asked for
 	// on it.
 	Conn func(*ssh.Client)
+	// Tell, when set, subscribes to this host's own facts (Own.Subscribe):
+	// the watch tells them to the peer over its connection, so that a
+	// peer this host fetches from needs no watch of this host.
+	Tell func() (<-chan []byte, func())
 }
 
 func (o WatchOptions) withDefaults() WatchOptions {
@@ -207,6 +211,19 @@ func watchOnce(ctx context.Context, addr string, check HostKeyCheck, opts WatchO
 	if opts.Conn != nil {
 		opts.Conn(client)
 		defer opts.Conn(nil)
+	}
+	if opts.Tell != nil {
+		tctx, stopTelling := context.WithCancel(ctx)
+		told := make(chan struct{})
+		go func() {
+			defer close(told)
+			tell(tctx, client, opts)
+		}()
+		defer func() {
+			stopTelling()
+			client.Close()
+			<-told
+		}()
 	}
 	for {
 		line, err := lines.next()

@@ -83,13 +83,23 @@ type Target struct {
 	// whatever the store says, and a store that forgot the peer (new,
 	// emptied, damaged) trusts this key again, never a key on first use.
 	Remembered ssh.PublicKey
+	// Tell: this host tells the peer its own facts over the watch's
+	// connection (it fetches from the peer, or reads a cache the peer
+	// publishes to), so that the peer needs no watch of it.
+	Tell bool
+	// Inbound: the peer only consumes from this host, and tells its facts
+	// over its own connection to this host's peer port (see Told). It is
+	// watched only while that cannot stand in: until its host key is
+	// trusted, while it offers a key not trusted here, and until its
+	// first told facts are taken.
+	Inbound bool
 }
 
 // same reports whether a watch of t is one of o: the same peer, reached
 // the same way, trusted the same way. Remembered may differ: it is taken
 // up without a new connection.
 func (t Target) same(o Target) bool {
-	return t.Name == o.Name && t.Address == o.Address && t.Addr == o.Addr && t.Self == o.Self &&
+	return t.Name == o.Name && t.Address == o.Address && t.Addr == o.Addr && t.Self == o.Self && t.Tell == o.Tell && t.Inbound == o.Inbound &&
 		t.PinsRequired == o.PinsRequired && t.Approve == o.Approve && sameKey(t.Pin, o.Pin) && t.From.Equal(o.From) &&
 		t.RequireCert == o.RequireCert && slices.EqualFunc(t.CAs, o.CAs, sameKey)
 }
@@ -181,8 +191,16 @@ type Manager struct {
 
 type watched struct {
 	target Target
+	// ctx ends when the peer is no longer watched as target; cancel ends
+	// it.
+	ctx    context.Context
 	cancel context.CancelFunc
-	st     State
+	// dialing ends the watch's connections to the peer; nil while an
+	// Inbound peer is not dialled.
+	dialing context.CancelFunc
+	// told counts the peer's open "tell" sessions whose facts were taken.
+	told int
+	st   State
 	// trustedAt is when st.HostKey was first trusted, as stored.
 	trustedAt time.Time
 	// certUntil is when the certificate of the current connection ends
@@ -494,15 +512,26 @@ func (m *Manager) startLocked(t Target) error {
 	}
 	w := &watched{target: t, st: State{Name: t.Name, Trust: status.TrustNone}, wake: make(chan struct{}, 1)}
 	m.loadLocked(w)
-	ctx, cancel := context.WithCancel(m.ctx)
-	w.cancel = cancel
+	w.ctx, w.cancel = context.WithCancel(m.ctx)
 	m.peers[t.Name] = w
+	if !t.Inbound || w.st.HostKey == nil {
+		m.dialLocked(w)
+	}
+	return nil
+}
+
+// dialLocked starts the watch's connections to w's peer, unless they run.
+func (m *Manager) dialLocked(w *watched) {
+	if w.dialing != nil || w.ctx.Err() != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(w.ctx)
+	w.dialing = cancel
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
 		m.run(ctx, w)
 	}()
-	return nil
 }
 
 // loadLocked sets w's trusted key, and facts, from the store and the pin.
@@ -613,10 +642,21 @@ func (m *Manager) remembered(t Target) ssh.PublicKey {
 func (m *Manager) run(ctx context.Context, w *watched) {
 	log := m.log.With(zap.String("peer", w.target.Name), zap.String("addr", w.target.Addr))
 	check := func(offered ssh.PublicKey) error { return m.check(ctx, log, w, offered) }
-	onFacts := func(f peer.Facts) error { return m.accept(ctx, log, w, f) }
+	onFacts := func(f peer.Facts) error {
+		m.mu.Lock()
+		via := connection{key: w.connKey, handingOver: w.handingOver, certified: w.target.RequireCert}
+		m.mu.Unlock()
+		if err := m.accept(ctx, log, w, via, f); err != nil {
+			return fmt.Errorf("the agent at %s: %w", w.target.Addr, err)
+		}
+		return nil
+	}
 	onError := func(err error) { m.failed(ctx, log, w, err) }
 	opts := m.opts
 	opts.LocalIP, opts.Wake, opts.Certificates = w.target.From, w.wake, w.target.RequireCert
+	if !w.target.Tell {
+		opts.Tell = nil
+	}
 	opts.Identity = func() ssh.Signer {
 		m.mu.Lock()
 		defer m.mu.Unlock()
@@ -637,6 +677,107 @@ func (m *Manager) run(ctx context.Context, w *watched) {
 		}
 	}
 	peer.Watch(ctx, w.target.Addr, check, opts, onFacts, onError)
+}
+
+// Told takes the facts an Inbound peer tells over its own connection to
+// this host's peer port, authenticated by key (see peer.ServerOptions.Told):
+// they stand in for a watch of it while key is the peer's trusted host key
+// (or the successor it handed over to), and the watch's connections stop
+// once the first are taken. A key not trusted here is refused, and the
+// peer is watched: the watch checks the key it offers, and says why it is
+// refused or trusts it.
+func (m *Manager) Told(_ context.Context, key ssh.PublicKey, next func() (peer.Facts, error)) error {
+	f, err := next()
+	if err != nil {
+		return nil // it told nothing
+	}
+	m.mu.Lock()
+	w := m.peers[f.Name]
+	switch {
+	case w == nil || !w.target.Inbound:
+		m.mu.Unlock()
+		return fmt.Errorf("this host takes no facts of %s over its connections", f.Name)
+	case !m.vouchedLocked(w, key):
+		m.dialLocked(w)
+		m.mu.Unlock()
+		return fmt.Errorf("the host key %s is not trusted here for %s (yet)", fingerprint(key), f.Name)
+	}
+	w.told++
+	if until := w.storedUntil; w.target.RequireCert && !until.IsZero() {
+		// Its certificate ends: the watch checks what it shows then.
+		t := time.AfterFunc(time.Until(until), func() {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			m.dialLocked(w)
+		})
+		defer t.Stop()
+	}
+	m.mu.Unlock()
+	log := m.log.With(zap.String("peer", f.Name), zap.String("via", "its connection"))
+	defer m.untold(log, w)
+	for {
+		m.mu.Lock()
+		via := connection{key: key, handingOver: w.st.NextHostKey != nil && sameKey(w.st.NextHostKey, key)}
+		m.mu.Unlock()
+		if err := m.accept(w.ctx, log, w, via, f); err != nil {
+			return err
+		}
+		m.mu.Lock()
+		stopped := w.dialing != nil
+		if stopped {
+			w.dialing()
+			w.dialing = nil
+		}
+		m.mu.Unlock()
+		if stopped {
+			log.Debug("the peer tells its facts over its own connection; no longer dialled")
+			m.notify(w.target.Name + " tells its facts over its own connection")
+		}
+		if f, err = next(); err != nil {
+			return nil
+		}
+		m.mu.Lock()
+		ok := m.peers[w.target.Name] == w && m.vouchedLocked(w, key)
+		m.mu.Unlock()
+		if !ok {
+			return fmt.Errorf("the host key %s is no longer trusted here for %s", fingerprint(key), w.target.Name)
+		}
+	}
+}
+
+// untold ends a tell session of w's peer whose facts were taken: once
+// none is left and the peer is not dialled, it is disconnected.
+func (m *Manager) untold(log *zap.Logger, w *watched) {
+	m.mu.Lock()
+	w.told--
+	st := &w.st
+	gone := w.told == 0 && w.dialing == nil && w.ctx.Err() == nil && st.Connected
+	if gone {
+		st.Connected, st.NoAnswer, st.Since, st.LastError = false, false, time.Now(), "its agent's connection to this host ended"
+	}
+	m.mu.Unlock()
+	if gone {
+		log.Info("peer left")
+		m.notify("peer " + w.target.Name + " left")
+	}
+}
+
+// vouchedLocked reports whether key is trusted as w's peer's host key
+// without a look at what it offers on a connection of this host's: the
+// trusted key (certified: until its certificate ends) or the successor it
+// handed over to.
+func (m *Manager) vouchedLocked(w *watched, key ssh.PublicKey) bool {
+	st, t := &w.st, w.target
+	switch {
+	case st.NextHostKey != nil && sameKey(st.NextHostKey, key):
+		return true
+	case st.HostKey == nil || !sameKey(st.HostKey, key):
+		return false
+	case t.RequireCert:
+		return st.Trust == status.TrustCertified && (w.storedUntil.IsZero() || time.Now().Before(w.storedUntil))
+	}
+	remembered := m.remembered(t)
+	return remembered == nil || sameKey(remembered, key) || st.Trust == status.TrustPinned
 }
 
 // check decides whether offered may be w's host key. A key that is not
@@ -717,19 +858,29 @@ func (m *Manager) check(ctx context.Context, log *zap.Logger, w *watched, offere
 	return nil
 }
 
-// accept takes facts that came over a connection whose host key check
-// passed. A key not trusted yet is trusted on first use here, once the
-// facts say they are the peer's: the name and address the file gives it,
-// and the key among its host keys.
-func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f peer.Facts) error {
+// connection is how facts came: over a connection authenticated by key,
+// the trusted key's successor when handingOver, with a certificate of the
+// key checked just now when certified.
+type connection struct {
+	key                    ssh.PublicKey
+	handingOver, certified bool
+}
+
+// accept takes facts that came over a connection (a watch's, whose host
+// key check passed, or the peer's own, see Told). A key not trusted yet
+// is trusted on first use here, once the facts say they are the peer's:
+// the name and address the file gives it, and the key among its host
+// keys.
+func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, via connection, f peer.Facts) error {
 	m.mu.Lock()
-	t, key := w.target, w.connKey // Sync updates the target under the lock
+	t := w.target // Sync updates the target under the lock
 	m.mu.Unlock()
+	key := via.key
 	switch {
 	case f.Name != t.Name || f.Address != t.Address:
-		return fmt.Errorf("the agent at %s says it is %s at %s, but the desired state has %s at %s there", t.Addr, f.Name, f.Address, t.Name, t.Address)
+		return fmt.Errorf("it says it is %s at %s, but the desired state has %s at %s", f.Name, f.Address, t.Name, t.Address)
 	case key == nil || !slices.Contains(f.HostKeys, keyLine(key)):
-		return fmt.Errorf("the agent at %s does not list the host key it authenticated with among its host keys", t.Addr)
+		return errors.New("it does not list the host key it authenticated with among its host keys")
 	}
 	m.mu.Lock()
 	if ctx.Err() != nil {
@@ -738,8 +889,8 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 	}
 	st := &w.st
 	now := time.Now()
-	certified := t.RequireCert
-	firstUse := st.HostKey == nil && !certified
+	certified := via.certified
+	firstUse := st.HostKey == nil && !t.RequireCert
 	handedOver := false
 	switch {
 	case certified:
@@ -756,14 +907,14 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, f pee
 		}
 	case firstUse:
 		st.Trust, st.HostKey = status.TrustTOFU, key
-	case w.handingOver && sameKey(key, st.NextHostKey):
+	case via.handingOver && sameKey(key, st.NextHostKey):
 		// The key the trusted one handed over to: trusted as it was,
 		// whatever the files remember until they catch up.
 		st.HostKey, w.trustedAt, handedOver = key, now, true
 		m.reset[t.Name] = true
 	case !sameKey(st.HostKey, key):
 		m.mu.Unlock()
-		return fmt.Errorf("the connection to %s changed host key", t.Addr)
+		return errors.New("its connection changed host key")
 	}
 	if w.trustedAt.IsZero() {
 		w.trustedAt = now // first use, or a pin never stored before

@@ -74,19 +74,28 @@ func freeAddr(t *testing.T) string {
 // manager returns a manager on store and a function that waits, with a
 // deadline, until what it knows of "stage" satisfies cond.
 func manager(t *testing.T, ctx context.Context, store *state.Store) (*Manager, func(string, func(State) bool) State) {
+	m, wait := managerWith(t, ctx, store, peer.WatchOptions{})
+	return m, func(what string, cond func(State) bool) State { return wait("stage", what, cond) }
+}
+
+// managerWith returns a manager on store that reconnects quickly, and a
+// function that waits, with a deadline, until what it knows of peer name
+// satisfies cond.
+func managerWith(t *testing.T, ctx context.Context, store *state.Store, opts peer.WatchOptions) (*Manager, func(name, what string, cond func(State) bool) State) {
 	changed := make(chan struct{}, 1)
-	m := New(ctx, zaptest.NewLogger(t), store, peer.WatchOptions{Backoff: backoff.Policy{Base: 10 * time.Millisecond, Cap: 50 * time.Millisecond}},
+	opts.Backoff = backoff.Policy{Base: 10 * time.Millisecond, Cap: 50 * time.Millisecond}
+	m := New(ctx, zaptest.NewLogger(t), store, opts,
 		func(string) {
 			select {
 			case changed <- struct{}{}:
 			default:
 			}
 		})
-	wait := func(what string, cond func(State) bool) State {
+	wait := func(name, what string, cond func(State) bool) State {
 		t.Helper()
 		deadline := time.After(10 * time.Second)
 		for {
-			st, _ := stateOf(m, "stage")
+			st, _ := stateOf(m, name)
 			if cond(st) {
 				return st
 			}

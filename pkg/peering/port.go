@@ -27,6 +27,9 @@ type Port struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	facts  *peer.Facts
+	// Own is the host's facts as its watches tell them to the peers it
+	// fetches from.
+	Own peer.Own
 }
 
 // NewPort returns a port that listens nowhere until Ensure; it stops
@@ -101,6 +104,9 @@ func (p *Port) Publish(f peer.Facts) {
 	p.facts = &f
 	if p.srv != nil {
 		p.srv.Publish(f)
+	}
+	if err := p.Own.Set(f); err != nil {
+		p.log.Error("refusing to tell invalid facts; peers are told the previous document", zap.Error(err))
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -288,15 +289,20 @@ func (h *Host) observe() *Observation {
 func watchTargets(file *desired.File, self *desired.Host, cas []ssh.PublicKey, remembered map[string]ssh.PublicKey) []peering.Target {
 	var targets []peering.Target
 	from := localIP(self.Address)
-	add := func(h *desired.Host) {
+	// consumer: the peer fetches from this host (or reads a cache it
+	// publishes to) and this host fetches nothing from it: it tells its
+	// facts over its own connection (Inbound), as this host tells its own
+	// to the peers it is such a consumer of (Tell).
+	add := func(h *desired.Host, consumer bool) {
 		pins, _ := pinnedKeys(h) // validated with the file
 		targets = append(targets, peering.Target{Name: h.Name, Address: h.Address, Pin: pins.HostKey,
 			PinsRequired: file.Trust == desired.TrustPinned, Approve: file.Trust == desired.TrustApprove, Addr: peerAddr(h), Remembered: remembered[h.Name], From: from, Self: self.Name,
-			RequireCert: file.Trust == desired.TrustCA, CAs: cas})
+			RequireCert: file.Trust == desired.TrustCA, CAs: cas, Inbound: consumer,
+			Tell: !consumer && !slices.Contains(h.SubstituteFrom, self.Name) && !slices.Contains(publishersOf(file, h), self)})
 	}
 	seen := map[string]bool{}
 	for _, name := range self.SubstituteFrom {
-		add(file.Host(name))
+		add(file.Host(name), false)
 		seen[name] = true
 	}
 	// The publishers of the caches this host reads tell the keys their
@@ -304,13 +310,13 @@ func watchTargets(file *desired.File, self *desired.Host, cas []ssh.PublicKey, r
 	// tell which of its keys they trust.
 	for _, pub := range publishersOf(file, self) {
 		if !seen[pub.Name] {
-			add(pub)
+			add(pub, false)
 			seen[pub.Name] = true
 		}
 	}
 	for _, c := range consumersOf(file, self) {
 		if !seen[c.Name] {
-			add(c)
+			add(c, true)
 		}
 	}
 	return targets
