@@ -5,6 +5,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/crypto/ssh"
@@ -27,6 +28,17 @@ func dialling(m *Manager, name string) bool {
 	defer m.mu.Unlock()
 	w := m.peers[name]
 	return w != nil && w.dialing != nil
+}
+
+func recv[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no %s within 10s", what)
+	}
+	panic("unreachable")
 }
 
 // told returns a next function for Told that gives docs, then blocks
@@ -124,13 +136,18 @@ func TestToldStandsInForAWatch(t *testing.T) {
 		t.Errorf("facts with another address: %v", err)
 	}
 
-	// Its connections end: it is disconnected, its facts kept.
+	// Its connections end: it is disconnected once the last has, its
+	// facts kept.
 	close(end)
+	if err := recv(t, done, "the first session's end"); err != nil {
+		t.Fatalf("a tell session that ended: %v", err)
+	}
+	if st, _ := stateOf(m, "prod"); !st.Connected {
+		t.Fatalf("disconnected while a session is open: %+v", st)
+	}
 	close(end2)
-	for _, ch := range []chan error{done, done2} {
-		if err := <-ch; err != nil {
-			t.Fatalf("a tell session that ended: %v", err)
-		}
+	if err := recv(t, done2, "the second session's end"); err != nil {
+		t.Fatalf("a tell session that ended: %v", err)
 	}
 	st = wait("prod", "prod disconnected", func(s State) bool { return !s.Connected })
 	if st.Facts == nil || st.Facts.Generation != 5 || !strings.Contains(st.LastError, "connection to this host ended") {
@@ -140,10 +157,24 @@ func TestToldStandsInForAWatch(t *testing.T) {
 		t.Error("a consumer that left is dialled: it tells again when it is back")
 	}
 
+	// A session open while the peer comes to be watched another way (a
+	// Sync with a changed target) ends, so that it tells again.
+	done3 := make(chan error, 1)
+	go func() {
+		done3 <- m.Told(ctx, prodKey.PublicKey(), told(never, prodFacts(prodKey.PublicKey(), newClient, 7)))
+	}()
+	wait("prod", "the third session's facts", func(s State) bool { return s.Facts.Generation == 7 })
+	changed := target
+	changed.Self = "stage"
+	m.Sync([]Target{changed})
+	if err := recv(t, done3, "the third session's end"); err == nil || !strings.Contains(err.Error(), "watched another way") {
+		t.Errorf("a session across a changed target: %v", err)
+	}
+
 	// A restarted agent trusts it from the store, and waits for it to tell.
 	ctx2, cancel2 := context.WithCancel(ctx)
 	m2, _ := managerWith(t, ctx2, store, peer.WatchOptions{})
-	m2.Sync([]Target{target})
+	m2.Sync([]Target{changed})
 	if st, _ := stateOf(m2, "prod"); dialling(m2, "prod") || !sameKey(st.HostKey, prodKey.PublicKey()) {
 		t.Errorf("after a restart: dialling %v, %+v", dialling(m2, "prod"), st)
 	}

@@ -703,18 +703,37 @@ func (m *Manager) Told(_ context.Context, key ssh.PublicKey, next func() (peer.F
 		return fmt.Errorf("the host key %s is not trusted here for %s (yet)", fingerprint(key), f.Name)
 	}
 	w.told++
+	var certEnds <-chan time.Time
 	if until := w.storedUntil; w.target.RequireCert && !until.IsZero() {
-		// Its certificate ends: the watch checks what it shows then.
-		t := time.AfterFunc(time.Until(until), func() {
-			m.mu.Lock()
-			defer m.mu.Unlock()
-			m.dialLocked(w)
-		})
+		t := time.NewTimer(time.Until(until))
 		defer t.Stop()
+		certEnds = t.C
 	}
 	m.mu.Unlock()
 	log := m.log.With(zap.String("peer", f.Name), zap.String("via", "its connection"))
 	defer m.untold(log, w)
+
+	// The session ends when the peer is watched another way (Sync), or
+	// its certificate ends, whatever it tells.
+	type told struct {
+		f   peer.Facts
+		err error
+	}
+	docs, stop := make(chan told), make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			f, err := next()
+			select {
+			case docs <- told{f, err}:
+			case <-stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
 	for {
 		m.mu.Lock()
 		via := connection{key: key, handingOver: w.st.NextHostKey != nil && sameKey(w.st.NextHostKey, key)}
@@ -733,11 +752,22 @@ func (m *Manager) Told(_ context.Context, key ssh.PublicKey, next func() (peer.F
 			log.Debug("the peer tells its facts over its own connection; no longer dialled")
 			m.notify(w.target.Name + " tells its facts over its own connection")
 		}
-		if f, err = next(); err != nil {
-			return nil
+		select {
+		case d := <-docs:
+			if d.err != nil {
+				return nil
+			}
+			f = d.f
+		case <-w.ctx.Done():
+			return fmt.Errorf("%s is watched another way now: tell again", w.target.Name)
+		case <-certEnds:
+			m.mu.Lock()
+			m.dialLocked(w) // the watch checks the certificate it shows now
+			m.mu.Unlock()
+			return fmt.Errorf("the certificate of %s's host key ended", w.target.Name)
 		}
 		m.mu.Lock()
-		ok := m.peers[w.target.Name] == w && m.vouchedLocked(w, key)
+		ok := m.vouchedLocked(w, key)
 		m.mu.Unlock()
 		if !ok {
 			return fmt.Errorf("the host key %s is no longer trusted here for %s", fingerprint(key), w.target.Name)
