@@ -3,6 +3,7 @@ package peer
 import (
 	"context"
 	"io"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -182,7 +183,16 @@ func (s *Server) runTell(ctx context.Context, log *zap.Logger, ch ssh.Channel, s
 		log.Debug("peer told nothing for too long; closing the connection", zap.Duration("silence", silence))
 		sconn.Close()
 	})
-	defer timer.Stop()
+	// Told may leave a call of next reading when it returns: what that
+	// reads then must not arm the timer again.
+	var mu sync.Mutex
+	ended := false
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		ended = true
+		timer.Stop()
+	}()
 	lines := newLineReader(ch, MaxDocumentSize)
 	next := func() (Facts, error) {
 		for {
@@ -190,7 +200,13 @@ func (s *Server) runTell(ctx context.Context, log *zap.Logger, ch ssh.Channel, s
 			if err != nil {
 				return Facts{}, err
 			}
+			mu.Lock()
+			if ended {
+				mu.Unlock()
+				return Facts{}, io.EOF
+			}
 			timer.Reset(silence)
+			mu.Unlock()
 			if !isKeepalive(line) {
 				return DecodeFacts(line)
 			}

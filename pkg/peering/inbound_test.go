@@ -2,6 +2,8 @@ package peering
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -67,7 +69,7 @@ func TestToldStandsInForAWatch(t *testing.T) {
 	// use and gets its facts.
 	prodPort := NewPort(ctx, zaptest.NewLogger(t), peer.ServerOptions{}, func(string) {})
 	t.Cleanup(prodPort.Close)
-	listen := strings.Replace(freeAddr(t), addr, prodAddr, 1)
+	listen := freeAddrOn(t, prodAddr)
 	if err := prodPort.Ensure(listen, prodKey, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -89,6 +91,11 @@ func TestToldStandsInForAWatch(t *testing.T) {
 	if err := m.Told(ctx, prodKey.PublicKey(), told(never, peer.Facts{Name: "nobody"})); err == nil {
 		t.Error("a host nobody watches told its facts")
 	}
+	// A document that is not valid is refused, and says why.
+	invalid := func() (peer.Facts, error) { return peer.Facts{}, fmt.Errorf("%w: no version", peer.ErrInvalidFacts) }
+	if err := m.Told(ctx, prodKey.PublicKey(), invalid); !errors.Is(err, peer.ErrInvalidFacts) {
+		t.Errorf("an invalid document: %v", err)
+	}
 	// Before its key is trusted, what it tells is refused.
 	if err := m.Told(ctx, prodKey.PublicKey(), told(never, prodFacts(prodKey.PublicKey(), client, 1))); err == nil {
 		t.Error("facts told with a key not trusted yet were taken")
@@ -97,8 +104,11 @@ func TestToldStandsInForAWatch(t *testing.T) {
 
 	// Trusted now: its facts over its own connection are taken, and the
 	// watch stops.
+	// What prod's port gives a watch is what prod tells, as an agent
+	// does.
 	end := make(chan struct{})
 	newClient := newSigner(t)
+	prodPort.Publish(prodFacts(prodKey.PublicKey(), newClient, 3))
 	done := make(chan error, 1)
 	go func() {
 		done <- m.Told(ctx, prodKey.PublicKey(), told(end, prodFacts(prodKey.PublicKey(), client, 2), prodFacts(prodKey.PublicKey(), newClient, 3)))
@@ -116,7 +126,7 @@ func TestToldStandsInForAWatch(t *testing.T) {
 		t.Error("an impostor's facts were taken")
 	}
 	if st, _ := stateOf(m, "prod"); !sameKey(st.HostKey, prodKey.PublicKey()) || st.Facts.ClientKey != keyLine(newClient.PublicKey()) {
-		t.Fatalf("after an impostor told: %+v", st)
+		t.Fatalf("after an impostor told: %+v, facts %+v", st, *st.Facts)
 	}
 	if !dialling(m, "prod") {
 		t.Error("a refused key did not start the watch that checks it")
@@ -124,6 +134,7 @@ func TestToldStandsInForAWatch(t *testing.T) {
 	// The watch stops again when the peer's own connection tells again.
 	end2 := make(chan struct{})
 	done2 := make(chan error, 1)
+	prodPort.Publish(prodFacts(prodKey.PublicKey(), newClient, 5))
 	go func() {
 		done2 <- m.Told(ctx, prodKey.PublicKey(), told(end2, prodFacts(prodKey.PublicKey(), newClient, 5)))
 	}()
@@ -160,6 +171,7 @@ func TestToldStandsInForAWatch(t *testing.T) {
 	// A session open while the peer comes to be watched another way (a
 	// Sync with a changed target) ends, so that it tells again.
 	done3 := make(chan error, 1)
+	prodPort.Publish(prodFacts(prodKey.PublicKey(), newClient, 7))
 	go func() {
 		done3 <- m.Told(ctx, prodKey.PublicKey(), told(never, prodFacts(prodKey.PublicKey(), newClient, 7)))
 	}()
@@ -194,7 +206,7 @@ func TestConsumerTellsOverItsWatch(t *testing.T) {
 	defer stopProd()
 	prodPort := NewPort(prodCtx, zaptest.NewLogger(t), peer.ServerOptions{}, func(string) {})
 	t.Cleanup(prodPort.Close)
-	prodListen := strings.Replace(freeAddr(t), addr, prodAddr, 1)
+	prodListen := freeAddrOn(t, prodAddr)
 	prodM, _ := managerWith(t, prodCtx, openStore(t), peer.WatchOptions{Tell: prodPort.Own.Subscribe})
 	prodM.SetIdentity(prodKey)
 	if err := prodPort.Ensure(prodListen, prodKey, nil); err != nil {

@@ -195,11 +195,19 @@ type watched struct {
 	// it.
 	ctx    context.Context
 	cancel context.CancelFunc
-	// dialing ends the watch's connections to the peer; nil while an
-	// Inbound peer is not dialled.
+	// dialing ends the watch's connections to the peer, dialCtx is
+	// theirs; nil while an Inbound peer is not dialled. settled: since
+	// they started, they took the peer's facts or refused the key it
+	// offered.
 	dialing context.CancelFunc
-	// told counts the peer's open "tell" sessions whose facts were taken.
-	told int
+	dialCtx context.Context
+	settled bool
+	// told counts the peer's open "tell" sessions whose facts were taken;
+	// toldDialAt is when a refused one last started the dial, toldRefusal
+	// the last refusal logged.
+	told        int
+	toldDialAt  time.Time
+	toldRefusal string
 	st   State
 	// trustedAt is when st.HostKey was first trusted, as stored.
 	trustedAt time.Time
@@ -516,22 +524,10 @@ func (m *Manager) startLocked(t Target) error {
 	m.peers[t.Name] = w
 	if !t.Inbound || w.st.HostKey == nil {
 		m.dialLocked(w)
+	} else {
+		w.st.LastError = "waiting for its agent to connect to this host and tell its facts"
 	}
 	return nil
-}
-
-// dialLocked starts the watch's connections to w's peer, unless they run.
-func (m *Manager) dialLocked(w *watched) {
-	if w.dialing != nil || w.ctx.Err() != nil {
-		return
-	}
-	ctx, cancel := context.WithCancel(w.ctx)
-	w.dialing = cancel
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		m.run(ctx, w)
-	}()
 }
 
 // loadLocked sets w's trusted key, and facts, from the store and the pin.
@@ -649,6 +645,7 @@ func (m *Manager) run(ctx context.Context, w *watched) {
 		if err := m.accept(ctx, log, w, via, f); err != nil {
 			return fmt.Errorf("the agent at %s: %w", w.target.Addr, err)
 		}
+		m.settle(ctx, log, w)
 		return nil
 	}
 	onError := func(err error) { m.failed(ctx, log, w, err) }
@@ -679,137 +676,6 @@ func (m *Manager) run(ctx context.Context, w *watched) {
 	peer.Watch(ctx, w.target.Addr, check, opts, onFacts, onError)
 }
 
-// Told takes the facts an Inbound peer tells over its own connection to
-// this host's peer port, authenticated by key (see peer.ServerOptions.Told):
-// they stand in for a watch of it while key is the peer's trusted host key
-// (or the successor it handed over to), and the watch's connections stop
-// once the first are taken. A key not trusted here is refused, and the
-// peer is watched: the watch checks the key it offers, and says why it is
-// refused or trusts it.
-func (m *Manager) Told(_ context.Context, key ssh.PublicKey, next func() (peer.Facts, error)) error {
-	f, err := next()
-	if err != nil {
-		return nil // it told nothing
-	}
-	m.mu.Lock()
-	w := m.peers[f.Name]
-	switch {
-	case w == nil || !w.target.Inbound:
-		m.mu.Unlock()
-		return fmt.Errorf("this host takes no facts of %s over its connections", f.Name)
-	case !m.vouchedLocked(w, key):
-		m.dialLocked(w)
-		m.mu.Unlock()
-		return fmt.Errorf("the host key %s is not trusted here for %s (yet)", fingerprint(key), f.Name)
-	}
-	w.told++
-	var certEnds <-chan time.Time
-	if until := w.storedUntil; w.target.RequireCert && !until.IsZero() {
-		t := time.NewTimer(time.Until(until))
-		defer t.Stop()
-		certEnds = t.C
-	}
-	m.mu.Unlock()
-	log := m.log.With(zap.String("peer", f.Name), zap.String("via", "its connection"))
-	defer m.untold(log, w)
-
-	// The session ends when the peer is watched another way (Sync), or
-	// its certificate ends, whatever it tells.
-	type told struct {
-		f   peer.Facts
-		err error
-	}
-	docs, stop := make(chan told), make(chan struct{})
-	defer close(stop)
-	go func() {
-		for {
-			f, err := next()
-			select {
-			case docs <- told{f, err}:
-			case <-stop:
-				return
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	for {
-		m.mu.Lock()
-		via := connection{key: key, handingOver: w.st.NextHostKey != nil && sameKey(w.st.NextHostKey, key)}
-		m.mu.Unlock()
-		if err := m.accept(w.ctx, log, w, via, f); err != nil {
-			return err
-		}
-		m.mu.Lock()
-		stopped := w.dialing != nil
-		if stopped {
-			w.dialing()
-			w.dialing = nil
-		}
-		m.mu.Unlock()
-		if stopped {
-			log.Debug("the peer tells its facts over its own connection; no longer dialled")
-			m.notify(w.target.Name + " tells its facts over its own connection")
-		}
-		select {
-		case d := <-docs:
-			if d.err != nil {
-				return nil
-			}
-			f = d.f
-		case <-w.ctx.Done():
-			return fmt.Errorf("%s is watched another way now: tell again", w.target.Name)
-		case <-certEnds:
-			m.mu.Lock()
-			m.dialLocked(w) // the watch checks the certificate it shows now
-			m.mu.Unlock()
-			return fmt.Errorf("the certificate of %s's host key ended", w.target.Name)
-		}
-		m.mu.Lock()
-		ok := m.vouchedLocked(w, key)
-		m.mu.Unlock()
-		if !ok {
-			return fmt.Errorf("the host key %s is no longer trusted here for %s", fingerprint(key), w.target.Name)
-		}
-	}
-}
-
-// untold ends a tell session of w's peer whose facts were taken: once
-// none is left and the peer is not dialled, it is disconnected.
-func (m *Manager) untold(log *zap.Logger, w *watched) {
-	m.mu.Lock()
-	w.told--
-	st := &w.st
-	gone := w.told == 0 && w.dialing == nil && w.ctx.Err() == nil && st.Connected
-	if gone {
-		st.Connected, st.NoAnswer, st.Since, st.LastError = false, false, time.Now(), "its agent's connection to this host ended"
-	}
-	m.mu.Unlock()
-	if gone {
-		log.Info("peer left")
-		m.notify("peer " + w.target.Name + " left")
-	}
-}
-
-// vouchedLocked reports whether key is trusted as w's peer's host key
-// without a look at what it offers on a connection of this host's: the
-// trusted key (certified: until its certificate ends) or the successor it
-// handed over to.
-func (m *Manager) vouchedLocked(w *watched, key ssh.PublicKey) bool {
-	st, t := &w.st, w.target
-	switch {
-	case st.NextHostKey != nil && sameKey(st.NextHostKey, key):
-		return true
-	case st.HostKey == nil || !sameKey(st.HostKey, key):
-		return false
-	case t.RequireCert:
-		return st.Trust == status.TrustCertified && (w.storedUntil.IsZero() || time.Now().Before(w.storedUntil))
-	}
-	remembered := m.remembered(t)
-	return remembered == nil || sameKey(remembered, key) || st.Trust == status.TrustPinned
-}
-
 // check decides whether offered may be w's host key. A key that is not
 // trusted yet passes only where trust on first use is allowed, and is
 // trusted only once the facts that come over the connection say they are
@@ -837,6 +703,9 @@ func (m *Manager) check(ctx context.Context, log *zap.Logger, w *watched, offere
 			r.At = st.Refused.At
 		}
 		st.Refused = r
+		if w.dialCtx == ctx {
+			w.settled = true
+		}
 		m.mu.Unlock()
 		if changed {
 			log.Error("peer host key refused", zap.String("reason", reason), zap.String("offered", r.Offered), zap.String("trusted", r.Trusted))
@@ -1050,6 +919,13 @@ func (m *Manager) failed(ctx context.Context, log *zap.Logger, w *watched, err e
 	m.mu.Lock()
 	if ctx.Err() != nil {
 		m.mu.Unlock()
+		return
+	}
+	if w.told > 0 {
+		// It tells over its own connection: what the dial finds does
+		// not make it unreachable.
+		m.mu.Unlock()
+		log.Debug("dialling a peer that tells over its own connection failed", zap.Error(err))
 		return
 	}
 	st := &w.st

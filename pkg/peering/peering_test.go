@@ -62,8 +62,11 @@ func openStore(t *testing.T) *state.Store {
 	return store
 }
 
-func freeAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", addr+":0")
+func freeAddr(t *testing.T) string { return freeAddrOn(t, addr) }
+
+// freeAddrOn is a free "host:port" on ip.
+func freeAddrOn(t *testing.T, ip string) string {
+	ln, err := net.Listen("tcp", ip+":0")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,51 @@
+package reconcile
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/nixpeer/nixpeer/pkg/desired"
+)
+
+// TestWhoTellsWhom: a host tells its facts over its own connection to
+// the peers it only consumes from (their store, or a cache they publish
+// to), and takes its consumers' facts so (Inbound); two hosts that fetch
+// from each other watch each other.
+func TestWhoTellsWhom(t *testing.T) {
+	f, err := desired.Parse("desired.yaml", []byte(strings.Join([]string{
+		"apiVersion: nixpeer/v1",
+		"caches:",
+		`  - {name: fleet, s3: {endpoint: "http://127.0.0.1:8333", bucket: nix}}`,
+		`  - {name: builds, s3: {endpoint: "http://127.0.0.1:8333", bucket: builds}}`,
+		"hosts:",
+		"  - {name: builder, address: 127.0.0.5, serve: {publishTo: [builds]}, substituteFrom: [stage]}",
+		"  - {name: stage, address: 127.0.0.2, serve: {publishTo: [fleet]}, substituteFrom: [builds]}",
+		"  - {name: prod, address: 127.0.0.3, substituteFrom: [stage]}",
+		"  - {name: reader, address: 127.0.0.4, substituteFrom: [fleet]}",
+	}, "\n")+"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, self := range []string{"builder", "stage", "prod", "reader"} {
+		var parts []string
+		for _, tg := range watchTargets(f, f.Host(self), nil, nil) {
+			parts = append(parts, fmt.Sprintf("%s tell=%v inbound=%v", tg.Name, tg.Tell, tg.Inbound))
+		}
+		got[self] = strings.Join(parts, "; ")
+	}
+	want := map[string]string{
+		// builder fetches from stage, stage reads the cache builder
+		// publishes to: they watch each other.
+		"builder": "stage tell=false inbound=false",
+		"stage":   "builder tell=false inbound=false; prod tell=false inbound=true; reader tell=false inbound=true",
+		"prod":    "stage tell=true inbound=false",
+		"reader":  "stage tell=true inbound=false",
+	}
+	for self, w := range want {
+		if got[self] != w {
+			t.Errorf("%s watches %q, want %q", self, got[self], w)
+		}
+	}
+}
