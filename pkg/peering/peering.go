@@ -208,7 +208,7 @@ type watched struct {
 	told        int
 	toldDialAt  time.Time
 	toldRefusal string
-	st   State
+	st          State
 	// trustedAt is when st.HostKey was first trusted, as stored.
 	trustedAt time.Time
 	// certUntil is when the certificate of the current connection ends
