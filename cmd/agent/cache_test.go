@@ -379,3 +379,46 @@ func TestCacheTierRotation(t *testing.T) {
 		t.Logf("%s: %s", c.reason, condition(t, st, status.CachesReady).Message)
 	}
 }
+
+// TestCredentialsWatched: production's agent, alone (the host that
+// publishes to its cache does not run, so nothing else wakes it), takes
+// its cache's credentials as an operator writes them, loose, then fixed:
+// no reconcile is asked, and the resync (5 minutes) is far off.
+func TestCredentialsWatched(t *testing.T) {
+	testenv.Require(t, "nix")
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc/nix"), 0o755)
+	testenv.WriteNixConf(t, filepath.Join(root, "etc/nix"))
+	config := writeConfig(t, fmt.Sprintf(`apiVersion: nixpeer/v1
+trust: tofu
+caches:
+  - {name: fleet, s3: {endpoint: "http://127.0.0.1:%d", bucket: nix}}
+hosts:
+  - {name: stage, address: 127.0.0.2, peerPort: %d, platform: nix, apply: ["true"], serve: {publishTo: [fleet]}}
+  - {name: prod, address: 127.0.0.3, peerPort: %d, platform: nix, apply: ["true"], cachePort: %d, substituteFrom: [fleet]}
+`, testenv.FreePort(t, "127.0.0.1"), peerPortOf("127.0.0.2"), peerPortOf("127.0.0.3"), testenv.FreePort(t, "127.0.0.1")))
+	prod := startAgent(t, root, config, "prod")
+	credentials := func(want string) {
+		t.Helper()
+		prod.waitFor("credentials "+want, func(st status.Status) bool {
+			return len(st.Caches) == 1 && st.Caches[0].Credentials == want
+		})
+	}
+	credentials("missing")
+	// Its first passes are over once the settings are live: from then on
+	// only a trigger wakes it.
+	prod.waitFor("the Nix settings live", func(st status.Status) bool {
+		c := status.Find(st.Conditions, status.NixSettingsApplied)
+		return c != nil && c.Status == status.True
+	})
+	writeCredentials(t, root, "key", "secret")
+	creds := filepath.Join(root, "var/lib/nixpeer/caches/fleet.credentials")
+	if err := os.Chmod(creds, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	credentials("loose")
+	if err := os.Chmod(creds, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	credentials("ok")
+}

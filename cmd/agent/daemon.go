@@ -274,6 +274,20 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 			log.Error("cannot watch the desired-state file; changes are picked up at the resync", zap.Error(err))
 		}
 	}()
+	// A cache's credentials, written or fixed (made 0600) by an
+	// operator, are taken at once.
+	credsDone := make(chan struct{})
+	go func() {
+		defer close(credsDone)
+		err := filewatch.Dir(ctx, log, l.CachesDir, func(name string) {
+			if name == "" || strings.HasSuffix(name, ".credentials") {
+				loop.Trigger("cache credentials changed")
+			}
+		})
+		if err != nil {
+			log.Error("cannot watch the caches' credentials; changes are picked up at the resync", zap.Error(err))
+		}
+	}()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -311,6 +325,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 	log.Info("stopping")
 	<-loopDone
 	<-watchDone
+	<-credsDone
 	return nil
 }
 

@@ -106,3 +106,46 @@ func digest(path string, limit int64) []byte {
 	h := sha256.Sum256(b)
 	return h[:]
 }
+
+// Dir calls onChange with the name of each entry of dir that is created,
+// written, removed, renamed or has its mode changed (a file made 0600 is
+// a change too), and with "" when dir itself appears, goes or is replaced
+// (any entry may have changed). dir need not exist: its parent is watched
+// until it does.
+// It returns when ctx ends or the watcher fails to start.
+func Dir(ctx context.Context, log *zap.Logger, dir string, onChange func(name string)) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("start directory watcher: %w", err)
+	}
+	defer w.Close()
+	dir = filepath.Clean(dir)
+	if err := w.Add(filepath.Dir(dir)); err != nil {
+		return fmt.Errorf("watch %s: %w", filepath.Dir(dir), err)
+	}
+	watching := w.Add(dir) == nil
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			log.Warn("directory watcher error", zap.String("dir", dir), zap.Error(err))
+		case ev, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			switch {
+			case ev.Name == dir:
+				// dir itself came, went or was replaced: watch what is
+				// there now.
+				watching = w.Add(dir) == nil
+				onChange("")
+			case watching && filepath.Dir(ev.Name) == dir:
+				onChange(filepath.Base(ev.Name))
+			}
+		}
+	}
+}

@@ -214,3 +214,72 @@ func TestMissingThenDirectory(t *testing.T) {
 		}
 	})
 }
+
+// TestDir: the entries of a directory that does not exist yet are seen
+// once it does, each by name: created, written, made 0600, removed.
+func TestDir(t *testing.T) {
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "caches")
+	ctx, cancel := context.WithCancel(context.Background())
+	names := make(chan string, 100)
+	done := make(chan error, 1)
+	go func() { done <- Dir(ctx, zap.NewNop(), dir, func(name string) { names <- name }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("watch ended with %v", err)
+		}
+	})
+	// want waits until act made the watch see name (act is repeated: the
+	// watch may need a moment to be set up).
+	want := func(what, name string, act func()) {
+		t.Helper()
+		// What the step before did is not this step's change.
+		for quiet := false; !quiet; {
+			select {
+			case <-names:
+			case <-time.After(300 * time.Millisecond):
+				quiet = true
+			}
+		}
+		deadline := time.After(10 * time.Second)
+		for {
+			act()
+			retry := time.After(200 * time.Millisecond)
+			for again := false; !again; {
+				select {
+				case got := <-names:
+					if got == name {
+						return
+					}
+				case <-retry:
+					again = true
+				case <-deadline:
+					t.Fatalf("%s: %q not seen within 10s", what, name)
+				}
+			}
+		}
+	}
+	want("the directory made", "", func() {
+		os.Remove(dir)
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	})
+	file := filepath.Join(dir, "fleet.credentials")
+	want("a file written", "fleet.credentials", func() {
+		if err := os.WriteFile(file, []byte("[default]\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	})
+	want("a file made 0600", "fleet.credentials", func() {
+		if err := os.Chmod(file, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	})
+	want("a file removed", "fleet.credentials", func() {
+		os.Remove(file)
+		os.WriteFile(file, nil, 0o600) // for the next try, if this one is missed
+		os.Remove(file)
+	})
+}
