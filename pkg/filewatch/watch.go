@@ -1,7 +1,8 @@
-// Package filewatch tells when a file's content may have changed. It watches the
-// file's directory, not the file, so editor saves by rename, `sed -i`, and
-// symlink swaps (Kubernetes ConfigMaps) are all seen, and it follows the file
-// through symlinks to the directory of its target.
+// Package filewatch tells when a file's content may have changed (File), or
+// an entry of a directory (Dir). File watches the file's directory, not the
+// file, so editor saves by rename, `sed -i`, and symlink swaps (Kubernetes
+// ConfigMaps) are all seen, and it follows the file through symlinks to the
+// directory of its target.
 package filewatch
 
 import (

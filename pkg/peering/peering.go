@@ -1,9 +1,11 @@
-// Package peering keeps a watch open to every peer the host depends on,
+// Package peering keeps a watch open to every peer the host fetches
+// from, takes what its consumers tell over their own connections to the
+// peer port (told.go; a consumer is watched only until that stands in),
 // decides whether each peer's SSH host key is trusted (pinned in the
-// desired-state file, or trusted on first use and remembered in the state
-// store), and holds what each peer last said. The reconcile loop reads it
-// without waiting on the network; a change of what a peer says triggers a
-// reconcile at once.
+// desired-state file, approved, certified, or trusted on first use and
+// remembered in the state store), and holds what each peer last said. The
+// reconcile loop reads it without waiting on the network; a change of what
+// a peer says triggers a reconcile at once.
 package peering
 
 import (
