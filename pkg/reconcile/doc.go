@@ -6,7 +6,8 @@
 //   - observe: read, once, everything the pass needs: the desired state, the
 //     keys and every managed file as they are on disk (files.go), what
 //     peering knows of each peer now, the jobs' results, the store's
-//     records (observe.go);
+//     records (observe.go; targets.go: how each peer is watched and
+//     trusted);
 //   - plan: a pure function from that observation to the bytes of every
 //     managed file, the work to start (apply and verify, sign, probe) and
 //     every condition (plan.go). plan() reads as the data flow between the

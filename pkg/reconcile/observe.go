@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -17,8 +16,6 @@ import (
 
 	"github.com/nixpeer/nixpeer/pkg/bincache"
 	"github.com/nixpeer/nixpeer/pkg/desired"
-	"github.com/nixpeer/nixpeer/pkg/hostname"
-	"github.com/nixpeer/nixpeer/pkg/knownhosts"
 	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/peering"
@@ -283,59 +280,6 @@ func (h *Host) observe() *Observation {
 	return o
 }
 
-// watchTargets are the peers self keeps a watch open to: those it
-// fetches from, and those that fetch from it, with the host keys this
-// host's managed files remember of them.
-func watchTargets(file *desired.File, self *desired.Host, cas []ssh.PublicKey, remembered map[string]ssh.PublicKey) []peering.Target {
-	var targets []peering.Target
-	from := localIP(self.Address)
-	// consumer: the peer fetches from this host (or reads a cache it
-	// publishes to) and this host fetches nothing from it: it tells its
-	// facts over its own connection (Inbound), as this host tells its own
-	// to the peers it is such a consumer of (Tell).
-	add := func(h *desired.Host, consumer bool) {
-		pins, _ := pinnedKeys(h) // validated with the file
-		targets = append(targets, peering.Target{Name: h.Name, Address: h.Address, Pin: pins.HostKey,
-			PinsRequired: file.Trust == desired.TrustPinned, Approve: file.Trust == desired.TrustApprove, Addr: peerAddr(h), Remembered: remembered[h.Name], From: from, Self: self.Name,
-			RequireCert: file.Trust == desired.TrustCA, CAs: cas, Inbound: consumer,
-			Tell: !consumer && !slices.Contains(h.SubstituteFrom, self.Name) && !slices.Contains(publishersOf(file, h), self)})
-	}
-	seen := map[string]bool{}
-	for _, name := range self.SubstituteFrom {
-		add(file.Host(name), false)
-		seen[name] = true
-	}
-	// The publishers of the caches this host reads tell the keys their
-	// uploads are signed with; the readers of those it publishes to
-	// tell which of its keys they trust.
-	for _, pub := range publishersOf(file, self) {
-		if !seen[pub.Name] {
-			add(pub, false)
-			seen[pub.Name] = true
-		}
-	}
-	for _, c := range consumersOf(file, self) {
-		if !seen[c.Name] {
-			add(c, true)
-		}
-	}
-	return targets
-}
-
-// hostCAs are the CAs of trust: ca, nil in another mode.
-func hostCAs(file *desired.File) []ssh.PublicKey {
-	if file.Trust != desired.TrustCA {
-		return nil
-	}
-	var cas []ssh.PublicKey
-	for _, line := range file.HostCAs {
-		if k, err := sshkeys.ParsePublicLine(line); err == nil { // validated with the file
-			cas = append(cas, k)
-		}
-	}
-	return cas
-}
-
 // observeDesired reads and validates the desired-state file. A file that
 // does not parse or validate is not applied: the last good one stays in
 // force (report remembers the one a pass used).
@@ -432,39 +376,6 @@ func inspectKey(what, path string) KeyObs {
 	}
 	k, st, err := sshkeys.Inspect(what, path)
 	return KeyObs{Key: k, State: st, Err: err, ModTime: modTime(path)}
-}
-
-// remembered are the host keys that this host's managed files pin for its
-// peers, by name: for those it fetches from, the known_hosts block first,
-// then the substituter URL in the Nix settings; for its consumers, the
-// comments of nix-ssh's authorized keys.
-func remembered(o *Observation) map[string]ssh.PublicKey {
-	out := map[string]ssh.PublicKey{}
-	if o.File.Trust == desired.TrustCA {
-		return out // a certificate of a listed CA is the only trust
-	}
-	if o.Self.Serve != nil {
-		for _, c := range o.File.Consumers(o.Self.Name) {
-			if k, ok := o.Consumers[c.Name]; ok {
-				out[c.Name] = k.HostKey
-			}
-		}
-	}
-	entries, _ := knownhosts.Managed(o.Files[o.Layout.KnownHosts].Content)
-	urls := nix.PinnedHostKeys(o.Files[o.platform().settingsFile(o.Layout, o.Self)].Content)
-	for _, name := range o.Self.SubstituteFrom {
-		h := o.File.Host(name)
-		addr, _ := hostname.Canonical(h.Address) // validated with the file
-		for _, e := range entries {
-			if host, err := hostname.Canonical(e.Host); err == nil && host == addr && e.Port == h.SSHPort && !e.CA && !e.Next {
-				out[name] = e.Key
-			}
-		}
-		if k, ok := urls[h.Address]; ok && out[name] == nil {
-			out[name] = k
-		}
-	}
-	return out
 }
 
 // userCheck remembers the last check of the nix-ssh user: looking it up
