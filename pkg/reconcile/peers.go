@@ -93,7 +93,65 @@ func (pl *planner) planSubstituters() substituters {
 		}
 		out.peers = append(out.peers, ps)
 	}
+	out.peers = append(out.peers, pl.cachePeers()...)
 	return out
+}
+
+// cachePeers are the statuses of the hosts this host is tied to by a
+// cache alone: those that read a cache it publishes to (their trust in
+// its cache keys), and those that publish to a cache it reads (their
+// cache key).
+func (pl *planner) cachePeers() []status.Peer {
+	var out []status.Peer
+	line := func(h *desired.Host, role, waiting string, known func(f *peer.Facts) (string, bool)) {
+		ps := pl.peerStatus(h, role)
+		if ps.State != status.PeerHostKeyRefused {
+			if f := pl.o.Peers[h.Name].Facts; f != nil {
+				if msg, ok := known(f); ok {
+					ps.State, ps.Message = status.PeerKeysKnown, msg
+				}
+			}
+			if ps.State != status.PeerKeysKnown {
+				ps.Message = withLastError(pl.o.Peers[h.Name], waiting)
+			}
+		}
+		out = append(out, ps)
+	}
+	consumers := pl.file.Consumers(pl.self.Name)
+	for _, h := range consumersOf(pl.file, pl.self) {
+		if !slices.Contains(consumers, h) {
+			line(h, status.RoleReader, "what it trusts is not known yet", func(f *peer.Facts) (string, bool) {
+				names := keyNames(f.TrustedCacheKeys)
+				if len(names) == 0 {
+					return "", false
+				}
+				return "trusts cache keys " + strings.Join(names, ", "), true
+			})
+		}
+	}
+	for _, h := range publishersOf(pl.file, pl.self) {
+		if !slices.Contains(pl.self.SubstituteFrom, h.Name) {
+			line(h, status.RolePublisher, "its cache key is not known yet", func(f *peer.Facts) (string, bool) {
+				if f.Serve == nil || f.Serve.CacheKey == "" {
+					return "", false
+				}
+				return "cache key " + strings.Join(keyNames([]string{f.Serve.CacheKey, f.Serve.NextCacheKey}), ", "), true
+			})
+		}
+	}
+	return out
+}
+
+// keyNames are the names of binary-cache public keys ("NAME:BASE64"),
+// empty ones left out.
+func keyNames(keys []string) []string {
+	var names []string
+	for _, k := range keys {
+		if name, _, ok := strings.Cut(k, ":"); ok {
+			names = append(names, name)
+		}
+	}
+	return names
 }
 
 // pinDrift notes a consumer whose agent reports another client key than

@@ -6,6 +6,9 @@ import (
 	"testing"
 
 	"github.com/nixpeer/nixpeer/pkg/desired"
+	"github.com/nixpeer/nixpeer/pkg/peer"
+	"github.com/nixpeer/nixpeer/pkg/peering"
+	"github.com/nixpeer/nixpeer/pkg/status"
 )
 
 // TestWhoTellsWhom: a host tells its facts over its own connection to
@@ -47,5 +50,50 @@ func TestWhoTellsWhom(t *testing.T) {
 		if got[self] != w {
 			t.Errorf("%s watches %q, want %q", self, got[self], w)
 		}
+	}
+}
+
+// TestCachePeerLines: a host tied to another by a cache alone lists it:
+// the publisher its readers (what they trust), a reader the publishers
+// (their cache key); waiting until their facts say so.
+func TestCachePeerLines(t *testing.T) {
+	w := newWorld(t)
+	yaml := strings.Join([]string{
+		"apiVersion: nixpeer/v1",
+		"caches:",
+		`  - {name: fleet, s3: {endpoint: "http://127.0.0.1:8333", bucket: nix}}`,
+		"hosts:",
+		"  - {name: stage, address: 127.0.0.2, serve: {publishTo: [fleet]}}",
+		"  - {name: reader, address: 127.0.0.4, substituteFrom: [fleet]}",
+	}, "\n") + "\n"
+	line := func(o *Observation, name string) status.Peer {
+		t.Helper()
+		for _, ps := range plan(o).PeerStatus {
+			if ps.Name == name {
+				return ps
+			}
+		}
+		t.Fatalf("no peer line for %s", name)
+		return status.Peer{}
+	}
+	o := w.obs(yaml, "stage")
+	if ps := line(o, "reader"); ps.Role != status.RoleReader || ps.State != status.PeerWaitingForFacts || !strings.Contains(ps.Message, "not known yet") {
+		t.Errorf("reader before its facts: %+v", ps)
+	}
+	stageKey := w.stageCK.String()
+	o.Peers["reader"] = peering.State{Name: "reader", Connected: true, Trust: status.TrustTOFU, HostKey: w.stage.Public,
+		Facts: &peer.Facts{Name: "reader", Address: "127.0.0.4", TrustedCacheKeys: []string{stageKey}}}
+	if ps := line(o, "reader"); ps.State != status.PeerKeysKnown || ps.Message != "trusts cache keys 127.0.0.2" {
+		t.Errorf("reader with its facts: %+v", ps)
+	}
+
+	o = w.obs(yaml, "reader")
+	if ps := line(o, "stage"); ps.Role != status.RolePublisher || ps.State != status.PeerWaitingForFacts {
+		t.Errorf("publisher before its facts: %+v", ps)
+	}
+	o.Peers["stage"] = peering.State{Name: "stage", Connected: true, Trust: status.TrustTOFU, HostKey: w.stage.Public,
+		Facts: &peer.Facts{Name: "stage", Address: "127.0.0.2", Serve: &peer.ServeFacts{Protocol: "ssh", CacheKey: stageKey}}}
+	if ps := line(o, "stage"); ps.State != status.PeerKeysKnown || ps.Message != "cache key 127.0.0.2" {
+		t.Errorf("publisher with its facts: %+v", ps)
 	}
 }

@@ -70,8 +70,8 @@ type Cache struct {
 type PeerState string
 
 // Peer states, in the order production goes through them for a peer it
-// fetches from; a consumer is WaitingForFacts, HostKeyRefused or
-// KeysKnown.
+// fetches from; a consumer, a reader or a publisher is WaitingForFacts,
+// HostKeyRefused or KeysKnown.
 const (
 	// PeerWaitingForFacts: its agent has not told, over a trusted
 	// connection, what this host needs to know.
@@ -93,7 +93,8 @@ const (
 	// PeerUnreachable: it served this host, and went dark; its
 	// substituter is withdrawn until it answers again.
 	PeerUnreachable PeerState = "Unreachable"
-	// PeerKeysKnown: a consumer whose client key is known.
+	// PeerKeysKnown: a consumer whose client key is known, a reader whose
+	// trusted cache keys are, a publisher whose cache key is.
 	PeerKeysKnown PeerState = "KeysKnown"
 )
 
@@ -113,6 +114,11 @@ const (
 const (
 	RoleSubstituter = "substituter"
 	RoleConsumer    = "consumer"
+	// RoleReader reads a cache this host publishes to (and fetches
+	// nothing from it over SSH); RolePublisher publishes to a cache this
+	// host reads (and is not one of its substituters).
+	RoleReader    = "reader"
+	RolePublisher = "publisher"
 )
 
 // Condition follows the Kubernetes API conventions: LastTransitionTime
