@@ -269,6 +269,17 @@ func (s *Server) view(f Facts, key ssh.PublicKey, views map[string][]byte) []byt
 	if doc, ok := views[who]; ok {
 		return doc
 	}
+	doc, err := encodeFacts(seenBy(f, who)) // valid: Publish checked the whole
+	if err != nil {
+		s.log.Error("encode facts for a peer", zap.Error(err))
+	}
+	views[who] = doc
+	return doc
+}
+
+// seenBy is f as the known peer who sees it: of the hosts f's host lets
+// in, who alone ("" for an anonymous client: none).
+func seenBy(f Facts, who string) Facts {
 	if f.Serve != nil {
 		serve := *f.Serve
 		serve.Authorized = nil
@@ -279,12 +290,7 @@ func (s *Server) view(f Facts, key ssh.PublicKey, views map[string][]byte) []byt
 		}
 		f.Serve = &serve
 	}
-	doc, err := encodeFacts(f) // valid: Publish checked the whole
-	if err != nil {
-		s.log.Error("encode facts for a peer", zap.Error(err))
-	}
-	views[who] = doc
-	return doc
+	return f
 }
 
 // current returns the current document as the client with key sees it,

@@ -21,12 +21,7 @@ type Own struct {
 // Set makes f the document told from now on; a document Validate refuses
 // is dropped, and the previous one stays.
 func (o *Own) Set(f Facts) error {
-	if f.Serve != nil {
-		serve := *f.Serve
-		serve.Authorized = nil
-		f.Serve = &serve
-	}
-	doc, err := encodeFacts(f)
+	doc, err := encodeFacts(seenBy(f, ""))
 	if err != nil {
 		return err
 	}

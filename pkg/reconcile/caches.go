@@ -45,12 +45,19 @@ func cachesUsed(self *desired.Host) []string {
 // consumersOf are the hosts that trust self's cache key: those that
 // substitute from it, and those that read a cache it publishes to.
 func consumersOf(file *desired.File, self *desired.Host) []*desired.Host {
-	out := file.Consumers(self.Name)
+	return append(file.Consumers(self.Name), readersOf(file, self)...)
+}
+
+// readersOf are the hosts that read a cache self publishes to and do not
+// substitute from self.
+func readersOf(file *desired.File, self *desired.Host) []*desired.Host {
 	if self.Serve == nil {
-		return out
+		return nil
 	}
+	var out []*desired.Host
 	for _, h := range file.Hosts {
-		if h != self && !slices.Contains(out, h) && slices.ContainsFunc(h.ReadCaches, func(c string) bool { return slices.Contains(self.Serve.PublishTo, c) }) {
+		if h != self && !slices.Contains(h.SubstituteFrom, self.Name) &&
+			slices.ContainsFunc(h.ReadCaches, func(c string) bool { return slices.Contains(self.Serve.PublishTo, c) }) {
 			out = append(out, h)
 		}
 	}

@@ -117,17 +117,14 @@ func (pl *planner) cachePeers() []status.Peer {
 		}
 		out = append(out, ps)
 	}
-	consumers := pl.file.Consumers(pl.self.Name)
-	for _, h := range consumersOf(pl.file, pl.self) {
-		if !slices.Contains(consumers, h) {
-			line(h, status.RoleReader, "what it trusts is not known yet", func(f *peer.Facts) (string, bool) {
-				names := keyNames(f.TrustedCacheKeys)
-				if len(names) == 0 {
-					return "", false
-				}
-				return "trusts cache keys " + strings.Join(names, ", "), true
-			})
-		}
+	for _, h := range readersOf(pl.file, pl.self) {
+		line(h, status.RoleReader, "what it trusts is not known yet", func(f *peer.Facts) (string, bool) {
+			names := keyNames(f.TrustedCacheKeys)
+			if len(names) == 0 {
+				return "", false
+			}
+			return "trusts cache keys " + strings.Join(names, ", "), true
+		})
 	}
 	for _, h := range publishersOf(pl.file, pl.self) {
 		if !slices.Contains(pl.self.SubstituteFrom, h.Name) {
