@@ -373,7 +373,6 @@ func (h *Host) resignJob(req *resignRequest) func(context.Context) jobResult {
 
 // probeJob checks that a peer serves its store to this host's client key.
 func (h *Host) probeJob(req probeRequest) func(context.Context) jobResult {
-	target := req.target
 	return func(ctx context.Context) jobResult {
 		// A serving host's agent lets its consumers probe a few at a
 		// time; without its agent (or a turn in TurnWait), probe anyway.
@@ -387,7 +386,7 @@ func (h *Host) probeJob(req probeRequest) func(context.Context) jobResult {
 				defer end()
 			}
 		}
-		res, err := h.cfg.Prober.Probe(ctx, target)
+		res, err := h.cfg.Prober.Probe(ctx, req.target)
 		if err != nil {
 			reason := "probe failed"
 			if pe := (*probe.Error)(nil); errors.As(err, &pe) {

@@ -15,11 +15,9 @@ func factsOf(o *Observation, p *Plan, st status.Status, authorizedApplied func(s
 		Generation: st.Generation, ObservedGeneration: st.ObservedGeneration, Ready: st.Ready,
 		HostKeys: []string{o.HostKey.Key.AuthorizedLine()}, TrustedCacheKeys: p.TrustedLive,
 		NextHostKey: p.HostKeyRotation.next, NextHostKeyProof: p.HostKeyRotation.proof}
-	for _, line := range p.AcceptedHostKeys {
-		// Only once the files that ssh reads are written.
-		if c := status.Find(st.Conditions, status.KnownHostsReady); c == nil || c.Status == status.True {
-			f.AcceptedHostKeys = append(f.AcceptedHostKeys, line)
-		}
+	// Only once the files that ssh reads are written.
+	if c := status.Find(st.Conditions, status.KnownHostsReady); c == nil || c.Status == status.True {
+		f.AcceptedHostKeys = p.AcceptedHostKeys
 	}
 	if o.ClientKey.Usable() {
 		f.ClientKey = o.ClientKey.Key.AuthorizedLine()

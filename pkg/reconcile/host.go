@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"sync"
 	"time"
 
@@ -285,9 +285,10 @@ func outcome(prev status.Status, configFile string, o *Observation, p *Plan, a *
 
 	ready := status.Condition{Type: status.Ready, Status: status.True, Reason: "AllReady",
 		Message: "every condition is True and the desired state is reconciled"}
-	switch c := firstFalse(conds); {
-	case c != nil:
-		ready.Status, ready.Reason, ready.Message = status.False, c.Reason, c.Type+": "+c.Message
+	first := firstFalse(conds)
+	switch {
+	case first != nil:
+		ready.Status, ready.Reason, ready.Message = status.False, first.Reason, first.Type+": "+first.Message
 	case passErr != nil:
 		ready.Status, ready.Reason, ready.Message = status.False, "PassFailed", passErr.Error()
 	case next.ObservedGeneration != next.Generation:
@@ -295,12 +296,12 @@ func outcome(prev status.Status, configFile string, o *Observation, p *Plan, a *
 		ready.Message = fmt.Sprintf("generation %d is not reconciled yet (observed %d)", next.Generation, next.ObservedGeneration)
 	}
 	next.Conditions = append([]status.Condition{status.Carry(prev.Conditions, ready, now)}, conds...)
-	sort.SliceStable(next.Conditions[1:], func(i, j int) bool { return next.Conditions[1+i].Type < next.Conditions[1+j].Type })
+	slices.SortStableFunc(next.Conditions[1:], func(a, b status.Condition) int { return cmp.Compare(a.Type, b.Type) })
 	next.Ready = ready.Status == status.True
 	if passErr != nil {
 		next.LastError = passErr.Error()
-	} else if c := firstFalse(conds); c != nil {
-		next.LastError = c.Message
+	} else if first != nil {
+		next.LastError = first.Message
 	}
 
 	out := passOutcome{changed: !sameStatus(prev, next) || len(a.wrote) > 0 || o.NewDesired != nil, err: passErr}
@@ -391,7 +392,7 @@ func managedFiles(prev []status.File, o *Observation, p *Plan, a *acted, now tim
 	if o.Self.Serve != nil {
 		add(filepath.Join(o.Layout.KeysDir, nix.SecretKeyFileName), o.CacheKey.ModTime)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	slices.SortFunc(out, func(a, b status.File) int { return cmp.Compare(a.Path, b.Path) })
 	return out
 }
 

@@ -346,8 +346,7 @@ func readRecord[T any](h *Host, key string) T {
 	var v T
 	if _, err := h.cfg.Store.Get(key, &v); err != nil {
 		h.log.Warn("unreadable record in the state store; doing its work again", zap.String("record", key), zap.Error(err))
-		var zero T
-		return zero
+		return *new(T)
 	}
 	return v
 }

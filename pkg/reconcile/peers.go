@@ -62,19 +62,19 @@ func (pl *planner) planSubstituters() substituters {
 	out := substituters{verdicts: map[string]verdict{}, verified: map[string]string{}}
 	for _, name := range pl.self.SubstituteFrom {
 		h := pl.file.Host(name)
-		d := pl.substituter(h)
+		d, tuple, store := pl.substituter(h)
 		out.verdicts[name] = d.verdict
 		if d.Trip {
 			out.trips = append(out.trips, name)
 		}
-		if d.verify != "" {
-			out.verified[name] = d.verify
+		if d.Verify {
+			out.verified[name] = tuple
 		}
-		if d.probe != nil {
-			out.probes = append(out.probes, *d.probe)
+		if d.Probe {
+			out.probes = append(out.probes, probeRequest{peer: name, tuple: tuple, target: store.Target})
 		}
-		if d.store != nil {
-			out.stores = append(out.stores, *d.store)
+		if store.Name != "" {
+			out.stores = append(out.stores, store)
 		}
 		out.requeue = earliest(out.requeue, d.Requeue)
 		ps := pl.peerStatus(h, status.RoleSubstituter)
@@ -210,7 +210,7 @@ func planTrust(peers []status.Peer, known map[string]peering.State) *Resource {
 		return nil
 	}
 	r := &Resource{Type: status.PeersTrusted}
-	var refused, trusted []string
+	var refused, trusted, rebuilt []string
 	for _, ps := range peers {
 		switch {
 		case ps.State == status.PeerHostKeyRefused:
@@ -225,9 +225,6 @@ func planTrust(peers []status.Peer, known map[string]peering.State) *Resource {
 			}
 			trusted = append(trusted, ps.Name+" ("+how+")")
 		}
-	}
-	var rebuilt []string
-	for _, ps := range peers {
 		if known[ps.Name].Rebuilt {
 			rebuilt = append(rebuilt, ps.Name)
 		}
@@ -256,24 +253,13 @@ type PeerStore struct {
 	Target probe.Target
 }
 
-// substituterPlan is what a pass plans for one peer this host fetches
-// from.
-type substituterPlan struct {
-	verdict
-	// store is the peer's store, nil while its keys are not known.
-	store *PeerStore
-	// verify is what a passing probe verified, to record; "" for nothing.
-	verify  string
-	probe   *probeRequest
-	Requeue time.Duration
-}
-
 // substituter goes through production's steps for peer h: its facts over
 // a trusted connection, its keys, this host's client key authorized and
 // applied there, its sshd probed; then the circuit breaker: a peer that
 // stops answering is withdrawn, and used again once it answers and
-// passes the probe.
-func (pl *planner) substituter(h *desired.Host) substituterPlan {
+// passes the probe. It returns the breaker's decision, the tuple a probe
+// verifies and the peer's store (zero while its keys are not known).
+func (pl *planner) substituter(h *desired.Host) (decision, string, PeerStore) {
 	o := pl.o
 	st, k := o.Peers[h.Name], pl.keys[h.Name]
 	tuple, url := pl.tuple(h, k)
@@ -285,9 +271,9 @@ func (pl *planner) substituter(h *desired.Host) substituterPlan {
 	if unpinned, err := nix.SubstituterURL(h.Serve.Protocol, h.Address, h.SSHPort, o.Layout.ClientKey, nil, priority(pl.self, h.Name)); url != "" && err == nil && !inUse {
 		inUse = bytes.Contains(settings, []byte(unpinned))
 	}
-	wait := func(state status.PeerState, msg string) substituterPlan {
+	wait := func(state status.PeerState, msg string) (decision, string, PeerStore) {
 		v.State, v.Message = state, msg
-		return substituterPlan{verdict: v}
+		return decision{verdict: v}, "", PeerStore{}
 	}
 	switch {
 	case st.Refused != nil:
@@ -312,14 +298,7 @@ func (pl *planner) substituter(h *desired.Host) substituterPlan {
 	d := decide(peerInput{Now: o.Now, State: st, Tuple: tuple, Probe: o.Probes[h.Name], InUse: inUse,
 		Verified: o.Verified[h.Name] == tuple, Trips: o.Trips[h.Name], Spread: spread(pl.self.Name + "/" + h.Name)})
 	d.url = v.url
-	out := substituterPlan{verdict: d.verdict, Requeue: d.Requeue, store: &PeerStore{Name: h.Name, URL: v.url, Target: pl.probeTarget(h, k.HostKey)}}
-	if d.Verify {
-		out.verify = tuple
-	}
-	if d.Probe {
-		out.probe = &probeRequest{peer: h.Name, tuple: tuple, target: out.store.Target}
-	}
-	return out
+	return d, tuple, PeerStore{Name: h.Name, URL: v.url, Target: pl.probeTarget(h, k.HostKey)}
 }
 
 // tuple is what a probe of h verifies: where it is, how it serves, the
@@ -354,15 +333,9 @@ func priority(self *desired.Host, peer string) int {
 // authorizes reports whether a serving peer's facts say it lets the client
 // key with fingerprint fp of host in, applied.
 func authorizes(f *peer.Facts, host, fp string) bool {
-	if f.Serve == nil {
-		return false
-	}
-	for _, a := range f.Serve.Authorized {
-		if a.Host == host && a.Fingerprint == fp && a.Applied {
-			return true
-		}
-	}
-	return false
+	return f.Serve != nil && slices.ContainsFunc(f.Serve.Authorized, func(a peer.AuthorizedFact) bool {
+		return a.Host == host && a.Fingerprint == fp && a.Applied
+	})
 }
 
 func withLastError(st peering.State, what string) string {
@@ -415,9 +388,7 @@ func (pl *planner) planVerified(verified map[string]string) *Resource {
 			next[name] = t
 		}
 	}
-	for name, t := range verified {
-		next[name] = t
-	}
+	maps.Copy(next, verified)
 	if !maps.Equal(next, pl.o.Verified) || pl.o.VerifiedUnreadable {
 		return &Resource{Status: true, Records: []record{{recVerified, next}}}
 	}
