@@ -56,14 +56,8 @@ func (h *Host) act(ctx context.Context, o *Observation, p *Plan) *acted {
 			return !isProbe || wanted
 		})
 	}
-	byType := map[string]*Resource{}
 	for _, r := range p.Resources {
-		if r.Type != "" {
-			byType[r.Type] = r
-		}
-	}
-	for _, r := range p.Resources {
-		if need := a.blocker(r, byType); need != nil {
+		if need := a.blocker(r, p.Resources); need != nil {
 			a.failed[r] = Problem{Reason: "Waiting", Message: fmt.Sprintf("waits for %s: %s", need.Type, a.failed[need].Message)}
 			continue
 		}
@@ -88,11 +82,12 @@ func (h *Host) act(ctx context.Context, o *Observation, p *Plan) *acted {
 	return a
 }
 
-// blocker returns the needed resource of r whose action failed, or nil.
-func (a *acted) blocker(r *Resource, byType map[string]*Resource) *Resource {
+// blocker returns the first needed resource of r (among all, whose
+// types differ) whose action failed, or nil.
+func (a *acted) blocker(r *Resource, all []*Resource) *Resource {
 	for _, t := range r.Needs {
-		if need := byType[t]; need != nil {
-			if _, failed := a.failed[need]; failed {
+		for _, need := range all {
+			if _, failed := a.failed[need]; failed && need.Type == t {
 				return need
 			}
 		}

@@ -82,7 +82,7 @@ type Host struct {
 // write anew.
 func NewHost(cfg Config) (*Host, error) {
 	h := &Host{cfg: cfg, log: cfg.Log, updated: make(chan struct{})}
-	h.jobs = newJobs(func(reason string) { cfg.Trigger(reason) })
+	h.jobs = &jobs{notify: cfg.Trigger, slots: map[string]jobState{}}
 	if st, ok, err := cfg.Store.LoadStatus(); err != nil {
 		h.log.Warn("the last status in the state store is unreadable; starting without it", zap.Error(err))
 	} else if ok {
@@ -107,7 +107,7 @@ func NewHost(cfg Config) (*Host, error) {
 
 // Wait returns once the work the host started (apply, signing, probes)
 // has ended; the context given to Reconcile must be done.
-func (h *Host) Wait() { h.jobs.wait() }
+func (h *Host) Wait() { h.jobs.wg.Wait() }
 
 // Status returns a copy of the host's status.
 func (h *Host) Status() status.Status {

@@ -67,10 +67,6 @@ type jobs struct {
 	wg    sync.WaitGroup
 }
 
-func newJobs(notify func(string)) *jobs {
-	return &jobs{notify: notify, slots: map[string]jobState{}}
-}
-
 // get returns the state of slot.
 func (j *jobs) get(slot string) jobState {
 	j.mu.Lock()
@@ -130,10 +126,6 @@ func (j *jobs) forget(keep func(slot string) bool) {
 		}
 	}
 }
-
-// wait returns once every job has ended; their context must be done or
-// ending.
-func (j *jobs) wait() { j.wg.Wait() }
 
 // spread is a factor in [0.75, 1) fixed for key (a host, a host and a
 // peer): the intervals of a fleet of hosts that failed, or started,

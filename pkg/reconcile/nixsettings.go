@@ -77,27 +77,25 @@ func (pl *planner) planNixSettings(signWith []string, verdicts map[string]verdic
 	if cs.hook != nil {
 		files = append([]fileWant{*cs.hook}, files...)
 	}
-	for _, f := range files {
-		if err := o.Files[f.path].Err; err != nil {
-			r.Reason, r.Message, r.Failed = "Unreadable", err.Error(), true
-			return r, false
-		}
-	}
-	r.Files, planned = files, true
 	sum := sha256.New()
 	// Settings count as applied only by an apply that began after they
 	// were last written: a file changed behind the agent's back and
 	// written back is applied again.
 	var written time.Time
 	for _, f := range files {
-		fmt.Fprintf(sum, "%s\x00%s\x00", f.path, f.content)
 		obs := o.Files[f.path]
+		if obs.Err != nil {
+			r.Reason, r.Message, r.Failed = "Unreadable", obs.Err.Error(), true
+			return r, false
+		}
+		fmt.Fprintf(sum, "%s\x00%s\x00", f.path, f.content)
 		if !obs.Exists && len(f.content) > 0 || obs.Exists && !bytes.Equal(obs.Content, f.content) {
 			written = o.Now // this pass writes it
 		} else if obs.ModTime.After(written) {
 			written = obs.ModTime
 		}
 	}
+	r.Files, planned = files, true
 	hash := hex.EncodeToString(sum.Sum(nil))
 	if o.Applied.Hash == hash && !o.Applied.At.Before(written) {
 		r.Status, r.Reason, r.Message = true, "Applied", "the Nix settings are live"
