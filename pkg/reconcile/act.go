@@ -195,7 +195,7 @@ func waitShowsKey(ctx context.Context, addr string, key ssh.PublicKey) error {
 					return shown
 				}})
 			c.Close()
-			if got != nil && bytes.Equal(got.Marshal(), key.Marshal()) {
+			if sameHostKey(got, key) {
 				return nil
 			}
 			if got != nil {

@@ -351,7 +351,10 @@ func authorizedApplied(o *Observation, p *Plan, a *acted) func(ssh.PublicKey) bo
 	if o.Self == nil || o.Self.Serve == nil {
 		return func(ssh.PublicKey) bool { return false }
 	}
-	path := o.platform().sshdAuthorizedKeys(o.Layout)
+	path := o.platform().authorizedKeys(o.Layout)
+	if path == "" {
+		path = filepath.Join(o.Layout.AuthorizedKeysDir, nixSSHUser) // the deploy writes it (nix.sshServe.keys)
+	}
 	content := o.Files[path].Content
 	if r := p.Authorized; r != nil && a.done[r] {
 		content = r.Files[0].content

@@ -21,11 +21,10 @@ type platform interface {
 	// managed are the files a pass of self reads, and the only ones it
 	// may write (act refuses any other).
 	managed(l layout.Layout, self *desired.Host) []string
-	// authorizedKeys is the file the agent writes for nix-ssh's logins;
-	// "" where the operator's deploy writes it.
+	// authorizedKeys is the file the agent writes for nix-ssh's logins,
+	// which sshd reads; "" where the operator's deploy writes it (see
+	// authorizedApplied).
 	authorizedKeys(l layout.Layout) string
-	// sshdAuthorizedKeys is the file sshd reads for nix-ssh's logins.
-	sshdAuthorizedKeys(l layout.Layout) string
 	// settingsFile is the file that holds the host's substituters.
 	settingsFile(l layout.Layout, self *desired.Host) string
 	// nixFiles renders the Nix settings into the platform's files, from
@@ -79,7 +78,6 @@ func (plainNix) managed(l layout.Layout, _ *desired.Host) []string {
 func (plainNix) authorizedKeys(l layout.Layout) string {
 	return filepath.Join(l.AuthorizedKeysDir, nixSSHUser)
 }
-func (p plainNix) sshdAuthorizedKeys(l layout.Layout) string          { return p.authorizedKeys(l) }
 func (plainNix) settingsFile(l layout.Layout, _ *desired.Host) string { return l.NixpeerConf }
 func (plainNix) notLive(*Observation) string                          { return "" }
 
@@ -126,7 +124,6 @@ func (nixOS) managed(l layout.Layout, _ *desired.Host) []string {
 func (nixOS) authorizedKeys(l layout.Layout) string {
 	return filepath.Join(l.StateAuthorizedKeysDir, nixSSHUser)
 }
-func (p nixOS) sshdAuthorizedKeys(l layout.Layout) string          { return p.authorizedKeys(l) }
 func (nixOS) settingsFile(l layout.Layout, _ *desired.Host) string { return l.StateNixConf }
 
 func (nixOS) nixFiles(o *Observation, s nix.Settings, _ nix.ModuleSettings, _ []ssh.PublicKey) ([]fileWant, error) {
@@ -165,9 +162,6 @@ func (nixOSModule) managed(l layout.Layout, self *desired.Host) []string {
 	return []string{l.KnownHosts, l.SSHConfig, l.In(self.NixOSModuleFile), filepath.Join(l.AuthorizedKeysDir, nixSSHUser)}
 }
 func (nixOSModule) authorizedKeys(layout.Layout) string { return "" }
-func (nixOSModule) sshdAuthorizedKeys(l layout.Layout) string {
-	return filepath.Join(l.AuthorizedKeysDir, nixSSHUser)
-}
 func (nixOSModule) settingsFile(l layout.Layout, self *desired.Host) string {
 	return l.In(self.NixOSModuleFile)
 }

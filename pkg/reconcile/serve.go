@@ -1,7 +1,6 @@
 package reconcile
 
 import (
-	"bytes"
 	"cmp"
 	"fmt"
 	"strconv"
@@ -55,7 +54,7 @@ func (pl *planner) planServe() (out serving) {
 	var served, waiting []string
 	for _, c := range pl.file.Consumers(self.Name) {
 		k := pl.keys[c.Name]
-		if r, ok := o.Consumers[c.Name]; ok && k.ClientKey == nil && k.HostKey != nil && bytes.Equal(r.HostKey.Marshal(), k.HostKey.Marshal()) {
+		if r, ok := o.Consumers[c.Name]; ok && k.ClientKey == nil && sameHostKey(r.HostKey, k.HostKey) {
 			// Its agent has told nothing since state.db was lost: the
 			// client key let in with the host key trusted for it stays.
 			k.ClientKey = r.Key
