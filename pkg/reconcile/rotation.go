@@ -93,8 +93,8 @@ func (pl *planner) planRotation(r *Resource, gen int) rotationPlan {
 	nextSecret := filepath.Join(nextDir, nix.SecretKeyFileName)
 	pub := ck.Public.String()
 	out := rotationPlan{signWith: []string{secret}}
-	phase := func(p, msg string) {
-		out.status = &status.Rotation{Phase: p, From: ck.Name, To: next.Name, Message: msg}
+	phase := func(p, to, msg string) {
+		out.status = &status.Rotation{Phase: p, From: ck.Name, To: to, Message: msg}
 		r.Reason, r.Message = "Rotation"+p, msg
 	}
 	target := max(serve.KeyGeneration, o.Rotation.Generation)
@@ -111,12 +111,11 @@ func (pl *planner) planRotation(r *Resource, gen int) rotationPlan {
 		name := nix.GenerationName(serve.KeyName, target)
 		r.Keys = append(r.Keys, keyWant{kind: keyCache, path: nextDir, name: name})
 		r.Requeue = soon
-		out.status = &status.Rotation{Phase: PhaseMakingKey, From: ck.Name, To: name}
+		p := PhaseMakingKey
 		if revoked {
-			out.status.Phase = PhaseRevoking
+			p = PhaseRevoking
 		}
-		out.status.Message = "making the next signing key " + name
-		r.Reason, r.Message = "Rotation"+out.status.Phase, out.status.Message
+		phase(p, name, "making the next signing key "+name)
 		return out
 	case next.Missing:
 		if o.Resigned.From != "" {
@@ -128,9 +127,7 @@ func (pl *planner) planRotation(r *Resource, gen int) rotationPlan {
 		// Promoted: the next key's files go once the settings that
 		// name them are no longer live (Nix reads every file named for
 		// each path it signs, and fails a build on one that is gone).
-		out.status = &status.Rotation{Phase: PhaseRetiring, From: ck.Name, To: ck.Name,
-			Message: "the next key took the current one's place; its own files go once the Nix settings no longer name them"}
-		r.Reason, r.Message = "Rotation"+PhaseRetiring, out.status.Message
+		phase(PhaseRetiring, ck.Name, "the next key took the current one's place; its own files go once the Nix settings no longer name them")
 		if slices.Contains(o.Applied.SigningWith, nextSecret) {
 			out.awaitsLive = true
 			return out
@@ -154,27 +151,25 @@ func (pl *planner) planRotation(r *Resource, gen int) rotationPlan {
 	out.next = nextPub
 	if revoked {
 		out.next = "" // dropped at once, not trusted beside the new key
+		r.Requeue = soon
+		msg := fmt.Sprintf("the key %s is revoked: %s replaces it now", ck.Name, next.Name)
 		switch {
 		case nextPub == o.Rotation.RevokeNext:
 			// Made before the revoke, beside the stolen key: revoked too.
 			r.Keys = append(r.Keys, keyWant{kind: keyRemoveNext, path: l.KeysDir, revoked: true})
-			r.Requeue = soon
-			phase(PhaseRevoking, fmt.Sprintf("the key %s is revoked, and the next key %s made before with it", ck.Name, next.Name))
+			msg = fmt.Sprintf("the key %s is revoked, and the next key %s made before with it", ck.Name, next.Name)
 		case o.Resigned.From != pub:
 			// The re-signing it owes is stored before the promotion.
 			r.Records = append(r.Records, record{recResigned, resignRecord{From: pub}})
-			r.Requeue = soon
-			phase(PhaseRevoking, fmt.Sprintf("the key %s is revoked: %s replaces it now", ck.Name, next.Name))
 		default:
 			r.Keys = append(r.Keys, keyWant{kind: keyPromote, path: l.KeysDir, revoked: true})
-			r.Requeue = soon
-			phase(PhaseRevoking, fmt.Sprintf("the key %s is revoked: %s replaces it now", ck.Name, next.Name))
 		}
+		phase(PhaseRevoking, next.Name, msg)
 		return out
 	}
 
 	if waiting := pl.untrusting(nextPub); len(waiting) > 0 && o.Rotation.Force != nextPub {
-		phase(PhaseTrusting, fmt.Sprintf("waiting for %s to trust the next key %s (nixpeer rotate cache-key --force goes on without them)",
+		phase(PhaseTrusting, next.Name, fmt.Sprintf("waiting for %s to trust the next key %s (nixpeer rotate cache-key --force goes on without them)",
 			strings.Join(waiting, ", "), next.Name))
 		out.status.WaitingOn = waiting
 		return out
@@ -183,7 +178,7 @@ func (pl *planner) planRotation(r *Resource, gen int) rotationPlan {
 	switch {
 	case !slices.Contains(o.Applied.SigningWith, nextSecret):
 		out.awaitsLive = true
-		phase(PhaseSigningWithBoth, fmt.Sprintf("signing with %s and %s: waiting for the Nix settings to be live (see NixSettingsApplied)", ck.Name, next.Name))
+		phase(PhaseSigningWithBoth, next.Name, fmt.Sprintf("signing with %s and %s: waiting for the Nix settings to be live (see NixSettingsApplied)", ck.Name, next.Name))
 	case o.Resigned.Done != nextPub:
 		pl.resign(r, nextSecret, pub, false, resignRecord{Done: nextPub}, &out,
 			fmt.Sprintf("signing with both; re-signing what %s signed with %s", ck.Name, next.Name))
@@ -191,7 +186,7 @@ func (pl *planner) planRotation(r *Resource, gen int) rotationPlan {
 		r.Keys = append(r.Keys, keyWant{kind: keyPromote, path: l.KeysDir})
 		r.Records = append(r.Records, record{recSignedWith, nextPub})
 		r.Requeue = soon
-		phase(PhaseRetiring, fmt.Sprintf("retiring %s: %s signs alone from now on", ck.Name, next.Name))
+		phase(PhaseRetiring, next.Name, fmt.Sprintf("retiring %s: %s signs alone from now on", ck.Name, next.Name))
 	}
 	return out
 }
