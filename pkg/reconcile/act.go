@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -278,11 +279,7 @@ func writeWanted(f fileWant, obs FileObs) (bool, error) {
 	if now := readObserved(f.path); now.Err != nil || now.Exists != obs.Exists || !bytes.Equal(now.Content, obs.Content) {
 		return false, fmt.Errorf("%s %w", f.path, errChangedMeanwhile)
 	}
-	dirMode := f.dirMode
-	if dirMode == 0 {
-		dirMode = 0o755
-	}
-	if err := atomicfile.MkdirAll(filepath.Dir(f.path), dirMode); err != nil {
+	if err := atomicfile.MkdirAll(filepath.Dir(f.path), cmp.Or(f.dirMode, 0o755)); err != nil {
 		return false, fmt.Errorf("create directory of %s: %w", f.path, err)
 	}
 	if err := atomicfile.WriteFile(f.path, f.content, mode); err != nil {

@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"net"
 	"strconv"
@@ -141,9 +142,7 @@ func (pl *planner) planKeys() (r *Resource, rot hostKeyRotation) {
 	} {
 		switch {
 		case k.obs.Err != nil:
-			if r.Reason == "" {
-				r.Reason = k.reason
-			}
+			r.Reason = cmp.Or(r.Reason, k.reason)
 			problems = append(problems, k.obs.Err.Error())
 		case k.obs.State.NeedsWork():
 			r.Keys = append(r.Keys, keyWant{kind: k.kind, path: k.path, name: k.name})

@@ -262,13 +262,11 @@ func (h *Host) observe() *Observation {
 		}
 		o.Verified = map[string]string{}
 	}
-	if self.Serve != nil {
-		o.Probes[self.Name] = h.jobs.get(probeSlot(self.Name))
-	}
 	o.SSHDCheckInterval = cmp.Or(h.cfg.SSHDCheckInterval, DefaultSSHDCheckInterval)
 	o.Apply = h.jobs.get(slotApply)
 	o.Applied = readRecord[appliedRecord](h, recApplied)
 	if self.Serve != nil {
+		o.Probes[self.Name] = h.jobs.get(probeSlot(self.Name))
 		o.Sign = h.jobs.get(slotSign)
 		o.SignedWith = readRecord[string](h, recSignedWith)
 		o.SignTarget, o.SignTargetErr = h.resolveClosure(self.Serve.SignClosure)

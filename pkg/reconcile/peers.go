@@ -167,11 +167,7 @@ func pinDrift(c *desired.Host, f *peer.Facts, pinned ssh.PublicKey) string {
 // peerStatus is what the host knows of a peer, before a verdict.
 func (pl *planner) peerStatus(h *desired.Host, role string) status.Peer {
 	st, k := pl.o.Peers[h.Name], pl.keys[h.Name]
-	trust := st.Trust
-	if trust == "" {
-		trust = status.TrustNone
-	}
-	ps := status.Peer{Name: h.Name, Address: h.Address, Role: role, Trust: trust,
+	ps := status.Peer{Name: h.Name, Address: h.Address, Role: role, Trust: cmp.Or(st.Trust, status.TrustNone),
 		State: status.PeerWaitingForFacts, Connected: st.Connected}
 	if k.HostKey != nil {
 		ps.HostKeyFingerprint = ssh.FingerprintSHA256(k.HostKey)
@@ -215,9 +211,7 @@ func planTrust(peers []status.Peer, known map[string]peering.State) *Resource {
 		switch {
 		case ps.State == status.PeerHostKeyRefused:
 			refused = append(refused, ps.Name+": "+ps.Message)
-			if r.Reason == "" {
-				r.Reason = ps.Reason
-			}
+			r.Reason = cmp.Or(r.Reason, ps.Reason)
 		case ps.Trust != status.TrustNone:
 			how := string(ps.Trust)
 			if ps.Trust == status.TrustTOFU {
