@@ -25,32 +25,31 @@ func watchTargets(file *desired.File, self *desired.Host, cas []ssh.PublicKey, r
 	// consumer: the peer fetches from this host (or reads a cache it
 	// publishes to) and this host fetches nothing from it: it tells its
 	// facts over its own connection (Inbound), as this host tells its own
-	// to the peers it is such a consumer of (Tell).
+	// to the peers it is such a consumer of (Tell). Each peer is watched
+	// once, in the first role it has.
+	seen := map[string]bool{}
 	add := func(h *desired.Host, consumer bool) {
+		if seen[h.Name] {
+			return
+		}
+		seen[h.Name] = true
 		pins, _ := pinnedKeys(h) // validated with the file
 		targets = append(targets, peering.Target{Name: h.Name, Address: h.Address, Pin: pins.HostKey,
 			PinsRequired: file.Trust == desired.TrustPinned, Approve: file.Trust == desired.TrustApprove, Addr: peerAddr(h), Remembered: remembered[h.Name], From: from, Self: self.Name,
 			RequireCert: file.Trust == desired.TrustCA, CAs: cas, Inbound: consumer,
 			Tell: !consumer && !slices.Contains(h.SubstituteFrom, self.Name) && !slices.Contains(publishersOf(file, h), self)})
 	}
-	seen := map[string]bool{}
 	for _, name := range self.SubstituteFrom {
 		add(file.Host(name), false)
-		seen[name] = true
 	}
 	// The publishers of the caches this host reads tell the keys their
 	// uploads are signed with; the readers of those it publishes to
 	// tell which of its keys they trust.
 	for _, pub := range publishersOf(file, self) {
-		if !seen[pub.Name] {
-			add(pub, false)
-			seen[pub.Name] = true
-		}
+		add(pub, false)
 	}
 	for _, c := range consumersOf(file, self) {
-		if !seen[c.Name] {
-			add(c, true)
-		}
+		add(c, true)
 	}
 	return targets
 }
