@@ -26,8 +26,8 @@ func factsOf(o *Observation, p *Plan, st status.Status, authorizedApplied func(s
 		f.Serve = &peer.ServeFacts{Protocol: o.Self.Serve.Protocol, CacheKey: o.CacheKey.Public.String(),
 			NextCacheKey: p.NextCacheKey, Authorized: []peer.AuthorizedFact{}, Check: p.ServeCheck}
 		for _, c := range p.Consumers {
-			f.Serve.Authorized = append(f.Serve.Authorized, peer.AuthorizedFact{Host: c.host,
-				Fingerprint: ssh.FingerprintSHA256(c.key), Applied: authorizedApplied(c.key)})
+			f.Serve.Authorized = append(f.Serve.Authorized, peer.AuthorizedFact{Host: c.Host,
+				Fingerprint: ssh.FingerprintSHA256(c.Key), Applied: authorizedApplied(c.Key)})
 		}
 	}
 	return f, true

@@ -19,7 +19,7 @@ import (
 // substituters the verdicts use, the signing key once it is on disk, the
 // consumers' keys (for the module). planned is false when it plans no
 // files (they stay as they are, and nothing is withdrawn).
-func (pl *planner) planNixSettings(signWith []string, verdicts map[string]verdict, consumers []consumerKey, cs cacheSettings) (r *Resource, planned bool) {
+func (pl *planner) planNixSettings(signWith []string, verdicts map[string]verdict, consumers []nix.AuthorizedKey, cs cacheSettings) (r *Resource, planned bool) {
 	o, self := pl.o, pl.self
 	r = &Resource{Type: status.NixSettingsApplied, Needs: []string{status.KeysReady}}
 	var s nix.Settings
@@ -67,7 +67,7 @@ func (pl *planner) planNixSettings(signWith []string, verdicts map[string]verdic
 
 	var serveKeys []ssh.PublicKey
 	for _, c := range consumers {
-		serveKeys = append(serveKeys, c.key)
+		serveKeys = append(serveKeys, c.Key)
 	}
 	files, err := o.platform().nixFiles(o, s, m, serveKeys)
 	if err != nil {

@@ -125,7 +125,7 @@ type Plan struct {
 	// Consumers are the client keys a serving host lets in, for its
 	// facts; Authorized is the resource that writes them where sshd
 	// reads them (nil on nixos-module, where the deploy does).
-	Consumers  []consumerKey
+	Consumers  []nix.AuthorizedKey
 	Authorized *Resource
 	// Rotation is the signing key's rotation under way, nil when none
 	// is; NextCacheKey the next key's public half, for the facts.
@@ -277,11 +277,6 @@ type probeRequest struct {
 	target probe.Target
 	// self: the host checks its own sshd (no turn to wait for).
 	self bool
-}
-
-type consumerKey struct {
-	host string
-	key  ssh.PublicKey
 }
 
 // planner is what every resource's plan reads and nothing changes: the

@@ -3,6 +3,7 @@ package reconcile
 import (
 	"cmp"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -25,7 +26,7 @@ type serving struct {
 	// reads them (nil on nixos-module, where the deploy does).
 	authorized *Resource
 	// consumers are the client keys let in, for the facts and the module.
-	consumers []consumerKey
+	consumers []nix.AuthorizedKey
 	// check is the last check of its own sshd, for the facts.
 	check  *peer.ServeCheck
 	probes []probeRequest
@@ -66,8 +67,8 @@ func (pl *planner) planServe() (out serving) {
 		// With the host key trusted for it: remembered outside state.db.
 		keys = append(keys, nix.AuthorizedKey{Key: k.ClientKey, Host: c.Name, HostKey: k.HostKey})
 		served = append(served, c.Name)
-		out.consumers = append(out.consumers, consumerKey{host: c.Name, key: k.ClientKey})
 	}
+	out.consumers = slices.Clip(keys)
 	if path != "" && o.SSHDCheckInterval >= 0 && o.ClientKey.Usable() {
 		keys = append(keys, nix.AuthorizedKey{Key: o.ClientKey.Key.Public}) // for its own check
 	}
