@@ -11,7 +11,6 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/hostname"
 	"github.com/nixpeer/nixpeer/pkg/nix"
 	"github.com/nixpeer/nixpeer/pkg/status"
-	"golang.org/x/crypto/ssh"
 )
 
 // planNixSettings writes the host's Nix settings where its platform wants
@@ -65,11 +64,7 @@ func (pl *planner) planNixSettings(signWith []string, verdicts map[string]verdic
 	}
 	s.Fallback = len(self.SubstituteFrom) > 0 || len(self.ReadCaches) > 0
 
-	var serveKeys []ssh.PublicKey
-	for _, c := range consumers {
-		serveKeys = append(serveKeys, c.Key)
-	}
-	files, err := o.platform().nixFiles(o, s, m, serveKeys)
+	files, err := o.platform().nixFiles(o, s, m, consumers)
 	if err != nil {
 		r.Reason, r.Message, r.Failed = "RenderFailed", err.Error(), true
 		return r, false

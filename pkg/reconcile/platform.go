@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"slices"
 
-	"golang.org/x/crypto/ssh"
-
 	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/nix"
@@ -28,9 +26,8 @@ type platform interface {
 	// settingsFile is the file that holds the host's substituters.
 	settingsFile(l layout.Layout, self *desired.Host) string
 	// nixFiles renders the Nix settings into the platform's files, from
-	// the files as observed; serveKeys are the consumers' client keys a
-	// serving host lets in.
-	nixFiles(o *Observation, s nix.Settings, m nix.ModuleSettings, serveKeys []ssh.PublicKey) ([]fileWant, error)
+	// the files as observed; consumers are those a serving host lets in.
+	nixFiles(o *Observation, s nix.Settings, m nix.ModuleSettings, consumers []nix.AuthorizedKey) ([]fileWant, error)
 	// notLive explains settings that cannot become live as the host is
 	// set up; "" when nothing stands in their way.
 	notLive(o *Observation) string
@@ -81,7 +78,7 @@ func (plainNix) authorizedKeys(l layout.Layout) string {
 func (plainNix) settingsFile(l layout.Layout, _ *desired.Host) string { return l.NixpeerConf }
 func (plainNix) notLive(*Observation) string                          { return "" }
 
-func (plainNix) nixFiles(o *Observation, s nix.Settings, _ nix.ModuleSettings, _ []ssh.PublicKey) ([]fileWant, error) {
+func (plainNix) nixFiles(o *Observation, s nix.Settings, _ nix.ModuleSettings, _ []nix.AuthorizedKey) ([]fileWant, error) {
 	l := o.Layout
 	conf, err := nix.RenderNixConf(s)
 	if err != nil {
@@ -126,7 +123,7 @@ func (nixOS) authorizedKeys(l layout.Layout) string {
 }
 func (nixOS) settingsFile(l layout.Layout, _ *desired.Host) string { return l.StateNixConf }
 
-func (nixOS) nixFiles(o *Observation, s nix.Settings, _ nix.ModuleSettings, _ []ssh.PublicKey) ([]fileWant, error) {
+func (nixOS) nixFiles(o *Observation, s nix.Settings, _ nix.ModuleSettings, _ []nix.AuthorizedKey) ([]fileWant, error) {
 	conf, err := nix.RenderNixConf(s)
 	if err != nil {
 		return nil, err
@@ -168,12 +165,15 @@ func (nixOSModule) settingsFile(l layout.Layout, self *desired.Host) string {
 func (nixOSModule) notLive(*Observation) string { return "" }
 func (nixOSModule) nixSSHUser() string          { return "" }
 
-func (nixOSModule) nixFiles(o *Observation, s nix.Settings, m nix.ModuleSettings, serveKeys []ssh.PublicKey) ([]fileWant, error) {
+func (nixOSModule) nixFiles(o *Observation, s nix.Settings, m nix.ModuleSettings, consumers []nix.AuthorizedKey) ([]fileWant, error) {
 	self := o.Self
 	m.Substituters, m.TrustedPublicKeys, m.Fallback, m.SecretKeyFiles = s.Substituters, s.TrustedPublicKeys, s.Fallback, s.SecretKeyFiles
 	m.NoNegativeCache, m.PostBuildHook = s.NoNegativeCache, s.PostBuildHook
 	if self.Serve != nil {
-		m.Serve, m.Protocol, m.ServeKeys = true, self.Serve.Protocol, serveKeys
+		m.Serve, m.Protocol = true, self.Serve.Protocol
+		for _, c := range consumers {
+			m.ServeKeys = append(m.ServeKeys, c.Key)
+		}
 	}
 	mod, err := nix.RenderModule(m)
 	if err != nil {
