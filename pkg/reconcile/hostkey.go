@@ -93,9 +93,14 @@ func (pl *planner) planHostKeyRotation(r *Resource) (out hostKeyRotation) {
 	}
 	out.next, out.proof = next.Key.AuthorizedLine(), proof
 	var waiting []string
+	var accepted time.Time // when the last peer told its facts
 	for _, t := range o.Watches {
-		if f := o.Peers[t.Name].Facts; f == nil || !slices.Contains(f.AcceptedHostKeys, out.next) {
+		st := o.Peers[t.Name]
+		if st.Facts == nil || !slices.Contains(st.Facts.AcceptedHostKeys, out.next) {
 			waiting = append(waiting, t.Name)
+		}
+		if st.FactsAt.After(accepted) {
+			accepted = st.FactsAt
 		}
 	}
 	slices.Sort(waiting)
@@ -107,12 +112,6 @@ func (pl *planner) planHostKeyRotation(r *Resource) (out hostKeyRotation) {
 	}
 	// A process that read a peer's settings just before it accepted the
 	// next key gets HostKeyHandoverGrace to connect with them.
-	var accepted time.Time
-	for _, t := range o.Watches {
-		if at := o.Peers[t.Name].FactsAt; at.After(accepted) {
-			accepted = at
-		}
-	}
 	if due := accepted.Add(HostKeyHandoverGrace); req.Force != nextFP && o.Now.Before(due) {
 		phase(PhaseAccepting, nextFP, "every peer accepted the next host key; it takes the place of the current one at "+due.UTC().Format(time.RFC3339))
 		r.Requeue = due.Sub(o.Now)
