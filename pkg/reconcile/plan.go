@@ -342,7 +342,7 @@ func plan(o *Observation) *Plan {
 	settings, settingsPlanned := pl.planNixSettings(rotation.signWith, subs.verdicts, serve.consumers, cacheNix)
 
 	p.Resources = append(p.Resources, ownKeys)
-	for _, r := range []*Resource{peerPort, watches, knownHosts, cacheKey, trust, serve.authorizedOnly, serve.resource, caches, settings, subsReady, verified} {
+	for _, r := range []*Resource{peerPort, watches, knownHosts, cacheKey, trust, serve.resource, caches, settings, subsReady, verified} {
 		if r != nil {
 			p.Resources = append(p.Resources, r)
 		}

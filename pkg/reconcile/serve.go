@@ -17,11 +17,9 @@ import (
 
 // serving is what the serving side plans.
 type serving struct {
-	// resource is ServeReady; nil on a host that does not serve.
+	// resource is ServeReady; on a host that no longer serves, the
+	// resource (of no condition) that empties nix-ssh's keys, or nil.
 	resource *Resource
-	// authorizedOnly empties nix-ssh's keys on a host that no longer
-	// serves; nil otherwise.
-	authorizedOnly *Resource
 	// authorized is the resource that writes nix-ssh's keys where sshd
 	// reads them (nil on nixos-module, where the deploy does).
 	authorized *Resource
@@ -44,8 +42,8 @@ func (pl *planner) planServe() (out serving) {
 	if self.Serve == nil {
 		if path != "" && o.Files[path].Exists {
 			content, _ := nix.RenderAuthorizedKeys(nix.ProtocolSSH, nil)
-			out.authorizedOnly = &Resource{Files: []fileWant{authorizedKeysFile(path, content)}, Status: true}
-			out.authorized = out.authorizedOnly
+			out.resource = &Resource{Files: []fileWant{authorizedKeysFile(path, content)}, Status: true}
+			out.authorized = out.resource
 		}
 		return out
 	}
