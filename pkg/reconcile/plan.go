@@ -341,8 +341,7 @@ func plan(o *Observation) *Plan {
 	caches, cacheNix, cacheStatus, cacheWarnings := pl.planCaches(rotation.signWith)
 	settings, settingsPlanned := pl.planNixSettings(rotation.signWith, subs.verdicts, serve.consumers, cacheNix)
 
-	p.Resources = append(p.Resources, ownKeys)
-	for _, r := range []*Resource{peerPort, watches, knownHosts, cacheKey, trust, serve.resource, caches, settings, subsReady, verified} {
+	for _, r := range []*Resource{ownKeys, peerPort, watches, knownHosts, cacheKey, trust, serve.resource, caches, settings, subsReady, verified} {
 		if r != nil {
 			p.Resources = append(p.Resources, r)
 		}
@@ -357,14 +356,13 @@ func plan(o *Observation) *Plan {
 		slices.ContainsFunc(publishersOf(o.File, o.Self), func(h *desired.Host) bool { return pl.keys[h.Name].NextCacheKey != "" })
 	if peerRotates {
 		p.TrustedLive = o.Applied.Trusted
-	}
-	p.AcceptedHostKeys = acceptedHostKeys(o, knownHosts, settings)
-	p.HostKeyRotation = hostKeys
-	for _, rec := range settings.Records {
-		if a, ok := rec.value.(appliedRecord); ok && peerRotates {
-			p.TrustedLive = a.Trusted
+		for _, rec := range settings.Records {
+			if a, ok := rec.value.(appliedRecord); ok {
+				p.TrustedLive = a.Trusted
+			}
 		}
 	}
+	p.AcceptedHostKeys, p.HostKeyRotation = acceptedHostKeys(o, knownHosts, settings), hostKeys
 	if serve.warning != "" {
 		p.Warnings = append(p.Warnings, serve.warning)
 	}
