@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -26,9 +25,7 @@ const (
 )
 
 func cmdStatus(args []string, stdout io.Writer) error {
-	fs := newFlagSet("status")
-	var hf hostFlags
-	hf.register(fs, true)
+	fs, hf := newHostFlagSet("status", true)
 	asJSON := fs.Bool("json", false, "print the status as a JSON object")
 	watch := fs.Bool("watch", false, "redraw the table on every change, until interrupted")
 	fleet := fs.Bool("fleet", false, "every host of the desired-state file: role, Ready, generation, trust, last heard (others are asked over their peer port)")
@@ -39,7 +36,7 @@ func cmdStatus(args []string, stdout io.Writer) error {
 		if *watch {
 			return &exitError{code: 2, msg: "nixpeer status: --fleet does not go with --watch"}
 		}
-		return statusFleet(api.NewClient(hf.layout().Socket), stdout, *asJSON)
+		return statusFleet(hf.client(), stdout, *asJSON)
 	}
 	if *watch {
 		if *asJSON {
@@ -47,11 +44,11 @@ func cmdStatus(args []string, stdout io.Writer) error {
 		}
 		ctx, stop := interrupted()
 		defer stop()
-		return watchStatus(ctx, api.NewClient(hf.layout().Socket), stdout)
+		return watchStatus(ctx, hf.client(), stdout)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	st, err := api.NewClient(hf.layout().Socket).Status(ctx)
+	st, err := hf.client().Status(ctx)
 	if err != nil {
 		return &exitError{code: exitNoDaemon, msg: clientError("status", err)}
 	}
@@ -90,15 +87,13 @@ func statusFleet(c *api.Client, stdout io.Writer, asJSON bool) error {
 }
 
 func cmdReconcile(args []string, stdout io.Writer) error {
-	fs := newFlagSet("reconcile")
-	var hf hostFlags
-	hf.register(fs, true)
+	fs, hf := newHostFlagSet("reconcile", true)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := api.NewClient(hf.layout().Socket).Reconcile(ctx); err != nil {
+	if err := hf.client().Reconcile(ctx); err != nil {
 		return &exitError{code: 1, msg: clientError("reconcile", err)}
 	}
 	fmt.Fprintln(stdout, "reconcile queued")
@@ -107,35 +102,33 @@ func cmdReconcile(args []string, stdout io.Writer) error {
 
 // cmdTrust is `nixpeer trust pending|approve|reset`.
 func cmdTrust(args []string, stdout io.Writer) error {
-	if len(args) == 0 {
+	usage := func() error {
 		return &exitError{code: 2, msg: usageOf("trust pending", "trust approve", "trust reset")}
 	}
-	fs := newFlagSet("trust " + args[0])
-	var hf hostFlags
-	hf.register(fs, true)
+	if len(args) == 0 {
+		return usage()
+	}
+	fs, hf := newHostFlagSet("trust "+args[0], true)
 	var asJSON, asYAML, fleet *bool
 	nargs := map[string]int{"pending": 0, "approve": 2, "reset": 1}
 	n, ok := nargs[args[0]]
 	if !ok {
-		return &exitError{code: 2, msg: usageOf("trust pending", "trust approve", "trust reset")}
+		return usage()
 	}
 	if args[0] == "pending" {
 		asJSON = fs.Bool("json", false, "print the keys awaiting approval as JSON")
 		asYAML = fs.Bool("yaml", false, "print them as hostKey pins for the desired-state file")
 		fleet = fs.Bool("fleet", false, "every host of the desired-state file that is not pinned there: the key its agent shows (asked over its peer port), whether this host trusts it or not")
 	}
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return &exitError{code: 0}
-		}
-		return &exitError{code: 2}
+	if err := parseFlagsAndArgs(fs, args[1:]); err != nil {
+		return err
 	}
 	if fs.NArg() != n {
-		return &exitError{code: 2, msg: usageOf("trust pending", "trust approve", "trust reset")}
+		return usage()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c := api.NewClient(hf.layout().Socket)
+	c := hf.client()
 	switch args[0] {
 	case "pending":
 		if *fleet {

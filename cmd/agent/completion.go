@@ -76,8 +76,8 @@ complete -c nixpeer -f -a '(__nixpeer_complete)'
 // cmdCompletion is "nixpeer completion bash|zsh|fish".
 func cmdCompletion(args []string, stdout io.Writer) error {
 	fs := newFlagSet("completion")
-	if err := fs.Parse(args); err != nil {
-		return &exitError{code: map[bool]int{true: 0, false: 2}[err == flag.ErrHelp]}
+	if err := parseFlagsAndArgs(fs, args); err != nil {
+		return err
 	}
 	scripts := map[string]string{"bash": bashCompletion, "zsh": zshCompletion, "fish": fishCompletion}
 	if fs.NArg() != 1 || scripts[fs.Arg(0)] == "" {

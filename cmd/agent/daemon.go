@@ -44,15 +44,22 @@ type hostFlags struct {
 	root, stateDir, socket string
 }
 
-func (f *hostFlags) register(fs *flag.FlagSet, withSocket bool) {
+// newHostFlagSet is newFlagSet with the hostFlags (--socket only if
+// withSocket).
+func newHostFlagSet(name string, withSocket bool) (*flag.FlagSet, *hostFlags) {
+	fs, f := newFlagSet(name), &hostFlags{}
 	fs.StringVar(&f.root, "root", "", "put every path the agent reads or writes under `DIR` (like nixos-install --root)")
 	fs.StringVar(&f.stateDir, "state-dir", "", "state `DIR` (default /var/lib/nixpeer, under --root)")
 	if withSocket {
 		fs.StringVar(&f.socket, "socket", "", "status socket `PATH` (default /run/nixpeer/agent.sock, under --root)")
 	}
+	return fs, f
 }
 
 func (f *hostFlags) layout() layout.Layout { return layout.New(f.root, f.stateDir, f.socket) }
+
+// client is a client of the daemon whose socket f names.
+func (f *hostFlags) client() *api.Client { return api.NewClient(f.layout().Socket) }
 
 func newFlagSet(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet("nixpeer "+name, flag.ContinueOnError)
@@ -87,9 +94,7 @@ func parseFlagsAndArgs(fs *flag.FlagSet, args []string) error {
 }
 
 func cmdRun(args []string, stderr io.Writer) error {
-	fs := newFlagSet("run")
-	var hf hostFlags
-	hf.register(fs, true)
+	fs, hf := newHostFlagSet("run", true)
 	config := fs.String("config", DefaultConfig, "desired-state `FILE`")
 	host := fs.String("host", "", "this host's `NAME` in the desired-state file (default: matched by hostname)")
 	level := fs.String("log-level", "info", "log `LEVEL`: debug, info, warn, error")
@@ -107,7 +112,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	}
 	defer log.Sync()
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	ctx, stop := interrupted()
 	defer stop()
 	switch {
 	case *sshdCheck == 0:

@@ -69,9 +69,7 @@ func readHostCert(hostKey string) *certFacts {
 }
 
 func cmdFacts(args []string, stdout io.Writer) error {
-	fs := newFlagSet("facts")
-	var hf hostFlags
-	hf.register(fs, false)
+	fs, hf := newHostFlagSet("facts", false)
 	asJSON := fs.Bool("json", false, "print the facts as a JSON object")
 	if err := parseFlags(fs, args); err != nil {
 		return err

@@ -74,9 +74,7 @@ func statusKey(st status.Status) []byte {
 // cmdEvents is `nixpeer events`: the history of reconciles that changed
 // something, oldest first.
 func cmdEvents(args []string, stdout io.Writer) error {
-	fs := newFlagSet("events")
-	var hf hostFlags
-	hf.register(fs, true)
+	fs, hf := newHostFlagSet("events", true)
 	asJSON := fs.Bool("json", false, "print the events as a JSON array")
 	since := fs.Duration("since", 0, "only the events of the last `DURATION` (such as 1h)")
 	if err := parseFlags(fs, args); err != nil {
@@ -91,7 +89,7 @@ func cmdEvents(args []string, stdout io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	evs, err := api.NewClient(hf.layout().Socket).Events(ctx, from)
+	evs, err := hf.client().Events(ctx, from)
 	if err != nil {
 		return &exitError{code: 1, msg: clientError("events", err)}
 	}
@@ -129,9 +127,7 @@ func printEvents(w io.Writer, evs []state.Event) {
 
 // cmdWait is `nixpeer wait`: until the host is Ready.
 func cmdWait(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("wait")
-	var hf hostFlags
-	hf.register(fs, true)
+	fs, hf := newHostFlagSet("wait", true)
 	timeout := fs.Duration("timeout", 10*time.Minute, "give up after `DURATION` (exit 3)")
 	var paths []string
 	fs.Func("path", "wait until store `PATH` is on a serving peer, signed by a key this host trusts (repeat for more)", func(v string) error {
@@ -153,7 +149,7 @@ func cmdWait(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	c := api.NewClient(hf.layout().Socket)
+	c := hf.client()
 	tty := isTerminal(stderr)
 	if len(paths) > 0 {
 		return waitForPaths(ctx, c, paths, *timeout, tty, stderr)

@@ -28,12 +28,10 @@ func cmdKey(action string, args []string, stdout io.Writer) error {
 		return &exitError{code: 2, msg: usageOf(prefixed(action+" ", keys)...)}
 	}
 	key := args[0]
-	fs := newFlagSet(action + " " + key)
-	var hf hostFlags
-	hf.register(fs, true)
-	var force *bool
+	fs, hf := newHostFlagSet(action+" "+key, true)
+	req := api.KeyRequest{Key: key, Action: action}
 	if action == "rotate" {
-		force = fs.Bool("force", false, map[string]string{
+		fs.BoolVar(&req.Force, "force", false, map[string]string{
 			"cache-key": "go on with the rotation under way without waiting for the consumers that do not trust the next key yet (they fetch nothing signed by it alone until they do)",
 			"host-key":  "go on with the rotation under way without waiting for the peers that did not accept the next key yet (they refuse it until approved again)",
 		}[key])
@@ -44,13 +42,9 @@ func cmdKey(action string, args []string, stdout io.Writer) error {
 	if fs.NArg() != 0 {
 		return &exitError{code: 2, msg: usageOf(action + " " + key)}
 	}
-	req := api.KeyRequest{Key: key, Action: action}
-	if force != nil {
-		req.Force = *force
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	a, err := api.NewClient(hf.layout().Socket).Key(ctx, req)
+	a, err := hf.client().Key(ctx, req)
 	if err != nil {
 		return &exitError{code: 1, msg: clientError(action+" "+key, err)}
 	}

@@ -50,9 +50,7 @@ type fetch struct {
 // what it would build here (Nix's own dry run). Exit 0 when nothing would
 // be built here, 4 when something would.
 func cmdPlan(args []string, stdout io.Writer) error {
-	fs := newFlagSet("plan")
-	var hf hostFlags
-	hf.register(fs, true)
+	fs, hf := newHostFlagSet("plan", true)
 	asJSON := fs.Bool("json", false, "print the plan as a JSON object")
 	store := fs.String("store", "", "plan for the Nix store at `URL` (default: this host's)")
 	if err := parseFlagsAndArgs(fs, args); err != nil {
@@ -70,7 +68,7 @@ func cmdPlan(args []string, stdout io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var p dryRun
-	if err := api.NewClient(hf.layout().Socket).Plan(ctx, api.PlanRequest{Targets: targets, Store: *store}, &p); err != nil {
+	if err := hf.client().Plan(ctx, api.PlanRequest{Targets: targets, Store: *store}, &p); err != nil {
 		return &exitError{code: 1, msg: clientError("plan", err)}
 	}
 	if *asJSON {

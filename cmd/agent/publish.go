@@ -18,9 +18,7 @@ const hookTimeout = 2 * time.Second
 // cmdPublish is `nixpeer publish PATH...`: queue store paths (with their
 // closures) for the caches the host publishes to.
 func cmdPublish(args []string, stdout io.Writer) error {
-	fs := newFlagSet("publish")
-	var hf hostFlags
-	hf.register(fs, true)
+	fs, hf := newHostFlagSet("publish", true)
 	if err := parseFlagsAndArgs(fs, args); err != nil {
 		return err
 	}
@@ -29,7 +27,7 @@ func cmdPublish(args []string, stdout io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	a, err := api.NewClient(hf.layout().Socket).Publish(ctx, api.PublishRequest{Paths: fs.Args()})
+	a, err := hf.client().Publish(ctx, api.PublishRequest{Paths: fs.Args()})
 	if err != nil {
 		return &exitError{code: 1, msg: clientError("publish", err)}
 	}
@@ -43,9 +41,7 @@ func cmdPublish(args []string, stdout io.Writer) error {
 // OUT_PATHS empty: then $DRV_PATH is queued, and the agent publishes its
 // outputs. What goes wrong is said on standard error, which Nix shows.
 func cmdPublishHook(args []string, stderr io.Writer) error {
-	fs := newFlagSet("publish-hook")
-	var hf hostFlags
-	hf.register(fs, true)
+	fs, hf := newHostFlagSet("publish-hook", true)
 	if err := parseFlags(fs, args); err != nil {
 		return nil
 	}
@@ -58,7 +54,7 @@ func cmdPublishHook(args []string, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), hookTimeout)
 	defer cancel()
-	if _, err := api.NewClient(hf.layout().Socket).Publish(ctx, api.PublishRequest{Paths: paths}); err != nil {
+	if _, err := hf.client().Publish(ctx, api.PublishRequest{Paths: paths}); err != nil {
 		fmt.Fprintf(stderr, "nixpeer publish-hook: not queued for publishing (the build goes on): %s\n", clientError("publish", err))
 	}
 	return nil
