@@ -95,13 +95,14 @@ func parseFlagsAndArgs(fs *flag.FlagSet, args []string) error {
 
 func cmdRun(args []string, stderr io.Writer) error {
 	fs, hf := newHostFlagSet("run", true)
-	config := fs.String("config", DefaultConfig, "desired-state `FILE`")
-	host := fs.String("host", "", "this host's `NAME` in the desired-state file (default: matched by hostname)")
+	var opts daemonOptions
+	fs.StringVar(&opts.config, "config", DefaultConfig, "desired-state `FILE`")
+	fs.StringVar(&opts.host, "host", "", "this host's `NAME` in the desired-state file (default: matched by hostname)")
 	level := fs.String("log-level", "info", "log `LEVEL`: debug, info, warn, error")
-	group := fs.String("socket-group", "nixpeer", "`GROUP` whose members may read the status (if it exists)")
-	resync := fs.Duration("resync", 5*time.Minute, "reconcile at least this often (safety net; changes are seen at once)")
-	metricsListen := fs.String("metrics-listen", "", "also serve /metrics over TCP on `ADDR` (such as 127.0.0.1:9772 or :9772); the status socket always serves it")
-	sshdCheck := fs.Duration("sshd-check-interval", reconcile.DefaultSSHDCheckInterval,
+	fs.StringVar(&opts.group, "socket-group", "nixpeer", "`GROUP` whose members may read the status (if it exists)")
+	fs.DurationVar(&opts.resync, "resync", 5*time.Minute, "reconcile at least this often (safety net; changes are seen at once)")
+	fs.StringVar(&opts.metricsListen, "metrics-listen", "", "also serve /metrics over TCP on `ADDR` (such as 127.0.0.1:9772 or :9772); the status socket always serves it")
+	fs.DurationVar(&opts.sshdCheck, "sshd-check-interval", reconcile.DefaultSSHDCheckInterval,
 		"on a serving host, probe its own sshd this often (0: never); its consumers withdraw it as soon as a check fails, and probe it themselves only every 10m instead of every 30s")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -115,12 +116,11 @@ func cmdRun(args []string, stderr io.Writer) error {
 	ctx, stop := interrupted()
 	defer stop()
 	switch {
-	case *sshdCheck == 0:
-		*sshdCheck = -1 // off
-	case *sshdCheck < time.Second:
-		return &exitError{code: 2, msg: fmt.Sprintf("nixpeer run: -sshd-check-interval %v: want 0 (no check) or at least 1s; a check costs the host a login and a Nix process", *sshdCheck)}
+	case opts.sshdCheck == 0:
+		opts.sshdCheck = -1 // off
+	case opts.sshdCheck < time.Second:
+		return &exitError{code: 2, msg: fmt.Sprintf("nixpeer run: -sshd-check-interval %v: want 0 (no check) or at least 1s; a check costs the host a login and a Nix process", opts.sshdCheck)}
 	}
-	opts := daemonOptions{config: *config, host: *host, group: *group, resync: *resync, sshdCheck: *sshdCheck, metricsListen: *metricsListen}
 	if err := runDaemon(ctx, log, hf.layout(), opts); err != nil {
 		log.Error("agent stopped", zap.Error(err))
 		return &exitError{code: 1, msg: "nixpeer run: " + err.Error()}
@@ -136,8 +136,6 @@ type daemonOptions struct {
 	metricsListen string
 }
 
-// serveMetrics serves /metrics on a TCP address; the returned function
-// stops it.
 // maxMetricsConns bounds the connections of --metrics-listen at once.
 const maxMetricsConns = 16
 
@@ -168,7 +166,6 @@ func serveMetrics(log *zap.Logger, addr string, m *metrics.Metrics) (string, fun
 }
 
 func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemonOptions) error {
-	config, hostName, group, resync := opts.config, opts.host, opts.group, opts.resync
 	store, opened, err := state.Open(l.Database, time.Second)
 	if err != nil {
 		return err
@@ -228,7 +225,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 	}
 	host, err := reconcile.NewHost(reconcile.Config{
 		Log: log, Layout: l, Store: store,
-		ConfigFile: config, HostName: hostName, Hostnames: hostnames,
+		ConfigFile: opts.config, HostName: opts.host, Hostnames: hostnames,
 		Watches: peers, Port: port, Nix: reconcile.SystemNix(nixEnv), Prober: metrics.Prober{Inner: reconcile.SSHProber{}, M: m},
 		Trigger: notify, StoreOpened: opened, SSHDCheckInterval: opts.sshdCheck,
 		Caches: tier, Executable: exe,
@@ -243,15 +240,15 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 		host.Wait()
 	}()
 	statusOf = host.Status
-	loop = reconcile.NewLoop(log, metrics.Reconciler{Inner: host, M: m}, resync)
+	loop = reconcile.NewLoop(log, metrics.Reconciler{Inner: host, M: m}, opts.resync)
 	close(loopReady)
 	backend := &backend{host: host, loop: loop, peers: peers, store: store, layout: l, publisher: publisher}
 
-	ln, err := api.Listen(l.Socket, group)
+	ln, err := api.Listen(l.Socket, opts.group)
 	if err != nil {
 		return err
 	}
-	srv := api.NewServer(log, backend, group)
+	srv := api.NewServer(log, backend, opts.group)
 	srv.HandleRead("GET /metrics", m.Handler())
 	if opts.metricsListen != "" {
 		_, stopMetrics, err := serveMetrics(log, opts.metricsListen, m)
@@ -272,18 +269,15 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 		srv.Shutdown(sctx)
 	}()
 
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		if err := filewatch.File(ctx, log, config, desired.MaxSize, func() { loop.Trigger("desired-state file changed") }); err != nil {
+	var wg sync.WaitGroup // the watches and the loop, waited for on the way out
+	wg.Go(func() {
+		if err := filewatch.File(ctx, log, opts.config, desired.MaxSize, func() { loop.Trigger("desired-state file changed") }); err != nil {
 			log.Error("cannot watch the desired-state file; changes are picked up at the resync", zap.Error(err))
 		}
-	}()
+	})
 	// A cache's credentials, written or fixed (made 0600) by an
 	// operator, are taken at once.
-	credsDone := make(chan struct{})
-	go func() {
-		defer close(credsDone)
+	wg.Go(func() {
 		err := filewatch.Dir(ctx, log, l.CachesDir, func(name string) {
 			if name == "" || strings.HasSuffix(name, ".credentials") {
 				loop.Trigger("cache credentials changed")
@@ -292,7 +286,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 		if err != nil {
 			log.Error("cannot watch the caches' credentials; changes are picked up at the resync", zap.Error(err))
 		}
-	}()
+	})
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -307,12 +301,8 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 		}
 	}()
 
-	loopDone := make(chan struct{})
-	go func() {
-		defer close(loopDone)
-		loop.Run(ctx)
-	}()
-	log.Info("nixpeer agent started", zap.String("config", config), zap.String("socket", l.Socket),
+	wg.Go(func() { loop.Run(ctx) })
+	log.Info("nixpeer agent started", zap.String("config", opts.config), zap.String("socket", l.Socket),
 		zap.String("stateDir", l.StateDir), zap.String("root", l.Root), zap.Strings("hostnames", hostnames))
 
 	select {
@@ -328,9 +318,7 @@ func runDaemon(ctx context.Context, log *zap.Logger, l layout.Layout, opts daemo
 	<-ctx.Done()
 	daemon.SdNotify(false, daemon.SdNotifyStopping)
 	log.Info("stopping")
-	<-loopDone
-	<-watchDone
-	<-credsDone
+	wg.Wait()
 	return nil
 }
 
@@ -430,13 +418,12 @@ func (b *backend) Paths(ctx context.Context, req api.PathsRequest) (api.PathsAns
 	cli := &nix.CLI{Env: nixCLIEnv(b.layout)}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	a := api.PathsAnswer{Found: map[string]string{}}
-	why, err := findPaths(ctx, cli, b.host.PeerStores(), &b.live, st, req.Paths, a.Found)
+	found := map[string]string{}
+	why, err := findPaths(ctx, cli, b.host.PeerStores(), &b.live, st, req.Paths, found)
 	if err != nil {
 		return api.PathsAnswer{}, err
 	}
-	a.Why = why
-	return a, nil
+	return api.PathsAnswer{Found: found, Why: why}, nil
 }
 
 func (b *backend) Status() status.Status { return b.host.Status() }
