@@ -261,9 +261,11 @@ func waitForPaths(ctx context.Context, c *api.Client, paths []string, timeout ti
 // still missing, when it can tell.
 func findPaths(ctx context.Context, cli *nix.CLI, stores []reconcile.PeerStore, live *liveConfig, st status.Status, missing []string, found map[string]string) (string, error) {
 	var serving []status.Peer
+	var names []string
 	for _, p := range st.Peers {
 		if p.Role == "substituter" && p.State == status.PeerServing {
 			serving = append(serving, p)
+			names = append(names, p.Name)
 		}
 	}
 	if len(serving) == 0 {
@@ -274,7 +276,7 @@ func findPaths(ctx context.Context, cli *nix.CLI, stores []reconcile.PeerStore, 
 		return "", err
 	}
 	trusted := nix.ParsePublicKeys(settings["trusted-public-keys"])
-	why := "not built on " + peersOfList(serving) + " yet"
+	why := "not built on " + strings.Join(names, ", ") + " yet"
 	for _, p := range serving {
 		i := slices.IndexFunc(stores, func(s reconcile.PeerStore) bool { return s.Name == p.Name })
 		if i < 0 || !slices.ContainsFunc(strings.Fields(settings["substituters"]), func(u string) bool { return nix.SameStoreURL(u, stores[i].URL) }) {
@@ -318,28 +320,18 @@ func (l *liveConfig) get(ctx context.Context, cli *nix.CLI, reconciled time.Time
 	return settings, nil
 }
 
+// waitingFor are the paths not found yet.
 func waitingFor(paths []string, found map[string]string) []string {
-	var out []string
-	for _, p := range paths {
-		if _, ok := found[p]; !ok {
-			out = append(out, p)
-		}
-	}
-	return out
+	return slices.DeleteFunc(slices.Clone(paths), func(p string) bool {
+		_, ok := found[p]
+		return ok
+	})
 }
 
 func peersOf(found map[string]string) string {
 	names := slices.Compact(slices.Sorted(maps.Values(found)))
 	if len(names) == 0 {
 		return "no peer yet"
-	}
-	return strings.Join(names, ", ")
-}
-
-func peersOfList(peers []status.Peer) string {
-	names := make([]string, len(peers))
-	for i, p := range peers {
-		names[i] = p.Name
 	}
 	return strings.Join(names, ", ")
 }

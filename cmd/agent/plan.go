@@ -5,7 +5,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -244,13 +246,10 @@ func (p *dryRun) attribute(ctx context.Context, cli *nix.CLI, stores []reconcile
 		if !strings.HasPrefix(url, "ssh://nix-ssh@") && !strings.HasPrefix(url, "ssh-ng://nix-ssh@") {
 			continue
 		}
-		var paths []string
-		for path := range rest {
-			paths = append(paths, path)
-		}
-		if len(paths) == 0 {
+		if len(rest) == 0 {
 			break
 		}
+		paths := slices.Collect(maps.Keys(rest))
 		// A peer's store is asked as the agent reaches it; another
 		// nix-ssh store through the nix CLI.
 		s, ours := storeAt(stores, url)
@@ -260,11 +259,11 @@ func (p *dryRun) attribute(ctx context.Context, cli *nix.CLI, stores []reconcile
 		} else {
 			infos, err = cli.RemotePathInfos(ctx, url, paths)
 		}
-		peer := s.Name
+		peer, base := s.Name, strings.SplitN(url, "?", 2)[0]
 		if err != nil {
 			// Nix's dry run found the paths somewhere: the plan stands,
 			// without this peer's part.
-			p.Warnings = append(p.Warnings, fmt.Sprintf("could not ask %s: %v", cmp.Or(peer, strings.SplitN(url, "?", 2)[0]), err))
+			p.Warnings = append(p.Warnings, fmt.Sprintf("could not ask %s: %v", cmp.Or(peer, base), err))
 			continue
 		}
 		for path, info := range infos {
@@ -272,7 +271,7 @@ func (p *dryRun) attribute(ctx context.Context, cli *nix.CLI, stores []reconcile
 			if !ok {
 				continue // not asked, or claimed by a peer before
 			}
-			f.Peer, f.Substituter, f.NarSize = peer, strings.SplitN(url, "?", 2)[0], info.NarSize
+			f.Peer, f.Substituter, f.NarSize = peer, base, info.NarSize
 			delete(rest, path)
 		}
 	}
