@@ -92,11 +92,7 @@ func cmdCompletion(args []string, stdout io.Writer) error {
 // being completed, which is last (empty at a new word).
 func cmdComplete(words []string, stdout io.Writer) {
 	cands, files := complete(words)
-	kind := "words"
-	if files {
-		kind = "files"
-	}
-	fmt.Fprintln(stdout, kind)
+	fmt.Fprintln(stdout, map[bool]string{true: "files", false: "words"}[files])
 	for _, c := range cands {
 		fmt.Fprintln(stdout, c)
 	}
@@ -220,9 +216,7 @@ func flagName(w string) (name, value string, hasValue bool) {
 	if len(w) < 2 || w[0] != '-' || w == "--" {
 		return "", "", false
 	}
-	w = strings.TrimPrefix(w[1:], "-")
-	name, value, hasValue = strings.Cut(w, "=")
-	return name, value, hasValue
+	return strings.Cut(strings.TrimPrefix(w[1:], "-"), "=")
 }
 
 // positionals counts the arguments before the last word that are neither

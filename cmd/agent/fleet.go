@@ -70,17 +70,13 @@ func (b *backend) Fleet(ctx context.Context, _ api.FleetRequest) ([]api.FleetHos
 			defer wg.Done()
 			addr := net.JoinHostPort(h.Address, strconv.Itoa(h.PeerPort))
 			check := keyCheck(p, peered, h.HostKey)
-			var shown ssh.PublicKey
 			facts, err := peer.Fetch(ctx, addr, func(k ssh.PublicKey) error {
 				if err := check(k); err != nil {
 					return err
 				}
-				shown = k
+				fh.HostKey = sshkeys.Key{Public: k}.AuthorizedLine()
 				return nil
 			})
-			if shown != nil {
-				fh.HostKey = sshkeys.Key{Public: shown}.AuthorizedLine()
-			}
 			if err != nil {
 				fh.Error = err.Error()
 				return
