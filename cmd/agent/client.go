@@ -102,18 +102,15 @@ func cmdReconcile(args []string, stdout io.Writer) error {
 
 // cmdTrust is `nixpeer trust pending|approve|reset`.
 func cmdTrust(args []string, stdout io.Writer) error {
-	usage := func() error {
-		return &exitError{code: 2, msg: usageOf("trust pending", "trust approve", "trust reset")}
-	}
 	if len(args) == 0 {
-		return usage()
+		return &exitError{code: 2, msg: usageOfGroup("trust")}
 	}
 	fs, hf := newHostFlagSet("trust "+args[0], true)
 	var asJSON, asYAML, fleet *bool
 	nargs := map[string]int{"pending": 0, "approve": 2, "reset": 1}
 	n, ok := nargs[args[0]]
 	if !ok {
-		return usage()
+		return &exitError{code: 2, msg: usageOfGroup("trust")}
 	}
 	if args[0] == "pending" {
 		asJSON = fs.Bool("json", false, "print the keys awaiting approval as JSON")
@@ -124,7 +121,7 @@ func cmdTrust(args []string, stdout io.Writer) error {
 		return err
 	}
 	if fs.NArg() != n {
-		return usage()
+		return &exitError{code: 2, msg: usageOfGroup("trust")}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

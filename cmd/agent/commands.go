@@ -117,6 +117,18 @@ func usageOf(names ...string) string {
 	return "usage: " + strings.Join(lines, "\n       ")
 }
 
+// usageOfGroup is the usage message of the commands whose first word is
+// first: trust, rotate, revoke.
+func usageOfGroup(first string) string {
+	var names []string
+	for _, c := range commands {
+		if strings.HasPrefix(c.name, first+" ") {
+			names = append(names, c.name)
+		}
+	}
+	return usageOf(names...)
+}
+
 // usageText is what "nixpeer help" prints.
 func usageText() string {
 	var b strings.Builder

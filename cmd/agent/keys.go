@@ -10,22 +10,12 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/api"
 )
 
-// prefixed is each of words after prefix.
-func prefixed(prefix string, words []string) []string {
-	out := make([]string, len(words))
-	for i, w := range words {
-		out[i] = prefix + w
-	}
-	return out
-}
-
 // cmdKey is `nixpeer rotate cache-key`, `nixpeer revoke cache-key` and
 // `nixpeer rotate host-key`: the daemon carries them out; status shows
 // each phase.
 func cmdKey(action string, args []string, stdout io.Writer) error {
-	keys := subcommands(action)
-	if len(args) == 0 || !slices.Contains(keys, args[0]) {
-		return &exitError{code: 2, msg: usageOf(prefixed(action+" ", keys)...)}
+	if len(args) == 0 || !slices.Contains(subcommands(action), args[0]) {
+		return &exitError{code: 2, msg: usageOfGroup(action)}
 	}
 	key := args[0]
 	fs, hf := newHostFlagSet(action+" "+key, true)
