@@ -57,13 +57,11 @@ func (b *backend) Fleet(ctx context.Context, _ api.FleetRequest) ([]api.FleetHos
 		default:
 			fh.Trust = "unverified"
 		}
-		if peered {
-			switch {
-			case p.Connected:
-				fh.LastHeard = "now"
-			case p.Since != nil:
-				fh.LastHeard = p.Since.UTC().Format(time.RFC3339)
-			}
+		switch { // p is the zero Peer when not peered
+		case p.Connected:
+			fh.LastHeard = "now"
+		case p.Since != nil:
+			fh.LastHeard = p.Since.UTC().Format(time.RFC3339)
 		}
 		wg.Add(1)
 		go func() {
