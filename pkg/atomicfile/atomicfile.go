@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 )
 
@@ -81,7 +82,7 @@ func writeTemp(path string, data []byte, perm fs.FileMode) (string, error) {
 // RemoveStale removes the temporary files of path (".NAME.tmp-*" beside
 // it) that a writer killed mid-way left, and reports the first error.
 func RemoveStale(path string) error {
-	stale, err := filepath.Glob(filepath.Join(filepath.Dir(path), "."+escapeGlob(filepath.Base(path))+".tmp-*"))
+	stale, err := filepath.Glob(filepath.Join(filepath.Dir(path), "."+escapeGlob.Replace(filepath.Base(path))+".tmp-*"))
 	for _, s := range stale {
 		if rerr := os.Remove(s); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) && err == nil {
 			err = rerr
@@ -90,17 +91,8 @@ func RemoveStale(path string) error {
 	return err
 }
 
-// escapeGlob quotes the pattern characters of s for filepath.Match.
-func escapeGlob(s string) string {
-	var b bytes.Buffer
-	for _, c := range []byte(s) {
-		if c == '*' || c == '?' || c == '[' || c == '\\' {
-			b.WriteByte('\\')
-		}
-		b.WriteByte(c)
-	}
-	return b.String()
-}
+// escapeGlob quotes the pattern characters of a name for filepath.Match.
+var escapeGlob = strings.NewReplacer("*", `\*`, "?", `\?`, "[", `\[`, `\`, `\\`)
 
 // WriteIfChanged writes data to path only when the file's content or mode
 // differs, so a reconcile that finds everything in place touches nothing.

@@ -63,10 +63,10 @@ func Stream(ctx context.Context, argv []string, env []string, stdout io.Writer) 
 		return res, nil
 	}
 	name := strings.Join(argv, " ")
-	if ctx.Err() != nil {
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return res, fmt.Errorf("%s: timed out, killed", name)
-		}
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return res, fmt.Errorf("%s: timed out, killed", name)
+	case ctx.Err() != nil:
 		return res, fmt.Errorf("%s: stopped: %w", name, ctx.Err())
 	}
 	return res, fmt.Errorf("%s: %w", name, err)

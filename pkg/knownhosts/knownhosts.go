@@ -53,15 +53,10 @@ type Entry struct {
 // nextMarker is the comment of a Next entry's line.
 const nextMarker = "nixpeer-next"
 
-// hostField is the first column of the entry's known_hosts line.
-func (e Entry) hostField() string {
-	return hostname.WithPort(e.Host, e.Port)
-}
-
 // line is the entry's known_hosts line, without a newline. The entry must
 // have been normalized.
 func (e Entry) line() string {
-	l := e.hostField() + " " + sshkeys.Key{Public: e.Key}.AuthorizedLine()
+	l := hostname.WithPort(e.Host, e.Port) + " " + sshkeys.Key{Public: e.Key}.AuthorizedLine()
 	if e.CA {
 		l = certAuthority + " " + l
 	}

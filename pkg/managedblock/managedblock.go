@@ -66,11 +66,7 @@ func Render(existing []byte, lines []string) ([]byte, error) {
 		}
 		block = append(block, EndLine+"\n"...)
 	}
-	if !b.found {
-		out := make([]byte, 0, len(block)+len(existing))
-		out = append(out, block...)
-		return append(out, existing...), nil
-	}
+	// Without a block, start and end are 0: the block goes at the top.
 	out := make([]byte, 0, b.start+len(block)+len(existing)-b.end)
 	out = append(out, existing[:b.start]...)
 	out = append(out, block...)

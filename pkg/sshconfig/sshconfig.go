@@ -124,15 +124,14 @@ func (p Peer) normalized() (peer, error) {
 	if _, err := hostname.Check(p.Address); err != nil {
 		return peer{}, err
 	}
-	addr := p.Address
 	if p.Port < 1 || p.Port > 65535 {
-		return peer{}, fmt.Errorf("host %s: port %d is out of range 1..65535", addr, p.Port)
+		return peer{}, fmt.Errorf("host %s: port %d is out of range 1..65535", p.Address, p.Port)
 	}
 	secs, err := timeoutSeconds(p.ConnectTimeout)
 	if err != nil {
-		return peer{}, fmt.Errorf("host %s: %w", addr, err)
+		return peer{}, fmt.Errorf("host %s: %w", p.Address, err)
 	}
-	return peer{address: addr, port: p.Port, timeout: secs}, nil
+	return peer{address: p.Address, port: p.Port, timeout: secs}, nil
 }
 
 // timeoutSeconds rounds d up to whole seconds, at least 1 and at most what
