@@ -3,7 +3,6 @@ package demo
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -124,14 +123,4 @@ func stderrOf(err error) string {
 		return "\n" + lastLines(string(ee.Stderr), 10)
 	}
 	return ""
-}
-
-// portFree reports whether nothing listens on address:port.
-func portFree(address string, port int) bool {
-	ln, err := net.Listen("tcp", net.JoinHostPort(address, strconv.Itoa(port)))
-	if err != nil {
-		return false
-	}
-	ln.Close()
-	return true
 }

@@ -12,10 +12,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -317,7 +319,8 @@ func peerIn(st status.Status, state status.PeerState) bool {
 
 // freePort returns port if it is free on address, else a free one.
 func freePort(address string, port int) int {
-	if ok := portFree(address, port); ok {
+	if ln, err := net.Listen("tcp", net.JoinHostPort(address, strconv.Itoa(port))); err == nil {
+		ln.Close()
 		return port
 	}
 	if p, err := launch.FreePort(address); err == nil {

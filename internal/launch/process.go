@@ -29,13 +29,9 @@ type logBuffer struct {
 func (b *logBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	room := maxLog - b.buf.Len()
-	if len(p) > room {
-		b.buf.Write(p[:max(room, 0)])
-		b.truncated = true
-		return len(p), nil
-	}
-	b.buf.Write(p)
+	room := max(maxLog-b.buf.Len(), 0)
+	b.truncated = b.truncated || len(p) > room
+	b.buf.Write(p[:min(len(p), room)])
 	return len(p), nil
 }
 

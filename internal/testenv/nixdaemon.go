@@ -60,7 +60,7 @@ func startNixDaemon(t testing.TB, confDir string, restartable bool) *NixDaemon {
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	d := must(launch.StartNixDaemon(confDir, sockDir, restartable))(t)
-	cleanup(t, d.Proc)
+	cleanup(t, d.Proc, d.Proc.Stop)
 	return d
 }
 

@@ -162,7 +162,10 @@ func StartSSHD(t testing.TB, cfg SSHDConfig) *SSHD {
 	MakeTraversable(t, filepath.Join(dir, "authorized_keys"))
 	if cfg.Daemon != nil {
 		// The sessions' Nix programs read nix.conf as nix-ssh.
-		makeTraversableIfTemp(t, cfg.Daemon.ConfDir)
+		// Nothing is changed outside the temporary directory (/etc/nix).
+		if err := makeTraversable(cfg.Daemon.ConfDir); err != nil && !errors.Is(err, errNotTemp) {
+			t.Fatalf("testenv: make %s traversable: %v", cfg.Daemon.ConfDir, err)
+		}
 	}
 	authorized := cfg.AuthorizedKeysFile
 	if authorized == "" {
@@ -173,7 +176,7 @@ func StartSSHD(t testing.TB, cfg SSHDConfig) *SSHD {
 	for _, r := range ls.Retried {
 		t.Logf("testenv: sshd could not bind its first port, tried another:\n%s", r)
 	}
-	cleanup(t, ls.Proc)
+	cleanup(t, ls.Proc, ls.Proc.Stop)
 	return &SSHD{SSHD: ls, Dir: dir}
 }
 
@@ -182,16 +185,6 @@ func StartSSHD(t testing.TB, cfg SSHDConfig) *SSHD {
 func FreePort(t testing.TB, address string) int {
 	t.Helper()
 	return must(launch.FreePort(address))(t)
-}
-
-// makeTraversableIfTemp is MakeTraversable for a path below the temporary
-// directory and does nothing for any other path (such as /etc/nix).
-func makeTraversableIfTemp(t testing.TB, path string) {
-	t.Helper()
-	err := makeTraversable(path)
-	if err != nil && !errors.Is(err, errNotTemp) {
-		t.Fatalf("testenv: make %s traversable: %v", path, err)
-	}
 }
 
 // Stop stops sshd now (a staging outage), before the test ends.

@@ -43,29 +43,12 @@ const NixUsersGroup = launch.NixUsersGroup
 // a login with a key.
 const CreateNixSSHUserCommand = "useradd --system --gid nix-users --shell /bin/bash --home-dir /var/empty --password '*' nix-ssh"
 
-// debianPackage names the Debian package that ships program.
-func debianPackage(program string) string {
-	switch program {
-	case "nix", "nix-build", "nix-daemon", "nix-store", "nix-instantiate":
-		return "nix-bin"
-	case "sshd":
-		return "openssh-server"
-	case "ssh", "ssh-keygen":
-		return "openssh-client"
-	case "systemd-analyze":
-		return "systemd"
-	case "iptables":
-		return "iptables"
-	case "go":
-		return "golang-go"
-	case "setpriv":
-		return "util-linux"
-	case "zsh", "fish", "lintian":
-		return program
-	case "man":
-		return "man-db"
-	}
-	return "the Debian package that ships it"
+// debianPackages names the Debian package that ships each program.
+var debianPackages = map[string]string{
+	"nix": "nix-bin", "nix-build": "nix-bin", "nix-daemon": "nix-bin", "nix-store": "nix-bin", "nix-instantiate": "nix-bin",
+	"sshd": "openssh-server", "ssh": "openssh-client", "ssh-keygen": "openssh-client",
+	"systemd-analyze": "systemd", "iptables": "iptables", "go": "golang-go", "setpriv": "util-linux",
+	"zsh": "zsh", "fish": "fish", "lintian": "lintian", "man": "man-db",
 }
 
 // integration skips a test that needs root or real programs under
@@ -124,7 +107,10 @@ func Require(t testing.TB, programs ...string) {
 	integration(t)
 	for _, prog := range programs {
 		if _, err := LookPath(prog); err != nil {
-			pkg := debianPackage(prog)
+			pkg, ok := debianPackages[prog]
+			if !ok {
+				pkg = "the Debian package that ships it"
+			}
 			unavailable(t, "program %s is missing: %v; install Debian package %s (apt-get install -y %s)", prog, err, pkg, pkg)
 			return
 		}

@@ -25,13 +25,6 @@ func StartWeed(t testing.TB, address string) *launch.Weed {
 	for _, r := range w.Retried {
 		t.Logf("testenv: weed could not bind its first ports, tried others:\n%s", r)
 	}
-	t.Cleanup(func() {
-		if err := w.Stop(); err != nil {
-			t.Errorf("testenv: stop %s: %v", w.Proc.Name, err)
-		}
-		if t.Failed() {
-			t.Logf("testenv: output of %s:\n%s", w.Proc, w.Proc.Logs())
-		}
-	})
+	cleanup(t, w.Proc, w.Stop)
 	return w
 }
