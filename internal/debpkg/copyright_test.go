@@ -112,7 +112,7 @@ func linkedModules(t *testing.T, goTool, arch string) []string {
 		t.Fatalf("go list -deps ./cmd/agent (GOARCH=%s): %v\n%s", arch, err, stderr.String())
 	}
 	var modules []string
-	for _, m := range strings.Fields(string(out)) {
+	for m := range strings.FieldsSeq(string(out)) {
 		if !slices.Contains(modules, m) {
 			modules = append(modules, m)
 		}
@@ -235,8 +235,8 @@ func (d dep5) filesPatterns() []string {
 // BSD-3-Clause", "GPL-2+ or Artistic") into short names.
 func licenceNames(value string) []string {
 	var names []string
-	for _, and := range strings.Split(value, " and ") {
-		for _, or := range strings.Split(and, " or ") {
+	for and := range strings.SplitSeq(value, " and ") {
+		for or := range strings.SplitSeq(and, " or ") {
 			if n := strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(or), ",")); n != "" {
 				names = append(names, n)
 			}
@@ -267,10 +267,8 @@ func (d dep5) check() error {
 		if !hasLicense || lic.value == "" {
 			return lineErr(p.line, "a paragraph without a License short name")
 		}
-		for _, m := range lic.more {
-			if m == "" {
-				return lineErr(lic.line, "an empty continuation line in License (write \" .\")")
-			}
+		if slices.Contains(lic.more, "") {
+			return lineErr(lic.line, "an empty continuation line in License (write \" .\")")
 		}
 		if !isFiles {
 			if len(p.fields) != 1 && !(len(p.fields) == 2 && strings.EqualFold(p.fields[1].name, "Comment")) {

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -102,8 +103,7 @@ func (d *demo) say(format string, args ...any) {
 // stopAll stops every child, the last started first, keeping their logs
 // in the demo's directory.
 func (d *demo) stopAll() {
-	for i := len(d.procs) - 1; i >= 0; i-- {
-		p := d.procs[i]
+	for _, p := range slices.Backward(d.procs) {
 		p.Stop()
 		os.WriteFile(filepath.Join(d.dir, p.Name+".log"), []byte(p.Logs()), 0o644)
 	}
@@ -196,11 +196,7 @@ hosts:
 		},
 	}
 	for i, a := range []*agent{stage, prod} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			final[i] = d.follow(wctx, a, done[i])
-		}()
+		wg.Go(func() { final[i] = d.follow(wctx, a, done[i]) })
 	}
 	wg.Wait()
 	took := time.Since(d.start)

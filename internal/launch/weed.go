@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -266,14 +267,12 @@ func removeStaleSocket(path string) {
 // ago.
 func freePorts(address string, n int) ([]int, error) {
 	var ports []int
-	seen := map[int]bool{}
 	for len(ports) < n {
 		p, err := FreePort(address)
 		if err != nil {
 			return nil, err
 		}
-		if !seen[p] {
-			seen[p] = true
+		if !slices.Contains(ports, p) {
 			ports = append(ports, p)
 		}
 	}

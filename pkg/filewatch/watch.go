@@ -82,7 +82,7 @@ func File(ctx context.Context, log *zap.Logger, path string, limit int64, onChan
 func dirsOf(path string) []string {
 	dirs := []string{filepath.Dir(path)}
 	p := path
-	for i := 0; i < 16; i++ {
+	for range 16 {
 		target, err := os.Readlink(p)
 		if err != nil {
 			break
