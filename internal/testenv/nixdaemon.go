@@ -17,9 +17,7 @@ import (
 // NixDaemon is a nix-daemon started by StartNixDaemon (see launch).
 type NixDaemon = launch.NixDaemon
 
-// WriteNixConf writes dir/nix.conf for a machine without internet: no
-// substituters, no sandbox (bare derivations call /bin/sh), the nix-command
-// feature, then extraLines, one per line. It returns the file's path.
+// WriteNixConf is launch.WriteNixConf, failing the test on an error.
 func WriteNixConf(t testing.TB, dir string, extraLines ...string) string {
 	t.Helper()
 	return must(launch.WriteNixConf(dir, extraLines...))(t)

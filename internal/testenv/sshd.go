@@ -83,11 +83,8 @@ type SSHDConfig struct {
 	// file (see AuthorizedKeyLine). sshd reads these files, as that user,
 	// on every connection.
 	AuthorizedKeys map[string]string
-	// Daemon, if set, is where the sessions' Nix programs go: sshd passes
-	// its NIX_REMOTE, NIX_DAEMON_SOCKET_PATH and NIX_CONF_DIR to every
-	// session with SetEnv, so that a forced `nix-store --serve` or
-	// `nix-daemon --stdio` reaches this test's daemon and not the default
-	// socket.
+	// Daemon, if set, is where the sessions' Nix programs go (see
+	// launch.SSHDConfig's Daemon).
 	Daemon *NixDaemon
 	// ExtraConfig are more sshd_config lines, appended at the end.
 	ExtraConfig []string
@@ -180,8 +177,7 @@ func StartSSHD(t testing.TB, cfg SSHDConfig) *SSHD {
 	return &SSHD{SSHD: ls, Dir: dir}
 }
 
-// FreePort returns a TCP port on the loopback address that was free a
-// moment ago (nothing listens on it: connecting is refused).
+// FreePort is launch.FreePort, failing the test on an error.
 func FreePort(t testing.TB, address string) int {
 	t.Helper()
 	return must(launch.FreePort(address))(t)

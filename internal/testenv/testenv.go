@@ -27,12 +27,10 @@ import (
 	"github.com/nixpeer/nixpeer/internal/launch"
 )
 
-// NixSSHUser is the system user a Nix store is served to over SSH, as
-// NixOS's nix.sshServe creates it.
+// NixSSHUser is launch.NixSSHUser, the user a store is served to over SSH.
 const NixSSHUser = launch.NixSSHUser
 
-// NixUsersGroup is the group, created by Debian's nix-bin, whose members may
-// connect to the nix-daemon socket.
+// NixUsersGroup is launch.NixUsersGroup, the group that reaches the daemon.
 const NixUsersGroup = launch.NixUsersGroup
 
 // CreateNixSSHUserCommand creates NixSSHUser the way the tests need it: a

@@ -53,7 +53,7 @@ type Error struct {
 	// Value is the value refused.
 	Value string
 	// Reason says what is wrong, worded to follow the value in a
-	// message: "address " + quoted Value + " " + Reason.
+	// message: "host " + quoted Value + " " + Reason.
 	Reason string
 	// kind is ErrPort, ErrBrackets or nil.
 	kind error
