@@ -59,12 +59,7 @@ func Render(existing []byte, lines []string) ([]byte, error) {
 	}
 	var block []byte
 	if len(lines) > 0 {
-		block = append(block, BeginLine+"\n"...)
-		for _, l := range lines {
-			block = append(block, l...)
-			block = append(block, '\n')
-		}
-		block = append(block, EndLine+"\n"...)
+		block = []byte(BeginLine + "\n" + strings.Join(lines, "\n") + "\n" + EndLine + "\n")
 	}
 	// Without a block, start and end are 0: the block goes at the top.
 	out := make([]byte, 0, b.start+len(block)+len(existing)-b.end)
