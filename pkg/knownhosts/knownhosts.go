@@ -6,11 +6,8 @@
 //	[stage.example.com]:2222 ssh-ed25519 AAAA...
 //	# END nixpeer managed block
 //
-// Every byte outside the block is preserved exactly: comments, blank lines,
-// hashed entries, @cert-authority and @revoked lines, CRLF line endings,
-// trailing whitespace, a missing final newline and bytes that are not UTF-8.
-// A file without a block gets the block at its top, so that removing the
-// block later gives the original bytes back.
+// Every byte outside the block is preserved exactly, as managedblock says:
+// hashed entries, @cert-authority and @revoked lines too.
 package knownhosts
 
 import (
@@ -69,13 +66,9 @@ func (e Entry) line() string {
 // certAuthority marks a known_hosts line whose key is a CA's.
 const certAuthority = "@cert-authority"
 
-// Render returns existing with the managed block set to hold entries.
-// Entries are validated, sorted and deduplicated. An existing block is
-// replaced in place; with no block yet, the block goes at the top of the
-// file. With no entries, the block is removed, and a file without a block
-// is returned unchanged. A malformed block (BEGIN without END, END without
-// BEGIN, a BEGIN inside the block, a second block) is an error naming the
-// line. existing is never modified; the result does not share its memory.
+// Render returns existing with the managed block set to hold entries,
+// validated, sorted and deduplicated; the block is placed, removed or found
+// malformed as managedblock.Render says (no entries remove it).
 func Render(existing []byte, entries []Entry) ([]byte, error) {
 	norm, err := normalize(entries)
 	if err != nil {

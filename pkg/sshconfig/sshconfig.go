@@ -72,11 +72,8 @@ type peer struct {
 // peer. Peers are validated, sorted by address and deduplicated; two peers
 // with the same address and different settings are an error, since ssh
 // would apply only the first. Addresses are compared as given: names that
-// differ only in case get a stanza each. An existing block is replaced in
-// place; with no block yet, the block goes at the top of the file. With no
-// peers, the block is removed, and a file without a block is returned
-// unchanged. A malformed block is an error naming the line. existing is
-// never modified; the result does not share its memory.
+// differ only in case get a stanza each. The block is placed, removed or
+// found malformed as managedblock.Render says (no peers remove it).
 func Render(existing []byte, peers []Peer) ([]byte, error) {
 	norm, err := normalize(peers)
 	if err != nil {
