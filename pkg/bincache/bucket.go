@@ -100,10 +100,7 @@ func (b *Bucket) Size(ctx context.Context, key string) (int64, error) {
 // Put stores size bytes of r as the object key.
 func (b *Bucket) Put(ctx context.Context, key string, r io.Reader, size int64, contentType string) error {
 	_, err := b.client.PutObject(ctx, b.bucket, key, r, size, minio.PutObjectOptions{ContentType: contentType, DisableMultipart: size < 64<<20})
-	if err != nil {
-		return b.wrap(key, err)
-	}
-	return nil
+	return b.wrap(key, err)
 }
 
 // Check says whether the store can be reached and answers this host:

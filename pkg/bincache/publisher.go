@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -153,10 +154,7 @@ func (p *Publisher) Enqueue(paths []string) error {
 		}
 	}
 	p.mu.Lock()
-	var names []string
-	for name := range p.targets {
-		names = append(names, name)
-	}
+	names := slices.Collect(maps.Keys(p.targets))
 	p.mu.Unlock()
 	if len(names) == 0 {
 		return errors.New("this host publishes to no cache")
@@ -211,10 +209,7 @@ func (p *Publisher) Run(ctx context.Context) {
 func (p *Publisher) round(ctx context.Context) time.Duration {
 	next := time.Hour
 	p.mu.Lock()
-	names := make([]string, 0, len(p.targets))
-	for name := range p.targets {
-		names = append(names, name)
-	}
+	names := slices.Collect(maps.Keys(p.targets))
 	p.mu.Unlock()
 	for _, name := range names {
 		p.mu.Lock()
@@ -446,11 +441,7 @@ func (p *Publisher) upload(ctx context.Context, b *Bucket, info nix.PathInfo, ke
 	return b.Put(ctx, nix.HashPart(info.Path)+".narinfo", bytes.NewReader(text), int64(len(text)), "text/x-nix-narinfo")
 }
 
-func sumText(h hash.Hash) string {
-	var d [32]byte
-	copy(d[:], h.Sum(nil))
-	return nix.SHA256Text(d)
-}
+func sumText(h hash.Hash) string { return nix.SHA256Text([32]byte(h.Sum(nil))) }
 
 type countingWriter struct {
 	w io.Writer

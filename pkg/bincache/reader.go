@@ -178,9 +178,7 @@ func (r *Reader) Health() map[string]Health {
 	return out
 }
 
-var (
-	narinfoRE = regexp.MustCompile(`^[0-9a-df-np-sv-z]{32}\.narinfo$`)
-)
+var narinfoRE = regexp.MustCompile(`^[0-9a-df-np-sv-z]{32}\.narinfo$`)
 
 // ServeHTTP answers the host's Nix.
 func (r *Reader) ServeHTTP(w http.ResponseWriter, req *http.Request) {

@@ -61,39 +61,36 @@ func NewTier(r *Reader, p *Publisher) *Tier {
 func (t *Tier) Ensure(c Config) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	open := func(name string, a Access) (*Bucket, error) {
-		if b, ok := t.buckets[name]; ok && b.access == a {
+	// open returns the bucket of a, nil for nil.
+	open := func(name string, a *Access) (*Bucket, error) {
+		if a == nil {
+			return nil, nil
+		}
+		if b, ok := t.buckets[name]; ok && b.access == *a {
 			return b.bucket, nil
 		}
 		b, err := Open(name, a.Loc, a.Creds)
 		if err != nil {
 			return nil, err
 		}
-		t.buckets[name] = openBucket{a, b}
+		t.buckets[name] = openBucket{*a, b}
 		return b, nil
 	}
 	read := map[string]*Bucket{}
 	for _, name := range slices.Sorted(maps.Keys(c.Read)) {
-		var b *Bucket
-		if a := c.Read[name]; a != nil {
-			var err error
-			if b, err = open(name, *a); err != nil {
-				return err
-			}
+		b, err := open(name, c.Read[name])
+		if err != nil {
+			return err
 		}
 		read[name] = b
 	}
 	publish := map[string]Target{}
 	for _, name := range slices.Sorted(maps.Keys(c.Publish)) {
-		pt := c.Publish[name]
-		var b *Bucket
-		if pt.Access != nil {
-			var err error
-			if b, err = open(name, *pt.Access); err != nil {
-				return err
-			}
+		b, err := open(name, c.Publish[name].Access)
+		if err != nil {
+			return err
 		}
-		publish[name] = Target{Bucket: b, KeyFiles: pt.KeyFiles}
+		publish[name] = Target{Bucket: b, KeyFiles: c.Publish[name].KeyFiles}
 	}
 	for name := range t.buckets {
 		if read[name] == nil && publish[name].Bucket == nil {

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -74,7 +75,7 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descSubstituter, b2f(p.State == status.PeerServing), p.Name)
 		}
 		gauge(descConnected, b2f(p.Connected), p.Name, p.Role)
-		gauge(descTrust, 1, p.Name, string(p.Trust), map[bool]string{true: "true", false: "false"}[p.RefusedHostKeyFingerprint != ""])
+		gauge(descTrust, 1, p.Name, string(p.Trust), strconv.FormatBool(p.RefusedHostKeyFingerprint != ""))
 		if p.PendingHostKey != "" {
 			gauge(descPending, 1, p.Name, p.RefusedHostKeyFingerprint)
 		}

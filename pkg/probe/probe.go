@@ -108,23 +108,14 @@ const (
 	InvalidTarget
 )
 
+// reasonWords are the words of each Reason in error messages.
+var reasonWords = [...]string{Refused: "refused", Timeout: "timeout", HostKeyMismatch: "host key mismatch", Unauthorized: "unauthorized",
+	WrongProtocol: "wrong protocol", Canceled: "canceled", InvalidTarget: "invalid target"}
+
 // String returns the reason as the words used in error messages.
 func (r Reason) String() string {
-	switch r {
-	case Refused:
-		return "refused"
-	case Timeout:
-		return "timeout"
-	case HostKeyMismatch:
-		return "host key mismatch"
-	case Unauthorized:
-		return "unauthorized"
-	case WrongProtocol:
-		return "wrong protocol"
-	case Canceled:
-		return "canceled"
-	case InvalidTarget:
-		return "invalid target"
+	if r > 0 && int(r) < len(reasonWords) {
+		return reasonWords[r]
 	}
 	return "Reason(" + strconv.Itoa(int(r)) + ")"
 }
@@ -237,8 +228,7 @@ func Probe(ctx context.Context, t Target) (Result, error) {
 	return Result{}, &Error{Reason: f.reason, Peer: peer, Err: f.err}
 }
 
-// settle gives err its final reason, at the moment it happened (now on
-// clk): a plain error is WrongProtocol, and anything that broke once ctx
+// settle gives err its final reason, at the moment it happened (now): a plain error is WrongProtocol, and anything that broke once ctx
 // was done or the deadline passed broke because we gave up (closed the
 // connection), so it is a Timeout or Canceled; a host key or auth verdict
 // stands. Settling a settled failure returns it unchanged.
@@ -375,7 +365,7 @@ func dialFailure(err error) error {
 }
 
 // waitBounded waits for the remote command to end, at most limit and never
-// past deadline, on clk.
+// past deadline.
 func waitBounded(session *ssh.Session, deadline time.Time, limit time.Duration) {
 	done := make(chan struct{})
 	go func() {
@@ -386,11 +376,9 @@ func waitBounded(session *ssh.Session, deadline time.Time, limit time.Duration) 
 	if limit <= 0 {
 		return
 	}
-	timer := time.NewTimer(limit)
-	defer timer.Stop()
 	select {
 	case <-done:
-	case <-timer.C:
+	case <-time.After(limit):
 	}
 }
 

@@ -96,23 +96,31 @@ func eofIsUnexpected(err error) error {
 	return err
 }
 
+// greet sends hello, then reads the server's magic, which must be magic,
+// and its protocol version. proto ("serve" or "worker") names them in
+// errors; server is what a wrong magic says the peer is not.
+func greet(w io.Writer, r io.Reader, hello []byte, proto string, magic uint64, server string) (*wireReader, uint64, error) {
+	if _, err := w.Write(hello); err != nil {
+		return nil, 0, fmt.Errorf("send %s greeting: %w", proto, err)
+	}
+	wr := &wireReader{r: r}
+	got := wr.uint64(proto + " magic")
+	if wr.err != nil {
+		return nil, 0, wr.err
+	}
+	if got != magic {
+		return nil, 0, fail(WrongProtocol, "%s magic is %#x, want %#x: not %s", proto, got, magic, server)
+	}
+	version := wr.uint64(proto + " protocol version")
+	return wr, version, wr.err
+}
+
 // serveHandshake speaks to nix-store --serve: greeting, then an empty
 // QueryValidPaths, whose answer must be an empty set.
 func serveHandshake(w io.Writer, r io.Reader) (Result, error) {
-	if _, err := w.Write(words(serveMagic1, serveClientVersion)); err != nil {
-		return Result{}, fmt.Errorf("send serve greeting: %w", err)
-	}
-	wr := &wireReader{r: r}
-	magic := wr.uint64("serve magic")
-	if wr.err != nil {
-		return Result{}, wr.err
-	}
-	if magic != serveMagic2 {
-		return Result{}, fail(WrongProtocol, "serve magic is %#x, want %#x: not nix-store --serve", magic, serveMagic2)
-	}
-	version := wr.uint64("serve protocol version")
-	if wr.err != nil {
-		return Result{}, wr.err
+	wr, version, err := greet(w, r, words(serveMagic1, serveClientVersion), "serve", serveMagic2, "nix-store --serve")
+	if err != nil {
+		return Result{}, err
 	}
 	if major(version) != major(serveClientVersion) {
 		return Result{}, fail(WrongProtocol, "serve protocol version %#x, want major %#x", version, major(serveClientVersion))
@@ -134,20 +142,9 @@ func serveHandshake(w io.Writer, r io.Reader) (Result, error) {
 // workerHandshake speaks to nix-daemon --stdio: greeting and version
 // exchange, then the daemon's start-up messages up to STDERR_LAST.
 func workerHandshake(w io.Writer, r io.Reader) (Result, error) {
-	if _, err := w.Write(words(workerMagic1)); err != nil {
-		return Result{}, fmt.Errorf("send worker greeting: %w", err)
-	}
-	wr := &wireReader{r: r}
-	magic := wr.uint64("worker magic")
-	if wr.err != nil {
-		return Result{}, wr.err
-	}
-	if magic != workerMagic2 {
-		return Result{}, fail(WrongProtocol, "worker magic is %#x, want %#x: not nix-daemon --stdio", magic, workerMagic2)
-	}
-	version := wr.uint64("worker protocol version")
-	if wr.err != nil {
-		return Result{}, wr.err
+	wr, version, err := greet(w, r, words(workerMagic1), "worker", workerMagic2, "nix-daemon --stdio")
+	if err != nil {
+		return Result{}, err
 	}
 	if major(version) != major(workerClientVersion) || version < workerMinVersion {
 		return Result{}, fail(WrongProtocol, "worker protocol version %#x, want 1.x with x >= %d", version, minor(workerMinVersion))

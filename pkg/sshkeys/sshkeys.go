@@ -346,12 +346,10 @@ func encodePEM(block *pem.Block) []byte {
 	b64 := base64.StdEncoding.EncodeToString(block.Bytes)
 	var out bytes.Buffer
 	out.WriteString("-----BEGIN " + block.Type + "-----\n")
-	for len(b64) > width {
-		out.WriteString(b64[:width] + "\n")
-		b64 = b64[width:]
-	}
-	if b64 != "" {
-		out.WriteString(b64 + "\n")
+	for len(b64) > 0 {
+		n := min(width, len(b64))
+		out.WriteString(b64[:n] + "\n")
+		b64 = b64[n:]
 	}
 	out.WriteString("-----END " + block.Type + "-----\n")
 	return out.Bytes()
