@@ -19,12 +19,7 @@ var (
 
 // cacheCollector reads the cache tier at each scrape: its counters as
 // they are now.
-type cacheCollector struct {
-	tier interface {
-		Health() map[string]bincache.Health
-		Publishing() map[string]bincache.PublishStats
-	}
-}
+type cacheCollector struct{ tier *bincache.Tier }
 
 // WatchCaches exports the counters of the cache tier t.
 func (m *Metrics) WatchCaches(t *bincache.Tier) {

@@ -329,13 +329,11 @@ func probe(ctx context.Context, t Target, start, deadline time.Time) (Result, er
 		return Result{}, fmt.Errorf("run %q: %w", command, err)
 	}
 
-	var res Result
-	switch t.Protocol {
-	case nix.ProtocolSSH:
-		res, err = serveHandshake(stdin, stdout)
-	default:
-		res, err = workerHandshake(stdin, stdout)
+	handshake := workerHandshake
+	if t.Protocol == nix.ProtocolSSH {
+		handshake = serveHandshake
 	}
+	res, err := handshake(stdin, stdout)
 	if err == nil && t.after != nil {
 		err = t.after(stdin, stdout)
 	}

@@ -248,23 +248,21 @@ func skipFields(wr *wireReader) {
 
 // readDaemonError reads an STDERR_ERROR and returns it as a failure.
 func readDaemonError(wr *wireReader, m uint64) error {
+	var msg string
 	if m < 26 {
-		msg := wr.string("daemon error", maxString)
+		msg = wr.string("daemon error", maxString)
 		wr.uint64("daemon error status")
-		if wr.err != nil {
-			return wr.err
-		}
-		return fail(WrongProtocol, "daemon error: %s", msg)
+	} else {
+		// type ("Error"), level, name, message, position, traces
+		wr.string("daemon error type", maxString)
+		wr.uint64("daemon error level")
+		wr.string("daemon error name", maxString)
+		msg = wr.string("daemon error", maxString)
+		// Nix sends no position (0) and traces without positions; whatever
+		// follows, the message is what matters.
 	}
-	// type ("Error"), level, name, message, position, traces
-	wr.string("daemon error type", maxString)
-	wr.uint64("daemon error level")
-	wr.string("daemon error name", maxString)
-	msg := wr.string("daemon error", maxString)
 	if wr.err != nil {
 		return wr.err
 	}
-	// Nix sends no position (0) and traces without positions; whatever
-	// follows, the message is what matters.
 	return fail(WrongProtocol, "daemon error: %s", msg)
 }
