@@ -99,7 +99,7 @@ func ParseCredentials(data []byte) (Credentials, error) {
 }
 
 // CredentialsProblem says what is wrong with a credentials file for
-// status: "missing", "loose" or "invalid", and the message.
+// status: "missing", "loose" or "invalid".
 func CredentialsProblem(err error) (kind string) {
 	switch {
 	case errors.Is(err, fs.ErrNotExist):

@@ -99,15 +99,7 @@ func TestServeHandshakeFailures(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			conn, errc := fakeServer(t, tc.steps...)
-			go func() { <-errc }()
-			_, err := serveHandshake(conn, conn)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("serveHandshake = %v, want an error containing %q", err, tc.want)
-			}
-			if r := reasonOf(err); r != WrongProtocol {
-				t.Errorf("reason %v, want WrongProtocol", r)
-			}
+			handshakeFails(t, "serveHandshake", serveHandshake, tc.steps, tc.want)
 		})
 	}
 }
@@ -204,16 +196,23 @@ func TestWorkerHandshakeFailures(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			conn, errc := fakeServer(t, tc.steps...)
-			go func() { <-errc }()
-			_, err := workerHandshake(conn, conn)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("workerHandshake = %v, want an error containing %q", err, tc.want)
-			}
-			if r := reasonOf(err); r != WrongProtocol {
-				t.Errorf("reason %v, want WrongProtocol", r)
-			}
+			handshakeFails(t, "workerHandshake", workerHandshake, tc.steps, tc.want)
 		})
+	}
+}
+
+// handshakeFails runs handshake (named name) against a server that
+// speaks steps, and wants a WrongProtocol error containing want.
+func handshakeFails(t *testing.T, name string, handshake func(io.Writer, io.Reader) (Result, error), steps []step, want string) {
+	t.Helper()
+	conn, errc := fakeServer(t, steps...)
+	go func() { <-errc }()
+	_, err := handshake(conn, conn)
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("%s = %v, want an error containing %q", name, err, want)
+	}
+	if r := reasonOf(err); r != WrongProtocol {
+		t.Errorf("reason %v, want WrongProtocol", r)
 	}
 }
 
