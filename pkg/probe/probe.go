@@ -179,14 +179,6 @@ func (t Target) withDefaults() Target {
 
 func (t Target) addr() string { return net.JoinHostPort(t.Address, strconv.Itoa(t.Port)) }
 
-// command returns what we ask the peer to run (its forced command wins).
-func (t Target) command() (string, error) {
-	if c := t.Protocol.Command(); c != "" {
-		return c, nil
-	}
-	return "", fmt.Errorf("unknown protocol %q (want %q or %q)", t.Protocol, nix.ProtocolSSH, nix.ProtocolSSHNG)
-}
-
 func (t Target) validate() error {
 	switch {
 	case t.Address == "":
@@ -197,9 +189,10 @@ func (t Target) validate() error {
 		return errors.New("no client key (Signer)")
 	case t.HostKey == nil && len(t.HostCAs) == 0:
 		return errors.New("no pinned host key (HostKey)")
+	case t.Protocol.Command() == "":
+		return fmt.Errorf("unknown protocol %q (want %q or %q)", t.Protocol, nix.ProtocolSSH, nix.ProtocolSSHNG)
 	}
-	_, err := t.command()
-	return err
+	return nil
 }
 
 // Probe connects to the peer as t.User with t.Signer, accepts only the
@@ -324,7 +317,8 @@ func probe(ctx context.Context, t Target, start, deadline time.Time) (Result, er
 	}
 	stderr := &tailBuffer{max: 2048}
 	session.Stderr = stderr
-	command, _ := t.command()
+	// What we ask the peer to run; its forced command wins.
+	command := t.Protocol.Command()
 	if err := session.Start(command); err != nil {
 		return Result{}, fmt.Errorf("run %q: %w", command, err)
 	}

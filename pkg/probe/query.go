@@ -9,16 +9,14 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/nix"
 )
 
-// cmdQueryPathInfos is the serve protocol's batched path-info query.
-const cmdQueryPathInfos = 2
-
-// maxPaths bounds the paths asked or answered in one query, and the
-// references of one path.
-const maxPaths = 1 << 16
-
-// maxAnswer bounds the whole answer to one query, and maxPathLen a store
-// path in it.
 const (
+	// cmdQueryPathInfos is the serve protocol's batched path-info query.
+	cmdQueryPathInfos = 2
+	// maxPaths bounds the paths asked or answered in one query, and the
+	// references of one path.
+	maxPaths = 1 << 16
+	// maxAnswer bounds the whole answer to one query, and maxPathLen a
+	// store path in it.
 	maxAnswer  = 64 << 20
 	maxPathLen = 1024
 )
@@ -35,7 +33,7 @@ func QueryPathInfos(ctx context.Context, t Target, paths []string) (map[string]n
 		return nil, fmt.Errorf("query path infos: %d paths, at most %d at once", len(paths), maxPaths)
 	}
 	for _, p := range paths {
-		if !strings.HasPrefix(p, "/nix/store/") || len(p) > 1024 {
+		if !strings.HasPrefix(p, "/nix/store/") || len(p) > maxPathLen {
 			return nil, fmt.Errorf("query path infos: %q is not a store path", p)
 		}
 	}
