@@ -69,8 +69,7 @@ func (t *Tier) resignBucket(ctx context.Context, b *Bucket, sk nix.SecretKey, fr
 			return nil // not one of ours: left as it is
 		}
 		fp := ni.Fingerprint()
-		signedByFrom := slices.ContainsFunc(ni.Sigs, func(s string) bool { return from.Verify(fp, s) })
-		if !signedByFrom {
+		if !slices.ContainsFunc(ni.Sigs, func(s string) bool { return from.Verify(fp, s) }) {
 			return nil
 		}
 		changed := false

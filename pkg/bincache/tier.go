@@ -106,18 +106,16 @@ func (t *Tier) Ensure(c Config) error {
 	if err := t.Reader.Listen(c.Listen); err != nil {
 		return err
 	}
-	var fresh []string
+	fresh := false
 	for name := range publish {
-		if !t.initial[name] {
-			fresh = append(fresh, name)
-		}
+		fresh = fresh || !t.initial[name]
 	}
-	if len(fresh) > 0 && len(c.Initial) > 0 {
+	if fresh && len(c.Initial) > 0 {
 		if err := t.Publisher.Enqueue(c.Initial); err != nil {
 			return err
 		}
 	}
-	for _, name := range fresh {
+	for name := range publish {
 		t.initial[name] = true
 	}
 	return nil
