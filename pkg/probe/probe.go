@@ -221,8 +221,9 @@ func Probe(ctx context.Context, t Target) (Result, error) {
 	return Result{}, &Error{Reason: f.reason, Peer: peer, Err: f.err}
 }
 
-// settle gives err its final reason, at the moment it happened (now): a plain error is WrongProtocol, and anything that broke once ctx
-// was done or the deadline passed broke because we gave up (closed the
+// settle gives err its final reason, at the moment it happened (now): a
+// plain error is WrongProtocol, and anything that broke once ctx was done
+// or the deadline passed broke because we gave up (closed the
 // connection), so it is a Timeout or Canceled; a host key or auth verdict
 // stands. Settling a settled failure returns it unchanged.
 func settle(ctx context.Context, start, deadline time.Time, err error) *failure {
