@@ -68,11 +68,7 @@ func checkHosts(el *errorList, f *File, infos []*hostInfo) {
 				continue // see checkCaches
 			}
 			if !ok {
-				hint := ""
-				if s := suggest(r.s, names); s != "" {
-					hint = fmt.Sprintf(" (did you mean %q?)", s)
-				}
-				el.add(r.pos, "substituteFrom names %q, which is not a host or cache in this file%s; name one of: %s", r.s, hint, shortList(names, 20))
+				el.add(r.pos, "substituteFrom names %q, which is not a host or cache in this file%s; name one of: %s", r.s, didYouMean(r.s, names), shortList(names, 20))
 				continue
 			}
 			edges[i] = append(edges[i], t)
@@ -205,11 +201,10 @@ func checkCycles(el *errorList, infos []*hostInfo, edges [][]int) {
 			continue
 		}
 		in := map[int]bool{}
-		start := comp[0]
 		for _, v := range comp {
 			in[v] = true
-			start = min(start, v)
 		}
+		start := slices.Min(comp)
 		cycle := shortestCycle(start, edges, in)
 		names := make([]string, len(cycle))
 		for i, v := range cycle {
@@ -247,10 +242,7 @@ func shortestCycle(start int, edges [][]int, in map[int]bool) []int {
 					path = append(path, u)
 				}
 				path = append(path, start)
-				// path is start, v, ..., reversed in the middle.
-				for i, j := 1, len(path)-2; i < j; i, j = i+1, j-1 {
-					path[i], path[j] = path[j], path[i]
-				}
+				slices.Reverse(path[1 : len(path)-1]) // it was start, v, ..., start
 				return path
 			}
 			if _, ok := prev[w]; !ok && w != start {

@@ -211,19 +211,12 @@ func decodeHost(el *errorList, n ast.Node) *hostInfo {
 		el.add(fs.pos, "%s has no address; add \"address: ADDRESS\" (the DNS name or IP address its peers reach it at)", who)
 	}
 
-	if fd, ok := fs.fields["peerPort"]; ok {
-		if v, ok := port(el, fd); ok {
-			h.PeerPort = v
-		}
-	}
-	if fd, ok := fs.fields["sshPort"]; ok {
-		if v, ok := port(el, fd); ok {
-			h.SSHPort = v
-		}
-	}
-	if fd, ok := fs.fields["cachePort"]; ok {
-		if v, ok := port(el, fd); ok {
-			h.CachePort = v
+	ports := map[string]*int{"peerPort": &h.PeerPort, "sshPort": &h.SSHPort, "cachePort": &h.CachePort}
+	for _, key := range []string{"peerPort", "sshPort", "cachePort"} {
+		if fd, ok := fs.fields[key]; ok {
+			if v, ok := port(el, fd); ok {
+				*ports[key] = v
+			}
 		}
 	}
 	if fd, ok := fs.fields["hostKey"]; ok {
@@ -409,11 +402,7 @@ func enum(el *errorList, fd field, allowed []string) (string, bool) {
 	if slices.Contains(allowed, v) {
 		return v, true
 	}
-	hint := ""
-	if s := suggest(v, allowed); s != "" {
-		hint = fmt.Sprintf(" (did you mean %q?)", s)
-	}
-	el.add(posOf(fd.value), "%s %s is not one of %s%s; for example %s", fd.key, msg.Quote(v), strings.Join(allowed, ", "), hint, help[fd.key].example)
+	el.add(posOf(fd.value), "%s %s is not one of %s%s; for example %s", fd.key, msg.Quote(v), strings.Join(allowed, ", "), didYouMean(v, allowed), help[fd.key].example)
 	return "", false
 }
 
@@ -434,12 +423,13 @@ func number(el *errorList, fd field, lo, hi int) (int, bool) {
 		el.add(posOf(n), "%s %s must be written in decimal; for example %s", fd.key, msg.Quote(text), help[fd.key].example)
 		return 0, false
 	}
-	v, err := strconv.Atoi(strings.TrimPrefix(text, "+"))
+	digits := strings.TrimPrefix(text, "+")
+	v, err := strconv.Atoi(digits)
 	if err != nil || v < lo || v > hi {
 		el.add(posOf(n), "%s %s is out of range; use %s, for example %s", fd.key, msg.Quote(text), help[fd.key].want, help[fd.key].example)
 		return 0, false
 	}
-	if len(strings.TrimPrefix(text, "+")) > 1 && strings.TrimPrefix(text, "+")[0] == '0' {
+	if len(digits) > 1 && digits[0] == '0' {
 		el.add(posOf(n), "%s %s has a leading zero; write %s: %d", fd.key, msg.Quote(text), fd.key, v)
 		return 0, false
 	}

@@ -202,11 +202,8 @@ func Load(path string) (*File, []byte, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	f, err := Parse(path, data)
-	if err != nil {
-		return nil, data, err
-	}
-	return f, data, nil
+	f, err := Parse(path, data) // nil on failure
+	return f, data, err
 }
 
 // ReadFile reads the desired-state file at path as Load does, without

@@ -1,6 +1,7 @@
 package desired
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"slices"
@@ -38,7 +39,7 @@ func parseYAML(el *errorList, data []byte) ast.Node {
 		el.add(Pos{1, 1}, "file is %d bytes; the limit is %d bytes (1 MiB), and a desired-state file is normally a few KiB", len(data), MaxSize)
 		return nil
 	}
-	data = trimBOM(data)
+	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
 	if p, msg := checkText(data); msg != "" {
 		el.add(p, "%s", msg)
 		return nil
@@ -77,13 +78,6 @@ func parseYAML(el *errorList, data []byte) ast.Node {
 		return nil
 	}
 	return bodies[0]
-}
-
-func trimBOM(data []byte) []byte {
-	if len(data) >= 3 && data[0] == 0xef && data[1] == 0xbb && data[2] == 0xbf {
-		return data[3:]
-	}
-	return data
 }
 
 // checkText rejects invalid UTF-8 and control characters other than tab,
@@ -291,11 +285,7 @@ func mapping(el *errorList, n ast.Node, what, example string, allowed []string) 
 			continue
 		}
 		if !slices.Contains(allowed, k) {
-			hint := ""
-			if s := suggest(k, allowed); s != "" {
-				hint = fmt.Sprintf(" (did you mean %q?)", s)
-			}
-			el.add(kp, "unknown field %s in %s%s; allowed fields: %s", msg.Quote(k), what, hint, strings.Join(allowed, ", "))
+			el.add(kp, "unknown field %s in %s%s; allowed fields: %s", msg.Quote(k), what, didYouMean(k, allowed), strings.Join(allowed, ", "))
 			continue
 		}
 		fs.fields[k] = field{key: k, keyPos: kp, value: mv.Value}
@@ -329,9 +319,7 @@ func describe(n ast.Node) string {
 		return fmt.Sprintf("the string %s", msg.Quote(n.Value))
 	case *ast.LiteralNode:
 		return "a multi-line block string (| or >)"
-	case *ast.IntegerNode:
-		return "the number " + tokenText(n)
-	case *ast.FloatNode, *ast.InfinityNode, *ast.NanNode:
+	case *ast.IntegerNode, *ast.FloatNode, *ast.InfinityNode, *ast.NanNode:
 		return "the number " + tokenText(n)
 	case *ast.BoolNode:
 		return "the boolean " + tokenText(n)
@@ -346,9 +334,9 @@ func tokenText(n ast.Node) string {
 	return "?"
 }
 
-// suggest returns the entry of list closest to s when it is close enough to
-// be a likely typo, else "".
-func suggest(s string, list []string) string {
+// didYouMean returns ` (did you mean "X"?)` for the entry X of list
+// closest to s when it is close enough to be a likely typo, else "".
+func didYouMean(s string, list []string) string {
 	best, bestD := "", 3
 	if len(s) > 64 || len(list) > 200 {
 		return "" // keep a file with many hosts and many typos linear
@@ -359,7 +347,10 @@ func suggest(s string, list []string) string {
 			best, bestD = c, d
 		}
 	}
-	return best
+	if best == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (did you mean %q?)", best)
 }
 
 // editDistance is the Levenshtein distance between a and b, in bytes.
