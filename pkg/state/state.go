@@ -234,58 +234,47 @@ type Pass struct {
 
 // Commit stores what a pass stores, in one transaction: one commit.
 func (s *Store) Commit(p Pass) error {
-	type kv struct {
-		key []byte
-		raw []byte
-	}
+	type kv struct{ key, raw []byte } // a nil key: the event
 	var puts []kv
-	enc := func(key []byte, v any, what string) error {
-		raw, err := json.Marshal(v)
+	var err error
+	enc := func(key []byte, v any, what string) {
 		if err != nil {
-			return fmt.Errorf("encode %s: %w", what, err)
+			return
+		}
+		raw, e := json.Marshal(v)
+		if e != nil {
+			err = fmt.Errorf("save: encode %s: %w", what, e)
 		}
 		puts = append(puts, kv{key, raw})
-		return nil
 	}
 	for _, k := range slices.Sorted(maps.Keys(p.Records)) {
-		if err := enc([]byte("rec/"+k), p.Records[k], k); err != nil {
-			return fmt.Errorf("save: %w", err)
-		}
+		enc([]byte("rec/"+k), p.Records[k], k)
 	}
 	if p.Status != nil {
-		if err := enc(keyStatus, p.Status, "status"); err != nil {
-			return fmt.Errorf("save: %w", err)
-		}
+		enc(keyStatus, p.Status, "status")
 	}
 	if p.Desired != nil {
-		if err := enc(keyDesired, p.Desired, "desired state"); err != nil {
-			return fmt.Errorf("save: %w", err)
-		}
+		enc(keyDesired, p.Desired, "desired state")
 		puts = append(puts, kv{keyGeneration, be(uint64(p.Desired.Generation))})
 	}
-	var rawEv []byte
 	if p.Event != nil {
-		var err error
-		if rawEv, err = json.Marshal(p.Event); err != nil {
-			return fmt.Errorf("save: encode event: %w", err)
-		}
+		enc(nil, p.Event, "event")
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	if err != nil {
+		return err
+	}
+	return wrap(s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMeta)
 		for _, p := range puts {
+			if p.key == nil {
+				return appendEvent(tx, p.raw) // last
+			}
 			if err := b.Put(p.key, p.raw); err != nil {
 				return err
 			}
 		}
-		if rawEv != nil {
-			return appendEvent(tx, rawEv)
-		}
 		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("save: %w", err)
-	}
-	return nil
+	}), "save")
 }
 
 // SaveStatus stores the host's last status, the new desired state it
@@ -310,10 +299,7 @@ func (s *Store) LoadStatus() (status.Status, bool, error) {
 // Get decodes the record under key into v and reports whether there was one.
 func (s *Store) Get(key string, v any) (bool, error) {
 	found, err := s.getJSON(bucketMeta, []byte("rec/"+key), v)
-	if err != nil {
-		return false, fmt.Errorf("load %s: %w", key, err)
-	}
-	return found, nil
+	return found, wrap(err, "load %s", key)
 }
 
 // appendEvent adds the encoded event v to the history and prunes it to
@@ -363,29 +349,24 @@ func (s *Store) Events(n int) ([]Event, error) {
 
 // PutPeer stores v (JSON-encoded) as what the agent knows of peer name.
 func (s *Store) PutPeer(name string, v any) error {
-	if err := s.putJSON(bucketPeers, []byte(name), v); err != nil {
-		return fmt.Errorf("save peer %s: %w", name, err)
+	raw, err := json.Marshal(v)
+	if err == nil {
+		err = s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPeers).Put([]byte(name), raw) })
 	}
-	return nil
+	return wrap(err, "save peer %s", name)
 }
 
 // GetPeer decodes what is stored of peer name into v and reports whether
 // there was anything.
 func (s *Store) GetPeer(name string, v any) (bool, error) {
 	found, err := s.getJSON(bucketPeers, []byte(name), v)
-	if err != nil {
-		return false, fmt.Errorf("load peer %s: %w", name, err)
-	}
-	return found, nil
+	return found, wrap(err, "load peer %s", name)
 }
 
 // DeletePeer forgets peer name.
 func (s *Store) DeletePeer(name string) error {
 	err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPeers).Delete([]byte(name)) })
-	if err != nil {
-		return fmt.Errorf("delete peer %s: %w", name, err)
-	}
-	return nil
+	return wrap(err, "delete peer %s", name)
 }
 
 // Enqueue adds items to the named queue (a cache's uploads), each once;
@@ -405,10 +386,7 @@ func (s *Store) Enqueue(queue string, items []string) error {
 		}
 		return nil
 	})
-	if err != nil {
-		return fmt.Errorf("queue %d items for %s: %w", len(items), queue, err)
-	}
-	return nil
+	return wrap(err, "queue %d items for %s", len(items), queue)
 }
 
 // Queued returns at most n items of the named queue, in key order, and
@@ -446,22 +424,12 @@ func (s *Store) Dequeue(queue string, items []string) error {
 		}
 		return nil
 	})
-	if err != nil {
-		return fmt.Errorf("dequeue %d items of %s: %w", len(items), queue, err)
-	}
-	return nil
-}
-
-func (s *Store) putJSON(bucket, key []byte, v any) error {
-	raw, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put(key, raw) })
+	return wrap(err, "dequeue %d items of %s", len(items), queue)
 }
 
 // getJSON decodes inside the transaction: json.Unmarshal copies what it
 // keeps, so nothing refers to bbolt's memory after the transaction ends.
+// found is false on failure.
 func (s *Store) getJSON(bucket, key []byte, v any) (found bool, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		raw := tx.Bucket(bucket).Get(key)
@@ -471,7 +439,15 @@ func (s *Store) getJSON(bucket, key []byte, v any) (found bool, err error) {
 		found = true
 		return json.Unmarshal(raw, v)
 	})
-	return found, err
+	return found && err == nil, err
+}
+
+// wrap returns nil for a nil err, else err after what format says.
+func wrap(err error, format string, args ...any) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), err)
 }
 
 func be(n uint64) []byte {
