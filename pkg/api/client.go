@@ -39,29 +39,23 @@ func NewClient(socket string) *Client {
 
 // Status fetches the host's status.
 func (c *Client) Status(ctx context.Context) (status.Status, error) {
-	var st status.Status
-	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
-	return st, err
+	return ask[status.Status](ctx, c, http.MethodGet, "/v1/status", nil)
 }
 
 // WaitReconciled returns the status once a reconcile has finished after
 // the time after, or the latest status after wait (at most 5s).
 func (c *Client) WaitReconciled(ctx context.Context, after time.Time, wait time.Duration) (status.Status, error) {
-	var st status.Status
 	q := url.Values{"after": {after.Format(time.RFC3339Nano)}, "wait": {wait.String()}}
-	err := c.do(ctx, http.MethodGet, "/v1/status?"+q.Encode(), nil, &st)
-	return st, err
+	return ask[status.Status](ctx, c, http.MethodGet, "/v1/status?"+q.Encode(), nil)
 }
 
 // Events fetches the history of reconciles from since on (all when zero).
 func (c *Client) Events(ctx context.Context, since time.Time) ([]state.Event, error) {
-	var evs []state.Event
 	path := "/v1/events"
 	if !since.IsZero() {
 		path += "?" + url.Values{"since": {since.Format(time.RFC3339Nano)}}.Encode()
 	}
-	err := c.do(ctx, http.MethodGet, path, nil, &evs)
-	return evs, err
+	return ask[[]state.Event](ctx, c, http.MethodGet, path, nil)
 }
 
 // Next returns the status at once when last is the zero status, else
@@ -147,6 +141,13 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	return nil
 }
 
+// ask is do for a call that answers a T.
+func ask[T any](ctx context.Context, c *Client, method, path string, in any) (T, error) {
+	var out T
+	err := c.do(ctx, method, path, in, &out)
+	return out, err
+}
+
 // PlanRequest asks what realising Targets (store paths or .drv files)
 // would do on the daemon's host: `nixpeer plan`.
 type PlanRequest struct {
@@ -214,14 +215,10 @@ type FleetHost struct {
 // over its peer port by the daemon (all at once, each within the fetch
 // timeout).
 func (c *Client) Fleet(ctx context.Context) ([]FleetHost, error) {
-	var hosts []FleetHost
-	err := c.do(ctx, http.MethodPost, "/v1/fleet", FleetRequest{}, &hosts)
-	return hosts, err
+	return ask[[]FleetHost](ctx, c, http.MethodPost, "/v1/fleet", FleetRequest{})
 }
 
 // Paths asks the daemon which of req's paths its serving peers hold.
 func (c *Client) Paths(ctx context.Context, req PathsRequest) (PathsAnswer, error) {
-	var a PathsAnswer
-	err := c.do(ctx, http.MethodPost, "/v1/paths", req, &a)
-	return a, err
+	return ask[PathsAnswer](ctx, c, http.MethodPost, "/v1/paths", req)
 }

@@ -25,9 +25,7 @@ type KeyAnswer struct {
 
 // Key asks the daemon to rotate or revoke one of the host's keys.
 func (c *Client) Key(ctx context.Context, req KeyRequest) (KeyAnswer, error) {
-	var a KeyAnswer
-	err := c.do(ctx, http.MethodPost, "/v1/keys", req, &a)
-	return a, err
+	return ask[KeyAnswer](ctx, c, http.MethodPost, "/v1/keys", req)
 }
 
 // PublishRequest queues store paths for the caches the host publishes to:
@@ -43,7 +41,5 @@ type PublishAnswer struct {
 
 // Publish queues paths for the caches the host publishes to.
 func (c *Client) Publish(ctx context.Context, req PublishRequest) (PublishAnswer, error) {
-	var a PublishAnswer
-	err := c.do(ctx, http.MethodPost, "/v1/publish", req, &a)
-	return a, err
+	return ask[PublishAnswer](ctx, c, http.MethodPost, "/v1/publish", req)
 }
