@@ -221,20 +221,16 @@ func ReadFile(path string) ([]byte, fs.FileInfo, error) {
 
 // Host returns the host called name, or nil.
 func (f *File) Host(name string) *Host {
-	for _, h := range f.Hosts {
-		if h.Name == name {
-			return h
-		}
+	if i := slices.IndexFunc(f.Hosts, func(h *Host) bool { return h.Name == name }); i >= 0 {
+		return f.Hosts[i]
 	}
 	return nil
 }
 
 // Cache returns the cache called name, or nil.
 func (f *File) Cache(name string) *Cache {
-	for _, c := range f.Caches {
-		if c.Name == name {
-			return c
-		}
+	if i := slices.IndexFunc(f.Caches, func(c *Cache) bool { return c.Name == name }); i >= 0 {
+		return f.Caches[i]
 	}
 	return nil
 }
@@ -293,11 +289,8 @@ func (f *File) FindSelf(name string, hostnames ...string) (*Host, error) {
 	for _, match := range []func(*Host, string) bool{full, short} {
 		var found []*Host
 		for _, h := range f.Hosts {
-			for _, s := range tried {
-				if match(h, s) {
-					found = append(found, h)
-					break
-				}
+			if slices.ContainsFunc(tried, func(s string) bool { return match(h, s) }) {
+				found = append(found, h)
 			}
 		}
 		switch len(found) {

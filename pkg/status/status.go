@@ -218,10 +218,8 @@ func Carry(prev []Condition, c Condition, now time.Time) Condition {
 
 // Find returns the condition of type t, or nil.
 func Find(conds []Condition, t string) *Condition {
-	for i := range conds {
-		if conds[i].Type == t {
-			return &conds[i]
-		}
+	if i := slices.IndexFunc(conds, func(c Condition) bool { return c.Type == t }); i >= 0 {
+		return &conds[i]
 	}
 	return nil
 }
