@@ -332,10 +332,8 @@ func checkPins(el *errorList, infos []*hostInfo, edges [][]int) {
 		if hi.hostKeyGiven || (len(consumers[i]) == 0 && len(edges[i]) == 0) {
 			continue
 		}
-		var why string
-		if len(consumers[i]) > 0 {
-			why = fmt.Sprintf("%s substitutes from it", shortList(consumers[i], 3))
-		} else {
+		why := fmt.Sprintf("%s substitutes from it", shortList(consumers[i], 3))
+		if len(consumers[i]) == 0 {
 			why = fmt.Sprintf("it substitutes from %s, whose agent connects to it", infos[edges[i][0]].rawName)
 		}
 		el.add(hi.h.Pos, "%s has no hostKey, but trust: pinned requires one because %s; add hostKey: \"ssh-ed25519 AAAA...\" with the key that \"%s\" prints (without the host name it starts with), or that \"nixpeer facts\" prints on that host",

@@ -190,13 +190,9 @@ func Parse(filename string, data []byte) (f *File, err error) {
 	return f, nil
 }
 
-// Load reads the file at path and parses it. It also returns the bytes
-// read, so a caller can tell what changed. A file that cannot be read is
-// a plain error; a file that does not parse is an Errors. Load never
-// blocks and never reads more than MaxSize+1 bytes: a path that is not a
-// regular file once symlinks are followed (a FIFO, /dev/zero, a
-// directory) is refused unopened, with an error that says what it is and
-// matches safefile.ErrNotRegular.
+// Load reads the file at path with ReadFile and parses it. It also returns
+// the bytes read, so a caller can tell what changed. A file that cannot be
+// read is a plain error; a file that does not parse is an Errors.
 func Load(path string) (*File, []byte, error) {
 	data, _, err := ReadFile(path)
 	if err != nil {
@@ -206,8 +202,11 @@ func Load(path string) (*File, []byte, error) {
 	return f, data, err
 }
 
-// ReadFile reads the desired-state file at path as Load does, without
-// parsing it: at most MaxSize+1 bytes, and only a regular file.
+// ReadFile reads the desired-state file at path. It never blocks and never
+// reads more than MaxSize+1 bytes: a path that is not a regular file once
+// symlinks are followed (a FIFO, /dev/zero, a directory) is refused
+// unopened, with an error that says what it is and matches
+// safefile.ErrNotRegular.
 func ReadFile(path string) ([]byte, fs.FileInfo, error) {
 	data, st, err := safefile.Read(path, MaxSize, safefile.Options{})
 	if errors.Is(err, safefile.ErrNotRegular) {

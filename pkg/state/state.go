@@ -185,7 +185,7 @@ func (s *Store) Close() error { return s.db.Close() }
 
 // NextDesired returns the record of a desired state that parsed and
 // validated, with its generation: the stored one when the meaning (hash)
-// is unchanged, one more when it changed. It writes nothing; new reports
+// is unchanged, one more when it changed. It writes nothing; isNew reports
 // whether the record differs from the stored one, and SaveStatus then
 // stores it, with the status that describes it, in one transaction.
 func (s *Store) NextDesired(file string, content []byte, hash string) (d Desired, isNew bool, err error) {
