@@ -1,6 +1,7 @@
 package desired
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -95,10 +96,7 @@ func checkHosts(el *errorList, f *File, infos []*hostInfo) {
 // keyscan returns the command that prints the host's ed25519 host key.
 // It is meant for the sshPort and address decoded so far.
 func keyscan(hi *hostInfo) string {
-	addr := "ADDRESS"
-	if hi.addrOK {
-		addr = hi.h.Address
-	}
+	addr := cmp.Or(hi.h.Address, "ADDRESS") // set when valid
 	if hi.h.SSHPort != DefaultSSHPort {
 		return fmt.Sprintf("ssh-keyscan -p %d -t ed25519 %s", hi.h.SSHPort, addr)
 	}
@@ -154,7 +152,7 @@ func checkKeyNames(el *errorList, infos []*hostInfo) {
 				continue
 			}
 			if r := checkKeyName(hi.h.Address); r != "" {
-				el.add(s.Pos, "serve needs a keyName here: the default, the address %q, %s (a key name cannot hold ':'); add for example \"keyName: %s\"", hi.h.Address, r, suggestKeyName(hi))
+				el.add(s.Pos, "serve needs a keyName here: the default, the address %q, %s (a key name cannot hold ':'); add for example \"keyName: %s\"", hi.h.Address, r, cmp.Or(hi.h.Name, "cache-name"))
 				continue
 			}
 			s.KeyName = hi.h.Address
@@ -184,13 +182,6 @@ func checkKeyNames(el *errorList, infos []*hostInfo) {
 			}
 		}
 	}
-}
-
-func suggestKeyName(hi *hostInfo) string {
-	if hi.nameOK {
-		return hi.h.Name
-	}
-	return "cache-name"
 }
 
 // checkCycles reports each group of hosts that substitute from each other

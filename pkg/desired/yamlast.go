@@ -226,7 +226,11 @@ func checkPlainYAML(el *errorList, root ast.Node) bool {
 		case *ast.AliasNode:
 			el.add(posOf(n), "YAML aliases (*name) are not supported; write the value out in full")
 		case *ast.TagNode:
-			el.add(posOf(n), "YAML tags (%s) are not supported; remove the tag and write the plain value", tagName(n))
+			tag := "!tag"
+			if n.Start != nil && n.Start.Value != "" {
+				tag = n.Start.Value
+			}
+			el.add(posOf(n), "YAML tags (%s) are not supported; remove the tag and write the plain value", tag)
 		case *ast.MergeKeyNode:
 			el.add(posOf(n), "YAML merge keys (<<) are not supported; write the fields out in full")
 		case *ast.MappingKeyNode:
@@ -237,13 +241,6 @@ func checkPlainYAML(el *errorList, root ast.Node) bool {
 	}
 	walk(root)
 	return len(el.errs) == n0
-}
-
-func tagName(n *ast.TagNode) string {
-	if n.Start != nil && n.Start.Value != "" {
-		return n.Start.Value
-	}
-	return "!tag"
 }
 
 // field is one key: value entry of a mapping.
