@@ -31,7 +31,7 @@ func checkHosts(el *errorList, f *File, infos []*hostInfo) {
 
 	byAddr := map[string]int{}
 	for i, hi := range infos {
-		if !hi.addrOK {
+		if hi.h.Address == "" {
 			continue
 		}
 		k, _ := hostname.Canonical(hi.h.Address) // checked while decoding
@@ -96,7 +96,7 @@ func checkHosts(el *errorList, f *File, infos []*hostInfo) {
 // keyscan returns the command that prints the host's ed25519 host key.
 // It is meant for the sshPort and address decoded so far.
 func keyscan(hi *hostInfo) string {
-	addr := cmp.Or(hi.h.Address, "ADDRESS") // set when valid
+	addr := cmp.Or(hi.h.Address, "ADDRESS")
 	if hi.h.SSHPort != DefaultSSHPort {
 		return fmt.Sprintf("ssh-keyscan -p %d -t ed25519 %s", hi.h.SSHPort, addr)
 	}
@@ -148,7 +148,7 @@ func checkKeyNames(el *errorList, infos []*hostInfo) {
 		}
 		if !hi.keyNameGiven {
 			pos = s.Pos
-			if !hi.addrOK {
+			if hi.h.Address == "" {
 				continue
 			}
 			if r := checkKeyName(hi.h.Address); r != "" {

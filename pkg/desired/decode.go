@@ -62,22 +62,21 @@ var help = map[string]fieldHelp{
 }
 
 // hostInfo is a decoded host with the positions the cross-host checks
-// need. h holds whatever could be decoded; nameOK and addrOK tell whether
-// those two are present and well formed.
+// need. h holds whatever could be decoded: its Name and Address only
+// when present and well formed.
 type hostInfo struct {
-	h              *Host
-	rawName        string
-	nameOK, addrOK bool
-	namePos        Pos
-	addrPos        Pos
-	hostKeyGiven   bool
-	hostKeyPos     Pos
-	serveGiven     bool
-	keyNamePos     Pos
-	publicKeyPos   Pos
-	keyNameGiven   bool
-	subs           []item // the substituteFrom entries
-	publish        []item // the publishTo entries
+	h            *Host
+	rawName      string
+	namePos      Pos
+	addrPos      Pos
+	hostKeyGiven bool
+	hostKeyPos   Pos
+	serveGiven   bool
+	keyNamePos   Pos
+	publicKeyPos Pos
+	keyNameGiven bool
+	subs         []item // the substituteFrom entries
+	publish      []item // the publishTo entries
 }
 
 // decodeFile decodes the top-level mapping and every host.
@@ -187,14 +186,14 @@ func decodeHost(el *errorList, n ast.Node) *hostInfo {
 			if r := checkName(v); r != "" {
 				el.add(hi.namePos, "host name %s %s; use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit, for example \"web1\" or \"yourapp-stage\"", msg.Quote(v), r)
 			} else {
-				h.Name, hi.nameOK = v, true
+				h.Name = v
 			}
 		}
 	} else {
 		el.add(fs.pos, "host entry has no name; add \"name: NAME\" (a lowercase DNS label such as web1)")
 	}
 	who := "this host"
-	if hi.nameOK {
+	if h.Name != "" {
 		who = fmt.Sprintf("host %q", h.Name)
 	}
 
@@ -204,7 +203,7 @@ func decodeHost(el *errorList, n ast.Node) *hostInfo {
 			if r := checkAddress(v); r != "" {
 				el.add(hi.addrPos, "address %s %s; use a DNS host name (stage.example.com), an IPv4 address (192.0.2.10) or an IPv6 address without brackets or port (2001:db8::10)", msg.Quote(v), r)
 			} else {
-				h.Address, hi.addrOK = v, true
+				h.Address = v
 			}
 		}
 	} else {
