@@ -211,8 +211,7 @@ func (s *Store) NextDesired(file string, content []byte, hash string) (d Desired
 // Desired returns the last good desired state, or nil if there is none.
 func (s *Store) Desired() (*Desired, error) {
 	var d *Desired
-	_, err := s.getJSON(bucketMeta, keyDesired, &d)
-	if err != nil {
+	if _, err := s.getJSON(bucketMeta, keyDesired, &d); err != nil {
 		return nil, fmt.Errorf("read last good desired state: %w", err)
 	}
 	return d, nil
