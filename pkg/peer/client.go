@@ -73,7 +73,7 @@ var errConnect = errors.New("connect")
 
 // dial connects to addr and does the SSH handshake, accepting only an
 // ed25519 host key that check accepts. timeout bounds the connect and the
-// handshake each; the handshake's deadline is from clk.
+// handshake each.
 //
 // With certs, the server is asked for its host certificate first (trust:
 // ca): check then gets the certificate.
@@ -95,6 +95,11 @@ func dial(ctx context.Context, addr string, local net.IP, identity ssh.Signer, c
 	}
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	var refused error
+	// With certs, a plain key too, for a message that says what is missing.
+	algos := []string{ssh.KeyAlgoED25519}
+	if certs {
+		algos = []string{ssh.CertAlgoED25519v01, ssh.KeyAlgoED25519}
+	}
 	config := &ssh.ClientConfig{
 		User: "nixpeer",
 		HostKeyCallback: func(_ string, _ net.Addr, key ssh.PublicKey) error {
@@ -104,7 +109,7 @@ func dial(ctx context.Context, addr string, local net.IP, identity ssh.Signer, c
 			}
 			return nil
 		},
-		HostKeyAlgorithms: hostKeyAlgorithms(certs),
+		HostKeyAlgorithms: algos,
 		ClientVersion:     ClientVersion,
 		Auth: []ssh.AuthMethod{ssh.PublicKeysCallback(func() ([]ssh.Signer, error) {
 			if identity != nil {
@@ -205,14 +210,4 @@ func (s *stderrTail) suffix() string {
 		return ""
 	}
 	return fmt.Sprintf(" (stderr %q)", s.buf)
-}
-
-// hostKeyAlgorithms are the host keys a client accepts: ed25519, or with
-// certs an ed25519 certificate first (a plain key then, for a message
-// that says what is missing).
-func hostKeyAlgorithms(certs bool) []string {
-	if certs {
-		return []string{ssh.CertAlgoED25519v01, ssh.KeyAlgoED25519}
-	}
-	return []string{ssh.KeyAlgoED25519}
 }

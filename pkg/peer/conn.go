@@ -63,12 +63,10 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, src source) {
 			nc.Reject(ssh.ResourceShortage, "too many sessions on this connection")
 			continue
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			defer cs.closeChannel()
 			s.serveSession(ctx, log, sconn, nc)
-		}()
+		})
 	}
 	cs.stopIdle()
 	wg.Wait()

@@ -192,10 +192,8 @@ func NewServer(log *zap.Logger, hostKey ssh.Signer, opts ServerOptions) *Server 
 		},
 		PublicKeyCallback: func(_ ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
 			ext := map[string]string{permKey: string(key.Marshal())}
-			if opts.Known != nil {
-				if name, ok := opts.Known(key); ok {
-					ext[permPeer] = name
-				}
+			if name := opts.known(key); name != "" {
+				ext[permPeer] = name
 			}
 			return &ssh.Permissions{Extensions: ext}, nil
 		},
@@ -260,12 +258,7 @@ func (s *Server) Publish(f Facts) {
 // view is the document f as the client with key (nil: anonymous) sees it,
 // memoized in views by the known peer it is ("" for none).
 func (s *Server) view(f Facts, key ssh.PublicKey, views map[string][]byte) []byte {
-	who := ""
-	if key != nil && s.opts.Known != nil {
-		if name, known := s.opts.Known(key); known {
-			who = name
-		}
-	}
+	who := s.opts.known(key)
 	if doc, ok := views[who]; ok {
 		return doc
 	}
@@ -332,8 +325,14 @@ func (s *Server) peerOf(sconn *ssh.ServerConn) string {
 	if sconn.Permissions != nil && sconn.Permissions.Extensions[permPeer] != "" {
 		return sconn.Permissions.Extensions[permPeer]
 	}
-	if key := clientKey(sconn); key != nil && s.opts.Known != nil {
-		if name, ok := s.opts.Known(key); ok {
+	return s.opts.known(clientKey(sconn))
+}
+
+// known is the name of the known peer whose host key is key (see Known),
+// "" for none or a nil key.
+func (o ServerOptions) known(key ssh.PublicKey) string {
+	if key != nil && o.Known != nil {
+		if name, ok := o.Known(key); ok {
 			return name
 		}
 	}
@@ -367,7 +366,6 @@ var acceptRetry = backoff.Policy{Base: 5 * time.Millisecond, Cap: time.Second}
 // listeners at once; MaxConns counts them together.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	// Closing ln ends Accept. An Accept that returned does not mean that
 	// the socket is closed yet: Serve waits for Close itself, so that the
 	// address is free when Serve returns (a Port listening there again).
@@ -391,15 +389,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			if errors.Is(err, net.ErrClosed) {
 				return fmt.Errorf("accept on peer port %s: %w", ln.Addr(), err)
 			}
-			// Out of file descriptors and the like: wait, as net/http does.
 			failures++
 			delay := acceptRetry.Delay(failures)
 			s.log.Warn("accept on peer port failed; retrying", zap.Error(err), zap.Duration("in", delay))
-			t := time.NewTimer(delay)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
+			if !sleep(ctx, delay) {
 				return nil
 			}
 			continue
@@ -416,11 +409,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 				s.opts.OnConnect(a.IP)
 			}
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s.serveConn(ctx, c, src)
-		}()
+		wg.Go(func() { s.serveConn(ctx, c, src) })
 	}
 }
 

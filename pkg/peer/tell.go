@@ -74,12 +74,8 @@ func tell(ctx context.Context, client *ssh.Client, opts WatchOptions) {
 			failures = 0
 		}
 		failures++
-		t := time.NewTimer(opts.Backoff.Jittered(failures, opts.Rand()))
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleep(ctx, opts.Backoff.Jittered(failures, opts.Rand())) {
 			return
-		case <-t.C:
 		}
 	}
 }

@@ -169,16 +169,15 @@ func (s *ServeFacts) validate() error {
 func noPrivate(f Facts) error {
 	type field struct{ what, v string }
 	fields := []field{{"name", f.Name}, {"address", f.Address}, {"clientKey", f.ClientKey}}
-	for i, k := range f.HostKeys {
-		fields = append(fields, field{fmt.Sprintf("hostKeys[%d]", i), k})
+	list := func(name string, vs []string) {
+		for i, v := range vs {
+			fields = append(fields, field{fmt.Sprintf("%s[%d]", name, i), v})
+		}
 	}
-	for i, k := range f.TrustedCacheKeys {
-		fields = append(fields, field{fmt.Sprintf("trustedCacheKeys[%d]", i), k})
-	}
+	list("hostKeys", f.HostKeys)
+	list("trustedCacheKeys", f.TrustedCacheKeys)
 	fields = append(fields, field{"nextHostKey", f.NextHostKey}, field{"nextHostKeyProof", f.NextHostKeyProof})
-	for i, k := range f.AcceptedHostKeys {
-		fields = append(fields, field{fmt.Sprintf("acceptedHostKeys[%d]", i), k})
-	}
+	list("acceptedHostKeys", f.AcceptedHostKeys)
 	if s := f.Serve; s != nil {
 		fields = append(fields, field{"serve.protocol", string(s.Protocol)}, field{"serve.cacheKey", s.CacheKey}, field{"serve.nextCacheKey", s.NextCacheKey})
 		for i, a := range s.Authorized {

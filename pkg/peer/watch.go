@@ -162,12 +162,8 @@ func light(ctx context.Context, addr string, opts WatchOptions) <-chan struct{} 
 		}
 		next := time.Now().Add(opts.Light)
 		for {
-			t := time.NewTimer(max(time.Until(next), 0))
-			select {
-			case <-ctx.Done():
-				t.Stop()
+			if !sleep(ctx, max(time.Until(next), 0)) {
 				return
-			case <-t.C:
 			}
 			next = time.Now().Add(opts.Light)
 			if c, err := d.DialContext(ctx, "tcp", addr); err == nil {
@@ -178,6 +174,18 @@ func light(ctx context.Context, addr string, opts WatchOptions) <-chan struct{} 
 		}
 	}()
 	return lit
+}
+
+// sleep waits for d or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // watchOnce runs one connection's watch. It always ends with an error,
@@ -197,12 +205,11 @@ func watchOnce(ctx context.Context, addr string, check HostKeyCheck, opts WatchO
 
 	silence := 3 * opts.Keepalive
 	var silent atomic.Bool
-	quiet := func() {
+	timer := time.AfterFunc(silence, func() {
 		silent.Store(true)
 		client.Close()
-	}
-	timer := time.AfterFunc(silence, quiet)
-	defer func() { timer.Stop() }()
+	})
+	defer timer.Stop()
 
 	_, lines, stderr, err := start(client, cmdWatch)
 	if err != nil {
@@ -237,8 +244,7 @@ func watchOnce(ctx context.Context, addr string, check HostKeyCheck, opts WatchO
 		case err != nil:
 			return delivered, err
 		}
-		timer.Stop()
-		timer = time.AfterFunc(silence, quiet)
+		timer.Reset(silence)
 		if isKeepalive(line) {
 			continue
 		}
