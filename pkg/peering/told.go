@@ -25,11 +25,7 @@ func (m *Manager) dialLocked(w *watched) {
 	}
 	ctx, cancel := context.WithCancel(w.ctx)
 	w.dialing, w.dialCtx, w.settled = cancel, ctx, false
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		m.run(ctx, w)
-	}()
+	m.wg.Go(func() { m.run(ctx, w) })
 }
 
 // stopDialLocked ends the dial of w's peer when it settled (took facts or
@@ -154,15 +150,13 @@ func (m *Manager) Told(_ context.Context, key ssh.PublicKey, next func() (peer.F
 			return err
 		}
 		m.mu.Lock()
-		ok := m.vouchedLocked(w, key)
-		err := fmt.Errorf("the host key %s is no longer trusted here for %s", fingerprint(key), w.target.Name)
-		if !ok {
+		if !m.vouchedLocked(w, key) {
+			err := fmt.Errorf("the host key %s is no longer trusted here for %s", fingerprint(key), w.target.Name)
 			m.refusedLocked(w, err)
-		}
-		m.mu.Unlock()
-		if !ok {
+			m.mu.Unlock()
 			return err
 		}
+		m.mu.Unlock()
 	}
 }
 
