@@ -58,8 +58,7 @@ func fetch(ctx context.Context, addr string, check HostKeyCheck) (Facts, error) 
 	line, err := lines.next()
 	switch {
 	case errors.Is(err, io.EOF):
-		err = sess.Wait()
-		return Facts{}, ctxOr(ctx, fmt.Errorf("no document: %v%s", err, stderr.suffix()))
+		return Facts{}, ctxOr(ctx, fmt.Errorf("no document: %v%s", sess.Wait(), stderr.suffix()))
 	case err != nil:
 		return Facts{}, ctxOr(ctx, err)
 	case isKeepalive(line):
