@@ -67,12 +67,11 @@ func TestToldStandsInForAWatch(t *testing.T) {
 	prodKey, client := newSigner(t), newSigner(t)
 	// prod's peer port: the watch, when it runs, trusts its key on first
 	// use and gets its facts.
+	// It listens only once the refusals before trust are checked, so
+	// that the watch cannot trust it first.
 	prodPort := NewPort(ctx, zaptest.NewLogger(t), peer.ServerOptions{}, func(string) {})
 	t.Cleanup(prodPort.Close)
 	listen := freeAddrOn(t, prodAddr)
-	if err := prodPort.Ensure(listen, prodKey, nil); err != nil {
-		t.Fatal(err)
-	}
 	prodPort.Publish(prodFacts(prodKey.PublicKey(), client, 1))
 
 	m, wait := managerWith(t, ctx, store, peer.WatchOptions{})
@@ -81,14 +80,17 @@ func TestToldStandsInForAWatch(t *testing.T) {
 	if !dialling(m, "prod") {
 		t.Fatal("a consumer whose key is not trusted yet is not watched")
 	}
-	// Only an Inbound peer tells.
-	never := make(chan struct{})
+	// Only an Inbound peer tells. A session the test expects refused
+	// ends at its second document, so that one taken by mistake fails
+	// the test instead of hanging it.
+	once := make(chan struct{})
+	close(once)
 	stageKey := newSigner(t)
 	stageFacts := peer.Facts{Version: peer.FactsVersion, Name: "stage", Address: addr, HostKeys: []string{keyLine(stageKey.PublicKey())}}
-	if err := m.Told(ctx, stageKey.PublicKey(), told(never, stageFacts)); err == nil {
+	if err := m.Told(ctx, stageKey.PublicKey(), told(once, stageFacts)); err == nil {
 		t.Error("a peer that is not Inbound told its facts")
 	}
-	if err := m.Told(ctx, prodKey.PublicKey(), told(never, peer.Facts{Name: "nobody"})); err == nil {
+	if err := m.Told(ctx, prodKey.PublicKey(), told(once, peer.Facts{Name: "nobody"})); err == nil {
 		t.Error("a host nobody watches told its facts")
 	}
 	// A document that is not valid is refused, and says why.
@@ -97,8 +99,11 @@ func TestToldStandsInForAWatch(t *testing.T) {
 		t.Errorf("an invalid document: %v", err)
 	}
 	// Before its key is trusted, what it tells is refused.
-	if err := m.Told(ctx, prodKey.PublicKey(), told(never, prodFacts(prodKey.PublicKey(), client, 1))); err == nil {
+	if err := m.Told(ctx, prodKey.PublicKey(), told(once, prodFacts(prodKey.PublicKey(), client, 1))); err == nil {
 		t.Error("facts told with a key not trusted yet were taken")
+	}
+	if err := prodPort.Ensure(listen, prodKey, nil); err != nil {
+		t.Fatal(err)
 	}
 	wait("prod", "prod trusted on first use by the watch", func(s State) bool { return s.Connected && s.Trust == status.TrustTOFU })
 
@@ -122,28 +127,49 @@ func TestToldStandsInForAWatch(t *testing.T) {
 	// Another key, claiming to be prod, is refused and changes nothing;
 	// the watch checks what prod's address offers.
 	impostor := newSigner(t)
-	if err := m.Told(ctx, impostor.PublicKey(), told(never, prodFacts(impostor.PublicKey(), impostor, 4))); err == nil {
+	m.mu.Lock()
+	w := m.peers["prod"]
+	dialledAt := w.toldDialAt
+	m.mu.Unlock()
+	if err := m.Told(ctx, impostor.PublicKey(), told(once, prodFacts(impostor.PublicKey(), impostor, 4))); err == nil {
 		t.Error("an impostor's facts were taken")
 	}
 	if st, _ := stateOf(m, "prod"); !sameKey(st.HostKey, prodKey.PublicKey()) || st.Facts.ClientKey != keyLine(newClient.PublicKey()) {
 		t.Fatalf("after an impostor told: %+v, facts %+v", st, *st.Facts)
 	}
-	if !dialling(m, "prod") {
+	// (The dial may have found prod's key and stopped already: prod
+	// tells.)
+	m.mu.Lock()
+	started := w.toldDialAt.After(dialledAt)
+	m.mu.Unlock()
+	if !started {
 		t.Error("a refused key did not start the watch that checks it")
 	}
-	// The watch stops again when the peer's own connection tells again.
+	// The watch stops once the peer's own connection tells, as it does
+	// again with a new client key.
 	end2 := make(chan struct{})
 	done2 := make(chan error, 1)
-	prodPort.Publish(prodFacts(prodKey.PublicKey(), newClient, 5))
+	newer := newSigner(t)
+	prodPort.Publish(prodFacts(prodKey.PublicKey(), newer, 5))
 	go func() {
-		done2 <- m.Told(ctx, prodKey.PublicKey(), told(end2, prodFacts(prodKey.PublicKey(), newClient, 5)))
+		done2 <- m.Told(ctx, prodKey.PublicKey(), told(end2, prodFacts(prodKey.PublicKey(), newer, 5)))
 	}()
-	wait("prod", "the watch stopped again", func(s State) bool { return s.Facts.Generation == 5 && !dialling(m, "prod") })
+	wait("prod", "the watch stopped again", func(s State) bool {
+		return s.Facts.ClientKey == keyLine(newer.PublicKey()) && !dialling(m, "prod")
+	})
+	// A document that a dial read before is older than what the peer
+	// tells: it does not replace it.
+	if err := m.accept(w.ctx, zaptest.NewLogger(t), w, connection{key: prodKey.PublicKey()}, prodFacts(prodKey.PublicKey(), newClient, 3)); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := stateOf(m, "prod"); st.Facts.Generation != 5 || st.Facts.ClientKey != keyLine(newer.PublicKey()) {
+		t.Fatalf("a dial's older document replaced what prod tells: %+v", *st.Facts)
+	}
 
 	// Its facts with another address are refused, and end the session.
 	wrong := prodFacts(prodKey.PublicKey(), newClient, 6)
 	wrong.Address = "127.0.0.7"
-	if err := m.Told(ctx, prodKey.PublicKey(), told(never, wrong)); err == nil || !strings.Contains(err.Error(), "desired state has prod at "+prodAddr) {
+	if err := m.Told(ctx, prodKey.PublicKey(), told(once, wrong)); err == nil || !strings.Contains(err.Error(), "desired state has prod at "+prodAddr) {
 		t.Errorf("facts with another address: %v", err)
 	}
 
@@ -173,7 +199,7 @@ func TestToldStandsInForAWatch(t *testing.T) {
 	done3 := make(chan error, 1)
 	prodPort.Publish(prodFacts(prodKey.PublicKey(), newClient, 7))
 	go func() {
-		done3 <- m.Told(ctx, prodKey.PublicKey(), told(never, prodFacts(prodKey.PublicKey(), newClient, 7)))
+		done3 <- m.Told(ctx, prodKey.PublicKey(), told(make(chan struct{}), prodFacts(prodKey.PublicKey(), newClient, 7)))
 	}()
 	wait("prod", "the third session's facts", func(s State) bool { return s.Facts.Generation == 7 })
 	changed := target

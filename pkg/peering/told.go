@@ -116,18 +116,15 @@ func (m *Manager) Told(_ context.Context, key ssh.PublicKey, next func() (peer.F
 	}()
 	for first := true; ; first = false {
 		m.mu.Lock()
-		via := connection{key: key, handingOver: w.st.NextHostKey != nil && sameKey(w.st.NextHostKey, key)}
+		via := connection{key: key, handingOver: w.st.NextHostKey != nil && sameKey(w.st.NextHostKey, key), told: true, first: first}
 		m.mu.Unlock()
 		if err := m.accept(w.ctx, log, w, via, f); err != nil {
 			return err
 		}
-		m.mu.Lock()
 		if first {
-			// From now on it tells: a dial that fails does not make it
-			// unreachable.
-			w.told++
-			defer m.untold(log, w)
+			defer m.untold(log, w) // accept counted the session
 		}
+		m.mu.Lock()
 		stopped := m.stopDialLocked(w)
 		m.mu.Unlock()
 		if stopped {
@@ -140,7 +137,7 @@ func (m *Manager) Told(_ context.Context, key ssh.PublicKey, next func() (peer.F
 			}
 			f = d.f
 		case <-w.ctx.Done():
-			return fmt.Errorf("%s is watched another way now: tell again", w.target.Name)
+			return watchedAnotherWay(w.target.Name)
 		case <-certEnds:
 			err := fmt.Errorf("the certificate of %s's host key ended", w.target.Name)
 			m.mu.Lock()
@@ -158,6 +155,12 @@ func (m *Manager) Told(_ context.Context, key ssh.PublicKey, next func() (peer.F
 		}
 		m.mu.Unlock()
 	}
+}
+
+// watchedAnotherWay ends a tell session whose peer is watched another way
+// now (Sync changed its target).
+func watchedAnotherWay(name string) error {
+	return fmt.Errorf("%s is watched another way now: tell again", name)
 }
 
 // toldError is what ends a tell session whose next document failed: the

@@ -207,10 +207,11 @@ func (m *Manager) check(ctx context.Context, log *zap.Logger, w *watched, offere
 
 // connection is how facts came: over a connection authenticated by key,
 // the trusted key's successor when handingOver, with a certificate of the
-// key checked just now when certified.
+// key checked just now when certified; told by the peer over its own
+// connection (Told), first: that session's first document.
 type connection struct {
-	key                    ssh.PublicKey
-	handingOver, certified bool
+	key                                 ssh.PublicKey
+	handingOver, certified, told, first bool
 }
 
 // accept takes facts that came over a connection (a watch's, whose host
@@ -232,6 +233,9 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, via c
 	m.mu.Lock()
 	if ctx.Err() != nil {
 		m.mu.Unlock()
+		if via.told {
+			return watchedAnotherWay(t.Name)
+		}
 		return nil
 	}
 	st := &w.st
@@ -266,6 +270,11 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, via c
 	if w.trustedAt.IsZero() {
 		w.trustedAt = now // first use, or a pin never stored before
 	}
+	if !via.told && w.told > 0 && st.Facts != nil {
+		// What the peer tells over its own connection stands: the
+		// document a dial read may be older.
+		f = *st.Facts
+	}
 	f = concerning(f, t.Self)
 	newFacts := st.Facts == nil || relevant(*st.Facts, f)
 	if recovered(st.Facts, f) {
@@ -290,6 +299,11 @@ func (m *Manager) accept(ctx context.Context, log *zap.Logger, w *watched, via c
 			return fmt.Errorf("remember the host key of %s: %w", t.Name, err)
 		}
 		w.flushes = append(w.flushes, now)
+	}
+	if via.told && via.first {
+		// From now on it tells: a dial that fails does not make it
+		// unreachable, and a dial's facts do not replace what it tells.
+		w.told++
 	}
 	notifyNow := firstUse || handedOver
 	if changed {
