@@ -139,7 +139,7 @@ func (k SecretKey) String() string { return "nix cache secret key " + k.name + "
 
 // GoString describes the key without its secret, for %#v.
 func (k SecretKey) GoString() string {
-	return "nix.SecretKey{name: " + fmt.Sprintf("%q", k.name) + ", key: redacted}"
+	return fmt.Sprintf("nix.SecretKey{name: %q, key: redacted}", k.name)
 }
 
 // Sign signs a fingerprint (see Fingerprint) and returns NAME:BASE64, the

@@ -32,40 +32,32 @@ func Fingerprint(storePath, narHash string, narSize uint64, refs []string) strin
 // in a path's fingerprint.
 func NormalizeNarHash(h string) (string, error) {
 	const size = 32
-	var digest []byte
+	var (
+		digest []byte
+		form   string
+		err    error
+	)
+	rest, isColon := strings.CutPrefix(h, "sha256:")
 	switch {
 	case strings.HasPrefix(h, "sha256-"):
-		d, err := base64.StdEncoding.Strict().DecodeString(h[len("sha256-"):])
-		if err != nil {
-			return "", fmt.Errorf("NAR hash in SRI form: invalid base64: %w", err)
-		}
-		digest = d
-	case strings.HasPrefix(h, "sha256:"):
-		rest := h[len("sha256:"):]
-		switch len(rest) {
-		case nix32Len(size):
-			d, err := nix32Decode(rest, size)
-			if err != nil {
-				return "", fmt.Errorf("NAR hash in nix32 form: %w", err)
-			}
-			digest = d
-		case hex.EncodedLen(size):
-			d, err := hex.DecodeString(rest)
-			if err != nil {
-				return "", fmt.Errorf("NAR hash in base16 form: %w", err)
-			}
-			digest = d
-		case base64.StdEncoding.EncodedLen(size):
-			d, err := base64.StdEncoding.Strict().DecodeString(rest)
-			if err != nil {
-				return "", fmt.Errorf("NAR hash in base64 form: invalid base64: %w", err)
-			}
-			digest = d
-		default:
-			return "", fmt.Errorf("NAR hash %q: %d characters after sha256: fit no encoding of a sha256 hash", h, len(rest))
-		}
-	default:
+		form = "SRI form: invalid base64"
+		digest, err = base64.StdEncoding.Strict().DecodeString(h[len("sha256-"):])
+	case !isColon:
 		return "", fmt.Errorf("NAR hash %q is not a sha256 hash", h)
+	case len(rest) == nix32Len(size):
+		form = "nix32 form"
+		digest, err = nix32Decode(rest, size)
+	case len(rest) == hex.EncodedLen(size):
+		form = "base16 form"
+		digest, err = hex.DecodeString(rest)
+	case len(rest) == base64.StdEncoding.EncodedLen(size):
+		form = "base64 form: invalid base64"
+		digest, err = base64.StdEncoding.Strict().DecodeString(rest)
+	default:
+		return "", fmt.Errorf("NAR hash %q: %d characters after sha256: fit no encoding of a sha256 hash", h, len(rest))
+	}
+	if err != nil {
+		return "", fmt.Errorf("NAR hash in %s: %w", form, err)
 	}
 	if len(digest) != size {
 		return "", fmt.Errorf("NAR hash %q decodes to %d bytes, want %d", h, len(digest), size)

@@ -2,8 +2,10 @@ package nix
 
 import (
 	"fmt"
+	"maps"
 	"net/url"
 	"path"
+	"slices"
 	"strings"
 )
 
@@ -60,12 +62,7 @@ func StillLive(withdrawn []string, effective map[string]string) []string {
 // separated by white space, as ShowConfig spells it) holds an item equal to
 // want by SameSetting.
 func HasSetting(setting, effective, want string) bool {
-	for _, have := range strings.Fields(effective) {
-		if SameSetting(setting, have, want) {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(strings.Fields(effective), func(have string) bool { return SameSetting(setting, have, want) })
 }
 
 // SameSetting is the one rule for "Nix uses the value nixpeer wrote": two
@@ -101,18 +98,8 @@ func SameStoreURL(a, b string) bool {
 	if erra != nil || errb != nil {
 		return false
 	}
-	if ua.scheme != ub.scheme || ua.user != ub.user || ua.host != ub.host || ua.port != ub.port || ua.path != ub.path {
-		return false
-	}
-	if len(ua.query) != len(ub.query) {
-		return false
-	}
-	for k, va := range ua.query {
-		if vb, ok := ub.query[k]; !ok || va != vb {
-			return false
-		}
-	}
-	return true
+	return ua.scheme == ub.scheme && ua.user == ub.user && ua.host == ub.host && ua.port == ub.port && ua.path == ub.path &&
+		maps.Equal(ua.query, ub.query)
 }
 
 type storeURL struct {

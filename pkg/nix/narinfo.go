@@ -139,6 +139,8 @@ func ParseNarInfo(data []byte) (NarInfo, error) {
 		return NarInfo{}, fmt.Errorf("narinfo: %d bytes; the limit is %d", len(data), MaxNarInfoSize)
 	}
 	var n NarInfo
+	texts := map[string]*string{"StorePath": &n.StorePath, "URL": &n.URL, "Compression": &n.Compression, "FileHash": &n.FileHash, "NarHash": &n.NarHash}
+	sizes := map[string]*uint64{"FileSize": &n.FileSize, "NarSize": &n.NarSize}
 	seen := map[string]bool{}
 	for i, line := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
 		key, value, ok := strings.Cut(line, ": ")
@@ -150,26 +152,16 @@ func ParseNarInfo(data []byte) (NarInfo, error) {
 		}
 		seen[key] = true
 		var err error
-		switch key {
-		case "StorePath":
-			n.StorePath = value
-		case "URL":
-			n.URL = value
-		case "Compression":
-			n.Compression = value
-		case "FileHash":
-			n.FileHash = value
-		case "NarHash":
-			n.NarHash = value
-		case "FileSize":
-			n.FileSize, err = strconv.ParseUint(value, 10, 64)
-		case "NarSize":
-			n.NarSize, err = strconv.ParseUint(value, 10, 64)
-		case "References":
+		switch text, size := texts[key], sizes[key]; {
+		case text != nil:
+			*text = value
+		case size != nil:
+			*size, err = strconv.ParseUint(value, 10, 64)
+		case key == "References":
 			n.References = strings.Fields(value)
-		case "Sig":
+		case key == "Sig":
 			n.Sigs = append(n.Sigs, value)
-		case "Deriver", "CA", "System":
+		case key == "Deriver", key == "CA", key == "System":
 		default:
 			return NarInfo{}, fmt.Errorf("narinfo: line %d: unknown field %q", i+1, key)
 		}

@@ -66,16 +66,14 @@ func (c *CLI) RemotePathInfos(ctx context.Context, storeURL string, paths []stri
 	if err != nil {
 		return nil, fmt.Errorf("ask %s which paths it holds: %w: %s", redactURL(storeURL), err, command.Tail(res.Stderr, 1024))
 	}
-	invalid := map[string]bool{}
-	for _, p := range strings.Fields(string(res.Stdout)) {
-		invalid[p] = true
-	}
-	var valid []string
+	asked := make(map[string]bool, len(paths))
 	for _, p := range paths {
-		if !invalid[p] {
-			valid = append(valid, p)
-		}
+		asked[p] = true
 	}
+	for _, p := range strings.Fields(string(res.Stdout)) {
+		delete(asked, p)
+	}
+	valid := slices.DeleteFunc(slices.Clone(paths), func(p string) bool { return !asked[p] })
 	out := map[string]PathInfo{}
 	if len(valid) == 0 {
 		return out, nil
@@ -87,10 +85,6 @@ func (c *CLI) RemotePathInfos(ctx context.Context, storeURL string, paths []stri
 	infos, err := ParsePathInfoJSON(raw)
 	if err != nil {
 		return nil, fmt.Errorf("parse nix path-info of %s: %w", redactURL(storeURL), err)
-	}
-	asked := make(map[string]bool, len(valid))
-	for _, p := range valid {
-		asked[p] = true
 	}
 	for _, i := range infos {
 		if asked[i.Path] {
@@ -158,29 +152,20 @@ func ReferencesFirst(infos []PathInfo) []PathInfo {
 		byPath[p.Path] = i
 	}
 	out := make([]PathInfo, 0, len(infos))
-	state := make([]byte, len(infos)) // 0 new, 1 on the stack, 2 done
-	type frame struct{ i, r int }
-	for root := range infos {
-		if state[root] != 0 {
-			continue
-		}
-		stack := []frame{{root, 0}}
-		state[root] = 1
-		for len(stack) > 0 {
-			f := &stack[len(stack)-1]
-			refs := infos[f.i].References
-			if f.r < len(refs) {
-				j, ok := byPath[refs[f.r]]
-				f.r++
-				if ok && state[j] == 0 {
-					state[j] = 1
-					stack = append(stack, frame{j, 0})
-				}
-				continue
+	seen := make([]bool, len(infos))
+	var visit func(i int)
+	visit = func(i int) {
+		seen[i] = true
+		for _, r := range infos[i].References {
+			if j, ok := byPath[r]; ok && !seen[j] {
+				visit(j)
 			}
-			state[f.i] = 2
-			out = append(out, infos[f.i])
-			stack = stack[:len(stack)-1]
+		}
+		out = append(out, infos[i])
+	}
+	for i := range infos {
+		if !seen[i] {
+			visit(i)
 		}
 	}
 	return out

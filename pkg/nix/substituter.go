@@ -131,8 +131,8 @@ func ValidateSubstituter(u string) error {
 	if !ok {
 		return fmt.Errorf("substituter URL %q: no USER@ before the host", u)
 	}
-	if err := validateUser(user); err != nil {
-		return fmt.Errorf("substituter URL %q: %w", u, err)
+	if !userRE.MatchString(user) {
+		return fmt.Errorf("substituter URL %q: user %q is not a valid login name", u, user)
 	}
 	if err := validateURLHost(host); err != nil {
 		return fmt.Errorf("substituter URL %q: %w", u, err)
@@ -143,18 +143,8 @@ func ValidateSubstituter(u string) error {
 	return nil
 }
 
-// validateUser checks a login name: [a-z_][a-z0-9_-]*, at most 32 bytes.
-func validateUser(user string) error {
-	if user == "" || len(user) > 32 || !(user[0] >= 'a' && user[0] <= 'z' || user[0] == '_') {
-		return fmt.Errorf("user %q is not a valid login name", user)
-	}
-	for i := 1; i < len(user); i++ {
-		if c := user[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-			return fmt.Errorf("user %q is not a valid login name", user)
-		}
-	}
-	return nil
-}
+// userRE matches a login name.
+var userRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
 
 // validateURLHost checks the host part of a URL: a host name, an IPv4
 // address, or an IPv6 address in brackets; never a port.
