@@ -82,10 +82,7 @@ func ParseSecretKey(text string) (SecretKey, error) {
 // public key file: NAME:BASE64 of 32 bytes. One trailing newline is accepted.
 func ParsePublicKey(text string) (PublicKey, error) {
 	name, raw, err := splitKey(text, ed25519.PublicKeySize, "public")
-	if err != nil {
-		return PublicKey{}, err
-	}
-	return PublicKey{name: name, key: ed25519.PublicKey(raw)}, nil
+	return PublicKey{name: name, key: raw}, err
 }
 
 // splitKey parses NAME:BASE64 with a decoded length of size. Its errors never

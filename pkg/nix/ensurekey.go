@@ -49,7 +49,7 @@ func EnsureCacheKey(dir, name string) (PublicKey, Result, error) {
 		return PublicKey{}, res, err
 	}
 	secretPath := filepath.Join(dir, SecretKeyFileName)
-	sk, err := readSecretKey(secretPath, name)
+	sk, st, err := readSecretKeyFile(secretPath)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		sk, _, err = GenerateCacheKey(name)
@@ -62,6 +62,12 @@ func EnsureCacheKey(dir, name string) (PublicKey, Result, error) {
 		res.Created = true
 	case err != nil:
 		return PublicKey{}, res, err
+	case sk.Name() != name:
+		return PublicKey{}, res, unusableKey(secretPath, fmt.Sprintf("its key is named %q, not %q", sk.Name(), name))
+	case st.Mode().Perm() != 0o600:
+		if err := os.Chmod(secretPath, 0o600); err != nil {
+			return PublicKey{}, res, fmt.Errorf("restrict mode of cache signing key %s: %w", secretPath, err)
+		}
 	}
 	pub := sk.Public()
 	changed, err := atomicfile.WriteIfChanged(filepath.Join(dir, PublicKeyFileName), []byte(pub.String()), 0o644)
@@ -92,28 +98,9 @@ func ensurePrivateDir(dir string) error {
 	return nil
 }
 
-// readSecretKey reads and checks the secret key file. A missing file gives
-// an error that wraps fs.ErrNotExist; every other problem is an error that
-// tells the operator what to do. A key named other than name is refused;
-// a wrong mode is set back to 0600.
-func readSecretKey(path, name string) (SecretKey, error) {
-	sk, st, err := readSecretKeyFile(path)
-	if err != nil {
-		return SecretKey{}, err
-	}
-	if sk.Name() != name {
-		return SecretKey{}, unusableKey(path, fmt.Sprintf("its key is named %q, not %q", sk.Name(), name))
-	}
-	if st.Mode().Perm() != 0o600 {
-		if err := os.Chmod(path, 0o600); err != nil {
-			return SecretKey{}, fmt.Errorf("restrict mode of cache signing key %s: %w", path, err)
-		}
-	}
-	return sk, nil
-}
-
 // readSecretKeyFile reads and parses the secret key file, whatever its
-// key's name.
+// key's name. A missing file gives an error that wraps fs.ErrNotExist;
+// every other problem is an error that tells the operator what to do.
 func readSecretKeyFile(path string) (SecretKey, fs.FileInfo, error) {
 	data, st, err := safefile.Read(path, maxKeyFileSize, safefile.Options{})
 	switch {

@@ -78,7 +78,7 @@ func (c *CLI) RemotePathInfos(ctx context.Context, storeURL string, paths []stri
 	if len(valid) == 0 {
 		return out, nil
 	}
-	raw, err := c.run(ctx, append([]string{"--extra-experimental-features", "nix-command", "path-info", "--store", storeURL, "--json", "--sigs"}, valid...)...)
+	raw, err := c.run(ctx, append([]string{"path-info", "--store", storeURL, "--json", "--sigs"}, valid...)...)
 	if err != nil {
 		return nil, fmt.Errorf("ask %s about its paths: %w", redactURL(storeURL), err)
 	}
@@ -132,7 +132,7 @@ func (c *CLI) ClosureInfos(ctx context.Context, paths []string) ([]PathInfo, err
 			return nil, fmt.Errorf("%q is not a store path", p)
 		}
 	}
-	raw, err := c.run(ctx, append([]string{"--extra-experimental-features", "nix-command", "path-info", "-r", "--json", "--sigs", "--"}, paths...)...)
+	raw, err := c.run(ctx, append([]string{"path-info", "-r", "--json", "--sigs", "--"}, paths...)...)
 	if err != nil {
 		return nil, fmt.Errorf("list the closure of %d paths: %w", len(paths), err)
 	}

@@ -143,7 +143,7 @@ func (c *CLI) Resign(ctx context.Context, keyFile, from string, ultimateOnly boo
 	if err != nil {
 		return 0, fmt.Errorf("re-sign: %w", err)
 	}
-	raw, err := c.run(ctx, "--extra-experimental-features", "nix-command", "path-info", "--all", "--sigs", "--json")
+	raw, err := c.run(ctx, "path-info", "--all", "--sigs", "--json")
 	if err != nil {
 		return 0, fmt.Errorf("list the signed paths: %w", err)
 	}
@@ -153,8 +153,7 @@ func (c *CLI) Resign(ctx context.Context, keyFile, from string, ultimateOnly boo
 	}
 	paths := ToResign(infos, fromKey, sk.Name(), ultimateOnly)
 	for batch := range slices.Chunk(paths, resignBatch) {
-		args := append([]string{"--extra-experimental-features", "nix-command", "store", "sign", "--key-file", keyFile, "--"}, batch...)
-		if _, err := c.run(ctx, args...); err != nil {
+		if _, err := c.run(ctx, append([]string{"store", "sign", "--key-file", keyFile, "--"}, batch...)...); err != nil {
 			return 0, fmt.Errorf("sign %d paths with the new key: %w", len(batch), err)
 		}
 	}

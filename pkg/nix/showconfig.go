@@ -48,8 +48,7 @@ func (c *CLI) ShowConfig(ctx context.Context) (map[string]string, error) {
 	c.mu.Unlock()
 	var errs []string
 	for _, sub := range cmds {
-		args := append([]string{"--extra-experimental-features", "nix-command"}, sub...)
-		out, err := c.run(ctx, append(args, "--json")...)
+		out, err := c.run(ctx, slices.Concat(sub, []string{"--json"})...)
 		if err != nil {
 			errs = append(errs, err.Error())
 			continue
@@ -69,14 +68,15 @@ func (c *CLI) ShowConfig(ctx context.Context) (map[string]string, error) {
 // SignClosure signs the closure of storePath with the secret key in
 // keyFile (`nix store sign -r`).
 func (c *CLI) SignClosure(ctx context.Context, keyFile, storePath string) error {
-	_, err := c.run(ctx, "--extra-experimental-features", "nix-command", "store", "sign", "--key-file", keyFile, "-r", storePath)
+	_, err := c.run(ctx, "store", "sign", "--key-file", keyFile, "-r", storePath)
 	return err
 }
 
-// run runs nix with args, and returns its standard output; a failure
-// carries its standard error.
+// run runs nix with the nix-command experimental feature turned on and
+// args, and returns its standard output; a failure carries its standard
+// error.
 func (c *CLI) run(ctx context.Context, args ...string) ([]byte, error) {
-	res, err := command.Run(ctx, append([]string{"nix"}, args...), c.Env)
+	res, err := command.Run(ctx, append([]string{"nix", "--extra-experimental-features", "nix-command"}, args...), c.Env)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s", err, command.Tail(res.Stderr, 2048))
 	}
@@ -102,26 +102,18 @@ func ParseShowConfigJSON(data []byte) (map[string]string, error) {
 				val = v
 			}
 		}
-		text, err := configValueText(val)
-		if err != nil {
+		dec := json.NewDecoder(bytes.NewReader(val))
+		dec.UseNumber()
+		var v any
+		if err := dec.Decode(&v); err != nil {
 			return nil, fmt.Errorf("parse nix configuration JSON: setting %s: %w", name, err)
 		}
-		out[name] = text
+		out[name] = valueText(v)
 	}
 	return out, nil
 }
 
-// configValueText spells one JSON setting value as nix.conf would.
-func configValueText(msg json.RawMessage) (string, error) {
-	dec := json.NewDecoder(bytes.NewReader(msg))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		return "", err
-	}
-	return valueText(v), nil
-}
-
+// valueText spells one JSON setting value as nix.conf would.
 func valueText(v any) string {
 	switch v := v.(type) {
 	case nil:
