@@ -1,6 +1,7 @@
 package nix
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"net/url"
@@ -134,12 +135,9 @@ func parseStoreURL(s string) (storeURL, error) {
 	}
 	for _, kv := range strings.Split(rawQuery, "&") {
 		k, v, _ := strings.Cut(kv, "=")
-		dk, err := url.PathUnescape(k)
-		if err != nil {
-			return storeURL{}, err
-		}
-		dv, err := url.PathUnescape(v)
-		if err != nil {
+		dk, errK := url.PathUnescape(k)
+		dv, errV := url.PathUnescape(v)
+		if err := cmp.Or(errK, errV); err != nil {
 			return storeURL{}, err
 		}
 		if _, dup := out.query[dk]; dup {

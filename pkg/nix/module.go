@@ -1,7 +1,6 @@
 package nix
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"slices"
@@ -85,12 +84,7 @@ func RenderModule(m ModuleSettings) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("render NixOS module: %w", err)
 	}
-	var b bytes.Buffer
-	b.WriteString(moduleHeader)
-	b.WriteString("{ ... }:\n{\n")
-	b.WriteString(body)
-	b.WriteString("}\n")
-	return b.Bytes(), nil
+	return []byte(moduleHeader + "{ ... }:\n{\n" + body + "}\n"), nil
 }
 
 // moduleBody validates m and renders the attribute definitions.
