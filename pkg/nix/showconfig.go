@@ -72,9 +72,8 @@ func (c *CLI) SignClosure(ctx context.Context, keyFile, storePath string) error 
 	return err
 }
 
-// run runs nix with the nix-command experimental feature turned on and
-// args, and returns its standard output; a failure carries its standard
-// error.
+// run runs `nix --extra-experimental-features nix-command ARGS` and returns
+// its standard output; a failure carries its standard error.
 func (c *CLI) run(ctx context.Context, args ...string) ([]byte, error) {
 	res, err := command.Run(ctx, append([]string{"nix", "--extra-experimental-features", "nix-command"}, args...), c.Env)
 	if err != nil {
