@@ -102,9 +102,9 @@ func (n NarInfo) Validate() error {
 	case n.NarSize == 0:
 		return fmt.Errorf("narinfo: NarSize is 0")
 	}
-	for what, h := range map[string]string{"FileHash": n.FileHash, "NarHash": n.NarHash} {
-		if norm, err := NormalizeNarHash(h); err != nil || norm != h {
-			return fmt.Errorf("narinfo: %s %q is not sha256:NIX32", what, h)
+	for _, f := range [...]struct{ what, h string }{{"FileHash", n.FileHash}, {"NarHash", n.NarHash}} {
+		if norm, err := NormalizeNarHash(f.h); err != nil || norm != f.h {
+			return fmt.Errorf("narinfo: %s %q is not sha256:NIX32", f.what, f.h)
 		}
 	}
 	for _, r := range n.References {

@@ -81,6 +81,17 @@ func TestParseNarInfoRefuses(t *testing.T) {
 			t.Errorf("%s: parsed", name)
 		}
 	}
+	// Both hashes bad: the error names the first, every time.
+	n, err := ParseNarInfo([]byte(testNarInfo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.FileHash, n.NarHash = "md5:x", "md5:y"
+	for range 20 {
+		if err := n.Validate(); err == nil || !strings.Contains(err.Error(), "FileHash") {
+			t.Fatalf("both hashes bad: %v", err)
+		}
+	}
 }
 
 func FuzzParseNarInfo(f *testing.F) {
