@@ -186,5 +186,8 @@ func KeepDirMode(path string, perm fs.FileMode) (bool, error) {
 	if fi.Mode().Perm() == perm {
 		return false, nil
 	}
-	return true, os.Chmod(path, perm)
+	if err := os.Chmod(path, perm); err != nil {
+		return false, err
+	}
+	return true, nil
 }

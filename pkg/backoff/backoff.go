@@ -28,6 +28,9 @@ func (p Policy) Delay(n int) time.Duration {
 // [0, 1) (values outside are clamped).
 func (p Policy) Jittered(n int, r float64) time.Duration {
 	d := p.Delay(n)
+	if d <= 0 {
+		return 0
+	}
 	r = min(max(r, 0), 1)
 	half := d / 2
 	return min(half+time.Duration(r*float64(d-half)), d-1)

@@ -37,4 +37,7 @@ func TestJittered(t *testing.T) {
 			}
 		}
 	}
+	if got := (Policy{}).Jittered(1, 0.5); got != 0 {
+		t.Errorf("no wait, jittered: %v, want 0", got)
+	}
 }

@@ -103,6 +103,18 @@ func TestBucketAndReader(t *testing.T) {
 	if h := r.Health()["fleet"]; !h.Up || !h.Checked || h.Hits < 3 || h.Misses < 1 {
 		t.Fatalf("health after the lookups: %+v", h)
 	}
+	// That it answers is told once, by its first check or by the first
+	// lookup that reached it, whichever came first.
+	select {
+	case <-changed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the reader did not tell that the store answers")
+	}
+	select {
+	case <-changed:
+		t.Fatal("the store answering was told twice")
+	default:
+	}
 
 	// The store goes away: the first failures are misses, then the cache
 	// is down, every lookup a 404 at once, and the change is told.

@@ -269,12 +269,16 @@ func (r *Reader) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 // answerErr answers a failed request to the store, and reports whether
 // there was one.
 func (r *Reader) answerErr(w http.ResponseWriter, req *http.Request, c *readCache, err error) bool {
+	if err == nil || errors.Is(err, ErrNotFound) {
+		if c.setUp() {
+			r.log.Info("cache store answers", zap.String("cache", c.bucket.Cache))
+			r.changed()
+		}
+	}
 	switch {
 	case err == nil:
-		c.setUp()
 		return false
 	case errors.Is(err, ErrNotFound):
-		c.setUp()
 		c.misses.Add(1)
 		http.NotFound(w, req)
 	case req.Context().Err() != nil:
@@ -298,14 +302,17 @@ func (c *readCache) up() bool {
 	return c.health.Up || !c.health.Checked
 }
 
-// setUp records a request that reached the store.
-func (c *readCache) setUp() {
+// setUp records a request that reached the store, and reports whether
+// that is news (before its first check ended).
+func (c *readCache) setUp() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.fails = 0
-	if !c.health.Up || !c.health.Checked {
-		c.health = Health{Up: true, Checked: true, Since: time.Now()}
+	if c.health.Up && c.health.Checked {
+		return false
 	}
+	c.health = Health{Up: true, Checked: true, Since: time.Now()}
+	return true
 }
 
 // down records that the store cannot be reached, and starts a

@@ -29,10 +29,11 @@ func File(ctx context.Context, log *zap.Logger, path string, limit int64, onChan
 		return fmt.Errorf("start file watcher: %w", err)
 	}
 	defer w.Close()
-	path, err = filepath.Abs(path)
+	abs, err := filepath.Abs(path)
 	if err != nil {
 		return fmt.Errorf("resolve %s: %w", path, err)
 	}
+	path = abs
 	watched := map[string]bool{}
 	// follow adds watches on path's directory and on the directory of every
 	// symlink target along the way.
