@@ -259,7 +259,7 @@ func (r *Reader) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 				// The store went away mid-stream: the short body (less
 				// than its Content-Length) fails the download, and Nix
 				// falls back.
-				r.down(c, err)
+				r.down(c, err, false)
 			}
 			return
 		}
@@ -270,10 +270,7 @@ func (r *Reader) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 // there was one.
 func (r *Reader) answerErr(w http.ResponseWriter, req *http.Request, c *readCache, err error) bool {
 	if err == nil || errors.Is(err, ErrNotFound) {
-		if c.setUp() {
-			r.log.Info("cache store answers", zap.String("cache", c.bucket.Cache))
-			r.changed()
-		}
+		r.answered(c, false)
 	}
 	switch {
 	case err == nil:
@@ -288,7 +285,7 @@ func (r *Reader) answerErr(w http.ResponseWriter, req *http.Request, c *readCach
 		out := c.fails >= 2 || errors.Is(err, ErrRejected)
 		c.mu.Unlock()
 		if out {
-			r.down(c, err)
+			r.down(c, err, false)
 		}
 		c.downed.Add(1)
 		http.Error(w, "the object store cannot be reached", http.StatusNotFound)
@@ -302,33 +299,48 @@ func (c *readCache) up() bool {
 	return c.health.Up || !c.health.Checked
 }
 
-// setUp records a request that reached the store, and reports whether
-// that is news (before its first check ended).
-func (c *readCache) setUp() bool {
+// answered records that the store answered a request (byCheck: the
+// background check, which then ends), and tells when that is news
+// (before its first check ended too).
+func (r *Reader) answered(c *readCache, byCheck bool) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.fails = 0
-	if c.health.Up && c.health.Checked {
-		return false
+	news := !c.health.Up || !c.health.Checked
+	if news {
+		c.health = Health{Up: true, Checked: true, Since: time.Now()}
 	}
-	c.health = Health{Up: true, Checked: true, Since: time.Now()}
-	return true
+	if byCheck {
+		c.checking = false
+	} else {
+		c.fails = 0
+	}
+	c.mu.Unlock()
+	if news {
+		r.log.Info("cache store answers", zap.String("cache", c.bucket.Cache))
+		r.changed()
+	}
 }
 
-// down records that the store cannot be reached, and starts a
-// background check unless one runs.
-func (r *Reader) down(c *readCache, err error) {
+// down records that the store cannot be reached (byCheck: says the
+// background check), tells when that is news (to the check, a change of
+// whether it refuses the credentials is too), and starts a background
+// check unless one runs.
+func (r *Reader) down(c *readCache, err error, byCheck bool) {
+	rejected := errors.Is(err, ErrRejected)
 	c.mu.Lock()
-	was := c.health.Up || !c.health.Checked
-	if was {
+	news := c.health.Up || !c.health.Checked || byCheck && c.health.Rejected != rejected
+	if news {
 		c.health = Health{Checked: true, Since: time.Now()}
 	}
-	c.health.Err, c.health.Rejected = err.Error(), errors.Is(err, ErrRejected)
-	start := !c.checking
+	c.health.Err, c.health.Rejected = err.Error(), rejected
+	start := !c.checking // false for the check itself
 	c.checking = true
 	c.mu.Unlock()
-	if was {
-		r.log.Warn("cache store cannot be reached: its lookups are answered as misses until it answers again", zap.String("cache", c.bucket.Cache), zap.Error(err))
+	if news {
+		text := "cache store cannot be reached: its lookups are answered as misses until it answers again"
+		if byCheck {
+			text = "cache store cannot be reached"
+		}
+		r.log.Warn(text, zap.String("cache", c.bucket.Cache), zap.Error(err))
 		r.changed()
 	}
 	if start {
@@ -346,31 +358,11 @@ func (r *Reader) check(c *readCache) {
 		if c.ctx.Err() != nil {
 			return
 		}
-		c.mu.Lock()
 		if err == nil {
-			changed := !c.health.Up || !c.health.Checked
-			if changed {
-				c.health = Health{Up: true, Checked: true, Since: time.Now()}
-			}
-			c.checking = false
-			c.mu.Unlock()
-			if changed {
-				r.log.Info("cache store answers", zap.String("cache", c.bucket.Cache))
-				r.changed()
-			}
+			r.answered(c, true)
 			return
 		}
-		rejected := errors.Is(err, ErrRejected)
-		changed := c.health.Up || !c.health.Checked || c.health.Rejected != rejected
-		if changed {
-			c.health = Health{Checked: true, Since: time.Now()}
-		}
-		c.health.Err, c.health.Rejected = err.Error(), rejected
-		c.mu.Unlock()
-		if changed {
-			r.log.Warn("cache store cannot be reached", zap.String("cache", c.bucket.Cache), zap.Error(err))
-			r.changed()
-		}
+		r.down(c, err, true)
 		select {
 		case <-c.ctx.Done():
 			return
