@@ -142,7 +142,7 @@ func FuzzRenderModule(f *testing.F) {
 	f.Fuzz(func(t *testing.T, sub, key, path, name, host string, serve bool, protocol string) {
 		m := ModuleSettings{
 			Serve: serve, Protocol: Protocol(protocol),
-			SecretKeyFiles: []string{path}, Substituters: []string{sub}, TrustedPublicKeys: []string{key},
+			Settings:   Settings{SecretKeyFiles: []string{path}, Substituters: []string{sub}, TrustedPublicKeys: []string{key}},
 			KnownHosts: []KnownHost{{Name: name, HostNames: []string{host}, PublicKey: hk}},
 		}
 		out, err := RenderModule(m)

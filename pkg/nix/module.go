@@ -13,10 +13,11 @@ import (
 )
 
 // ModuleSettings are what the managed NixOS module (/etc/nixos/nixpeer.nix)
-// declares for one host. A serving host sets Serve, Protocol, ServeKeys and
-// SecretKeyFiles; a fetching host sets Substituters, TrustedPublicKeys,
-// Fallback and KnownHosts. A host may be both.
+// declares for one host: its Settings, and for a serving host Serve,
+// Protocol and ServeKeys, for a fetching host KnownHosts. A host may be
+// both.
 type ModuleSettings struct {
+	Settings
 	// Serve turns on nix.sshServe.
 	Serve bool
 	// Protocol is nix.sshServe.protocol, "ssh" or "ssh-ng"; required when
@@ -25,19 +26,8 @@ type ModuleSettings struct {
 	// ServeKeys are the ssh keys of the clients allowed to fetch
 	// (nix.sshServe.keys); only with Serve.
 	ServeKeys []ssh.PublicKey
-	// SecretKeyFiles are paths of binary-cache signing keys.
-	SecretKeyFiles []string
-	// Substituters are store URLs of serving hosts (see ValidateSubstituter).
-	Substituters []string
-	// TrustedPublicKeys are binary-cache public keys, "NAME:BASE64".
-	TrustedPublicKeys []string
-	// Fallback sets nix.settings.fallback = true; false writes nothing.
-	Fallback bool
 	// KnownHosts become programs.ssh.knownHosts entries.
 	KnownHosts []KnownHost
-	// NoNegativeCache and PostBuildHook are as in Settings.
-	NoNegativeCache bool
-	PostBuildHook   string
 }
 
 // KnownHost is one programs.ssh.knownHosts entry.
@@ -105,7 +95,7 @@ func moduleBody(m ModuleSettings) (string, error) {
 		return "", errors.New("sshServe protocol or keys are set but Serve is not")
 	}
 
-	if err := (Settings{Substituters: m.Substituters, TrustedPublicKeys: m.TrustedPublicKeys, SecretKeyFiles: m.SecretKeyFiles, PostBuildHook: m.PostBuildHook}).Validate(); err != nil {
+	if err := m.Settings.Validate(); err != nil {
 		return "", err
 	}
 	writeNixList(&b, "  ", "nix.settings.secret-key-files", sortedUnique(m.SecretKeyFiles), false)

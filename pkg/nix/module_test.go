@@ -56,7 +56,7 @@ func TestRenderModuleEvaluatesInNix(t *testing.T) {
 		{"nothing", ModuleSettings{}, map[string]any{}},
 		{"serving host", ModuleSettings{
 			Serve: true, Protocol: "ssh", ServeKeys: []ssh.PublicKey{b, a, a},
-			SecretKeyFiles: []string{"/var/lib/nixpeer/keys/cache-priv-key.pem"},
+			Settings: Settings{SecretKeyFiles: []string{"/var/lib/nixpeer/keys/cache-priv-key.pem"}},
 		}, map[string]any{
 			"nix": map[string]any{
 				"sshServe": map[string]any{
@@ -71,9 +71,7 @@ func TestRenderModuleEvaluatesInNix(t *testing.T) {
 			"nix": map[string]any{"sshServe": map[string]any{"enable": true, "keys": []any{}, "protocol": "ssh-ng"}},
 		}},
 		{"fetching host", ModuleSettings{
-			Substituters:      []string{sub},
-			TrustedPublicKeys: []string{k1, k2},
-			Fallback:          true,
+			Settings: Settings{Substituters: []string{sub}, TrustedPublicKeys: []string{k1, k2}, Fallback: true},
 			KnownHosts: []KnownHost{
 				{Name: "staging", HostNames: []string{"[10.0.0.2]:2222", "10.0.0.2", "staging.example.org"}, PublicKey: hk},
 				{Name: "other", HostNames: []string{"fd00::3"}, PublicKey: a},
@@ -120,11 +118,11 @@ func TestRenderModuleRefusesHostileValues(t *testing.T) {
 		{"protocol without serve", ModuleSettings{Protocol: "ssh"}, "Serve is not"},
 		{"keys without serve", ModuleSettings{ServeKeys: []ssh.PublicKey{a}}, "Serve is not"},
 		{"ecdsa client key", ModuleSettings{Serve: true, Protocol: "ssh", ServeKeys: []ssh.PublicKey{testECDSAKey(t)}}, `has key type "ecdsa-sha2-nistp256"; want ssh-ed25519`},
-		{"interpolation in key file", ModuleSettings{SecretKeyFiles: []string{"/k${builtins.abort \"x\"}"}}, "character"},
-		{"newline in key file", ModuleSettings{SecretKeyFiles: []string{"/k\n"}}, "character"},
-		{"quote in substituter", ModuleSettings{Substituters: []string{`ssh://nix-ssh@h"];evil=["`}}, "forbidden character"},
-		{"interpolation in substituter", ModuleSettings{Substituters: []string{"ssh://nix-ssh@h${x}"}}, "forbidden character"},
-		{"backslash in trusted key", ModuleSettings{TrustedPublicKeys: []string{k + `\`}}, "trusted public key"},
+		{"interpolation in key file", ModuleSettings{Settings: Settings{SecretKeyFiles: []string{"/k${builtins.abort \"x\"}"}}}, "character"},
+		{"newline in key file", ModuleSettings{Settings: Settings{SecretKeyFiles: []string{"/k\n"}}}, "character"},
+		{"quote in substituter", ModuleSettings{Settings: Settings{Substituters: []string{`ssh://nix-ssh@h"];evil=["`}}}, "forbidden character"},
+		{"interpolation in substituter", ModuleSettings{Settings: Settings{Substituters: []string{"ssh://nix-ssh@h${x}"}}}, "forbidden character"},
+		{"backslash in trusted key", ModuleSettings{Settings: Settings{TrustedPublicKeys: []string{k + `\`}}}, "trusted public key"},
 		{"quote in known host name", ModuleSettings{KnownHosts: []KnownHost{{Name: `a"`, HostNames: []string{"h"}, PublicKey: hk}}}, "known host name"},
 		{"interpolation in known host name", ModuleSettings{KnownHosts: []KnownHost{{Name: "${x}", HostNames: []string{"h"}, PublicKey: hk}}}, "known host name"},
 		{"newline in host name", ModuleSettings{KnownHosts: []KnownHost{{Name: "a", HostNames: []string{"h\nx"}, PublicKey: hk}}}, "host"},
