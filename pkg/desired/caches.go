@@ -148,19 +148,17 @@ func checkEndpoint(s string) string {
 // hosts; publishTo naming caches; substituteFrom naming caches after its
 // hosts (Nix asks SSH stores before HTTP caches whatever the order), each
 // with a publisher whose key the readers trust. It moves the caches of
-// each host's substituteFrom to its ReadCaches.
-func checkCaches(el *errorList, f *File, infos []*hostInfo) {
-	hosts := map[string]bool{}
-	for _, hi := range infos {
-		hosts[hi.rawName] = true
-	}
+// each host's substituteFrom to its ReadCaches, and the hosts to its
+// SubstituteFrom. byName holds the host names as written.
+func checkCaches(el *errorList, f *File, infos []*hostInfo, byName map[string]int) {
 	seen := map[string]*Cache{}
 	var caches []*Cache
 	for _, c := range f.Caches {
+		_, isHost := byName[c.Name]
 		switch {
 		case seen[c.Name] != nil:
 			el.add(c.Pos, "duplicate cache name %q (first used at %s); give every cache its own name", c.Name, seen[c.Name].Pos)
-		case hosts[c.Name]:
+		case isHost:
 			el.add(c.Pos, "cache %q has the name of a host; give caches and hosts different names", c.Name)
 		default:
 			seen[c.Name] = c
@@ -190,13 +188,13 @@ func checkCaches(el *errorList, f *File, infos []*hostInfo) {
 	}
 	for _, hi := range infos {
 		h := hi.h
-		var hostsOnly []string
 		var lastCache *item
 		for _, r := range hi.subs {
 			if seen[r.s] == nil {
-				if lastCache != nil && slices.Contains(h.SubstituteFrom, r.s) {
+				if lastCache != nil {
 					el.add(r.pos, "substituteFrom lists host %q after the cache %q; list the hosts first: Nix asks SSH stores before HTTP caches whatever the order", r.s, lastCache.s)
 				}
+				h.SubstituteFrom = append(h.SubstituteFrom, r.s)
 				continue
 			}
 			if slices.Contains(h.ReadCaches, r.s) {
@@ -208,12 +206,6 @@ func checkCaches(el *errorList, f *File, infos []*hostInfo) {
 				el.add(r.pos, "substituteFrom names the cache %q, which no host publishes to; add publishTo: [%s] to the serve of the host that builds for it", r.s, r.s)
 			}
 		}
-		for _, name := range h.SubstituteFrom {
-			if seen[name] == nil {
-				hostsOnly = append(hostsOnly, name)
-			}
-		}
-		h.SubstituteFrom = hostsOnly
 		if len(h.ReadCaches) > 0 && h.CachePort == 0 {
 			h.CachePort = DefaultCachePort
 		}

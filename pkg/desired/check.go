@@ -52,9 +52,6 @@ func checkHosts(el *errorList, f *File, infos []*hostInfo) {
 	for i, hi := range infos {
 		seen := map[string]Pos{}
 		for _, r := range hi.subs {
-			if checkName(r.s) != "" {
-				continue // reported while decoding
-			}
 			if first, dup := seen[r.s]; dup {
 				el.add(r.pos, "substituteFrom lists %q twice (first at %s); remove one", r.s, first)
 				continue
@@ -79,7 +76,7 @@ func checkHosts(el *errorList, f *File, infos []*hostInfo) {
 		}
 	}
 
-	checkCaches(el, f, infos)
+	checkCaches(el, f, infos, byName)
 	checkCycles(el, infos, edges)
 	if f.Trust == TrustPinned {
 		checkPins(el, infos, edges)

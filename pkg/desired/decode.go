@@ -75,8 +75,8 @@ type hostInfo struct {
 	keyNamePos   Pos
 	publicKeyPos Pos
 	keyNameGiven bool
-	subs         []item // the substituteFrom entries
-	publish      []item // the publishTo entries
+	subs         []item // the valid substituteFrom entries
+	publish      []item // the valid publishTo entries
 }
 
 // decodeFile decodes the top-level mapping and every host.
@@ -271,16 +271,23 @@ func decodeHost(el *errorList, n ast.Node) *hostInfo {
 		decodeServe(el, fd, hi)
 	}
 	if fd, ok := fs.fields["substituteFrom"]; ok {
-		for _, it := range stringList(el, fd) {
-			hi.subs = append(hi.subs, it)
-			if r := checkName(it.s); r != "" {
-				el.add(it.pos, "substituteFrom entry %s %s; list host and cache names from this file, for example [stage, fleet]", msg.Quote(it.s), r)
-				continue
-			}
-			h.SubstituteFrom = append(h.SubstituteFrom, it.s)
-		}
+		hi.subs = nameList(el, fd, "host and cache names from this file, for example [stage, fleet]")
 	}
 	return hi
+}
+
+// nameList decodes a list of host or cache names; an entry that is not a
+// name is reported, with what to list, and dropped.
+func nameList(el *errorList, fd field, what string) []item {
+	var out []item
+	for _, it := range stringList(el, fd) {
+		if r := checkName(it.s); r != "" {
+			el.add(it.pos, "%s entry %s %s; list %s", fd.key, msg.Quote(it.s), r, what)
+			continue
+		}
+		out = append(out, it)
+	}
+	return out
 }
 
 // decodeApply decodes apply; an explicit [] is a non-nil empty list.
@@ -356,13 +363,7 @@ func decodeServe(el *errorList, fd field, hi *hostInfo) {
 	}
 	if f, ok := fs.fields["publishTo"]; ok {
 		s.PublishTo = []string{}
-		for _, it := range stringList(el, f) {
-			if r := checkName(it.s); r != "" {
-				el.add(it.pos, "publishTo entry %s %s; list cache names from this file's caches, for example [fleet]", msg.Quote(it.s), r)
-				continue
-			}
-			hi.publish = append(hi.publish, it)
-		}
+		hi.publish = nameList(el, f, "cache names from this file's caches, for example [fleet]")
 	}
 }
 
