@@ -76,47 +76,42 @@ func decodeCaches(el *errorList, fd field) []*Cache {
 	return out
 }
 
-// decodeS3 decodes a cache's s3 mapping into c; false when it is not
-// usable.
+// decodeS3 decodes a cache's s3 mapping into c; false when one of its
+// fields had an error.
 func decodeS3(el *errorList, fd field, c *Cache) bool {
 	fs, ok := mapping(el, fd.value, "s3", help["s3"].example, s3Fields)
 	if !ok {
 		return false
 	}
-	good := true
+	n0 := len(el.errs)
 	if f, ok := fs.fields["endpoint"]; !ok {
 		el.add(fs.pos, "s3 has no endpoint; add for example %s", help["endpoint"].example)
-		good = false
-	} else if v, ok := str(el, f); !ok {
-		good = false
-	} else if r := checkEndpoint(v); r != "" {
-		el.add(posOf(f.value), "endpoint %s %s; give the object store's URL, for example %s (credentials go in each host's own credentials file, never here)", msg.Quote(v), r, `"https://s3.example.com"`)
-		good = false
-	} else {
-		c.S3.Endpoint = v
+	} else if v, ok := str(el, f); ok {
+		if r := checkEndpoint(v); r != "" {
+			el.add(posOf(f.value), "endpoint %s %s; give the object store's URL, for example %s (credentials go in each host's own credentials file, never here)", msg.Quote(v), r, `"https://s3.example.com"`)
+		} else {
+			c.S3.Endpoint = v
+		}
 	}
 	if f, ok := fs.fields["bucket"]; !ok {
 		el.add(fs.pos, "s3 has no bucket; add for example bucket: nix")
-		good = false
-	} else if v, ok := str(el, f); !ok {
-		good = false
-	} else if !bucketRE.MatchString(v) {
-		el.add(posOf(f.value), "bucket %s is not an S3 bucket name; use 3-63 lowercase letters, digits, '.' and '-', starting and ending with a letter or digit", msg.Quote(v))
-		good = false
-	} else {
-		c.S3.Bucket = v
-	}
-	if f, ok := fs.fields["region"]; ok {
-		if v, ok := str(el, f); !ok {
-			good = false
-		} else if !regionRE.MatchString(v) {
-			el.add(posOf(f.value), "region %s is not a region name; use lowercase letters, digits and '-', for example %s", msg.Quote(v), DefaultRegion)
-			good = false
+	} else if v, ok := str(el, f); ok {
+		if !bucketRE.MatchString(v) {
+			el.add(posOf(f.value), "bucket %s is not an S3 bucket name; use 3-63 lowercase letters, digits, '.' and '-', starting and ending with a letter or digit", msg.Quote(v))
 		} else {
-			c.S3.Region = v
+			c.S3.Bucket = v
 		}
 	}
-	return good
+	if f, ok := fs.fields["region"]; ok {
+		if v, ok := str(el, f); ok {
+			if !regionRE.MatchString(v) {
+				el.add(posOf(f.value), "region %s is not a region name; use lowercase letters, digits and '-', for example %s", msg.Quote(v), DefaultRegion)
+			} else {
+				c.S3.Region = v
+			}
+		}
+	}
+	return len(el.errs) == n0
 }
 
 // checkEndpoint accepts http:// and https:// URLs with a host, an
