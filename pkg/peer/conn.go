@@ -50,7 +50,9 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, src source) {
 
 	go refuseGlobal(log, reqs)
 	cs := &connState{sconn: sconn, idleTimeout: s.opts.IdleTimeout, log: log}
-	cs.startIdle()
+	cs.mu.Lock()
+	cs.startIdleLocked()
+	cs.mu.Unlock()
 	var wg sync.WaitGroup
 	for nc := range chans {
 		if t := nc.ChannelType(); t != "session" {
@@ -97,13 +99,7 @@ type connState struct {
 	closed bool
 }
 
-// startIdle starts an idle period; the caller holds no lock.
-func (c *connState) startIdle() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.startIdleLocked()
-}
-
+// startIdleLocked starts an idle period.
 func (c *connState) startIdleLocked() {
 	c.gen++
 	gen := c.gen

@@ -153,19 +153,6 @@ func fail(r Reason, format string, args ...any) error {
 	return &failure{reason: r, err: fmt.Errorf(format, args...)}
 }
 
-// hostKeyMismatchError is returned by the host key callback.
-type hostKeyMismatchError struct {
-	expected, got ssh.PublicKey
-	cas           bool // with HostCAs: got is no valid certificate of theirs
-}
-
-func (e *hostKeyMismatchError) Error() string {
-	if e.cas {
-		return fmt.Sprintf("got %s, not a host certificate of hostCAs valid now for the peer", ssh.FingerprintSHA256(e.got))
-	}
-	return fmt.Sprintf("expected %s, got %s", ssh.FingerprintSHA256(e.expected), ssh.FingerprintSHA256(e.got))
-}
-
 // withDefaults fills the zero fields of t.
 func (t Target) withDefaults() Target {
 	t.Port = cmp.Or(t.Port, DefaultPort)
@@ -275,14 +262,14 @@ func probe(ctx context.Context, t Target, start, deadline time.Time) (Result, er
 		HostKeyCallback: func(_ string, _ net.Addr, key ssh.PublicKey) error {
 			if len(t.HostCAs) > 0 {
 				if _, err := sshkeys.CertifiedKey(key, t.HostCAs, t.Address); err != nil {
-					return &hostKeyMismatchError{expected: t.HostKey, got: key, cas: true}
+					return fail(HostKeyMismatch, "got %s, not a host certificate of hostCAs valid now for the peer", ssh.FingerprintSHA256(key))
 				}
 				return nil
 			}
 			if bytes.Equal(key.Marshal(), t.HostKey.Marshal()) || t.NextHostKey != nil && bytes.Equal(key.Marshal(), t.NextHostKey.Marshal()) {
 				return nil
 			}
-			return &hostKeyMismatchError{expected: t.HostKey, got: key}
+			return fail(HostKeyMismatch, "expected %s, got %s", ssh.FingerprintSHA256(t.HostKey), ssh.FingerprintSHA256(key))
 		},
 		// Ask for the pinned key's type, so that a server with several host
 		// keys shows the one we know; with CAs, its certificate.
@@ -290,10 +277,10 @@ func probe(ctx context.Context, t Target, start, deadline time.Time) (Result, er
 	}
 	c, chans, reqs, err := ssh.NewClientConn(conn, t.addr(), config)
 	if err != nil {
-		var mismatch *hostKeyMismatchError
+		var mismatch *failure // the host key callback's
 		switch {
 		case errors.As(err, &mismatch):
-			return Result{}, &failure{reason: HostKeyMismatch, err: mismatch}
+			return Result{}, mismatch
 		case strings.Contains(err.Error(), "ssh: unable to authenticate"):
 			// x/crypto/ssh has no typed error for this.
 			return Result{}, fail(Unauthorized, "key %s not accepted: %w", ssh.FingerprintSHA256(t.Signer.PublicKey()), err)
