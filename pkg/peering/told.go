@@ -28,36 +28,34 @@ func (m *Manager) dialLocked(w *watched) {
 	m.wg.Go(func() { m.run(ctx, w) })
 }
 
-// stopDialLocked ends the dial of w's peer when it settled (took facts or
-// refused a key) and the peer tells over its own connection; it reports
-// whether it did.
-func (m *Manager) stopDialLocked(w *watched) bool {
-	if w.dialing == nil || !w.settled || w.told == 0 || !w.target.Inbound {
-		return false
+// stopDial ends the dial of w's peer when it settled (took facts or
+// refused a key) and the peer tells over its own connection.
+func (m *Manager) stopDial(log *zap.Logger, w *watched) {
+	m.mu.Lock()
+	stop := w.dialing != nil && w.settled && w.told > 0 && w.target.Inbound
+	if stop {
+		w.dialing()
+		w.dialing, w.dialCtx = nil, nil
 	}
-	w.dialing()
-	w.dialing, w.dialCtx = nil, nil
-	return true
+	m.mu.Unlock()
+	if stop {
+		log.Debug("the peer tells its facts over its own connection; no longer dialled")
+		m.notify(w.target.Name + " tells its facts over its own connection")
+	}
 }
 
 // settle notes that the dial of ctx took w's peer's facts: an Inbound peer
 // that tells over its own connection is dialled no more.
 func (m *Manager) settle(ctx context.Context, log *zap.Logger, w *watched) {
 	m.mu.Lock()
-	stopped := false
-	if w.dialCtx == ctx {
+	settled := w.dialCtx == ctx
+	if settled {
 		w.settled = true
-		stopped = m.stopDialLocked(w)
 	}
 	m.mu.Unlock()
-	if stopped {
-		m.dialStopped(log, w)
+	if settled {
+		m.stopDial(log, w)
 	}
-}
-
-func (m *Manager) dialStopped(log *zap.Logger, w *watched) {
-	log.Debug("the peer tells its facts over its own connection; no longer dialled")
-	m.notify(w.target.Name + " tells its facts over its own connection")
 }
 
 // Told takes the facts an Inbound peer tells over its own connection to
@@ -124,12 +122,7 @@ func (m *Manager) Told(_ context.Context, key ssh.PublicKey, next func() (peer.F
 		if first {
 			defer m.untold(log, w) // accept counted the session
 		}
-		m.mu.Lock()
-		stopped := m.stopDialLocked(w)
-		m.mu.Unlock()
-		if stopped {
-			m.dialStopped(log, w)
-		}
+		m.stopDial(log, w)
 		select {
 		case d := <-docs:
 			if d.err != nil {
