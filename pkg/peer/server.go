@@ -307,10 +307,9 @@ func (s *Server) watch(key ssh.PublicKey) (slot, func()) {
 	defer s.publishing.Unlock()
 	s.mu.Lock()
 	s.watchers[w] = key
-	f := s.facts
 	s.mu.Unlock()
-	if f != nil {
-		w.set(s.view(*f, key, map[string][]byte{}))
+	if doc := s.current(key); doc != nil { // no Publish in between: s.publishing
+		w.set(doc)
 	}
 	return w, func() {
 		s.mu.Lock()
