@@ -67,13 +67,12 @@ type Host struct {
 
 	mu     sync.Mutex
 	status status.Status
-	shown  *desired.File // the desired state status was made from
-	stores []PeerStore   // the peers' stores, as the pass of status knew them
-	keys   cacheKeys     // the signing keys, as the pass of status saw them
-	// hostKeys are the fingerprints of the host key and the next one.
-	hostKeys struct{ current, next string }
-	updated  chan struct{} // closed and replaced at every reconcile
-	request  sync.Mutex    // one change of the key rotation request at a time
+	// seen is what the pass of status observed (its desired state, its
+	// keys), for Desired and the operator's requests; nil before any.
+	seen    *Observation
+	stores  []PeerStore   // the peers' stores, as the pass of status knew them
+	updated chan struct{} // closed and replaced at every reconcile
+	request sync.Mutex    // one change of the key rotation request at a time
 }
 
 // NewHost prepares a reconciler, picking up the last good desired state and
@@ -130,7 +129,10 @@ func (h *Host) PeerStores() []PeerStore {
 func (h *Host) Desired() *desired.File {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.shown
+	if h.seen == nil {
+		return nil
+	}
+	return h.seen.File
 }
 
 // WaitReconciled returns the status once a reconcile has finished after
@@ -204,7 +206,7 @@ func (h *Host) report(o *Observation, p *Plan, a *acted) (time.Duration, error) 
 	}
 	h.desired, h.generation = o.File, o.Generation
 	h.mu.Lock()
-	h.status, h.shown, h.stores, h.keys, h.hostKeys = next, o.File, p.Stores, cacheKeysOf(o), hostKeysOf(o)
+	h.status, h.seen, h.stores = next, o, p.Stores
 	close(h.updated)
 	h.updated = make(chan struct{})
 	h.mu.Unlock()
