@@ -170,6 +170,24 @@ func holdDown(trips []time.Time, now time.Time) (time.Time, int) {
 	return recent[len(recent)-1].Add(hold), len(recent)
 }
 
+// tripsRecord is the breaker's memory once the settings that withdraw
+// tripped are written: those peers added, old trips forgotten; changed
+// is false when it stays as it is.
+func tripsRecord(o *Observation, tripped []string) (trips map[string][]time.Time, changed bool) {
+	trips = map[string][]time.Time{}
+	changed = len(tripped) > 0
+	for name, t := range o.Trips {
+		if r := recentTrips(t, o.Now); len(r) > 0 {
+			trips[name] = r
+		}
+		changed = changed || len(trips[name]) != len(t)
+	}
+	for _, name := range tripped {
+		trips[name] = append(trips[name], o.Now)
+	}
+	return trips, changed
+}
+
 // recentTrips are the trips within FlapWindow of now.
 func recentTrips(trips []time.Time, now time.Time) []time.Time {
 	for i, t := range trips {

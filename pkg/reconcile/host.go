@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -222,8 +221,8 @@ func (h *Host) report(o *Observation, p *Plan, a *acted) (time.Duration, error) 
 type passOutcome struct {
 	status status.Status
 	// pass is what the store gets: the records of the resources that
-	// acted and of the breaker's trips, and, when changed, the status,
-	// its event and a new desired state.
+	// acted (the breaker's trips with the Nix settings) and, when
+	// changed, the status, its event and a new desired state.
 	pass    state.Pass
 	changed bool
 	err     error
@@ -240,9 +239,7 @@ func outcome(prev status.Status, configFile string, o *Observation, p *Plan, a *
 		next.Peers = []status.Peer{} // a JSON list, never null
 	}
 	errs := slices.Clone(a.errs)
-	records := maps.Clone(a.records)
 	var conds []status.Condition
-	var nixRes *Resource
 	for _, r := range p.Resources {
 		if _, failed := a.failed[r]; failed && r.Type == status.KnownHostsReady {
 			// A peer verified in this pass is not written as a
@@ -252,9 +249,6 @@ func outcome(prev status.Status, configFile string, o *Observation, p *Plan, a *
 					ps.State, ps.Message = status.PeerWaitingForKnownHosts, "root's known_hosts cannot be written; see KnownHostsReady"
 				}
 			}
-		}
-		if r.Type == status.NixSettingsApplied {
-			nixRes = r
 		}
 		if r.Type == "" {
 			if f, failed := a.failed[r]; failed && f.Reason == "Waiting" {
@@ -276,11 +270,6 @@ func outcome(prev status.Status, configFile string, o *Observation, p *Plan, a *
 		next.Files = managedFiles(prev.Files, o, p, a, now)
 		if len(errs) == 0 {
 			next.ObservedGeneration = o.Generation
-		}
-	}
-	if nixRes != nil && a.done[nixRes] {
-		if trips, changed := tripsRecord(o, p, now); changed {
-			records[recTrips] = trips
 		}
 	}
 	passErr := errors.Join(errs...)
@@ -309,7 +298,7 @@ func outcome(prev status.Status, configFile string, o *Observation, p *Plan, a *
 	out := passOutcome{changed: !sameStatus(prev, next) || len(a.wrote) > 0 || o.NewDesired != nil, err: passErr}
 	next.LastReconcile = now
 	out.status = next
-	out.pass.Records = records
+	out.pass.Records = a.records
 	if out.changed {
 		out.pass.Status = &out.status
 		out.pass.Event = &state.Event{Time: now, Generation: o.Generation, Reason: next.Conditions[0].Reason, Message: next.Conditions[0].Message,
@@ -317,24 +306,6 @@ func outcome(prev status.Status, configFile string, o *Observation, p *Plan, a *
 		out.pass.Desired = o.NewDesired
 	}
 	return out
-}
-
-// tripsRecord is the breaker's memory after a pass whose settings were
-// written: the peers withdrawn for their health in this pass added, old
-// trips forgotten; changed is false when it stays as it is.
-func tripsRecord(o *Observation, p *Plan, now time.Time) (trips map[string][]time.Time, changed bool) {
-	trips = map[string][]time.Time{}
-	changed = len(p.Trips) > 0
-	for name, t := range o.Trips {
-		if r := recentTrips(t, now); len(r) > 0 {
-			trips[name] = r
-		}
-		changed = changed || len(trips[name]) != len(t)
-	}
-	for _, name := range p.Trips {
-		trips[name] = append(trips[name], now)
-	}
-	return trips, changed
 }
 
 func firstFalse(conds []status.Condition) *status.Condition {

@@ -373,6 +373,10 @@ func plan(o *Observation) *Plan {
 	if settingsPlanned {
 		p.Trips = subs.trips // withdrawn only by settings that are written
 	}
+	// Stored once the settings resource acted.
+	if trips, changed := tripsRecord(o, p.Trips); changed {
+		settings.Records = append(settings.Records, record{recTrips, trips})
+	}
 	p.Requeue = subs.requeue
 	if rotation.awaitsLive && settings.Status {
 		p.Requeue = soon // live in this pass: the rotation goes on at once
