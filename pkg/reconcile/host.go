@@ -329,8 +329,12 @@ func authorizedApplied(o *Observation, p *Plan, a *acted) func(ssh.PublicKey) bo
 		path = filepath.Join(o.Layout.AuthorizedKeysDir, nixSSHUser) // the deploy writes it (nix.sshServe.keys)
 	}
 	content := o.Files[path].Content
-	if r := p.Authorized; r != nil && a.done[r] {
-		content = r.Files[0].content
+	for _, r := range p.Resources {
+		for _, f := range r.Files {
+			if f.path == path && a.done[r] {
+				content = f.content // as this pass wrote it
+			}
+		}
 	}
 	present := keysIn(content)
 	return func(k ssh.PublicKey) bool { return present[string(k.Marshal())] }

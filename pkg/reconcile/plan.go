@@ -123,10 +123,8 @@ type Plan struct {
 	watchesOnly bool
 
 	// Consumers are the client keys a serving host lets in, for its
-	// facts; Authorized is the resource that writes them where sshd
-	// reads them (nil on nixos-module, where the deploy does).
-	Consumers  []nix.AuthorizedKey
-	Authorized *Resource
+	// facts.
+	Consumers []nix.AuthorizedKey
 	// Rotation is the signing key's rotation under way, nil when none
 	// is; NextCacheKey the next key's public half, for the facts.
 	Rotation     *status.Rotation
@@ -347,7 +345,7 @@ func plan(o *Observation) *Plan {
 		}
 	}
 	p.PeerStatus, p.Probes, p.Stores = subs.peers, append(subs.probes, serve.probes...), subs.stores
-	p.ServeCheck, p.Consumers, p.Authorized = serve.check, serve.consumers, serve.authorized
+	p.ServeCheck, p.Consumers = serve.check, serve.consumers
 	p.Rotation, p.NextCacheKey = rotation.status, rotation.next
 	p.Caches = cacheStatus
 	// Told only while a peer rotates its key: older agents refuse the

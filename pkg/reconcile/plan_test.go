@@ -144,6 +144,19 @@ func file(r *Resource, path string) []byte {
 	return nil
 }
 
+// planned is the resource that writes path, and the content it plans
+// for it; nil when none does.
+func planned(p *Plan, path string) (*Resource, []byte) {
+	for _, r := range p.Resources {
+		for _, f := range r.Files {
+			if f.path == path {
+				return r, f.content
+			}
+		}
+	}
+	return nil, nil
+}
+
 func recordOf(p *Plan, key string) any {
 	for _, r := range p.Resources {
 		for _, rec := range r.Records {
@@ -218,8 +231,8 @@ hosts:
 		o.Files[ak] = FileObs{Exists: true, Mode: 0o644, Content: []byte("command=\"nix-store --serve\",restrict " + w.prodCK.AuthorizedLine() + "\n")}
 		p := plan(o)
 		noCondition(t, p, status.CacheKeyReady, status.ServeReady, status.SubstitutersReady)
-		if p.Authorized == nil || bytes.Contains(file(p.Authorized, ak), []byte("ssh-ed25519")) {
-			t.Fatalf("the authorized keys of a host that no longer serves are not revoked: %+v", p.Authorized)
+		if r, got := planned(p, ak); r == nil || bytes.Contains(got, []byte("ssh-ed25519")) {
+			t.Fatalf("the authorized keys of a host that no longer serves are not revoked: %+v", r)
 		}
 		if conf := file(resource(p, status.NixSettingsApplied), w.l.NixpeerConf); bytes.Contains(conf, []byte("secret-key-files")) {
 			t.Errorf("nixpeer.conf of a host that no longer serves signs:\n%s", conf)
@@ -248,8 +261,8 @@ hosts:
 		if file(r, w.l.StateNixConf) == nil || file(r, w.l.NixpeerConf) != nil {
 			t.Fatalf("nixos host writes %v, want %s only", r.Files, w.l.StateNixConf)
 		}
-		if p.Authorized == nil || file(p.Authorized, filepath.Join(w.l.StateAuthorizedKeysDir, "nix-ssh")) == nil {
-			t.Fatalf("nixos host's authorized keys are not in the state directory: %+v", p.Authorized)
+		if r, got := planned(p, filepath.Join(w.l.StateAuthorizedKeysDir, "nix-ssh")); r == nil || got == nil {
+			t.Fatalf("nixos host's authorized keys are not in the state directory: %+v", r)
 		}
 	})
 }

@@ -20,9 +20,6 @@ type serving struct {
 	// resource is ServeReady; on a host that no longer serves, the
 	// resource (of no condition) that empties nix-ssh's keys, or nil.
 	resource *Resource
-	// authorized is the resource that writes nix-ssh's keys where sshd
-	// reads them (nil on nixos-module, where the deploy does).
-	authorized *Resource
 	// consumers are the client keys let in, for the facts and the module.
 	consumers []nix.AuthorizedKey
 	// check is the last check of its own sshd, for the facts.
@@ -43,7 +40,6 @@ func (pl *planner) planServe() (out serving) {
 		if path != "" && o.Files[path].Exists {
 			content, _ := nix.RenderAuthorizedKeys(nix.ProtocolSSH, nil)
 			out.resource = &Resource{Files: []fileWant{authorizedKeysFile(path, content)}, Status: true}
-			out.authorized = out.resource
 		}
 		return out
 	}
@@ -82,7 +78,6 @@ func (pl *planner) planServe() (out serving) {
 			return out
 		}
 		r.Files = []fileWant{authorizedKeysFile(path, content)}
-		out.authorized = r
 	}
 	if o.NixSSHUser != "" {
 		r.Reason, r.Message, r.Failed = "NixSSHUserMissing", o.NixSSHUser, true
