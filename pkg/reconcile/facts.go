@@ -24,8 +24,8 @@ func factsOf(o *Observation, p *Plan, st status.Status, authorizedApplied func(s
 	}
 	if o.Self.Serve != nil && o.CacheKey.Err == nil && !o.CacheKey.Missing {
 		f.Serve = &peer.ServeFacts{Protocol: o.Self.Serve.Protocol, CacheKey: o.CacheKey.Public.String(),
-			NextCacheKey: p.NextCacheKey, Authorized: []peer.AuthorizedFact{}, Check: p.ServeCheck}
-		for _, c := range p.Consumers {
+			NextCacheKey: p.CacheKeyRotation.next, Authorized: []peer.AuthorizedFact{}, Check: p.Serve.check}
+		for _, c := range p.Serve.consumers {
 			f.Serve.Authorized = append(f.Serve.Authorized, peer.AuthorizedFact{Host: c.Host,
 				Fingerprint: ssh.FingerprintSHA256(c.Key), Applied: authorizedApplied(c.Key)})
 		}

@@ -234,7 +234,7 @@ type passOutcome struct {
 func outcome(prev status.Status, configFile string, o *Observation, p *Plan, a *acted) passOutcome {
 	now := o.Now
 	next := status.Status{Host: prev.Host, ConfigFile: configFile, Generation: o.Generation,
-		ObservedGeneration: prev.ObservedGeneration, Peers: p.PeerStatus, Warnings: p.Warnings, Rotation: p.Rotation, HostKeyRotation: p.HostKeyRotation.status, Caches: p.Caches}
+		ObservedGeneration: prev.ObservedGeneration, Peers: p.PeerStatus, Warnings: p.Warnings, Rotation: p.CacheKeyRotation.status, HostKeyRotation: p.HostKeyRotation.status, Caches: p.Caches}
 	if next.Peers == nil {
 		next.Peers = []status.Peer{} // a JSON list, never null
 	}

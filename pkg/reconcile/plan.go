@@ -13,7 +13,6 @@ import (
 	"github.com/nixpeer/nixpeer/pkg/desired"
 	"github.com/nixpeer/nixpeer/pkg/layout"
 	"github.com/nixpeer/nixpeer/pkg/nix"
-	"github.com/nixpeer/nixpeer/pkg/peer"
 	"github.com/nixpeer/nixpeer/pkg/peering"
 	"github.com/nixpeer/nixpeer/pkg/probe"
 	"github.com/nixpeer/nixpeer/pkg/state"
@@ -109,9 +108,6 @@ type Plan struct {
 	// keys are known.
 	Stores []PeerStore
 	Probes []probeRequest
-	// ServeCheck is the result of this serving host's last check of its
-	// own sshd, for its facts; nil when there is none.
-	ServeCheck *peer.ServeCheck
 	// Trips are the peers whose substituter this pass withdraws because
 	// they went dark.
 	Trips []string
@@ -122,13 +118,11 @@ type Plan struct {
 	// it, then observes and plans again.
 	watchesOnly bool
 
-	// Consumers are the client keys a serving host lets in, for its
-	// facts.
-	Consumers []nix.AuthorizedKey
-	// Rotation is the signing key's rotation under way, nil when none
-	// is; NextCacheKey the next key's public half, for the facts.
-	Rotation     *status.Rotation
-	NextCacheKey string
+	// Serve is what the serving side planned (its consumers and its
+	// own sshd's check, for the facts); CacheKeyRotation the signing
+	// key's rotation (its status, the next key for the facts).
+	Serve            serving
+	CacheKeyRotation rotationPlan
 	// TrustedLive are the peers' cache keys the live Nix settings trust,
 	// for the facts.
 	TrustedLive []string
@@ -345,9 +339,7 @@ func plan(o *Observation) *Plan {
 		}
 	}
 	p.PeerStatus, p.Probes, p.Stores = subs.peers, append(subs.probes, serve.probes...), subs.stores
-	p.ServeCheck, p.Consumers = serve.check, serve.consumers
-	p.Rotation, p.NextCacheKey = rotation.status, rotation.next
-	p.Caches = cacheStatus
+	p.Serve, p.CacheKeyRotation, p.Caches = serve, rotation, cacheStatus
 	// Told only while a peer rotates its key: older agents refuse the
 	// field.
 	peerRotates := slices.ContainsFunc(o.Self.SubstituteFrom, func(name string) bool { return pl.keys[name].NextCacheKey != "" }) ||

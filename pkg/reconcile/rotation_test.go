@@ -71,8 +71,8 @@ func TestPlanRotatesTheCacheKeyInOrder(t *testing.T) {
 	o = w.rotating(next, false)
 	p = plan(o)
 	wantCondition(t, p, status.CacheKeyReady, true, "RotationTrusting")
-	if p.NextCacheKey != next.String() || p.Rotation == nil || p.Rotation.Phase != PhaseTrusting || !slices.Equal(p.Rotation.WaitingOn, []string{"prod"}) {
-		t.Fatalf("next %q, rotation %+v; want the next key published, waiting on prod", p.NextCacheKey, p.Rotation)
+	if p.CacheKeyRotation.next != next.String() || p.CacheKeyRotation.status == nil || p.CacheKeyRotation.status.Phase != PhaseTrusting || !slices.Equal(p.CacheKeyRotation.status.WaitingOn, []string{"prod"}) {
+		t.Fatalf("next %q, rotation %+v; want the next key published, waiting on prod", p.CacheKeyRotation.next, p.CacheKeyRotation.status)
 	}
 	if got := signsWith(t, p, w); !slices.Equal(got, []string{cur}) {
 		t.Fatalf("signs with %v before production trusts the next key", got)
@@ -150,8 +150,8 @@ func TestPlanRotatesTheCacheKeyInOrder(t *testing.T) {
 	o.Rotation.Generation = 2
 	p = plan(o)
 	r = wantCondition(t, p, status.CacheKeyReady, true, "KeyPresent")
-	if len(r.Keys) != 1 || r.Keys[0].kind != keyCache || r.Keys[0].name != "127.0.0.2-g2" || p.Rotation != nil {
-		t.Fatalf("keys %+v, rotation %+v; want the promoted key repaired as 127.0.0.2-g2, no rotation", r.Keys, p.Rotation)
+	if len(r.Keys) != 1 || r.Keys[0].kind != keyCache || r.Keys[0].name != "127.0.0.2-g2" || p.CacheKeyRotation.status != nil {
+		t.Fatalf("keys %+v, rotation %+v; want the promoted key repaired as 127.0.0.2-g2, no rotation", r.Keys, p.CacheKeyRotation.status)
 	}
 
 	// A promotion cut short (the current key retired, the next not yet
@@ -181,14 +181,14 @@ func TestPlanRevokesTheCacheKeyAtOnce(t *testing.T) {
 	o.Rotation = rotationRequest{Revoke: revoked}
 	p := plan(o)
 	r = wantCondition(t, p, status.CacheKeyReady, true, "RotationRevoking")
-	if rec, ok := recordOf(p, recResigned).(resignRecord); !ok || rec.From != revoked || len(r.Keys) != 0 || p.NextCacheKey != "" {
-		t.Fatalf("resigned record %+v, keys %+v, next %q; want the revoked key's paths owed a new signature before anything moves", recordOf(p, recResigned), r.Keys, p.NextCacheKey)
+	if rec, ok := recordOf(p, recResigned).(resignRecord); !ok || rec.From != revoked || len(r.Keys) != 0 || p.CacheKeyRotation.next != "" {
+		t.Fatalf("resigned record %+v, keys %+v, next %q; want the revoked key's paths owed a new signature before anything moves", recordOf(p, recResigned), r.Keys, p.CacheKeyRotation.next)
 	}
 	o.Resigned.From = revoked
 	p = plan(o)
 	r = wantCondition(t, p, status.CacheKeyReady, true, "RotationRevoking")
-	if len(r.Keys) != 1 || r.Keys[0].kind != keyPromote || !r.Keys[0].revoked || p.NextCacheKey != "" {
-		t.Fatalf("keys %+v, next %q; want the next key promoted at once, the old one kept as revoked", r.Keys, p.NextCacheKey)
+	if len(r.Keys) != 1 || r.Keys[0].kind != keyPromote || !r.Keys[0].revoked || p.CacheKeyRotation.next != "" {
+		t.Fatalf("keys %+v, next %q; want the next key promoted at once, the old one kept as revoked", r.Keys, p.CacheKeyRotation.next)
 	}
 	// A next key made before the revoke lay beside the stolen one: it is
 	// revoked too, and a new one made.
