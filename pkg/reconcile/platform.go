@@ -167,8 +167,7 @@ func (nixOSModule) nixSSHUser() string          { return "" }
 
 func (nixOSModule) nixFiles(o *Observation, s nix.Settings, m nix.ModuleSettings, consumers []nix.AuthorizedKey) ([]fileWant, error) {
 	self := o.Self
-	m.Substituters, m.TrustedPublicKeys, m.Fallback, m.SecretKeyFiles = s.Substituters, s.TrustedPublicKeys, s.Fallback, s.SecretKeyFiles
-	m.NoNegativeCache, m.PostBuildHook = s.NoNegativeCache, s.PostBuildHook
+	m.Settings = s
 	if self.Serve != nil {
 		m.Serve, m.Protocol = true, self.Serve.Protocol
 		for _, c := range consumers {
