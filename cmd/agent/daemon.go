@@ -400,30 +400,14 @@ type backend struct {
 	// publisher queues what the host publishes to caches.
 	publisher *bincache.Publisher
 
-	mu   sync.Mutex // held by Paths
-	live liveConfig
+	mu sync.Mutex // held by Paths, for live
+	// live is Nix's live configuration as of the reconcile at liveAt.
+	live   map[string]string
+	liveAt time.Time
 }
 
 func (b *backend) Plan(ctx context.Context, req api.PlanRequest) (any, error) {
 	return makePlan(ctx, b.layout, b.host.PeerStores(), req)
-}
-
-// Paths asks each serving peer for the paths of req and answers those it
-// holds signed by a key this host trusts.
-func (b *backend) Paths(ctx context.Context, req api.PathsRequest) (api.PathsAnswer, error) {
-	if err := checkPaths("paths", req.Paths); err != nil {
-		return api.PathsAnswer{}, err
-	}
-	st := b.host.Status()
-	cli := &nix.CLI{Env: nixCLIEnv(b.layout)}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	found := map[string]string{}
-	why, err := findPaths(ctx, cli, b.host.PeerStores(), &b.live, st, req.Paths, found)
-	if err != nil {
-		return api.PathsAnswer{}, err
-	}
-	return api.PathsAnswer{Found: found, Why: why}, nil
 }
 
 func (b *backend) Status() status.Status { return b.host.Status() }

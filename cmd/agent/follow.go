@@ -256,10 +256,19 @@ func waitForPaths(ctx context.Context, c *api.Client, paths []string, timeout ti
 	}
 }
 
-// findPaths asks each serving peer for the missing paths and records in
-// found those it holds signed by a trusted key. It returns why paths are
-// still missing, when it can tell.
-func findPaths(ctx context.Context, cli *nix.CLI, stores []reconcile.PeerStore, live *liveConfig, st status.Status, missing []string, found map[string]string) (string, error) {
+// Paths asks each serving peer for the paths of req and answers those it
+// holds signed by a key in this host's live trusted-public-keys, and why
+// the others are still missing, when it can tell.
+func (b *backend) Paths(ctx context.Context, req api.PathsRequest) (api.PathsAnswer, error) {
+	if err := checkPaths("paths", req.Paths); err != nil {
+		return api.PathsAnswer{}, err
+	}
+	st := b.host.Status()
+	cli := &nix.CLI{Env: nixCLIEnv(b.layout)}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	stores := b.host.PeerStores()
+	found := map[string]string{}
 	var serving []status.Peer
 	var names []string
 	for _, p := range st.Peers {
@@ -269,20 +278,25 @@ func findPaths(ctx context.Context, cli *nix.CLI, stores []reconcile.PeerStore, 
 		}
 	}
 	if len(serving) == 0 {
-		return "no peer serves this host now", nil
+		return api.PathsAnswer{Found: found, Why: "no peer serves this host now"}, nil
 	}
-	settings, err := live.get(ctx, cli, st.LastReconcile)
-	if err != nil {
-		return "", err
+	// Nix's live configuration is read again only after the agent
+	// reconciled (which is when it changes it).
+	if b.live == nil || !b.liveAt.Equal(st.LastReconcile) {
+		settings, err := cli.ShowConfig(ctx)
+		if err != nil {
+			return api.PathsAnswer{}, err
+		}
+		b.live, b.liveAt = settings, st.LastReconcile
 	}
-	trusted := nix.ParsePublicKeys(settings["trusted-public-keys"])
+	trusted := nix.ParsePublicKeys(b.live["trusted-public-keys"])
 	why := "not built on " + strings.Join(names, ", ") + " yet"
 	for _, p := range serving {
 		i := slices.IndexFunc(stores, func(s reconcile.PeerStore) bool { return s.Name == p.Name })
-		if i < 0 || !slices.ContainsFunc(strings.Fields(settings["substituters"]), func(u string) bool { return nix.SameStoreURL(u, stores[i].URL) }) {
+		if i < 0 || !slices.ContainsFunc(strings.Fields(b.live["substituters"]), func(u string) bool { return nix.SameStoreURL(u, stores[i].URL) }) {
 			continue // not live (yet, or any more)
 		}
-		infos, err := pathInfos(ctx, cli, stores[i], missing)
+		infos, err := pathInfos(ctx, cli, stores[i], req.Paths)
 		if err != nil {
 			why = err.Error() // the other peers are asked still
 			continue
@@ -298,26 +312,7 @@ func findPaths(ctx context.Context, cli *nix.CLI, stores []reconcile.PeerStore, 
 			}
 		}
 	}
-	return why, nil
-}
-
-// liveConfig is Nix's live configuration, read again only after the agent
-// reconciled (which is when it changes it).
-type liveConfig struct {
-	at       time.Time
-	settings map[string]string
-}
-
-func (l *liveConfig) get(ctx context.Context, cli *nix.CLI, reconciled time.Time) (map[string]string, error) {
-	if l.settings != nil && l.at.Equal(reconciled) {
-		return l.settings, nil
-	}
-	settings, err := cli.ShowConfig(ctx)
-	if err != nil {
-		return nil, err
-	}
-	l.at, l.settings = reconciled, settings
-	return settings, nil
+	return api.PathsAnswer{Found: found, Why: why}, nil
 }
 
 // waitingFor are the paths not found yet.

@@ -250,15 +250,8 @@ func (p *dryRun) attribute(ctx context.Context, cli *nix.CLI, stores []reconcile
 			break
 		}
 		paths := slices.Collect(maps.Keys(rest))
-		// A peer's store is asked as the agent reaches it; another
-		// nix-ssh store through the nix CLI.
-		s, ours := storeAt(stores, url)
-		var infos map[string]nix.PathInfo
-		if ours {
-			infos, err = pathInfos(ctx, cli, s, paths)
-		} else {
-			infos, err = cli.RemotePathInfos(ctx, url, paths)
-		}
+		s := storeAt(stores, url)
+		infos, err := pathInfos(ctx, cli, s, paths)
 		peer, base := s.Name, strings.SplitN(url, "?", 2)[0]
 		if err != nil {
 			// Nix's dry run found the paths somewhere: the plan stands,

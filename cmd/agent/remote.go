@@ -29,12 +29,13 @@ func pathInfos(ctx context.Context, cli *nix.CLI, s reconcile.PeerStore, paths [
 }
 
 // storeAt is the peer's store whose substituter URL is u (by meaning: Nix
-// prints the URLs it uses its own way), or false.
-func storeAt(stores []reconcile.PeerStore, u string) (reconcile.PeerStore, bool) {
+// prints the URLs it uses its own way), asked as the agent reaches it; for
+// another store, one with just the URL, asked through the nix CLI.
+func storeAt(stores []reconcile.PeerStore, u string) reconcile.PeerStore {
 	for _, s := range stores {
 		if nix.SameStoreURL(s.URL, u) {
-			return s, true
+			return s
 		}
 	}
-	return reconcile.PeerStore{}, false
+	return reconcile.PeerStore{URL: u}
 }
