@@ -138,7 +138,7 @@ func cmdWait(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	for _, p := range paths {
-		if !storePathRE.MatchString(p) {
+		if !nix.IsStorePath(p) {
 			return &exitError{code: 2, msg: fmt.Sprintf("nixpeer wait: --path %q is not a store path (/nix/store/HASH-NAME)", p)}
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -63,7 +62,7 @@ func cmdPlan(args []string, stdout io.Writer) error {
 		return &exitError{code: 2, msg: usageOf("plan") + " (store paths or .drv files)"}
 	}
 	for _, t := range targets {
-		if !storePathRE.MatchString(t) {
+		if !nix.IsStorePath(t) {
 			return &exitError{code: 2, msg: fmt.Sprintf("nixpeer plan: %q is not a store path or a .drv (/nix/store/HASH-NAME)", t)}
 		}
 	}
@@ -123,14 +122,13 @@ func makePlan(ctx context.Context, l layout.Layout, stores []reconcile.PeerStore
 }
 
 // checkPaths checks the store paths of a request to the daemon: 1 to
-// maxQueryPaths of them (what names them in the error), each matching
-// storePathRE.
+// maxQueryPaths of them (what names them in the error), each a store path.
 func checkPaths(what string, paths []string) error {
 	if len(paths) == 0 || len(paths) > maxQueryPaths {
 		return fmt.Errorf("%d %s: want 1 to %d", len(paths), what, maxQueryPaths)
 	}
 	for _, p := range paths {
-		if !storePathRE.MatchString(p) {
+		if !nix.IsStorePath(p) {
 			return fmt.Errorf("%q is not a store path (/nix/store/HASH-NAME)", p)
 		}
 	}
@@ -160,10 +158,6 @@ func nixCLIEnv(l layout.Layout) []string {
 	}
 	return env
 }
-
-// storePathRE matches a store path: /nix/store/, 32 characters of Nix's
-// base32, a dash and a name (Nix's own characters).
-var storePathRE = regexp.MustCompile(`^/nix/store/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]{1,211}$`)
 
 // allValid checks that the outputs of every target (the target itself
 // for a path that is not a .drv) are valid in the store nix-store (argv)
