@@ -63,14 +63,12 @@ func (b *backend) Fleet(ctx context.Context, _ api.FleetRequest) ([]api.FleetHos
 		case p.Since != nil:
 			fh.LastHeard = p.Since.UTC().Format(time.RFC3339)
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			addr := net.JoinHostPort(h.Address, strconv.Itoa(h.PeerPort))
-			check := keyCheck(p, peered, h.HostKey)
+			want := wantKey(p, h.HostKey)
 			facts, err := peer.Fetch(ctx, addr, func(k ssh.PublicKey) error {
-				if err := check(k); err != nil {
-					return err
+				if got := ssh.FingerprintSHA256(k); want != "" && got != want {
+					return fmt.Errorf("it offers host key %s, not %s", got, want)
 				}
 				fh.HostKey = sshkeys.Key{Public: k}.AuthorizedLine()
 				return nil
@@ -81,31 +79,26 @@ func (b *backend) Fleet(ctx context.Context, _ api.FleetRequest) ([]api.FleetHos
 			}
 			ready := facts.Ready
 			fh.Ready, fh.Generation, fh.ObservedGeneration = &ready, facts.Generation, facts.ObservedGeneration
-		}()
+		})
 	}
 	wg.Wait()
 	return out, nil
 }
 
-// keyCheck accepts the key this agent trusts for a peer, else the file's
-// pin, else any key (the view then says "unverified", and its answer does
-// not count as Ready for the exit code).
-func keyCheck(p status.Peer, peered bool, pin string) peer.HostKeyCheck {
-	want := ""
+// wantKey is the fingerprint of the host key to accept from a peer (p,
+// the zero Peer when not peered): the key this agent trusts for it, else
+// the file's pin, else "" for any key (the view then says "unverified",
+// and its answer does not count as Ready for the exit code).
+func wantKey(p status.Peer, pin string) string {
 	switch {
-	case peered && p.HostKeyFingerprint != "":
-		want = p.HostKeyFingerprint // the trusted key, also while another is refused
+	case p.HostKeyFingerprint != "":
+		return p.HostKeyFingerprint // the trusted key, also while another is refused
 	case pin != "":
 		if k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(pin)); err == nil {
-			want = ssh.FingerprintSHA256(k)
+			return ssh.FingerprintSHA256(k)
 		}
 	}
-	return func(key ssh.PublicKey) error {
-		if got := ssh.FingerprintSHA256(key); want != "" && got != want {
-			return fmt.Errorf("it offers host key %s, not %s", got, want)
-		}
-		return nil
-	}
+	return ""
 }
 
 // roleOf says what a host does in the fleet.
