@@ -50,7 +50,7 @@ func cmdStatus(args []string, stdout io.Writer) error {
 	defer cancel()
 	st, err := hf.client().Status(ctx)
 	if err != nil {
-		return &exitError{code: exitNoDaemon, msg: clientError("status", err)}
+		return clientError("status", err)
 	}
 	if *asJSON {
 		if err := printJSON(stdout, st); err != nil {
@@ -72,7 +72,7 @@ func statusFleet(c *api.Client, stdout io.Writer, asJSON bool) error {
 	defer cancel()
 	hosts, err := c.Fleet(ctx)
 	if err != nil {
-		return &exitError{code: exitNoDaemon, msg: clientError("status --fleet", err)}
+		return clientError("status --fleet", err)
 	}
 	if err := printFleet(stdout, hosts, asJSON); err != nil {
 		return err
@@ -94,7 +94,7 @@ func cmdReconcile(args []string, stdout io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := hf.client().Reconcile(ctx); err != nil {
-		return &exitError{code: 1, msg: clientError("reconcile", err)}
+		return clientError("reconcile", err)
 	}
 	fmt.Fprintln(stdout, "reconcile queued")
 	return nil
@@ -131,13 +131,13 @@ func cmdTrust(args []string, stdout io.Writer) error {
 		if *fleet {
 			hosts, err := c.Fleet(ctx)
 			if err != nil {
-				return &exitError{code: 1, msg: clientError("trust pending --fleet", err)}
+				return clientError("trust pending --fleet", err)
 			}
 			return printPending(stdout, unpinned(hosts), *asJSON, *asYAML)
 		}
 		st, err := c.Status(ctx)
 		if err != nil {
-			return &exitError{code: 1, msg: clientError("trust pending", err)}
+			return clientError("trust pending", err)
 		}
 		return printPending(stdout, pendingPeers(st), *asJSON, *asYAML)
 	case "approve":
@@ -146,13 +146,13 @@ func cmdTrust(args []string, stdout io.Writer) error {
 			return &exitError{code: 2, msg: "nixpeer trust approve: the fingerprint is SHA256:..., as nixpeer trust pending and nixpeer facts print it"}
 		}
 		if err := c.TrustApprove(ctx, peer, fp); err != nil {
-			return &exitError{code: 1, msg: clientError("trust approve", err)}
+			return clientError("trust approve", err)
 		}
 		fmt.Fprintf(stdout, "host key %s of %s approved on this host; see nixpeer status\n", fp, peer)
 	case "reset":
 		peer := fs.Arg(0)
 		if err := c.TrustReset(ctx, peer); err != nil {
-			return &exitError{code: 1, msg: clientError("trust reset", err)}
+			return clientError("trust reset", err)
 		}
 		fmt.Fprintf(stdout, "trust in %s reset: its host key is checked anew at the next contact (against its pin, trusted on first use with trust: tofu, else awaiting approval); see nixpeer status\n", peer)
 	}
@@ -232,12 +232,13 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func clientError(cmd string, err error) string {
+// clientError is the exit of cmd when its call to the daemon failed.
+func clientError(cmd string, err error) *exitError {
 	msg := fmt.Sprintf("nixpeer %s: %v", cmd, err)
 	if errors.Is(err, api.ErrNoDaemon) {
 		msg += "\n(is the agent running? systemctl status nixpeer; or pass --socket/--root to reach another one)"
 	}
-	return msg
+	return &exitError{code: exitNoDaemon, msg: msg}
 }
 
 // printStatus writes the status as a table a person reads at 3 a.m.

@@ -43,7 +43,7 @@ func watchStatus(ctx context.Context, c *api.Client, stdout io.Writer) error {
 			return nil
 		}
 		if err != nil {
-			return &exitError{code: exitNoDaemon, msg: clientError("status --watch", err)}
+			return clientError("status --watch", err)
 		}
 		key := statusKey(st)
 		if !bytes.Equal(key, lastKey) {
@@ -91,7 +91,7 @@ func cmdEvents(args []string, stdout io.Writer) error {
 	defer cancel()
 	evs, err := hf.client().Events(ctx, from)
 	if err != nil {
-		return &exitError{code: 1, msg: clientError("events", err)}
+		return clientError("events", err)
 	}
 	if *asJSON {
 		return printJSON(stdout, evs)
@@ -174,7 +174,7 @@ func cmdWait(args []string, stdout, stderr io.Writer) error {
 			last.Conditions = []status.Condition{{Type: status.Ready, Reason: "NoDaemon", Message: err.Error()}}
 			continue
 		case err != nil:
-			return &exitError{code: 1, msg: clientError("wait", err)}
+			return clientError("wait", err)
 		}
 		if st.Ready {
 			if tty {
@@ -239,7 +239,7 @@ func waitForPaths(ctx context.Context, c *api.Client, paths []string, timeout ti
 		case errors.Is(err, api.ErrNoDaemon):
 			why = err.Error() // not up yet: waited for, as by plain wait
 		case err != nil && ctx.Err() == nil:
-			return &exitError{code: 1, msg: clientError("wait", err)}
+			return clientError("wait", err)
 		case err == nil:
 			maps.Copy(found, a.Found)
 			why = cmp.Or(a.Why, why)

@@ -36,7 +36,7 @@ func cmdKey(action string, args []string, stdout io.Writer) error {
 	defer cancel()
 	a, err := hf.client().Key(ctx, req)
 	if err != nil {
-		return &exitError{code: 1, msg: clientError(action+" "+key, err)}
+		return clientError(action+" "+key, err)
 	}
 	fmt.Fprintln(stdout, a.Result)
 	return nil

@@ -70,7 +70,7 @@ func cmdPlan(args []string, stdout io.Writer) error {
 	defer cancel()
 	var p dryRun
 	if err := hf.client().Plan(ctx, api.PlanRequest{Targets: targets, Store: *store}, &p); err != nil {
-		return &exitError{code: 1, msg: clientError("plan", err)}
+		return clientError("plan", err)
 	}
 	if *asJSON {
 		if err := printJSON(stdout, p); err != nil {

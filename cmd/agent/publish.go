@@ -29,7 +29,7 @@ func cmdPublish(args []string, stdout io.Writer) error {
 	defer cancel()
 	a, err := hf.client().Publish(ctx, api.PublishRequest{Paths: fs.Args()})
 	if err != nil {
-		return &exitError{code: 1, msg: clientError("publish", err)}
+		return clientError("publish", err)
 	}
 	fmt.Fprintf(stdout, "%d paths queued with their closures\n", a.Queued)
 	return nil
@@ -55,7 +55,7 @@ func cmdPublishHook(args []string, stderr io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), hookTimeout)
 	defer cancel()
 	if _, err := hf.client().Publish(ctx, api.PublishRequest{Paths: paths}); err != nil {
-		fmt.Fprintf(stderr, "nixpeer publish-hook: not queued for publishing (the build goes on): %s\n", clientError("publish", err))
+		fmt.Fprintf(stderr, "nixpeer publish-hook: not queued for publishing (the build goes on): %v\n", clientError("publish", err))
 	}
 	return nil
 }
