@@ -406,10 +406,6 @@ type backend struct {
 	liveAt time.Time
 }
 
-func (b *backend) Plan(ctx context.Context, req api.PlanRequest) (any, error) {
-	return makePlan(ctx, b.layout, b.host.PeerStores(), req)
-}
-
 func (b *backend) Status() status.Status { return b.host.Status() }
 func (b *backend) Reconcile()            { b.loop.Trigger("nixpeer reconcile") }
 func (b *backend) WaitReconciled(ctx context.Context, after time.Time) status.Status {

@@ -88,17 +88,18 @@ func cmdPlan(args []string, stdout io.Writer) error {
 	return nil
 }
 
-// makePlan is the daemon's answer to `nixpeer plan`: Nix's dry run with
-// this host's live settings (l's), each fetched path attributed to the
-// peer, of stores, that has it.
-func makePlan(ctx context.Context, l layout.Layout, stores []reconcile.PeerStore, req api.PlanRequest) (*dryRun, error) {
+// Plan is the daemon's answer to `nixpeer plan`: Nix's dry run with this
+// host's live settings, each fetched path attributed to the peer that has
+// it.
+func (b *backend) Plan(ctx context.Context, req api.PlanRequest) (any, error) {
+	stores := b.host.PeerStores()
 	if err := checkPaths("targets", req.Targets); err != nil {
 		return nil, err
 	}
 	if err := checkStoreURL(req.Store); err != nil {
 		return nil, err
 	}
-	env := nixCLIEnv(l)
+	env := nixCLIEnv(b.layout)
 	argv := []string{"nix-store"}
 	if req.Store != "" {
 		argv = append(argv, "--store", req.Store)
