@@ -400,7 +400,7 @@ type backend struct {
 	// publisher queues what the host publishes to caches.
 	publisher *bincache.Publisher
 
-	mu sync.Mutex // held by Paths, for live
+	mu sync.Mutex // guards live and liveAt
 	// live is Nix's live configuration as of the reconcile at liveAt.
 	live   map[string]string
 	liveAt time.Time

@@ -265,8 +265,6 @@ func (b *backend) Paths(ctx context.Context, req api.PathsRequest) (api.PathsAns
 	}
 	st := b.host.Status()
 	cli := &nix.CLI{Env: nixCLIEnv(b.layout)}
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	stores := b.host.PeerStores()
 	found := map[string]string{}
 	var serving []status.Peer
@@ -280,20 +278,15 @@ func (b *backend) Paths(ctx context.Context, req api.PathsRequest) (api.PathsAns
 	if len(serving) == 0 {
 		return api.PathsAnswer{Found: found, Why: "no peer serves this host now"}, nil
 	}
-	// Nix's live configuration is read again only after the agent
-	// reconciled (which is when it changes it).
-	if b.live == nil || !b.liveAt.Equal(st.LastReconcile) {
-		settings, err := cli.ShowConfig(ctx)
-		if err != nil {
-			return api.PathsAnswer{}, err
-		}
-		b.live, b.liveAt = settings, st.LastReconcile
+	live, err := b.liveSettings(ctx, cli, st.LastReconcile)
+	if err != nil {
+		return api.PathsAnswer{}, err
 	}
-	trusted := nix.ParsePublicKeys(b.live["trusted-public-keys"])
+	trusted := nix.ParsePublicKeys(live["trusted-public-keys"])
 	why := "not built on " + strings.Join(names, ", ") + " yet"
 	for _, p := range serving {
 		i := slices.IndexFunc(stores, func(s reconcile.PeerStore) bool { return s.Name == p.Name })
-		if i < 0 || !slices.ContainsFunc(strings.Fields(b.live["substituters"]), func(u string) bool { return nix.SameStoreURL(u, stores[i].URL) }) {
+		if i < 0 || !slices.ContainsFunc(strings.Fields(live["substituters"]), func(u string) bool { return nix.SameStoreURL(u, stores[i].URL) }) {
 			continue // not live (yet, or any more)
 		}
 		infos, err := pathInfos(ctx, cli, stores[i], req.Paths)
@@ -313,6 +306,22 @@ func (b *backend) Paths(ctx context.Context, req api.PathsRequest) (api.PathsAns
 		}
 	}
 	return api.PathsAnswer{Found: found, Why: why}, nil
+}
+
+// liveSettings returns Nix's live configuration, read again only after
+// the agent reconciled at (which is when it changes it). The lock is not
+// held while the peers are asked: calls of several waits overlap.
+func (b *backend) liveSettings(ctx context.Context, cli *nix.CLI, at time.Time) (map[string]string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.live == nil || !b.liveAt.Equal(at) {
+		settings, err := cli.ShowConfig(ctx)
+		if err != nil {
+			return nil, err
+		}
+		b.live, b.liveAt = settings, at
+	}
+	return b.live, nil
 }
 
 // waitingFor are the paths not found yet.
